@@ -1,0 +1,31 @@
+# Set-up is idempotent: each stamp is remade only when what it depends on changes.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DDB_DIR := .dynamodb-local
+
+.PHONY: setup test lint clean
+
+setup: $(BIN)/.installed dynamodb-local
+
+$(BIN)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: '$(PYTHON)' not found: install Python 3.11+" >&2; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "error: Python 3.11+ is required (found $$($(PYTHON) --version))" >&2; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]' \
+		|| { echo "error: could not install Python packages (network or package index unreachable?)" >&2; exit 1; }
+	@touch $@
+
+.PHONY: dynamodb-local
+dynamodb-local:
+	@infra/install-dynamodb-local.sh $(DDB_DIR)
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check scheduler state_machines tests bench
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) $(DDB_DIR) .pytest_cache .mypy_cache .ruff_cache .hypothesis

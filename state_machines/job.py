@@ -1,0 +1,100 @@
+"""The job state machine: the transition table and what each transition means (pure).
+
+The table is a `transitions` machine with ``auto_transitions=False``, so the table is the only
+way to move. The machine is built once, with no model bound to it: building a machine (or
+binding a model) per job costs far more than the database write it decides, so each legal
+(status, trigger) pair is compiled once into a frozen :class:`TransitionPlan`. Deciding a
+transition is then a dictionary lookup, and carrying it out is somebody else's job
+(``scheduler.store`` turns a plan into one conditional write).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transitions import Machine
+
+from state_machines.errors import InvalidTransition
+from state_machines.states import JobStatus, Trigger
+
+TIMED_OUT = "timed_out"
+
+TRANSITION_TABLE: list[dict[str, object]] = [
+    {"trigger": Trigger.ACTIVATE, "source": JobStatus.PENDING, "dest": JobStatus.ACTIVE},
+    {"trigger": Trigger.PASS, "source": JobStatus.ACTIVE, "dest": JobStatus.PASSED},
+    {"trigger": Trigger.FAIL, "source": JobStatus.ACTIVE, "dest": JobStatus.FAILED},
+    {"trigger": Trigger.TIME_OUT, "source": JobStatus.ACTIVE, "dest": JobStatus.FAILED},
+    {
+        "trigger": Trigger.CANCEL,
+        "source": [JobStatus.PENDING, JobStatus.ACTIVE],
+        "dest": JobStatus.CANCELLED,
+    },
+    {"trigger": Trigger.RETRY, "source": JobStatus.FAILED, "dest": JobStatus.PENDING},
+]
+
+MACHINE = Machine(
+    model=None,
+    states=list(JobStatus),
+    transitions=[{**t, "trigger": str(t["trigger"])} for t in TRANSITION_TABLE],
+    initial=JobStatus.PENDING,
+    auto_transitions=False,
+    send_event=False,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TransitionPlan:
+    """What one legal transition does, as data.
+
+    ``slot_delta`` is +1 when the job takes one of its repository's slots, -1 when it frees
+    one; ``next_attempt`` is true when the job starts a new attempt; ``reason`` is the fixed
+    failure reason a trigger implies (``timed_out``).
+    """
+
+    trigger: Trigger
+    source: JobStatus
+    dest: JobStatus
+    slot_delta: int
+    next_attempt: bool
+    reason: str | None
+
+
+def _compile() -> dict[tuple[JobStatus, Trigger], TransitionPlan]:
+    plans: dict[tuple[JobStatus, Trigger], TransitionPlan] = {}
+    for trigger in Trigger:
+        event = MACHINE.events[str(trigger)]
+        for source_name, transitions in event.transitions.items():
+            source = JobStatus[source_name]  # Enum states are named by member name
+            dest = JobStatus[transitions[0].dest]
+            slot_delta = (dest is JobStatus.ACTIVE) - (source is JobStatus.ACTIVE)
+            plans[(source, trigger)] = TransitionPlan(
+                trigger=trigger,
+                source=source,
+                dest=dest,
+                slot_delta=slot_delta,
+                next_attempt=trigger is Trigger.RETRY,
+                reason=TIMED_OUT if trigger is Trigger.TIME_OUT else None,
+            )
+    return plans
+
+
+_PLANS = _compile()
+
+
+def may(status: JobStatus | str, trigger: Trigger | str) -> bool:
+    """Whether ``trigger`` is legal from ``status`` (no side effects)."""
+    return (JobStatus(status), Trigger(trigger)) in _PLANS
+
+
+def plan(status: JobStatus | str, trigger: Trigger | str, job_id: str = "?") -> TransitionPlan:
+    """The plan for ``trigger`` from ``status``; :class:`InvalidTransition` if illegal."""
+    found = _PLANS.get((JobStatus(status), Trigger(trigger)))
+    if found is None:
+        raise InvalidTransition(job_id, str(status), str(trigger))
+    return found
+
+
+def triggers_from(status: JobStatus | str) -> list[Trigger]:
+    """The triggers that are legal from ``status``, in table order."""
+    current = JobStatus(status)
+    return [trigger for (source, trigger) in _PLANS if source is current]

@@ -1,0 +1,169 @@
+"""Every legal and illegal transition against DynamoDB Local: items, history and counters."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+
+from scheduler.errors import JobExists
+from scheduler.models import JobModel, RepoModel
+from scheduler.store import JobState, JobStore, NewJob, Outcome, RepositoryFull
+from state_machines import TIMED_OUT, InvalidTransition, JobStatus, TransitionConflict, Trigger
+
+REPO = "octo-org/api"
+
+
+def new_job(job_id: str, repo: str = REPO) -> NewJob:
+    return NewJob(job_id=job_id, repo=repo, event="push", sha="a" * 40, timeout_seconds=60,
+                  ref="refs/heads/main", branch="main", sender="octocat", delivery_id=job_id)
+
+
+def counters(repo: str = REPO) -> dict[str, int]:
+    item = RepoModel.get(repo, consistent_read=True)
+    return {name: int(getattr(item, name) or 0)
+            for name in ("running", "n_pending", "n_active", "n_passed", "n_failed", "n_cancelled")}
+
+
+def raw_item(job_id: str) -> dict[str, Any]:
+    """The item as plain data (attribute names as stored), read consistently."""
+    return JobModel.get(job_id, consistent_read=True).to_simple_dict()
+
+
+def reach(store: JobStore, job_id: str, status: JobStatus) -> JobState:
+    """A job driven to ``status`` through legal transitions."""
+    job = store.create(new_job(job_id))
+    path = {
+        JobStatus.PENDING: [],
+        JobStatus.ACTIVE: [Trigger.ACTIVATE],
+        JobStatus.PASSED: [Trigger.ACTIVATE, Trigger.PASS],
+        JobStatus.FAILED: [Trigger.ACTIVATE, Trigger.FAIL],
+        JobStatus.CANCELLED: [Trigger.CANCEL],
+    }[status]
+    for trigger in path:
+        result = store.transition(job, trigger, actor="test", slot_limit=10)
+        assert isinstance(result, JobState)
+        job = result
+    return job
+
+
+def test_create_writes_a_pending_queued_job_and_counts_it(store: JobStore) -> None:
+    job = store.create(new_job("j1"))
+    item = raw_item("j1")
+    assert (job.status, job.version, job.attempt) == (JobStatus.PENDING, 0, 1)
+    assert item["status"] == "pending" and item["queue_repo"] == REPO
+    assert [(h.get("from"), h["to"], h["actor"]) for h in item["history"]] == [(None, "pending", "webhook")]
+    assert counters()["n_pending"] == 1
+    with pytest.raises(JobExists):
+        store.create(new_job("j1"))
+    assert counters()["n_pending"] == 1  # the duplicate changed nothing
+
+
+def test_activation_takes_a_slot_sets_a_deadline_and_leaves_the_queue(store: JobStore) -> None:
+    job = store.activate(store.create(new_job("j1")), slot_limit=1)
+    assert isinstance(job, JobState) and job.status is JobStatus.ACTIVE and job.version == 1
+    item = raw_item("j1")
+    assert "queue_repo" not in item and item["deadline_shard"] == "active"
+    assert item["deadline_at"] == item["activated_at"] + 60_000
+    assert counters() == {"running": 1, "n_pending": 0, "n_active": 1, "n_passed": 0,
+                          "n_failed": 0, "n_cancelled": 0}
+
+
+def test_full_repository_is_an_outcome_and_writes_nothing(store: JobStore) -> None:
+    store.activate(store.create(new_job("j1")), slot_limit=1)
+    second = store.create(new_job("j2"))
+    before = raw_item("j2")
+    assert store.activate(second, slot_limit=1) == RepositoryFull(REPO, 1)
+    assert raw_item("j2") == before
+    assert counters()["running"] == 1
+    # A raised limit applies to the very next activation.
+    assert isinstance(store.activate(second, slot_limit=2), JobState)
+    assert counters()["running"] == 2
+
+
+@pytest.mark.parametrize(
+    ("trigger", "dest", "outcome"),
+    [
+        (Trigger.PASS, JobStatus.PASSED, None),
+        (Trigger.FAIL, JobStatus.FAILED, Outcome(reason="exit_code", detail="boom", exit_code=3)),
+        (Trigger.TIME_OUT, JobStatus.FAILED, None),
+        (Trigger.CANCEL, JobStatus.CANCELLED, Outcome(reason="operator")),
+    ],
+)
+def test_finishing_an_active_job_frees_its_slot(
+    store: JobStore, trigger: Trigger, dest: JobStatus, outcome: Outcome | None
+) -> None:
+    job = reach(store, "j1", JobStatus.ACTIVE)
+    done = store.transition(job, trigger, actor="runner", outcome=outcome)
+    assert isinstance(done, JobState) and done.status is dest and done.version == 2
+    item = raw_item("j1")
+    assert item["status"] == dest.value and item["finished_at"] >= item["activated_at"]
+    assert "deadline_shard" not in item and item["expires_at"] > item["finished_at"] // 1000
+    assert item["history"][-1]["from"] == "active" and item["history"][-1]["to"] == dest.value
+    if trigger is Trigger.TIME_OUT:
+        assert item["reason"] == TIMED_OUT
+    if outcome and outcome.exit_code is not None:
+        assert (item["exit_code"], item["detail"]) == (3, "boom")
+    assert counters()["running"] == 0 and counters()["n_active"] == 0
+    assert counters()[f"n_{dest.value}"] == 1
+
+
+def test_cancelling_a_pending_job_moves_counts_but_no_slot(store: JobStore) -> None:
+    job = store.create(new_job("j1"))
+    done = store.transition(job, Trigger.CANCEL, actor="operator")
+    assert isinstance(done, JobState) and done.status is JobStatus.CANCELLED
+    assert "queue_repo" not in raw_item("j1")
+    assert counters() == {"running": 0, "n_pending": 0, "n_active": 0, "n_passed": 0,
+                          "n_failed": 0, "n_cancelled": 1}
+
+
+def test_retry_starts_a_new_attempt_and_keeps_history(store: JobStore) -> None:
+    failed = store.transition(reach(store, "j1", JobStatus.ACTIVE), Trigger.FAIL, actor="runner",
+                              outcome=Outcome(reason="exit_code", exit_code=1))
+    assert isinstance(failed, JobState)
+    retried = store.transition(failed, Trigger.RETRY, actor="operator")
+    assert isinstance(retried, JobState)
+    assert (retried.status, retried.attempt, retried.version) == (JobStatus.PENDING, 2, 3)
+    item = raw_item("j1")
+    assert item["queue_repo"] == REPO and "exit_code" not in item and "expires_at" not in item
+    assert [(h["to"], h["attempt"]) for h in item["history"]] == [
+        ("pending", 1), ("active", 1), ("failed", 1), ("pending", 2)]
+    assert counters()["n_pending"] == 1 and counters()["n_failed"] == 0
+
+
+ILLEGAL = [
+    (status, trigger)
+    for status, trigger in itertools.product(JobStatus, Trigger)
+    if not (
+        (status, trigger) in {
+            (JobStatus.PENDING, Trigger.ACTIVATE), (JobStatus.PENDING, Trigger.CANCEL),
+            (JobStatus.FAILED, Trigger.RETRY),
+        }
+        or (status is JobStatus.ACTIVE and trigger is not Trigger.ACTIVATE
+            and trigger is not Trigger.RETRY)
+    )
+]
+
+
+@pytest.mark.parametrize(("status", "trigger"), ILLEGAL)
+def test_illegal_transitions_are_refused_and_write_nothing(
+    store: JobStore, status: JobStatus, trigger: Trigger
+) -> None:
+    job = reach(store, "j1", status)
+    before_item, before_counts = raw_item("j1"), counters()
+    with pytest.raises(InvalidTransition):
+        store.transition(job, trigger, actor="test", slot_limit=10)
+    assert raw_item("j1") == before_item
+    assert counters() == before_counts
+
+
+def test_stale_reader_loses_with_a_conflict_and_writes_nothing(store: JobStore) -> None:
+    stale = store.create(new_job("j1"))
+    assert isinstance(store.activate(stale, slot_limit=5), JobState)
+    before_item, before_counts = raw_item("j1"), counters()
+    with pytest.raises(TransitionConflict):
+        store.activate(stale, slot_limit=5)  # a duplicate stream record of the creation
+    with pytest.raises(TransitionConflict):
+        store.transition(stale, Trigger.CANCEL, actor="operator")
+    assert raw_item("j1") == before_item and counters() == before_counts
