@@ -158,7 +158,7 @@ def bind(settings: Settings) -> None:
     process (and dropping cached connections) keeps every other module free of settings.
     """
     for model, name in ((JobModel, settings.tables.jobs), (RepoModel, settings.tables.repos)):
-        meta = model.Meta
+        meta: Any = model.Meta
         meta.table_name = name
         meta.region = settings.region
         meta.host = settings.dynamodb_endpoint

@@ -192,7 +192,11 @@ class JobStore:
             timeout_seconds=new.timeout_seconds,
             received_at=now,
             updated_at=now,
-            history=[_entry(None, JobStatus.PENDING, now, actor, 1, None)],
+            history=[
+                _entry(
+                    source=None, dest=JobStatus.PENDING, at=now, actor=actor, attempt=1, reason=None
+                )
+            ],
             queue_repo=new.repo,
             queue_key=queue_key(new.priority, now, new.job_id),
         )
@@ -254,7 +258,9 @@ class JobStore:
         if step.reason and not outcome.reason:
             outcome = replace(outcome, reason=step.reason)
         attempt = job.attempt + 1 if step.next_attempt else job.attempt
-        job_actions = self._job_actions(job, step, now, actor, attempt, outcome)
+        job_actions = self._job_actions(
+            job=job, step=step, now=now, actor=actor, attempt=attempt, outcome=outcome
+        )
         repo_actions, repo_condition = self._repo_changes(step, slot_limit)
 
         def build(tx: TransactWrite) -> None:
@@ -263,8 +269,7 @@ class JobStore:
             tx.update(
                 JobModel(job.job_id),
                 actions=job_actions,
-                condition=(JobModel.status == job.status.value)
-                & (JobModel.version == job.version),
+                condition=(JobModel.status == job.status.value) & (JobModel.version == job.version),
             )
             # Same transaction: the repository's counters move with the job, never apart.
             tx.update(RepoModel(job.repo), actions=repo_actions, condition=repo_condition)
@@ -292,6 +297,7 @@ class JobStore:
 
     def _job_actions(
         self,
+        *,
         job: JobState,
         step: TransitionPlan,
         now: int,
@@ -299,7 +305,14 @@ class JobStore:
         attempt: int,
         outcome: Outcome,
     ) -> list[Action]:
-        entry = _entry(step.source, step.dest, now, actor, attempt, outcome.reason)
+        entry = _entry(
+            source=step.source,
+            dest=step.dest,
+            at=now,
+            actor=actor,
+            attempt=attempt,
+            reason=outcome.reason,
+        )
         actions: list[Action] = [
             JobModel.status.set(step.dest.value),
             JobModel.version.set(job.version + 1),
@@ -400,6 +413,7 @@ class JobStore:
 
 
 def _entry(
+    *,
     source: JobStatus | None,
     dest: JobStatus,
     at: int,

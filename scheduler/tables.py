@@ -8,8 +8,14 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from scheduler.errors import StoreUnavailable
-from scheduler.settings import Settings, TableNames
-from scheduler.template import JOBS_TABLE, REPOS_TABLE, TableDefinition, load_template, table_definition
+from scheduler.settings import Settings
+from scheduler.template import (
+    JOBS_TABLE,
+    REPOS_TABLE,
+    TableDefinition,
+    load_template,
+    table_definition,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +54,3 @@ def ensure_tables(client: Any, settings: Settings) -> list[str]:
     except (BotoCoreError, ClientError) as exc:
         raise StoreUnavailable(f"cannot create tables: {exc}") from exc
     return created
-
-
-def delete_tables(client: Any, tables: TableNames) -> None:
-    for name in (tables.jobs, tables.repos):
-        try:
-            client.delete_table(TableName=name)
-        except client.exceptions.ResourceNotFoundException:
-            pass

@@ -65,7 +65,7 @@ def _compile() -> dict[tuple[JobStatus, Trigger], TransitionPlan]:
         event = MACHINE.events[str(trigger)]
         for source_name, transitions in event.transitions.items():
             source = JobStatus[source_name]  # Enum states are named by member name
-            dest = JobStatus[transitions[0].dest]
+            dest = JobStatus[str(transitions[0].dest)]
             slot_delta = (dest is JobStatus.ACTIVE) - (source is JobStatus.ACTIVE)
             plans[(source, trigger)] = TransitionPlan(
                 trigger=trigger,

@@ -16,14 +16,25 @@ REPO = "octo-org/api"
 
 
 def new_job(job_id: str, repo: str = REPO) -> NewJob:
-    return NewJob(job_id=job_id, repo=repo, event="push", sha="a" * 40, timeout_seconds=60,
-                  ref="refs/heads/main", branch="main", sender="octocat", delivery_id=job_id)
+    return NewJob(
+        job_id=job_id,
+        repo=repo,
+        event="push",
+        sha="a" * 40,
+        timeout_seconds=60,
+        ref="refs/heads/main",
+        branch="main",
+        sender="octocat",
+        delivery_id=job_id,
+    )
 
 
 def counters(repo: str = REPO) -> dict[str, int]:
     item = RepoModel.get(repo, consistent_read=True)
-    return {name: int(getattr(item, name) or 0)
-            for name in ("running", "n_pending", "n_active", "n_passed", "n_failed", "n_cancelled")}
+    return {
+        name: int(getattr(item, name) or 0)
+        for name in ("running", "n_pending", "n_active", "n_passed", "n_failed", "n_cancelled")
+    }
 
 
 def raw_item(job_id: str) -> dict[str, Any]:
@@ -53,7 +64,9 @@ def test_create_writes_a_pending_queued_job_and_counts_it(store: JobStore) -> No
     item = raw_item("j1")
     assert (job.status, job.version, job.attempt) == (JobStatus.PENDING, 0, 1)
     assert item["status"] == "pending" and item["queue_repo"] == REPO
-    assert [(h.get("from"), h["to"], h["actor"]) for h in item["history"]] == [(None, "pending", "webhook")]
+    assert [(h.get("from"), h["to"], h["actor"]) for h in item["history"]] == [
+        (None, "pending", "webhook")
+    ]
     assert counters()["n_pending"] == 1
     with pytest.raises(JobExists):
         store.create(new_job("j1"))
@@ -66,8 +79,14 @@ def test_activation_takes_a_slot_sets_a_deadline_and_leaves_the_queue(store: Job
     item = raw_item("j1")
     assert "queue_repo" not in item and item["deadline_shard"] == "active"
     assert item["deadline_at"] == item["activated_at"] + 60_000
-    assert counters() == {"running": 1, "n_pending": 0, "n_active": 1, "n_passed": 0,
-                          "n_failed": 0, "n_cancelled": 0}
+    assert counters() == {
+        "running": 1,
+        "n_pending": 0,
+        "n_active": 1,
+        "n_passed": 0,
+        "n_failed": 0,
+        "n_cancelled": 0,
+    }
 
 
 def test_full_repository_is_an_outcome_and_writes_nothing(store: JobStore) -> None:
@@ -114,13 +133,23 @@ def test_cancelling_a_pending_job_moves_counts_but_no_slot(store: JobStore) -> N
     done = store.transition(job, Trigger.CANCEL, actor="operator")
     assert isinstance(done, JobState) and done.status is JobStatus.CANCELLED
     assert "queue_repo" not in raw_item("j1")
-    assert counters() == {"running": 0, "n_pending": 0, "n_active": 0, "n_passed": 0,
-                          "n_failed": 0, "n_cancelled": 1}
+    assert counters() == {
+        "running": 0,
+        "n_pending": 0,
+        "n_active": 0,
+        "n_passed": 0,
+        "n_failed": 0,
+        "n_cancelled": 1,
+    }
 
 
 def test_retry_starts_a_new_attempt_and_keeps_history(store: JobStore) -> None:
-    failed = store.transition(reach(store, "j1", JobStatus.ACTIVE), Trigger.FAIL, actor="runner",
-                              outcome=Outcome(reason="exit_code", exit_code=1))
+    failed = store.transition(
+        reach(store, "j1", JobStatus.ACTIVE),
+        Trigger.FAIL,
+        actor="runner",
+        outcome=Outcome(reason="exit_code", exit_code=1),
+    )
     assert isinstance(failed, JobState)
     retried = store.transition(failed, Trigger.RETRY, actor="operator")
     assert isinstance(retried, JobState)
@@ -128,7 +157,11 @@ def test_retry_starts_a_new_attempt_and_keeps_history(store: JobStore) -> None:
     item = raw_item("j1")
     assert item["queue_repo"] == REPO and "exit_code" not in item and "expires_at" not in item
     assert [(h["to"], h["attempt"]) for h in item["history"]] == [
-        ("pending", 1), ("active", 1), ("failed", 1), ("pending", 2)]
+        ("pending", 1),
+        ("active", 1),
+        ("failed", 1),
+        ("pending", 2),
+    ]
     assert counters()["n_pending"] == 1 and counters()["n_failed"] == 0
 
 
@@ -136,12 +169,17 @@ ILLEGAL = [
     (status, trigger)
     for status, trigger in itertools.product(JobStatus, Trigger)
     if not (
-        (status, trigger) in {
-            (JobStatus.PENDING, Trigger.ACTIVATE), (JobStatus.PENDING, Trigger.CANCEL),
+        (status, trigger)
+        in {
+            (JobStatus.PENDING, Trigger.ACTIVATE),
+            (JobStatus.PENDING, Trigger.CANCEL),
             (JobStatus.FAILED, Trigger.RETRY),
         }
-        or (status is JobStatus.ACTIVE and trigger is not Trigger.ACTIVATE
-            and trigger is not Trigger.RETRY)
+        or (
+            status is JobStatus.ACTIVE
+            and trigger is not Trigger.ACTIVATE
+            and trigger is not Trigger.RETRY
+        )
     )
 ]
 

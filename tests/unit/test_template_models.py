@@ -21,8 +21,13 @@ def _model_shape(model: type[Model]) -> dict[str, Any]:
     attributes = {a["AttributeName"]: a["AttributeType"] for a in schema["attribute_definitions"]}
     indexes = {}
     for index in schema["global_secondary_indexes"]:
-        attributes.update({a["AttributeName"]: a["AttributeType"] for a in index["attribute_definitions"]})
-        indexes[index["index_name"]] = (_keys(index["key_schema"]), index["projection"]["ProjectionType"])
+        attributes.update(
+            {a["AttributeName"]: a["AttributeType"] for a in index["attribute_definitions"]}
+        )
+        indexes[index["index_name"]] = (
+            _keys(index["key_schema"]),
+            index["projection"]["ProjectionType"],
+        )
     ttl = model._ttl_attribute()
     return {
         "attributes": attributes,
@@ -38,7 +43,9 @@ def _template_shape(logical_id: str) -> dict[str, Any]:
     definition = table_definition(load_template(DEFAULT_TEMPLATE), logical_id)
     kwargs = definition.create_kwargs
     return {
-        "attributes": {a["AttributeName"]: a["AttributeType"] for a in kwargs["AttributeDefinitions"]},
+        "attributes": {
+            a["AttributeName"]: a["AttributeType"] for a in kwargs["AttributeDefinitions"]
+        },
         "keys": _keys(kwargs["KeySchema"]),
         "indexes": {
             index["IndexName"]: (_keys(index["KeySchema"]), index["Projection"]["ProjectionType"])
@@ -50,7 +57,9 @@ def _template_shape(logical_id: str) -> dict[str, Any]:
     }
 
 
-@pytest.mark.parametrize(("model", "logical_id"), [(JobModel, JOBS_TABLE), (RepoModel, REPOS_TABLE)])
+@pytest.mark.parametrize(
+    ("model", "logical_id"), [(JobModel, JOBS_TABLE), (RepoModel, REPOS_TABLE)]
+)
 def test_template_and_model_agree(model: type[Model], logical_id: str) -> None:
     assert _model_shape(model) == _template_shape(logical_id)
 
