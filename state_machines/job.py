@@ -1,11 +1,11 @@
 """The job state machine: the transition table and what each transition means (pure).
 
 The table is a `transitions` machine with ``auto_transitions=False``, so the table is the only
-way to move. The machine is built once, with no model bound to it: building a machine (or
-binding a model) per job costs far more than the database write it decides, so each legal
-(status, trigger) pair is compiled once into a frozen :class:`TransitionPlan`. Deciding a
-transition is then a dictionary lookup, and carrying it out is somebody else's job
-(``scheduler.store`` turns a plan into one conditional write).
+way to move. The machine is built once, with no model bound to it, and each legal
+(status, trigger) pair is compiled into a frozen :class:`TransitionPlan`: deciding is a
+dictionary lookup (~0.6 us, against ~70 us for a machine built per job; see
+``bench/lifecycle.py``), nothing is shared or mutated between threads, and carrying the plan
+out is somebody else's job (``scheduler.store`` turns it into one conditional write).
 """
 
 from __future__ import annotations
