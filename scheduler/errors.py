@@ -12,11 +12,22 @@ from state_machines.errors import DomainError, InvalidTransition, TransitionConf
 __all__ = [
     "ConfigurationError",
     "DomainError",
+    "InvalidArgument",
+    "InvalidCursor",
     "InvalidTransition",
     "JobExists",
     "JobNotFound",
+    "LengthRequired",
+    "MalformedStreamRecord",
+    "MethodNotAllowed",
+    "PayloadTooLarge",
+    "RepoNotFound",
+    "RouteNotFound",
+    "SignatureInvalid",
     "StoreUnavailable",
     "TransitionConflict",
+    "UnsupportedMediaType",
+    "WebhookRejected",
 ]
 
 
@@ -50,3 +61,79 @@ class StoreUnavailable(DomainError):
 
     http_status = 503
     exit_code = 2
+
+
+class InvalidArgument(DomainError):
+    """A request or command argument is malformed; nothing was read or written."""
+
+    http_status = 400
+    exit_code = 2
+
+
+class InvalidCursor(InvalidArgument):
+    """A pagination cursor this service did not issue for this query (tampered or foreign)."""
+
+
+class RepoNotFound(DomainError):
+    """No job of this repository was ever recorded (its counters item does not exist)."""
+
+    http_status = 404
+
+    def __init__(self, repo: str) -> None:
+        super().__init__(f"repository {repo} not found (no job was ever recorded for it)")
+        self.repo = repo
+
+
+class WebhookRejected(DomainError):
+    """A webhook delivery is malformed or not allowed; nothing was written."""
+
+    http_status = 400
+    exit_code = 2
+
+
+class SignatureInvalid(WebhookRejected):
+    """``X-Hub-Signature-256`` is missing, malformed or does not match the body."""
+
+    http_status = 401
+
+
+class LengthRequired(WebhookRejected):
+    http_status = 411
+
+
+class PayloadTooLarge(WebhookRejected):
+    http_status = 413
+
+
+class UnsupportedMediaType(WebhookRejected):
+    http_status = 415
+
+
+class RouteNotFound(DomainError):
+    http_status = 404
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"no route for {path}")
+        self.path = path
+
+
+class MethodNotAllowed(DomainError):
+    http_status = 405
+
+    def __init__(self, method: str, path: str, allowed: list[str]) -> None:
+        super().__init__(f"method {method} not allowed on {path} (allowed: {', '.join(allowed)})")
+        self.allowed = allowed
+
+
+class MalformedStreamRecord(DomainError):
+    """A stream record of a job item that cannot be read as a job (a poison record).
+
+    The stream processor fails the record, so the event source mapping retries it and, once its
+    retry policy is exhausted, sends it to the on-failure destination for an operator.
+    """
+
+    http_status = 422
+
+    def __init__(self, sequence_number: str, detail: str) -> None:
+        super().__init__(f"stream record {sequence_number}: {detail}")
+        self.sequence_number = sequence_number

@@ -18,15 +18,26 @@ LOCAL_REGION = "us-east-1"
 # DynamoDB Local accepts any credentials; these are used only when none are configured and the
 # endpoint is a local one, so that a fresh machine needs no AWS profile.
 LOCAL_CREDENTIALS = ("local", "local")
+# GitHub caps webhook payloads at 25 MB; anything larger is not a GitHub delivery.
+DEFAULT_WEBHOOK_MAX_BODY_BYTES = 25 * 1024 * 1024
+_TRUE = {"1", "true", "yes", "on"}
 
 
 @dataclass(frozen=True)
 class TableNames:
     jobs: str = "scheduler-jobs"
     repos: str = "scheduler-repos"
+    # The local stream runner's checkpoints and its on-failure destination (DynamoDB Local).
+    runner_state: str = "scheduler-runner-state"
+    dead_letters: str = "scheduler-dead-letters"
 
     def with_prefix(self, prefix: str) -> TableNames:
-        return TableNames(jobs=f"{prefix}{self.jobs}", repos=f"{prefix}{self.repos}")
+        return TableNames(
+            jobs=f"{prefix}{self.jobs}",
+            repos=f"{prefix}{self.repos}",
+            runner_state=f"{prefix}{self.runner_state}",
+            dead_letters=f"{prefix}{self.dead_letters}",
+        )
 
 
 @dataclass(frozen=True)
@@ -38,10 +49,17 @@ class Settings:
     secret_access_key: str | None = field(default=None, repr=False)
     session_token: str | None = field(default=None, repr=False)
     webhook_secret: str | None = field(default=None, repr=False)
+    # Key of the MAC on pagination cursors; unset, a built-in key still detects tampering.
+    cursor_secret: str | None = field(default=None, repr=False)
     config_path: Path | None = None
     template_path: Path = DEFAULT_TEMPLATE
     dynamodb_local_dir: Path = DEFAULT_DYNAMODB_LOCAL_DIR
     retention_days: int = 30
+    # Local demos only: accept unsigned webhook deliveries when no secret is configured.
+    allow_unsigned_webhooks: bool = False
+    webhook_max_body_bytes: int = DEFAULT_WEBHOOK_MAX_BODY_BYTES
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -58,17 +76,28 @@ class Settings:
             tables=TableNames(
                 jobs=env.get("SCHEDULER_JOBS_TABLE", TableNames.jobs),
                 repos=env.get("SCHEDULER_REPOS_TABLE", TableNames.repos),
+                runner_state=env.get("SCHEDULER_RUNNER_STATE_TABLE", TableNames.runner_state),
+                dead_letters=env.get("SCHEDULER_DEAD_LETTER_TABLE", TableNames.dead_letters),
             ),
             access_key_id=key_id,
             secret_access_key=secret,
             session_token=env.get("AWS_SESSION_TOKEN") if endpoint is None else None,
             webhook_secret=env.get("GITHUB_WEBHOOK_SECRET") or None,
+            cursor_secret=env.get("SCHEDULER_CURSOR_SECRET") or None,
             config_path=Path(config) if config else None,
             template_path=Path(env.get("SCHEDULER_TEMPLATE", str(DEFAULT_TEMPLATE))),
             dynamodb_local_dir=Path(
                 env.get("SCHEDULER_DYNAMODB_LOCAL_DIR", str(DEFAULT_DYNAMODB_LOCAL_DIR))
             ),
             retention_days=int(env.get("SCHEDULER_RETENTION_DAYS", "30")),
+            allow_unsigned_webhooks=(
+                env.get("SCHEDULER_ALLOW_UNSIGNED_WEBHOOKS", "").strip().lower() in _TRUE
+            ),
+            webhook_max_body_bytes=int(
+                env.get("SCHEDULER_WEBHOOK_MAX_BODY_BYTES", str(DEFAULT_WEBHOOK_MAX_BODY_BYTES))
+            ),
+            http_host=env.get("SCHEDULER_HTTP_HOST", "127.0.0.1"),
+            http_port=int(env.get("SCHEDULER_HTTP_PORT", "8080")),
         )
 
     def for_local(self, endpoint: str, tables: TableNames | None = None) -> Settings:

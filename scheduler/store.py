@@ -293,6 +293,69 @@ class JobStore:
         )
         return replace(job, status=step.dest, version=job.version + 1, attempt=attempt)
 
+    def claim_run(self, job: JobState, run_id: str) -> bool:
+        """Record that ``run_id`` runs ``job``'s current attempt; False if already claimed.
+
+        This is the cross-process idempotency key ``job_id#attempt``: whoever claims first
+        starts the run, every other starter (a duplicate stream record, a second runner)
+        loses here and starts nothing. It is not a transition: status and version stay, so
+        the run's own report is still guarded by the version read at activation.
+        """
+        now = self._clock()
+        try:
+            JobModel(job.job_id).update(
+                actions=[JobModel.run_id.set(run_id), JobModel.started_at.set(now)],
+                # Only the active attempt we were asked to start, and only once.
+                condition=(JobModel.status == JobStatus.ACTIVE.value)
+                & (JobModel.attempt == job.attempt)
+                & JobModel.run_id.does_not_exist(),
+            )
+        except PynamoDBException as exc:
+            if exc.cause_response_code == "ConditionalCheckFailedException":
+                return False
+            raise StoreUnavailable(f"claim of run {run_id} failed: {_cause(exc)}") from exc
+        log.info("run claimed", extra={"job_id": job.job_id, "run_id": run_id})
+        return True
+
+    def record_run_id(self, job_id: str, attempt: int, claimed: str, run_id: str) -> None:
+        """Replace the claimed run id by the executor's own (only for that claim's attempt)."""
+        try:
+            JobModel(job_id).update(
+                actions=[JobModel.run_id.set(run_id)],
+                condition=(JobModel.attempt == attempt) & (JobModel.run_id == claimed),
+            )
+        except PynamoDBException as exc:
+            if exc.cause_response_code != "ConditionalCheckFailedException":
+                raise StoreUnavailable(f"cannot record run {run_id}: {_cause(exc)}") from exc
+
+    def report(
+        self,
+        job_id: str,
+        attempt: int,
+        trigger: Trigger | str,
+        *,
+        actor: str,
+        outcome: Outcome | None = None,
+    ) -> JobState | None:
+        """A run's outcome for ``attempt``: finish the job, or None if the report is moot.
+
+        Late or duplicate reports (another attempt runs now, the job was cancelled, timed out
+        or already finished) change nothing.
+        """
+        try:
+            job = self.state(job_id)
+        except JobNotFound:
+            return None
+        if job.status is not JobStatus.ACTIVE or job.attempt != attempt:
+            log.info("moot run report", extra={"job_id": job_id, "attempt": attempt})
+            return None
+        try:
+            result = self.transition(job, trigger, actor=actor, outcome=outcome)
+        except TransitionConflict:
+            return None
+        assert isinstance(result, JobState)  # finishing never needs a slot
+        return result
+
     # -- building blocks --------------------------------------------------------------------
 
     def _job_actions(

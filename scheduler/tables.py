@@ -19,6 +19,10 @@ from scheduler.template import (
 
 log = logging.getLogger(__name__)
 
+# Logical ids of the local stream runner's tables (checkpoints, on-failure destination).
+RUNNER_STATE_TABLE = "RunnerStateTable"
+DEAD_LETTER_TABLE = "DeadLetterTable"
+
 
 def definitions(settings: Settings) -> dict[str, TableDefinition]:
     """Table definitions from the template, keyed by the table name these settings use."""
@@ -26,6 +30,8 @@ def definitions(settings: Settings) -> dict[str, TableDefinition]:
     return {
         settings.tables.jobs: table_definition(template, JOBS_TABLE),
         settings.tables.repos: table_definition(template, REPOS_TABLE),
+        settings.tables.runner_state: table_definition(template, RUNNER_STATE_TABLE),
+        settings.tables.dead_letters: table_definition(template, DEAD_LETTER_TABLE),
     }
 
 

@@ -72,3 +72,114 @@ def tables(settings: Settings, ddb: object) -> TableNames:
 @pytest.fixture
 def store(settings: Settings, tables: TableNames) -> JobStore:
     return JobStore.from_settings(settings)
+
+
+@pytest.fixture
+def ticking_store(settings: Settings, tables: TableNames) -> JobStore:
+    """A store whose clock moves 1 s per reading, starting ~30 min ago (a strict job order)."""
+    import itertools
+    import time
+
+    start = time.time_ns() // 1_000_000 - 1_800_000
+    ticks = itertools.count()
+    return JobStore.from_settings(settings, clock=lambda: start + 1000 * next(ticks))
+
+
+def _bound_models() -> list[tuple[object, dict[str, object]]]:
+    keys = ("table_name", "region", "host", "aws_access_key_id", "aws_secret_access_key")
+    return [
+        (model, {key: getattr(model.Meta, key, None) for key in keys}) for model in models.MODELS
+    ]
+
+
+@pytest.fixture(scope="module")
+def stream_settings() -> Iterator[Settings]:
+    """A DynamoDB Local of this module's own, with all tables: for the heavy stream tests.
+
+    DynamoDB Local slows down as its stream store fills, so stream-heavy modules do not share the
+    session's server. The models are bound to it for the module and re-bound afterwards.
+    """
+    base = Settings.from_env({})
+    server = DynamoDBLocal(base.dynamodb_local_dir, heap_mb=512)
+    server.start()
+    before = _bound_models()
+    try:
+        result = base.for_local(server.endpoint, TableNames().with_prefix("s-"))
+        ensure_tables(client("dynamodb", result), result)
+        models.bind(result)
+        yield result
+    finally:
+        for model, meta in before:
+            for key, value in meta.items():
+                setattr(model.Meta, key, value)  # type: ignore[attr-defined]
+            model._connection = None  # type: ignore[attr-defined]
+        server.stop()
+
+
+def stream_env(settings: Settings) -> dict[str, str]:
+    """The environment that points a subprocess (a runner) at ``settings``' tables."""
+    assert settings.dynamodb_endpoint
+    return {
+        **os.environ,
+        "SCHEDULER_DYNAMODB_ENDPOINT": settings.dynamodb_endpoint,
+        "SCHEDULER_JOBS_TABLE": settings.tables.jobs,
+        "SCHEDULER_REPOS_TABLE": settings.tables.repos,
+        "SCHEDULER_RUNNER_STATE_TABLE": settings.tables.runner_state,
+        "SCHEDULER_DEAD_LETTER_TABLE": settings.tables.dead_letters,
+        "AWS_REGION": settings.region,
+    }
+
+
+class MakeJob:
+    """Creates a job through ``JobStore.create`` and drives it to a status by legal steps."""
+
+    PATHS: dict[str, list[str]] = {
+        "pending": [],
+        "active": ["activate"],
+        "passed": ["activate", "pass"],
+        "failed": ["activate", "fail"],
+        "cancelled": ["cancel"],
+    }
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+
+    def __call__(
+        self,
+        job_id: str,
+        status: str = "pending",
+        *,
+        repo: str = "octo-org/api",
+        branch: str = "main",
+        event: str = "push",
+    ) -> object:
+        from scheduler.store import JobState, NewJob, Outcome
+
+        job = self.store.create(
+            NewJob(
+                job_id=job_id,
+                repo=repo,
+                event=event,
+                sha="c0ffee" + "0" * 34,
+                timeout_seconds=600,
+                ref=f"refs/heads/{branch}",
+                branch=branch,
+                pr_number=7 if event == "pull_request" else None,
+                sender="octocat",
+                delivery_id=job_id,
+            )
+        )
+        for trigger in self.PATHS[str(status)]:
+            outcome = Outcome(reason="exit_code", exit_code=1) if trigger == "fail" else None
+            moved = self.store.transition(
+                job, trigger, actor="test", slot_limit=100, outcome=outcome
+            )
+            assert isinstance(moved, JobState)
+            job = moved
+        return job
+
+
+@pytest.fixture
+def make_job(ticking_store: JobStore) -> MakeJob:
+    """``make_job(job_id, status, repo=, branch=, event=)`` on the ticking store."""
+    return MakeJob(ticking_store)

@@ -1,0 +1,209 @@
+"""Stream runner figures on a fresh DynamoDB Local, side by side with raw GetRecords polling.
+
+    .venv/bin/python bench/stream.py [--latency-writes 300] [--backlog 5000] [--idle-seconds 10]
+
+1. latency: a job write -> the handler sees it (p50/p99), writes paced at ~20/s;
+2. drain rate of a backlog (records/s), the runner (no-op handler) vs a raw GetRecords loop;
+3. idle CPU of the runner and of DynamoDB Local, vs a raw 5 ms GetRecords poll loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import psutil
+
+from scheduler.aws import client
+from scheduler.local.dynamodb_local import DynamoDBLocal
+from scheduler.local.stream_runner import (
+    CheckpointStore,
+    DeadLetterStore,
+    MappingConfig,
+    PollingConfig,
+    StreamRunner,
+)
+from scheduler.settings import Settings
+from scheduler.tables import ensure_tables
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class Bench:
+    def __init__(self, settings: Settings, server_pid: int) -> None:
+        self.settings = settings
+        self.ddb = client("dynamodb", settings)
+        self.streams = client("dynamodbstreams", settings)
+        self.server = psutil.Process(server_pid)
+        self.seen: dict[str, float] = {}
+        self.count = 0
+
+    def handler(self, event: dict[str, Any], context: Any) -> Any:
+        now = time.perf_counter()
+        for record in event["Records"]:
+            self.seen.setdefault(record["dynamodb"]["Keys"]["job_id"]["S"], now)
+        self.count += len(event["Records"])
+        return {"batchItemFailures": []}
+
+    def runner(self) -> StreamRunner:
+        mapping = MappingConfig.from_settings(self.settings)
+        return StreamRunner(
+            dynamodb=self.ddb,
+            streams=self.streams,
+            table_name=self.settings.tables.jobs,
+            checkpoints=CheckpointStore(self.ddb, self.settings.tables.runner_state, "bench"),
+            dead_letters=DeadLetterStore(self.ddb, self.settings.tables.dead_letters),
+            handler=self.handler,
+            mapping=mapping,
+            polling=PollingConfig(),
+        )
+
+    def put(self, job_id: str) -> None:
+        self.ddb.put_item(
+            TableName=self.settings.tables.jobs,
+            Item={"job_id": {"S": job_id}, "status": {"S": "pending"}, "repo": {"S": "b/b"}},
+        )
+
+    def latency(self, writes: int) -> list[float]:
+        runner = self.runner()
+        runner.skip_to_end()
+        stop = threading.Event()
+        thread = threading.Thread(target=runner.run, args=(stop,))
+        thread.start()
+        written: dict[str, float] = {}
+        for n in range(writes):
+            job_id = f"lat-{n}"
+            written[job_id] = time.perf_counter()
+            self.put(job_id)
+            time.sleep(0.05)
+        deadline = time.monotonic() + 10
+        while not all(j in self.seen for j in written) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stop.set()
+        thread.join()
+        return [(self.seen[j] - t) * 1000 for j, t in written.items() if j in self.seen]
+
+    def backlog(self, size: int, prefix: str) -> None:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda n: self.put(f"{prefix}-{n}"), range(size)))
+
+    def drain_runner(self, size: int) -> float:
+        runner = self.runner()
+        runner.skip_to_end()
+        self.backlog(size, "drain")
+        start_count = self.count
+        started = time.perf_counter()
+        runner.drain(timeout=600, quiet_polls=2)
+        elapsed = time.perf_counter() - started
+        assert self.count - start_count >= size
+        return (self.count - start_count) / elapsed
+
+    def drain_raw(self, size: int) -> float:
+        arn = self.ddb.describe_table(TableName=self.settings.tables.jobs)["Table"][
+            "LatestStreamArn"
+        ]
+        shard = self.streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][-1]
+        # Position at the current end first, then write the backlog, then read it raw.
+        iterator = self.streams.get_shard_iterator(
+            StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+        while True:
+            response = self.streams.get_records(ShardIterator=iterator, Limit=1000)
+            iterator = response["NextShardIterator"]
+            if not response["Records"]:
+                break
+        self.backlog(size, "raw")
+        read = 0
+        started = time.perf_counter()
+        while read < size:
+            response = self.streams.get_records(ShardIterator=iterator, Limit=100)
+            iterator = response["NextShardIterator"]
+            read += len(response["Records"])
+        return read / (time.perf_counter() - started)
+
+    def cpu(self, seconds: float, work: Any) -> tuple[float, float]:
+        """(client %, server %) of one core while ``work(stop)`` runs for ``seconds``."""
+        me = psutil.Process()
+        stop = threading.Event()
+        thread = threading.Thread(target=work, args=(stop,))
+        thread.start()
+        time.sleep(1.0)  # settle into the idle back-off
+        client_before, server_before = me.cpu_times(), self.server.cpu_times()
+        started = time.perf_counter()
+        time.sleep(seconds)
+        client_after, server_after = me.cpu_times(), self.server.cpu_times()
+        wall = time.perf_counter() - started
+        stop.set()
+        thread.join()
+
+        def busy(before: Any, after: Any) -> float:
+            return float((after.user + after.system) - (before.user + before.system))
+
+        return (
+            100 * busy(client_before, client_after) / wall,
+            100 * busy(server_before, server_after) / wall,
+        )
+
+    def raw_poll(self, stop: threading.Event) -> None:
+        arn = self.ddb.describe_table(TableName=self.settings.tables.jobs)["Table"][
+            "LatestStreamArn"
+        ]
+        shard = self.streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][-1]
+        iterator = self.streams.get_shard_iterator(
+            StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="LATEST"
+        )["ShardIterator"]
+        while not stop.is_set():
+            iterator = self.streams.get_records(ShardIterator=iterator, Limit=100)[
+                "NextShardIterator"
+            ]
+            stop.wait(0.005)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--latency-writes", type=int, default=300)
+    parser.add_argument("--backlog", type=int, default=5000)
+    parser.add_argument("--idle-seconds", type=float, default=10.0)
+    args = parser.parse_args()
+
+    base = Settings.from_env({})
+    with DynamoDBLocal(base.dynamodb_local_dir, heap_mb=512) as server:
+        settings = base.for_local(server.endpoint)
+        ensure_tables(client("dynamodb", settings), settings)
+        assert server.pid is not None
+        bench = Bench(settings, server.pid)
+        for n in range(200):  # warm up the server's JIT and the stream
+            bench.put(f"warm-{n}")
+
+        latencies = bench.latency(args.latency_writes)
+        print(
+            f"latency write->handler  n={len(latencies)}  p50={statistics.median(latencies):.1f} ms"
+            f"  p99={quantile(latencies, 0.99):.1f} ms  max={max(latencies):.1f} ms"
+        )
+        raw_rate = bench.drain_raw(args.backlog)
+        runner_rate = bench.drain_runner(args.backlog)
+        print(
+            f"backlog drain ({args.backlog} records)  runner={runner_rate:.0f}/s"
+            f"  raw GetRecords={raw_rate:.0f}/s  ratio={runner_rate / raw_rate:.2f}"
+        )
+        runner = bench.runner()
+        runner.skip_to_end()
+        runner_cpu = bench.cpu(args.idle_seconds, runner.run)
+        raw_cpu = bench.cpu(args.idle_seconds, bench.raw_poll)
+        print(
+            f"idle CPU (% of one core)  runner: client={runner_cpu[0]:.1f} server="
+            f"{runner_cpu[1]:.1f}   raw 5 ms poll: client={raw_cpu[0]:.1f} server={raw_cpu[1]:.1f}"
+            f"   ratio client={runner_cpu[0] / max(raw_cpu[0], 0.01):.2f}"
+            f" server={runner_cpu[1] / max(raw_cpu[1], 0.01):.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,255 @@
+"""The HTTP application: one object for AWS Lambda and for the local server.
+
+:class:`Application` takes a transport-neutral :class:`Request` and returns a :class:`Response`;
+``handle_lambda`` adapts an API Gateway HTTP API / Function URL event (payload format 2.0,
+base64 bodies included), and ``scheduler.local.http_server`` adapts a real HTTP request. Routes
+live in a small :class:`Router` (``/repos/{owner}/{repo}/jobs`` style patterns), so other
+modules add theirs with ``router.add`` (see :func:`create_app`'s ``extra_routes``).
+
+Every answer is a JSON object; every failure is ``{"error": message}`` with the status of its
+typed error (bad input is always a 4xx). An unexpected exception is logged and answered 500
+without details, so nothing internal (let alone a secret) reaches the caller.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, NotRequired, TypedDict
+from urllib.parse import parse_qsl
+
+from scheduler import models
+from scheduler.config import RepositoryConfig, load_config
+from scheduler.errors import (
+    DomainError,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    RouteNotFound,
+    WebhookRejected,
+)
+from scheduler.settings import Settings
+from scheduler.store import DAY_MS, Clock, JobStore, system_clock
+from scheduler.webhook import WebhookService, webhook_secret
+
+__all__ = [
+    "Application",
+    "Handler",
+    "HttpApiEvent",
+    "HttpApiResponse",
+    "Request",
+    "Response",
+    "Router",
+    "create_app",
+]
+
+log = logging.getLogger(__name__)
+
+
+# -- request and response ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One HTTP request, whichever runtime received it. Header names are lower-case."""
+
+    method: str
+    path: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    query: Mapping[str, str] = field(default_factory=dict)
+    params: Mapping[str, str] = field(default_factory=dict)  # filled from the route pattern
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    body: Mapping[str, Any]
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        return json.dumps(self.body, separators=(",", ":"), sort_keys=True).encode()
+
+    @classmethod
+    def error(cls, exc: DomainError) -> Response:
+        headers = {}
+        if isinstance(exc, MethodNotAllowed):
+            headers["allow"] = ", ".join(exc.allowed)
+        return cls(exc.http_status, {"error": str(exc)}, headers)
+
+
+Handler = Callable[[Request], Response]
+
+
+class HttpApiHttp(TypedDict):
+    method: str
+    path: NotRequired[str]
+
+
+class HttpApiContext(TypedDict):
+    http: HttpApiHttp
+
+
+class HttpApiEvent(TypedDict):
+    """The parts of an HTTP API / Function URL event (payload format 2.0) that we read."""
+
+    version: NotRequired[str]
+    rawPath: str
+    rawQueryString: NotRequired[str]
+    headers: NotRequired[dict[str, str]]
+    body: NotRequired[str | None]
+    isBase64Encoded: NotRequired[bool]
+    requestContext: HttpApiContext
+
+
+class HttpApiResponse(TypedDict):
+    statusCode: int
+    headers: dict[str, str]
+    body: str
+    isBase64Encoded: bool
+
+
+# -- routing ----------------------------------------------------------------------------------
+
+
+_PARAM = re.compile(r"\{([a-z_]+)\}")
+
+
+class Router:
+    """Method + path pattern -> handler. ``{name}`` matches one path segment."""
+
+    def __init__(self) -> None:
+        self._routes: list[tuple[re.Pattern[str], str, Handler]] = []
+
+    def add(self, method: str, pattern: str, handler: Handler) -> None:
+        # Literal parts are escaped; each `{name}` becomes a named group of one path segment.
+        parts = _PARAM.split(pattern)
+        regex = "".join(
+            re.escape(part) if index % 2 == 0 else f"(?P<{part}>[^/]+)"
+            for index, part in enumerate(parts)
+        )
+        self._routes.append((re.compile(regex), method.upper(), handler))
+
+    def match(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
+        """The handler for ``method path`` and its parameters; 404 or 405 as typed errors."""
+        allowed: list[str] = []
+        for regex, route_method, handler in self._routes:
+            found = regex.fullmatch(path)
+            if found is None:
+                continue
+            if route_method == method or (method == "HEAD" and route_method == "GET"):
+                return handler, found.groupdict()
+            allowed.append(route_method)
+        if allowed:
+            raise MethodNotAllowed(method, path, sorted(set(allowed)))
+        raise RouteNotFound(path)
+
+
+# -- the application --------------------------------------------------------------------------
+
+
+class Application:
+    def __init__(self, router: Router, *, max_body_bytes: int) -> None:
+        self.router = router
+        self.max_body_bytes = max_body_bytes
+
+    def handle(self, request: Request) -> Response:
+        try:
+            handler, params = self.router.match(request.method.upper(), request.path)
+            if len(request.body) > self.max_body_bytes:
+                raise PayloadTooLarge(f"body over the limit of {self.max_body_bytes} bytes")
+            return handler(replace(request, method=request.method.upper(), params=params))
+        except DomainError as exc:
+            if exc.http_status >= 500:
+                log.error("request failed: %s", exc, extra={"path": request.path})
+            return Response.error(exc)
+        except Exception:
+            log.exception("unexpected error", extra={"path": request.path})
+            return Response(500, {"error": "internal error"})
+
+    def handle_lambda(self, event: HttpApiEvent) -> HttpApiResponse:
+        """Serve an API Gateway HTTP API or Function URL event (payload format 2.0)."""
+        try:
+            request = request_from_lambda(event, self.max_body_bytes)
+        except DomainError as exc:
+            response = Response.error(exc)
+        else:
+            response = self.handle(request)
+        return {
+            "statusCode": response.status,
+            "headers": {"content-type": "application/json", **response.headers},
+            "body": response.encode().decode(),
+            "isBase64Encoded": False,
+        }
+
+
+def request_from_lambda(event: HttpApiEvent, max_body_bytes: int) -> Request:
+    raw = event.get("body") or ""
+    if len(raw) > max_body_bytes * 4 // 3 + 4:  # refuse before decoding an oversized body
+        raise PayloadTooLarge(f"body over the limit of {max_body_bytes} bytes")
+    if event.get("isBase64Encoded"):
+        try:
+            body = base64.b64decode(raw, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise WebhookRejected("body is not valid base64") from exc
+    else:
+        body = raw.encode("utf-8")
+    if len(body) > max_body_bytes:
+        raise PayloadTooLarge(f"body over the limit of {max_body_bytes} bytes")
+    # HTTP API and Function URLs lower-case header names and join repeated ones with commas.
+    headers = {name.lower(): value for name, value in (event.get("headers") or {}).items()}
+    return Request(
+        method=event["requestContext"]["http"]["method"].upper(),
+        path=event["rawPath"],
+        headers=headers,
+        body=body,
+        query=dict(parse_qsl(event.get("rawQueryString") or "")),
+    )
+
+
+def create_app(
+    settings: Settings,
+    *,
+    store: JobStore | None = None,
+    config: RepositoryConfig | None = None,
+    clock: Clock = system_clock,
+    extra_routes: Iterable[Callable[[Router], None]] = (),
+) -> Application:
+    """The application for ``settings``: checks the secret and the configuration first.
+
+    Raises :class:`ConfigurationError` (no webhook secret without the opt-out, a bad
+    configuration file) so that a misconfigured server never starts. Binds the models to the
+    settings' tables and endpoint.
+    """
+    secret = webhook_secret(settings)
+    config = config if config is not None else load_config(settings.config_path)
+    models.bind(settings)
+    store = store or JobStore.from_settings(settings, clock=clock)
+    # Make the botocore client now: made lazily, the first burst of concurrent requests would
+    # each build one (seconds of CPU under the GIL) before any of them is served.
+    _ = store.connection.client
+    webhook = WebhookService(
+        store,
+        config,
+        secret=secret,
+        clock=clock,
+        guard_window_ms=settings.retention_days * DAY_MS,
+    )
+
+    def receive(request: Request) -> Response:
+        answer = webhook.receive(request.headers, request.body)
+        return Response(answer.status, answer.body)
+
+    def healthz(_: Request) -> Response:
+        return Response(200, {"status": "ok"})
+
+    router = Router()
+    router.add("POST", "/webhook", receive)
+    router.add("GET", "/healthz", healthz)
+    for register in extra_routes:
+        register(router)
+    return Application(router, max_body_bytes=settings.webhook_max_body_bytes)

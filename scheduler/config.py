@@ -1,0 +1,230 @@
+"""Repository configuration: one TOML file, validated whole at start-up.
+
+The file says which repositories are accepted, which branches (and tags) are built, what a job
+runs and with which limits. Key names are fixed by DESIGN.md::
+
+    accept = ["octo-org/*", "someone/tool"]      # glob patterns of OWNER/REPO; absent = all
+
+    [defaults]
+    command = ["make", "test"]                   # argv list, never a shell string
+    branches = ["*"]                             # glob patterns of branch names to build
+    tags = []                                    # glob patterns of tag names (none by default)
+    timeout_seconds = 1800
+    concurrency = 2
+    status_context = "ci/scheduler"
+    priority = 0                                 # lower runs first among queued jobs
+
+    [defaults.retry]
+    attempts = 1
+    on = ["timed_out"]
+
+    [repos."octo-org/api"]                       # overrides, key by key
+    command = ["./ci.sh"]
+
+A bad file is one :class:`ConfigurationError` naming the file and the key (unknown keys too,
+so a typo never silently means "default"). Without a file the built-in default applies:
+accept every repository, build every branch with ``make test``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any
+
+from scheduler.errors import ConfigurationError
+from scheduler.github import REPO_NAME
+
+__all__ = [
+    "DEFAULT_CONFIG",
+    "RepoPolicy",
+    "RepositoryConfig",
+    "RetryPolicy",
+    "load_config",
+    "parse_config",
+]
+
+MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    attempts: int = 1
+    on: tuple[str, ...] = ("timed_out",)
+
+
+@dataclass(frozen=True, slots=True)
+class RepoPolicy:
+    """How one repository is built (the defaults, with that repository's overrides applied)."""
+
+    command: tuple[str, ...] = ("make", "test")
+    branches: tuple[str, ...] = ("*",)
+    tags: tuple[str, ...] = ()
+    timeout_seconds: int = 1800
+    concurrency: int = 2
+    status_context: str = "ci/scheduler"
+    priority: int = 0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+    def builds_branch(self, branch: str) -> bool:
+        return any(fnmatchcase(branch, pattern) for pattern in self.branches)
+
+    def builds_tag(self, tag: str) -> bool:
+        return any(fnmatchcase(tag, pattern) for pattern in self.tags)
+
+
+@dataclass(frozen=True, slots=True)
+class RepositoryConfig:
+    """The whole file. Repository names compare case-insensitively, as on GitHub."""
+
+    accept: tuple[str, ...] | None = None
+    defaults: RepoPolicy = field(default_factory=RepoPolicy)
+    repos: Mapping[str, RepoPolicy] = field(default_factory=dict)
+    source: str = "<built-in default>"
+
+    def accepts(self, repo: str) -> bool:
+        if self.accept is None:
+            return True
+        name = repo.lower()
+        return any(fnmatchcase(name, pattern.lower()) for pattern in self.accept)
+
+    def policy(self, repo: str) -> RepoPolicy:
+        return self.repos.get(repo.lower(), self.defaults)
+
+
+DEFAULT_CONFIG = RepositoryConfig()
+
+
+def load_config(path: Path | None) -> RepositoryConfig:
+    """The configuration in ``path``, or the built-in default when ``path`` is None."""
+    if path is None:
+        return DEFAULT_CONFIG
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"cannot read repository configuration {path}: {exc}") from exc
+    return parse_config(text, source=str(path))
+
+
+def parse_config(text: str, *, source: str = "<string>") -> RepositoryConfig:
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"{source}: invalid TOML: {exc}") from exc
+    return _Parser(source).config(document)
+
+
+class _Parser:
+    """Validates a parsed TOML document; every error names the file and the dotted key."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, key: str, message: str) -> ConfigurationError:
+        return ConfigurationError(f"{self.source}: key '{key}': {message}")
+
+    def config(self, document: dict[str, Any]) -> RepositoryConfig:
+        self.no_unknown_keys(document, {"accept", "defaults", "repos"}, "")
+        accept = None
+        if "accept" in document:
+            accept = self.patterns(document["accept"], "accept")
+        defaults_table = self.table(document.get("defaults", {}), "defaults")
+        defaults = self.policy(defaults_table, RepoPolicy(), "defaults")
+        repos: dict[str, RepoPolicy] = {}
+        for name, overrides in self.table(document.get("repos", {}), "repos").items():
+            key = f'repos."{name}"'
+            if REPO_NAME.fullmatch(name) is None:
+                raise self.fail(key, "repository names are OWNER/NAME")
+            if name.lower() in repos:
+                raise self.fail(key, "repository listed twice (names are case-insensitive)")
+            repos[name.lower()] = self.policy(self.table(overrides, key), defaults, key)
+        return RepositoryConfig(accept=accept, defaults=defaults, repos=repos, source=self.source)
+
+    def policy(self, table: dict[str, Any], base: RepoPolicy, prefix: str) -> RepoPolicy:
+        known = {f.name for f in fields(RepoPolicy)}
+        self.no_unknown_keys(table, known, prefix)
+        changes: dict[str, Any] = {}
+        for key, value in table.items():
+            path = f"{prefix}.{key}"
+            if key == "command":
+                changes[key] = self.command(value, path)
+            elif key in ("branches", "tags"):
+                changes[key] = self.patterns(value, path)
+            elif key == "timeout_seconds":
+                changes[key] = self.integer(value, path, 1, MAX_TIMEOUT_SECONDS)
+            elif key == "concurrency":
+                changes[key] = self.integer(value, path, 1, 1000)
+            elif key == "priority":
+                changes[key] = self.integer(value, path, 0, 9999)
+            elif key == "status_context":
+                changes[key] = self.text(value, path)
+            else:  # retry
+                changes[key] = self.retry(self.table(value, path), base.retry, path)
+        return replace(base, **changes)
+
+    def retry(self, table: dict[str, Any], base: RetryPolicy, prefix: str) -> RetryPolicy:
+        self.no_unknown_keys(table, {"attempts", "on"}, prefix)
+        changes: dict[str, Any] = {}
+        if "attempts" in table:
+            changes["attempts"] = self.integer(table["attempts"], f"{prefix}.attempts", 1, 100)
+        if "on" in table:
+            changes["on"] = self.strings(table["on"], f"{prefix}.on", allow_empty=True)
+        return replace(base, **changes)
+
+    def no_unknown_keys(self, table: Mapping[str, Any], known: set[str], prefix: str) -> None:
+        for key in table:
+            if key not in known:
+                path = f"{prefix}.{key}" if prefix else key
+                raise self.fail(path, f"unknown key (known: {', '.join(sorted(known))})")
+
+    def table(self, value: object, path: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(path, f"must be a table, not {_toml_type(value)}")
+        return value
+
+    def command(self, value: object, path: str) -> tuple[str, ...]:
+        if isinstance(value, str):
+            raise self.fail(path, 'must be an argv list such as ["make", "test"], not a string')
+        return self.strings(value, path, allow_empty=False)
+
+    def patterns(self, value: object, path: str) -> tuple[str, ...]:
+        return self.strings(value, path, allow_empty=True)
+
+    def strings(self, value: object, path: str, *, allow_empty: bool) -> tuple[str, ...]:
+        if not isinstance(value, list):
+            raise self.fail(path, f"must be an array of strings, not {_toml_type(value)}")
+        if not value and not allow_empty:
+            raise self.fail(path, "must not be empty")
+        for index, item in enumerate(value):
+            if not isinstance(item, str) or not item:
+                raise self.fail(f"{path}[{index}]", "must be a non-empty string")
+        return tuple(value)
+
+    def integer(self, value: object, path: str, low: int, high: int) -> int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise self.fail(path, f"must be an integer, not {_toml_type(value)}")
+        if not low <= value <= high:
+            raise self.fail(path, f"must be between {low} and {high}, not {value}")
+        return value
+
+    def text(self, value: object, path: str) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(path, "must be a non-empty string")
+        return value
+
+
+def _toml_type(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return type(value).__name__

@@ -1,0 +1,89 @@
+"""What every executor offers: start a run under an idempotency key, cancel it.
+
+Payload values (repository, ref, sha, PR number) reach a run only as data: environment
+variables of a process started from an argv list, or build environment variables. What runs
+comes from operator configuration, never from the payload.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from scheduler.models import JobModel
+
+
+@dataclass(frozen=True, slots=True)
+class RunRequest:
+    job_id: str
+    repo: str
+    sha: str
+    attempt: int
+    command: tuple[str, ...]
+    timeout_seconds: int
+    event: str = "push"
+    ref: str | None = None
+    pr_number: int | None = None
+
+    @property
+    def idempotency_key(self) -> str:
+        """``job_id#attempt``: one run per attempt, however often it is asked for."""
+        return f"{self.job_id}#{self.attempt}"
+
+    @classmethod
+    def from_job(cls, job: JobModel, command: Sequence[str]) -> RunRequest:
+        return cls(
+            job_id=job.job_id,
+            repo=job.repo,
+            sha=job.sha,
+            attempt=int(job.attempt),
+            command=tuple(command),
+            timeout_seconds=int(job.timeout_seconds),
+            event=job.event,
+            ref=job.ref,
+            pr_number=int(job.pr_number) if job.pr_number is not None else None,
+        )
+
+    def environment(self) -> dict[str, str]:
+        env = {
+            "SCHEDULER_JOB_ID": self.job_id,
+            "SCHEDULER_REPO": self.repo,
+            "SCHEDULER_SHA": self.sha,
+            "SCHEDULER_REF": self.ref or "",
+            "SCHEDULER_EVENT": self.event,
+            "SCHEDULER_ATTEMPT": str(self.attempt),
+        }
+        if self.pr_number is not None:
+            env["SCHEDULER_PR_NUMBER"] = str(self.pr_number)
+        return env
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """How a run ended. ``exit_code`` is None when it was killed (timeout or cancel)."""
+
+    job_id: str
+    attempt: int
+    exit_code: int | None
+    timed_out: bool = False
+    cancelled: bool = False
+    summary: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out and not self.cancelled
+
+
+OnFinished = Callable[[RunResult], None]
+
+
+class Executor(Protocol):
+    def start(self, request: RunRequest) -> str:
+        """Start the run for ``request.idempotency_key``; return its run id.
+
+        A second start with the same key starts nothing and returns the first run's id.
+        """
+
+    def cancel(self, run_id: str) -> None:
+        """Stop the run (no-op if it already ended)."""

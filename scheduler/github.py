@@ -1,0 +1,432 @@
+"""GitHub deliveries, pure: signature check, header and body checks, payload parsing.
+
+Nothing here does I/O or knows about jobs tables: a delivery (headers + raw body) goes in, and
+out comes either a typed rejection (:class:`~scheduler.errors.WebhookRejected` and its
+subclasses), or a value saying what the delivery asks for: a :class:`BuildRequest` (a commit to
+build), a :class:`Ping` or an :class:`Ignored` with its reason. What a job *runs* never comes
+from here: payload values are data only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import parse_qs
+
+from scheduler.errors import SignatureInvalid, UnsupportedMediaType, WebhookRejected
+
+__all__ = [
+    "DELIVERY_HEADER",
+    "EVENT_HEADER",
+    "KNOWN_EVENTS",
+    "REPO_NAME",
+    "SIGNATURE_HEADER",
+    "BuildRequest",
+    "Delivery",
+    "Ignored",
+    "Ping",
+    "interpret",
+    "job_id_for",
+    "parse_delivery",
+    "sign",
+    "verify_signature",
+]
+
+SIGNATURE_HEADER = "x-hub-signature-256"
+EVENT_HEADER = "x-github-event"
+DELIVERY_HEADER = "x-github-delivery"
+JOB_ID_PREFIX = "gh-"
+ZERO_SHA = "0" * 40
+BUILD_ACTIONS = frozenset({"opened", "synchronize", "reopened"})
+
+# Webhook events GitHub documents. A delivery naming one we do not build is answered 202 with
+# a reason; a name outside this list is not a GitHub event at all and is refused (400).
+KNOWN_EVENTS = frozenset(
+    {
+        "branch_protection_configuration",
+        "branch_protection_rule",
+        "check_run",
+        "check_suite",
+        "code_scanning_alert",
+        "commit_comment",
+        "create",
+        "custom_property",
+        "custom_property_values",
+        "delete",
+        "dependabot_alert",
+        "deploy_key",
+        "deployment",
+        "deployment_protection_rule",
+        "deployment_review",
+        "deployment_status",
+        "discussion",
+        "discussion_comment",
+        "fork",
+        "github_app_authorization",
+        "gollum",
+        "installation",
+        "installation_repositories",
+        "installation_target",
+        "issue_comment",
+        "issue_dependencies",
+        "issues",
+        "label",
+        "marketplace_purchase",
+        "member",
+        "membership",
+        "merge_group",
+        "meta",
+        "milestone",
+        "org_block",
+        "organization",
+        "package",
+        "page_build",
+        "personal_access_token_request",
+        "ping",
+        "project",
+        "project_card",
+        "project_column",
+        "projects_v2",
+        "projects_v2_item",
+        "projects_v2_status_update",
+        "public",
+        "pull_request",
+        "pull_request_review",
+        "pull_request_review_comment",
+        "pull_request_review_thread",
+        "push",
+        "registry_package",
+        "release",
+        "repository",
+        "repository_advisory",
+        "repository_dispatch",
+        "repository_import",
+        "repository_ruleset",
+        "repository_vulnerability_alert",
+        "secret_scanning_alert",
+        "secret_scanning_alert_location",
+        "secret_scanning_scan",
+        "security_advisory",
+        "security_and_analysis",
+        "sponsorship",
+        "star",
+        "status",
+        "sub_issues",
+        "team",
+        "team_add",
+        "watch",
+        "workflow_dispatch",
+        "workflow_job",
+        "workflow_run",
+    }
+)
+
+# GitHub's delivery ids are GUIDs; accept that shape (any case) and nothing longer, because
+# the id becomes part of a DynamoDB key and of log lines.
+_DELIVERY_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z-]{0,63}")
+_SIGNATURE = re.compile(r"sha256=([0-9a-f]{64})")
+_SHA = re.compile(r"[0-9a-f]{40}")
+# GitHub's OWNER/NAME: an owner of letters, digits and inner hyphens; a name of letters, digits,
+# '-', '_' and '.', but never '.' or '..'.
+REPO_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,38}/(?!\.\.?$)[A-Za-z0-9_.-]{1,100}")
+_T = TypeVar("_T")
+_JSON_TYPES = frozenset({"application/json"})
+_FORM_TYPES = frozenset({"application/x-www-form-urlencoded"})
+
+
+# -- results ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A delivery whose headers and body are well formed (its signature already checked)."""
+
+    event: str
+    delivery_id: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class BuildRequest:
+    """A commit GitHub asks us to build; everything a job needs from the payload, as data.
+
+    ``trigger`` names what caused the build: ``ref`` for a push, ``pr#N`` for a pull request.
+    Two deliveries with the same repository, event, trigger and sha ask for the same build.
+    """
+
+    delivery_id: str
+    repo: str
+    event: str
+    sha: str
+    ref: str
+    branch: str | None
+    trigger: str
+    pr_number: int | None = None
+    sender: str | None = None
+    tag: str | None = None
+    base_branch: str | None = None
+
+    @property
+    def job_id(self) -> str:
+        return job_id_for(self.delivery_id)
+
+    @property
+    def trigger_key(self) -> str:
+        """A fixed-size key naming (repository, event, trigger, sha), for the second guard."""
+        identity = "\n".join((self.repo.lower(), self.event, self.trigger, self.sha))
+        return hashlib.sha256(identity.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    zen: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ignored:
+    """A well-formed delivery that makes no job; ``reason`` says why (answered 202)."""
+
+    reason: str
+
+
+# -- signature ---------------------------------------------------------------------------------
+
+
+def sign(secret: bytes, body: bytes) -> str:
+    """The ``X-Hub-Signature-256`` value GitHub sends for ``body``."""
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+def verify_signature(secret: bytes, body: bytes, header: str | None) -> None:
+    """Raise :class:`SignatureInvalid` unless ``header`` is the HMAC-SHA256 of ``body``.
+
+    The comparison is constant-time (``hmac.compare_digest``), so the answer time tells an
+    attacker nothing about how much of a guess was right.
+    """
+    if header is None or not header.strip():
+        raise SignatureInvalid("missing X-Hub-Signature-256 header")
+    if _SIGNATURE.fullmatch(header.strip().lower()) is None:
+        raise SignatureInvalid("malformed X-Hub-Signature-256 header: expected sha256=<64 hex>")
+    if not hmac.compare_digest(sign(secret, body), header.strip().lower()):
+        raise SignatureInvalid("X-Hub-Signature-256 does not match the body")
+
+
+def job_id_for(delivery_id: str) -> str:
+    """The job id of a delivery: a redelivery (same ``X-GitHub-Delivery``) finds its job."""
+    return JOB_ID_PREFIX + delivery_id
+
+
+# -- headers and body -------------------------------------------------------------------------
+
+
+def parse_delivery(headers: Mapping[str, str], body: bytes) -> Delivery:
+    """Check the event and delivery headers, the content type and the body; no signature.
+
+    ``headers`` must have lower-case names (HTTP header names are case-insensitive; both the
+    Lambda event and the local server give them lower-cased).
+    """
+    event = _header(headers, EVENT_HEADER, "X-GitHub-Event")
+    if event not in KNOWN_EVENTS:
+        raise WebhookRejected(f"unknown event {_quote(event)} in X-GitHub-Event")
+    delivery_id = _header(headers, DELIVERY_HEADER, "X-GitHub-Delivery")
+    if _DELIVERY_ID.fullmatch(delivery_id) is None:
+        raise WebhookRejected(
+            "malformed X-GitHub-Delivery header: expected a GUID (letters, digits, '-', <= 64)"
+        )
+    payload = _payload(headers.get("content-type", ""), body)
+    return Delivery(event=event, delivery_id=delivery_id, payload=payload)
+
+
+def _header(headers: Mapping[str, str], name: str, shown: str) -> str:
+    value = headers.get(name, "").strip()
+    if not value:
+        raise WebhookRejected(f"missing {shown} header")
+    return value
+
+
+def _payload(content_type: str, body: bytes) -> dict[str, Any]:
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type in _FORM_TYPES:
+        # GitHub's form option: the JSON document is the `payload` field, url-encoded.
+        try:
+            fields = parse_qs(body.decode("ascii"), strict_parsing=True, max_num_fields=8)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise WebhookRejected(f"malformed form body: {exc}") from exc
+        values = fields.get("payload")
+        if not values or len(values) != 1:
+            raise WebhookRejected("form body must have exactly one 'payload' field")
+        text: str | bytes = values[0]
+    elif media_type in _JSON_TYPES:
+        text = body
+    else:
+        shown = _quote(media_type) if media_type else "none"
+        raise UnsupportedMediaType(
+            f"unsupported content type {shown}: use application/json"
+            " (or application/x-www-form-urlencoded)"
+        )
+    try:
+        document = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and bad UTF-8 are ValueErrors
+        raise WebhookRejected(f"malformed JSON body: {_short(exc)}") from exc
+    if not isinstance(document, dict):
+        raise WebhookRejected(f"JSON body must be an object, not {_json_type(document)}")
+    return document
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+# -- payloads ---------------------------------------------------------------------------------
+
+
+def interpret(delivery: Delivery) -> BuildRequest | Ping | Ignored:
+    """What ``delivery`` asks for. Raises :class:`WebhookRejected` for fields of wrong types."""
+    if delivery.event == "ping":
+        zen = delivery.payload.get("zen")
+        return Ping(zen if isinstance(zen, str) else None)
+    if delivery.event == "push":
+        return _push(delivery)
+    if delivery.event == "pull_request":
+        return _pull_request(delivery)
+    return Ignored(f"event {delivery.event} makes no job")
+
+
+def _push(delivery: Delivery) -> BuildRequest | Ignored:
+    payload = delivery.payload
+    repo = _repo(payload)
+    ref = _field(payload, "ref", str)
+    after = _field(payload, "after", str)
+    deleted = _optional(payload, "deleted", bool)
+    if deleted or after == ZERO_SHA:
+        return Ignored(f"push deletes {ref}: nothing to build")
+    sha = _sha(after, "after")
+    branch = tag = None
+    if ref.startswith("refs/heads/"):
+        branch = ref.removeprefix("refs/heads/")
+    elif ref.startswith("refs/tags/"):
+        tag = ref.removeprefix("refs/tags/")
+    else:
+        return Ignored(f"push to {ref} is neither a branch nor a tag")
+    return BuildRequest(
+        delivery_id=delivery.delivery_id,
+        repo=repo,
+        event="push",
+        sha=sha,
+        ref=ref,
+        branch=branch,
+        tag=tag,
+        trigger=ref,
+        sender=_sender(payload),
+    )
+
+
+def _pull_request(delivery: Delivery) -> BuildRequest | Ignored:
+    payload = delivery.payload
+    action = _field(payload, "action", str)
+    repo = _repo(payload)
+    pull = _field(payload, "pull_request", dict)
+    number = _optional(payload, "number", int)
+    if number is None:
+        number = _field(pull, "number", int, "pull_request.number")
+    if number <= 0:
+        raise WebhookRejected("field 'number' must be a positive integer")
+    if action not in BUILD_ACTIONS:
+        return Ignored(f"pull_request action {_quote(action)} makes no job")
+    head = _field(pull, "head", dict, "pull_request.head")
+    base = _field(pull, "base", dict, "pull_request.base")
+    sha = _sha(_field(head, "sha", str, "pull_request.head.sha"), "pull_request.head.sha")
+    return BuildRequest(
+        delivery_id=delivery.delivery_id,
+        repo=repo,
+        event="pull_request",
+        sha=sha,
+        # GitHub keeps this ref on the base repository for every PR, forks included.
+        ref=f"refs/pull/{number}/head",
+        branch=_field(head, "ref", str, "pull_request.head.ref"),
+        base_branch=_field(base, "ref", str, "pull_request.base.ref"),
+        trigger=f"pr#{number}",
+        pr_number=number,
+        sender=_sender(payload),
+    )
+
+
+def _repo(payload: Mapping[str, Any]) -> str:
+    repository = _field(payload, "repository", dict)
+    full_name = _field(repository, "full_name", str, "repository.full_name")
+    if REPO_NAME.fullmatch(full_name) is None:
+        raise WebhookRejected("field 'repository.full_name' must be OWNER/NAME")
+    return full_name
+
+
+def _sender(payload: Mapping[str, Any]) -> str | None:
+    sender = _optional(payload, "sender", dict)
+    if sender is None:
+        return None
+    login = _optional(sender, "login", str, "sender.login")
+    return login[:100] if login else None
+
+
+def _sha(value: str, path: str) -> str:
+    if _SHA.fullmatch(value) is None:
+        raise WebhookRejected(f"field '{path}' must be a 40-character hex commit sha")
+    return value
+
+
+def _field(payload: Mapping[str, Any], key: str, kind: type[_T], path: str | None = None) -> _T:
+    value = _optional(payload, key, kind, path)
+    if value is None:
+        raise WebhookRejected(f"missing field '{path or key}'")
+    return value
+
+
+def _optional(
+    payload: Mapping[str, Any], key: str, kind: type[_T], path: str | None = None
+) -> _T | None:
+    value = payload.get(key)
+    # bool is an int in Python, never in JSON: `"number": true` is the wrong type.
+    if value is None:
+        return None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise WebhookRejected(
+            f"field '{path or key}' must be {_json_name(kind)}, not {_json_type(value)}"
+        )
+    return value
+
+
+_JSON_NAMES: dict[type, str] = {
+    dict: "an object",
+    str: "a string",
+    int: "an integer",
+    bool: "a boolean",
+}
+
+
+def _json_name(kind: type) -> str:
+    return _JSON_NAMES.get(kind, kind.__name__)
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
+
+
+def _quote(text: str, limit: int = 40) -> str:
+    """``text`` for an error message: repr-quoted and cut, so no header floods a response."""
+    return repr(text[:limit] + ("..." if len(text) > limit else ""))
+
+
+def _short(exc: Exception) -> str:
+    return str(exc)[:200]

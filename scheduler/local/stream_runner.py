@@ -1,0 +1,899 @@
+"""A local event source mapping: reads the jobs table's stream on DynamoDB Local and invokes the
+stream handler with Lambda-shaped events, with the semantics of Lambda's ESM for DynamoDB Streams.
+
+- Shards are discovered with ``DescribeStream`` and re-discovered periodically and whenever a
+  shard is finished; a child shard is read only once its parent is finished; records of a shard
+  are delivered in order.
+- A batch is handed to the handler when it holds ``BatchSize`` records, when the batching window
+  has passed since its first record, or when the shard has no more records.
+- After a batch succeeds its last sequence number is checkpointed in DynamoDB (conditionally, so
+  a checkpoint never moves back), so a restarted runner resumes where it stopped: at least once,
+  nothing skipped, at most the unfinished batch repeated.
+- A partial batch response resumes from the lowest reported sequence number (the records before
+  it are checkpointed). A failed batch is retried with backoff; with ``BisectBatchOnFunctionError``
+  it is split in two first (a split does not use up a retry, so a poison record is isolated in
+  about log2(BatchSize) invocations and the good records around it go through). A batch whose
+  retries (``MaximumRetryAttempts``) or age (``MaximumRecordAgeInSeconds``) run out goes to the
+  on-failure destination, a dead-letter table holding the batch metadata and its records, and
+  the shard moves on.
+- Expired iterators, ``TrimmedDataAccessException`` (DynamoDB Local raises it on an iterator
+  opened on an empty shard after another table wrote records) and a stream re-enabled under a
+  new ARN are handled by taking a fresh iterator or re-discovering, never by crashing.
+
+Polling is adaptive: the shard is read again at once while records flow, and the pause between
+empty polls doubles up to ``idle_max_seconds`` when the stream is idle (an empty ``GetRecords``
+is not free on DynamoDB Local).
+
+Shards are served one after another in one thread (DynamoDB Local keeps one open shard per
+stream); Lambda would run one invocation per shard concurrently.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import gzip
+import json
+import logging
+import random
+import signal
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from scheduler.errors import ConfigurationError, StoreUnavailable
+from scheduler.settings import Settings
+from scheduler.template import load_template
+
+log = logging.getLogger(__name__)
+
+STREAM_FUNCTION = "StreamFunction"
+DEAD_LETTER_SOURCE = "jobs"
+_SEQUENCE_DIGITS = 40  # DynamoDB sequence numbers are decimal strings of up to 40 digits
+_MAX_DEAD_LETTER_BYTES = 350_000  # an item holds at most 400 KB
+
+Handler = Callable[[dict[str, Any], Any], Any]
+"""A Lambda handler: (event, context) -> response."""
+
+
+# -- configuration --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MappingConfig:
+    """The event source mapping settings (Lambda's names and defaults)."""
+
+    batch_size: int = 100
+    batching_window_seconds: float = 0.0
+    bisect_on_error: bool = False
+    max_retry_attempts: int = -1  # -1: retried until the record expires
+    max_record_age_seconds: int = -1  # -1: no limit
+    report_batch_item_failures: bool = False
+    starting_position: str = "TRIM_HORIZON"
+
+    @classmethod
+    def from_template(
+        cls, template: Mapping[str, Any], function: str = STREAM_FUNCTION
+    ) -> MappingConfig:
+        """The settings of the DynamoDB event of ``function`` in the SAM template."""
+        resource = template.get("Resources", {}).get(function)
+        if not resource:
+            raise ConfigurationError(f"template has no function {function}")
+        events = resource.get("Properties", {}).get("Events", {})
+        found = [e["Properties"] for e in events.values() if e.get("Type") == "DynamoDB"]
+        if len(found) != 1:
+            raise ConfigurationError(f"{function} needs exactly one DynamoDB event source")
+        props = found[0]
+        return cls(
+            batch_size=int(props.get("BatchSize", 100)),
+            batching_window_seconds=float(props.get("MaximumBatchingWindowInSeconds", 0)),
+            bisect_on_error=bool(props.get("BisectBatchOnFunctionError", False)),
+            max_retry_attempts=int(props.get("MaximumRetryAttempts", -1)),
+            max_record_age_seconds=int(props.get("MaximumRecordAgeInSeconds", -1)),
+            report_batch_item_failures="ReportBatchItemFailures"
+            in props.get("FunctionResponseTypes", []),
+            starting_position=str(props.get("StartingPosition", "TRIM_HORIZON")),
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MappingConfig:
+        return cls.from_template(load_template(settings.template_path))
+
+
+@dataclass(frozen=True)
+class PollingConfig:
+    """Local-only knobs: how fast to poll, back off and re-discover."""
+
+    idle_min_seconds: float = 0.01
+    idle_max_seconds: float = 0.1
+    retry_base_seconds: float = 0.2
+    retry_max_seconds: float = 10.0
+    discovery_seconds: float = 10.0
+
+
+# -- checkpoints and the dead-letter table ----------------------------------------------------
+
+
+def _position(sequence_number: str) -> str:
+    """A sequence number as a string that sorts like the number (for conditions)."""
+    return sequence_number.zfill(_SEQUENCE_DIGITS)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    sequence_number: str | None
+    finished: bool
+
+
+class CheckpointStore:
+    """Per-shard checkpoints in the runner-state table (hash: stream ARN, range: shard id)."""
+
+    def __init__(self, client: Any, table: str, owner: str, wall: Callable[[], float] = time.time):
+        self._client = client
+        self._table = table
+        self._owner = owner
+        self._wall = wall
+
+    def load(self, stream_arn: str) -> dict[str, Checkpoint]:
+        found: dict[str, Checkpoint] = {}
+        try:
+            paginator = self._client.get_paginator("query")
+            for page in paginator.paginate(
+                TableName=self._table,
+                KeyConditionExpression="stream_arn = :a",
+                ExpressionAttributeValues={":a": {"S": stream_arn}},
+                ConsistentRead=True,
+            ):
+                for item in page["Items"]:
+                    found[item["shard_id"]["S"]] = Checkpoint(
+                        item["sequence_number"]["S"] if "sequence_number" in item else None,
+                        bool(item.get("finished", {}).get("BOOL", False)),
+                    )
+        except (BotoCoreError, ClientError) as exc:
+            raise StoreUnavailable(f"cannot read checkpoints: {exc}") from exc
+        return found
+
+    def save(
+        self, stream_arn: str, shard_id: str, sequence_number: str | None, finished: bool = False
+    ) -> bool:
+        """Move the shard's checkpoint forward; False if another runner is already further.
+
+        Condition: the stored position is absent or not beyond ours, so two runners on one
+        stream (an operator's mistake) can never move a checkpoint back.
+        """
+        sets = ["updated_at = :t", "#owner = :o", "finished = :f"]
+        values: dict[str, Any] = {
+            ":t": {"N": str(int(self._wall() * 1000))},
+            ":o": {"S": self._owner},
+            ":f": {"BOOL": finished},
+        }
+        condition = None
+        if sequence_number is not None:
+            sets += ["sequence_number = :s", "#pos = :p"]
+            values[":s"] = {"S": sequence_number}
+            values[":p"] = {"S": _position(sequence_number)}
+            condition = "attribute_not_exists(#pos) OR #pos <= :p"
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "Key": {"stream_arn": {"S": stream_arn}, "shard_id": {"S": shard_id}},
+            "UpdateExpression": "SET " + ", ".join(sets),
+            "ExpressionAttributeNames": {"#owner": "owner"},
+            "ExpressionAttributeValues": values,
+        }
+        if condition:
+            kwargs["ConditionExpression"] = condition
+            kwargs["ExpressionAttributeNames"]["#pos"] = "position"
+        try:
+            self._client.update_item(**kwargs)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return False
+            raise StoreUnavailable(f"cannot save checkpoint of {shard_id}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StoreUnavailable(f"cannot save checkpoint of {shard_id}: {exc}") from exc
+        return True
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A batch that exhausted its retry policy: Lambda's destination metadata and the records."""
+
+    dead_letter_id: str
+    condition: str  # RetryAttemptsExhausted | RecordAgeExceeded
+    stream_arn: str
+    shard_id: str
+    start_sequence_number: str
+    end_sequence_number: str
+    batch_size: int
+    approximate_arrival_of_first_record: float | None
+    approximate_arrival_of_last_record: float | None
+    attempts: int
+    error: str
+    failed_at: int
+    records: list[dict[str, Any]] = field(repr=False)
+    replayed_at: int | None = None
+
+
+class DeadLetterStore:
+    """The on-failure destination: one item per failed batch, records gzipped for replay."""
+
+    def __init__(self, client: Any, table: str, source: str = DEAD_LETTER_SOURCE):
+        self._client = client
+        self._table = table
+        self._source = source
+
+    def put(self, letter: DeadLetter) -> list[str]:
+        """Store ``letter``; a batch too large for one item is stored as several."""
+        blob = gzip.compress(json.dumps(letter.records, default=_json_default).encode())
+        if len(blob) > _MAX_DEAD_LETTER_BYTES and len(letter.records) > 1:
+            half = len(letter.records) // 2
+            ids = []
+            for part, records in enumerate((letter.records[:half], letter.records[half:])):
+                ids += self.put(_sub_letter(letter, records, f"{letter.dead_letter_id}.{part}"))
+            return ids
+        item: dict[str, Any] = {
+            "source": {"S": self._source},
+            "dead_letter_id": {"S": letter.dead_letter_id},
+            "condition": {"S": letter.condition},
+            "stream_arn": {"S": letter.stream_arn},
+            "shard_id": {"S": letter.shard_id},
+            "start_sequence_number": {"S": letter.start_sequence_number},
+            "end_sequence_number": {"S": letter.end_sequence_number},
+            "batch_size": {"N": str(letter.batch_size)},
+            "attempts": {"N": str(letter.attempts)},
+            "error": {"S": letter.error[:2000] or "-"},
+            "failed_at": {"N": str(letter.failed_at)},
+            "records_gz": {"B": blob},
+        }
+        for key, value in (
+            ("approximate_arrival_of_first_record", letter.approximate_arrival_of_first_record),
+            ("approximate_arrival_of_last_record", letter.approximate_arrival_of_last_record),
+        ):
+            if value is not None:
+                item[key] = {"N": repr(float(value))}
+        try:
+            # The id is derived from the batch: a runner that dies after this write and
+            # dead-letters the batch again overwrites the same item instead of adding one.
+            self._client.put_item(TableName=self._table, Item=item)
+        except (BotoCoreError, ClientError) as exc:
+            raise StoreUnavailable(f"cannot write dead letter: {exc}") from exc
+        return [letter.dead_letter_id]
+
+    def list(self, limit: int = 100) -> list[DeadLetter]:
+        try:
+            page = self._client.query(
+                TableName=self._table,
+                KeyConditionExpression="#s = :s",
+                ExpressionAttributeNames={"#s": "source"},
+                ExpressionAttributeValues={":s": {"S": self._source}},
+                ConsistentRead=True,
+                Limit=limit,
+            )
+        except (BotoCoreError, ClientError) as exc:
+            raise StoreUnavailable(f"cannot read dead letters: {exc}") from exc
+        return [_letter_from_item(item) for item in page["Items"]]
+
+    def mark_replayed(self, dead_letter_id: str, at: int) -> None:
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key={"source": {"S": self._source}, "dead_letter_id": {"S": dead_letter_id}},
+                UpdateExpression="SET replayed_at = :t",
+                ExpressionAttributeValues={":t": {"N": str(at)}},
+            )
+        except (BotoCoreError, ClientError) as exc:
+            raise StoreUnavailable(f"cannot mark dead letter {dead_letter_id}: {exc}") from exc
+
+    def replay(self, letter: DeadLetter, handler: Handler, now_ms: int) -> Any:
+        """Invoke ``handler`` with the letter's records again (the operator's replay)."""
+        response = handler({"Records": letter.records}, None)
+        failures = (response or {}).get("batchItemFailures") if isinstance(response, dict) else []
+        if not failures:
+            self.mark_replayed(letter.dead_letter_id, now_ms)
+        return response
+
+
+def _sub_letter(letter: DeadLetter, records: list[dict[str, Any]], new_id: str) -> DeadLetter:
+    first, last = records[0]["dynamodb"], records[-1]["dynamodb"]
+    return DeadLetter(
+        dead_letter_id=new_id,
+        condition=letter.condition,
+        stream_arn=letter.stream_arn,
+        shard_id=letter.shard_id,
+        start_sequence_number=first["SequenceNumber"],
+        end_sequence_number=last["SequenceNumber"],
+        batch_size=len(records),
+        approximate_arrival_of_first_record=first.get("ApproximateCreationDateTime"),
+        approximate_arrival_of_last_record=last.get("ApproximateCreationDateTime"),
+        attempts=letter.attempts,
+        error=letter.error,
+        failed_at=letter.failed_at,
+        records=records,
+    )
+
+
+def _letter_from_item(item: Mapping[str, Any]) -> DeadLetter:
+    def num(key: str) -> float | None:
+        return float(item[key]["N"]) if key in item else None
+
+    return DeadLetter(
+        dead_letter_id=item["dead_letter_id"]["S"],
+        condition=item["condition"]["S"],
+        stream_arn=item["stream_arn"]["S"],
+        shard_id=item["shard_id"]["S"],
+        start_sequence_number=item["start_sequence_number"]["S"],
+        end_sequence_number=item["end_sequence_number"]["S"],
+        batch_size=int(item["batch_size"]["N"]),
+        approximate_arrival_of_first_record=num("approximate_arrival_of_first_record"),
+        approximate_arrival_of_last_record=num("approximate_arrival_of_last_record"),
+        attempts=int(item["attempts"]["N"]),
+        error=item["error"]["S"],
+        failed_at=int(item["failed_at"]["N"]),
+        records=json.loads(gzip.decompress(item["records_gz"]["B"])),
+        replayed_at=int(item["replayed_at"]["N"]) if "replayed_at" in item else None,
+    )
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray):
+        return base64.b64encode(value).decode()
+    if isinstance(value, set | frozenset):
+        return sorted(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+# -- records ------------------------------------------------------------------------------------
+
+
+def lambda_record(raw: Mapping[str, Any], stream_arn: str) -> dict[str, Any]:
+    """A ``GetRecords`` record in the shape Lambda delivers it (epoch seconds, source ARN)."""
+    record = dict(raw)
+    data = dict(raw["dynamodb"])
+    created = data.get("ApproximateCreationDateTime")
+    if isinstance(created, datetime):
+        data["ApproximateCreationDateTime"] = created.timestamp()
+    record["dynamodb"] = data
+    record["eventSourceARN"] = stream_arn
+    return record
+
+
+@dataclass
+class _Batch:
+    records: list[dict[str, Any]]
+    attempts: int = 0  # failed invocations of this batch (a split does not count)
+    retry_at: float = 0.0
+    error: str = ""
+
+    @property
+    def first_sequence(self) -> str:
+        return str(self.records[0]["dynamodb"]["SequenceNumber"])
+
+    @property
+    def last_sequence(self) -> str:
+        return str(self.records[-1]["dynamodb"]["SequenceNumber"])
+
+
+@dataclass
+class _Shard:
+    shard_id: str
+    parent_id: str | None
+    closed: bool
+    checkpoint: str | None = None  # last sequence number processed (and persisted)
+    position: str | None = None  # last sequence number read from the stream
+    finished: bool = False
+    exhausted: bool = False  # the stream said: no more records, ever (closed and read)
+    iterator: str | None = None
+    buffer: list[dict[str, Any]] = field(default_factory=list)
+    buffer_since: float = 0.0
+    batches: deque[_Batch] = field(default_factory=deque)
+    not_before: float = 0.0  # backoff after a stream API error
+
+
+@dataclass
+class RunnerStats:
+    records_read: int = 0
+    invocations: int = 0
+    records_succeeded: int = 0
+    records_dead_lettered: int = 0
+    function_errors: int = 0
+    iterator_renewals: int = 0
+    polls: int = 0
+    empty_polls: int = 0
+
+
+# -- the runner ---------------------------------------------------------------------------------
+
+
+class StreamRunner:
+    def __init__(
+        self,
+        *,
+        dynamodb: Any,
+        streams: Any,
+        table_name: str,
+        checkpoints: CheckpointStore,
+        dead_letters: DeadLetterStore,
+        handler: Handler,
+        mapping: MappingConfig,
+        polling: PollingConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        function_arn: str = f"local:function:{STREAM_FUNCTION}",
+    ) -> None:
+        self._dynamodb = dynamodb
+        self._streams = streams
+        self._table = table_name
+        self._checkpoints = checkpoints
+        self._dead_letters = dead_letters
+        self._handler = handler
+        self._mapping = mapping
+        self._polling = polling or PollingConfig()
+        self._clock = clock
+        self._wall = wall
+        self._function_arn = function_arn
+        self._stream_arn: str | None = None
+        self._shards: dict[str, _Shard] = {}
+        self._first_start = False
+        self._saved: dict[str, Checkpoint] = {}
+        self._next_discovery = 0.0
+        self._idle_delay = self._polling.idle_min_seconds
+        self.stats = RunnerStats()
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        handler: Handler | None = None,
+        mapping: MappingConfig | None = None,
+        polling: PollingConfig | None = None,
+        owner: str | None = None,
+    ) -> StreamRunner:
+        from scheduler.aws import client
+
+        if handler is None:
+            from scheduler import handlers
+
+            handler = handlers.stream
+        dynamodb = client("dynamodb", settings)
+        owner = owner or f"runner-{uuid.uuid4().hex[:8]}"
+        return cls(
+            dynamodb=dynamodb,
+            streams=client("dynamodbstreams", settings),
+            table_name=settings.tables.jobs,
+            checkpoints=CheckpointStore(dynamodb, settings.tables.runner_state, owner),
+            dead_letters=DeadLetterStore(dynamodb, settings.tables.dead_letters),
+            handler=handler,
+            mapping=mapping or MappingConfig.from_settings(settings),
+            polling=polling,
+        )
+
+    @property
+    def stream_arn(self) -> str | None:
+        return self._stream_arn
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Poll until ``stop`` is set: at once while records flow, backing off while idle."""
+        log.info("stream runner started", extra={"table": self._table})
+        while not stop.is_set():
+            try:
+                worked = self.step()
+            except StoreUnavailable:
+                log.exception("stream runner: store unavailable, backing off")
+                worked = False
+                self._idle_delay = self._polling.idle_max_seconds
+            if worked:
+                self._idle_delay = self._polling.idle_min_seconds
+                continue
+            stop.wait(self._sleep_for())
+            self._idle_delay = min(self._idle_delay * 2, self._polling.idle_max_seconds)
+        log.info("stream runner stopped", extra={"table": self._table})
+
+    def _sleep_for(self) -> float:
+        """The idle pause, cut short by the earliest pending retry or batching deadline."""
+        now = self._clock()
+        delay = self._idle_delay
+        for shard in self._shards.values():
+            if shard.batches:
+                delay = min(delay, max(0.0, shard.batches[0].retry_at - now))
+            elif shard.buffer:
+                deadline = shard.buffer_since + self._mapping.batching_window_seconds
+                delay = min(delay, max(0.0, deadline - now))
+        return delay
+
+    def step(self) -> bool:
+        """One pass over the readable shards; True if any record moved."""
+        if self._stream_arn is None or self._clock() >= self._next_discovery:
+            self.discover()
+        worked = False
+        for shard in self._readable():
+            worked = self._serve(shard) or worked
+        return worked
+
+    def drain(self, timeout: float = 30.0, quiet_polls: int = 3) -> None:
+        """Step until nothing moved for ``quiet_polls`` passes (tests, the bench, replays)."""
+        deadline = self._clock() + timeout
+        quiet = 0
+        while quiet < quiet_polls:
+            if self._clock() > deadline:
+                raise TimeoutError("stream did not drain")
+            empty_before = self.stats.empty_polls
+            if self.step() or self._busy() or self.stats.empty_polls == empty_before:
+                # Records moved, a batch waits, or the read failed: not quiet yet.
+                quiet = 0
+                time.sleep(min(0.005, self._sleep_for()))
+            else:
+                quiet += 1
+
+    def _busy(self) -> bool:
+        return any(s.batches or s.buffer for s in self._shards.values())
+
+    def skip_to_end(self) -> int:
+        """Checkpoint every shard at its newest record without invoking (start from "now")."""
+        self.discover()
+        skipped = 0
+        for shard in self._shards.values():
+            if shard.finished:
+                continue
+            errors = 0
+            while errors < 10:
+                records = self._fetch(shard, 1000)
+                if records is None:  # renewing an iterator, or backing off: try again
+                    errors += 1
+                    time.sleep(max(0.0, shard.not_before - self._clock()))
+                    continue
+                skipped += len(records)
+                if not records or shard.exhausted:
+                    break
+            shard.buffer.clear()
+            if shard.position is not None:
+                self._checkpoint(shard, shard.position)
+        return skipped
+
+    # -- discovery ----------------------------------------------------------------------
+
+    def discover(self) -> None:
+        """Find the table's current stream and its shards; pick up new and closed shards."""
+        self._next_discovery = self._clock() + self._polling.discovery_seconds
+        try:
+            table = self._dynamodb.describe_table(TableName=self._table)["Table"]
+        except (BotoCoreError, ClientError) as exc:
+            log.warning("cannot describe table %s: %s", self._table, exc)
+            return
+        arn = table.get("LatestStreamArn")
+        if not arn:
+            return
+        if arn != self._stream_arn:
+            if self._stream_arn is not None:
+                log.warning(
+                    "stream ARN changed, following the new stream",
+                    extra={"old": self._stream_arn, "new": arn},
+                )
+            self._stream_arn = arn
+            self._shards = {}
+            saved = self._checkpoints.load(arn)
+            self._first_start = not saved
+            self._saved = saved
+        try:
+            listed = list(self._describe_shards(arn))
+        except ClientError as exc:
+            if _code(exc) == "ResourceNotFoundException":
+                self._stream_arn = None  # gone: look for the table's new stream next time
+            log.warning("cannot describe stream %s: %s", arn, exc)
+            return
+        except BotoCoreError as exc:
+            log.warning("cannot describe stream %s: %s", arn, exc)
+            return
+        for raw in listed:
+            shard_id = raw["ShardId"]
+            closed = "EndingSequenceNumber" in raw.get("SequenceNumberRange", {})
+            known = self._shards.get(shard_id)
+            if known is not None:
+                known.closed = closed
+                continue
+            mark = self._saved.get(shard_id) or Checkpoint(None, False)
+            self._shards[shard_id] = _Shard(
+                shard_id=shard_id,
+                parent_id=raw.get("ParentShardId"),
+                closed=closed,
+                checkpoint=mark.sequence_number,
+                position=mark.sequence_number,
+                finished=mark.finished,
+            )
+        # Shards that left the listing were trimmed (24 h retention): nothing more to read.
+        listed_ids = {raw["ShardId"] for raw in listed}
+        for shard_id in list(self._shards):
+            shard = self._shards[shard_id]
+            if shard_id not in listed_ids and not shard.batches and not shard.buffer:
+                del self._shards[shard_id]
+
+    def _describe_shards(self, arn: str) -> Iterator[dict[str, Any]]:
+        start: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"StreamArn": arn}
+            if start:
+                kwargs["ExclusiveStartShardId"] = start
+            description = self._streams.describe_stream(**kwargs)["StreamDescription"]
+            yield from description.get("Shards", [])
+            start = description.get("LastEvaluatedShardId")
+            if not start:
+                return
+
+    def _readable(self) -> list[_Shard]:
+        """Unfinished shards whose parent is finished (or gone): lineage order."""
+        ready = []
+        for shard in self._shards.values():
+            if shard.finished:
+                continue
+            parent = self._shards.get(shard.parent_id) if shard.parent_id else None
+            if parent is None or parent.finished:
+                ready.append(shard)
+        return ready
+
+    # -- one shard ------------------------------------------------------------------------
+
+    def _serve(self, shard: _Shard) -> bool:
+        now = self._clock()
+        if shard.batches:  # a failed batch blocks its shard until it succeeds or is dropped
+            if shard.batches[0].retry_at > now:
+                return False
+            self._invoke(shard)
+            return True
+        read = 0
+        if not shard.exhausted and len(shard.buffer) < self._mapping.batch_size:
+            records = self._fetch(shard, self._mapping.batch_size - len(shard.buffer))
+            read = len(records or [])
+        if shard.buffer and self._batch_ready(shard, self._clock()):
+            size = self._mapping.batch_size
+            shard.batches.append(_Batch(shard.buffer[:size]))
+            del shard.buffer[:size]
+            shard.buffer_since = self._clock()
+            self._invoke(shard)
+            return True
+        if shard.exhausted and not shard.buffer and not shard.batches:
+            self._finish(shard)
+            return True
+        return read > 0
+
+    def _batch_ready(self, shard: _Shard, now: float) -> bool:
+        return (
+            len(shard.buffer) >= self._mapping.batch_size
+            or shard.exhausted
+            or now - shard.buffer_since >= self._mapping.batching_window_seconds
+        )
+
+    def _finish(self, shard: _Shard) -> None:
+        self._checkpoint(shard, shard.position, finished=True)
+        shard.finished = True
+        self._next_discovery = 0.0  # a finished parent may release children: look now
+        log.info("shard finished", extra={"shard_id": shard.shard_id})
+
+    def _open_iterator(self, shard: _Shard) -> str | None:
+        assert self._stream_arn is not None
+        kwargs: dict[str, Any] = {"StreamArn": self._stream_arn, "ShardId": shard.shard_id}
+        if shard.position is not None:
+            kwargs.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER", SequenceNumber=shard.position)
+        elif self._first_start and shard.parent_id not in self._shards:
+            kwargs["ShardIteratorType"] = self._mapping.starting_position
+        else:
+            kwargs["ShardIteratorType"] = "TRIM_HORIZON"  # shards born later: from their start
+        try:
+            return str(self._streams.get_shard_iterator(**kwargs)["ShardIterator"])
+        except ClientError as exc:
+            if _code(exc) == "TrimmedDataAccessException" and shard.position is not None:
+                # Our position is older than the stream's retention: the oldest record left
+                # is the best we can do (and is logged, since records were lost).
+                log.error("checkpoint trimmed away, reading from the oldest record")
+                kwargs.pop("SequenceNumber", None)
+                kwargs["ShardIteratorType"] = "TRIM_HORIZON"
+                return str(self._streams.get_shard_iterator(**kwargs)["ShardIterator"])
+            raise
+
+    def _fetch(self, shard: _Shard, limit: int) -> list[dict[str, Any]] | None:
+        """Read up to ``limit`` records into the shard's buffer; None after an API error."""
+        if self._clock() < shard.not_before:
+            return None
+        try:
+            if shard.iterator is None:
+                shard.iterator = self._open_iterator(shard)
+            self.stats.polls += 1
+            response = self._streams.get_records(ShardIterator=shard.iterator, Limit=limit)
+        except ClientError as exc:
+            code = _code(exc)
+            shard.iterator = None
+            if code in ("ExpiredIteratorException", "TrimmedDataAccessException"):
+                # Take a fresh iterator at our position and go on (see the module docstring).
+                self.stats.iterator_renewals += 1
+                log.info("renewing iterator", extra={"shard_id": shard.shard_id, "error": code})
+                return None
+            if code == "ResourceNotFoundException":
+                self._next_discovery = 0.0
+            log.warning("get_records failed on %s: %s", shard.shard_id, exc)
+            shard.not_before = self._clock() + self._polling.retry_base_seconds
+            return None
+        except BotoCoreError as exc:
+            log.warning("get_records failed on %s: %s", shard.shard_id, exc)
+            shard.not_before = self._clock() + self._polling.retry_base_seconds
+            return None
+        assert self._stream_arn is not None
+        records = [lambda_record(raw, self._stream_arn) for raw in response.get("Records", [])]
+        shard.iterator = response.get("NextShardIterator")
+        if shard.iterator is None:
+            shard.exhausted = True  # a closed shard, read to its end
+        if records:
+            if not shard.buffer:
+                shard.buffer_since = self._clock()
+            shard.buffer.extend(records)
+            shard.position = records[-1]["dynamodb"]["SequenceNumber"]
+            self.stats.records_read += len(records)
+        else:
+            self.stats.empty_polls += 1
+        return records
+
+    # -- invocation and failure policy ---------------------------------------------------------
+
+    def _invoke(self, shard: _Shard) -> None:
+        batch = shard.batches[0]
+        if self._mapping.max_record_age_seconds >= 0 and self._expire(shard, batch):
+            return
+        self.stats.invocations += 1
+        try:
+            response = self._handler({"Records": batch.records}, None)
+            failed_at, error = self._first_failure(batch, response)
+        except Exception as exc:  # a function error: the whole batch failed
+            log.warning("stream function error: %r", exc, extra={"shard_id": shard.shard_id})
+            failed_at, error = 0, f"{type(exc).__name__}: {exc}"
+        if failed_at is None:
+            shard.batches.popleft()
+            self.stats.records_succeeded += len(batch.records)
+            self._checkpoint(shard, batch.last_sequence)
+            return
+        self.stats.function_errors += 1
+        if failed_at > 0:  # the records before the first failure succeeded
+            self.stats.records_succeeded += failed_at
+            self._checkpoint(shard, batch.records[failed_at - 1]["dynamodb"]["SequenceNumber"])
+            batch.records = batch.records[failed_at:]
+        batch.error = error
+        if self._mapping.bisect_on_error and len(batch.records) > 1:
+            # Split and retry at once; a split does not use up a retry (Lambda's rule), so the
+            # failing record ends up alone and only it meets the retry limit.
+            half = len(batch.records) // 2
+            shard.batches.popleft()
+            shard.batches.extendleft(
+                [
+                    _Batch(batch.records[half:], batch.attempts, error=error),
+                    _Batch(batch.records[:half], batch.attempts, error=error),
+                ]
+            )
+            return
+        batch.attempts += 1
+        retries = self._mapping.max_retry_attempts
+        if 0 <= retries < batch.attempts:
+            self._dead_letter(shard, batch, "RetryAttemptsExhausted")
+            return
+        pause = min(
+            self._polling.retry_max_seconds,
+            self._polling.retry_base_seconds * 2 ** (batch.attempts - 1),
+        )
+        batch.retry_at = self._clock() + pause * random.uniform(0.8, 1.2)
+
+    def _first_failure(self, batch: _Batch, response: Any) -> tuple[int | None, str]:
+        """Index of the lowest failed record per the partial batch response, or None."""
+        if not self._mapping.report_batch_item_failures or not isinstance(response, dict):
+            return None, ""
+        failures = response.get("batchItemFailures")
+        if not failures:
+            return None, ""
+        index = {str(r["dynamodb"]["SequenceNumber"]): n for n, r in enumerate(batch.records)}
+        found = []
+        for failure in failures:
+            identifier = failure.get("itemIdentifier") if isinstance(failure, dict) else None
+            if not identifier or str(identifier) not in index:
+                # Lambda's rule: an empty or unknown identifier fails the whole batch.
+                return 0, f"invalid batchItemFailures entry: {failure!r}"
+            found.append(index[str(identifier)])
+        lowest = min(found)
+        return lowest, f"record {batch.records[lowest]['dynamodb']['SequenceNumber']} failed"
+
+    def _expire(self, shard: _Shard, batch: _Batch) -> bool:
+        """Dead-letter the records older than MaximumRecordAgeInSeconds; True if none remain."""
+        oldest_allowed = self._wall() - self._mapping.max_record_age_seconds
+        expired = 0
+        for record in batch.records:
+            created = record["dynamodb"].get("ApproximateCreationDateTime")
+            if created is None or created >= oldest_allowed:
+                break
+            expired += 1
+        if not expired:
+            return False
+        old = _Batch(batch.records[:expired], batch.attempts, error=batch.error or "too old")
+        batch.records = batch.records[expired:]
+        if not batch.records:
+            shard.batches.popleft()
+        self._write_dead_letter(shard, old, "RecordAgeExceeded")
+        return not batch.records
+
+    def _dead_letter(self, shard: _Shard, batch: _Batch, condition: str) -> None:
+        shard.batches.popleft()
+        self._write_dead_letter(shard, batch, condition)
+
+    def _write_dead_letter(self, shard: _Shard, batch: _Batch, condition: str) -> None:
+        assert self._stream_arn is not None
+        first, last = batch.records[0]["dynamodb"], batch.records[-1]["dynamodb"]
+        now_ms = int(self._wall() * 1000)
+        letter = DeadLetter(
+            dead_letter_id=f"{shard.shard_id}#{_position(batch.first_sequence)}",
+            condition=condition,
+            stream_arn=self._stream_arn,
+            shard_id=shard.shard_id,
+            start_sequence_number=batch.first_sequence,
+            end_sequence_number=batch.last_sequence,
+            batch_size=len(batch.records),
+            approximate_arrival_of_first_record=first.get("ApproximateCreationDateTime"),
+            approximate_arrival_of_last_record=last.get("ApproximateCreationDateTime"),
+            attempts=batch.attempts,
+            error=batch.error,
+            failed_at=now_ms,
+            records=batch.records,
+        )
+        self._dead_letters.put(letter)
+        self.stats.records_dead_lettered += len(batch.records)
+        log.error(
+            "batch sent to the dead-letter table",
+            extra={
+                "shard_id": shard.shard_id,
+                "condition": condition,
+                "start": batch.first_sequence,
+                "end": batch.last_sequence,
+            },
+        )
+        # The shard moves on: the batch is in the destination, its records are done here.
+        self._checkpoint(shard, batch.last_sequence)
+
+    def _checkpoint(
+        self, shard: _Shard, sequence_number: str | None, finished: bool = False
+    ) -> None:
+        assert self._stream_arn is not None
+        if not self._checkpoints.save(self._stream_arn, shard.shard_id, sequence_number, finished):
+            log.warning("another runner is ahead on shard %s", shard.shard_id)
+        if sequence_number is not None:
+            shard.checkpoint = sequence_number
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+# -- entry point (python -m scheduler.local.stream_runner) ----------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Local event source mapping for the jobs stream")
+    parser.add_argument("--idle-max", type=float, default=PollingConfig.idle_max_seconds)
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(message)s")
+    settings = Settings.from_env()
+    runner = StreamRunner.from_settings(
+        settings, polling=PollingConfig(idle_max_seconds=args.idle_max)
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):
+            signal.signal(signum, lambda *_: stop.set())
+    runner.run(stop)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,126 @@
+"""GitHub commit statuses for job transitions.
+
+``POST /repos/{owner}/{repo}/statuses/{sha}`` with ``pending`` when a job is queued and when
+it starts, ``success`` / ``failure`` / ``error`` when it finishes. Notifying is best effort:
+it runs on a small thread pool, retries with backoff, and never blocks or fails a job.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Literal
+
+import httpx
+
+from state_machines import TIMED_OUT, JobStatus
+
+log = logging.getLogger(__name__)
+
+State = Literal["pending", "success", "failure", "error"]
+DESCRIPTION_CHARS = 140
+RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
+
+
+@dataclass(frozen=True, slots=True)
+class StatusUpdate:
+    repo: str
+    sha: str
+    state: State
+    description: str
+    context: str
+    target_url: str | None = None
+
+    def body(self) -> dict[str, str]:
+        body = {
+            "state": self.state,
+            "description": self.description[:DESCRIPTION_CHARS],
+            "context": self.context,
+        }
+        if self.target_url:
+            body["target_url"] = self.target_url
+        return body
+
+
+def status_for(
+    source: JobStatus | None, dest: JobStatus, *, attempt: int, reason: str | None
+) -> tuple[State, str] | None:
+    """The commit status a transition reports, as (state, description); None for none."""
+    if dest is JobStatus.PENDING:
+        return "pending", "Queued" if attempt == 1 else f"Queued (attempt {attempt})"
+    if dest is JobStatus.ACTIVE:
+        return "pending", f"Running (attempt {attempt})"
+    if dest is JobStatus.PASSED:
+        return "success", "Passed"
+    if dest is JobStatus.FAILED:
+        if reason == TIMED_OUT:
+            return "error", "Timed out"
+        if reason in (None, "exit_code"):
+            return "failure", "Failed"
+        return "error", f"Failed: {reason}"
+    if dest is JobStatus.CANCELLED:
+        return "error", "Cancelled"
+    return None
+
+
+class GitHubNotifier:
+    def __init__(
+        self,
+        token: str,
+        *,
+        api_url: str = "https://api.github.com",
+        attempts: int = 4,
+        backoff_seconds: float = 0.5,
+        timeout_seconds: float = 10.0,
+        max_workers: int = 2,
+        sleep: Callable[[float], None] = time.sleep,
+        client: httpx.Client | None = None,
+    ) -> None:
+        self._client = client or httpx.Client(
+            base_url=api_url.rstrip("/"),
+            timeout=timeout_seconds,
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Accept": "application/vnd.github+json",
+                "X-GitHub-Api-Version": "2022-11-28",
+                "User-Agent": "dynamo-scheduler",
+            },
+        )
+        self._attempts = attempts
+        self._backoff = backoff_seconds
+        self._sleep = sleep
+        self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="notify")
+
+    def submit(self, update: StatusUpdate) -> Future[bool]:
+        """Post in the background; the caller never waits for GitHub."""
+        return self._pool.submit(self.post, update)
+
+    def post(self, update: StatusUpdate) -> bool:
+        """Post one status with retries; True if GitHub accepted it. Never raises."""
+        path = f"/repos/{update.repo}/statuses/{update.sha}"
+        for attempt in range(1, self._attempts + 1):
+            try:
+                response = self._client.post(path, json=update.body())
+            except httpx.HTTPError as exc:
+                problem = type(exc).__name__
+            else:
+                if response.is_success:
+                    return True
+                problem = f"HTTP {response.status_code}"
+                if response.status_code not in RETRYABLE_STATUS:
+                    break
+            if attempt < self._attempts:
+                self._sleep(self._backoff * 2 ** (attempt - 1))
+        # The token never reaches logs: only the repository, sha and the problem do.
+        log.warning(
+            "commit status not posted",
+            extra={"repo": update.repo, "sha": update.sha, "problem": problem},
+        )
+        return False
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self._client.close()

@@ -1,0 +1,188 @@
+"""Operator use cases: retry a failed job, retry all failed jobs of a repository, cancel a job.
+
+Each one reads the job consistently and carries out one conditional transition through
+:class:`JobStore`, so racing operators (or an operator racing the stream processor) cannot
+start a second attempt: the loser gets :class:`TransitionConflict` or, if it read after the
+winner wrote, :class:`InvalidTransition`. Both are refusals (exit 1), never a second write.
+
+Cancelling an active job is only the transition ``active -> cancelled`` (its slot is freed
+in the same transaction). Stopping the run is the executor's part: it reacts to that
+transition on the stream, like every other action, so nothing here has to change for it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from scheduler.errors import JobNotFound
+from scheduler.queries import JobFilter, Queries, validate_job_id, validate_repo
+from scheduler.store import JobState, JobStore, Outcome, StoreContended
+from state_machines import InvalidTransition, JobStatus, TransitionConflict, Trigger
+
+log = logging.getLogger(__name__)
+
+OPERATOR = "operator"
+CANCEL_REASON = "cancelled_by_operator"
+
+
+@dataclass(frozen=True, slots=True)
+class Changed:
+    """What an operator's transition did to one job."""
+
+    job_id: str
+    repo: str
+    previous_status: str
+    status: str
+    attempt: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "repo": self.repo,
+            "previous_status": self.previous_status,
+            "status": self.status,
+            "attempt": self.attempt,
+        }
+
+
+class BulkOutcome(StrEnum):
+    RETRIED = "retried"
+    SKIPPED = "skipped"  # not failed any more when we got to it: nothing to do
+    REFUSED = "refused"  # the store refused the write (a racing change, or unavailable)
+
+
+@dataclass(frozen=True, slots=True)
+class BulkItem:
+    job_id: str
+    outcome: BulkOutcome
+    reason: str | None = None
+    attempt: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "outcome": self.outcome.value,
+            "reason": self.reason,
+            "attempt": self.attempt,
+        }
+
+
+@dataclass
+class RetrySummary:
+    repo: str
+    since: int | None
+    items: list[BulkItem] = field(default_factory=list)
+
+    def count(self, outcome: BulkOutcome) -> int:
+        return sum(1 for item in self.items if item.outcome is outcome)
+
+    @property
+    def retried(self) -> int:
+        return self.count(BulkOutcome.RETRIED)
+
+    @property
+    def skipped(self) -> int:
+        return self.count(BulkOutcome.SKIPPED)
+
+    @property
+    def refused(self) -> int:
+        return self.count(BulkOutcome.REFUSED)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "repo": self.repo,
+            "since": self.since,
+            "retried": self.retried,
+            "skipped": self.skipped,
+            "refused": self.refused,
+            "jobs": [item.to_dict() for item in self.items],
+        }
+
+
+class Operations:
+    def __init__(self, store: JobStore, queries: Queries, *, actor: str = OPERATOR) -> None:
+        self._store = store
+        self._queries = queries
+        self._actor = actor
+
+    def _move(self, job: JobState, trigger: Trigger, outcome: Outcome | None = None) -> Changed:
+        moved = self._store.transition(job, trigger, actor=self._actor, outcome=outcome)
+        # Neither retry nor cancel takes a slot, so a full repository cannot be the answer.
+        assert isinstance(moved, JobState)
+        return Changed(
+            job_id=job.job_id,
+            repo=job.repo,
+            previous_status=job.status.value,
+            status=moved.status.value,
+            attempt=moved.attempt,
+        )
+
+    def retry(self, job_id: str) -> Changed:
+        """``failed -> pending`` with attempt + 1; refused (exit 1) unless the job is failed."""
+        job = self._store.state(validate_job_id(job_id))
+        return self._move(job, Trigger.RETRY)
+
+    def cancel(self, job_id: str) -> Changed:
+        """``pending | active -> cancelled``; refused (exit 1) for a finished job."""
+        job = self._store.state(validate_job_id(job_id))
+        return self._move(job, Trigger.CANCEL, Outcome(reason=CANCEL_REASON))
+
+    def failed_jobs(self, repo: str, *, since: int | None = None) -> list[str]:
+        """Ids of the failed jobs of ``repo`` (finished at or after ``since``), newest first."""
+        job_filter = JobFilter(status=JobStatus.FAILED, finished_since=since)
+        return [job.job_id for job in self._queries.iter_jobs(validate_repo(repo), job_filter)]
+
+    def retry_all_failed(
+        self,
+        repo: str,
+        *,
+        since: int | None = None,
+        on_listed: Callable[[int], None] | None = None,
+        on_item: Callable[[BulkItem], None] | None = None,
+    ) -> RetrySummary:
+        """Retry every failed job of ``repo``; safe to run twice, or twice at once.
+
+        The list comes from the (eventually consistent) index; each job is then read
+        consistently and retried with its own conditional write. A job that is no longer
+        failed is skipped (a second run finds only skips); a lost race is refused.
+        """
+        job_ids = self.failed_jobs(repo, since=since)
+        if on_listed:
+            on_listed(len(job_ids))
+        summary = RetrySummary(repo=repo, since=since)
+        for job_id in job_ids:
+            item = self._retry_one(job_id)
+            summary.items.append(item)
+            if on_item:
+                on_item(item)
+        log.info(
+            "bulk retry done",
+            extra={
+                "repo": repo,
+                "retried": summary.retried,
+                "skipped": summary.skipped,
+                "refused": summary.refused,
+            },
+        )
+        return summary
+
+    def _retry_one(self, job_id: str) -> BulkItem:
+        try:
+            job = self._store.state(job_id)
+        except JobNotFound:
+            return BulkItem(job_id, BulkOutcome.SKIPPED, "no longer exists")
+        if job.status is not JobStatus.FAILED:
+            return BulkItem(job_id, BulkOutcome.SKIPPED, f"is {job.status.value} now")
+        try:
+            changed = self._move(job, Trigger.RETRY)
+        except (TransitionConflict, InvalidTransition, StoreContended) as exc:
+            # Per-job refusals; an unreachable store (StoreUnavailable) aborts the whole run.
+            return BulkItem(job_id, BulkOutcome.REFUSED, str(exc))
+        return BulkItem(job_id, BulkOutcome.RETRIED, attempt=changed.attempt)
+
+
+__all__ = ["BulkItem", "BulkOutcome", "Changed", "Operations", "RetrySummary"]

@@ -1,0 +1,70 @@
+"""Starting runs exactly once per attempt, and turning their results into transitions."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from scheduler.executors.base import Executor, RunRequest, RunResult
+from scheduler.models import JobModel
+from scheduler.store import JobState, JobStore, Outcome
+from state_machines import TIMED_OUT, JobStatus, Trigger
+
+log = logging.getLogger(__name__)
+
+CommandFor = Callable[[str], Sequence[str]]
+"""The configured argv of a repository (``owner/name``)."""
+
+
+def outcome_of(result: RunResult) -> tuple[Trigger, Outcome]:
+    """The transition a run result asks for (pure)."""
+    if result.passed:
+        return Trigger.PASS, Outcome(detail=result.summary or None, exit_code=0)
+    if result.timed_out:
+        return Trigger.TIME_OUT, Outcome(reason=TIMED_OUT, detail=result.summary or None)
+    if result.cancelled:
+        return Trigger.CANCEL, Outcome(reason="cancelled", detail=result.summary or None)
+    reason = "exit_code" if result.exit_code is not None else "error"
+    return Trigger.FAIL, Outcome(reason=reason, detail=result.summary, exit_code=result.exit_code)
+
+
+class RunStarter:
+    def __init__(
+        self,
+        store: JobStore,
+        executor: Executor,
+        command_for: CommandFor,
+        *,
+        actor: str = "executor",
+    ) -> None:
+        self._store = store
+        self._executor = executor
+        self._command_for = command_for
+        self._actor = actor
+
+    def start(self, job: JobModel) -> str | None:
+        """Start the run of an active job; None if this attempt's run was already claimed."""
+        request = RunRequest.from_job(job, self._command_for(job.repo))
+        if not self._store.claim_run(JobState.from_model(job), request.idempotency_key):
+            log.info("run already claimed", extra={"job_id": job.job_id, "attempt": job.attempt})
+            return None
+        run_id = self._executor.start(request)
+        if run_id != request.idempotency_key:
+            # The executor named the run itself (a CodeBuild build id): keep it for cancels.
+            self._store.record_run_id(job.job_id, request.attempt, request.idempotency_key, run_id)
+        return run_id
+
+    def finished(self, result: RunResult) -> JobState | None:
+        """Report a run's result; late or duplicate reports change nothing."""
+        trigger, outcome = outcome_of(result)
+        if trigger is Trigger.CANCEL:
+            return None  # the cancel transition already happened; it is why the run stopped
+        done = self._store.report(
+            result.job_id, result.attempt, trigger, actor=self._actor, outcome=outcome
+        )
+        if done is not None and done.status is not JobStatus.ACTIVE:
+            log.info(
+                "run finished",
+                extra={"job_id": result.job_id, "attempt": result.attempt, "status": done.status},
+            )
+        return done

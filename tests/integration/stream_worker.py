@@ -1,0 +1,43 @@
+"""A stream runner process for the kill test (run as a script, not collected by pytest).
+
+The real dispatcher and runner, configured from the environment; the "executor" passes every
+third job (by number) as soon as it is activated, so finishes promote queued jobs too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+
+from scheduler import models
+from scheduler.dispatch import Dispatcher
+from scheduler.local.stream_runner import PollingConfig, StreamRunner
+from scheduler.settings import Settings
+from scheduler.store import JobState, JobStore
+from state_machines import TransitionConflict, Trigger
+
+
+def main() -> None:
+    settings = Settings.from_env()
+    models.bind(settings)
+    store = JobStore.from_settings(settings)
+
+    def on_activated(job: JobState) -> None:
+        if int(job.job_id.rsplit("-", 1)[1]) % 3 == 0:
+            with contextlib.suppress(TransitionConflict):  # a redelivered activation record
+                store.transition(job, Trigger.PASS, actor="executor")
+
+    dispatcher = Dispatcher(store, slot_limit_for=lambda _repo: 2, on_activated=on_activated)
+    runner = StreamRunner.from_settings(
+        settings,
+        handler=lambda event, _context: dispatcher.handle_event(event),
+        polling=PollingConfig(idle_max_seconds=0.05),
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    runner.run(stop)
+
+
+if __name__ == "__main__":
+    main()

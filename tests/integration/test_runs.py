@@ -1,0 +1,194 @@
+"""Runs start once per attempt, report through guarded transitions, and are reaped when lost."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psutil
+import pytest
+
+from scheduler.executors.base import RunRequest, RunResult
+from scheduler.executors.local import LocalExecutor, run_id_for
+from scheduler.reaper import Reaper
+from scheduler.runs import RunStarter
+from scheduler.store import JobState, JobStore, NewJob
+from state_machines import JobStatus, Trigger
+
+# A command that records each start (the side effect counted by the tests) and its environment.
+RECORDER = (
+    "import json, os, sys, time; "
+    "open('starts.log', 'a').write(os.environ['SCHEDULER_JOB_ID'] + '\\n'); "
+    "json.dump(dict(os.environ), open('env.json', 'w')); "
+    "print('hello from the run'); "
+    "time.sleep(float(sys.argv[1])); sys.exit(int(sys.argv[2]))"
+)
+
+
+def command(sleep: float = 0.0, exit_code: int = 0) -> tuple[str, ...]:
+    return (sys.executable, "-c", RECORDER, str(sleep), str(exit_code))
+
+
+def request(job_id: str = "j1", **changes: object) -> RunRequest:
+    fields: dict[str, object] = {
+        "job_id": job_id,
+        "repo": "o/r",
+        "sha": "a" * 40,
+        "attempt": 1,
+        "command": command(),
+        "timeout_seconds": 30,
+        "ref": "refs/heads/main",
+    }
+    fields.update(changes)
+    return RunRequest(**fields)  # type: ignore[arg-type]
+
+
+class Results:
+    def __init__(self) -> None:
+        self.items: list[RunResult] = []
+        self.event = threading.Event()
+
+    def __call__(self, result: RunResult) -> None:
+        self.items.append(result)
+        self.event.set()
+
+
+@pytest.fixture
+def results() -> Results:
+    return Results()
+
+
+@pytest.fixture
+def executor(tmp_path: Path, results: Results) -> Iterator[LocalExecutor]:
+    ex = LocalExecutor(
+        tmp_path,
+        results,
+        max_parallel=4,
+        base_env={"PATH": "/usr/bin:/bin", "GITHUB_WEBHOOK_SECRET": "s3cret"},
+    )
+    yield ex
+    ex.close()
+
+
+def test_a_run_gets_job_data_as_environment_and_a_log(
+    executor: LocalExecutor, results: Results, tmp_path: Path
+) -> None:
+    run_id = executor.start(request(command=command(exit_code=0), pr_number=7))
+    assert executor.wait(run_id, 30)
+    assert results.items[0].passed
+    env = json.loads((tmp_path / "work" / "j1" / "env.json").read_text())
+    assert env["SCHEDULER_REPO"] == "o/r" and env["SCHEDULER_PR_NUMBER"] == "7"
+    assert "GITHUB_WEBHOOK_SECRET" not in env  # secrets never reach user commands
+    log = executor.log_path(request()).read_text()
+    assert "hello from the run" in log
+
+
+def test_failure_reports_exit_code_and_summary(executor: LocalExecutor, results: Results) -> None:
+    assert executor.wait(executor.start(request(command=command(exit_code=3))), 30)
+    result = results.items[0]
+    assert result.exit_code == 3 and not result.passed
+    assert result.summary.startswith("exit code 3: hello from the run")
+
+
+def test_same_key_starts_one_process(executor: LocalExecutor, tmp_path: Path) -> None:
+    with ThreadPoolExecutor(8) as pool:
+        ids = set(pool.map(lambda _: executor.start(request(command=command(0.2))), range(8)))
+    assert ids == {run_id_for(request())}
+    assert executor.wait(ids.pop(), 30)
+    assert (tmp_path / "work" / "j1" / "starts.log").read_text().splitlines() == ["j1"]
+
+
+def test_timeout_kills_the_whole_process_group(executor: LocalExecutor, results: Results) -> None:
+    spawner = (
+        "import subprocess, sys, time; "
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+        "print(child.pid, flush=True); time.sleep(60)"
+    )
+    req = request(command=(sys.executable, "-c", spawner), timeout_seconds=1)
+    assert executor.wait(executor.start(req), 30)
+    assert results.items[0].timed_out
+    child_pid = int(executor.log_path(req).read_text().split()[0])
+    deadline = time.monotonic() + 5
+    while psutil.pid_exists(child_pid) and time.monotonic() < deadline:
+        if psutil.Process(child_pid).status() == psutil.STATUS_ZOMBIE:
+            break
+        time.sleep(0.05)
+    assert not psutil.pid_exists(child_pid) or psutil.Process(child_pid).status() == "zombie"
+
+
+def test_cancel_stops_a_run(executor: LocalExecutor, results: Results) -> None:
+    run_id = executor.start(request(command=command(sleep=60)))
+    time.sleep(0.3)
+    executor.cancel(run_id)
+    assert executor.wait(run_id, 10)
+    assert results.items[0].cancelled
+
+
+# -- with the store: claims, reports, the reaper --------------------------------------------
+
+
+def active_job(store: JobStore, job_id: str, timeout: int = 30) -> JobState:
+    job = store.create(NewJob(job_id, "o/r", "push", "a" * 40, timeout, ref="refs/heads/main"))
+    result = store.activate(job, slot_limit=10)
+    assert isinstance(result, JobState)
+    return result
+
+
+def test_two_starters_race_and_one_run_happens(store: JobStore, tmp_path: Path) -> None:
+    active_job(store, "race")
+    finished = Results()
+    # Two executors stand for two runner processes; the claim in DynamoDB arbitrates.
+    executors = [LocalExecutor(tmp_path / f"runner-{n}", finished) for n in range(2)]
+    starters = [RunStarter(store, ex, lambda _repo: command(0.2)) for ex in executors]
+    image = store.get("race")
+    barrier = threading.Barrier(8)
+
+    def start(n: int) -> str | None:
+        barrier.wait()
+        return starters[n % 2].start(image)
+
+    with ThreadPoolExecutor(8) as pool:
+        started = [run for run in pool.map(start, range(8)) if run]
+    assert len(started) == 1
+    assert finished.event.wait(30)
+    for ex in executors:
+        ex.close()
+    starts = list(tmp_path.glob("runner-*/work/race/starts.log"))
+    assert len(starts) == 1 and starts[0].read_text().splitlines() == ["race"]
+    job = store.get("race")
+    assert job.run_id == "race#1" and job.started_at is not None
+
+
+def test_report_finishes_once_and_late_reports_change_nothing(store: JobStore) -> None:
+    active_job(store, "rep")
+    starter = RunStarter(store, LocalExecutor(Path("/nonexistent"), lambda _r: None), lambda _r: ())
+    done = starter.finished(RunResult("rep", 1, 0, summary="exit code 0"))
+    assert done is not None and done.status is JobStatus.PASSED
+    before = store.get("rep").to_simple_dict()
+    assert starter.finished(RunResult("rep", 1, 1)) is None  # duplicate/late report
+    assert starter.finished(RunResult("rep", 7, 0)) is None  # another attempt's report
+    assert store.get("rep").to_simple_dict() == before
+
+
+def test_reaper_times_out_overdue_jobs_and_stops_their_runs(
+    store: JobStore, settings: object
+) -> None:
+    overdue = active_job(store, "late", timeout=1)
+    active_job(store, "fine", timeout=3600)
+    store.claim_run(overdue, "late#1")
+    cancelled: list[str] = []
+    now = int(time.time() * 1000) + 5_000
+    reaper = Reaper(store, cancel_run=cancelled.append, clock=lambda: now)
+    assert reaper.reap_once() == ["late"]
+    assert reaper.reap_once() == []  # a second pass finds nothing: it is idempotent
+    late = store.get("late")
+    assert (late.status, late.reason) == ("failed", "timed_out")
+    assert cancelled == ["late#1"]
+    assert store.get("fine").status == "active"
+    # A run's report after the reaper is moot.
+    assert store.report("late", 1, Trigger.PASS, actor="executor") is None

@@ -1,0 +1,176 @@
+"""The stream dispatcher without a server: records -> transitions -> actions -> outcomes."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scheduler.dispatch import (
+    Activate,
+    Dispatcher,
+    PromoteQueued,
+    StartRun,
+    decide,
+    read_transition,
+)
+from scheduler.errors import MalformedStreamRecord, StoreUnavailable
+from scheduler.store import JobState, RepositoryFull
+from state_machines import JobStatus, TransitionConflict
+
+EVENT = json.loads(
+    (Path(__file__).parents[1] / "events" / "dynamodb_stream.json").read_text(encoding="utf-8")
+)
+P, A, PASSED, F, C = (
+    JobStatus.PENDING,
+    JobStatus.ACTIVE,
+    JobStatus.PASSED,
+    JobStatus.FAILED,
+    JobStatus.CANCELLED,
+)
+
+
+def state(status: JobStatus = P, version: int = 0, attempt: int = 1) -> JobState:
+    return JobState("j", "o/r", status, version, attempt, 600, 1, 0)
+
+
+def record(n: int) -> dict[str, Any]:
+    return copy.deepcopy(EVENT["Records"][n])
+
+
+@pytest.mark.parametrize(
+    ("source", "dest", "expected"),
+    [
+        (None, P, "activate"),
+        (F, P, "activate"),
+        (P, A, "start"),
+        (A, PASSED, "promote"),
+        (A, F, "promote"),
+        (A, C, "promote"),
+        (P, C, None),
+    ],
+)
+def test_decision_table(source: JobStatus | None, dest: JobStatus, expected: str | None) -> None:
+    job = state(dest)
+    actions = decide(source, dest, job)
+    assert (
+        actions
+        == {
+            "activate": [Activate(job)],
+            "start": [StartRun(job)],
+            "promote": [PromoteQueued("o/r")],
+            None: [],
+        }[expected]
+    )
+
+
+def test_every_status_pair_decides_without_error() -> None:
+    for source in [None, *JobStatus]:
+        for dest in JobStatus:
+            assert len(decide(source, dest, state(dest))) <= 1
+
+
+def test_records_of_a_jobs_life_read_as_transitions() -> None:
+    read = [read_transition(r) for r in EVENT["Records"]]
+    assert [(t.source, t.dest) if t else None for t in read] == [
+        (None, P),
+        (P, A),
+        None,  # same status: not a transition
+        (A, PASSED),
+        None,  # removal by TTL
+    ]
+    first = read[0]
+    assert first is not None
+    assert first.job == JobState("d-1", "octo-org/api", P, 0, 1, 600, 1795370000000, 0)
+    assert first.sequence_number == "000000000000000000100"
+
+
+def test_items_without_a_status_are_not_job_items_and_are_ignored() -> None:
+    other = record(0)
+    other["dynamodb"]["NewImage"] = {"job_id": {"S": "marker"}, "kind": {"S": "lease"}}
+    assert read_transition(other) is None
+
+
+@pytest.mark.parametrize(
+    "breakage",
+    [
+        lambda image: image.update(status={"S": "exploded"}),
+        lambda image: image.pop("timeout_seconds"),
+        lambda image: image.update(version={"N": "not-a-number"}),
+    ],
+)
+def test_unreadable_job_images_are_malformed_records(breakage: Any) -> None:
+    bad = record(0)
+    breakage(bad["dynamodb"]["NewImage"])
+    with pytest.raises(MalformedStreamRecord, match="000000000000000000100"):
+        read_transition(bad)
+
+
+class FakeStore:
+    """Records activations; answers with scripted outcomes (the real store is tested live)."""
+
+    def __init__(self, outcomes: list[Any]) -> None:
+        self.outcomes = outcomes
+        self.calls: list[tuple[str, int, int]] = []
+
+    def activate(self, job: JobState, *, slot_limit: int, actor: str) -> Any:
+        self.calls.append((job.job_id, job.version, slot_limit))
+        outcome = self.outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+
+def dispatcher(outcomes: list[Any], started: list[JobState] | None = None) -> Dispatcher:
+    hook = (started if started is not None else []).append
+    return Dispatcher(
+        FakeStore(outcomes),  # type: ignore[arg-type]
+        slot_limit_for=lambda repo: 3 if repo == "octo-org/api" else 1,
+        on_activated=hook,
+    )
+
+
+@pytest.mark.parametrize(
+    ("outcome", "word"),
+    [
+        (state(A, 1), "activated"),
+        (RepositoryFull("octo-org/api", 3), "queued"),
+        (TransitionConflict("d-1", "activate"), "already_done"),
+    ],
+)
+def test_a_new_job_is_activated_with_its_repositorys_limit(outcome: Any, word: str) -> None:
+    d = dispatcher([outcome])
+    assert d.handle_record(record(0)) == [word]
+    assert d._store.calls == [("d-1", 0, 3)]  # type: ignore[attr-defined]
+
+
+def test_activation_starts_the_run_through_the_hook() -> None:
+    started: list[JobState] = []
+    assert dispatcher([], started).handle_record(record(1)) == ["started"]
+    assert [(j.job_id, j.status, j.attempt) for j in started] == [("d-1", A, 1)]
+
+
+def test_batch_stops_at_the_first_failing_record_and_reports_it() -> None:
+    started: list[JobState] = []
+    d = dispatcher([StoreUnavailable("throttled")], started)
+    response = d.handle_event(EVENT)
+    assert response == {"batchItemFailures": [{"itemIdentifier": "000000000000000000100"}]}
+    assert started == []  # the records after the failure were not processed
+
+
+def test_a_clean_batch_reports_no_failures() -> None:
+    event = {"Records": [record(0), record(1), record(2), record(4)]}
+    assert dispatcher([state(A, 1)]).handle_event(event) == {"batchItemFailures": []}
+
+
+def test_a_poison_record_fails_where_it_is() -> None:
+    poison = record(1)
+    poison["dynamodb"]["NewImage"]["status"] = {"S": "exploded"}
+    poison["dynamodb"]["SequenceNumber"] = "000000000000000000201"
+    event = {"Records": [record(0), poison, record(2)]}
+    assert dispatcher([state(A, 1)]).handle_event(event) == {
+        "batchItemFailures": [{"itemIdentifier": "000000000000000000201"}]
+    }
