@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DDB_DIR := .dynamodb-local
 
-.PHONY: setup test lint clean
+.PHONY: setup test up lint clean
 
 setup: $(BIN)/.installed dynamodb-local
 
@@ -22,6 +22,10 @@ dynamodb-local:
 
 test: setup
 	$(BIN)/python -m pytest
+
+# The local stack in the foreground (Ctrl-C stops it). Needs GITHUB_WEBHOOK_SECRET.
+up: setup
+	SCHEDULER_CONFIG="$${SCHEDULER_CONFIG:-scheduler.local.toml}" $(BIN)/scheduler up
 
 lint: setup
 	$(BIN)/ruff check scheduler state_machines tests bench

@@ -9,22 +9,30 @@ with colour on the status only when stdout is a terminal.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
 from botocore.exceptions import BotoCoreError, ClientError
 from pynamodb.exceptions import PynamoDBException
+from rich import box
 from rich.console import Console, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
 from typer._click import exceptions as click_errors  # typer vendors click (pinned)
 
 from scheduler import aws, models, render
-from scheduler.errors import ConfigurationError, DomainError, InvalidArgument
+from scheduler.errors import ConfigurationError, DomainError, InvalidArgument, StoreUnavailable
+from scheduler.local.stream_runner import DEAD_LETTER_SOURCE, DeadLetter, DeadLetterStore
+from scheduler.local.stream_runner import Handler as StreamHandler
 from scheduler.operations import BulkItem, Operations
 from scheduler.queries import Queries
 from scheduler.settings import Settings
@@ -93,10 +101,7 @@ class Context:
 
 def context() -> Context:
     """Settings from the environment, models bound to them: every command starts here."""
-    try:
-        settings = Settings.from_env()
-    except ValueError as exc:
-        raise ConfigurationError(f"bad environment: {exc}") from exc
+    settings = Settings.from_env()  # a bad value is a ConfigurationError (exit 2)
     models.bind(settings)
     return Context(settings=settings, queries=Queries.from_settings(settings))
 
@@ -232,6 +237,352 @@ def cancel(job_id: JobArgument, as_json: JsonOption = False) -> None:
     """Cancel a pending or active job (an active job's slot is freed at once)."""
     changed = context().operations().cancel(job_id)
     emit(changed.to_dict(), as_json, render.changed_line(changed, "cancelled"))
+
+
+# -- the dead-letter queue --------------------------------------------------------------------
+# Batches the stream runner gave up on (its on-failure destination, a DynamoDB table). A replay
+# hands a letter's records to the stream handler again, as one Lambda-shaped batch. Every action
+# the handler takes is a conditional write on the status and version its record shows, so a
+# record already applied (by an earlier replay, or overtaken by later changes of its job) loses
+# its condition and changes nothing: replaying twice is harmless. A letter is marked replayed only
+# when the handler reported no failed record; one that still fails stays as it was.
+
+dlq_app = typer.Typer(
+    help="Records that failed stream processing: list them, replay them through the handler.",
+    no_args_is_help=True,
+)
+app.add_typer(dlq_app, name="dlq")
+
+DeadLetterIdArgument = Annotated[
+    str | None, typer.Argument(metavar="ID", show_default=False, help="From 'dlq list'.")
+]
+# One Query of the letters' partition (DeadLetterStore.list reads a single page of at most 1 MB).
+DLQ_MAX_LETTERS = 1000
+_ERROR_CHARS = 80
+
+
+def dead_letter_store(settings: Settings) -> tuple[Any, DeadLetterStore]:
+    """A DynamoDB client and the dead-letter table's store on it."""
+    client = aws.client("dynamodb", settings)
+    return client, DeadLetterStore(client, settings.tables.dead_letters)
+
+
+def dead_letter_job_ids(letter: DeadLetter) -> list[str]:
+    """The jobs a letter's records are about, in record order (what an operator looks up)."""
+    found: dict[str, None] = {}
+    for record in letter.records:
+        job_id = record.get("dynamodb", {}).get("Keys", {}).get("job_id", {}).get("S")
+        if isinstance(job_id, str):
+            found.setdefault(job_id)
+    return list(found)
+
+
+def dead_letter_dict(letter: DeadLetter) -> dict[str, Any]:
+    return {
+        "dead_letter_id": letter.dead_letter_id,
+        "failed_at": letter.failed_at,
+        "condition": letter.condition,
+        "error": letter.error,
+        "attempts": letter.attempts,
+        "records": len(letter.records),
+        "job_ids": dead_letter_job_ids(letter),
+        "shard_id": letter.shard_id,
+        "start_sequence_number": letter.start_sequence_number,
+        "end_sequence_number": letter.end_sequence_number,
+        "replayed": letter.replayed_at is not None,
+        "replayed_at": letter.replayed_at,
+    }
+
+
+def dead_letters_view(letters: list[DeadLetter], now: int) -> RenderableType:
+    if not letters:
+        return Text("no dead letters")
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for name in ("ID", "FAILED", "CONDITION", "RECORDS", "JOBS", "REPLAYED"):
+        table.add_column(name, no_wrap=True)
+    table.add_column("ERROR")
+    for letter in letters:
+        jobs = dead_letter_job_ids(letter)
+        error = letter.error.splitlines()[0] if letter.error else ""
+        table.add_row(
+            letter.dead_letter_id,
+            render.relative(letter.failed_at, now),
+            letter.condition,
+            str(len(letter.records)),
+            ", ".join(jobs[:3]) + (f" +{len(jobs) - 3}" if len(jobs) > 3 else ""),
+            render.relative(letter.replayed_at, now) if letter.replayed_at else "no",
+            error[:_ERROR_CHARS] + ("..." if len(error) > _ERROR_CHARS else ""),
+        )
+    return table
+
+
+def find_dead_letter(client: Any, table: str, dead_letter_id: str) -> DeadLetter:
+    """One letter by id: a consistent ``GetItem`` (a listing is one page, a lookup is exact)."""
+    from scheduler.local.stream_runner import _letter_from_item  # the store's item reader
+
+    try:
+        item = client.get_item(
+            TableName=table,
+            Key={"source": {"S": DEAD_LETTER_SOURCE}, "dead_letter_id": {"S": dead_letter_id}},
+            ConsistentRead=True,
+        ).get("Item")
+    except (BotoCoreError, ClientError) as exc:
+        raise StoreUnavailable(f"cannot read dead letter {dead_letter_id}: {exc}") from exc
+    if item is None:
+        fail(f"dead letter {dead_letter_id} not found (see 'scheduler dlq list')", 1)
+    return _letter_from_item(item)
+
+
+class _ErrorLog(logging.Handler):
+    """Keeps what the handler logs at ERROR during a replay (its per-record failures).
+
+    The dispatcher logs a failed record with its traceback; captured here, it becomes one line
+    of the replay's answer instead of a traceback on stderr.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        exc = record.exc_info[1] if record.exc_info else None
+        text = f"{type(exc).__name__}: {exc}" if exc else record.getMessage()
+        self.messages.append(" ".join(text.split()))  # one line, whatever the cause says
+
+
+@dataclass(frozen=True)
+class Replayed:
+    letter: DeadLetter
+    failed_records: list[str]
+    errors: list[str]
+    replayed_at: int
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed_records
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dead_letter_id": self.letter.dead_letter_id,
+            "records": len(self.letter.records),
+            "job_ids": dead_letter_job_ids(self.letter),
+            "replayed": self.ok,
+            "replayed_at": self.replayed_at if self.ok else None,
+            "previously_replayed_at": self.letter.replayed_at,
+            "failed_records": self.failed_records,
+            "errors": self.errors,
+        }
+
+    def line(self) -> str:
+        if not self.ok:
+            return f"{self.letter.dead_letter_id}: still failing at record {self.failed_records[0]}"
+        again = " (again)" if self.letter.replayed_at is not None else ""
+        return f"replayed {self.letter.dead_letter_id}{again}: {len(self.letter.records)} records"
+
+
+def replay_letter(store: DeadLetterStore, letter: DeadLetter, handler: StreamHandler) -> Replayed:
+    """Hand the letter's records to ``handler``; the store marks it replayed if none failed."""
+    errors = _ErrorLog()
+    scheduler_log = logging.getLogger("scheduler")
+    scheduler_log.addHandler(errors)
+    at = now_ms()
+    try:
+        response = store.replay(letter, handler, at)
+    except DomainError:
+        raise
+    except Exception as exc:  # a function error: the whole batch failed, as the runner counts it
+        response = {"batchItemFailures": [{"itemIdentifier": letter.start_sequence_number}]}
+        errors.messages.append(f"{type(exc).__name__}: {exc}")
+    finally:
+        scheduler_log.removeHandler(errors)
+    failures = response.get("batchItemFailures") if isinstance(response, dict) else None
+    failed = [str(f.get("itemIdentifier")) for f in failures or [] if isinstance(f, dict)]
+    return Replayed(letter, failed, errors.messages, at)
+
+
+def stream_handler(settings: Settings) -> StreamHandler:
+    """The stream function as the engine runs it, with the configuration's slot limits and
+    retry policies (``scheduler.wiring``), so a replay never activates past a limit.
+
+    Runs are not started from a CLI process: a replayed activation record is only logged (the
+    job is active already; the reaper times out a run that never reports).
+    """
+    from scheduler.config import load_config
+    from scheduler.wiring import build_dispatcher
+
+    config = load_config(settings.config_path)
+    dispatcher = build_dispatcher(JobStore.from_settings(settings), config)
+    return lambda event, _context: dispatcher.handle_event(event)
+
+
+@dlq_app.command("list")
+def dlq_list(
+    limit: Annotated[
+        int, typer.Option("--limit", min=1, max=DLQ_MAX_LETTERS, help="At most this many.")
+    ] = 100,
+    as_json: JsonOption = False,
+) -> None:
+    """Failed batches: id, when, condition and error, records and jobs, replayed or not."""
+    _, store = dead_letter_store(context().settings)
+    letters = store.list(limit=limit)
+    now = now_ms()
+    data = {"dead_letters": [dead_letter_dict(letter) for letter in letters]}
+    show(data, as_json, lambda: dead_letters_view(letters, now))
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    dead_letter_id: DeadLetterIdArgument = None,
+    replay_all: Annotated[
+        bool, typer.Option("--all", help="Replay every letter not replayed yet.")
+    ] = False,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="Repository configuration (TOML) of the engine; else SCHEDULER_CONFIG."),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Replay a failed batch (or --all) through the stream handler; safe to repeat.
+
+    A letter whose records still fail stays in the queue, not marked replayed (exit 1).
+    """
+    if dead_letter_id is not None and replay_all:
+        raise InvalidArgument("give either ID or --all, not both")
+    if dead_letter_id is None and not replay_all:
+        raise InvalidArgument("give ID (see 'scheduler dlq list') or --all")
+    settings = context().settings
+    if config is not None:
+        settings = replace(settings, config_path=config)
+    client, store = dead_letter_store(settings)
+    if dead_letter_id is not None:
+        letter = find_dead_letter(client, settings.tables.dead_letters, dead_letter_id)
+        result = replay_letter(store, letter, stream_handler(settings))
+        if not result.ok:
+            why = f": {result.errors[0]}" if result.errors else ""
+            fail(f"dead letter {result.line()}{why}; it stays in the queue", 1)
+        emit(result.to_dict(), as_json, result.line())
+        return
+    letters = store.list(limit=DLQ_MAX_LETTERS)
+    handler = stream_handler(settings)
+    results = [
+        replay_letter(store, letter, handler) for letter in letters if letter.replayed_at is None
+    ]
+    summary = {
+        "replayed": sum(result.ok for result in results),
+        "failed": sum(not result.ok for result in results),
+        "skipped": len(letters) - len(results),  # replayed before
+        "dead_letters": [result.to_dict() for result in results],
+    }
+    lines = [result.line() for result in results]
+    lines.append(
+        f"replayed {summary['replayed']}, failed {summary['failed']}, "
+        f"skipped {summary['skipped']} (replayed before)"
+    )
+    emit(summary, as_json, "\n".join(lines))
+    if summary["failed"]:
+        raise typer.Exit(1)
+
+
+@app.command("up")
+def up(  # noqa: PLR0917 - typer maps options to parameters
+    host: Annotated[
+        str | None, typer.Option(help="HTTP address [default: SCHEDULER_HTTP_HOST or 127.0.0.1]")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="HTTP port [default: SCHEDULER_HTTP_PORT or 8080]")
+    ] = None,
+    data_dir: Annotated[
+        Path, typer.Option("--data-dir", help="Where jobs, checkpoints and run logs live.")
+    ] = Path(".scheduler"),
+    config: Annotated[
+        Path | None, typer.Option(help="Repository configuration (TOML); else SCHEDULER_CONFIG.")
+    ] = None,
+    dynamodb_port: Annotated[
+        int, typer.Option("--dynamodb-port", help="DynamoDB Local's port (0: a free one).")
+    ] = 8000,
+    max_runs: Annotated[
+        int, typer.Option("--max-runs", min=1, max=256, help="Commands run at once, in all.")
+    ] = 4,
+    as_json: JsonOption = False,
+) -> None:
+    """Start the whole local stack in the foreground; Ctrl-C stops it cleanly."""
+    from scheduler.local.stack import LocalStack, StackOptions, serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = Settings.from_env()
+    if config is not None:
+        settings = replace(settings, config_path=config)
+
+    def announce(stack: LocalStack) -> None:
+        info = {
+            "url": stack.url,
+            "webhook": f"{stack.url}/webhook",
+            "dynamodb_endpoint": stack.settings.dynamodb_endpoint,
+            "data_dir": str(data_dir.resolve()),
+            "config": str(settings.config_path or "<built-in default>"),
+        }
+        emit(
+            info,
+            as_json,
+            f"scheduler is up: {stack.url} (webhook: POST {stack.url}/webhook)\n"
+            f"  DynamoDB Local: {info['dynamodb_endpoint']}  data: {info['data_dir']}\n"
+            "  for the CLI in another shell:"
+            f" export SCHEDULER_DYNAMODB_ENDPOINT={info['dynamodb_endpoint']}\n"
+            f"  configuration: {info['config']}\n"
+            f"  send a signed test delivery: scheduler send-test-delivery --url {stack.url}\n"
+            "  Ctrl-C stops everything.",
+        )
+        sys.stdout.flush()
+
+    options = StackOptions(
+        host=host or settings.http_host,
+        port=settings.http_port if port is None else port,
+        data_dir=data_dir,
+        max_parallel_runs=max_runs,
+        dynamodb_port=dynamodb_port,
+    )
+    serve(settings, options, announce)
+
+
+@app.command("send-test-delivery")
+def send_test_delivery(
+    url: Annotated[str, typer.Option(help="Base URL of the scheduler.")] = "http://127.0.0.1:8080",
+    repo: Annotated[str, typer.Option(metavar="OWNER/REPO")] = "demo/hello",
+    branch: Annotated[str, typer.Option()] = "main",
+    sha: Annotated[str | None, typer.Option(help="Commit sha (default: random).")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Sign a sample `push` delivery with GITHUB_WEBHOOK_SECRET and POST it to the webhook."""
+    import httpx
+
+    from scheduler.github import sign
+
+    secret = Settings.from_env().webhook_secret
+    if not secret:
+        raise ConfigurationError("GITHUB_WEBHOOK_SECRET is not set: cannot sign a delivery")
+    body = json.dumps(
+        {
+            "ref": f"refs/heads/{branch}",
+            "after": sha or uuid.uuid4().hex + uuid.uuid4().hex[:8],
+            "deleted": False,
+            "repository": {"full_name": repo},
+            "sender": {"login": "scheduler-demo"},
+        }
+    ).encode()
+    headers = {
+        "Content-Type": "application/json",
+        "X-GitHub-Event": "push",
+        "X-GitHub-Delivery": str(uuid.uuid4()),
+        "X-Hub-Signature-256": sign(secret.encode(), body),
+    }
+    try:
+        response = httpx.post(f"{url.rstrip('/')}/webhook", content=body, headers=headers)
+    except httpx.HTTPError as exc:
+        raise ConfigurationError(f"cannot reach {url}: {exc}") from exc
+    answer = response.json()
+    emit(answer, as_json, f"HTTP {response.status_code}: {json.dumps(answer)}")
+    if response.status_code >= 400:
+        raise typer.Exit(1)
 
 
 def _usage_line(exc: click_errors.UsageError) -> str:

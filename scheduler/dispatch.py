@@ -30,7 +30,7 @@ from pynamodb.exceptions import PynamoDBException
 from scheduler.errors import MalformedStreamRecord, StoreUnavailable
 from scheduler.models import JobModel
 from scheduler.store import JobState, JobStore, RepositoryFull
-from state_machines import JobStatus, TransitionConflict
+from state_machines import JobStatus, TransitionConflict, Trigger
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,14 @@ ACTOR = "stream"
 SlotLimitFor = Callable[[str], int]
 """The concurrency limit of a repository (``owner/name``)."""
 
-OnActivated = Callable[[JobState], None]
-"""Starts the run of a job that just became active (idempotent by ``job_id#attempt``)."""
+OnActivated = Callable[[JobModel], object]
+"""Starts the run of a job that just became active (idempotent by ``job_id#attempt``).
+
+It gets the stream image as a model: everything the run needs is there, no read is needed.
+"""
+
+RetryPolicyFor = Callable[[str], "AutoRetryPolicy"]
+"""The automatic retry policy of a repository."""
 
 
 # -- event shapes (Lambda's DynamoDB stream event and its partial batch response) -------------
@@ -103,7 +109,26 @@ class StartRun:
     job: JobState
 
 
-Action = Activate | PromoteQueued | StartRun
+@dataclass(frozen=True, slots=True)
+class RetryFailed:
+    """The job failed for ``reason``: retry it if the repository's policy says so."""
+
+    job: JobState
+    reason: str | None
+
+
+Action = Activate | PromoteQueued | StartRun | RetryFailed
+
+
+@dataclass(frozen=True, slots=True)
+class AutoRetryPolicy:
+    """Automatic retries: ``attempts`` in total (1 = none), for the failure reasons in ``on``."""
+
+    attempts: int = 1
+    on: tuple[str, ...] = ()
+
+    def allows(self, attempt: int, reason: str | None) -> bool:
+        return attempt < self.attempts and (reason or "") in self.on
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,9 +139,20 @@ class Transition:
     dest: JobStatus
     job: JobState
     sequence_number: str
+    image: JobModel | None = None
+
+    @property
+    def reason(self) -> str | None:
+        return self.image.reason if self.image is not None else None
 
 
-def decide(source: JobStatus | None, dest: JobStatus, job: JobState) -> list[Action]:
+TransitionObserver = Callable[[Transition], None]
+"""Told of every transition once its actions succeeded (commit statuses, metrics)."""
+
+
+def decide(
+    source: JobStatus | None, dest: JobStatus, job: JobState, reason: str | None = None
+) -> list[Action]:
     """What the transition ``source -> dest`` of ``job`` calls for (pure, no I/O)."""
     if dest is JobStatus.PENDING and source in (None, JobStatus.FAILED):
         return [Activate(job)]  # a new job, or an operator's retry: queue or run it
@@ -124,6 +160,8 @@ def decide(source: JobStatus | None, dest: JobStatus, job: JobState) -> list[Act
         return [StartRun(job)]
     if source is JobStatus.ACTIVE and dest.is_terminal:
         # The finishing transaction already released the slot; hand it to the queue.
+        if dest is JobStatus.FAILED:
+            return [PromoteQueued(job.repo), RetryFailed(job, reason)]
         return [PromoteQueued(job.repo)]
     return []  # e.g. pending -> cancelled: no slot was held, nothing to do
 
@@ -146,10 +184,11 @@ def read_transition(record: StreamRecord) -> Transition | None:
         source = JobStatus(old_status) if old_status is not None else None
         dest = JobStatus(new_status)
         # Images are DynamoDB JSON: the low-level attribute map that from_raw_data reads.
-        job = JobState.from_model(JobModel.from_raw_data(new_image))
+        image = JobModel.from_raw_data(new_image)
+        job = JobState.from_model(image)
     except (ValueError, TypeError, KeyError, AttributeError, PynamoDBException) as exc:
         raise MalformedStreamRecord(sequence_number, f"not a readable job: {exc}") from exc
-    return Transition(source, dest, job, sequence_number)
+    return Transition(source, dest, job, sequence_number, image)
 
 
 def _status_of(image: Mapping[str, Any] | None) -> str | None:
@@ -162,7 +201,7 @@ def _status_of(image: Mapping[str, Any] | None) -> str | None:
 # -- the executor --------------------------------------------------------------------------
 
 
-def _log_activation(job: JobState) -> None:
+def _log_activation(job: JobModel) -> None:
     log.info("run requested", extra={"job_id": job.job_id, "attempt": job.attempt})
 
 
@@ -175,6 +214,8 @@ class Dispatcher:
         *,
         slot_limit_for: SlotLimitFor = lambda _repo: DEFAULT_SLOT_LIMIT,
         on_activated: OnActivated = _log_activation,
+        retry_policy_for: RetryPolicyFor = lambda _repo: AutoRetryPolicy(),
+        observers: Iterable[TransitionObserver] = (),
         promote_page: int = 5,
         promote_max: int = 25,
         actor: str = ACTOR,
@@ -182,6 +223,8 @@ class Dispatcher:
         self._store = store
         self._slot_limit_for = slot_limit_for
         self._on_activated = on_activated
+        self._retry_policy_for = retry_policy_for
+        self._observers = tuple(observers)
         self._promote_page = promote_page
         self._promote_max = promote_max
         self._actor = actor
@@ -212,19 +255,37 @@ class Dispatcher:
         transition = read_transition(record)
         if transition is None:
             return []
-        actions = decide(transition.source, transition.dest, transition.job)
-        return [self.execute(action) for action in actions]
+        actions = decide(transition.source, transition.dest, transition.job, transition.reason)
+        outcomes = [self.execute(action, transition.image) for action in actions]
+        for observe in self._observers:
+            try:
+                observe(transition)
+            except Exception:  # an observer (a commit status) never fails a record
+                log.exception("transition observer failed", extra={"job_id": transition.job.job_id})
+        return outcomes
 
     # Actions ---------------------------------------------------------------------------------
 
-    def execute(self, action: Action) -> str:
+    def execute(self, action: Action, image: JobModel | None = None) -> str:
         if isinstance(action, Activate):
             return self._activate(action.job)
         if isinstance(action, PromoteQueued):
             promoted = self._promote(action.repo)
             return f"promoted:{promoted}"
-        self._on_activated(action.job)
+        if isinstance(action, RetryFailed):
+            return self._retry(action.job, action.reason)
+        self._on_activated(image if image is not None else self._store.get(action.job.job_id))
         return "started"
+
+    def _retry(self, job: JobState, reason: str | None) -> str:
+        if not self._retry_policy_for(job.repo).allows(job.attempt, reason):
+            return "no_retry"
+        try:
+            self._store.transition(job, Trigger.RETRY, actor="retry-policy")
+        except TransitionConflict:
+            return "already_done"  # an operator (or a duplicate record) retried it first
+        log.info("job retried by policy", extra={"job_id": job.job_id, "reason": reason})
+        return "retried"
 
     def _activate(self, job: JobState) -> str:
         try:

@@ -12,6 +12,8 @@ from typing import Any
 from scheduler import models
 from scheduler.api import Application, HttpApiEvent, HttpApiResponse, create_app
 from scheduler.dispatch import Dispatcher, PartialBatchResponse
+from scheduler.queries import Queries
+from scheduler.routes import query_routes
 from scheduler.settings import Settings
 from scheduler.store import JobStore
 
@@ -20,11 +22,16 @@ __all__ = ["stream", "webhook"]
 
 @cache
 def http_app() -> Application:
-    return create_app(Settings.from_env())
+    settings = Settings.from_env()
+    # Queries read through the models, which create_app binds before any request is served.
+    return create_app(settings, extra_routes=[query_routes(Queries.from_settings(settings))])
 
 
 def webhook(event: HttpApiEvent, context: Any) -> HttpApiResponse:
-    """HTTP API / Function URL (payload format 2.0): ``POST /webhook`` and ``GET /healthz``."""
+    """HTTP API / Function URL (payload format 2.0), every route of the one app.
+
+    ``POST /webhook``, the read routes of :mod:`scheduler.routes` and ``GET /healthz``.
+    """
     return http_app().handle_lambda(event)
 
 

@@ -43,13 +43,21 @@ class RunStarter:
         self._actor = actor
 
     def start(self, job: JobModel) -> str | None:
-        """Start the run of an active job; None if this attempt's run was already claimed."""
+        """Start (or queue) the run of an active job; its key is claimed right before it starts.
+
+        Returns the run id, or None when the executor found the key claimed already.
+        """
         request = RunRequest.from_job(job, self._command_for(job.repo))
-        if not self._store.claim_run(JobState.from_model(job), request.idempotency_key):
+        state = JobState.from_model(job)
+
+        def claim() -> bool:
+            if self._store.claim_run(state, request.idempotency_key):
+                return True
             log.info("run already claimed", extra={"job_id": job.job_id, "attempt": job.attempt})
-            return None
-        run_id = self._executor.start(request)
-        if run_id != request.idempotency_key:
+            return False
+
+        run_id = self._executor.start(request, claim)
+        if run_id is not None and run_id != request.idempotency_key:
             # The executor named the run itself (a CodeBuild build id): keep it for cancels.
             self._store.record_run_id(job.job_id, request.attempt, request.idempotency_key, run_id)
         return run_id

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from scheduler.errors import ConfigurationError
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TEMPLATE = PROJECT_ROOT / "infra" / "template.yaml"
 DEFAULT_DYNAMODB_LOCAL_DIR = PROJECT_ROOT / ".dynamodb-local"
@@ -21,6 +23,14 @@ LOCAL_CREDENTIALS = ("local", "local")
 # GitHub caps webhook payloads at 25 MB; anything larger is not a GitHub delivery.
 DEFAULT_WEBHOOK_MAX_BODY_BYTES = 25 * 1024 * 1024
 _TRUE = {"1", "true", "yes", "on"}
+
+
+def _int(env: Mapping[str, str], name: str, default: str) -> int:
+    value = env.get(name, default)
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be an integer, not {value!r}") from None
 
 
 @dataclass(frozen=True)
@@ -55,11 +65,16 @@ class Settings:
     template_path: Path = DEFAULT_TEMPLATE
     dynamodb_local_dir: Path = DEFAULT_DYNAMODB_LOCAL_DIR
     retention_days: int = 30
+    # An active job whose run has not started is timed out after its timeout plus this grace.
+    start_grace_seconds: int = 60
     # Local demos only: accept unsigned webhook deliveries when no secret is configured.
     allow_unsigned_webhooks: bool = False
     webhook_max_body_bytes: int = DEFAULT_WEBHOOK_MAX_BODY_BYTES
     http_host: str = "127.0.0.1"
     http_port: int = 8080
+    # Commit statuses: posted only when a token is configured.
+    github_token: str | None = field(default=None, repr=False)
+    github_api_url: str = "https://api.github.com"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -89,15 +104,16 @@ class Settings:
             dynamodb_local_dir=Path(
                 env.get("SCHEDULER_DYNAMODB_LOCAL_DIR", str(DEFAULT_DYNAMODB_LOCAL_DIR))
             ),
-            retention_days=int(env.get("SCHEDULER_RETENTION_DAYS", "30")),
+            retention_days=_int(env, "SCHEDULER_RETENTION_DAYS", "30"),
+            start_grace_seconds=_int(env, "SCHEDULER_START_GRACE_SECONDS", "60"),
             allow_unsigned_webhooks=(
                 env.get("SCHEDULER_ALLOW_UNSIGNED_WEBHOOKS", "").strip().lower() in _TRUE
             ),
-            webhook_max_body_bytes=int(
-                env.get("SCHEDULER_WEBHOOK_MAX_BODY_BYTES", str(DEFAULT_WEBHOOK_MAX_BODY_BYTES))
-            ),
+            webhook_max_body_bytes=_int(env, "SCHEDULER_WEBHOOK_MAX_BODY_BYTES", str(DEFAULT_WEBHOOK_MAX_BODY_BYTES)),
             http_host=env.get("SCHEDULER_HTTP_HOST", "127.0.0.1"),
-            http_port=int(env.get("SCHEDULER_HTTP_PORT", "8080")),
+            http_port=_int(env, "SCHEDULER_HTTP_PORT", "8080"),
+            github_token=env.get("SCHEDULER_GITHUB_TOKEN") or env.get("GITHUB_TOKEN") or None,
+            github_api_url=env.get("SCHEDULER_GITHUB_API_URL", "https://api.github.com"),
         )
 
     def for_local(self, endpoint: str, tables: TableNames | None = None) -> Settings:

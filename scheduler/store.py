@@ -131,12 +131,14 @@ class JobStore:
         *,
         clock: Clock = system_clock,
         retention_days: int = 30,
+        start_grace_seconds: int = 60,
         conflict_retries: int = 4,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._connection = connection
         self._clock = clock
         self._retention_ms = retention_days * DAY_MS
+        self._start_grace_ms = start_grace_seconds * 1000
         self._conflict_retries = conflict_retries
         self._sleep = sleep
 
@@ -150,6 +152,7 @@ class JobStore:
             aws_secret_access_key=settings.secret_access_key,
             aws_session_token=settings.session_token,
         )
+        kwargs.setdefault("start_grace_seconds", settings.start_grace_seconds)
         return cls(connection, retention_days=settings.retention_days, **kwargs)
 
     @property
@@ -304,7 +307,12 @@ class JobStore:
         now = self._clock()
         try:
             JobModel(job.job_id).update(
-                actions=[JobModel.run_id.set(run_id), JobModel.started_at.set(now)],
+                actions=[
+                    JobModel.run_id.set(run_id),
+                    JobModel.started_at.set(now),
+                    # The timeout counts from the run's start, not from the activation.
+                    JobModel.deadline_at.set(now + job.timeout_seconds * 1000),
+                ],
                 # Only the active attempt we were asked to start, and only once.
                 condition=(JobModel.status == JobStatus.ACTIVE.value)
                 & (JobModel.attempt == job.attempt)
@@ -386,7 +394,10 @@ class JobStore:
             actions += [
                 JobModel.activated_at.set(now),
                 JobModel.deadline_shard.set(ACTIVE_SHARD),
-                JobModel.deadline_at.set(now + job.timeout_seconds * 1000),
+                # Until its run starts (``claim_run`` resets the deadline to the timeout), a
+                # job also gets a grace for the start itself: a backlog on the stream or a
+                # full executor must not time out a run that has not begun.
+                JobModel.deadline_at.set(now + job.timeout_seconds * 1000 + self._start_grace_ms),
                 JobModel.queue_repo.remove(),
                 JobModel.queue_key.remove(),
             ]

@@ -78,11 +78,17 @@ class RunResult:
 OnFinished = Callable[[RunResult], None]
 
 
+Claim = Callable[[], bool]
+"""Claims the run's idempotency key in DynamoDB; False means another starter has it."""
+
+
 class Executor(Protocol):
-    def start(self, request: RunRequest) -> str:
+    def start(self, request: RunRequest, claim: Claim) -> str | None:
         """Start the run for ``request.idempotency_key``; return its run id.
 
-        A second start with the same key starts nothing and returns the first run's id.
+        ``claim`` is called right before anything starts; if it returns False nothing
+        starts. A second start with the same key starts nothing and returns the first run's
+        id. None means the run was not started (claimed elsewhere).
         """
 
     def cancel(self, run_id: str) -> None:

@@ -17,7 +17,7 @@ import shlex
 from collections.abc import Mapping
 from typing import Any
 
-from scheduler.executors.base import RunRequest, RunResult
+from scheduler.executors.base import Claim, RunRequest, RunResult
 
 # CodeBuild's bounds for timeoutInMinutesOverride.
 MIN_TIMEOUT_MINUTES, MAX_TIMEOUT_MINUTES = 5, 2160
@@ -50,7 +50,9 @@ class CodeBuildExecutor:
             )
         return kwargs
 
-    def start(self, request: RunRequest) -> str:
+    def start(self, request: RunRequest, claim: Claim = lambda: True) -> str | None:
+        if not claim():
+            return None
         response = self._client.start_build(**self.start_build_kwargs(request))
         return str(response["build"]["id"])
 

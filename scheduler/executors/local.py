@@ -18,7 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scheduler.executors.base import OnFinished, RunRequest, RunResult
+from scheduler.executors.base import Claim, OnFinished, RunRequest, RunResult
+from scheduler.procutil import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ def run_id_for(request: RunRequest) -> str:
 class _Run:
     request: RunRequest
     log_path: Path
+    claim: Claim
     process: subprocess.Popen[bytes] | None = None
     cancelled: bool = False
     done: threading.Event = field(default_factory=threading.Event)
@@ -64,12 +66,12 @@ class LocalExecutor:
         safe_id = request.job_id.replace("/", "_")
         return self._work_dir / "logs" / safe_id / f"attempt-{request.attempt}.log"
 
-    def start(self, request: RunRequest) -> str:
+    def start(self, request: RunRequest, claim: Claim = lambda: True) -> str | None:
         run_id = run_id_for(request)
         with self._lock:
             if run_id in self._runs:
                 return run_id  # the same key again: the first run stands
-            run = _Run(request, self.log_path(request))
+            run = _Run(request, self.log_path(request), claim)
             self._runs[run_id] = run
         self._pool.submit(self._execute, run)
         log.info("run queued", extra={"job_id": request.job_id, "run_id": run_id})
@@ -104,7 +106,9 @@ class LocalExecutor:
     def _execute(self, run: _Run) -> None:
         request = run.request
         try:
-            if run.cancelled:
+            # Claimed only when a pool slot is free: an attempt that was reaped or cancelled
+            # while it waited here is never started.
+            if run.cancelled or not run.claim():
                 return
             result = self._run_process(run)
             self._on_finished(result)
@@ -132,6 +136,7 @@ class LocalExecutor:
                     stdout=output,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,  # its own process group, killed as a whole
+                    preexec_fn=die_with_parent,  # noqa: PLW1509 - never outlives the scheduler
                 )
             except OSError as exc:
                 return RunResult(

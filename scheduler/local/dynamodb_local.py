@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -22,10 +21,9 @@ from pathlib import Path
 from types import TracebackType
 
 from scheduler.errors import ConfigurationError
+from scheduler.procutil import die_with_parent
 
 log = logging.getLogger(__name__)
-
-_PR_SET_PDEATHSIG = 1
 
 
 class DynamoDBLocalError(ConfigurationError):
@@ -51,11 +49,6 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.2)
         return sock.connect_ex((host, port)) == 0
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class DynamoDBLocal:
@@ -125,7 +118,7 @@ class DynamoDBLocal:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads spawn before exec
+                preexec_fn=die_with_parent,  # noqa: PLW1509 - no threads spawn before exec
             )
         except FileNotFoundError as exc:
             raise DynamoDBLocalError("'java' not found: install a Java 17+ runtime") from exc

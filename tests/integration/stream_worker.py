@@ -13,6 +13,7 @@ import threading
 from scheduler import models
 from scheduler.dispatch import Dispatcher
 from scheduler.local.stream_runner import PollingConfig, StreamRunner
+from scheduler.models import JobModel
 from scheduler.settings import Settings
 from scheduler.store import JobState, JobStore
 from state_machines import TransitionConflict, Trigger
@@ -23,10 +24,10 @@ def main() -> None:
     models.bind(settings)
     store = JobStore.from_settings(settings)
 
-    def on_activated(job: JobState) -> None:
-        if int(job.job_id.rsplit("-", 1)[1]) % 3 == 0:
+    def on_activated(image: JobModel) -> None:
+        if int(image.job_id.rsplit("-", 1)[1]) % 3 == 0:
             with contextlib.suppress(TransitionConflict):  # a redelivered activation record
-                store.transition(job, Trigger.PASS, actor="executor")
+                store.transition(JobState.from_model(image), Trigger.PASS, actor="executor")
 
     dispatcher = Dispatcher(store, slot_limit_for=lambda _repo: 2, on_activated=on_activated)
     runner = StreamRunner.from_settings(

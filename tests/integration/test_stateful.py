@@ -463,6 +463,9 @@ def bound_machine(settings: Settings) -> Iterator[type[JobStoreMachine]]:
         JobStoreMachine.bound_settings = None
 
 
+# A pass takes well under a minute; a failure can spend Hypothesis's five-minute shrink budget
+# (every example talks to DynamoDB Local), so allow more than the suite's 300 s default.
+@pytest.mark.timeout(600)
 def test_store_matches_reference_model(bound_machine: type[JobStoreMachine]) -> None:
     """Random operation sequences leave the tables exactly as the reference predicts."""
     run_state_machine_as_test(

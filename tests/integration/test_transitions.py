@@ -78,7 +78,8 @@ def test_activation_takes_a_slot_sets_a_deadline_and_leaves_the_queue(store: Job
     assert isinstance(job, JobState) and job.status is JobStatus.ACTIVE and job.version == 1
     item = raw_item("j1")
     assert "queue_repo" not in item and item["deadline_shard"] == "active"
-    assert item["deadline_at"] == item["activated_at"] + 60_000
+    # timeout 60 s + the default start grace of 60 s until a run claims the job
+    assert item["deadline_at"] == item["activated_at"] + 120_000
     assert counters() == {
         "running": 1,
         "n_pending": 0,

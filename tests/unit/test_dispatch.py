@@ -11,8 +11,10 @@ import pytest
 
 from scheduler.dispatch import (
     Activate,
+    AutoRetryPolicy,
     Dispatcher,
     PromoteQueued,
+    RetryFailed,
     StartRun,
     decide,
     read_transition,
@@ -48,7 +50,7 @@ def record(n: int) -> dict[str, Any]:
         (F, P, "activate"),
         (P, A, "start"),
         (A, PASSED, "promote"),
-        (A, F, "promote"),
+        (A, F, "promote_and_retry"),
         (A, C, "promote"),
         (P, C, None),
     ],
@@ -62,6 +64,7 @@ def test_decision_table(source: JobStatus | None, dest: JobStatus, expected: str
             "activate": [Activate(job)],
             "start": [StartRun(job)],
             "promote": [PromoteQueued("o/r")],
+            "promote_and_retry": [PromoteQueued("o/r"), RetryFailed(job, None)],
             None: [],
         }[expected]
     )
@@ -70,7 +73,17 @@ def test_decision_table(source: JobStatus | None, dest: JobStatus, expected: str
 def test_every_status_pair_decides_without_error() -> None:
     for source in [None, *JobStatus]:
         for dest in JobStatus:
-            assert len(decide(source, dest, state(dest))) <= 1
+            assert len(decide(source, dest, state(dest))) <= 2
+
+
+@pytest.mark.parametrize(
+    ("attempt", "reason", "allowed"),
+    [(1, "timed_out", True), (2, "timed_out", False), (1, "exit_code", False), (1, None, False)],
+)
+def test_automatic_retry_policy(attempt: int, reason: str | None, allowed: bool) -> None:
+    policy = AutoRetryPolicy(attempts=2, on=("timed_out",))
+    assert policy.allows(attempt, reason) is allowed
+    assert not AutoRetryPolicy().allows(1, "timed_out")  # 1 attempt = no automatic retry
 
 
 def test_records_of_a_jobs_life_read_as_transitions() -> None:

@@ -1,0 +1,204 @@
+"""``scheduler up``: the whole local stack in one process tree.
+
+DynamoDB Local (with a data directory, so jobs survive a restart), the tables (created from
+the template if missing), the HTTP server (webhook + query API), the stream runner feeding the
+same dispatcher the Lambda uses, the local executor and the reaper. Stopping (Ctrl-C or
+SIGTERM) takes them down in reverse order: no orphan JVM, no orphan run.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import FrameType
+
+from scheduler import aws, models
+from scheduler.api import create_app
+from scheduler.config import RepositoryConfig, load_config
+from scheduler.errors import ConfigurationError, StoreUnavailable
+from scheduler.executors.base import RunResult
+from scheduler.executors.local import LocalExecutor
+from scheduler.local.dynamodb_local import DynamoDBLocal, port_in_use
+from scheduler.local.http_server import LocalHTTPServer
+from scheduler.local.stream_runner import PollingConfig, StreamRunner
+from scheduler.notify import GitHubNotifier
+from scheduler.queries import Queries
+from scheduler.reaper import Reaper
+from scheduler.routes import query_routes
+from scheduler.runs import RunStarter
+from scheduler.settings import Settings
+from scheduler.store import JobStore
+from scheduler.tables import ensure_tables
+from scheduler.webhook import webhook_secret
+from scheduler.wiring import build_dispatcher, commit_status_observer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StackOptions:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = Path(".scheduler")
+    max_parallel_runs: int = 4
+    reaper_interval_seconds: float = 2.0
+    # Idle polling: at most this long between empty GetRecords (latency vs idle CPU).
+    idle_poll_seconds: float = 0.15
+    dynamodb_heap_mb: int = 256
+    # A fixed port, so that the CLI can be pointed at it (0 picks a free one).
+    dynamodb_port: int = 8000
+
+
+class LocalStack:
+    """The running parts; :meth:`start` then :meth:`stop` (or use it as a context manager)."""
+
+    def __init__(self, settings: Settings, options: StackOptions) -> None:
+        self.options = options
+        self._settings = settings
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._dynamodb: DynamoDBLocal | None = None
+        self._http: LocalHTTPServer | None = None
+        self._executor: LocalExecutor | None = None
+        self._notifier: GitHubNotifier | None = None
+        self.settings = settings
+        self.config: RepositoryConfig | None = None
+
+    @property
+    def url(self) -> str:
+        assert self._http is not None
+        return self._http.url
+
+    def preflight(self) -> RepositoryConfig:
+        """Fail fast, before starting anything: secret, configuration file, port."""
+        webhook_secret(replace(self._settings, dynamodb_endpoint="http://local"))
+        config = load_config(self._settings.config_path)
+        if port_in_use(self.options.port, self.options.host):
+            raise ConfigurationError(
+                f"port {self.options.port} on {self.options.host} is already in use"
+                " (choose another with --port)"
+            )
+        own_dynamodb = self._settings.dynamodb_endpoint is None
+        if own_dynamodb and self.options.dynamodb_port and port_in_use(self.options.dynamodb_port):
+            raise ConfigurationError(
+                f"port {self.options.dynamodb_port} (DynamoDB Local) is already in use"
+                " (choose another with --dynamodb-port, or set SCHEDULER_DYNAMODB_ENDPOINT)"
+            )
+        return config
+
+    def start(self) -> LocalStack:
+        config = self.config = self.preflight()
+        data_dir = self.options.data_dir.resolve()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        settings = self._settings
+        if settings.dynamodb_endpoint is None:
+            self._dynamodb = DynamoDBLocal(
+                settings.dynamodb_local_dir,
+                port=self.options.dynamodb_port or None,
+                data_dir=data_dir / "dynamodb",
+                heap_mb=self.options.dynamodb_heap_mb,
+                log_path=data_dir / "dynamodb-local.log",
+            )
+            settings = settings.for_local(self._dynamodb.start())
+        self.settings = settings
+        ensure_tables(aws.client("dynamodb", settings), settings)
+        models.bind(settings)
+        store = JobStore.from_settings(settings)
+
+        runs: RunStarter | None = None
+
+        def finished(result: RunResult) -> None:  # the executor is made before the starter
+            assert runs is not None
+            runs.finished(result)
+
+        self._executor = LocalExecutor(
+            data_dir / "runs", finished, max_parallel=self.options.max_parallel_runs
+        )
+        runs = RunStarter(store, self._executor, lambda repo: config.policy(repo).command)
+        observers = []
+        if settings.github_token:
+            self._notifier = GitHubNotifier(settings.github_token, api_url=settings.github_api_url)
+            observers.append(commit_status_observer(self._notifier, config))
+        dispatcher = build_dispatcher(store, config, on_activated=runs.start, observers=observers)
+
+        runner = StreamRunner.from_settings(
+            settings,
+            handler=lambda event, _context: dispatcher.handle_event(event),
+            polling=PollingConfig(idle_max_seconds=self.options.idle_poll_seconds),
+        )
+        reaper = Reaper(store, cancel_run=self._executor.cancel)
+        self._spawn("stream-runner", lambda: runner.run(self._stop))
+        self._spawn("reaper", lambda: self._every(self.options.reaper_interval_seconds, reaper))
+
+        app = create_app(
+            settings,
+            store=store,
+            config=config,
+            extra_routes=[query_routes(Queries.from_settings(settings))],
+        )
+        self._http = LocalHTTPServer(app, self.options.host, self.options.port).start()
+        return self
+
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _every(self, seconds: float, reaper: Reaper) -> None:
+        while not self._stop.wait(seconds):
+            try:
+                reaper.reap_once()
+            except StoreUnavailable:
+                log.exception("reaper: store unavailable")
+
+    def wait(self) -> None:
+        """Block until :meth:`request_stop` (a signal handler calls it)."""
+        while not self._stop.wait(0.5):
+            pass
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._http is not None:
+            self._http.stop()
+        for thread in self._threads:
+            thread.join(10)
+        if self._executor is not None:
+            self._executor.close()  # kills runs still going; the reaper retries them later
+        if self._notifier is not None:
+            self._notifier.close()
+        if self._dynamodb is not None:
+            self._dynamodb.stop()
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def serve(
+    settings: Settings, options: StackOptions, announce: Callable[[LocalStack], None]
+) -> None:
+    """Run the stack in the foreground until SIGINT or SIGTERM."""
+    stack = LocalStack(settings, options)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("stopping on signal %s", signum)
+        stack.request_stop()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        stack.start()
+        announce(stack)
+        stack.wait()
+    finally:
+        stack.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

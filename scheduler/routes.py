@@ -1,0 +1,84 @@
+"""The read side over HTTP: a repository's jobs, one job, a repository's stats.
+
+``query_routes(queries)`` returns a registration function for :func:`scheduler.api.create_app`'s
+``extra_routes``, so the Lambda entry point and the local server serve the same routes:
+
+- ``GET /repos/{owner}/{repo}/jobs?status=&branch=&event=&limit=&cursor=`` - newest first, one
+  page; ``next_cursor`` (opaque) continues it.
+- ``GET /jobs/{job_id}`` - one job with its transition history.
+- ``GET /repos/{owner}/{repo}/stats`` - counts by status, slots in use, limit, last job.
+
+Bodies are the queries' ``to_dict()``. Validation stays in :mod:`scheduler.queries`; a typed
+error (bad argument or cursor 400, unknown job or repository 404, store down 503) is answered
+by the application as ``{"error": message}`` with its ``http_status``. An unknown query
+parameter is refused (400) rather than ignored, so a misspelt filter never silently widens a
+listing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping
+from urllib.parse import unquote
+
+from scheduler.api import Request, Response, Router
+from scheduler.errors import InvalidArgument
+from scheduler.queries import Queries
+
+__all__ = ["JOBS_QUERY_PARAMETERS", "query_routes"]
+
+JOBS_QUERY_PARAMETERS = ("status", "branch", "event", "limit", "cursor")
+
+# Answers describe live state: a cache (browser, proxy) must not serve an old one.
+_HEADERS = {"cache-control": "no-store"}
+
+
+def _only(query: Mapping[str, str], allowed: Collection[str]) -> None:
+    unknown = sorted(set(query) - set(allowed))
+    if unknown:
+        accepted = ", ".join(allowed) if allowed else "none"
+        raise InvalidArgument(
+            f"unknown query parameter {', '.join(unknown)} (accepted: {accepted})"
+        )
+
+
+def _param(request: Request, name: str) -> str:
+    """A path parameter, percent-decoded (API Gateway's ``rawPath`` is not decoded)."""
+    try:
+        return unquote(request.params[name], errors="strict")
+    except UnicodeDecodeError:
+        raise InvalidArgument(f"{name} is not valid UTF-8 once percent-decoded") from None
+
+
+def _repo(request: Request) -> str:
+    return f"{_param(request, 'owner')}/{_param(request, 'repo')}"
+
+
+def query_routes(queries: Queries) -> Callable[[Router], None]:
+    """Registers the read routes, answered by ``queries`` (models bound before a request)."""
+
+    def list_jobs(request: Request) -> Response:
+        _only(request.query, JOBS_QUERY_PARAMETERS)
+        page = queries.jobs(
+            _repo(request),
+            status=request.query.get("status"),
+            branch=request.query.get("branch"),
+            event=request.query.get("event"),
+            limit=request.query.get("limit"),
+            cursor=request.query.get("cursor"),
+        )
+        return Response(200, page.to_dict(), _HEADERS)
+
+    def show_job(request: Request) -> Response:
+        _only(request.query, ())
+        return Response(200, queries.job(_param(request, "job_id")).to_dict(), _HEADERS)
+
+    def repo_stats(request: Request) -> Response:
+        _only(request.query, ())
+        return Response(200, queries.stats(_repo(request)).to_dict(), _HEADERS)
+
+    def register(router: Router) -> None:
+        router.add("GET", "/repos/{owner}/{repo}/jobs", list_jobs)
+        router.add("GET", "/repos/{owner}/{repo}/stats", repo_stats)
+        router.add("GET", "/jobs/{job_id}", show_job)
+
+    return register
