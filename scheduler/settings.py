@@ -109,7 +109,9 @@ class Settings:
             allow_unsigned_webhooks=(
                 env.get("SCHEDULER_ALLOW_UNSIGNED_WEBHOOKS", "").strip().lower() in _TRUE
             ),
-            webhook_max_body_bytes=_int(env, "SCHEDULER_WEBHOOK_MAX_BODY_BYTES", str(DEFAULT_WEBHOOK_MAX_BODY_BYTES)),
+            webhook_max_body_bytes=_int(
+                env, "SCHEDULER_WEBHOOK_MAX_BODY_BYTES", str(DEFAULT_WEBHOOK_MAX_BODY_BYTES)
+            ),
             http_host=env.get("SCHEDULER_HTTP_HOST", "127.0.0.1"),
             http_port=_int(env, "SCHEDULER_HTTP_PORT", "8080"),
             github_token=env.get("SCHEDULER_GITHUB_TOKEN") or env.get("GITHUB_TOKEN") or None,

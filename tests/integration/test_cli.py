@@ -201,7 +201,11 @@ def test_unreachable_endpoint_and_missing_table_are_configuration_errors(
     refused(run("show", "queued", env=missing), 2, "does not exist")
     refused(run("stats", REPO, env=missing), 2, "does not exist")
     refused(run("cancel", "queued", env=missing), 2)
-    refused(run("status", REPO, env={"SCHEDULER_RETENTION_DAYS": "soon"}), 2, "SCHEDULER_RETENTION_DAYS must be an integer")
+    refused(
+        run("status", REPO, env={"SCHEDULER_RETENTION_DAYS": "soon"}),
+        2,
+        "SCHEDULER_RETENTION_DAYS must be an integer",
+    )
 
 
 def run_on_terminal(*args: str) -> tuple[int, str]:
