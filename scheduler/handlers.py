@@ -6,18 +6,24 @@ secret, a bad repository configuration) fails the initialisation loudly rather t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from scheduler import models
+from scheduler import aws, models
 from scheduler.api import Application, HttpApiEvent, HttpApiResponse, create_app
+from scheduler.config import RepositoryConfig, load_config
 from scheduler.dispatch import Dispatcher, PartialBatchResponse
+from scheduler.executors.codebuild import CodeBuildExecutor, result_from_event
 from scheduler.queries import Queries
+from scheduler.reaper import Reaper
 from scheduler.routes import query_routes
+from scheduler.runs import RunStarter
 from scheduler.settings import Settings
 from scheduler.store import JobStore
+from scheduler.wiring import build_dispatcher
 
-__all__ = ["stream", "webhook"]
+__all__ = ["build_completed", "reap", "stream", "webhook"]
 
 
 @cache
@@ -35,13 +41,51 @@ def webhook(event: HttpApiEvent, context: Any) -> HttpApiResponse:
     return http_app().handle_lambda(event)
 
 
+@dataclass(frozen=True)
+class _Runtime:
+    store: JobStore
+    config: RepositoryConfig
+    runs: RunStarter | None
+    executor: CodeBuildExecutor | None
+
+
 @cache
-def stream_dispatcher() -> Dispatcher:
+def runtime() -> _Runtime:
+    """Store, configuration and run starter of this cold start (CodeBuild when configured)."""
     settings = Settings.from_env()
     models.bind(settings)
-    return Dispatcher(JobStore.from_settings(settings))
+    store = JobStore.from_settings(settings)
+    config = load_config(settings.config_path)
+    executor = runs = None
+    if settings.codebuild_project:
+        executor = CodeBuildExecutor(aws.client("codebuild", settings), settings.codebuild_project)
+        runs = RunStarter(store, executor, lambda repo: config.policy(repo).command)
+    return _Runtime(store, config, runs, executor)
+
+
+@cache
+def stream_dispatcher() -> Dispatcher:
+    rt = runtime()
+    return build_dispatcher(rt.store, rt.config, on_activated=rt.runs.start if rt.runs else None)
 
 
 def stream(event: dict[str, Any], context: Any) -> PartialBatchResponse:
     """DynamoDB stream batch of the jobs table -> partial batch response (by sequence number)."""
     return stream_dispatcher().handle_event(event)
+
+
+def build_completed(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """EventBridge "CodeBuild Build State Change": report the run through its guarded transition."""
+    result = result_from_event(event)
+    rt = runtime()
+    if result is None or rt.runs is None:
+        return {"reported": False}
+    done = rt.runs.finished(result)
+    return {"reported": done is not None, "job_id": result.job_id}
+
+
+def reap(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Scheduled: time out active jobs past their deadline and stop their builds."""
+    rt = runtime()
+    cancel = rt.executor.cancel if rt.executor else None
+    return {"timed_out": Reaper(rt.store, cancel_run=cancel).reap_once()}

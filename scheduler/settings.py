@@ -75,6 +75,8 @@ class Settings:
     # Commit statuses: posted only when a token is configured.
     github_token: str | None = field(default=None, repr=False)
     github_api_url: str = "https://api.github.com"
+    # AWS runs: the CodeBuild project that builds a job (unset: runs are not started).
+    codebuild_project: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -116,6 +118,7 @@ class Settings:
             http_port=_int(env, "SCHEDULER_HTTP_PORT", "8080"),
             github_token=env.get("SCHEDULER_GITHUB_TOKEN") or env.get("GITHUB_TOKEN") or None,
             github_api_url=env.get("SCHEDULER_GITHUB_API_URL", "https://api.github.com"),
+            codebuild_project=env.get("SCHEDULER_CODEBUILD_PROJECT") or None,
         )
 
     def for_local(self, endpoint: str, tables: TableNames | None = None) -> Settings:

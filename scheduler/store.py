@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
 from pynamodb.connection import Connection
 from pynamodb.exceptions import DoesNotExist, GetError, PynamoDBException, TransactWriteError
 from pynamodb.expressions.condition import Condition
@@ -119,6 +120,25 @@ class Outcome:
     exit_code: int | None = None
 
 
+TRIGGER_PREFIX = "trigger#"
+"""Key prefix of trigger guards in the repos table (which has no stream)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerGuard:
+    """Claim ``key`` (a hash of repository, event, ref or PR, sha) for ``window_ms``."""
+
+    key: str
+    window_ms: int = 30 * 86_400_000
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerSeen:
+    """Another job already holds the trigger; nothing was written."""
+
+    job_id: str
+
+
 def queue_key(priority: int, received_at: int, job_id: str) -> str:
     """Sort key of the sparse `queued` index: lower priority first, then oldest first."""
     return f"{max(0, min(priority, 9999)):04d}#{received_at:013d}#{job_id}"
@@ -175,10 +195,72 @@ class JobStore:
 
     # -- writes -----------------------------------------------------------------------------
 
-    def create(self, new: NewJob, *, actor: str = "webhook") -> JobState:
-        """Write a new pending job and count it, or raise :class:`JobExists`."""
-        now = self._clock()
-        job = JobModel(
+    def create(
+        self,
+        new: NewJob,
+        *,
+        actor: str = "webhook",
+        now: int | None = None,
+        guard: TriggerGuard | None = None,
+    ) -> JobState | TriggerSeen:
+        """Write a new pending job and count it, all or nothing.
+
+        Raises :class:`JobExists` if the job (its delivery) is already there. With ``guard``,
+        the same transaction also claims the trigger (repository, event, ref or PR, sha): if
+        another job holds it, nothing is written and :class:`TriggerSeen` names that job.
+        """
+        now = self._clock() if now is None else now
+        job = self._new_item(new, now, actor)
+        guard_item = TRIGGER_PREFIX + guard.key if guard else None
+
+        def build(tx: TransactWrite) -> None:
+            # The job id is derived from the delivery id: a redelivery finds the item there.
+            tx.save(job, condition=JobModel.job_id.does_not_exist())
+            if guard is not None and guard_item is not None:
+                # Only if no job claimed this trigger within the window; an older guard is
+                # taken over (its job has expired by then).
+                tx.update(
+                    RepoModel(guard_item),
+                    actions=[
+                        RepoModel.last_job_id.set(new.job_id),
+                        RepoModel.last_received_at.set(now),
+                    ],
+                    condition=RepoModel.repo.does_not_exist()
+                    | (RepoModel.last_received_at < now - guard.window_ms),
+                )
+            # The repository's counters, moved with the job and never apart from it.
+            tx.update(
+                RepoModel(new.repo),
+                actions=[
+                    RepoModel.n_pending.add(1),
+                    RepoModel.last_job_id.set(new.job_id),
+                    RepoModel.last_received_at.set(now),
+                ],
+            )
+
+        # PynamoDB sends puts before updates, in the order added: job, [guard], counters.
+        reasons = self._commit(build, job_id=new.job_id, what="create")
+        if reasons is not None:
+            if reasons[0] == _CONDITION_FAILED:
+                raise JobExists(new.job_id)
+            if guard_item is not None and reasons[1] == _CONDITION_FAILED:
+                return TriggerSeen(self._guard_owner(guard_item, new.job_id))
+            raise StoreUnavailable(f"create of job {new.job_id} cancelled: {reasons}")
+        log.info("job created", extra={"job_id": new.job_id, "repo": new.repo})
+        return JobState(
+            job_id=new.job_id,
+            repo=new.repo,
+            status=JobStatus.PENDING,
+            version=0,
+            attempt=1,
+            timeout_seconds=new.timeout_seconds,
+            received_at=now,
+            priority=new.priority,
+        )
+
+    @staticmethod
+    def _new_item(new: NewJob, now: int, actor: str) -> JobModel:
+        return JobModel(
             new.job_id,
             repo=new.repo,
             event=new.event,
@@ -204,34 +286,25 @@ class JobStore:
             queue_key=queue_key(new.priority, now, new.job_id),
         )
 
-        def build(tx: TransactWrite) -> None:
-            # The job id is derived from the delivery id: a redelivery finds the item there.
-            tx.save(job, condition=JobModel.job_id.does_not_exist())
-            tx.update(
-                RepoModel(new.repo),
-                actions=[
-                    RepoModel.n_pending.add(1),
-                    RepoModel.last_job_id.set(new.job_id),
-                    RepoModel.last_received_at.set(now),
-                ],
-            )
+    def _guard_owner(self, guard_item: str, job_id: str) -> str:
+        """The job id a trigger guard names (it exists: its condition just failed).
 
-        reasons = self._commit(build, job_id=new.job_id, what="create")
-        if reasons is not None:
-            if reasons[0] == _CONDITION_FAILED:
-                raise JobExists(new.job_id)
-            raise StoreUnavailable(f"create of job {new.job_id} cancelled: {reasons}")
-        log.info("job created", extra={"job_id": new.job_id, "repo": new.repo})
-        return JobState(
-            job_id=new.job_id,
-            repo=new.repo,
-            status=JobStatus.PENDING,
-            version=0,
-            attempt=1,
-            timeout_seconds=new.timeout_seconds,
-            received_at=now,
-            priority=new.priority,
-        )
+        Read through this store's connection, whose client is already made: creating botocore
+        clients from many threads at once (what a race of deliveries does) takes seconds.
+        """
+        try:
+            found = self._connection.client.get_item(
+                TableName=RepoModel.Meta.table_name,
+                Key={"repo": {"S": guard_item}},
+                ConsistentRead=True,
+                ProjectionExpression="last_job_id",
+            )
+        except (BotoCoreError, ClientError) as exc:
+            raise StoreUnavailable(f"cannot read trigger guard of job {job_id}: {exc}") from exc
+        owner = found.get("Item", {}).get("last_job_id", {}).get("S")
+        if not owner:
+            raise StoreUnavailable(f"trigger guard of job {job_id} vanished; retry")
+        return str(owner)
 
     def activate(
         self, job: JobState, *, slot_limit: int, actor: str = "scheduler"

@@ -20,18 +20,14 @@ The third item of the transaction is the repository's counters item, moved exact
 from __future__ import annotations
 
 import logging
-import random
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-from pynamodb.exceptions import PynamoDBException, TransactWriteError
-from pynamodb.transactions import TransactWrite
+from pynamodb.exceptions import PynamoDBException
 
 from scheduler.config import RepositoryConfig
-from scheduler.errors import ConfigurationError, JobExists, StoreUnavailable
+from scheduler.errors import ConfigurationError, JobExists
 from scheduler.github import (
     SIGNATURE_HEADER,
     BuildRequest,
@@ -41,10 +37,16 @@ from scheduler.github import (
     parse_delivery,
     verify_signature,
 )
-from scheduler.models import HistoryEntry, JobModel, RepoModel
 from scheduler.settings import Settings
-from scheduler.store import DAY_MS, Clock, JobStore, NewJob, StoreContended, queue_key
-from state_machines import JobStatus
+from scheduler.store import (
+    DAY_MS,
+    TRIGGER_PREFIX,
+    Clock,
+    JobStore,
+    NewJob,
+    TriggerGuard,
+    TriggerSeen,
+)
 
 __all__ = [
     "TRIGGER_PREFIX",
@@ -57,13 +59,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-TRIGGER_PREFIX = "trigger#"
-_CONDITION_FAILED = "ConditionalCheckFailed"
-_TRANSACTION_CONFLICT = "TransactionConflict"
-# Positions in the transaction's cancellation reasons: PynamoDB sends puts before updates, in
-# the order they were added (see `create_guarded`).
-_JOB, _TRIGGER = 0, 1
-
 
 @dataclass(frozen=True, slots=True)
 class WebhookAnswer:
@@ -71,13 +66,6 @@ class WebhookAnswer:
 
     status: int
     body: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class TriggerSeen:
-    """Another delivery already queued this commit for this trigger; nothing was written."""
-
-    job_id: str
 
 
 def webhook_secret(settings: Settings) -> bytes | None:
@@ -116,16 +104,12 @@ class WebhookService:
         secret: bytes | None,
         clock: Clock,
         guard_window_ms: int = 30 * DAY_MS,
-        conflict_retries: int = 4,
-        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._store = store
         self._config = config
         self._secret = secret
         self._clock = clock
         self._guard_window_ms = guard_window_ms
-        self._conflict_retries = conflict_retries
-        self._sleep = sleep
 
     def receive(self, headers: Mapping[str, str], body: bytes) -> WebhookAnswer:
         # The signature first: an unauthenticated caller learns nothing about what we accept.
@@ -183,8 +167,6 @@ class WebhookService:
                 build.trigger_key,
                 now=self._clock(),
                 guard_window_ms=self._guard_window_ms,
-                conflict_retries=self._conflict_retries,
-                sleep=self._sleep,
             )
         except JobExists:
             log.info("delivery already seen", extra=fields)
@@ -210,111 +192,16 @@ def create_guarded(
     now: int,
     actor: str = "webhook",
     guard_window_ms: int = 30 * DAY_MS,
-    conflict_retries: int = 4,
-    sleep: Callable[[float], None] = time.sleep,
 ) -> TriggerSeen | None:
     """Write a new pending job, count it and claim its trigger, all or nothing.
 
     Returns None when created, :class:`TriggerSeen` when another job holds the trigger; raises
-    :class:`JobExists` when the job (this delivery) is already there. The job item and the
-    counters are exactly those of :meth:`JobStore.create`.
+    :class:`JobExists` when the job (this delivery) is already there.
     """
-    job = JobModel(
-        new.job_id,
-        repo=new.repo,
-        event=new.event,
-        sha=new.sha,
-        ref=new.ref,
-        branch=new.branch,
-        pr_number=new.pr_number,
-        sender=new.sender,
-        delivery_id=new.delivery_id,
-        status=JobStatus.PENDING.value,
-        attempt=1,
-        version=0,
-        priority=new.priority,
-        timeout_seconds=new.timeout_seconds,
-        received_at=now,
-        updated_at=now,
-        history=[
-            # PynamoDB's MapAttribute constructor is untyped.
-            HistoryEntry(  # type: ignore[no-untyped-call]
-                source=None, dest=JobStatus.PENDING.value, at=now, actor=actor, attempt=1
-            )
-        ],
-        queue_repo=new.repo,
-        queue_key=queue_key(new.priority, now, new.job_id),
+    result = store.create(
+        new, actor=actor, now=now, guard=TriggerGuard(trigger_key, guard_window_ms)
     )
-    guard_key = TRIGGER_PREFIX + trigger_key
-
-    def build(tx: TransactWrite) -> None:
-        # 1. The job, only if this delivery never made it (the id is the delivery's).
-        tx.save(job, condition=JobModel.job_id.does_not_exist())
-        # 2. The trigger guard, only if no job claimed (repo, event, ref or PR, sha) within the
-        #    window. A guard older than that is taken over: its job has expired by then.
-        tx.update(
-            RepoModel(guard_key),
-            actions=[RepoModel.last_job_id.set(new.job_id), RepoModel.last_received_at.set(now)],
-            condition=(
-                RepoModel.repo.does_not_exist()
-                | (RepoModel.last_received_at < now - guard_window_ms)
-            ),
-        )
-        # 3. The repository's counters, moved with the job and never apart from it.
-        tx.update(
-            RepoModel(new.repo),
-            actions=[
-                RepoModel.n_pending.add(1),
-                RepoModel.last_job_id.set(new.job_id),
-                RepoModel.last_received_at.set(now),
-            ],
-        )
-
-    for attempt in range(conflict_retries + 1):
-        try:
-            with TransactWrite(connection=store.connection) as tx:
-                build(tx)
-            return None
-        except TransactWriteError as exc:
-            if exc.cause_response_code != "TransactionCanceledException":
-                raise StoreUnavailable(f"create of job {new.job_id} failed: {_cause(exc)}") from exc
-            codes = [reason.code if reason else "None" for reason in exc.cancellation_reasons]
-            if codes[_JOB] == _CONDITION_FAILED:
-                raise JobExists(new.job_id) from None
-            if codes[_TRIGGER] == _CONDITION_FAILED:
-                return TriggerSeen(_guard_owner(store, guard_key, new.job_id))
-            if _TRANSACTION_CONFLICT not in codes:
-                raise StoreUnavailable(f"create of job {new.job_id} cancelled: {codes}") from exc
-            # Another transaction held one of the items; nothing was decided, so try again.
-            log.warning(
-                "transaction conflict, retrying",
-                extra={"job_id": new.job_id, "transition": "create", "attempt": attempt},
-            )
-            sleep(random.uniform(0, 0.01 * 2**attempt))
-        except PynamoDBException as exc:
-            raise StoreUnavailable(f"create of job {new.job_id} failed: {_cause(exc)}") from exc
-    raise StoreContended(f"create of job {new.job_id}: items stayed contended, retry later")
-
-
-def _guard_owner(store: JobStore, guard_key: str, job_id: str) -> str:
-    """The job id a trigger guard names (it exists: its condition just failed).
-
-    Read through the store's connection, whose client is already made: creating botocore
-    clients from many threads at once (what a race of deliveries does) takes seconds.
-    """
-    try:
-        found = store.connection.client.get_item(
-            TableName=RepoModel.Meta.table_name,
-            Key={"repo": {"S": guard_key}},
-            ConsistentRead=True,
-            ProjectionExpression="last_job_id",
-        )
-    except (BotoCoreError, ClientError) as exc:
-        raise StoreUnavailable(f"cannot read trigger guard of job {job_id}: {exc}") from exc
-    owner = found.get("Item", {}).get("last_job_id", {}).get("S")
-    if not owner:
-        raise StoreUnavailable(f"trigger guard of job {job_id} vanished; retry")
-    return str(owner)
+    return result if isinstance(result, TriggerSeen) else None
 
 
 def _cause(exc: PynamoDBException) -> str:

@@ -122,18 +122,18 @@ def inject_conflicts(store: JobStore, times: int) -> list[dict[str, Any]]:
 def test_transaction_conflicts_are_retried_with_the_same_three_items(
     settings: Any, tables: Any
 ) -> None:
-    store = JobStore.from_settings(settings)
     sleeps: list[float] = []
+    store = JobStore.from_settings(settings, sleep=sleeps.append)
     seen = inject_conflicts(store, times=2)
-    result = create_guarded(store, new_job("gh-c", "org/r"), "c" * 64, now=NOW, sleep=sleeps.append)
+    result = create_guarded(store, new_job("gh-c", "org/r"), "c" * 64, now=NOW)
     assert result is None and len(seen) == 3 and len(sleeps) == 2
     assert all(len(body["TransactItems"]) == 3 for body in seen)
     assert counters("org/r")["n_pending"] == 1
 
 
 def test_persistent_conflict_is_a_retryable_error(settings: Any, tables: Any) -> None:
-    store = JobStore.from_settings(settings)
+    store = JobStore.from_settings(settings, sleep=lambda _: None)
     inject_conflicts(store, times=100)
     with pytest.raises(StoreContended):
-        create_guarded(store, new_job("gh-p", "org/r"), "p" * 64, now=NOW, sleep=lambda _: None)
+        create_guarded(store, new_job("gh-p", "org/r"), "p" * 64, now=NOW)
     assert [job for job in JobModel.scan(consistent_read=True)] == []

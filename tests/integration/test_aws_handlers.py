@@ -1,0 +1,105 @@
+"""The AWS-side run path through the Lambda entry points: CodeBuild start, completion, reaper.
+
+CodeBuild cannot run here: its client is stubbed (botocore's Stubber checks every request's
+shape against the service model and the exact parameters); DynamoDB is the real DynamoDB Local.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from botocore.stub import ANY, Stubber
+
+from scheduler import handlers
+from scheduler.store import JobState, JobStore, NewJob
+
+
+@pytest.fixture
+def runtime(monkeypatch: pytest.MonkeyPatch, settings: Any, tables: Any) -> Iterator[Any]:
+    monkeypatch.setenv("SCHEDULER_CODEBUILD_PROJECT", "ci-project")
+    monkeypatch.delenv("SCHEDULER_CONFIG", raising=False)
+    handlers.runtime.cache_clear()
+    handlers.stream_dispatcher.cache_clear()
+    yield handlers.runtime()
+    handlers.runtime.cache_clear()
+    handlers.stream_dispatcher.cache_clear()
+
+
+def build_event(status: str, job_id: str, attempt: int) -> dict[str, Any]:
+    return {
+        "source": "aws.codebuild",
+        "detail-type": "CodeBuild Build State Change",
+        "detail": {
+            "build-status": status,
+            "project-name": "ci-project",
+            "build-id": "arn:aws:codebuild:us-east-1:123:build/ci-project:b1",
+            "additional-information": {
+                "environment": {
+                    "environment-variables": [
+                        {"name": "SCHEDULER_JOB_ID", "value": job_id, "type": "PLAINTEXT"},
+                        {"name": "SCHEDULER_ATTEMPT", "value": str(attempt), "type": "PLAINTEXT"},
+                    ]
+                }
+            },
+        },
+    }
+
+
+def active(store: JobStore, job_id: str, timeout: int = 600) -> JobState:
+    job = store.create(
+        NewJob(job_id, "octo-org/api", "push", "d" * 40, timeout, ref="refs/heads/main")
+    )
+    result = store.activate(job, slot_limit=5)
+    assert isinstance(result, JobState)
+    return result
+
+
+def test_a_build_starts_once_and_its_completion_passes_the_job(runtime: Any) -> None:
+    active(runtime.store, "aws-1")
+    with Stubber(runtime.executor._client) as stub:
+        stub.add_response(
+            "start_build",
+            {"build": {"id": "ci-project:b1"}},
+            {
+                "projectName": "ci-project",
+                "sourceVersion": "d" * 40,
+                "idempotencyToken": "aws-1#1",
+                "timeoutInMinutesOverride": 10,
+                "environmentVariablesOverride": ANY,
+                "buildspecOverride": ANY,
+            },
+        )
+        assert runtime.runs.start(runtime.store.get("aws-1")) == "ci-project:b1"
+        # A duplicate stream record: the claim is taken, no second StartBuild.
+        assert runtime.runs.start(runtime.store.get("aws-1")) is None
+        stub.assert_no_pending_responses()
+    assert runtime.store.get("aws-1").run_id == "ci-project:b1"
+
+    assert handlers.build_completed(build_event("IN_PROGRESS", "aws-1", 1), None) == {
+        "reported": False
+    }
+    answer = handlers.build_completed(build_event("SUCCEEDED", "aws-1", 1), None)
+    assert answer == {"reported": True, "job_id": "aws-1"}
+    assert runtime.store.get("aws-1").status == "passed"
+    # EventBridge delivers at least once: the duplicate changes nothing.
+    assert handlers.build_completed(build_event("SUCCEEDED", "aws-1", 1), None)["reported"] is False
+
+
+def test_a_failed_build_fails_the_job(runtime: Any) -> None:
+    active(runtime.store, "aws-2")
+    handlers.build_completed(build_event("FAILED", "aws-2", 1), None)
+    job = runtime.store.get("aws-2")
+    assert (job.status, job.exit_code) == ("failed", 1)
+
+
+def test_the_scheduled_reaper_times_out_and_stops_the_build(runtime: Any) -> None:
+    job = active(runtime.store, "aws-3", timeout=0)
+    runtime.store.claim_run(job, "aws-3#1")
+    runtime.store.record_run_id("aws-3", 1, "aws-3#1", "ci-project:b3")
+    with Stubber(runtime.executor._client) as stub:
+        stub.add_response("stop_build", {"build": {"id": "ci-project:b3"}}, {"id": "ci-project:b3"})
+        assert handlers.reap({}, None) == {"timed_out": ["aws-3"]}
+        stub.assert_no_pending_responses()
+    assert runtime.store.get("aws-3").reason == "timed_out"
