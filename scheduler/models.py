@@ -105,6 +105,7 @@ class JobModel(Model):
     detail = UnicodeAttribute(null=True)
     exit_code = NumberAttribute(null=True)
     run_id = UnicodeAttribute(null=True)
+    log_location = UnicodeAttribute(null=True)  # where the current attempt's output goes
     history = ListAttribute(of=HistoryEntry, default=list)
 
     queue_repo = UnicodeAttribute(null=True)

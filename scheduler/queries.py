@@ -371,6 +371,7 @@ class JobDetail(JobSummary):
     detail: str | None
     exit_code: int | None
     run_id: str | None
+    log_location: str | None
     expires_at: int | None  # epoch seconds (the TTL), as DynamoDB wants it
     history: tuple[HistoryItem, ...]
 
@@ -387,6 +388,7 @@ class JobDetail(JobSummary):
             detail=job.detail,
             exit_code=_int(job.exit_code),
             run_id=job.run_id,
+            log_location=job.log_location,
             expires_at=int(expires.timestamp()) if expires is not None else None,
             history=tuple(HistoryItem.from_entry(entry) for entry in job.history or []),
         )

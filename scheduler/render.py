@@ -184,6 +184,8 @@ def job_view(job: JobDetail, now: int) -> RenderableType:
         rows.append(("detail", job.detail))
     if job.run_id:
         rows.append(("run", job.run_id))
+    if job.log_location:
+        rows.append(("log", job.log_location))
     history = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, title_justify="left")
     for name in ("TRY", "WHEN", "FROM", "TO", "BY", "REASON"):
         history.add_column(name, no_wrap=True)

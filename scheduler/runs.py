@@ -51,7 +51,8 @@ class RunStarter:
         state = JobState.from_model(job)
 
         def claim() -> bool:
-            if self._store.claim_run(state, request.idempotency_key):
+            log_location = self._executor.log_location(request)
+            if self._store.claim_run(state, request.idempotency_key, log_location):
                 return True
             log.info("run already claimed", extra={"job_id": job.job_id, "attempt": job.attempt})
             return False

@@ -369,7 +369,7 @@ class JobStore:
         )
         return replace(job, status=step.dest, version=job.version + 1, attempt=attempt)
 
-    def claim_run(self, job: JobState, run_id: str) -> bool:
+    def claim_run(self, job: JobState, run_id: str, log_location: str | None = None) -> bool:
         """Record that ``run_id`` runs ``job``'s current attempt; False if already claimed.
 
         This is the cross-process idempotency key ``job_id#attempt``: whoever claims first
@@ -385,6 +385,7 @@ class JobStore:
                     JobModel.started_at.set(now),
                     # The timeout counts from the run's start, not from the activation.
                     JobModel.deadline_at.set(now + job.timeout_seconds * 1000),
+                    *([JobModel.log_location.set(log_location)] if log_location else []),
                 ],
                 # Only the active attempt we were asked to start, and only once.
                 condition=(JobModel.status == JobStatus.ACTIVE.value)
@@ -490,6 +491,7 @@ class JobStore:
                         JobModel.detail,
                         JobModel.exit_code,
                         JobModel.run_id,
+                        JobModel.log_location,
                     )
                 ),
             ]

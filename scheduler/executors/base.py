@@ -93,3 +93,6 @@ class Executor(Protocol):
 
     def cancel(self, run_id: str) -> None:
         """Stop the run (no-op if it already ended)."""
+
+    def log_location(self, request: RunRequest) -> str | None:
+        """Where the run's output can be read (a path or a URL), if known before it starts."""

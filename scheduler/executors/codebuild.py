@@ -59,6 +59,9 @@ class CodeBuildExecutor:
     def cancel(self, run_id: str) -> None:
         self._client.stop_build(id=run_id)
 
+    def log_location(self, request: RunRequest) -> str | None:
+        return None  # known only once the build exists: the console shows the run id
+
 
 def json_quote(text: str) -> str:
     """A YAML double-quoted scalar (JSON string syntax is valid YAML)."""

@@ -62,6 +62,9 @@ class LocalExecutor:
         source = os.environ if base_env is None else base_env
         self._base_env = {key: source[key] for key in PASSED_THROUGH if key in source}
 
+    def log_location(self, request: RunRequest) -> str:
+        return str(self.log_path(request))
+
     def log_path(self, request: RunRequest) -> Path:
         safe_id = request.job_id.replace("/", "_")
         return self._work_dir / "logs" / safe_id / f"attempt-{request.attempt}.log"

@@ -161,6 +161,7 @@ def test_two_starters_race_and_one_run_happens(store: JobStore, tmp_path: Path) 
     assert len(starts) == 1 and starts[0].read_text().splitlines() == ["race"]
     job = store.get("race")
     assert job.run_id == "race#1" and job.started_at is not None
+    assert job.log_location is not None and job.log_location.endswith("race/attempt-1.log")
 
 
 def test_report_finishes_once_and_late_reports_change_nothing(store: JobStore) -> None:
