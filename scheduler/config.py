@@ -54,6 +54,14 @@ MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
 class RetryPolicy:
     attempts: int = 1
     on: tuple[str, ...] = ("timed_out",)
+    # Seconds before the n-th automatic retry starts: backoff_seconds * 2 ** (n - 1).
+    backoff_seconds: int = 0
+
+    def delay_seconds(self, attempt: int) -> float:
+        """How long the run of ``attempt`` (an automatic retry, so >= 2) waits to start."""
+        if attempt < 2 or not self.backoff_seconds:
+            return 0.0
+        return float(min(self.backoff_seconds * 2 ** (attempt - 2), 3600))
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,12 +174,16 @@ class _Parser:
         return replace(base, **changes)
 
     def retry(self, table: dict[str, Any], base: RetryPolicy, prefix: str) -> RetryPolicy:
-        self.no_unknown_keys(table, {"attempts", "on"}, prefix)
+        self.no_unknown_keys(table, {"attempts", "on", "backoff_seconds"}, prefix)
         changes: dict[str, Any] = {}
         if "attempts" in table:
             changes["attempts"] = self.integer(table["attempts"], f"{prefix}.attempts", 1, 100)
         if "on" in table:
             changes["on"] = self.strings(table["on"], f"{prefix}.on", allow_empty=True)
+        if "backoff_seconds" in table:
+            changes["backoff_seconds"] = self.integer(
+                table["backoff_seconds"], f"{prefix}.backoff_seconds", 0, 3600
+            )
         return replace(base, **changes)
 
     def no_unknown_keys(self, table: Mapping[str, Any], known: set[str], prefix: str) -> None:

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SLOT_LIMIT = 2
 ACTOR = "stream"
+RETRY_ACTOR = "retry-policy"  # the history's actor of automatic retries
 
 SlotLimitFor = Callable[[str], int]
 """The concurrency limit of a repository (``owner/name``)."""
@@ -281,7 +282,7 @@ class Dispatcher:
         if not self._retry_policy_for(job.repo).allows(job.attempt, reason):
             return "no_retry"
         try:
-            self._store.transition(job, Trigger.RETRY, actor="retry-policy")
+            self._store.transition(job, Trigger.RETRY, actor=RETRY_ACTOR)
         except TransitionConflict:
             return "already_done"  # an operator (or a duplicate record) retried it first
         log.info("job retried by policy", extra={"job_id": job.job_id, "reason": reason})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
+from scheduler.dispatch import RETRY_ACTOR
 from scheduler.executors.base import Executor, RunRequest, RunResult
 from scheduler.models import JobModel
 from scheduler.store import JobState, JobStore, Outcome
@@ -14,6 +15,9 @@ log = logging.getLogger(__name__)
 
 CommandFor = Callable[[str], Sequence[str]]
 """The configured argv of a repository (``owner/name``)."""
+
+DelayFor = Callable[[str, int], float]
+"""Backoff before the run of (repository, attempt) when the attempt is an automatic retry."""
 
 
 def outcome_of(result: RunResult) -> tuple[Trigger, Outcome]:
@@ -35,11 +39,13 @@ class RunStarter:
         executor: Executor,
         command_for: CommandFor,
         *,
+        delay_for: DelayFor = lambda _repo, _attempt: 0.0,
         actor: str = "executor",
     ) -> None:
         self._store = store
         self._executor = executor
         self._command_for = command_for
+        self._delay_for = delay_for
         self._actor = actor
 
     def start(self, job: JobModel) -> str | None:
@@ -47,7 +53,8 @@ class RunStarter:
 
         Returns the run id, or None when the executor found the key claimed already.
         """
-        request = RunRequest.from_job(job, self._command_for(job.repo))
+        delay = self._delay_for(job.repo, int(job.attempt)) if _retried_by_policy(job) else 0.0
+        request = RunRequest.from_job(job, self._command_for(job.repo), delay)
         state = JobState.from_model(job)
 
         def claim() -> bool:
@@ -77,3 +84,9 @@ class RunStarter:
                 extra={"job_id": result.job_id, "attempt": result.attempt, "status": done.status},
             )
         return done
+
+
+def _retried_by_policy(job: JobModel) -> bool:
+    """Whether this attempt was queued by the automatic retry policy (not by an operator)."""
+    queued = [entry for entry in job.history or [] if entry.dest == JobStatus.PENDING.value]
+    return bool(queued) and queued[-1].actor == RETRY_ACTOR

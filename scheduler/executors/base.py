@@ -25,6 +25,8 @@ class RunRequest:
     event: str = "push"
     ref: str | None = None
     pr_number: int | None = None
+    # An automatic retry's backoff: the run waits this long before it starts.
+    delay_seconds: float = 0.0
 
     @property
     def idempotency_key(self) -> str:
@@ -32,7 +34,9 @@ class RunRequest:
         return f"{self.job_id}#{self.attempt}"
 
     @classmethod
-    def from_job(cls, job: JobModel, command: Sequence[str]) -> RunRequest:
+    def from_job(
+        cls, job: JobModel, command: Sequence[str], delay_seconds: float = 0.0
+    ) -> RunRequest:
         return cls(
             job_id=job.job_id,
             repo=job.repo,
@@ -43,6 +47,7 @@ class RunRequest:
             event=job.event,
             ref=job.ref,
             pr_number=int(job.pr_number) if job.pr_number is not None else None,
+            delay_seconds=delay_seconds,
         )
 
     def environment(self) -> dict[str, str]:

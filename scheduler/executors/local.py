@@ -76,7 +76,13 @@ class LocalExecutor:
                 return run_id  # the same key again: the first run stands
             run = _Run(request, self.log_path(request), claim)
             self._runs[run_id] = run
-        self._pool.submit(self._execute, run)
+        if request.delay_seconds > 0:
+            # A retry's backoff: a timer, so no pool slot is held while waiting.
+            timer = threading.Timer(request.delay_seconds, self._pool.submit, (self._execute, run))
+            timer.daemon = True
+            timer.start()
+        else:
+            self._pool.submit(self._execute, run)
         log.info("run queued", extra={"job_id": request.job_id, "run_id": run_id})
         return run_id
 

@@ -118,7 +118,12 @@ class LocalStack:
         self._executor = LocalExecutor(
             data_dir / "runs", finished, max_parallel=self.options.max_parallel_runs
         )
-        runs = RunStarter(store, self._executor, lambda repo: config.policy(repo).command)
+        runs = RunStarter(
+            store,
+            self._executor,
+            lambda repo: config.policy(repo).command,
+            delay_for=lambda repo, attempt: config.policy(repo).retry.delay_seconds(attempt),
+        )
         observers = []
         if settings.github_token:
             self._notifier = GitHubNotifier(settings.github_token, api_url=settings.github_api_url)

@@ -192,3 +192,30 @@ def test_reaper_times_out_overdue_jobs_and_stops_their_runs(
     assert store.get("fine").status == "active"
     # A run's report after the reaper is moot.
     assert store.report("late", 1, Trigger.PASS, actor="executor") is None
+
+
+def _failed_then_retried(store: JobStore, job_id: str, actor: str) -> None:
+    job = active_job(store, job_id)
+    failed = store.transition(job, Trigger.FAIL, actor="executor")
+    assert isinstance(failed, JobState)
+    retried = store.transition(failed, Trigger.RETRY, actor=actor)
+    assert isinstance(retried, JobState)
+    assert isinstance(store.activate(retried, slot_limit=10), JobState)
+
+
+@pytest.mark.parametrize(("actor", "delayed"), [("retry-policy", True), ("operator", False)])
+def test_backoff_delays_only_automatic_retries(
+    store: JobStore, tmp_path: Path, actor: str, delayed: bool
+) -> None:
+    job_id = f"backoff-{actor}"
+    _failed_then_retried(store, job_id, actor)
+    finished = Results()
+    executor = LocalExecutor(tmp_path, finished)
+    starter = RunStarter(store, executor, lambda _repo: command(), delay_for=lambda _r, _a: 1.0)
+    began = time.monotonic()
+    starter.start(store.get(job_id))
+    assert finished.event.wait(30)
+    executor.close()
+    assert (time.monotonic() - began >= 1.0) is delayed
+    starter.finished(finished.items[0])
+    assert (store.get(job_id).status, store.get(job_id).attempt) == ("passed", 2)

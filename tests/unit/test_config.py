@@ -120,3 +120,12 @@ def test_a_bad_file_is_one_error_naming_the_key(text: str, key: str, message: st
 def test_invalid_toml_is_a_configuration_error() -> None:
     with pytest.raises(ConfigurationError, match=r"repos.toml: invalid TOML: .*line 2"):
         parse_config("accept = []\nconcurrency = = 2", source="repos.toml")
+
+
+def test_retry_backoff_doubles_per_automatic_retry() -> None:
+    config = parse_config("[defaults.retry]\nattempts = 4\nbackoff_seconds = 5\n")
+    retry = config.defaults.retry
+    assert [retry.delay_seconds(n) for n in (1, 2, 3, 4)] == [0.0, 5.0, 10.0, 20.0]
+    assert RetryPolicy().delay_seconds(3) == 0.0
+    with pytest.raises(ConfigurationError, match="backoff_seconds"):
+        parse_config("[defaults.retry]\nbackoff_seconds = -1\n")
