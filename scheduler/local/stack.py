@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -160,13 +161,14 @@ class LocalStack:
             except StoreUnavailable:
                 log.exception("reaper: store unavailable")
 
-    def wait(self) -> None:
-        """Block until :meth:`request_stop` (a signal handler calls it)."""
-        while not self._stop.wait(0.5):
-            pass
+    def wait(self, stop_requested: Callable[[], bool]) -> None:
+        """Block until ``stop_requested()`` (set by a signal handler) turns true.
 
-    def request_stop(self) -> None:
-        self._stop.set()
+        A plain flag polled with sleep, not ``Event.wait``: a signal handler runs in the main
+        thread, and setting an Event the main thread is waiting on deadlocks on its lock.
+        """
+        while not stop_requested() and not self._stop.is_set():
+            time.sleep(0.2)
 
     def stop(self) -> None:
         self._stop.set()
@@ -193,16 +195,17 @@ def serve(
 ) -> None:
     """Run the stack in the foreground until SIGINT or SIGTERM."""
     stack = LocalStack(settings, options)
+    requested: list[int] = []
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("stopping on signal %s", signum)
-        stack.request_stop()
+        requested.append(signum)  # only a flag: see LocalStack.wait
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         stack.start()
         announce(stack)
-        stack.wait()
+        stack.wait(lambda: bool(requested))
+        log.info("stopping on signal %s", requested[0] if requested else "?")
     finally:
         stack.stop()
         for sig, handler in previous.items():

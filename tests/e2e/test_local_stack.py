@@ -262,3 +262,20 @@ def test_kill_and_restart_loses_nothing_and_runs_nothing_twice(workdir: Path) ->
     effects = stack.effects_count()
     assert set(effects.values()) == {1}, "a command ran twice for one attempt"
     assert {job_id for job_id, _ in effects} == job_ids  # none lost
+
+
+@pytest.mark.parametrize("signals", [[signal.SIGTERM], [signal.SIGINT] * 3])
+def test_signals_stop_everything_within_seconds(workdir: Path, signals: list[int]) -> None:
+    import psutil
+
+    stack = start_stack(workdir, free_port())
+    children = psutil.Process(stack.process.pid).children(recursive=True)
+    assert any("java" in child.name() for child in children)  # DynamoDB Local is ours
+    began = time.monotonic()
+    for sig in signals:  # an impatient operator presses Ctrl-C again and again
+        stack.process.send_signal(sig)
+        time.sleep(0.05)
+    assert stack.process.wait(20) == 0
+    assert time.monotonic() - began < 15
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert alive == [], "a child outlived scheduler up"

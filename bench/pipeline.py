@@ -1,0 +1,438 @@
+"""Webhook-to-command latency of the whole local stack, for a no-op command.
+
+``scheduler up`` runs as a child process (its own DynamoDB Local on a free port, data in a
+temporary directory, ``--max-runs 8``), configured with one repository ``bench/noop`` whose
+command is ``sh -c 'echo $SCHEDULER_JOB_ID $(date +%s.%N) >> FILE'`` (concurrency 8), so an
+interpreter's start-up barely counts in "the command started". Signed ``push`` deliveries are
+POSTed to ``/webhook``; each must be answered 202. For every job, measured from *accepted* (the
+client's clock the moment the 202 came back; stack and client share the machine's clock):
+
+* **cmd start**: the timestamp the command itself wrote;
+* **started_at**: the job's ``started_at`` (``GET /jobs/{id}``), set when the run's key is
+  claimed, right before the process is spawned;
+* **finished**: the job's ``finished_at``, when it became ``passed``.
+
+Two phases, one after the other: **steady** (deliveries paced at ``--rate`` per second) and
+**burst** (all deliveries at once from ``--burst-clients`` threads). Each prints p50/p90/p99/max
+and throughput (jobs finished per second, first accepted to last finished). The targets are
+p50 cmd start < 200 ms and p50 finished < 500 ms. Completion is detected from the command's
+file, so the query API is not polled while the phase runs. A few warm-up jobs (not counted) go
+first. Afterwards the stack's idle CPU (Python process + DynamoDB Local JVM, percent of one
+core, over ``--idle-seconds``) and resident memory are printed, to set beside the README.
+
+Run from the project root (takes about a minute with the defaults)::
+
+    .venv/bin/python bench/pipeline.py [--jobs 200] [--rate 10] [--burst | --steady]
+        [--burst-clients 8] [--warmup 10] [--idle-seconds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+import psutil
+
+from scheduler.github import sign
+from scheduler.local.dynamodb_local import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEDULER = str(ROOT / ".venv" / "bin" / "scheduler")
+SECRET = "bench-pipeline-secret-0123456789"
+REPO = "bench/noop"
+CONCURRENCY = 8
+START_TIMEOUT = 180.0  # DynamoDB Local's first start can be slow
+TARGET_START_MS = 200.0
+TARGET_FINISH_MS = 500.0
+
+
+def quantile(values: list[float], q: float) -> float:
+    """Nearest-rank quantile (q in 0..1)."""
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1))]
+
+
+# --- the stack --------------------------------------------------------------------------------
+
+
+@dataclass
+class Stack:
+    url: str
+    process: subprocess.Popen[str]
+    effects: Path
+    log_path: Path
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+
+def write_config(path: Path, effects: Path) -> None:
+    script = 'echo "$SCHEDULER_JOB_ID" "$(date +%s.%N)" >> "$1"'
+    argv = json.dumps(["sh", "-c", script, "sh", str(effects)])
+    path.write_text(
+        f'[defaults]\ncommand = ["true"]\ntimeout_seconds = 60\n\n'
+        f'[repos."{REPO}"]\ncommand = {argv}\nconcurrency = {CONCURRENCY}\n'
+    )
+
+
+def start_stack(tmp: Path) -> Stack:
+    effects = tmp / "effects.log"
+    config = tmp / "scheduler.toml"
+    write_config(config, effects)
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("SCHEDULER_", "AWS_"))
+    }
+    env.update(GITHUB_WEBHOOK_SECRET=SECRET, SCHEDULER_CONFIG=str(config))
+    log_path = tmp / "stack.log"
+    with open(log_path, "ab") as log_file:
+        process = subprocess.Popen(
+            [
+                SCHEDULER,
+                "up",
+                "--port",
+                str(free_port()),
+                "--dynamodb-port",
+                "0",
+                "--data-dir",
+                str(tmp / "data"),
+                "--json",
+                "--max-runs",
+                str(CONCURRENCY),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=log_file,
+            text=True,
+        )
+    stack = Stack("", process, effects, log_path)
+    assert process.stdout is not None
+    first = read_first_line(process.stdout, START_TIMEOUT)
+    if not first:
+        kill_stack(stack)
+        raise RuntimeError(f"scheduler up did not announce itself:\n{stack.log_tail()}")
+    stack.url = json.loads(first)["url"]
+    # Keep draining stdout, so the child can never block on a full pipe.
+    threading.Thread(target=process.stdout.read, daemon=True).start()
+    return stack
+
+
+def read_first_line(stream: IO[str], timeout: float) -> str:
+    line: list[str] = []
+    reader = threading.Thread(target=lambda: line.append(stream.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    return line[0] if line else ""
+
+
+def stop_stack(stack: Stack) -> int:
+    if stack.process.poll() is None:
+        stack.process.send_signal(signal.SIGINT)
+        try:
+            stack.process.wait(30)
+        except subprocess.TimeoutExpired:
+            kill_stack(stack)
+    return stack.process.returncode
+
+
+def kill_stack(stack: Stack) -> None:
+    if stack.process.poll() is None:
+        stack.process.kill()  # DynamoDB Local and the runs die with it (PDEATHSIG)
+        stack.process.wait(30)
+
+
+# --- deliveries and jobs ----------------------------------------------------------------------
+
+
+def deliver(client: httpx.Client, url: str) -> tuple[str, float, float]:
+    """POST one new signed push; (job id, accepted epoch seconds, request seconds)."""
+    body = json.dumps(
+        {
+            "ref": "refs/heads/main",
+            "after": uuid.uuid4().hex + uuid.uuid4().hex[:8],
+            "deleted": False,
+            "repository": {"full_name": REPO},
+            "sender": {"login": "bench"},
+        }
+    ).encode()
+    headers = {
+        "Content-Type": "application/json",
+        "X-GitHub-Event": "push",
+        "X-GitHub-Delivery": str(uuid.uuid4()),
+        "X-Hub-Signature-256": sign(SECRET.encode(), body),
+    }
+    sent = time.perf_counter()
+    response = client.post(f"{url}/webhook", content=body, headers=headers)
+    accepted = time.time()
+    took = time.perf_counter() - sent
+    if response.status_code != 202:
+        raise RuntimeError(f"webhook answered {response.status_code}: {response.text}")
+    return str(response.json()["job_id"]), accepted, took
+
+
+def command_starts(effects: Path) -> dict[str, float]:
+    if not effects.exists():
+        return {}
+    starts: dict[str, float] = {}
+    for line in effects.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            starts.setdefault(parts[0], float(parts[1]))
+    return starts
+
+
+def wait_finished(
+    stack: Stack, client: httpx.Client, job_ids: list[str], timeout: float
+) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
+    """Wait for every command to have run (file only), then for every job to be final."""
+    deadline = time.monotonic() + timeout
+    wanted = set(job_ids)
+    while True:
+        starts = command_starts(stack.effects)
+        if wanted <= starts.keys():
+            break
+        if stack.process.poll() is not None:
+            raise RuntimeError(f"the stack exited:\n{stack.log_tail()}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{len(wanted - starts.keys())} commands never ran")
+        time.sleep(0.05)
+    jobs: dict[str, dict[str, Any]] = {}
+    while True:
+        for job_id in [j for j in job_ids if jobs.get(j, {}).get("finished_at") is None]:
+            response = client.get(f"{stack.url}/jobs/{job_id}")
+            response.raise_for_status()
+            jobs[job_id] = dict(response.json())
+        if all(job.get("finished_at") is not None for job in jobs.values()):
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError("jobs not final in time")
+        time.sleep(0.1)
+    failed = {j: job["status"] for j, job in jobs.items() if job["status"] != "passed"}
+    if failed:
+        raise RuntimeError(f"jobs that did not pass: {failed}")
+    return starts, jobs
+
+
+# --- phases -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Phase:
+    name: str
+    description: str
+    accepted: dict[str, float] = field(default_factory=dict)
+    post_seconds: list[float] = field(default_factory=list)
+    send_seconds: float = 0.0
+    cmd_start_ms: list[float] = field(default_factory=list)
+    started_at_ms: list[float] = field(default_factory=list)
+    finished_ms: list[float] = field(default_factory=list)
+    throughput: float = 0.0
+
+    def collect(self, starts: dict[str, float], jobs: dict[str, dict[str, Any]]) -> None:
+        for job_id, accepted in self.accepted.items():
+            job = jobs[job_id]
+            self.cmd_start_ms.append((starts[job_id] - accepted) * 1000)
+            self.started_at_ms.append(job["started_at"] - accepted * 1000)
+            self.finished_ms.append(job["finished_at"] - accepted * 1000)
+        first = min(self.accepted.values())
+        last = max(job["finished_at"] for job in jobs.values()) / 1000
+        self.throughput = len(jobs) / (last - first)
+
+
+def send_steady(client: httpx.Client, url: str, count: int, rate: float) -> Phase:
+    """Open loop: delivery i is sent at t0 + i/rate, whatever the earlier answers took."""
+    phase = Phase("steady", f"{count} deliveries paced at {rate:g}/s")
+    with ThreadPoolExecutor(4) as pool:
+        t0 = time.perf_counter()
+        futures: list[Future[tuple[str, float, float]]] = []
+        for i in range(count):
+            delay = t0 + i / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            futures.append(pool.submit(deliver, client, url))
+        results = [future.result() for future in futures]
+    phase.send_seconds = time.perf_counter() - t0
+    for job_id, accepted, took in results:
+        phase.accepted[job_id] = accepted
+        phase.post_seconds.append(took)
+    return phase
+
+
+def send_burst(client: httpx.Client, url: str, count: int, clients: int) -> Phase:
+    phase = Phase("burst", f"{count} deliveries at once from {clients} client threads")
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(lambda _: deliver(client, url), range(count)))
+    phase.send_seconds = time.perf_counter() - t0
+    for job_id, accepted, took in results:
+        phase.accepted[job_id] = accepted
+        phase.post_seconds.append(took)
+    return phase
+
+
+def run_phase(
+    stack: Stack, client: httpx.Client, phase_of: Callable[[], Phase], timeout: float
+) -> Phase:
+    phase = phase_of()
+    starts, jobs = wait_finished(stack, client, list(phase.accepted), timeout)
+    phase.collect(starts, jobs)
+    return phase
+
+
+# --- idle resources ---------------------------------------------------------------------------
+
+
+def process_tree(pid: int) -> list[psutil.Process]:
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def label(process: psutil.Process) -> str:
+    try:
+        name = process.name()
+    except psutil.Error:
+        return "?"
+    return "java (DynamoDB Local)" if "java" in name else f"{name} (scheduler up)"
+
+
+def idle_usage(pid: int, seconds: float) -> list[tuple[str, float, float]]:
+    """(label, percent of one core, RSS MiB) per process of the tree, over ``seconds``."""
+    tree = process_tree(pid)
+    before = {p.pid: sum(p.cpu_times()[:2]) for p in tree}
+    wall = time.perf_counter()
+    time.sleep(seconds)
+    wall = time.perf_counter() - wall
+    usage = []
+    for process in tree:
+        try:
+            cpu = sum(process.cpu_times()[:2]) - before[process.pid]
+            rss = process.memory_info().rss / 2**20
+        except psutil.Error:
+            continue
+        usage.append((label(process), 100 * cpu / wall, rss))
+    return usage
+
+
+# --- report -----------------------------------------------------------------------------------
+
+
+def print_phase(phase: Phase) -> None:
+    posts = [s * 1000 for s in phase.post_seconds]
+    print(f"\n== {phase.name}: {phase.description}")
+    print(
+        f"   sent in {phase.send_seconds:.1f} s ({len(posts) / phase.send_seconds:.1f}/s);"
+        f" POST /webhook p50 {quantile(posts, 0.5):.1f} ms, p99 {quantile(posts, 0.99):.1f} ms"
+    )
+    print(f"   {'from accepted (ms)':<26}{'p50':>8}{'p90':>8}{'p99':>8}{'max':>8}")
+    rows = [
+        ("to command start", phase.cmd_start_ms, TARGET_START_MS),
+        ("to started_at (claim)", phase.started_at_ms, None),
+        ("to finished (passed)", phase.finished_ms, TARGET_FINISH_MS),
+    ]
+    for name, values, target in rows:
+        cells = "".join(f"{quantile(values, q):8.0f}" for q in (0.5, 0.9, 0.99, 1.0))
+        verdict = ""
+        if target is not None:
+            ok = quantile(values, 0.5) < target
+            verdict = f"   p50 target < {target:.0f}: {'ok' if ok else 'MISSED'}"
+        print(f"   {name:<26}{cells}{verdict}")
+    print(
+        f"   throughput: {phase.throughput:.1f} jobs/s finished"
+        f" (first accepted -> last finished), {len(phase.finished_ms)} jobs all passed"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--jobs", type=int, default=200, help="jobs per phase (>= 200)")
+    parser.add_argument("--rate", type=float, default=10.0, help="steady deliveries per second")
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--burst", action="store_true", help="the burst phase only")
+    only.add_argument("--steady", action="store_true", help="the steady phase only")
+    parser.add_argument("--burst-clients", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=10, help="uncounted jobs first")
+    parser.add_argument("--idle-seconds", type=float, default=20.0)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
+        began = time.perf_counter()
+        stack = start_stack(Path(tmp))
+        print(
+            f"stack up in {time.perf_counter() - began:.1f} s at {stack.url}"
+            f" (--max-runs {CONCURRENCY}, {REPO} concurrency {CONCURRENCY});"
+            f" {os.cpu_count()} CPUs"
+        )
+        try:
+            phases: list[Phase] = []
+            with httpx.Client(timeout=30) as client:
+                if args.warmup:
+                    run_phase(
+                        stack,
+                        client,
+                        lambda: send_steady(client, stack.url, args.warmup, args.rate),
+                        timeout=120,
+                    )
+                    print(f"warm-up: {args.warmup} jobs passed (not counted)")
+                if not args.burst:
+                    phases.append(
+                        run_phase(
+                            stack,
+                            client,
+                            lambda: send_steady(client, stack.url, args.jobs, args.rate),
+                            timeout=120,
+                        )
+                    )
+                    print_phase(phases[-1])
+                if not args.steady:
+                    phases.append(
+                        run_phase(
+                            stack,
+                            client,
+                            lambda: send_burst(client, stack.url, args.jobs, args.burst_clients),
+                            timeout=180,
+                        )
+                    )
+                    print_phase(phases[-1])
+            time.sleep(2)  # let the last transitions flow through the stream
+            usage = idle_usage(stack.process.pid, args.idle_seconds)
+        except BaseException:
+            kill_stack(stack)
+            print(f"stack log tail:\n{stack.log_tail()}", file=sys.stderr)
+            raise
+        code = stop_stack(stack)
+
+    print(f"\n== idle after the load ({args.idle_seconds:g} s), process tree of scheduler up")
+    for name, cpu, rss in usage:
+        print(f"   {name:<26} cpu {cpu:5.1f}% of one core   rss {rss:6.0f} MiB")
+    total_cpu = sum(cpu for _, cpu, _ in usage)
+    total_rss = sum(rss for _, _, rss in usage)
+    print(f"   {'total':<26} cpu {total_cpu:5.1f}% of one core   rss {total_rss:6.0f} MiB")
+    print("   (README: about 4-6% of one core and about 300 MiB idle)")
+    print(
+        f"\nscheduler up stopped on SIGINT, exit code {code};"
+        f" total {time.perf_counter() - began:.0f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()
