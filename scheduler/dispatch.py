@@ -140,11 +140,11 @@ class Transition:
     dest: JobStatus
     job: JobState
     sequence_number: str
-    image: JobModel | None = None
+    image: JobModel  # the new image, as a model: everything an action needs
 
     @property
     def reason(self) -> str | None:
-        return self.image.reason if self.image is not None else None
+        return self.image.reason
 
 
 TransitionObserver = Callable[[Transition], None]
@@ -214,7 +214,7 @@ class Dispatcher:
         store: JobStore,
         *,
         slot_limit_for: SlotLimitFor = lambda _repo: DEFAULT_SLOT_LIMIT,
-        on_activated: OnActivated = _log_activation,
+        on_activated: OnActivated | None = None,
         retry_policy_for: RetryPolicyFor = lambda _repo: AutoRetryPolicy(),
         observers: Iterable[TransitionObserver] = (),
         promote_page: int = 5,
@@ -223,7 +223,7 @@ class Dispatcher:
     ) -> None:
         self._store = store
         self._slot_limit_for = slot_limit_for
-        self._on_activated = on_activated
+        self._on_activated = on_activated or _log_activation
         self._retry_policy_for = retry_policy_for
         self._observers = tuple(observers)
         self._promote_page = promote_page
@@ -267,7 +267,7 @@ class Dispatcher:
 
     # Actions ---------------------------------------------------------------------------------
 
-    def execute(self, action: Action, image: JobModel | None = None) -> str:
+    def execute(self, action: Action, image: JobModel) -> str:
         if isinstance(action, Activate):
             return self._activate(action.job)
         if isinstance(action, PromoteQueued):
@@ -275,7 +275,7 @@ class Dispatcher:
             return f"promoted:{promoted}"
         if isinstance(action, RetryFailed):
             return self._retry(action.job, action.reason)
-        self._on_activated(image if image is not None else self._store.get(action.job.job_id))
+        self._on_activated(image)
         return "started"
 
     def _retry(self, job: JobState, reason: str | None) -> str:

@@ -12,9 +12,9 @@ so there is neither a scan nor a window between check and write:
    A *different* delivery asking to build the same commit for the same trigger fails that
    condition, and is answered 200 with the job id the guard item names.
 
-The third item of the transaction is the repository's counters item, moved exactly as
-:meth:`scheduler.store.JobStore.create` moves it (``n_pending`` + 1, ``last_job_id``,
-``last_received_at``); a test proves both writes produce the same job item and counters.
+The third item of the transaction is the repository's counters item. The transaction itself
+is :meth:`scheduler.store.JobStore.create` with a :class:`~scheduler.store.TriggerGuard`: the
+store stays the only writer of jobs and counters.
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-
-from pynamodb.exceptions import PynamoDBException
 
 from scheduler.config import RepositoryConfig
 from scheduler.errors import ConfigurationError, JobExists
@@ -202,9 +200,3 @@ def create_guarded(
         new, actor=actor, now=now, guard=TriggerGuard(trigger_key, guard_window_ms)
     )
     return result if isinstance(result, TriggerSeen) else None
-
-
-def _cause(exc: PynamoDBException) -> str:
-    code = exc.cause_response_code
-    message = exc.cause_response_message or str(exc.cause or exc)
-    return f"{code}: {message}" if code else message

@@ -23,13 +23,8 @@ def commit_status_observer(
 
     def observe(transition: Transition) -> None:
         image = transition.image
-        if image is None:
-            return
         found = status_for(
-            transition.source,
-            transition.dest,
-            attempt=transition.job.attempt,
-            reason=image.reason,
+            transition.source, transition.dest, attempt=transition.job.attempt, reason=image.reason
         )
         if found is None:
             return
@@ -59,11 +54,10 @@ def build_dispatcher(
         policy = config.policy(repo).retry
         return AutoRetryPolicy(attempts=policy.attempts, on=tuple(policy.on))
 
-    kwargs = {} if on_activated is None else {"on_activated": on_activated}
     return Dispatcher(
         store,
         slot_limit_for=lambda repo: config.policy(repo).concurrency,
+        on_activated=on_activated,
         retry_policy_for=retry_policy,
         observers=observers or (),
-        **kwargs,  # type: ignore[arg-type]
     )

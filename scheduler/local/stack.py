@@ -59,14 +59,13 @@ class LocalStack:
 
     def __init__(self, settings: Settings, options: StackOptions) -> None:
         self.options = options
-        self._settings = settings
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._dynamodb: DynamoDBLocal | None = None
         self._http: LocalHTTPServer | None = None
         self._executor: LocalExecutor | None = None
         self._notifier: GitHubNotifier | None = None
-        self.settings = settings
+        self.settings = settings  # pointed at the DynamoDB Local endpoint once started
         self.config: RepositoryConfig | None = None
 
     @property
@@ -76,14 +75,16 @@ class LocalStack:
 
     def preflight(self) -> RepositoryConfig:
         """Fail fast, before starting anything: secret, configuration file, port."""
-        webhook_secret(replace(self._settings, dynamodb_endpoint="http://local"))
-        config = load_config(self._settings.config_path)
+        # The stack always serves a local endpoint (its own DynamoDB Local, unless one is set),
+        # which is what the unsigned-delivery opt-out requires.
+        webhook_secret(replace(self.settings, dynamodb_endpoint="http://local"))
+        config = load_config(self.settings.config_path)
         if port_in_use(self.options.port, self.options.host):
             raise ConfigurationError(
                 f"port {self.options.port} on {self.options.host} is already in use"
                 " (choose another with --port)"
             )
-        own_dynamodb = self._settings.dynamodb_endpoint is None
+        own_dynamodb = self.settings.dynamodb_endpoint is None
         if own_dynamodb and self.options.dynamodb_port and port_in_use(self.options.dynamodb_port):
             raise ConfigurationError(
                 f"port {self.options.dynamodb_port} (DynamoDB Local) is already in use"
@@ -95,7 +96,7 @@ class LocalStack:
         config = self.config = self.preflight()
         data_dir = self.options.data_dir.resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
-        settings = self._settings
+        settings = self.settings
         if settings.dynamodb_endpoint is None:
             self._dynamodb = DynamoDBLocal(
                 settings.dynamodb_local_dir,

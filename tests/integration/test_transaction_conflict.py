@@ -2,40 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
+from faults import inject_conflicts
 
 from scheduler.models import RepoModel
 from scheduler.store import JobState, JobStore, NewJob, StoreContended
-
-
-class _Http:
-    status_code = 400
-    headers: dict[str, str] = {}
-
-
-def inject_conflicts(store: JobStore, times: int) -> list[dict[str, Any]]:
-    """Cancel the next ``times`` transactions with a TransactionConflict on the repo item.
-
-    Returns the list of intercepted requests, so the test can check their shape.
-    """
-    seen: list[dict[str, Any]] = []
-
-    def before_call(params: dict[str, Any], **_: Any) -> tuple[_Http, dict[str, Any]] | None:
-        seen.append(json.loads(params["body"]))
-        if len(seen) > times:
-            return None  # let the real request through
-        return _Http(), {
-            "Error": {"Code": "TransactionCanceledException", "Message": "conflict"},
-            "CancellationReasons": [{"Code": "None"}, {"Code": "TransactionConflict"}],
-        }
-
-    store.connection.client.meta.events.register(
-        "before-call.dynamodb.TransactWriteItems", before_call
-    )
-    return seen
 
 
 def test_conflicts_are_retried_then_succeed(settings: Any, tables: Any) -> None:

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+from faults import inject_conflicts
 
 from scheduler.errors import JobExists
 from scheduler.models import JobModel, RepoModel
@@ -89,34 +90,6 @@ def test_a_guard_older_than_the_window_is_taken_over(store: JobStore) -> None:
     assert create_guarded(store, new_job("gh-new", "org/r"), "w" * 64, now=later) is None
     assert counters(TRIGGER_PREFIX + "w" * 64)["last_job_id"] == "gh-new"
     assert counters("org/r")["n_pending"] == 2
-
-
-class _Http:
-    status_code = 400
-    headers: dict[str, str] = {}
-
-
-def inject_conflicts(store: JobStore, times: int) -> list[dict[str, Any]]:
-    """Cancel the next ``times`` transactions with TransactionConflict (never seen locally)."""
-    seen: list[dict[str, Any]] = []
-
-    def before_call(params: dict[str, Any], **_: Any) -> tuple[_Http, dict[str, Any]] | None:
-        seen.append(json.loads(params["body"]))
-        if len(seen) > times:
-            return None
-        return _Http(), {
-            "Error": {"Code": "TransactionCanceledException", "Message": "conflict"},
-            "CancellationReasons": [
-                {"Code": "None"},
-                {"Code": "None"},
-                {"Code": "TransactionConflict"},
-            ],
-        }
-
-    store.connection.client.meta.events.register(
-        "before-call.dynamodb.TransactWriteItems", before_call
-    )
-    return seen
 
 
 def test_transaction_conflicts_are_retried_with_the_same_three_items(
