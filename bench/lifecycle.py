@@ -52,13 +52,13 @@ import boto3
 from botocore.config import Config
 from transitions import Machine
 
-from scheduler import models
-from scheduler.aws import client as settings_client
+from scheduler.db import models
+from scheduler.db.clients import client as settings_client
+from scheduler.db.models import JobModel, RepoModel
+from scheduler.db.store import DAY_MS, Clock, JobStore, NewJob, RepositoryFull, system_clock
+from scheduler.db.tables import ensure_tables
 from scheduler.local.dynamodb_local import DynamoDBLocal
-from scheduler.models import JobModel, RepoModel
 from scheduler.settings import Settings, TableNames
-from scheduler.store import DAY_MS, Clock, JobStore, NewJob, RepositoryFull, system_clock
-from scheduler.tables import ensure_tables
 from state_machines import TRANSITION_TABLE, JobStatus, Trigger, plan
 
 MODES = ("product", "raw")

@@ -48,7 +48,7 @@ from typing import IO, Any
 import httpx
 import psutil
 
-from scheduler.github import sign
+from scheduler.github.signature import sign
 from scheduler.local.dynamodb_local import free_port
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -33,13 +33,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from scheduler import models
-from scheduler.aws import client as settings_client
+from scheduler.db import models
+from scheduler.db.clients import client as settings_client
+from scheduler.db.models import HistoryEntry, JobModel, RepoModel
+from scheduler.db.queries import Queries
+from scheduler.db.tables import ensure_tables
 from scheduler.local.dynamodb_local import DynamoDBLocal
-from scheduler.models import HistoryEntry, JobModel, RepoModel
-from scheduler.queries import Queries
 from scheduler.settings import Settings, TableNames
-from scheduler.tables import ensure_tables
 
 PAGE = 20
 TARGET_RATIO = 1.5

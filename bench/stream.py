@@ -18,7 +18,8 @@ from typing import Any
 
 import psutil
 
-from scheduler.aws import client
+from scheduler.db.clients import client
+from scheduler.db.tables import ensure_tables
 from scheduler.local.dynamodb_local import DynamoDBLocal
 from scheduler.local.stream_runner import (
     CheckpointStore,
@@ -28,7 +29,6 @@ from scheduler.local.stream_runner import (
     StreamRunner,
 )
 from scheduler.settings import Settings
-from scheduler.tables import ensure_tables
 
 
 def quantile(values: list[float], q: float) -> float:

@@ -45,14 +45,14 @@ import boto3
 import psutil  # type: ignore[import-untyped]  # no stubs pinned; a dev dependency
 from botocore.config import Config
 
-from scheduler import models
-from scheduler.aws import client as settings_client
-from scheduler.github import sign
+from scheduler.db import models
+from scheduler.db.clients import client as settings_client
+from scheduler.db.store import JobStore, NewJob, system_clock
+from scheduler.db.tables import ensure_tables
+from scheduler.github.delivery import create_guarded
+from scheduler.github.signature import sign
 from scheduler.local.dynamodb_local import DynamoDBLocal
 from scheduler.settings import Settings, TableNames
-from scheduler.store import JobStore, NewJob, system_clock
-from scheduler.tables import ensure_tables
-from scheduler.webhook import create_guarded
 
 MODES = ("http", "raw")
 REPOS = 50
@@ -78,7 +78,7 @@ Send = Callable[[int], None]
 
 
 def serve(endpoint: str, tables: TableNames, ports: Any) -> None:
-    from scheduler.api import create_app
+    from scheduler.api.app import create_app
     from scheduler.local.http_server import LocalHTTPServer
 
     settings = replace(Settings.from_env({}).for_local(endpoint, tables), webhook_secret=SECRET)

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from scheduler.errors import ConfigurationError
-from scheduler.github import REPO_NAME
+from scheduler.repo_name import canonical_repo
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -144,11 +144,12 @@ class _Parser:
         repos: dict[str, RepoPolicy] = {}
         for name, overrides in self.table(document.get("repos", {}), "repos").items():
             key = f'repos."{name}"'
-            if REPO_NAME.fullmatch(name) is None:
+            repo = canonical_repo(name)
+            if repo is None:
                 raise self.fail(key, "repository names are OWNER/NAME")
-            if name.lower() in repos:
+            if repo in repos:
                 raise self.fail(key, "repository listed twice (names are case-insensitive)")
-            repos[name.lower()] = self.policy(self.table(overrides, key), defaults, key)
+            repos[repo] = self.policy(self.table(overrides, key), defaults, key)
         return RepositoryConfig(accept=accept, defaults=defaults, repos=repos, source=self.source)
 
     def policy(self, table: dict[str, Any], base: RepoPolicy, prefix: str) -> RepoPolicy:

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from scheduler.config import RepositoryConfig
-from scheduler.dispatch import AutoRetryPolicy, Dispatcher, Transition, TransitionObserver
-from scheduler.models import JobModel
-from scheduler.notify import GitHubNotifier, StatusUpdate, status_for
-from scheduler.store import JobStore
+from scheduler.db.models import JobModel
+from scheduler.db.store import JobStore
+from scheduler.github.statuses import GitHubNotifier, StatusUpdate, status_for
+from scheduler.stream.dispatcher import AutoRetryPolicy, Dispatcher, Transition, TransitionObserver
 
 
 def commit_status_observer(

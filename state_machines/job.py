@@ -5,7 +5,7 @@ way to move. The machine is built once, with no model bound to it, and each lega
 (status, trigger) pair is compiled into a frozen :class:`TransitionPlan`: deciding is a
 dictionary lookup (~0.6 us, against ~70 us for a machine built per job; see
 ``bench/lifecycle.py``), nothing is shared or mutated between threads, and carrying the plan
-out is somebody else's job (``scheduler.store`` turns it into one conditional write).
+out is somebody else's job (``scheduler.db.store`` turns it into one conditional write).
 """
 
 from __future__ import annotations

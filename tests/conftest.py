@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from scheduler import models
-from scheduler.aws import client
+from scheduler.db import models
+from scheduler.db.clients import client
+from scheduler.db.store import JobStore
+from scheduler.db.tables import ensure_tables
 from scheduler.local.dynamodb_local import DynamoDBLocal
 from scheduler.settings import Settings, TableNames
-from scheduler.store import JobStore
-from scheduler.tables import ensure_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -153,7 +153,7 @@ class MakeJob:
         branch: str = "main",
         event: str = "push",
     ) -> object:
-        from scheduler.store import JobState, NewJob, Outcome
+        from scheduler.db.store import JobState, NewJob, Outcome
 
         job = self.store.create(
             NewJob(

@@ -21,7 +21,7 @@ from pathlib import Path
 from types import TracebackType
 
 from scheduler.errors import ConfigurationError
-from scheduler.procutil import die_with_parent
+from scheduler.local.procutil import die_with_parent
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from scheduler.api import Application, Request, Response
+from scheduler.api.app import Application, Request, Response
 from scheduler.errors import DomainError, LengthRequired, PayloadTooLarge, WebhookRejected
 
 __all__ = ["LocalHTTPServer"]

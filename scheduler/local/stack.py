@@ -17,24 +17,24 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 
-from scheduler import aws, models
-from scheduler.api import create_app
+from scheduler.api.app import create_app
+from scheduler.api.query_routes import query_routes
 from scheduler.config import RepositoryConfig, load_config
+from scheduler.db import clients, models
+from scheduler.db.queries import Queries
+from scheduler.db.store import JobStore
+from scheduler.db.tables import ensure_tables
 from scheduler.errors import ConfigurationError, StoreUnavailable
-from scheduler.executors.base import RunResult
-from scheduler.executors.local import LocalExecutor
+from scheduler.github.delivery import webhook_secret
+from scheduler.github.statuses import GitHubNotifier
 from scheduler.local.dynamodb_local import DynamoDBLocal, port_in_use
+from scheduler.local.executor import LocalExecutor
 from scheduler.local.http_server import LocalHTTPServer
 from scheduler.local.stream_runner import PollingConfig, StreamRunner
-from scheduler.notify import GitHubNotifier
-from scheduler.queries import Queries
-from scheduler.reaper import Reaper
-from scheduler.routes import query_routes
-from scheduler.runs import RunStarter
+from scheduler.runs.executor import RunResult
+from scheduler.runs.reaper import Reaper
+from scheduler.runs.starter import RunStarter
 from scheduler.settings import Settings
-from scheduler.store import JobStore
-from scheduler.tables import ensure_tables
-from scheduler.webhook import webhook_secret
 from scheduler.wiring import build_dispatcher, commit_status_observer
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ class LocalStack:
             )
             settings = settings.for_local(self._dynamodb.start())
         self.settings = settings
-        ensure_tables(aws.client("dynamodb", settings), settings)
+        ensure_tables(clients.client("dynamodb", settings), settings)
         models.bind(settings)
         store = JobStore.from_settings(settings)
 

@@ -49,9 +49,9 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from scheduler.db.template import load_template
 from scheduler.errors import ConfigurationError, StoreUnavailable
 from scheduler.settings import Settings
-from scheduler.template import load_template
 
 log = logging.getLogger(__name__)
 
@@ -457,10 +457,10 @@ class StreamRunner:
         polling: PollingConfig | None = None,
         owner: str | None = None,
     ) -> StreamRunner:
-        from scheduler.aws import client
+        from scheduler.db.clients import client
 
         if handler is None:
-            from scheduler import handlers
+            from scheduler.aws import handlers
 
             handler = handlers.stream
         dynamodb = client("dynamodb", settings)

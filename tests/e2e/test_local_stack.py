@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from scheduler.github import sign
+from scheduler.github.signature import sign
 from scheduler.local.dynamodb_local import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

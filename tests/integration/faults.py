@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from scheduler.store import JobStore
+from scheduler.db.store import JobStore
 
 
 class _Http:

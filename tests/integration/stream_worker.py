@@ -10,12 +10,12 @@ import contextlib
 import signal
 import threading
 
-from scheduler import models
-from scheduler.dispatch import Dispatcher
+from scheduler.db import models
+from scheduler.db.models import JobModel
+from scheduler.db.store import JobState, JobStore
 from scheduler.local.stream_runner import PollingConfig, StreamRunner
-from scheduler.models import JobModel
 from scheduler.settings import Settings
-from scheduler.store import JobState, JobStore
+from scheduler.stream.dispatcher import Dispatcher
 from state_machines import TransitionConflict, Trigger
 
 

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from botocore.stub import ANY, Stubber
 
-from scheduler import handlers
-from scheduler.store import JobState, JobStore, NewJob
+from scheduler.aws import handlers
+from scheduler.db.store import JobState, JobStore, NewJob
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from scheduler.store import JobStore
+from scheduler.db.store import JobStore
 
 SCRIPT = Path(sys.executable).with_name("scheduler")
 REPO = "octo-org/api"

@@ -20,7 +20,9 @@ from typing import Any
 
 import pytest
 
-from scheduler.aws import client
+from scheduler.db.clients import client
+from scheduler.db.models import JobModel
+from scheduler.db.queries import Queries
 from scheduler.errors import StoreUnavailable
 from scheduler.local.stream_runner import (
     CheckpointStore,
@@ -29,8 +31,6 @@ from scheduler.local.stream_runner import (
     PollingConfig,
     StreamRunner,
 )
-from scheduler.models import JobModel
-from scheduler.queries import Queries
 from scheduler.settings import Settings, TableNames
 from tests.conftest import MakeJob, stream_env
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from scheduler.aws import client
+from scheduler.db.clients import client
 from scheduler.local.dynamodb_local import DynamoDBLocal, DynamoDBLocalError
 from scheduler.settings import Settings
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from scheduler.notify import GitHubNotifier, StatusUpdate
+from scheduler.github.statuses import GitHubNotifier, StatusUpdate
 
 TOKEN = "ghp_test_token_123"
 

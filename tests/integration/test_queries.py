@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
+from scheduler.db.models import JobModel, RepoModel
+from scheduler.db.queries import JobPage, Queries
+from scheduler.db.store import JobStore
 from scheduler.errors import InvalidArgument, InvalidCursor, JobNotFound, RepoNotFound
-from scheduler.models import JobModel, RepoModel
-from scheduler.operations import BulkOutcome, Operations
-from scheduler.queries import JobPage, Queries
-from scheduler.store import JobStore
+from scheduler.runs.operations import BulkOutcome, Operations
 from state_machines import InvalidTransition, JobStatus, TransitionConflict
 
 REPO = "octo-org/api"

@@ -1,7 +1,7 @@
-"""The read routes (``scheduler.routes``) against DynamoDB Local, through each transport.
+"""The read routes (``scheduler.api.query_routes``) against DynamoDB Local, through each transport.
 
 Every case runs twice: over real HTTP on loopback (``LocalHTTPServer`` serving ``create_app``
-with the query routes) and through the Lambda entry point ``scheduler.handlers.webhook`` with an
+with the query routes) and through the Lambda entry point ``scheduler.aws.handlers.webhook`` with an
 HTTP API payload-2.0 event, the app built from the environment as on AWS.
 """
 
@@ -18,13 +18,13 @@ from urllib.parse import urlencode
 
 import pytest
 
-from scheduler import handlers
-from scheduler.api import create_app
+from scheduler.api.app import create_app
+from scheduler.api.query_routes import query_routes
+from scheduler.aws import handlers
+from scheduler.db.queries import Queries
+from scheduler.db.store import JobStore
 from scheduler.local.http_server import LocalHTTPServer
-from scheduler.queries import Queries
-from scheduler.routes import query_routes
 from scheduler.settings import Settings
-from scheduler.store import JobStore
 from tests.conftest import MakeJob, clear_table
 
 SECRET = "s3cr3t-webhook-key-for-query-tests"
@@ -104,7 +104,7 @@ def server(settings: Settings) -> Iterator[LocalHTTPServer]:
 
 @pytest.fixture(scope="module")
 def lambda_app(settings: Settings) -> Iterator[None]:
-    """``scheduler.handlers`` built from the environment (the session's tables), as on AWS."""
+    """``scheduler.aws.handlers`` built from the environment (the session's tables), as on AWS."""
     with pytest.MonkeyPatch.context() as env:
         env.setenv("GITHUB_WEBHOOK_SECRET", SECRET)
         env.delenv("SCHEDULER_CONFIG", raising=False)

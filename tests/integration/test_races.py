@@ -9,10 +9,10 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from scheduler import models
-from scheduler.models import JobModel, RepoModel
+from scheduler.db import models
+from scheduler.db.models import JobModel, RepoModel
+from scheduler.db.store import JobState, JobStore, NewJob, RepositoryFull
 from scheduler.settings import Settings
-from scheduler.store import JobState, JobStore, NewJob, RepositoryFull
 from state_machines import JobStatus, TransitionConflict, Trigger
 
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from scheduler.executors.base import RunRequest, RunResult
-from scheduler.executors.local import LocalExecutor, run_id_for
-from scheduler.reaper import Reaper
-from scheduler.runs import RunStarter
-from scheduler.store import JobState, JobStore, NewJob
+from scheduler.db.store import JobState, JobStore, NewJob
+from scheduler.local.executor import LocalExecutor, run_id_for
+from scheduler.runs.executor import RunRequest, RunResult
+from scheduler.runs.reaper import Reaper
+from scheduler.runs.starter import RunStarter
 from state_machines import JobStatus, Trigger
 
 # A command that records each start (the side effect counted by the tests) and its environment.

@@ -32,10 +32,10 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from scheduler.db.models import ACTIVE_SHARD, JobModel, RepoModel
+from scheduler.db.store import JobState, JobStore, NewJob, Outcome, RepositoryFull
 from scheduler.errors import DomainError, JobExists
-from scheduler.models import ACTIVE_SHARD, JobModel, RepoModel
 from scheduler.settings import Settings
-from scheduler.store import JobState, JobStore, NewJob, Outcome, RepositoryFull
 from state_machines import InvalidTransition, JobStatus, TransitionConflict, Trigger
 
 pytestmark = pytest.mark.integration

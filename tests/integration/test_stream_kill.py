@@ -11,10 +11,10 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from scheduler.aws import client
-from scheduler.models import JobModel
+from scheduler.db.clients import client
+from scheduler.db.models import JobModel
+from scheduler.db.store import JobStore, NewJob
 from scheduler.settings import Settings
-from scheduler.store import JobStore, NewJob
 from tests.conftest import ROOT, stream_env
 
 JOBS = 2000

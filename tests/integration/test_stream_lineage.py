@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from scheduler.aws import client
+from scheduler.db.clients import client
 from scheduler.local.stream_runner import (
     CheckpointStore,
     DeadLetterStore,

@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
-from scheduler.aws import client
-from scheduler.dispatch import Dispatcher
+from scheduler.db.clients import client
+from scheduler.db.models import JobModel, RepoModel
+from scheduler.db.store import JobState, JobStore, NewJob
 from scheduler.local.stream_runner import (
     CheckpointStore,
     DeadLetterStore,
@@ -26,9 +27,8 @@ from scheduler.local.stream_runner import (
     PollingConfig,
     StreamRunner,
 )
-from scheduler.models import JobModel, RepoModel
 from scheduler.settings import Settings
-from scheduler.store import JobState, JobStore, NewJob
+from scheduler.stream.dispatcher import Dispatcher
 from state_machines import JobStatus, TransitionConflict, Trigger
 from tests.conftest import clear_table
 

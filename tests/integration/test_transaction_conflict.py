@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from faults import inject_conflicts
 
-from scheduler.models import RepoModel
-from scheduler.store import JobState, JobStore, NewJob, StoreContended
+from scheduler.db.models import RepoModel
+from scheduler.db.store import JobState, JobStore, NewJob, StoreContended
 
 
 def test_conflicts_are_retried_then_succeed(settings: Any, tables: Any) -> None:

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from scheduler.db.models import JobModel, RepoModel
+from scheduler.db.store import JobState, JobStore, NewJob, Outcome, RepositoryFull
 from scheduler.errors import JobExists
-from scheduler.models import JobModel, RepoModel
-from scheduler.store import JobState, JobStore, NewJob, Outcome, RepositoryFull
 from state_machines import TIMED_OUT, InvalidTransition, JobStatus, TransitionConflict, Trigger
 
 REPO = "octo-org/api"

@@ -1,7 +1,7 @@
 """POST /webhook end to end against DynamoDB Local, through each transport of the one app.
 
 Every case runs three times: over real HTTP on loopback (``LocalHTTPServer``), and through the
-Lambda entry point ``scheduler.handlers.webhook`` with an HTTP API payload-2.0 event, once with
+Lambda entry point ``scheduler.aws.handlers.webhook`` with an HTTP API payload-2.0 event, once with
 a plain and once with a base64 body. Payloads are GitHub's examples from ``tests/events``.
 """
 
@@ -21,17 +21,17 @@ from urllib.parse import urlencode
 
 import pytest
 
-from scheduler import handlers
-from scheduler.api import create_app
+from scheduler.api.app import create_app
+from scheduler.aws import handlers
 from scheduler.config import parse_config
-from scheduler.github import sign
+from scheduler.db.models import JobModel, RepoModel
+from scheduler.github.signature import sign
 from scheduler.local.http_server import LocalHTTPServer
-from scheduler.models import JobModel, RepoModel
 from scheduler.settings import Settings, TableNames
 
 EVENTS = Path(__file__).resolve().parents[1] / "events"
 SECRET = "s3cr3t-webhook-key-for-tests"
-REPO = "Codertocat/Hello-World"
+REPO = "codertocat/hello-world"  # the canonical form of the payloads' Codertocat/Hello-World
 SMALL_LIMIT = 64 * 1024  # the Lambda transport's oversized case needs no 25 MB string
 
 CONFIG = parse_config(
@@ -148,7 +148,7 @@ def server(webhook_settings: Settings) -> Iterator[LocalHTTPServer]:
 def lambda_app(
     webhook_settings: Settings, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[None]:
-    """``scheduler.handlers`` built from the environment, as on AWS."""
+    """``scheduler.aws.handlers`` built from the environment, as on AWS."""
     config = tmp_path_factory.mktemp("config") / "repos.toml"
     config.write_text(
         'accept = ["codertocat/*", "octo-org/*"]\n[defaults]\n'

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from scheduler.api import create_app
-from scheduler.github import sign
+from scheduler.api.app import create_app
+from scheduler.db.models import RepoModel
+from scheduler.github.signature import sign
 from scheduler.local.http_server import LocalHTTPServer
-from scheduler.models import RepoModel
 from scheduler.settings import Settings, TableNames
 
 EVENTS = Path(__file__).resolve().parents[1] / "events"

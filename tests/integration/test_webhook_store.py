@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from faults import inject_conflicts
 
+from scheduler.db.models import JobModel, RepoModel
+from scheduler.db.store import DAY_MS, JobStore, NewJob, StoreContended
 from scheduler.errors import JobExists
-from scheduler.models import JobModel, RepoModel
-from scheduler.store import DAY_MS, JobStore, NewJob, StoreContended
-from scheduler.webhook import TRIGGER_PREFIX, TriggerSeen, create_guarded
+from scheduler.github.delivery import TRIGGER_PREFIX, TriggerSeen, create_guarded
 
 NOW = 1_700_000_000_000
 

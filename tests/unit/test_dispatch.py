@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 
-from scheduler.dispatch import (
+from scheduler.db.store import JobState, RepositoryFull
+from scheduler.errors import MalformedStreamRecord, StoreUnavailable
+from scheduler.stream.dispatcher import (
     Activate,
     AutoRetryPolicy,
     Dispatcher,
@@ -19,8 +21,6 @@ from scheduler.dispatch import (
     decide,
     read_transition,
 )
-from scheduler.errors import MalformedStreamRecord, StoreUnavailable
-from scheduler.store import JobState, RepositoryFull
 from state_machines import JobStatus, TransitionConflict
 
 EVENT = json.loads(

@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 import pytest
 
 from scheduler.errors import SignatureInvalid, UnsupportedMediaType, WebhookRejected
-from scheduler.github import (
+from scheduler.github.payload import (
     BuildRequest,
     Delivery,
     Ignored,
@@ -18,9 +18,8 @@ from scheduler.github import (
     interpret,
     job_id_for,
     parse_delivery,
-    sign,
-    verify_signature,
 )
+from scheduler.github.signature import sign, verify_signature
 
 EVENTS = Path(__file__).resolve().parents[1] / "events"
 DELIVERY = "72d3162e-cc78-11e3-81ab-4c9367dc0958"
@@ -133,7 +132,7 @@ def test_push_to_a_branch_builds_after() -> None:
     body = payload("push.branch")
     assert interpret(delivery("push", body)) == BuildRequest(
         delivery_id=DELIVERY,
-        repo="Codertocat/Hello-World",
+        repo="codertocat/hello-world",  # canonical: GitHub names are case-insensitive,
         event="push",
         sha=body["after"],
         ref="refs/heads/master",

@@ -9,8 +9,7 @@ import json
 
 import pytest
 
-from scheduler.errors import InvalidCursor
-from scheduler.queries import (
+from scheduler.db.queries import (
     CursorCodec,
     JobFilter,
     Position,
@@ -19,6 +18,7 @@ from scheduler.queries import (
     parse_status,
     validate_repo,
 )
+from scheduler.errors import InvalidCursor
 from state_machines import JobStatus
 
 KEY = b"unit-test-key"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from scheduler.cli.render import duration, parse_since, relative
 from scheduler.errors import InvalidArgument
-from scheduler.render import duration, parse_since, relative
 
 NOW = 1_700_000_000_000
 

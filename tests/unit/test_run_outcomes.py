@@ -8,10 +8,10 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from scheduler.executors.base import RunRequest, RunResult
-from scheduler.executors.codebuild import CodeBuildExecutor, result_from_event
-from scheduler.notify import StatusUpdate, status_for
-from scheduler.runs import outcome_of
+from scheduler.aws.codebuild import CodeBuildExecutor, result_from_event
+from scheduler.github.statuses import StatusUpdate, status_for
+from scheduler.runs.executor import RunRequest, RunResult
+from scheduler.runs.starter import outcome_of
 from state_machines import TIMED_OUT, JobStatus, Trigger
 
 REQUEST = RunRequest(

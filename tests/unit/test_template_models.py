@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 from pynamodb.models import Model
 
-from scheduler.models import JobModel, RepoModel
+from scheduler.db.models import JobModel, RepoModel
+from scheduler.db.template import JOBS_TABLE, REPOS_TABLE, load_template, table_definition
 from scheduler.settings import DEFAULT_TEMPLATE
-from scheduler.template import JOBS_TABLE, REPOS_TABLE, load_template, table_definition
 
 
 def _keys(key_schema: list[dict[str, str]]) -> dict[str, str]:

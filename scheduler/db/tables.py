@@ -7,15 +7,15 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from scheduler.errors import StoreUnavailable
-from scheduler.settings import Settings
-from scheduler.template import (
+from scheduler.db.template import (
     JOBS_TABLE,
     REPOS_TABLE,
     TableDefinition,
     load_template,
     table_definition,
 )
+from scheduler.errors import StoreUnavailable
+from scheduler.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from scheduler.models import JobModel
+from scheduler.db.models import JobModel
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,9 +15,9 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from scheduler.db.queries import JobDetail, JobPage, JobSummary, RepoStats
 from scheduler.errors import InvalidArgument
-from scheduler.operations import BulkOutcome, Changed, RetrySummary
-from scheduler.queries import JobDetail, JobPage, JobSummary, RepoStats
+from scheduler.runs.operations import BulkOutcome, Changed, RetrySummary
 from state_machines import JobStatus
 
 STATUS_STYLES: dict[str, str] = {

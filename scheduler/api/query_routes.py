@@ -1,6 +1,6 @@
 """The read side over HTTP: a repository's jobs, one job, a repository's stats.
 
-``query_routes(queries)`` returns a registration function for :func:`scheduler.api.create_app`'s
+``query_routes(queries)`` returns a registration function for :func:`scheduler.api.app.create_app`'s
 ``extra_routes``, so the Lambda entry point and the local server serve the same routes:
 
 - ``GET /repos/{owner}/{repo}/jobs?status=&branch=&event=&limit=&cursor=`` - newest first, one
@@ -8,7 +8,7 @@
 - ``GET /jobs/{job_id}`` - one job with its transition history.
 - ``GET /repos/{owner}/{repo}/stats`` - counts by status, slots in use, limit, last job.
 
-Bodies are the queries' ``to_dict()``. Validation stays in :mod:`scheduler.queries`; a typed
+Bodies are the queries' ``to_dict()``. Validation stays in :mod:`scheduler.db.queries`; a typed
 error (bad argument or cursor 400, unknown job or repository 404, store down 503) is answered
 by the application as ``{"error": message}`` with its ``http_status``. An unknown query
 parameter is refused (400) rather than ignored, so a misspelt filter never silently widens a
@@ -20,9 +20,9 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping
 from urllib.parse import unquote
 
-from scheduler.api import Request, Response, Router
+from scheduler.api.app import Request, Response, Router
+from scheduler.db.queries import Queries
 from scheduler.errors import InvalidArgument
-from scheduler.queries import Queries
 
 __all__ = ["JOBS_QUERY_PARAMETERS", "query_routes"]
 

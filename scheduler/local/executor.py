@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scheduler.executors.base import Claim, OnFinished, RunRequest, RunResult
-from scheduler.procutil import die_with_parent
+from scheduler.local.procutil import die_with_parent
+from scheduler.runs.executor import Claim, OnFinished, RunRequest, RunResult
 
 log = logging.getLogger(__name__)
 

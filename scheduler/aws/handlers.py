@@ -10,17 +10,17 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from scheduler import aws, models
-from scheduler.api import Application, HttpApiEvent, HttpApiResponse, create_app
+from scheduler.api.app import Application, HttpApiEvent, HttpApiResponse, create_app
+from scheduler.api.query_routes import query_routes
+from scheduler.aws.codebuild import CodeBuildExecutor, result_from_event
 from scheduler.config import RepositoryConfig, load_config
-from scheduler.dispatch import Dispatcher, PartialBatchResponse
-from scheduler.executors.codebuild import CodeBuildExecutor, result_from_event
-from scheduler.queries import Queries
-from scheduler.reaper import Reaper
-from scheduler.routes import query_routes
-from scheduler.runs import RunStarter
+from scheduler.db import clients, models
+from scheduler.db.queries import Queries
+from scheduler.db.store import JobStore
+from scheduler.runs.reaper import Reaper
+from scheduler.runs.starter import RunStarter
 from scheduler.settings import Settings
-from scheduler.store import JobStore
+from scheduler.stream.dispatcher import Dispatcher, PartialBatchResponse
 from scheduler.wiring import build_dispatcher
 
 __all__ = ["build_completed", "reap", "stream", "webhook"]
@@ -36,7 +36,7 @@ def http_app() -> Application:
 def webhook(event: HttpApiEvent, context: Any) -> HttpApiResponse:
     """HTTP API / Function URL (payload format 2.0), every route of the one app.
 
-    ``POST /webhook``, the read routes of :mod:`scheduler.routes` and ``GET /healthz``.
+    ``POST /webhook``, the read routes of :mod:`scheduler.api.query_routes` and ``GET /healthz``.
     """
     return http_app().handle_lambda(event)
 
@@ -58,7 +58,9 @@ def runtime() -> _Runtime:
     config = load_config(settings.config_path)
     executor = runs = None
     if settings.codebuild_project:
-        executor = CodeBuildExecutor(aws.client("codebuild", settings), settings.codebuild_project)
+        executor = CodeBuildExecutor(
+            clients.client("codebuild", settings), settings.codebuild_project
+        )
         runs = RunStarter(store, executor, lambda repo: config.policy(repo).command)
     return _Runtime(store, config, runs, executor)
 

@@ -23,8 +23,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any, NotRequired, TypedDict
 from urllib.parse import parse_qsl
 
-from scheduler import models
 from scheduler.config import RepositoryConfig, load_config
+from scheduler.db import models
+from scheduler.db.store import DAY_MS, Clock, JobStore, system_clock
 from scheduler.errors import (
     DomainError,
     MethodNotAllowed,
@@ -32,9 +33,8 @@ from scheduler.errors import (
     RouteNotFound,
     WebhookRejected,
 )
+from scheduler.github.delivery import WebhookService, webhook_secret
 from scheduler.settings import Settings
-from scheduler.store import DAY_MS, Clock, JobStore, system_clock
-from scheduler.webhook import WebhookService, webhook_secret
 
 __all__ = [
     "Application",

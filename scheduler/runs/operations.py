@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from scheduler.db.queries import JobFilter, Queries, validate_job_id, validate_repo
+from scheduler.db.store import JobState, JobStore, Outcome, StoreContended
 from scheduler.errors import JobNotFound
-from scheduler.queries import JobFilter, Queries, validate_job_id, validate_repo
-from scheduler.store import JobState, JobStore, Outcome, StoreContended
 from state_machines import InvalidTransition, JobStatus, TransitionConflict, Trigger
 
 log = logging.getLogger(__name__)

@@ -29,15 +29,16 @@ from rich.table import Table
 from rich.text import Text
 from typer._click import exceptions as click_errors  # typer vendors click (pinned)
 
-from scheduler import aws, models, render
+from scheduler.cli import render
+from scheduler.db import clients, models
+from scheduler.db.queries import Queries
+from scheduler.db.store import JobStore
+from scheduler.db.tables import ensure_tables
 from scheduler.errors import ConfigurationError, DomainError, InvalidArgument, StoreUnavailable
 from scheduler.local.stream_runner import DEAD_LETTER_SOURCE, DeadLetter, DeadLetterStore
 from scheduler.local.stream_runner import Handler as StreamHandler
-from scheduler.operations import BulkItem, Operations
-from scheduler.queries import Queries
+from scheduler.runs.operations import BulkItem, Operations
 from scheduler.settings import Settings
-from scheduler.store import JobStore
-from scheduler.tables import ensure_tables
 
 app = typer.Typer(
     name="scheduler",
@@ -110,7 +111,7 @@ def context() -> Context:
 def tables_create(as_json: JsonOption = False) -> None:
     """Create the tables of infra/template.yaml on the configured endpoint (if missing)."""
     settings = Settings.from_env()
-    created = ensure_tables(aws.client("dynamodb", settings), settings)
+    created = ensure_tables(clients.client("dynamodb", settings), settings)
     emit(
         {"created": created},
         as_json,
@@ -263,7 +264,7 @@ _ERROR_CHARS = 80
 
 def dead_letter_store(settings: Settings) -> tuple[Any, DeadLetterStore]:
     """A DynamoDB client and the dead-letter table's store on it."""
-    client = aws.client("dynamodb", settings)
+    client = clients.client("dynamodb", settings)
     return client, DeadLetterStore(client, settings.tables.dead_letters)
 
 
@@ -555,7 +556,7 @@ def send_test_delivery(
     """Sign a sample `push` delivery with GITHUB_WEBHOOK_SECRET and POST it to the webhook."""
     import httpx
 
-    from scheduler.github import sign
+    from scheduler.github.signature import sign
 
     secret = Settings.from_env().webhook_secret
     if not secret:

@@ -17,7 +17,7 @@ import shlex
 from collections.abc import Mapping
 from typing import Any
 
-from scheduler.executors.base import Claim, RunRequest, RunResult
+from scheduler.runs.executor import Claim, RunRequest, RunResult
 
 # CodeBuild's bounds for timeoutInMinutesOverride.
 MIN_TIMEOUT_MINUTES, MAX_TIMEOUT_MINUTES = 5, 2160

@@ -28,8 +28,8 @@ from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
 from pynamodb.transactions import TransactWrite
 
+from scheduler.db.models import ACTIVE_SHARD, HistoryEntry, JobModel, RepoModel, count_attribute
 from scheduler.errors import JobExists, JobNotFound, StoreUnavailable
-from scheduler.models import ACTIVE_SHARD, HistoryEntry, JobModel, RepoModel, count_attribute
 from scheduler.settings import Settings
 from state_machines import JobStatus, TransitionConflict, TransitionPlan, Trigger, plan
 

@@ -38,6 +38,7 @@ from botocore.exceptions import BotoCoreError
 from pynamodb.exceptions import DoesNotExist, PynamoDBException
 from pynamodb.expressions.condition import Condition
 
+from scheduler.db.models import HistoryEntry, JobModel, RepoModel, count_attribute
 from scheduler.errors import (
     ConfigurationError,
     InvalidArgument,
@@ -46,7 +47,7 @@ from scheduler.errors import (
     RepoNotFound,
     StoreUnavailable,
 )
-from scheduler.models import HistoryEntry, JobModel, RepoModel, count_attribute
+from scheduler.repo_name import canonical_repo
 from scheduler.settings import Settings
 from state_machines import JobStatus
 
@@ -67,8 +68,6 @@ _MAC_DOMAIN = b"scheduler.queries.cursor\x00"
 _CURSOR_SHAPE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
 _MAX_EPOCH_MS = 2**53  # what JSON numbers carry exactly
 
-# GitHub owners are letters, digits and hyphens (at most 39); names add '.' and '_'.
-_REPO_SHAPE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}$")
 _EVENT_SHAPE = re.compile(r"^[a-z_]{1,64}$")
 _MAX_JOB_ID = 256
 _MAX_BRANCH = 255
@@ -78,9 +77,11 @@ _MAX_BRANCH = 255
 
 
 def validate_repo(repo: str) -> str:
-    if not isinstance(repo, str) or not _REPO_SHAPE.match(repo):
+    """``repo`` in its canonical form (see :mod:`scheduler.repo_name`), or InvalidArgument."""
+    canonical = canonical_repo(repo)
+    if canonical is None:
         raise InvalidArgument(f"repository must look like OWNER/NAME, got {repo!r}")
-    return repo
+    return canonical
 
 
 def validate_job_id(job_id: str) -> str:
@@ -472,7 +473,7 @@ def _reading(what: str) -> Iterator[None]:
 
 
 class Queries:
-    """The read use cases. Models must be bound (``scheduler.models.bind``) first."""
+    """The read use cases. Models must be bound (``scheduler.db.models.bind``) first."""
 
     def __init__(
         self,

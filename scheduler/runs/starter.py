@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
-from scheduler.dispatch import RETRY_ACTOR
-from scheduler.executors.base import Executor, RunRequest, RunResult
-from scheduler.models import JobModel
-from scheduler.store import JobState, JobStore, Outcome
+from scheduler.db.models import JobModel
+from scheduler.db.store import JobState, JobStore, Outcome
+from scheduler.runs.executor import Executor, RunRequest, RunResult
+from scheduler.stream.dispatcher import RETRY_ACTOR
 from state_machines import TIMED_OUT, JobStatus, Trigger
 
 log = logging.getLogger(__name__)

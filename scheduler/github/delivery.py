@@ -13,7 +13,7 @@ so there is neither a scan nor a window between check and write:
    condition, and is answered 200 with the job id the guard item names.
 
 The third item of the transaction is the repository's counters item. The transaction itself
-is :meth:`scheduler.store.JobStore.create` with a :class:`~scheduler.store.TriggerGuard`: the
+is :meth:`scheduler.db.store.JobStore.create` with a :class:`~scheduler.db.store.TriggerGuard`: the
 store stays the only writer of jobs and counters.
 """
 
@@ -25,18 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from scheduler.config import RepositoryConfig
-from scheduler.errors import ConfigurationError, JobExists
-from scheduler.github import (
-    SIGNATURE_HEADER,
-    BuildRequest,
-    Ignored,
-    Ping,
-    interpret,
-    parse_delivery,
-    verify_signature,
-)
-from scheduler.settings import Settings
-from scheduler.store import (
+from scheduler.db.store import (
     DAY_MS,
     TRIGGER_PREFIX,
     Clock,
@@ -45,6 +34,10 @@ from scheduler.store import (
     TriggerGuard,
     TriggerSeen,
 )
+from scheduler.errors import ConfigurationError, JobExists
+from scheduler.github.payload import BuildRequest, Ignored, Ping, interpret, parse_delivery
+from scheduler.github.signature import SIGNATURE_HEADER, verify_signature
+from scheduler.settings import Settings
 
 __all__ = [
     "TRIGGER_PREFIX",

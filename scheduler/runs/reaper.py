@@ -11,9 +11,9 @@ from collections.abc import Callable
 
 from pynamodb.exceptions import PynamoDBException
 
+from scheduler.db.models import ACTIVE_SHARD, JobModel
+from scheduler.db.store import Clock, JobState, JobStore, Outcome, system_clock
 from scheduler.errors import StoreUnavailable
-from scheduler.models import ACTIVE_SHARD, JobModel
-from scheduler.store import Clock, JobState, JobStore, Outcome, system_clock
 from state_machines import TIMED_OUT, TransitionConflict, Trigger
 
 log = logging.getLogger(__name__)

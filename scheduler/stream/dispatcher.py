@@ -27,9 +27,9 @@ from typing import Any, Literal, NotRequired, TypedDict
 
 from pynamodb.exceptions import PynamoDBException
 
+from scheduler.db.models import JobModel
+from scheduler.db.store import JobState, JobStore, RepositoryFull
 from scheduler.errors import MalformedStreamRecord, StoreUnavailable
-from scheduler.models import JobModel
-from scheduler.store import JobState, JobStore, RepositoryFull
 from state_machines import JobStatus, TransitionConflict, Trigger
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""GitHub deliveries, pure: signature check, header and body checks, payload parsing.
+"""GitHub deliveries, pure: header and body checks, payload parsing.
 
 Nothing here does I/O or knows about jobs tables: a delivery (headers + raw body) goes in, and
 out comes either a typed rejection (:class:`~scheduler.errors.WebhookRejected` and its
@@ -10,7 +10,6 @@ from here: payload values are data only.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import re
 from collections.abc import Mapping
@@ -18,14 +17,13 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
-from scheduler.errors import SignatureInvalid, UnsupportedMediaType, WebhookRejected
+from scheduler.errors import UnsupportedMediaType, WebhookRejected
+from scheduler.repo_name import canonical_repo
 
 __all__ = [
     "DELIVERY_HEADER",
     "EVENT_HEADER",
     "KNOWN_EVENTS",
-    "REPO_NAME",
-    "SIGNATURE_HEADER",
     "BuildRequest",
     "Delivery",
     "Ignored",
@@ -33,11 +31,8 @@ __all__ = [
     "interpret",
     "job_id_for",
     "parse_delivery",
-    "sign",
-    "verify_signature",
 ]
 
-SIGNATURE_HEADER = "x-hub-signature-256"
 EVENT_HEADER = "x-github-event"
 DELIVERY_HEADER = "x-github-delivery"
 JOB_ID_PREFIX = "gh-"
@@ -129,11 +124,7 @@ KNOWN_EVENTS = frozenset(
 # GitHub's delivery ids are GUIDs; accept that shape (any case) and nothing longer, because
 # the id becomes part of a DynamoDB key and of log lines.
 _DELIVERY_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z-]{0,63}")
-_SIGNATURE = re.compile(r"sha256=([0-9a-f]{64})")
 _SHA = re.compile(r"[0-9a-f]{40}")
-# GitHub's OWNER/NAME: an owner of letters, digits and inner hyphens; a name of letters, digits,
-# '-', '_' and '.', but never '.' or '..'.
-REPO_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,38}/(?!\.\.?$)[A-Za-z0-9_.-]{1,100}")
 _T = TypeVar("_T")
 _JSON_TYPES = frozenset({"application/json"})
 _FORM_TYPES = frozenset({"application/x-www-form-urlencoded"})
@@ -192,28 +183,6 @@ class Ignored:
     """A well-formed delivery that makes no job; ``reason`` says why (answered 202)."""
 
     reason: str
-
-
-# -- signature ---------------------------------------------------------------------------------
-
-
-def sign(secret: bytes, body: bytes) -> str:
-    """The ``X-Hub-Signature-256`` value GitHub sends for ``body``."""
-    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
-
-
-def verify_signature(secret: bytes, body: bytes, header: str | None) -> None:
-    """Raise :class:`SignatureInvalid` unless ``header`` is the HMAC-SHA256 of ``body``.
-
-    The comparison is constant-time (``hmac.compare_digest``), so the answer time tells an
-    attacker nothing about how much of a guess was right.
-    """
-    if header is None or not header.strip():
-        raise SignatureInvalid("missing X-Hub-Signature-256 header")
-    if _SIGNATURE.fullmatch(header.strip().lower()) is None:
-        raise SignatureInvalid("malformed X-Hub-Signature-256 header: expected sha256=<64 hex>")
-    if not hmac.compare_digest(sign(secret, body), header.strip().lower()):
-        raise SignatureInvalid("X-Hub-Signature-256 does not match the body")
 
 
 def job_id_for(delivery_id: str) -> str:
@@ -359,9 +328,10 @@ def _pull_request(delivery: Delivery) -> BuildRequest | Ignored:
 def _repo(payload: Mapping[str, Any]) -> str:
     repository = _field(payload, "repository", dict)
     full_name = _field(repository, "full_name", str, "repository.full_name")
-    if REPO_NAME.fullmatch(full_name) is None:
+    repo = canonical_repo(full_name)
+    if repo is None:
         raise WebhookRejected("field 'repository.full_name' must be OWNER/NAME")
-    return full_name
+    return repo
 
 
 def _sender(payload: Mapping[str, Any]) -> str | None:

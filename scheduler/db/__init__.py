@@ -1,0 +1,30 @@
+"""DynamoDB access: models, the store (the only writer), reads, and tables from the template."""
+
+from scheduler.db.clients import client
+from scheduler.db.models import HistoryEntry, JobModel, RepoModel, bind
+from scheduler.db.store import (
+    JobState,
+    JobStore,
+    NewJob,
+    Outcome,
+    RepositoryFull,
+    StoreContended,
+    TriggerGuard,
+    TriggerSeen,
+)
+
+__all__ = [
+    "HistoryEntry",
+    "JobModel",
+    "JobState",
+    "JobStore",
+    "NewJob",
+    "Outcome",
+    "RepoModel",
+    "RepositoryFull",
+    "StoreContended",
+    "TriggerGuard",
+    "TriggerSeen",
+    "bind",
+    "client",
+]
