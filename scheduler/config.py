@@ -52,10 +52,16 @@ MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
+    """Automatic retries: ``attempts`` in total (1 = none), for the failure reasons in ``on``."""
+
     attempts: int = 1
     on: tuple[str, ...] = ("timed_out",)
     # Seconds before the n-th automatic retry starts: backoff_seconds * 2 ** (n - 1).
     backoff_seconds: int = 0
+
+    def allows(self, attempt: int, reason: str | None) -> bool:
+        """Whether a failure of ``attempt`` for ``reason`` is retried automatically."""
+        return attempt < self.attempts and (reason or "") in self.on
 
     def delay_seconds(self, attempt: int) -> float:
         """How long the run of ``attempt`` (an automatic retry, so >= 2) waits to start."""

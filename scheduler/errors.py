@@ -7,11 +7,17 @@ for the API, ``exit_code`` for the CLI (1 refused, 2 usage or configuration).
 
 from __future__ import annotations
 
-from state_machines.errors import DomainError, InvalidTransition, TransitionConflict
+from state_machines.errors import (
+    DomainError,
+    GuardRefused,
+    InvalidTransition,
+    TransitionConflict,
+)
 
 __all__ = [
     "ConfigurationError",
     "DomainError",
+    "GuardRefused",
     "InvalidArgument",
     "InvalidCursor",
     "InvalidTransition",
@@ -22,10 +28,13 @@ __all__ = [
     "MethodNotAllowed",
     "PayloadTooLarge",
     "RepoNotFound",
+    "RepositoryFull",
     "RouteNotFound",
+    "RunAlreadyClaimed",
     "SignatureInvalid",
     "StoreUnavailable",
     "TransitionConflict",
+    "TriggerSeen",
     "UnsupportedMediaType",
     "WebhookRejected",
 ]
@@ -46,7 +55,7 @@ class JobNotFound(DomainError):
         self.job_id = job_id
 
 
-class JobExists(DomainError):
+class JobExists(GuardRefused):
     """A job with this id already exists (the create was a duplicate; nothing was written)."""
 
     http_status = 200
@@ -54,6 +63,34 @@ class JobExists(DomainError):
     def __init__(self, job_id: str) -> None:
         super().__init__(f"job {job_id} already exists")
         self.job_id = job_id
+
+
+class TriggerSeen(GuardRefused):
+    """Another job already holds this trigger (repository, event, ref or PR, sha)."""
+
+    http_status = 200
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id} already builds this trigger")
+        self.job_id = job_id
+
+
+class RepositoryFull(GuardRefused):
+    """Activation found no free slot: the job stays pending (queued)."""
+
+    def __init__(self, repo: str, limit: int) -> None:
+        super().__init__(f"repository {repo} has no free slot (limit {limit})")
+        self.repo = repo
+        self.limit = limit
+
+
+class RunAlreadyClaimed(GuardRefused):
+    """The run of this attempt was claimed by another starter (or the attempt moved on)."""
+
+    def __init__(self, job_id: str, attempt: int) -> None:
+        super().__init__(f"the run of job {job_id} attempt {attempt} is already claimed")
+        self.job_id = job_id
+        self.attempt = attempt
 
 
 class StoreUnavailable(DomainError):

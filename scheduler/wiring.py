@@ -1,63 +1,115 @@
-"""Builds the stream dispatcher from settings and the repository configuration.
+"""The one composition root: builds the core from :class:`Settings` for either runtime.
 
-One factory for both runtimes, so the Lambda stream handler and ``scheduler up`` dispatch with
-the same per-repository limits, retry policies and commit statuses; only the run starter
-differs (a local process, or a CodeBuild build).
+Both runtimes call :func:`build_core` and differ only in what they pass in: how a run is
+executed (a local process pool, a CodeBuild project, or nothing for a CLI process). Everything
+else — the repository configuration, the dispatcher with its slot limits, retry policies and
+observers, the webhook service, the run starter, the reaper, the HTTP app — is made here, once,
+so the Lambda functions and ``scheduler up`` cannot drift apart (a test compares their graphs).
+Nothing here imports :mod:`scheduler.aws` or :mod:`scheduler.local`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
 
-from scheduler.config import RepositoryConfig
-from scheduler.db.models import JobModel
+from scheduler.api.app import Application, create_app
+from scheduler.api.query_routes import query_routes
+from scheduler.config import RepositoryConfig, load_config
+from scheduler.db import models
+from scheduler.db.queries import Queries
 from scheduler.db.store import JobStore
-from scheduler.github.statuses import GitHubNotifier, StatusUpdate, status_for
-from scheduler.stream.dispatcher import AutoRetryPolicy, Dispatcher, Transition, TransitionObserver
+from scheduler.github.statuses import CommitStatusObserver, GitHubNotifier
+from scheduler.runs.executor import Executor, OnFinished, RunResult
+from scheduler.runs.reaper import Reaper
+from scheduler.runs.starter import RunStarter
+from scheduler.settings import Settings
+from scheduler.stream.decide import TransitionObserver
+from scheduler.stream.dispatcher import Dispatcher
+
+__all__ = ["Core", "ExecutorFactory", "build_core"]
+
+ExecutorFactory = Callable[[OnFinished], Executor]
+"""Makes the runtime's executor, given where a finished run reports its result."""
 
 
-def commit_status_observer(
-    notifier: GitHubNotifier, config: RepositoryConfig, target_url: str | None = None
-) -> TransitionObserver:
-    """Posts the commit status of each transition in the background (never blocks a record)."""
+@dataclass
+class Core:
+    """The scheduler's object graph for one process (a Lambda cold start, ``scheduler up``)."""
 
-    def observe(transition: Transition) -> None:
-        image = transition.image
-        found = status_for(
-            transition.source, transition.dest, attempt=transition.job.attempt, reason=image.reason
+    settings: Settings
+    config: RepositoryConfig
+    store: JobStore
+    queries: Queries
+    dispatcher: Dispatcher
+    reaper: Reaper
+    runs: RunStarter | None = None
+    notifier: GitHubNotifier | None = None
+    observers: tuple[TransitionObserver, ...] = field(default=())
+
+    @cached_property
+    def http_app(self) -> Application:
+        """The HTTP app (webhook + read routes); made on first use, as only some processes
+        serve HTTP, and it refuses to be made without a webhook secret."""
+        return create_app(
+            self.settings,
+            store=self.store,
+            config=self.config,
+            extra_routes=[query_routes(self.queries)],
         )
-        if found is None:
-            return
-        state, description = found
-        notifier.submit(
-            StatusUpdate(
-                repo=image.repo,
-                sha=image.sha,
-                state=state,
-                description=description,
-                context=config.policy(image.repo).status_context,
-                target_url=target_url.format(job_id=image.job_id) if target_url else None,
-            )
-        )
 
-    return observe
+    def close(self) -> None:
+        if self.notifier is not None:
+            self.notifier.close()
 
 
-def build_dispatcher(
-    store: JobStore,
-    config: RepositoryConfig,
+def build_core(
+    settings: Settings,
     *,
-    on_activated: Callable[[JobModel], object] | None = None,
-    observers: list[TransitionObserver] | None = None,
-) -> Dispatcher:
-    def retry_policy(repo: str) -> AutoRetryPolicy:
-        policy = config.policy(repo).retry
-        return AutoRetryPolicy(attempts=policy.attempts, on=tuple(policy.on))
+    executor: ExecutorFactory | None,
+    config: RepositoryConfig | None = None,
+) -> Core:
+    """The core for ``settings``; ``executor`` None means this process starts no runs."""
+    config = config if config is not None else load_config(settings.config_path)
+    models.bind(settings)
+    store = JobStore.from_settings(settings)
 
-    return Dispatcher(
+    runs: RunStarter | None = None
+    cancel_run: Callable[[str], None] | None = None
+    if executor is not None:
+
+        def finished(result: RunResult) -> None:  # the executor is made before the starter
+            assert runs is not None
+            runs.finished(result)
+
+        made = executor(finished)
+        runs = RunStarter(store, made, lambda repo: config.policy(repo).command)
+        cancel_run = made.cancel
+
+    notifier: GitHubNotifier | None = None
+    observers: list[TransitionObserver] = []
+    if settings.github_token:
+        notifier = GitHubNotifier(settings.github_token, api_url=settings.github_api_url)
+        observers.append(
+            CommitStatusObserver(notifier, lambda repo: config.policy(repo).status_context)
+        )
+
+    dispatcher = Dispatcher(
         store,
         slot_limit_for=lambda repo: config.policy(repo).concurrency,
-        on_activated=on_activated,
-        retry_policy_for=retry_policy,
-        observers=observers or (),
+        retry_policy_for=lambda repo: config.policy(repo).retry,
+        start_run=runs.start if runs is not None else None,
+        observers=observers,
+    )
+    return Core(
+        settings=settings,
+        config=config,
+        store=store,
+        queries=Queries.from_settings(settings),
+        dispatcher=dispatcher,
+        reaper=Reaper(store, cancel_run=cancel_run),
+        runs=runs,
+        notifier=notifier,
+        observers=tuple(observers),
     )

@@ -1,6 +1,11 @@
 """The job state machine: statuses, the transition table and its errors (pure: no I/O)."""
 
-from state_machines.errors import DomainError, InvalidTransition, TransitionConflict
+from state_machines.errors import (
+    DomainError,
+    GuardRefused,
+    InvalidTransition,
+    TransitionConflict,
+)
 from state_machines.job import TIMED_OUT, TRANSITION_TABLE, TransitionPlan, may, plan, triggers_from
 from state_machines.states import TERMINAL_STATUSES, JobStatus, Trigger
 
@@ -9,6 +14,7 @@ __all__ = [
     "TIMED_OUT",
     "TRANSITION_TABLE",
     "DomainError",
+    "GuardRefused",
     "InvalidTransition",
     "JobStatus",
     "TransitionConflict",

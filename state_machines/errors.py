@@ -24,13 +24,22 @@ class InvalidTransition(DomainError):
         self.trigger = trigger
 
 
-class TransitionConflict(DomainError):
+class GuardRefused(DomainError):
+    """A guarded (conditional) write found its condition false: nothing was written.
+
+    The one convention for guarded writes: they return what they wrote, or raise a subclass of
+    this error saying why not (and carrying what the caller needs, e.g. the job that holds a
+    trigger). Callers that treat "someone else did it" as success catch this one family.
+    """
+
+    http_status = 409
+
+
+class TransitionConflict(GuardRefused):
     """Another writer moved the job first (status or version differ from what we read).
 
     This is the normal outcome of a lost race: the stream processor treats it as "already done".
     """
-
-    http_status = 409
 
     def __init__(self, job_id: str, trigger: str, detail: str = "") -> None:
         message = f"job {job_id}: {trigger} lost a race: the job changed since it was read"

@@ -1,93 +1,66 @@
-"""AWS Lambda entry points: a few lines each; the work happens in the application.
+"""AWS Lambda entry points: a few lines each; the work happens in the core.
 
-Settings come from the environment once per cold start; a configuration error (no webhook
-secret, a bad repository configuration) fails the initialisation loudly rather than serving.
+The core is built once per cold start by :mod:`scheduler.wiring`, the same composition root
+``scheduler up`` uses; a configuration error (no webhook secret, a bad repository
+configuration) fails loudly rather than serving.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from scheduler.api.app import Application, HttpApiEvent, HttpApiResponse, create_app
-from scheduler.api.query_routes import query_routes
+from scheduler.api.app import HttpApiEvent, HttpApiResponse
+from scheduler.aws.clients import aws_client
 from scheduler.aws.codebuild import CodeBuildExecutor, result_from_event
-from scheduler.config import RepositoryConfig, load_config
-from scheduler.db import clients, models
-from scheduler.db.queries import Queries
-from scheduler.db.store import JobStore
-from scheduler.runs.reaper import Reaper
-from scheduler.runs.starter import RunStarter
+from scheduler.runs.executor import OnFinished
 from scheduler.settings import Settings
-from scheduler.stream.dispatcher import Dispatcher, PartialBatchResponse
-from scheduler.wiring import build_dispatcher
+from scheduler.stream.events import PartialBatchResponse
+from scheduler.wiring import Core, ExecutorFactory, build_core
 
-__all__ = ["build_completed", "reap", "stream", "webhook"]
+__all__ = ["build_completed", "compose", "core", "reap", "stream", "webhook"]
+
+
+def compose(settings: Settings, codebuild_client: Any | None = None) -> Core:
+    """The AWS runtime's core: runs are CodeBuild builds when a project is configured."""
+    project = settings.codebuild_project
+    executor: ExecutorFactory | None = None
+    if project:
+        client = codebuild_client or aws_client("codebuild", settings)
+
+        def executor(_finished: OnFinished) -> CodeBuildExecutor:
+            # A build reports through EventBridge (build_completed), not a callback.
+            return CodeBuildExecutor(client, project)
+
+    return build_core(settings, executor=executor)
 
 
 @cache
-def http_app() -> Application:
-    settings = Settings.from_env()
-    # Queries read through the models, which create_app binds before any request is served.
-    return create_app(settings, extra_routes=[query_routes(Queries.from_settings(settings))])
+def core() -> Core:
+    """This cold start's core, from the function's environment."""
+    return compose(Settings.from_env())
 
 
 def webhook(event: HttpApiEvent, context: Any) -> HttpApiResponse:
-    """HTTP API / Function URL (payload format 2.0), every route of the one app.
-
-    ``POST /webhook``, the read routes of :mod:`scheduler.api.query_routes` and ``GET /healthz``.
-    """
-    return http_app().handle_lambda(event)
-
-
-@dataclass(frozen=True)
-class _Runtime:
-    store: JobStore
-    config: RepositoryConfig
-    runs: RunStarter | None
-    executor: CodeBuildExecutor | None
-
-
-@cache
-def runtime() -> _Runtime:
-    """Store, configuration and run starter of this cold start (CodeBuild when configured)."""
-    settings = Settings.from_env()
-    models.bind(settings)
-    store = JobStore.from_settings(settings)
-    config = load_config(settings.config_path)
-    executor = runs = None
-    if settings.codebuild_project:
-        executor = CodeBuildExecutor(
-            clients.client("codebuild", settings), settings.codebuild_project
-        )
-        runs = RunStarter(store, executor, lambda repo: config.policy(repo).command)
-    return _Runtime(store, config, runs, executor)
-
-
-@cache
-def stream_dispatcher() -> Dispatcher:
-    rt = runtime()
-    return build_dispatcher(rt.store, rt.config, on_activated=rt.runs.start if rt.runs else None)
+    """HTTP API / Function URL (payload format 2.0): every route of the one app."""
+    return core().http_app.handle_lambda(event)
 
 
 def stream(event: dict[str, Any], context: Any) -> PartialBatchResponse:
     """DynamoDB stream batch of the jobs table -> partial batch response (by sequence number)."""
-    return stream_dispatcher().handle_event(event)
+    return core().dispatcher.handle_event(event)
 
 
 def build_completed(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """EventBridge "CodeBuild Build State Change": report the run through its guarded transition."""
     result = result_from_event(event)
-    rt = runtime()
-    if result is None or rt.runs is None:
+    runs = core().runs
+    if result is None or runs is None:
         return {"reported": False}
-    done = rt.runs.finished(result)
+    done = runs.finished(result)
     return {"reported": done is not None, "job_id": result.job_id}
 
 
 def reap(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Scheduled: time out active jobs past their deadline and stop their builds."""
-    rt = runtime()
-    cancel = rt.executor.cancel if rt.executor else None
-    return {"timed_out": Reaper(rt.store, cancel_run=cancel).reap_once()}
+    return {"timed_out": core().reaper.reap_once()}

@@ -408,11 +408,9 @@ def stream_handler(settings: Settings) -> StreamHandler:
     Runs are not started from a CLI process: a replayed activation record is only logged (the
     job is active already; the reaper times out a run that never reports).
     """
-    from scheduler.config import load_config
-    from scheduler.wiring import build_dispatcher
+    from scheduler.wiring import build_core
 
-    config = load_config(settings.config_path)
-    dispatcher = build_dispatcher(JobStore.from_settings(settings), config)
+    dispatcher = build_core(settings, executor=None).dispatcher
     return lambda event, _context: dispatcher.handle_event(event)
 
 

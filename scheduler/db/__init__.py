@@ -7,10 +7,8 @@ from scheduler.db.store import (
     JobStore,
     NewJob,
     Outcome,
-    RepositoryFull,
     StoreContended,
     TriggerGuard,
-    TriggerSeen,
 )
 
 __all__ = [
@@ -21,10 +19,8 @@ __all__ = [
     "NewJob",
     "Outcome",
     "RepoModel",
-    "RepositoryFull",
     "StoreContended",
     "TriggerGuard",
-    "TriggerSeen",
     "bind",
     "client",
 ]

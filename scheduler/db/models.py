@@ -106,6 +106,8 @@ class JobModel(Model):
     exit_code = NumberAttribute(null=True)
     run_id = UnicodeAttribute(null=True)
     log_location = UnicodeAttribute(null=True)  # where the current attempt's output goes
+    # A retry's backoff: the attempt's run starts this long after it is asked to start.
+    start_delay_ms = NumberAttribute(null=True)
     history = ListAttribute(of=HistoryEntry, default=list)
 
     queue_repo = UnicodeAttribute(null=True)

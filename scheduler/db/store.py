@@ -7,8 +7,19 @@ Every change of a job's status is *one* ``TransactWriteItems`` request of two it
 2. the job's repository counters, moved by the same amounts (so counters cannot drift from
    the items they count). Activation is additionally conditioned on a free slot.
 
-A lost race surfaces as :class:`TransitionConflict`; a full repository as the value
-:class:`RepositoryFull`. Neither writes anything.
+One convention for every guarded write here: it returns what it wrote, or raises a subclass
+of :class:`~state_machines.errors.GuardRefused` saying why its condition was false, with what
+the caller needs on the error; nothing is written then. The family:
+
+- :class:`TransitionConflict` — the job moved since it was read (a lost race, a duplicate or
+  stale stream record, a late run report);
+- :class:`RepositoryFull` — activation found no free slot (the job stays queued);
+- :class:`JobExists` — the delivery's job is already there;
+- :class:`TriggerSeen` — another job holds the trigger (``job_id`` names it);
+- :class:`RunAlreadyClaimed` — another starter claimed the attempt's run.
+
+:class:`StoreUnavailable` (and :class:`StoreContended`) are different: nothing is known to have
+happened, and the caller must try again.
 """
 
 from __future__ import annotations
@@ -23,13 +34,20 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 from pynamodb.connection import Connection
-from pynamodb.exceptions import DoesNotExist, GetError, PynamoDBException, TransactWriteError
+from pynamodb.exceptions import PynamoDBException, TransactWriteError
 from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
 from pynamodb.transactions import TransactWrite
 
 from scheduler.db.models import ACTIVE_SHARD, HistoryEntry, JobModel, RepoModel, count_attribute
-from scheduler.errors import JobExists, JobNotFound, StoreUnavailable
+from scheduler.db.reads import JobReads, cause, job_table
+from scheduler.errors import (
+    JobExists,
+    RepositoryFull,
+    RunAlreadyClaimed,
+    StoreUnavailable,
+    TriggerSeen,
+)
 from scheduler.settings import Settings
 from state_machines import JobStatus, TransitionConflict, TransitionPlan, Trigger, plan
 
@@ -88,6 +106,7 @@ class JobState:
     timeout_seconds: int
     received_at: int
     priority: int = 0
+    start_delay_ms: int = 0
 
     @classmethod
     def from_model(cls, job: JobModel) -> JobState:
@@ -100,15 +119,8 @@ class JobState:
             timeout_seconds=int(job.timeout_seconds),
             received_at=int(job.received_at),
             priority=int(job.priority or 0),
+            start_delay_ms=int(job.start_delay_ms or 0),
         )
-
-
-@dataclass(frozen=True, slots=True)
-class RepositoryFull:
-    """Activation found no free slot; the job stays pending (nothing was written)."""
-
-    repo: str
-    limit: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,13 +144,6 @@ class TriggerGuard:
     window_ms: int = 30 * 86_400_000
 
 
-@dataclass(frozen=True, slots=True)
-class TriggerSeen:
-    """Another job already holds the trigger; nothing was written."""
-
-    job_id: str
-
-
 def queue_key(priority: int, received_at: int, job_id: str) -> str:
     """Sort key of the sparse `queued` index: lower priority first, then oldest first."""
     return f"{max(0, min(priority, 9999)):04d}#{received_at:013d}#{job_id}"
@@ -156,6 +161,7 @@ class JobStore:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._connection = connection
+        self.reads = JobReads(connection)
         self._clock = clock
         self._retention_ms = retention_days * DAY_MS
         self._start_grace_ms = start_grace_seconds * 1000
@@ -183,12 +189,7 @@ class JobStore:
 
     def get(self, job_id: str) -> JobModel:
         """One job, read consistently (callers that read before a transition need the latest)."""
-        try:
-            return JobModel.get(job_id, consistent_read=True)
-        except DoesNotExist as exc:
-            raise JobNotFound(job_id) from exc
-        except GetError as exc:
-            raise StoreUnavailable(f"cannot read job {job_id}: {_cause(exc)}") from exc
+        return self.reads.get(job_id)
 
     def state(self, job_id: str) -> JobState:
         return JobState.from_model(self.get(job_id))
@@ -202,7 +203,7 @@ class JobStore:
         actor: str = "webhook",
         now: int | None = None,
         guard: TriggerGuard | None = None,
-    ) -> JobState | TriggerSeen:
+    ) -> JobState:
         """Write a new pending job and count it, all or nothing.
 
         Raises :class:`JobExists` if the job (its delivery) is already there. With ``guard``,
@@ -244,7 +245,7 @@ class JobStore:
             if reasons[0] == _CONDITION_FAILED:
                 raise JobExists(new.job_id)
             if guard_item is not None and reasons[1] == _CONDITION_FAILED:
-                return TriggerSeen(self._guard_owner(guard_item, new.job_id))
+                raise TriggerSeen(self._guard_owner(guard_item, new.job_id))
             raise StoreUnavailable(f"create of job {new.job_id} cancelled: {reasons}")
         log.info("job created", extra={"job_id": new.job_id, "repo": new.repo})
         return JobState(
@@ -306,9 +307,7 @@ class JobStore:
             raise StoreUnavailable(f"trigger guard of job {job_id} vanished; retry")
         return str(owner)
 
-    def activate(
-        self, job: JobState, *, slot_limit: int, actor: str = "scheduler"
-    ) -> JobState | RepositoryFull:
+    def activate(self, job: JobState, *, slot_limit: int, actor: str = "scheduler") -> JobState:
         """``pending -> active`` if the repository has a free slot, else :class:`RepositoryFull`."""
         return self.transition(job, Trigger.ACTIVATE, actor=actor, slot_limit=slot_limit)
 
@@ -320,11 +319,14 @@ class JobStore:
         actor: str,
         outcome: Outcome | None = None,
         slot_limit: int | None = None,
-    ) -> JobState | RepositoryFull:
+        start_delay_ms: int = 0,
+    ) -> JobState:
         """Carry out ``trigger`` on ``job`` as one conditional transaction.
 
         Raises :class:`InvalidTransition` (before any I/O) if the trigger is illegal from the
-        status read, :class:`TransitionConflict` if the job moved since it was read.
+        status read, :class:`TransitionConflict` if the job moved since it was read,
+        :class:`RepositoryFull` if an activation found no free slot. ``start_delay_ms`` (a
+        retry's backoff) is recorded as the earliest start of the new attempt's run.
         """
         step = plan(job.status, trigger, job.job_id)
         if step.slot_delta > 0 and slot_limit is None:
@@ -335,7 +337,13 @@ class JobStore:
             outcome = replace(outcome, reason=step.reason)
         attempt = job.attempt + 1 if step.next_attempt else job.attempt
         job_actions = self._job_actions(
-            job=job, step=step, now=now, actor=actor, attempt=attempt, outcome=outcome
+            job=job,
+            step=step,
+            now=now,
+            actor=actor,
+            attempt=attempt,
+            outcome=outcome,
+            start_delay_ms=start_delay_ms,
         )
         repo_actions, repo_condition = self._repo_changes(step, slot_limit)
 
@@ -356,7 +364,7 @@ class JobStore:
                 raise TransitionConflict(job.job_id, str(step.trigger))
             if reasons[1] == _CONDITION_FAILED and step.slot_delta > 0:
                 assert slot_limit is not None
-                return RepositoryFull(job.repo, slot_limit)
+                raise RepositoryFull(job.repo, slot_limit)
             raise StoreUnavailable(f"{step.trigger} of job {job.job_id} cancelled: {reasons}")
         log.info(
             "job transition",
@@ -367,10 +375,12 @@ class JobStore:
                 "actor": actor,
             },
         )
+        if step.dest is JobStatus.PENDING:
+            job = replace(job, start_delay_ms=start_delay_ms)
         return replace(job, status=step.dest, version=job.version + 1, attempt=attempt)
 
-    def claim_run(self, job: JobState, run_id: str, log_location: str | None = None) -> bool:
-        """Record that ``run_id`` runs ``job``'s current attempt; False if already claimed.
+    def claim_run(self, job: JobState, run_id: str, log_location: str | None = None) -> None:
+        """Record that ``run_id`` runs ``job``'s current attempt, or :class:`RunAlreadyClaimed`.
 
         This is the cross-process idempotency key ``job_id#attempt``: whoever claims first
         starts the run, every other starter (a duplicate stream record, a second runner)
@@ -378,37 +388,36 @@ class JobStore:
         the run's own report is still guarded by the version read at activation.
         """
         now = self._clock()
-        try:
-            JobModel(job.job_id).update(
-                actions=[
-                    JobModel.run_id.set(run_id),
-                    JobModel.started_at.set(now),
-                    # The timeout counts from the run's start, not from the activation.
-                    JobModel.deadline_at.set(now + job.timeout_seconds * 1000),
-                    *([JobModel.log_location.set(log_location)] if log_location else []),
-                ],
-                # Only the active attempt we were asked to start, and only once.
-                condition=(JobModel.status == JobStatus.ACTIVE.value)
-                & (JobModel.attempt == job.attempt)
-                & JobModel.run_id.does_not_exist(),
-            )
-        except PynamoDBException as exc:
-            if exc.cause_response_code == "ConditionalCheckFailedException":
-                return False
-            raise StoreUnavailable(f"claim of run {run_id} failed: {_cause(exc)}") from exc
+        self._update_job(
+            job.job_id,
+            actions=[
+                JobModel.run_id.set(run_id),
+                JobModel.started_at.set(now),
+                # The timeout counts from the run's start, not from the activation.
+                JobModel.deadline_at.set(now + job.timeout_seconds * 1000),
+                *([JobModel.log_location.set(log_location)] if log_location else []),
+            ],
+            # Only the active attempt we were asked to start, and only once.
+            condition=(JobModel.status == JobStatus.ACTIVE.value)
+            & (JobModel.attempt == job.attempt)
+            & JobModel.run_id.does_not_exist(),
+            refused=RunAlreadyClaimed(job.job_id, job.attempt),
+            what=f"claim of run {run_id}",
+        )
         log.info("run claimed", extra={"job_id": job.job_id, "run_id": run_id})
-        return True
 
     def record_run_id(self, job_id: str, attempt: int, claimed: str, run_id: str) -> None:
-        """Replace the claimed run id by the executor's own (only for that claim's attempt)."""
-        try:
-            JobModel(job_id).update(
-                actions=[JobModel.run_id.set(run_id)],
-                condition=(JobModel.attempt == attempt) & (JobModel.run_id == claimed),
-            )
-        except PynamoDBException as exc:
-            if exc.cause_response_code != "ConditionalCheckFailedException":
-                raise StoreUnavailable(f"cannot record run {run_id}: {_cause(exc)}") from exc
+        """Replace the claimed run id by the executor's own (only for that claim's attempt).
+
+        Raises :class:`RunAlreadyClaimed` if the claim is no longer there (the attempt moved on).
+        """
+        self._update_job(
+            job_id,
+            actions=[JobModel.run_id.set(run_id)],
+            condition=(JobModel.attempt == attempt) & (JobModel.run_id == claimed),
+            refused=RunAlreadyClaimed(job_id, attempt),
+            what=f"record of run {run_id}",
+        )
 
     def report(
         self,
@@ -418,25 +427,36 @@ class JobStore:
         *,
         actor: str,
         outcome: Outcome | None = None,
-    ) -> JobState | None:
-        """A run's outcome for ``attempt``: finish the job, or None if the report is moot.
+    ) -> JobState:
+        """A run's outcome for ``attempt``: finish the job.
 
-        Late or duplicate reports (another attempt runs now, the job was cancelled, timed out
-        or already finished) change nothing.
+        A late or duplicate report (another attempt runs now, the job was cancelled, timed out
+        or already finished) raises :class:`TransitionConflict` and changes nothing.
         """
-        try:
-            job = self.state(job_id)
-        except JobNotFound:
-            return None
+        job = self.state(job_id)
         if job.status is not JobStatus.ACTIVE or job.attempt != attempt:
             log.info("moot run report", extra={"job_id": job_id, "attempt": attempt})
-            return None
+            raise TransitionConflict(job_id, str(trigger), f"attempt {attempt} is not running")
+        return self.transition(job, trigger, actor=actor, outcome=outcome)
+
+    def _update_job(
+        self,
+        job_id: str,
+        *,
+        actions: list[Action],
+        condition: Condition,
+        refused: Exception,
+        what: str,
+    ) -> None:
+        """One conditional UpdateItem of a job through this store's connection."""
         try:
-            result = self.transition(job, trigger, actor=actor, outcome=outcome)
-        except TransitionConflict:
-            return None
-        assert isinstance(result, JobState)  # finishing never needs a slot
-        return result
+            self._connection.update_item(
+                job_table(self._connection), job_id, actions=actions, condition=condition
+            )
+        except PynamoDBException as exc:
+            if exc.cause_response_code == "ConditionalCheckFailedException":
+                raise refused from None
+            raise StoreUnavailable(f"{what} failed: {cause(exc)}") from exc
 
     # -- building blocks --------------------------------------------------------------------
 
@@ -449,6 +469,7 @@ class JobStore:
         actor: str,
         attempt: int,
         outcome: Outcome,
+        start_delay_ms: int = 0,
     ) -> list[Action]:
         entry = _entry(
             source=step.source,
@@ -471,13 +492,18 @@ class JobStore:
                 # Until its run starts (``claim_run`` resets the deadline to the timeout), a
                 # job also gets a grace for the start itself: a backlog on the stream or a
                 # full executor must not time out a run that has not begun.
-                JobModel.deadline_at.set(now + job.timeout_seconds * 1000 + self._start_grace_ms),
+                JobModel.deadline_at.set(
+                    now + job.timeout_seconds * 1000 + self._start_grace_ms + job.start_delay_ms
+                ),
                 JobModel.queue_repo.remove(),
                 JobModel.queue_key.remove(),
             ]
         elif step.dest is JobStatus.PENDING:  # retry: a new attempt, queued again
             actions += [
                 JobModel.attempt.set(attempt),
+                # A retry's backoff travels with the job as data: the run of this attempt
+                # starts no earlier than this, and its activation deadline includes the wait.
+                JobModel.start_delay_ms.set(start_delay_ms),
                 JobModel.queue_repo.set(job.repo),
                 JobModel.queue_key.set(queue_key(job.priority, job.received_at, job.job_id)),
                 *(
@@ -547,7 +573,7 @@ class JobStore:
                 return None
             except TransactWriteError as exc:
                 if exc.cause_response_code != "TransactionCanceledException":
-                    raise StoreUnavailable(f"{what} of job {job_id} failed: {_cause(exc)}") from exc
+                    raise StoreUnavailable(f"{what} of job {job_id} failed: {cause(exc)}") from exc
                 codes = [reason.code if reason else "None" for reason in exc.cancellation_reasons]
                 if _TRANSACTION_CONFLICT not in codes:
                     return codes
@@ -557,7 +583,7 @@ class JobStore:
                 )
                 self._sleep(random.uniform(0, 0.01 * 2**attempt))
             except PynamoDBException as exc:
-                raise StoreUnavailable(f"{what} of job {job_id} failed: {_cause(exc)}") from exc
+                raise StoreUnavailable(f"{what} of job {job_id} failed: {cause(exc)}") from exc
         raise StoreContended(f"{what} of job {job_id}: items stayed contended, retry later")
 
 
@@ -578,9 +604,3 @@ def _entry(
         attempt=attempt,
         reason=reason,
     )
-
-
-def _cause(exc: PynamoDBException) -> str:
-    code = exc.cause_response_code
-    message = exc.cause_response_message or str(exc.cause or exc)
-    return f"{code}: {message}" if code else message

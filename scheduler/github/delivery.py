@@ -29,19 +29,18 @@ from scheduler.db.store import (
     DAY_MS,
     TRIGGER_PREFIX,
     Clock,
+    JobState,
     JobStore,
     NewJob,
     TriggerGuard,
-    TriggerSeen,
 )
-from scheduler.errors import ConfigurationError, JobExists
+from scheduler.errors import ConfigurationError, JobExists, TriggerSeen
 from scheduler.github.payload import BuildRequest, Ignored, Ping, interpret, parse_delivery
 from scheduler.github.signature import SIGNATURE_HEADER, verify_signature
 from scheduler.settings import Settings
 
 __all__ = [
     "TRIGGER_PREFIX",
-    "TriggerSeen",
     "WebhookAnswer",
     "WebhookService",
     "create_guarded",
@@ -152,7 +151,7 @@ class WebhookService:
         )
         fields = {"job_id": new.job_id, "repo": new.repo, "delivery_id": new.delivery_id}
         try:
-            result = create_guarded(
+            create_guarded(
                 self._store,
                 new,
                 build.trigger_key,
@@ -162,12 +161,12 @@ class WebhookService:
         except JobExists:
             log.info("delivery already seen", extra=fields)
             return WebhookAnswer(200, {"job_id": new.job_id, "reason": "delivery already seen"})
-        if isinstance(result, TriggerSeen):
-            log.info("commit already queued", extra={**fields, "existing_job_id": result.job_id})
+        except TriggerSeen as seen:
+            log.info("commit already queued", extra={**fields, "existing_job_id": seen.job_id})
             return WebhookAnswer(
                 200,
                 {
-                    "job_id": result.job_id,
+                    "job_id": seen.job_id,
                     "reason": "this commit is already queued for this trigger",
                 },
             )
@@ -183,13 +182,10 @@ def create_guarded(
     now: int,
     actor: str = "webhook",
     guard_window_ms: int = 30 * DAY_MS,
-) -> TriggerSeen | None:
+) -> JobState:
     """Write a new pending job, count it and claim its trigger, all or nothing.
 
-    Returns None when created, :class:`TriggerSeen` when another job holds the trigger; raises
-    :class:`JobExists` when the job (this delivery) is already there.
+    Raises :class:`TriggerSeen` when another job holds the trigger, :class:`JobExists` when the
+    job (this delivery) is already there.
     """
-    result = store.create(
-        new, actor=actor, now=now, guard=TriggerGuard(trigger_key, guard_window_ms)
-    )
-    return result if isinstance(result, TriggerSeen) else None
+    return store.create(new, actor=actor, now=now, guard=TriggerGuard(trigger_key, guard_window_ms))

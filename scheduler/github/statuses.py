@@ -12,11 +12,14 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import httpx
 
 from state_machines import TIMED_OUT, JobStatus
+
+if TYPE_CHECKING:
+    from scheduler.stream.decide import Transition
 
 log = logging.getLogger(__name__)
 
@@ -124,3 +127,40 @@ class GitHubNotifier:
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         self._client.close()
+
+
+class CommitStatusObserver:
+    """A stream observer that posts the commit status of each transition in the background.
+
+    It never blocks or fails a record: the notifier's pool does the HTTP work.
+    """
+
+    def __init__(
+        self,
+        notifier: GitHubNotifier,
+        context_for: Callable[[str], str],
+        target_url: str | None = None,
+    ) -> None:
+        self.notifier = notifier
+        self._context_for = context_for
+        self._target_url = target_url
+
+    def __call__(self, transition: Transition) -> None:
+        image = transition.image
+        found = status_for(
+            transition.source, transition.dest, attempt=transition.job.attempt, reason=image.reason
+        )
+        if found is None:
+            return
+        state, description = found
+        target = self._target_url.format(job_id=image.job_id) if self._target_url else None
+        self.notifier.submit(
+            StatusUpdate(
+                repo=image.repo,
+                sha=image.sha,
+                state=state,
+                description=description,
+                context=self._context_for(image.repo),
+                target_url=target,
+            )
+        )

@@ -17,25 +17,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 
-from scheduler.api.app import create_app
-from scheduler.api.query_routes import query_routes
 from scheduler.config import RepositoryConfig, load_config
-from scheduler.db import clients, models
-from scheduler.db.queries import Queries
-from scheduler.db.store import JobStore
+from scheduler.db import clients
 from scheduler.db.tables import ensure_tables
 from scheduler.errors import ConfigurationError, StoreUnavailable
 from scheduler.github.delivery import webhook_secret
-from scheduler.github.statuses import GitHubNotifier
 from scheduler.local.dynamodb_local import DynamoDBLocal, port_in_use
 from scheduler.local.executor import LocalExecutor
 from scheduler.local.http_server import LocalHTTPServer
 from scheduler.local.stream_runner import PollingConfig, StreamRunner
-from scheduler.runs.executor import RunResult
+from scheduler.runs.executor import OnFinished
 from scheduler.runs.reaper import Reaper
-from scheduler.runs.starter import RunStarter
 from scheduler.settings import Settings
-from scheduler.wiring import build_dispatcher, commit_status_observer
+from scheduler.wiring import Core, build_core
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +58,7 @@ class LocalStack:
         self._dynamodb: DynamoDBLocal | None = None
         self._http: LocalHTTPServer | None = None
         self._executor: LocalExecutor | None = None
-        self._notifier: GitHubNotifier | None = None
+        self.core: Core | None = None
         self.settings = settings  # pointed at the DynamoDB Local endpoint once started
         self.config: RepositoryConfig | None = None
 
@@ -108,45 +102,21 @@ class LocalStack:
             settings = settings.for_local(self._dynamodb.start())
         self.settings = settings
         ensure_tables(clients.client("dynamodb", settings), settings)
-        models.bind(settings)
-        store = JobStore.from_settings(settings)
+        core = self.core = compose(settings, self.options, config=config)
+        assert core.runs is not None and isinstance(core.runs.executor, LocalExecutor)
+        self._executor = core.runs.executor
 
-        runs: RunStarter | None = None
-
-        def finished(result: RunResult) -> None:  # the executor is made before the starter
-            assert runs is not None
-            runs.finished(result)
-
-        self._executor = LocalExecutor(
-            data_dir / "runs", finished, max_parallel=self.options.max_parallel_runs
-        )
-        runs = RunStarter(
-            store,
-            self._executor,
-            lambda repo: config.policy(repo).command,
-            delay_for=lambda repo, attempt: config.policy(repo).retry.delay_seconds(attempt),
-        )
-        observers = []
-        if settings.github_token:
-            self._notifier = GitHubNotifier(settings.github_token, api_url=settings.github_api_url)
-            observers.append(commit_status_observer(self._notifier, config))
-        dispatcher = build_dispatcher(store, config, on_activated=runs.start, observers=observers)
-
+        dispatcher = core.dispatcher
         runner = StreamRunner.from_settings(
             settings,
             handler=lambda event, _context: dispatcher.handle_event(event),
             polling=PollingConfig(idle_max_seconds=self.options.idle_poll_seconds),
         )
-        reaper = Reaper(store, cancel_run=self._executor.cancel)
         self._spawn("stream-runner", lambda: runner.run(self._stop))
-        self._spawn("reaper", lambda: self._every(self.options.reaper_interval_seconds, reaper))
-
-        app = create_app(
-            settings,
-            store=store,
-            config=config,
-            extra_routes=[query_routes(Queries.from_settings(settings))],
+        self._spawn(
+            "reaper", lambda: self._every(self.options.reaper_interval_seconds, core.reaper)
         )
+        app = core.http_app
         self._http = LocalHTTPServer(app, self.options.host, self.options.port).start()
         return self
 
@@ -179,8 +149,8 @@ class LocalStack:
             thread.join(10)
         if self._executor is not None:
             self._executor.close()  # kills runs still going; the reaper retries them later
-        if self._notifier is not None:
-            self._notifier.close()
+        if self.core is not None:
+            self.core.close()
         if self._dynamodb is not None:
             self._dynamodb.stop()
 
@@ -189,6 +159,18 @@ class LocalStack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def compose(
+    settings: Settings, options: StackOptions, *, config: RepositoryConfig | None = None
+) -> Core:
+    """The local runtime's core: runs are processes of a bounded local pool."""
+    runs_dir = options.data_dir.resolve() / "runs"
+
+    def executor(finished: OnFinished) -> LocalExecutor:
+        return LocalExecutor(runs_dir, finished, max_parallel=options.max_parallel_runs)
+
+    return build_core(settings, executor=executor, config=config)
 
 
 def serve(

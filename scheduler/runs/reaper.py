@@ -1,7 +1,7 @@
 """Fails active jobs whose deadline passed (``timed_out``) and stops their runs.
 
 Overdue jobs are found with one query on the sparse ``active_by_deadline`` index (only active
-jobs carry its keys), never a scan.
+jobs carry its keys, see :meth:`scheduler.db.reads.JobReads.overdue`), never a scan.
 """
 
 from __future__ import annotations
@@ -9,11 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from pynamodb.exceptions import PynamoDBException
-
-from scheduler.db.models import ACTIVE_SHARD, JobModel
 from scheduler.db.store import Clock, JobState, JobStore, Outcome, system_clock
-from scheduler.errors import StoreUnavailable
 from state_machines import TIMED_OUT, TransitionConflict, Trigger
 
 log = logging.getLogger(__name__)
@@ -33,22 +29,10 @@ class Reaper:
         self._clock = clock
         self._page_size = page_size
 
-    def overdue(self, now: int) -> list[JobModel]:
-        try:
-            return list(
-                JobModel.active_by_deadline.query(
-                    ACTIVE_SHARD,
-                    JobModel.deadline_at < now,
-                    limit=self._page_size,
-                )
-            )
-        except PynamoDBException as exc:
-            raise StoreUnavailable(f"cannot query overdue jobs: {exc}") from exc
-
     def reap_once(self) -> list[str]:
         """Time out every overdue active job; return the ids this call timed out."""
         reaped = []
-        for job in self.overdue(self._clock()):
+        for job in self._store.reads.overdue(self._clock(), limit=self._page_size):
             state = JobState.from_model(job)
             try:
                 self._store.transition(

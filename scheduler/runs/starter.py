@@ -7,17 +7,14 @@ from collections.abc import Callable, Sequence
 
 from scheduler.db.models import JobModel
 from scheduler.db.store import JobState, JobStore, Outcome
+from scheduler.errors import JobNotFound, RunAlreadyClaimed
 from scheduler.runs.executor import Executor, RunRequest, RunResult
-from scheduler.stream.dispatcher import RETRY_ACTOR
-from state_machines import TIMED_OUT, JobStatus, Trigger
+from state_machines import TIMED_OUT, TransitionConflict, Trigger
 
 log = logging.getLogger(__name__)
 
 CommandFor = Callable[[str], Sequence[str]]
 """The configured argv of a repository (``owner/name``)."""
-
-DelayFor = Callable[[str, int], float]
-"""Backoff before the run of (repository, attempt) when the attempt is an automatic retry."""
 
 
 def outcome_of(result: RunResult) -> tuple[Trigger, Outcome]:
@@ -39,54 +36,57 @@ class RunStarter:
         executor: Executor,
         command_for: CommandFor,
         *,
-        delay_for: DelayFor = lambda _repo, _attempt: 0.0,
         actor: str = "executor",
     ) -> None:
         self._store = store
-        self._executor = executor
+        self.executor = executor
         self._command_for = command_for
-        self._delay_for = delay_for
         self._actor = actor
 
-    def start(self, job: JobModel) -> str | None:
+    def start(self, job: JobModel, delay_ms: int = 0) -> str | None:
         """Start (or queue) the run of an active job; its key is claimed right before it starts.
 
-        Returns the run id, or None when the executor found the key claimed already.
+        ``delay_ms`` is an automatic retry's backoff (decided with the transition). Returns the
+        run id, or None when the key was claimed already.
         """
-        delay = self._delay_for(job.repo, int(job.attempt)) if _retried_by_policy(job) else 0.0
-        request = RunRequest.from_job(job, self._command_for(job.repo), delay)
+        request = RunRequest.from_job(job, self._command_for(job.repo), delay_ms / 1000)
         state = JobState.from_model(job)
 
         def claim() -> bool:
-            log_location = self._executor.log_location(request)
-            if self._store.claim_run(state, request.idempotency_key, log_location):
-                return True
-            log.info("run already claimed", extra={"job_id": job.job_id, "attempt": job.attempt})
-            return False
+            log_location = self.executor.log_location(request)
+            try:
+                self._store.claim_run(state, request.idempotency_key, log_location)
+            except RunAlreadyClaimed:
+                log.info(
+                    "run already claimed", extra={"job_id": job.job_id, "attempt": job.attempt}
+                )
+                return False
+            return True
 
-        run_id = self._executor.start(request, claim)
+        run_id = self.executor.start(request, claim)
         if run_id is not None and run_id != request.idempotency_key:
             # The executor named the run itself (a CodeBuild build id): keep it for cancels.
-            self._store.record_run_id(job.job_id, request.attempt, request.idempotency_key, run_id)
+            try:
+                self._store.record_run_id(
+                    job.job_id, request.attempt, request.idempotency_key, run_id
+                )
+            except RunAlreadyClaimed:
+                log.info("run id not recorded: the attempt moved on", extra={"job_id": job.job_id})
         return run_id
 
     def finished(self, result: RunResult) -> JobState | None:
-        """Report a run's result; late or duplicate reports change nothing."""
+        """Report a run's result; None when the report is moot (late, duplicate, cancelled)."""
         trigger, outcome = outcome_of(result)
         if trigger is Trigger.CANCEL:
             return None  # the cancel transition already happened; it is why the run stopped
-        done = self._store.report(
-            result.job_id, result.attempt, trigger, actor=self._actor, outcome=outcome
-        )
-        if done is not None and done.status is not JobStatus.ACTIVE:
-            log.info(
-                "run finished",
-                extra={"job_id": result.job_id, "attempt": result.attempt, "status": done.status},
+        try:
+            done = self._store.report(
+                result.job_id, result.attempt, trigger, actor=self._actor, outcome=outcome
             )
+        except (TransitionConflict, JobNotFound):
+            return None
+        log.info(
+            "run finished",
+            extra={"job_id": result.job_id, "attempt": result.attempt, "status": done.status},
+        )
         return done
-
-
-def _retried_by_policy(job: JobModel) -> bool:
-    """Whether this attempt was queued by the automatic retry policy (not by an operator)."""
-    queued = [entry for entry in job.history or [] if entry.dest == JobStatus.PENDING.value]
-    return bool(queued) and queued[-1].actor == RETRY_ACTOR

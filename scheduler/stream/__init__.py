@@ -1,0 +1,33 @@
+"""Stream record -> transition -> actions: the pure decision and the dispatcher that acts."""
+
+from scheduler.stream.decide import (
+    Action,
+    Activate,
+    PromoteQueued,
+    RetryFailed,
+    StartRun,
+    Transition,
+    TransitionObserver,
+    decide,
+    read_transition,
+)
+from scheduler.stream.dispatcher import RETRY_ACTOR, Dispatcher, RunHook
+from scheduler.stream.events import PartialBatchResponse, StreamEvent, StreamRecord
+
+__all__ = [
+    "RETRY_ACTOR",
+    "Action",
+    "Activate",
+    "Dispatcher",
+    "PartialBatchResponse",
+    "PromoteQueued",
+    "RetryFailed",
+    "RunHook",
+    "StartRun",
+    "StreamEvent",
+    "StreamRecord",
+    "Transition",
+    "TransitionObserver",
+    "decide",
+    "read_transition",
+]

@@ -1,10 +1,9 @@
-"""Stream record -> transition -> actions.
+"""Carries out the actions of stream records with the store's guarded writes.
 
 Every change of a job item reaches the stream processor as one DynamoDB stream record (possibly
 more than once: a failed batch is retried, a crashed consumer re-reads from its checkpoint).
-This module turns a record into the job's *transition* (old status, new status), decides what
-that transition calls for with a pure function (:func:`decide`, actions are frozen dataclasses)
-and carries the actions out with guarded writes (:class:`Dispatcher`).
+:mod:`scheduler.stream.decide` turns a record into a transition and its actions (pure); the
+:class:`Dispatcher` here carries them out.
 
 Why redelivery is harmless: every action is a conditional transaction on the status and version
 the record's image shows, so a duplicate or stale record loses with :class:`TransitionConflict`,
@@ -22,15 +21,27 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any, Literal, NotRequired, TypedDict
+from typing import Any, assert_never
 
-from pynamodb.exceptions import PynamoDBException
-
+from scheduler.config import RetryPolicy
 from scheduler.db.models import JobModel
-from scheduler.db.store import JobState, JobStore, RepositoryFull
-from scheduler.errors import MalformedStreamRecord, StoreUnavailable
+from scheduler.db.store import JobState, JobStore
+from scheduler.errors import RepositoryFull
+from scheduler.stream.decide import (
+    NO_AUTOMATIC_RETRY,
+    Action,
+    Activate,
+    PromoteQueued,
+    RetryFailed,
+    StartRun,
+    TransitionObserver,
+    decide,
+    read_transition,
+)
+from scheduler.stream.events import PartialBatchResponse, StreamEvent, StreamRecord
 from state_machines import JobStatus, TransitionConflict, Trigger
+
+__all__ = ["ACTOR", "RETRY_ACTOR", "Dispatcher", "RunHook"]
 
 log = logging.getLogger(__name__)
 
@@ -41,168 +52,18 @@ RETRY_ACTOR = "retry-policy"  # the history's actor of automatic retries
 SlotLimitFor = Callable[[str], int]
 """The concurrency limit of a repository (``owner/name``)."""
 
-OnActivated = Callable[[JobModel], object]
-"""Starts the run of a job that just became active (idempotent by ``job_id#attempt``).
+RunHook = Callable[[JobModel, int], object]
+"""Starts the run of a job that just became active, ``delay_ms`` after it is asked to.
 
-It gets the stream image as a model: everything the run needs is there, no read is needed.
+Idempotent by ``job_id#attempt``. It gets the stream image as a model: everything the run
+needs is there, no read is needed.
 """
 
-RetryPolicyFor = Callable[[str], "AutoRetryPolicy"]
+RetryPolicyFor = Callable[[str], RetryPolicy]
 """The automatic retry policy of a repository."""
 
 
-# -- event shapes (Lambda's DynamoDB stream event and its partial batch response) -------------
-
-
-class StreamRecordData(TypedDict):
-    Keys: dict[str, Any]
-    SequenceNumber: str
-    SizeBytes: int
-    StreamViewType: str
-    ApproximateCreationDateTime: NotRequired[float]
-    NewImage: NotRequired[dict[str, Any]]
-    OldImage: NotRequired[dict[str, Any]]
-
-
-class StreamRecord(TypedDict):
-    eventID: str
-    eventName: Literal["INSERT", "MODIFY", "REMOVE"]
-    eventVersion: str
-    eventSource: str
-    awsRegion: str
-    dynamodb: StreamRecordData
-    eventSourceARN: str
-
-
-class StreamEvent(TypedDict):
-    Records: list[StreamRecord]
-
-
-class BatchItemFailure(TypedDict):
-    itemIdentifier: str
-
-
-class PartialBatchResponse(TypedDict):
-    batchItemFailures: list[BatchItemFailure]
-
-
-# -- actions (data) and the pure decision --------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Activate:
-    """Try ``pending -> active`` for this job (it stays queued if its repository is full)."""
-
-    job: JobState
-
-
-@dataclass(frozen=True, slots=True)
-class PromoteQueued:
-    """Fill the repository's free slots with its oldest queued jobs."""
-
-    repo: str
-
-
-@dataclass(frozen=True, slots=True)
-class StartRun:
-    """The job became active: start its run."""
-
-    job: JobState
-
-
-@dataclass(frozen=True, slots=True)
-class RetryFailed:
-    """The job failed for ``reason``: retry it if the repository's policy says so."""
-
-    job: JobState
-    reason: str | None
-
-
-Action = Activate | PromoteQueued | StartRun | RetryFailed
-
-
-@dataclass(frozen=True, slots=True)
-class AutoRetryPolicy:
-    """Automatic retries: ``attempts`` in total (1 = none), for the failure reasons in ``on``."""
-
-    attempts: int = 1
-    on: tuple[str, ...] = ()
-
-    def allows(self, attempt: int, reason: str | None) -> bool:
-        return attempt < self.attempts and (reason or "") in self.on
-
-
-@dataclass(frozen=True, slots=True)
-class Transition:
-    """A status change read from a stream record; ``source`` is None for a new job."""
-
-    source: JobStatus | None
-    dest: JobStatus
-    job: JobState
-    sequence_number: str
-    image: JobModel  # the new image, as a model: everything an action needs
-
-    @property
-    def reason(self) -> str | None:
-        return self.image.reason
-
-
-TransitionObserver = Callable[[Transition], None]
-"""Told of every transition once its actions succeeded (commit statuses, metrics)."""
-
-
-def decide(
-    source: JobStatus | None, dest: JobStatus, job: JobState, reason: str | None = None
-) -> list[Action]:
-    """What the transition ``source -> dest`` of ``job`` calls for (pure, no I/O)."""
-    if dest is JobStatus.PENDING and source in (None, JobStatus.FAILED):
-        return [Activate(job)]  # a new job, or an operator's retry: queue or run it
-    if dest is JobStatus.ACTIVE and source is JobStatus.PENDING:
-        return [StartRun(job)]
-    if source is JobStatus.ACTIVE and dest.is_terminal:
-        # The finishing transaction already released the slot; hand it to the queue.
-        if dest is JobStatus.FAILED:
-            return [PromoteQueued(job.repo), RetryFailed(job, reason)]
-        return [PromoteQueued(job.repo)]
-    return []  # e.g. pending -> cancelled: no slot was held, nothing to do
-
-
-def read_transition(record: StreamRecord) -> Transition | None:
-    """The status transition a record carries, or None if it carries none.
-
-    Removals (TTL expiry), items that are not jobs (no ``status``) and changes that keep the
-    status are ignored before any model is built, so they cost next to nothing.
-    """
-    data = record["dynamodb"]
-    sequence_number = data["SequenceNumber"]
-    new_image = data.get("NewImage")
-    old_image = data.get("OldImage")
-    new_status = _status_of(new_image)
-    old_status = _status_of(old_image)
-    if new_image is None or new_status is None or new_status == old_status:
-        return None
-    try:
-        source = JobStatus(old_status) if old_status is not None else None
-        dest = JobStatus(new_status)
-        # Images are DynamoDB JSON: the low-level attribute map that from_raw_data reads.
-        image = JobModel.from_raw_data(new_image)
-        job = JobState.from_model(image)
-    except (ValueError, TypeError, KeyError, AttributeError, PynamoDBException) as exc:
-        raise MalformedStreamRecord(sequence_number, f"not a readable job: {exc}") from exc
-    return Transition(source, dest, job, sequence_number, image)
-
-
-def _status_of(image: Mapping[str, Any] | None) -> str | None:
-    if not image:
-        return None
-    value = image.get("status")
-    return value.get("S") if isinstance(value, Mapping) else None
-
-
-# -- the executor --------------------------------------------------------------------------
-
-
-def _log_activation(job: JobModel) -> None:
+def _log_activation(job: JobModel, delay_ms: int) -> None:
     log.info("run requested", extra={"job_id": job.job_id, "attempt": job.attempt})
 
 
@@ -214,8 +75,8 @@ class Dispatcher:
         store: JobStore,
         *,
         slot_limit_for: SlotLimitFor = lambda _repo: DEFAULT_SLOT_LIMIT,
-        on_activated: OnActivated | None = None,
-        retry_policy_for: RetryPolicyFor = lambda _repo: AutoRetryPolicy(),
+        start_run: RunHook | None = None,
+        retry_policy_for: RetryPolicyFor = lambda _repo: NO_AUTOMATIC_RETRY,
         observers: Iterable[TransitionObserver] = (),
         promote_page: int = 5,
         promote_max: int = 25,
@@ -223,12 +84,17 @@ class Dispatcher:
     ) -> None:
         self._store = store
         self._slot_limit_for = slot_limit_for
-        self._on_activated = on_activated or _log_activation
+        self._start_run = start_run or _log_activation
         self._retry_policy_for = retry_policy_for
-        self._observers = tuple(observers)
+        self.observers = tuple(observers)
         self._promote_page = promote_page
         self._promote_max = promote_max
         self._actor = actor
+
+    @property
+    def runs_started(self) -> bool:
+        """Whether this dispatcher starts runs (a CLI replay only logs activations)."""
+        return self._start_run is not _log_activation
 
     # The Lambda-shaped entry point -----------------------------------------------------------
 
@@ -256,48 +122,54 @@ class Dispatcher:
         transition = read_transition(record)
         if transition is None:
             return []
-        actions = decide(transition.source, transition.dest, transition.job, transition.reason)
+        job = transition.job
+        actions = decide(
+            transition.source,
+            transition.dest,
+            job,
+            reason=transition.reason,
+            retry=self._retry_policy_for(job.repo),
+        )
         outcomes = [self.execute(action, transition.image) for action in actions]
-        for observe in self._observers:
+        for observe in self.observers:
             try:
                 observe(transition)
             except Exception:  # an observer (a commit status) never fails a record
-                log.exception("transition observer failed", extra={"job_id": transition.job.job_id})
+                log.exception("transition observer failed", extra={"job_id": job.job_id})
         return outcomes
 
     # Actions ---------------------------------------------------------------------------------
 
     def execute(self, action: Action, image: JobModel) -> str:
-        if isinstance(action, Activate):
-            return self._activate(action.job)
-        if isinstance(action, PromoteQueued):
-            promoted = self._promote(action.repo)
-            return f"promoted:{promoted}"
-        if isinstance(action, RetryFailed):
-            return self._retry(action.job, action.reason)
-        self._on_activated(image)
-        return "started"
+        match action:
+            case Activate(job=job):
+                return self._activate(job)
+            case PromoteQueued(repo=repo):
+                return f"promoted:{self._promote(repo)}"
+            case StartRun(delay_ms=delay_ms):
+                self._start_run(image, delay_ms)
+                return "started"
+            case RetryFailed(job=job, delay_ms=delay_ms):
+                return self._retry(job, delay_ms)
+            case _:
+                assert_never(action)
 
-    def _retry(self, job: JobState, reason: str | None) -> str:
-        if not self._retry_policy_for(job.repo).allows(job.attempt, reason):
-            return "no_retry"
+    def _retry(self, job: JobState, delay_ms: int) -> str:
         try:
-            self._store.transition(job, Trigger.RETRY, actor=RETRY_ACTOR)
+            self._store.transition(job, Trigger.RETRY, actor=RETRY_ACTOR, start_delay_ms=delay_ms)
         except TransitionConflict:
             return "already_done"  # an operator (or a duplicate record) retried it first
-        log.info("job retried by policy", extra={"job_id": job.job_id, "reason": reason})
+        log.info("job retried by policy", extra={"job_id": job.job_id, "delay_ms": delay_ms})
         return "retried"
 
     def _activate(self, job: JobState) -> str:
         try:
-            result = self._store.activate(
-                job, slot_limit=self._slot_limit_for(job.repo), actor=self._actor
-            )
+            self._store.activate(job, slot_limit=self._slot_limit_for(job.repo), actor=self._actor)
         except TransitionConflict:
             # The job moved since this image was written (a duplicate record, or a promotion
             # got there first): the activation is already decided, so the record is done.
             return "already_done"
-        if isinstance(result, RepositoryFull):
+        except RepositoryFull:
             # Stays queued: the sparse `queued` index holds it until a finish promotes it.
             log.info("job queued", extra={"job_id": job.job_id, "repo": job.repo})
             return "queued"
@@ -312,23 +184,20 @@ class Dispatcher:
         """
         limit = self._slot_limit_for(repo)
         promoted = 0
-        try:
-            candidates: Iterable[JobModel] = JobModel.queued.query(
-                repo, limit=self._promote_max, page_size=self._promote_page
-            )
-            for candidate in candidates:
-                job = JobState.from_model(candidate)
-                if job.status is not JobStatus.PENDING:
-                    continue  # the index lags the table a little on AWS
-                try:
-                    result = self._store.activate(job, slot_limit=limit, actor=self._actor)
-                except TransitionConflict:
-                    continue
-                if isinstance(result, RepositoryFull):
-                    break
-                promoted += 1
-        except PynamoDBException as exc:
-            raise StoreUnavailable(f"cannot read the queue of {repo}: {exc}") from exc
+        queued = self._store.reads.queued(
+            repo, limit=self._promote_max, page_size=self._promote_page
+        )
+        for candidate in queued:
+            job = JobState.from_model(candidate)
+            if job.status is not JobStatus.PENDING:
+                continue  # the index lags the table a little on AWS
+            try:
+                self._store.activate(job, slot_limit=limit, actor=self._actor)
+            except TransitionConflict:
+                continue
+            except RepositoryFull:
+                break
+            promoted += 1
         if promoted:
             log.info("queue promoted", extra={"repo": repo, "promoted": promoted})
         return promoted

@@ -24,12 +24,12 @@ def main() -> None:
     models.bind(settings)
     store = JobStore.from_settings(settings)
 
-    def on_activated(image: JobModel) -> None:
+    def start_run(image: JobModel, _delay_ms: int) -> None:
         if int(image.job_id.rsplit("-", 1)[1]) % 3 == 0:
             with contextlib.suppress(TransitionConflict):  # a redelivered activation record
                 store.transition(JobState.from_model(image), Trigger.PASS, actor="executor")
 
-    dispatcher = Dispatcher(store, slot_limit_for=lambda _repo: 2, on_activated=on_activated)
+    dispatcher = Dispatcher(store, slot_limit_for=lambda _repo: 2, start_run=start_run)
     runner = StreamRunner.from_settings(
         settings,
         handler=lambda event, _context: dispatcher.handle_event(event),

@@ -20,11 +20,9 @@ from scheduler.db.store import JobState, JobStore, NewJob
 def runtime(monkeypatch: pytest.MonkeyPatch, settings: Any, tables: Any) -> Iterator[Any]:
     monkeypatch.setenv("SCHEDULER_CODEBUILD_PROJECT", "ci-project")
     monkeypatch.delenv("SCHEDULER_CONFIG", raising=False)
-    handlers.runtime.cache_clear()
-    handlers.stream_dispatcher.cache_clear()
-    yield handlers.runtime()
-    handlers.runtime.cache_clear()
-    handlers.stream_dispatcher.cache_clear()
+    handlers.core.cache_clear()
+    yield handlers.core()
+    handlers.core.cache_clear()
 
 
 def build_event(status: str, job_id: str, attempt: int) -> dict[str, Any]:
@@ -58,7 +56,7 @@ def active(store: JobStore, job_id: str, timeout: int = 600) -> JobState:
 
 def test_a_build_starts_once_and_its_completion_passes_the_job(runtime: Any) -> None:
     active(runtime.store, "aws-1")
-    with Stubber(runtime.executor._client) as stub:
+    with Stubber(runtime.runs.executor._client) as stub:
         stub.add_response(
             "start_build",
             {"build": {"id": "ci-project:b1"}},
@@ -98,7 +96,7 @@ def test_the_scheduled_reaper_times_out_and_stops_the_build(runtime: Any) -> Non
     job = active(runtime.store, "aws-3", timeout=0)
     runtime.store.claim_run(job, "aws-3#1")
     runtime.store.record_run_id("aws-3", 1, "aws-3#1", "ci-project:b3")
-    with Stubber(runtime.executor._client) as stub:
+    with Stubber(runtime.runs.executor._client) as stub:
         stub.add_response("stop_build", {"build": {"id": "ci-project:b3"}}, {"id": "ci-project:b3"})
         assert handlers.reap({}, None) == {"timed_out": ["aws-3"]}
         stub.assert_no_pending_responses()

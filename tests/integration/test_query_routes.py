@@ -108,9 +108,9 @@ def lambda_app(settings: Settings) -> Iterator[None]:
     with pytest.MonkeyPatch.context() as env:
         env.setenv("GITHUB_WEBHOOK_SECRET", SECRET)
         env.delenv("SCHEDULER_CONFIG", raising=False)
-        handlers.http_app.cache_clear()
+        handlers.core.cache_clear()
         yield
-        handlers.http_app.cache_clear()
+        handlers.core.cache_clear()
 
 
 @pytest.fixture(params=["http", "lambda"])

@@ -11,7 +11,8 @@ from typing import Any
 
 from scheduler.db import models
 from scheduler.db.models import JobModel, RepoModel
-from scheduler.db.store import JobState, JobStore, NewJob, RepositoryFull
+from scheduler.db.store import JobState, JobStore, NewJob
+from scheduler.errors import RepositoryFull
 from scheduler.settings import Settings
 from state_machines import JobStatus, TransitionConflict, Trigger
 
@@ -23,10 +24,12 @@ def new_job(job_id: str, repo: str = "octo-org/api") -> NewJob:
 def _activate_after_barrier(store: JobStore, job: JobState, barrier: Any) -> str:
     barrier.wait()
     try:
-        result = store.activate(job, slot_limit=100, actor=threading.current_thread().name)
+        store.activate(job, slot_limit=100, actor=threading.current_thread().name)
     except TransitionConflict:
         return "conflict"
-    return "activated" if isinstance(result, JobState) else "full"
+    except RepositoryFull:
+        return "full"
+    return "activated"
 
 
 def test_sixteen_threads_activate_one_job_exactly_once(store: JobStore) -> None:
@@ -109,9 +112,8 @@ def test_many_workers_never_exceed_the_limit_and_counters_stay_exact(store: JobS
                 try:
                     if job.status is JobStatus.PENDING:
                         result = store.activate(job, slot_limit=LIMIT, actor=f"worker-{seed}")
-                        if isinstance(result, JobState):
-                            with lock:
-                                activations[(job_id, result.attempt)] += 1
+                        with lock:
+                            activations[(job_id, result.attempt)] += 1
                     elif job.status is JobStatus.ACTIVE:
                         trigger = worker_rng.choice([Trigger.PASS, Trigger.FAIL, Trigger.CANCEL])
                         store.transition(job, trigger, actor=f"worker-{seed}")
@@ -119,8 +121,8 @@ def test_many_workers_never_exceed_the_limit_and_counters_stay_exact(store: JobS
                         with lock:
                             if job_id in remaining:
                                 remaining.remove(job_id)
-                except TransitionConflict:
-                    pass  # another worker moved it first: normal
+                except (TransitionConflict, RepositoryFull):
+                    pass  # another worker moved it first, or no slot yet: normal
         except BaseException as exc:
             errors.append(exc)
 
@@ -149,8 +151,11 @@ def test_full_repository_under_race_grants_exactly_limit_slots(store: JobStore) 
 
     def activate(job: JobState) -> str:
         barrier.wait()
-        result = store.activate(job, slot_limit=LIMIT)
-        return "full" if isinstance(result, RepositoryFull) else "activated"
+        try:
+            store.activate(job, slot_limit=LIMIT)
+        except RepositoryFull:
+            return "full"
+        return "activated"
 
     with ThreadPoolExecutor(12) as pool:
         outcomes = Counter(pool.map(activate, pending))

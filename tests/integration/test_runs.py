@@ -18,7 +18,7 @@ from scheduler.local.executor import LocalExecutor, run_id_for
 from scheduler.runs.executor import RunRequest, RunResult
 from scheduler.runs.reaper import Reaper
 from scheduler.runs.starter import RunStarter
-from state_machines import JobStatus, Trigger
+from state_machines import JobStatus, TransitionConflict, Trigger
 
 # A command that records each start (the side effect counted by the tests) and its environment.
 RECORDER = (
@@ -191,29 +191,33 @@ def test_reaper_times_out_overdue_jobs_and_stops_their_runs(
     assert cancelled == ["late#1"]
     assert store.get("fine").status == "active"
     # A run's report after the reaper is moot.
-    assert store.report("late", 1, Trigger.PASS, actor="executor") is None
+    with pytest.raises(TransitionConflict):
+        store.report("late", 1, Trigger.PASS, actor="executor")
 
 
-def _failed_then_retried(store: JobStore, job_id: str, actor: str) -> None:
+def _failed_then_retried(store: JobStore, job_id: str, actor: str, delay_ms: int) -> None:
     job = active_job(store, job_id)
     failed = store.transition(job, Trigger.FAIL, actor="executor")
-    assert isinstance(failed, JobState)
-    retried = store.transition(failed, Trigger.RETRY, actor=actor)
-    assert isinstance(retried, JobState)
-    assert isinstance(store.activate(retried, slot_limit=10), JobState)
+    retried = store.transition(failed, Trigger.RETRY, actor=actor, start_delay_ms=delay_ms)
+    store.activate(retried, slot_limit=10)
 
 
-@pytest.mark.parametrize(("actor", "delayed"), [("retry-policy", True), ("operator", False)])
+@pytest.mark.parametrize(
+    ("actor", "delay_ms", "delayed"), [("retry-policy", 1000, True), ("operator", 0, False)]
+)
 def test_backoff_delays_only_automatic_retries(
-    store: JobStore, tmp_path: Path, actor: str, delayed: bool
+    store: JobStore, tmp_path: Path, actor: str, delay_ms: int, delayed: bool
 ) -> None:
     job_id = f"backoff-{actor}"
-    _failed_then_retried(store, job_id, actor)
+    _failed_then_retried(store, job_id, actor, delay_ms)
+    image = store.get(job_id)
+    # The backoff travels with the job, so the stream's StartRun carries it to the starter.
+    assert JobState.from_model(image).start_delay_ms == delay_ms
     finished = Results()
     executor = LocalExecutor(tmp_path, finished)
-    starter = RunStarter(store, executor, lambda _repo: command(), delay_for=lambda _r, _a: 1.0)
+    starter = RunStarter(store, executor, lambda _repo: command())
     began = time.monotonic()
-    starter.start(store.get(job_id))
+    starter.start(image, delay_ms=JobState.from_model(image).start_delay_ms)
     assert finished.event.wait(30)
     executor.close()
     assert (time.monotonic() - began >= 1.0) is delayed

@@ -33,8 +33,8 @@ from hypothesis.stateful import (
 )
 
 from scheduler.db.models import ACTIVE_SHARD, JobModel, RepoModel
-from scheduler.db.store import JobState, JobStore, NewJob, Outcome, RepositoryFull
-from scheduler.errors import DomainError, JobExists
+from scheduler.db.store import JobState, JobStore, NewJob, Outcome
+from scheduler.errors import DomainError, JobExists, RepositoryFull
 from scheduler.settings import Settings
 from state_machines import InvalidTransition, JobStatus, TransitionConflict, Trigger
 
@@ -60,7 +60,7 @@ REF_TABLE: dict[tuple[str, str], str] = {
 STATUSES = ("pending", "active", "passed", "failed", "cancelled")
 TERMINAL = frozenset({"passed", "failed", "cancelled"})
 
-Expected = JobState | RepositoryFull | type[DomainError]
+Expected = JobState | type[DomainError]
 
 
 # -- the reference model (pure) ---------------------------------------------------------------
@@ -133,7 +133,7 @@ class Reference:
         if dest == "active":
             assert slot_limit is not None
             if self.repos[job.repo].running >= slot_limit:
-                return RepositoryFull(job.repo, slot_limit)
+                return RepositoryFull
         attempt = job.attempt + 1 if trigger == "retry" else job.attempt
         return replace(held, status=JobStatus(dest), version=job.version + 1, attempt=attempt)
 
@@ -223,7 +223,7 @@ class JobStoreMachine(RuleBasedStateMachine):
         actor: str,
         slot_limit: int | None,
         reason: str | None,
-    ) -> JobState | RepositoryFull:
+    ) -> JobState:
         """One store call; activations go through :meth:`JobStore.activate`."""
         if trigger is Trigger.ACTIVATE and slot_limit is not None:
             return self.store.activate(held, slot_limit=slot_limit, actor=actor)
@@ -248,11 +248,6 @@ class JobStoreMachine(RuleBasedStateMachine):
             with pytest.raises(expected):
                 self._call(held, trigger, actor, slot_limit, reason)
             assert self._raw(held.job_id) == before, "a refused transition wrote something"
-            return expected
-        if isinstance(expected, RepositoryFull):
-            before = self._raw(held.job_id)
-            assert self._call(held, trigger, actor, slot_limit, reason) == expected
-            assert self._raw(held.job_id) == before, "a full repository's activation wrote"
             return expected
         assert self._call(held, trigger, actor, slot_limit, reason) == expected
         effective = "timed_out" if trigger is Trigger.TIME_OUT and reason is None else reason
@@ -325,7 +320,7 @@ class JobStoreMachine(RuleBasedStateMachine):
         slot_limit = self.configured[held.repo] if limit is None else limit
         running_before = self.ref.repos[held.repo].running
         result = self._attempt(held, Trigger.ACTIVATE, actor, slot_limit=slot_limit)
-        assert isinstance(result, JobState | RepositoryFull)
+        assert isinstance(result, JobState) or result is RepositoryFull
         assert isinstance(result, JobState) is (running_before < slot_limit)
 
     @precondition(lambda self: bool(self._eligible(Trigger.PASS)))

@@ -95,7 +95,7 @@ class Recorder:
         self.dispatcher = Dispatcher(
             self.store,
             slot_limit_for=lambda _repo: limit,
-            on_activated=lambda job: self.started.append((job.job_id, job.attempt)),
+            start_run=lambda job, _delay: self.started.append((job.job_id, job.attempt)),
         )
 
     def __call__(self, event: dict[str, Any], context: Any) -> Any:

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from scheduler.db.models import JobModel, RepoModel
-from scheduler.db.store import JobState, JobStore, NewJob, Outcome, RepositoryFull
-from scheduler.errors import JobExists
+from scheduler.db.store import JobState, JobStore, NewJob, Outcome
+from scheduler.errors import JobExists, RepositoryFull
 from state_machines import TIMED_OUT, InvalidTransition, JobStatus, TransitionConflict, Trigger
 
 REPO = "octo-org/api"
@@ -90,11 +90,13 @@ def test_activation_takes_a_slot_sets_a_deadline_and_leaves_the_queue(store: Job
     }
 
 
-def test_full_repository_is_an_outcome_and_writes_nothing(store: JobStore) -> None:
+def test_full_repository_is_refused_and_writes_nothing(store: JobStore) -> None:
     store.activate(store.create(new_job("j1")), slot_limit=1)
     second = store.create(new_job("j2"))
     before = raw_item("j2")
-    assert store.activate(second, slot_limit=1) == RepositoryFull(REPO, 1)
+    with pytest.raises(RepositoryFull) as full:
+        store.activate(second, slot_limit=1)
+    assert (full.value.repo, full.value.limit) == (REPO, 1)
     assert raw_item("j2") == before
     assert counters()["running"] == 1
     # A raised limit applies to the very next activation.

@@ -159,9 +159,9 @@ def lambda_app(
         env.setenv("GITHUB_WEBHOOK_SECRET", SECRET)
         env.setenv("SCHEDULER_CONFIG", str(config))
         env.setenv("SCHEDULER_WEBHOOK_MAX_BODY_BYTES", str(SMALL_LIMIT))
-        handlers.http_app.cache_clear()
+        handlers.core.cache_clear()
         yield
-        handlers.http_app.cache_clear()
+        handlers.core.cache_clear()
 
 
 @pytest.fixture(params=["http", "lambda", "lambda-base64"])
@@ -678,9 +678,9 @@ def test_lambda_handler_refuses_to_start_without_a_secret(
     from scheduler.errors import ConfigurationError
 
     monkeypatch.delenv("GITHUB_WEBHOOK_SECRET", raising=False)
-    handlers.http_app.cache_clear()
+    handlers.core.cache_clear()
     try:
         with pytest.raises(ConfigurationError):
             handlers.webhook(lambda_event("GET", "/healthz", {}, b"", base64_body=False), None)  # type: ignore[arg-type]
     finally:
-        handlers.http_app.cache_clear()
+        handlers.core.cache_clear()

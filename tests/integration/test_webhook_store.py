@@ -10,8 +10,8 @@ from faults import inject_conflicts
 
 from scheduler.db.models import JobModel, RepoModel
 from scheduler.db.store import DAY_MS, JobStore, NewJob, StoreContended
-from scheduler.errors import JobExists
-from scheduler.github.delivery import TRIGGER_PREFIX, TriggerSeen, create_guarded
+from scheduler.errors import JobExists, TriggerSeen
+from scheduler.github.delivery import TRIGGER_PREFIX, create_guarded
 
 NOW = 1_700_000_000_000
 
@@ -43,7 +43,7 @@ def counters(repo: str) -> dict[str, Any]:
 def test_job_item_and_counters_are_exactly_those_of_the_store(store: JobStore) -> None:
     clocked = JobStore(store.connection, clock=lambda: NOW)
     clocked.create(new_job("gh-a", "org/one"))
-    assert create_guarded(store, new_job("gh-b", "org/two"), "k" * 64, now=NOW) is None
+    assert create_guarded(store, new_job("gh-b", "org/two"), "k" * 64, now=NOW).job_id == "gh-b"
 
     def normalised(job_id: str, repo: str) -> dict[str, Any]:
         text = json.dumps(item(job_id)).replace(job_id, "<id>").replace(repo, "<repo>")
@@ -71,13 +71,13 @@ def test_job_item_and_counters_are_exactly_those_of_the_store(store: JobStore) -
 def test_same_delivery_is_job_exists_and_another_delivery_is_trigger_seen(
     store: JobStore,
 ) -> None:
-    assert create_guarded(store, new_job("gh-1", "org/r"), "t" * 64, now=NOW) is None
+    assert create_guarded(store, new_job("gh-1", "org/r"), "t" * 64, now=NOW).job_id == "gh-1"
     before = (item("gh-1"), counters("org/r"))
     with pytest.raises(JobExists):
         create_guarded(store, new_job("gh-1", "org/r"), "t" * 64, now=NOW + 1)
-    assert create_guarded(store, new_job("gh-2", "org/r"), "t" * 64, now=NOW + 2) == TriggerSeen(
-        "gh-1"
-    )
+    with pytest.raises(TriggerSeen) as seen:
+        create_guarded(store, new_job("gh-2", "org/r"), "t" * 64, now=NOW + 2)
+    assert seen.value.job_id == "gh-1"
     assert (item("gh-1"), counters("org/r")) == before
     with pytest.raises(Exception, match="does not exist"):
         item("gh-2")
@@ -85,9 +85,9 @@ def test_same_delivery_is_job_exists_and_another_delivery_is_trigger_seen(
 
 def test_a_guard_older_than_the_window_is_taken_over(store: JobStore) -> None:
     window = 30 * DAY_MS
-    assert create_guarded(store, new_job("gh-old", "org/r"), "w" * 64, now=NOW) is None
+    assert create_guarded(store, new_job("gh-old", "org/r"), "w" * 64, now=NOW).job_id == "gh-old"
     later = NOW + window + 1
-    assert create_guarded(store, new_job("gh-new", "org/r"), "w" * 64, now=later) is None
+    assert create_guarded(store, new_job("gh-new", "org/r"), "w" * 64, now=later).job_id == "gh-new"
     assert counters(TRIGGER_PREFIX + "w" * 64)["last_job_id"] == "gh-new"
     assert counters("org/r")["n_pending"] == 2
 
@@ -99,7 +99,7 @@ def test_transaction_conflicts_are_retried_with_the_same_three_items(
     store = JobStore.from_settings(settings, sleep=sleeps.append)
     seen = inject_conflicts(store, times=2)
     result = create_guarded(store, new_job("gh-c", "org/r"), "c" * 64, now=NOW)
-    assert result is None and len(seen) == 3 and len(sleeps) == 2
+    assert result.job_id == "gh-c" and len(seen) == 3 and len(sleeps) == 2
     assert all(len(body["TransactItems"]) == 3 for body in seen)
     assert counters("org/r")["n_pending"] == 1
 

@@ -9,18 +9,18 @@ from typing import Any
 
 import pytest
 
-from scheduler.db.store import JobState, RepositoryFull
-from scheduler.errors import MalformedStreamRecord, StoreUnavailable
-from scheduler.stream.dispatcher import (
+from scheduler.config import RetryPolicy
+from scheduler.db.store import JobState
+from scheduler.errors import MalformedStreamRecord, RepositoryFull, StoreUnavailable
+from scheduler.stream.decide import (
     Activate,
-    AutoRetryPolicy,
-    Dispatcher,
     PromoteQueued,
     RetryFailed,
     StartRun,
     decide,
     read_transition,
 )
+from scheduler.stream.dispatcher import Dispatcher
 from state_machines import JobStatus, TransitionConflict
 
 EVENT = json.loads(
@@ -57,17 +57,30 @@ def record(n: int) -> dict[str, Any]:
 )
 def test_decision_table(source: JobStatus | None, dest: JobStatus, expected: str | None) -> None:
     job = state(dest)
-    actions = decide(source, dest, job)
+    retry = RetryPolicy(attempts=2, on=("timed_out",), backoff_seconds=3)
+    actions = decide(source, dest, job, reason="timed_out", retry=retry)
     assert (
         actions
         == {
             "activate": [Activate(job)],
             "start": [StartRun(job)],
             "promote": [PromoteQueued("o/r")],
-            "promote_and_retry": [PromoteQueued("o/r"), RetryFailed(job, None)],
+            "promote_and_retry": [PromoteQueued("o/r"), RetryFailed(job, delay_ms=3000)],
             None: [],
         }[expected]
     )
+
+
+def test_a_failure_the_policy_does_not_retry_only_promotes() -> None:
+    job = state(F)
+    retry = RetryPolicy(attempts=2, on=("timed_out",))
+    assert decide(A, F, job, reason="exit_code", retry=retry) == [PromoteQueued("o/r")]
+    assert decide(A, F, job, reason="timed_out") == [PromoteQueued("o/r")]  # no policy given
+
+
+def test_a_retried_attempt_starts_after_the_backoff_it_carries() -> None:
+    job = JobState("j", "o/r", A, 3, 2, 600, 1, 0, start_delay_ms=4000)
+    assert decide(P, A, job) == [StartRun(job, delay_ms=4000)]
 
 
 def test_every_status_pair_decides_without_error() -> None:
@@ -81,9 +94,9 @@ def test_every_status_pair_decides_without_error() -> None:
     [(1, "timed_out", True), (2, "timed_out", False), (1, "exit_code", False), (1, None, False)],
 )
 def test_automatic_retry_policy(attempt: int, reason: str | None, allowed: bool) -> None:
-    policy = AutoRetryPolicy(attempts=2, on=("timed_out",))
+    policy = RetryPolicy(attempts=2, on=("timed_out",))
     assert policy.allows(attempt, reason) is allowed
-    assert not AutoRetryPolicy().allows(1, "timed_out")  # 1 attempt = no automatic retry
+    assert not RetryPolicy().allows(1, "timed_out")  # 1 attempt = no automatic retry
 
 
 def test_records_of_a_jobs_life_read_as_transitions() -> None:
@@ -137,12 +150,12 @@ class FakeStore:
         return outcome
 
 
-def dispatcher(outcomes: list[Any], started: list[JobState] | None = None) -> Dispatcher:
-    hook = (started if started is not None else []).append
+def dispatcher(outcomes: list[Any], started: list[Any] | None = None) -> Dispatcher:
+    sink = started if started is not None else []
     return Dispatcher(
         FakeStore(outcomes),  # type: ignore[arg-type]
         slot_limit_for=lambda repo: 3 if repo == "octo-org/api" else 1,
-        on_activated=hook,
+        start_run=lambda image, delay_ms: sink.append(image),
     )
 
 
@@ -161,13 +174,13 @@ def test_a_new_job_is_activated_with_its_repositorys_limit(outcome: Any, word: s
 
 
 def test_activation_starts_the_run_through_the_hook() -> None:
-    started: list[JobState] = []
+    started: list[Any] = []
     assert dispatcher([], started).handle_record(record(1)) == ["started"]
     assert [(j.job_id, j.status, j.attempt) for j in started] == [("d-1", A, 1)]
 
 
 def test_batch_stops_at_the_first_failing_record_and_reports_it() -> None:
-    started: list[JobState] = []
+    started: list[Any] = []
     d = dispatcher([StoreUnavailable("throttled")], started)
     response = d.handle_event(EVENT)
     assert response == {"batchItemFailures": [{"itemIdentifier": "000000000000000000100"}]}

@@ -1,0 +1,112 @@
+"""Reads the engine needs (not the read API): one job, a repository's queue, overdue jobs.
+
+Every read goes through the connection it is given (never a model class's process-wide one),
+and every index read is a ``Query`` of a sparse index, never a scan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from pynamodb.connection import Connection
+from pynamodb.exceptions import PynamoDBException, TableError
+
+from scheduler.db.models import ACTIVE_SHARD, JobModel
+from scheduler.errors import JobNotFound, StoreUnavailable
+
+__all__ = ["JobReads", "cause", "job_table"]
+
+
+def job_table(connection: Connection) -> str:
+    """The jobs table's name, its key schema made known to ``connection`` (once per name).
+
+    A plain :class:`Connection` serializes keys and expressions from a table's schema; the
+    model knows it, so it is registered from there (under the name the models are bound to).
+    """
+    name: str = JobModel.Meta.table_name
+    try:
+        connection.get_meta_table(name)
+    except TableError:
+        # PynamoDB has no public way to get a model's MetaTable without a DescribeTable call.
+        connection.add_meta_table(JobModel._get_connection().get_meta_table())
+    return name
+
+
+class JobReads:
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+
+    def get(self, job_id: str) -> JobModel:
+        """One job, read consistently (callers that read before a transition need the latest)."""
+        try:
+            found = self._connection.get_item(
+                job_table(self._connection), job_id, consistent_read=True
+            )
+        except PynamoDBException as exc:
+            raise StoreUnavailable(f"cannot read job {job_id}: {cause(exc)}") from exc
+        item = found.get("Item")
+        if not item:
+            raise JobNotFound(job_id)
+        return JobModel.from_raw_data(item)
+
+    def queued(self, repo: str, *, limit: int, page_size: int) -> Iterator[JobModel]:
+        """The oldest (then lowest priority number) queued jobs of ``repo``, lazily by page.
+
+        The sparse ``queued`` index holds only pending jobs; on AWS it lags the table a little,
+        so a caller checks each job's status before acting on it.
+        """
+        yield from self._query(
+            repo, index="queued", what=f"queue of {repo}", limit=limit, page_size=page_size
+        )
+
+    def overdue(self, now: int, *, limit: int) -> list[JobModel]:
+        """Active jobs whose deadline is before ``now`` (sparse ``active_by_deadline`` index)."""
+        return list(
+            self._query(
+                ACTIVE_SHARD,
+                index="active_by_deadline",
+                what="overdue jobs",
+                limit=limit,
+                page_size=limit,
+                range_key_condition=JobModel.deadline_at < now,
+            )
+        )
+
+    def _query(
+        self,
+        hash_key: str,
+        *,
+        index: str,
+        what: str,
+        limit: int,
+        page_size: int,
+        range_key_condition: Any = None,
+    ) -> Iterator[JobModel]:
+        start: dict[str, Any] | None = None
+        returned = 0
+        while returned < limit:
+            try:
+                page = self._connection.query(
+                    job_table(self._connection),
+                    hash_key,
+                    range_key_condition=range_key_condition,
+                    index_name=index,
+                    limit=min(page_size, limit - returned),
+                    exclusive_start_key=start,
+                )
+            except PynamoDBException as exc:
+                raise StoreUnavailable(f"cannot read the {what}: {cause(exc)}") from exc
+            for item in page.get("Items", []):
+                returned += 1
+                yield JobModel.from_raw_data(item)
+            start = page.get("LastEvaluatedKey")
+            if not start:
+                return
+
+
+def cause(exc: PynamoDBException) -> str:
+    """The DynamoDB error code and message behind a PynamoDB exception, for a message."""
+    code = exc.cause_response_code
+    message = exc.cause_response_message or str(exc.cause or exc)
+    return f"{code}: {message}" if code else message

@@ -1,0 +1,147 @@
+"""Stream record -> transition -> actions, as pure functions (no I/O).
+
+A record of the jobs table is read into a :class:`Transition` (old status, new status, the new
+image as a model); :func:`decide` says, as frozen dataclasses, every action that transition
+calls for, the automatic retry policy's verdict and delay included. The dispatcher carries the
+actions out; tests and dry runs can stop here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pynamodb.exceptions import PynamoDBException
+
+from scheduler.config import RetryPolicy
+from scheduler.db.models import JobModel
+from scheduler.db.store import JobState
+from scheduler.errors import MalformedStreamRecord
+from scheduler.stream.events import StreamRecord
+from state_machines import JobStatus
+
+__all__ = [
+    "NO_AUTOMATIC_RETRY",
+    "Action",
+    "Activate",
+    "PromoteQueued",
+    "RetryFailed",
+    "StartRun",
+    "Transition",
+    "TransitionObserver",
+    "decide",
+    "read_transition",
+]
+
+NO_AUTOMATIC_RETRY = RetryPolicy(attempts=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Activate:
+    """Try ``pending -> active`` for this job (it stays queued if its repository is full)."""
+
+    job: JobState
+
+
+@dataclass(frozen=True, slots=True)
+class PromoteQueued:
+    """Fill the repository's free slots with its oldest queued jobs."""
+
+    repo: str
+
+
+@dataclass(frozen=True, slots=True)
+class StartRun:
+    """The job became active: start its run, ``delay_ms`` after it is asked to (a backoff)."""
+
+    job: JobState
+    delay_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RetryFailed:
+    """The repository's policy retries this failure: ``failed -> pending``, attempt + 1.
+
+    The new attempt's run starts ``delay_ms`` after it is asked to (the policy's backoff).
+    """
+
+    job: JobState
+    delay_ms: int = 0
+
+
+Action = Activate | PromoteQueued | StartRun | RetryFailed
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A status change read from a stream record; ``source`` is None for a new job."""
+
+    source: JobStatus | None
+    dest: JobStatus
+    job: JobState
+    sequence_number: str
+    image: JobModel  # the new image, as a model: everything an action needs
+
+    @property
+    def reason(self) -> str | None:
+        return self.image.reason
+
+
+TransitionObserver = Callable[[Transition], None]
+"""Told of every transition once its actions succeeded (commit statuses, metrics)."""
+
+
+def decide(
+    source: JobStatus | None,
+    dest: JobStatus,
+    job: JobState,
+    *,
+    reason: str | None = None,
+    retry: RetryPolicy = NO_AUTOMATIC_RETRY,
+) -> list[Action]:
+    """Every action the transition ``source -> dest`` of ``job`` calls for (pure, no I/O)."""
+    if dest is JobStatus.PENDING and source in (None, JobStatus.FAILED):
+        return [Activate(job)]  # a new job, or a retry: queue or run it
+    if dest is JobStatus.ACTIVE and source is JobStatus.PENDING:
+        return [StartRun(job, delay_ms=job.start_delay_ms)]
+    if source is JobStatus.ACTIVE and dest.is_terminal:
+        # The finishing transaction already released the slot; hand it to the queue.
+        actions: list[Action] = [PromoteQueued(job.repo)]
+        if dest is JobStatus.FAILED and retry.allows(job.attempt, reason):
+            delay_ms = round(retry.delay_seconds(job.attempt + 1) * 1000)
+            actions.append(RetryFailed(job, delay_ms=delay_ms))
+        return actions
+    return []  # e.g. pending -> cancelled: no slot was held, nothing to do
+
+
+def read_transition(record: StreamRecord) -> Transition | None:
+    """The status transition a record carries, or None if it carries none.
+
+    Removals (TTL expiry), items that are not jobs (no ``status``) and changes that keep the
+    status are ignored before any model is built, so they cost next to nothing.
+    """
+    data = record["dynamodb"]
+    sequence_number = data["SequenceNumber"]
+    new_image = data.get("NewImage")
+    old_image = data.get("OldImage")
+    new_status = _status_of(new_image)
+    old_status = _status_of(old_image)
+    if new_image is None or new_status is None or new_status == old_status:
+        return None
+    try:
+        source = JobStatus(old_status) if old_status is not None else None
+        dest = JobStatus(new_status)
+        # Images are DynamoDB JSON: the low-level attribute map that from_raw_data reads.
+        image = JobModel.from_raw_data(new_image)
+        job = JobState.from_model(image)
+    except (ValueError, TypeError, KeyError, AttributeError, PynamoDBException) as exc:
+        raise MalformedStreamRecord(sequence_number, f"not a readable job: {exc}") from exc
+    return Transition(source, dest, job, sequence_number, image)
+
+
+def _status_of(image: Mapping[str, Any] | None) -> str | None:
+    if not image:
+        return None
+    value = image.get("status")
+    return value.get("S") if isinstance(value, Mapping) else None
