@@ -19,15 +19,12 @@ from typing import Any
 import psutil
 
 from scheduler.db.clients import client
+from scheduler.db.dead_letters import DeadLetterStore
 from scheduler.db.tables import ensure_tables
+from scheduler.local.checkpoints import CheckpointStore
 from scheduler.local.dynamodb_local import DynamoDBLocal
-from scheduler.local.stream_runner import (
-    CheckpointStore,
-    DeadLetterStore,
-    MappingConfig,
-    PollingConfig,
-    StreamRunner,
-)
+from scheduler.local.mapping import MappingConfig, PollingConfig
+from scheduler.local.stream_runner import StreamRunner
 from scheduler.settings import Settings
 
 

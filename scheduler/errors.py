@@ -18,6 +18,7 @@ __all__ = [
     "ConfigurationError",
     "DomainError",
     "GuardRefused",
+    "HeadersTooLarge",
     "InvalidArgument",
     "InvalidCursor",
     "InvalidTransition",
@@ -29,8 +30,11 @@ __all__ = [
     "PayloadTooLarge",
     "RepoNotFound",
     "RepositoryFull",
+    "RequestTimeout",
     "RouteNotFound",
     "RunAlreadyClaimed",
+    "RunNotStoppable",
+    "ServerBusy",
     "SignatureInvalid",
     "StoreUnavailable",
     "TransitionConflict",
@@ -93,6 +97,17 @@ class RunAlreadyClaimed(GuardRefused):
         self.attempt = attempt
 
 
+class RunNotStoppable(DomainError):
+    """This process has no executor to stop a cancelled job's run with (a CLI replay)."""
+
+    http_status = 503
+
+    def __init__(self, job_id: str, run_id: str) -> None:
+        super().__init__(f"job {job_id}: run {run_id} can only be stopped by the scheduler")
+        self.job_id = job_id
+        self.run_id = run_id
+
+
 class StoreUnavailable(DomainError):
     """DynamoDB could not be reached or refused the request for a reason other than a race."""
 
@@ -144,6 +159,28 @@ class PayloadTooLarge(WebhookRejected):
 
 class UnsupportedMediaType(WebhookRejected):
     http_status = 415
+
+
+class HeadersTooLarge(DomainError):
+    """The request line and headers are over the server's limit; nothing was handled."""
+
+    http_status = 431
+
+
+class RequestTimeout(DomainError):
+    """A request (headers and body) did not arrive within the server's deadline."""
+
+    http_status = 408
+
+
+class ServerBusy(DomainError):
+    """The server is at one of its capacity limits (connections, memory for bodies).
+
+    Nothing was read or written; the same request can be sent again later.
+    """
+
+    http_status = 503
+    retry_after_seconds = 1
 
 
 class RouteNotFound(DomainError):

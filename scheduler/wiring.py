@@ -100,6 +100,7 @@ def build_core(
         slot_limit_for=lambda repo: config.policy(repo).concurrency,
         retry_policy_for=lambda repo: config.policy(repo).retry,
         start_run=runs.start if runs is not None else None,
+        stop_run=cancel_run,
         observers=observers,
     )
     return Core(
@@ -108,7 +109,13 @@ def build_core(
         store=store,
         queries=Queries.from_settings(settings),
         dispatcher=dispatcher,
-        reaper=Reaper(store, cancel_run=cancel_run),
+        reaper=Reaper(
+            store,
+            cancel_run=cancel_run,
+            status_of=runs.executor.status if runs is not None else None,
+            restart=runs.start if runs is not None else None,
+            start_grace_seconds=settings.start_grace_seconds,
+        ),
         runs=runs,
         notifier=notifier,
         observers=tuple(observers),

@@ -6,10 +6,25 @@ from state_machines.errors import (
     InvalidTransition,
     TransitionConflict,
 )
-from state_machines.job import TIMED_OUT, TRANSITION_TABLE, TransitionPlan, may, plan, triggers_from
+from state_machines.job import (
+    INFRASTRUCTURE_REASONS,
+    INFRASTRUCTURE_RETRIES,
+    RUNNER_LOST,
+    START_FAILED,
+    TIMED_OUT,
+    TRANSITION_TABLE,
+    TransitionPlan,
+    may,
+    plan,
+    triggers_from,
+)
 from state_machines.states import TERMINAL_STATUSES, JobStatus, Trigger
 
 __all__ = [
+    "INFRASTRUCTURE_REASONS",
+    "INFRASTRUCTURE_RETRIES",
+    "RUNNER_LOST",
+    "START_FAILED",
     "TERMINAL_STATUSES",
     "TIMED_OUT",
     "TRANSITION_TABLE",

@@ -18,6 +18,12 @@ from state_machines.errors import InvalidTransition
 from state_machines.states import JobStatus, Trigger
 
 TIMED_OUT = "timed_out"
+RUNNER_LOST = "runner_lost"
+START_FAILED = "start_failed"
+# Failures of the infrastructure, not of the job: retried automatically, apart from (and on top
+# of) the repository's own retry policy.
+INFRASTRUCTURE_REASONS = frozenset({RUNNER_LOST, START_FAILED})
+INFRASTRUCTURE_RETRIES = 3
 
 TRANSITION_TABLE: list[dict[str, object]] = [
     {"trigger": Trigger.ACTIVATE, "source": JobStatus.PENDING, "dest": JobStatus.ACTIVE},
@@ -29,7 +35,12 @@ TRANSITION_TABLE: list[dict[str, object]] = [
         "source": [JobStatus.PENDING, JobStatus.ACTIVE],
         "dest": JobStatus.CANCELLED,
     },
-    {"trigger": Trigger.RETRY, "source": JobStatus.FAILED, "dest": JobStatus.PENDING},
+    # An operator may rebuild a cancelled job too (a new attempt of the same commit).
+    {
+        "trigger": Trigger.RETRY,
+        "source": [JobStatus.FAILED, JobStatus.CANCELLED],
+        "dest": JobStatus.PENDING,
+    },
 ]
 
 MACHINE = Machine(
@@ -47,7 +58,9 @@ class TransitionPlan:
     """What one legal transition does, as data.
 
     ``slot_delta`` is +1 when the job takes one of its repository's slots, -1 when it frees
-    one; ``next_attempt`` is true when the job starts a new attempt; ``reason`` is the fixed
+    one; ``holds_slot`` is true when the job leaves ``active`` but keeps its slot until its run
+    is known to be stopped (a cancel: the next job must not start while the cancelled run still
+    runs); ``next_attempt`` is true when the job starts a new attempt; ``reason`` is the fixed
     failure reason a trigger implies (``timed_out``).
     """
 
@@ -57,6 +70,7 @@ class TransitionPlan:
     slot_delta: int
     next_attempt: bool
     reason: str | None
+    holds_slot: bool = False
 
 
 def _compile() -> dict[tuple[JobStatus, Trigger], TransitionPlan]:
@@ -66,7 +80,10 @@ def _compile() -> dict[tuple[JobStatus, Trigger], TransitionPlan]:
         for source_name, transitions in event.transitions.items():
             source = JobStatus[source_name]  # Enum states are named by member name
             dest = JobStatus[str(transitions[0].dest)]
-            slot_delta = (dest is JobStatus.ACTIVE) - (source is JobStatus.ACTIVE)
+            holds_slot = source is JobStatus.ACTIVE and trigger is Trigger.CANCEL
+            slot_delta = (dest is JobStatus.ACTIVE) - (
+                source is JobStatus.ACTIVE and not holds_slot
+            )
             plans[(source, trigger)] = TransitionPlan(
                 trigger=trigger,
                 source=source,
@@ -74,6 +91,7 @@ def _compile() -> dict[tuple[JobStatus, Trigger], TransitionPlan]:
                 slot_delta=slot_delta,
                 next_attempt=trigger is Trigger.RETRY,
                 reason=TIMED_OUT if trigger is Trigger.TIME_OUT else None,
+                holds_slot=holds_slot,
             )
     return plans
 

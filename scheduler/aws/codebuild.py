@@ -17,7 +17,7 @@ import shlex
 from collections.abc import Mapping
 from typing import Any
 
-from scheduler.runs.executor import Claim, RunRequest, RunResult
+from scheduler.runs.executor import Claim, RunRequest, RunResult, RunStatus
 
 # CodeBuild's bounds for timeoutInMinutesOverride.
 MIN_TIMEOUT_MINUTES, MAX_TIMEOUT_MINUTES = 5, 2160
@@ -58,6 +58,10 @@ class CodeBuildExecutor:
 
     def cancel(self, run_id: str) -> None:
         self._client.stop_build(id=run_id)
+
+    def status(self, key: str) -> RunStatus:
+        """CodeBuild keeps the record; this executor keeps none (the reaper decides alone)."""
+        return RunStatus.UNKNOWN
 
     def log_location(self, request: RunRequest) -> str | None:
         return None  # known only once the build exists: the console shows the run id

@@ -9,7 +9,6 @@ with colour on the status only when stdout is a terminal.
 from __future__ import annotations
 
 import json
-import logging
 import sys
 import time
 import uuid
@@ -31,14 +30,15 @@ from typer._click import exceptions as click_errors  # typer vendors click (pinn
 
 from scheduler.cli import render
 from scheduler.db import clients, models
+from scheduler.db.dead_letters import DeadLetter, DeadLetterStore
+from scheduler.db.dead_letters import Handler as StreamHandler
 from scheduler.db.queries import Queries
 from scheduler.db.store import JobStore
 from scheduler.db.tables import ensure_tables
-from scheduler.errors import ConfigurationError, DomainError, InvalidArgument, StoreUnavailable
-from scheduler.local.stream_runner import DEAD_LETTER_SOURCE, DeadLetter, DeadLetterStore
-from scheduler.local.stream_runner import Handler as StreamHandler
+from scheduler.errors import ConfigurationError, DomainError, InvalidArgument
 from scheduler.runs.operations import BulkItem, Operations
 from scheduler.settings import Settings
+from scheduler.stream.dead_letters import DeadLetterQueue, Replayed, dead_letter_job_ids
 
 app = typer.Typer(
     name="scheduler",
@@ -241,12 +241,9 @@ def cancel(job_id: JobArgument, as_json: JsonOption = False) -> None:
 
 
 # -- the dead-letter queue --------------------------------------------------------------------
-# Batches the stream runner gave up on (its on-failure destination, a DynamoDB table). A replay
-# hands a letter's records to the stream handler again, as one Lambda-shaped batch. Every action
-# the handler takes is a conditional write on the status and version its record shows, so a
-# record already applied (by an earlier replay, or overtaken by later changes of its job) loses
-# its condition and changes nothing: replaying twice is harmless. A letter is marked replayed only
-# when the handler reported no failed record; one that still fails stays as it was.
+# Batches the stream runner gave up on (its on-failure destination, a DynamoDB table). Listing
+# and replay are a use case (scheduler.stream.dead_letters, which says why a replay is safe to
+# repeat); the commands parse, call it and render.
 
 dlq_app = typer.Typer(
     help="Records that failed stream processing: list them, replay them through the handler.",
@@ -262,20 +259,9 @@ DLQ_MAX_LETTERS = 1000
 _ERROR_CHARS = 80
 
 
-def dead_letter_store(settings: Settings) -> tuple[Any, DeadLetterStore]:
-    """A DynamoDB client and the dead-letter table's store on it."""
-    client = clients.client("dynamodb", settings)
-    return client, DeadLetterStore(client, settings.tables.dead_letters)
-
-
-def dead_letter_job_ids(letter: DeadLetter) -> list[str]:
-    """The jobs a letter's records are about, in record order (what an operator looks up)."""
-    found: dict[str, None] = {}
-    for record in letter.records:
-        job_id = record.get("dynamodb", {}).get("Keys", {}).get("job_id", {}).get("S")
-        if isinstance(job_id, str):
-            found.setdefault(job_id)
-    return list(found)
+def dead_letter_queue(settings: Settings) -> DeadLetterQueue:
+    """The dead-letter queue of the settings' table, stamping replays with the wall clock."""
+    return DeadLetterQueue(DeadLetterStore.from_settings(settings), now_ms=now_ms)
 
 
 def dead_letter_dict(letter: DeadLetter) -> dict[str, Any]:
@@ -317,88 +303,12 @@ def dead_letters_view(letters: list[DeadLetter], now: int) -> RenderableType:
     return table
 
 
-def find_dead_letter(client: Any, table: str, dead_letter_id: str) -> DeadLetter:
-    """One letter by id: a consistent ``GetItem`` (a listing is one page, a lookup is exact)."""
-    from scheduler.local.stream_runner import _letter_from_item  # the store's item reader
-
-    try:
-        item = client.get_item(
-            TableName=table,
-            Key={"source": {"S": DEAD_LETTER_SOURCE}, "dead_letter_id": {"S": dead_letter_id}},
-            ConsistentRead=True,
-        ).get("Item")
-    except (BotoCoreError, ClientError) as exc:
-        raise StoreUnavailable(f"cannot read dead letter {dead_letter_id}: {exc}") from exc
-    if item is None:
-        fail(f"dead letter {dead_letter_id} not found (see 'scheduler dlq list')", 1)
-    return _letter_from_item(item)
-
-
-class _ErrorLog(logging.Handler):
-    """Keeps what the handler logs at ERROR during a replay (its per-record failures).
-
-    The dispatcher logs a failed record with its traceback; captured here, it becomes one line
-    of the replay's answer instead of a traceback on stderr.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        exc = record.exc_info[1] if record.exc_info else None
-        text = f"{type(exc).__name__}: {exc}" if exc else record.getMessage()
-        self.messages.append(" ".join(text.split()))  # one line, whatever the cause says
-
-
-@dataclass(frozen=True)
-class Replayed:
-    letter: DeadLetter
-    failed_records: list[str]
-    errors: list[str]
-    replayed_at: int
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed_records
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "dead_letter_id": self.letter.dead_letter_id,
-            "records": len(self.letter.records),
-            "job_ids": dead_letter_job_ids(self.letter),
-            "replayed": self.ok,
-            "replayed_at": self.replayed_at if self.ok else None,
-            "previously_replayed_at": self.letter.replayed_at,
-            "failed_records": self.failed_records,
-            "errors": self.errors,
-        }
-
-    def line(self) -> str:
-        if not self.ok:
-            return f"{self.letter.dead_letter_id}: still failing at record {self.failed_records[0]}"
-        again = " (again)" if self.letter.replayed_at is not None else ""
-        return f"replayed {self.letter.dead_letter_id}{again}: {len(self.letter.records)} records"
-
-
-def replay_letter(store: DeadLetterStore, letter: DeadLetter, handler: StreamHandler) -> Replayed:
-    """Hand the letter's records to ``handler``; the store marks it replayed if none failed."""
-    errors = _ErrorLog()
-    scheduler_log = logging.getLogger("scheduler")
-    scheduler_log.addHandler(errors)
-    at = now_ms()
-    try:
-        response = store.replay(letter, handler, at)
-    except DomainError:
-        raise
-    except Exception as exc:  # a function error: the whole batch failed, as the runner counts it
-        response = {"batchItemFailures": [{"itemIdentifier": letter.start_sequence_number}]}
-        errors.messages.append(f"{type(exc).__name__}: {exc}")
-    finally:
-        scheduler_log.removeHandler(errors)
-    failures = response.get("batchItemFailures") if isinstance(response, dict) else None
-    failed = [str(f.get("itemIdentifier")) for f in failures or [] if isinstance(f, dict)]
-    return Replayed(letter, failed, errors.messages, at)
+def replayed_line(result: Replayed) -> str:
+    letter = result.letter
+    if not result.ok:
+        return f"{letter.dead_letter_id}: still failing at record {result.failed_records[0]}"
+    again = " (again)" if letter.replayed_at is not None else ""
+    return f"replayed {letter.dead_letter_id}{again}: {len(letter.records)} records"
 
 
 def stream_handler(settings: Settings) -> StreamHandler:
@@ -422,8 +332,7 @@ def dlq_list(
     as_json: JsonOption = False,
 ) -> None:
     """Failed batches: id, when, condition and error, records and jobs, replayed or not."""
-    _, store = dead_letter_store(context().settings)
-    letters = store.list(limit=limit)
+    letters = dead_letter_queue(context().settings).list(limit=limit)
     now = now_ms()
     data = {"dead_letters": [dead_letter_dict(letter) for letter in letters]}
     show(data, as_json, lambda: dead_letters_view(letters, now))
@@ -452,33 +361,26 @@ def dlq_replay(
     settings = context().settings
     if config is not None:
         settings = replace(settings, config_path=config)
-    client, store = dead_letter_store(settings)
+    queue = dead_letter_queue(settings)
     if dead_letter_id is not None:
-        letter = find_dead_letter(client, settings.tables.dead_letters, dead_letter_id)
-        result = replay_letter(store, letter, stream_handler(settings))
+        letter = queue.find(dead_letter_id)
+        if letter is None:
+            fail(f"dead letter {dead_letter_id} not found (see 'scheduler dlq list')", 1)
+        result = queue.replay(letter, stream_handler(settings))
         if not result.ok:
             why = f": {result.errors[0]}" if result.errors else ""
-            fail(f"dead letter {result.line()}{why}; it stays in the queue", 1)
-        emit(result.to_dict(), as_json, result.line())
+            fail(f"dead letter {replayed_line(result)}{why}; it stays in the queue", 1)
+        emit(result.to_dict(), as_json, replayed_line(result))
         return
-    letters = store.list(limit=DLQ_MAX_LETTERS)
-    handler = stream_handler(settings)
-    results = [
-        replay_letter(store, letter, handler) for letter in letters if letter.replayed_at is None
-    ]
-    summary = {
-        "replayed": sum(result.ok for result in results),
-        "failed": sum(not result.ok for result in results),
-        "skipped": len(letters) - len(results),  # replayed before
-        "dead_letters": [result.to_dict() for result in results],
-    }
-    lines = [result.line() for result in results]
+    letters = queue.list(limit=DLQ_MAX_LETTERS)
+    summary = queue.replay_all(letters, stream_handler(settings))
+    lines = [replayed_line(result) for result in summary.results]
     lines.append(
-        f"replayed {summary['replayed']}, failed {summary['failed']}, "
-        f"skipped {summary['skipped']} (replayed before)"
+        f"replayed {summary.replayed}, failed {summary.failed}, "
+        f"skipped {summary.skipped} (replayed before)"
     )
-    emit(summary, as_json, "\n".join(lines))
-    if summary["failed"]:
+    emit(summary.to_dict(), as_json, "\n".join(lines))
+    if summary.failed:
         raise typer.Exit(1)
 
 
@@ -505,9 +407,10 @@ def up(  # noqa: PLR0917 - typer maps options to parameters
     as_json: JsonOption = False,
 ) -> None:
     """Start the whole local stack in the foreground; Ctrl-C stops it cleanly."""
+    from scheduler.local.logs import configure_logging
     from scheduler.local.stack import LocalStack, StackOptions, serve
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging()
     settings = Settings.from_env()
     if config is not None:
         settings = replace(settings, config_path=config)

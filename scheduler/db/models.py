@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from pynamodb.attributes import (
+    BooleanAttribute,
     ListAttribute,
     MapAttribute,
     NumberAttribute,
@@ -108,6 +109,10 @@ class JobModel(Model):
     log_location = UnicodeAttribute(null=True)  # where the current attempt's output goes
     # A retry's backoff: the attempt's run starts this long after it is asked to start.
     start_delay_ms = NumberAttribute(null=True)
+    # A cancelled job whose run may still be stopping keeps its slot until this is removed.
+    slot_held = BooleanAttribute(null=True)
+    # The trigger guard this job claimed (repos table key suffix), released if it is cancelled.
+    trigger_key = UnicodeAttribute(null=True)
     history = ListAttribute(of=HistoryEntry, default=list)
 
     queue_repo = UnicodeAttribute(null=True)

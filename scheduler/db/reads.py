@@ -73,6 +73,18 @@ class JobReads:
             )
         )
 
+    def active(self, *, limit: int = 10_000) -> list[JobModel]:
+        """Every active job (the ``active_by_deadline`` index holds exactly those)."""
+        return list(
+            self._query(
+                ACTIVE_SHARD,
+                index="active_by_deadline",
+                what="active jobs",
+                limit=limit,
+                page_size=500,
+            )
+        )
+
     def _query(
         self,
         hash_key: str,

@@ -213,6 +213,8 @@ class JobStore:
         now = self._clock() if now is None else now
         job = self._new_item(new, now, actor)
         guard_item = TRIGGER_PREFIX + guard.key if guard else None
+        if guard is not None:
+            job.trigger_key = guard.key
 
         def build(tx: TransactWrite) -> None:
             # The job id is derived from the delivery id: a redelivery finds the item there.
@@ -347,14 +349,15 @@ class JobStore:
         )
         repo_actions, repo_condition = self._repo_changes(step, slot_limit)
 
+        # Condition: the job is still exactly what the caller read. A duplicate stream record, a
+        # stale image or a racing process fails here and writes nothing.
+        job_condition = (JobModel.status == job.status.value) & (JobModel.version == job.version)
+        if step.source is JobStatus.CANCELLED:
+            # Rebuilding a cancelled job waits until its old run is stopped and its slot freed.
+            job_condition &= JobModel.slot_held.does_not_exist()
+
         def build(tx: TransactWrite) -> None:
-            # Condition: the job is still exactly what the caller read. A duplicate stream
-            # record, a stale image or a racing process fails here and writes nothing.
-            tx.update(
-                JobModel(job.job_id),
-                actions=job_actions,
-                condition=(JobModel.status == job.status.value) & (JobModel.version == job.version),
-            )
+            tx.update(JobModel(job.job_id), actions=job_actions, condition=job_condition)
             # Same transaction: the repository's counters move with the job, never apart.
             tx.update(RepoModel(job.repo), actions=repo_actions, condition=repo_condition)
 
@@ -384,13 +387,15 @@ class JobStore:
 
         This is the cross-process idempotency key ``job_id#attempt``: whoever claims first
         starts the run, every other starter (a duplicate stream record, a second runner)
-        loses here and starts nothing. It is not a transition: status and version stay, so
-        the run's own report is still guarded by the version read at activation.
+        loses here and starts nothing. It is not a transition (the status stays), but it moves
+        the version: a writer that read the job before the claim (the reaper, about to time
+        out a run it believes never started) must lose rather than fail a running job.
         """
         now = self._clock()
         self._update_job(
             job.job_id,
             actions=[
+                JobModel.version.add(1),
                 JobModel.run_id.set(run_id),
                 JobModel.started_at.set(now),
                 # The timeout counts from the run's start, not from the activation.
@@ -438,6 +443,66 @@ class JobStore:
             log.info("moot run report", extra={"job_id": job_id, "attempt": attempt})
             raise TransitionConflict(job_id, str(trigger), f"attempt {attempt} is not running")
         return self.transition(job, trigger, actor=actor, outcome=outcome)
+
+    def defer_deadline(self, job: JobState, until: int) -> JobState:
+        """Move an unstarted active job's deadline to ``until`` (its run waits for a runner).
+
+        Conditioned on the status and version read and on no claim: a run that started
+        meanwhile keeps the deadline its claim set. Raises :class:`TransitionConflict` if the
+        job moved.
+        """
+        self._update_job(
+            job.job_id,
+            actions=[JobModel.deadline_at.set(until), JobModel.version.add(1)],
+            condition=(JobModel.status == JobStatus.ACTIVE.value)
+            & (JobModel.version == job.version)
+            & JobModel.run_id.does_not_exist(),
+            refused=TransitionConflict(job.job_id, "defer deadline"),
+            what=f"deadline of job {job.job_id}",
+        )
+        return replace(job, version=job.version + 1)
+
+    def release_slot(self, job: JobState) -> None:
+        """Free the slot a cancelled job kept while its run was being stopped.
+
+        One transaction: the job's ``slot_held`` mark goes (condition: it is there, the job is
+        still cancelled) and the repository's slot counter moves with it. Raises
+        :class:`TransitionConflict` if the slot was released already (a redelivered record).
+        """
+
+        def build(tx: TransactWrite) -> None:
+            tx.update(
+                JobModel(job.job_id),
+                actions=[JobModel.slot_held.remove()],
+                condition=(JobModel.status == JobStatus.CANCELLED.value)
+                & JobModel.slot_held.exists(),
+            )
+            tx.update(RepoModel(job.repo), actions=[RepoModel.running.add(-1)])
+
+        reasons = self._commit(build, job_id=job.job_id, what="release slot")
+        if reasons is not None:
+            if reasons[0] == _CONDITION_FAILED:
+                raise TransitionConflict(job.job_id, "release slot", "already released")
+            raise StoreUnavailable(f"release of the slot of job {job.job_id} cancelled: {reasons}")
+        log.info("slot released", extra={"job_id": job.job_id, "repo": job.repo})
+
+    def release_trigger(self, job_id: str, trigger_key: str) -> None:
+        """Let a new delivery of a cancelled job's commit build again: its trigger guard is
+        expired if this job still holds it (else it changes nothing)."""
+        try:
+            self._connection.client.update_item(
+                TableName=RepoModel.Meta.table_name,
+                Key={"repo": {"S": TRIGGER_PREFIX + trigger_key}},
+                UpdateExpression="SET last_received_at = :expired",
+                ConditionExpression="last_job_id = :job",
+                ExpressionAttributeValues={":expired": {"N": "0"}, ":job": {"S": job_id}},
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                return  # another job holds it now, or it is gone: nothing to release
+            raise StoreUnavailable(f"cannot release the trigger of job {job_id}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StoreUnavailable(f"cannot release the trigger of job {job_id}: {exc}") from exc
 
     def _update_job(
         self,
@@ -537,6 +602,8 @@ class JobStore:
                 actions.append(JobModel.detail.set(outcome.detail[:1000]))
             if outcome.exit_code is not None:
                 actions.append(JobModel.exit_code.set(outcome.exit_code))
+            if step.holds_slot:
+                actions.append(JobModel.slot_held.set(True))
         return actions
 
     @staticmethod

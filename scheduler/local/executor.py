@@ -1,9 +1,13 @@
 """Runs a repository's configured command as a local process, once per idempotency key.
 
-Each run gets its own working directory and a log file per attempt, job data in environment
-variables only, its own process group (so a timeout or a cancel kills everything it spawned)
-and a slot in a bounded pool. Within this process a key starts at most one process; across
-processes the caller claims the key in DynamoDB first (``JobStore.claim_run``).
+Each attempt gets its own working directory and log file, job data in environment variables
+only, its own process group (so a timeout or a cancel kills everything it spawned) and a slot
+in a bounded pool. Within this process a key starts at most one process; across processes the
+caller claims the key in DynamoDB first (``JobStore.claim_run``).
+
+Database trouble never decides a run's fate: a claim that meets an unavailable store is tried
+again until it is decided, and an outcome is kept on disk (:mod:`scheduler.local.run_records`)
+and reported until the store takes it, across restarts.
 """
 
 from __future__ import annotations
@@ -14,12 +18,14 @@ import os
 import signal
 import subprocess
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from scheduler.local.procutil import die_with_parent
-from scheduler.runs.executor import Claim, OnFinished, RunRequest, RunResult
+from scheduler.local.run_records import MARKER, RunRecords
+from scheduler.runs.executor import Claim, OnFinished, RunRequest, RunResult, RunStatus
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +34,7 @@ log = logging.getLogger(__name__)
 PASSED_THROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
 SUMMARY_CHARS = 140
 KILL_GRACE_SECONDS = 3.0
+RETRY_MAX_SECONDS = 5.0  # the longest wait between two tries of a claim or a report
 
 
 def run_id_for(request: RunRequest) -> str:
@@ -42,6 +49,9 @@ class _Run:
     claim: Claim
     process: subprocess.Popen[bytes] | None = None
     cancelled: bool = False
+    executing: bool = False  # picked up by a pool thread (claiming, starting or running)
+    abandoned: bool = False  # killed because the executor closes: not an outcome to report
+    finished: bool = False  # its outcome is known (and being reported)
     done: threading.Event = field(default_factory=threading.Event)
 
 
@@ -59,6 +69,8 @@ class LocalExecutor:
         self._pool = ThreadPoolExecutor(max_parallel, thread_name_prefix="run")
         self._runs: dict[str, _Run] = {}
         self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self.records = RunRecords(work_dir)
         source = os.environ if base_env is None else base_env
         self._base_env = {key: source[key] for key in PASSED_THROUGH if key in source}
 
@@ -87,6 +99,8 @@ class LocalExecutor:
         return run_id
 
     def cancel(self, run_id: str) -> None:
+        """Stop the run and return once its process group is gone (a run still waiting for a
+        pool thread or its backoff never starts). Unknown run ids are no-ops."""
         with self._lock:
             run = self._runs.get(run_id)
         if run is None:
@@ -94,6 +108,19 @@ class LocalExecutor:
         run.cancelled = True
         if run.process is not None:
             _kill_group(run.process)
+        if run.executing:
+            # Between its claim and the process start the run sees the flag and kills what it
+            # started; wait for that, so a caller can hand the slot on.
+            run.done.wait(KILL_GRACE_SECONDS + 5)
+
+    def status(self, key: str) -> RunStatus:
+        with self._lock:
+            run = self._runs.get(key)
+        if run is None or run.done.is_set():
+            return RunStatus.GONE
+        if run.finished:
+            return RunStatus.FINISHING
+        return RunStatus.RUNNING if run.process is not None else RunStatus.WAITING
 
     def wait(self, run_id: str, timeout: float | None = None) -> bool:
         """Wait until the run ended (for tests and shutdown); True if it did."""
@@ -102,37 +129,77 @@ class LocalExecutor:
         return run.done.wait(timeout) if run else True
 
     def close(self) -> None:
-        """Kill what still runs and wait for the pool; runs never started are dropped."""
+        """Kill what still runs and wait for the pool; runs never started are dropped.
+
+        Nothing is reported for them: after a restart the recovery finds their jobs active
+        with no runner and retries them as ``runner_lost`` (or starts the unstarted ones).
+        """
+        self._closing.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             runs = list(self._runs.values())
         for run in runs:
-            run.cancelled = True
+            run.abandoned = run.cancelled = True
             if run.process is not None and run.process.poll() is None:
                 _kill_group(run.process)
         self._pool.shutdown(wait=True)
 
     def _execute(self, run: _Run) -> None:
         request = run.request
+        run.executing = True
         try:
             # Claimed only when a pool slot is free: an attempt that was reaped or cancelled
             # while it waited here is never started.
-            if run.cancelled or not run.claim():
+            if run.cancelled or not self._claim(run):
                 return
-            result = self._run_process(run)
-            self._on_finished(result)
-        except Exception:
-            log.exception("run failed to execute", extra={"job_id": request.job_id})
-            with contextlib.suppress(Exception):
-                self._on_finished(
-                    RunResult(request.job_id, request.attempt, None, summary="executor error")
-                )
+            try:
+                result = self._run_process(run)
+            except Exception:
+                log.exception("run failed to execute", extra={"job_id": request.job_id})
+                result = RunResult(request.job_id, request.attempt, None, summary="executor error")
+            if not run.abandoned:
+                run.finished = True
+                self.records.keep_result(request.idempotency_key, result)
+                self.report(request.idempotency_key, result)
         finally:
             run.done.set()
 
+    def _claim(self, run: _Run) -> bool:
+        """The claim, tried again while the store cannot answer (it is never a job's failure)."""
+        return bool(self._until_done(run.claim, "claim", run.request.job_id, run))
+
+    def report(self, key: str, result: RunResult) -> bool:
+        """Hand ``result`` to the owner until it is taken (or the executor closes: the record
+        on disk is reported after the restart). True once reported."""
+        reported = self._until_done(
+            lambda: self._on_finished(result) or True, "report", result.job_id, None
+        )
+        if reported:
+            self.records.result_reported(key)
+        return bool(reported)
+
+    def _until_done(
+        self, attempt: Callable[[], bool], what: str, job_id: str, run: _Run | None
+    ) -> bool | None:
+        delay = 0.2
+        while True:
+            try:
+                return attempt()
+            except Exception as exc:
+                log.warning("%s failed, trying again: %s", what, exc, extra={"job_id": job_id})
+            if self._closing.wait(delay) or (run is not None and run.cancelled):
+                return None
+            delay = min(delay * 2, RETRY_MAX_SECONDS)
+
     def _run_process(self, run: _Run) -> RunResult:
         request = run.request
-        workdir = self._work_dir / "work" / request.job_id.replace("/", "_")
+        # Each attempt in a fresh folder of its own: nothing leaks from one attempt to the next.
+        workdir = (
+            self._work_dir
+            / "work"
+            / request.job_id.replace("/", "_")
+            / f"attempt-{request.attempt}"
+        )
         workdir.mkdir(parents=True, exist_ok=True)
         run.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(run.log_path, "wb") as output:
@@ -140,7 +207,11 @@ class LocalExecutor:
                 run.process = subprocess.Popen(
                     list(request.command),  # an argv list: no shell ever sees payload data
                     cwd=workdir,
-                    env={**self._base_env, **request.environment()},
+                    env={
+                        **self._base_env,
+                        **request.environment(),
+                        MARKER: request.idempotency_key,
+                    },
                     stdin=subprocess.DEVNULL,
                     stdout=output,
                     stderr=subprocess.STDOUT,
@@ -151,6 +222,7 @@ class LocalExecutor:
                 return RunResult(
                     request.job_id, request.attempt, 127, summary=f"cannot start: {exc}"
                 )
+            self.records.started(request.idempotency_key, run.process.pid)
             if run.cancelled:
                 _kill_group(run.process)
             try:
@@ -159,6 +231,8 @@ class LocalExecutor:
             except subprocess.TimeoutExpired:
                 _kill_group(run.process)
                 exit_code, timed_out = None, True
+            finally:
+                self.records.ended(request.idempotency_key)
         if run.cancelled:
             exit_code = None
         return RunResult(

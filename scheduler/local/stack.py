@@ -12,6 +12,7 @@ import logging
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,7 +26,8 @@ from scheduler.github.delivery import webhook_secret
 from scheduler.local.dynamodb_local import DynamoDBLocal, port_in_use
 from scheduler.local.executor import LocalExecutor
 from scheduler.local.http_server import LocalHTTPServer
-from scheduler.local.stream_runner import PollingConfig, StreamRunner
+from scheduler.local.mapping import PollingConfig
+from scheduler.local.stream_runner import StreamRunner
 from scheduler.runs.executor import OnFinished
 from scheduler.runs.reaper import Reaper
 from scheduler.settings import Settings
@@ -113,9 +115,7 @@ class LocalStack:
             polling=PollingConfig(idle_max_seconds=self.options.idle_poll_seconds),
         )
         self._spawn("stream-runner", lambda: runner.run(self._stop))
-        self._spawn(
-            "reaper", lambda: self._every(self.options.reaper_interval_seconds, core.reaper)
-        )
+        self._spawn("reaper", lambda: self._reap(self.options.reaper_interval_seconds, core.reaper))
         app = core.http_app
         self._http = LocalHTTPServer(app, self.options.host, self.options.port).start()
         return self
@@ -125,12 +125,36 @@ class LocalStack:
         thread.start()
         self._threads.append(thread)
 
-    def _every(self, seconds: float, reaper: Reaper) -> None:
+    def _reap(self, seconds: float, reaper: Reaper) -> None:
+        """First recover what a previous run of the stack left (until the store answers),
+        then judge overdue jobs every ``seconds``."""
+        while not self._stop.is_set():
+            try:
+                self._recover(reaper)
+                break
+            except StoreUnavailable as exc:
+                log.warning("recovery waits for the store: %s", exc)
+                self._stop.wait(seconds)
         while not self._stop.wait(seconds):
             try:
                 reaper.reap_once()
-            except StoreUnavailable:
-                log.exception("reaper: store unavailable")
+            except StoreUnavailable as exc:
+                log.warning("reaper: store unavailable: %s", exc)
+
+    def _recover(self, reaper: Reaper) -> None:
+        """After a stop or a crash: kill leftover process trees of lost runs, report outcomes
+        that were never recorded, then fail runs lost with the old runner (``runner_lost``,
+        retried automatically) and start again the runs that never started."""
+        assert self._executor is not None
+        killed = self._executor.records.kill_leftovers()
+        for key, result in self._executor.records.unreported_results():
+            self._executor.report(key, result)
+        done = reaper.recover()
+        if killed or done:
+            log.warning(
+                "recovered after a restart",
+                extra={"killed": len(killed), **Counter(done.values())},
+            )
 
     def wait(self, stop_requested: Callable[[], bool]) -> None:
         """Block until ``stop_requested()`` (set by a signal handler) turns true.

@@ -26,18 +26,16 @@ is not free on DynamoDB Local).
 
 Shards are served one after another in one thread (DynamoDB Local keeps one open shard per
 stream); Lambda would run one invocation per shard concurrently.
+
+This module is the shard loop; the mapping's settings are in :mod:`scheduler.local.mapping`,
+the checkpoints in :mod:`scheduler.local.checkpoints` and the on-failure destination in
+:mod:`scheduler.db.dead_letters`.
 """
 
 from __future__ import annotations
 
-import argparse
-import base64
-import contextlib
-import gzip
-import json
 import logging
 import random
-import signal
 import threading
 import time
 import uuid
@@ -49,305 +47,15 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from scheduler.db.template import load_template
-from scheduler.errors import ConfigurationError, StoreUnavailable
+from scheduler.db.dead_letters import DeadLetter, DeadLetterStore, Handler
+from scheduler.errors import StoreUnavailable
+from scheduler.local.checkpoints import Checkpoint, CheckpointStore, sequence_position
+from scheduler.local.mapping import STREAM_FUNCTION, MappingConfig, PollingConfig
 from scheduler.settings import Settings
 
+__all__ = ["RunnerStats", "StreamRunner", "lambda_record"]
+
 log = logging.getLogger(__name__)
-
-STREAM_FUNCTION = "StreamFunction"
-DEAD_LETTER_SOURCE = "jobs"
-_SEQUENCE_DIGITS = 40  # DynamoDB sequence numbers are decimal strings of up to 40 digits
-_MAX_DEAD_LETTER_BYTES = 350_000  # an item holds at most 400 KB
-
-Handler = Callable[[dict[str, Any], Any], Any]
-"""A Lambda handler: (event, context) -> response."""
-
-
-# -- configuration --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MappingConfig:
-    """The event source mapping settings (Lambda's names and defaults)."""
-
-    batch_size: int = 100
-    batching_window_seconds: float = 0.0
-    bisect_on_error: bool = False
-    max_retry_attempts: int = -1  # -1: retried until the record expires
-    max_record_age_seconds: int = -1  # -1: no limit
-    report_batch_item_failures: bool = False
-    starting_position: str = "TRIM_HORIZON"
-
-    @classmethod
-    def from_template(
-        cls, template: Mapping[str, Any], function: str = STREAM_FUNCTION
-    ) -> MappingConfig:
-        """The settings of the DynamoDB event of ``function`` in the SAM template."""
-        resource = template.get("Resources", {}).get(function)
-        if not resource:
-            raise ConfigurationError(f"template has no function {function}")
-        events = resource.get("Properties", {}).get("Events", {})
-        found = [e["Properties"] for e in events.values() if e.get("Type") == "DynamoDB"]
-        if len(found) != 1:
-            raise ConfigurationError(f"{function} needs exactly one DynamoDB event source")
-        props = found[0]
-        return cls(
-            batch_size=int(props.get("BatchSize", 100)),
-            batching_window_seconds=float(props.get("MaximumBatchingWindowInSeconds", 0)),
-            bisect_on_error=bool(props.get("BisectBatchOnFunctionError", False)),
-            max_retry_attempts=int(props.get("MaximumRetryAttempts", -1)),
-            max_record_age_seconds=int(props.get("MaximumRecordAgeInSeconds", -1)),
-            report_batch_item_failures="ReportBatchItemFailures"
-            in props.get("FunctionResponseTypes", []),
-            starting_position=str(props.get("StartingPosition", "TRIM_HORIZON")),
-        )
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> MappingConfig:
-        return cls.from_template(load_template(settings.template_path))
-
-
-@dataclass(frozen=True)
-class PollingConfig:
-    """Local-only knobs: how fast to poll, back off and re-discover."""
-
-    idle_min_seconds: float = 0.01
-    idle_max_seconds: float = 0.1
-    retry_base_seconds: float = 0.2
-    retry_max_seconds: float = 10.0
-    discovery_seconds: float = 10.0
-
-
-# -- checkpoints and the dead-letter table ----------------------------------------------------
-
-
-def _position(sequence_number: str) -> str:
-    """A sequence number as a string that sorts like the number (for conditions)."""
-    return sequence_number.zfill(_SEQUENCE_DIGITS)
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    sequence_number: str | None
-    finished: bool
-
-
-class CheckpointStore:
-    """Per-shard checkpoints in the runner-state table (hash: stream ARN, range: shard id)."""
-
-    def __init__(self, client: Any, table: str, owner: str, wall: Callable[[], float] = time.time):
-        self._client = client
-        self._table = table
-        self._owner = owner
-        self._wall = wall
-
-    def load(self, stream_arn: str) -> dict[str, Checkpoint]:
-        found: dict[str, Checkpoint] = {}
-        try:
-            paginator = self._client.get_paginator("query")
-            for page in paginator.paginate(
-                TableName=self._table,
-                KeyConditionExpression="stream_arn = :a",
-                ExpressionAttributeValues={":a": {"S": stream_arn}},
-                ConsistentRead=True,
-            ):
-                for item in page["Items"]:
-                    found[item["shard_id"]["S"]] = Checkpoint(
-                        item["sequence_number"]["S"] if "sequence_number" in item else None,
-                        bool(item.get("finished", {}).get("BOOL", False)),
-                    )
-        except (BotoCoreError, ClientError) as exc:
-            raise StoreUnavailable(f"cannot read checkpoints: {exc}") from exc
-        return found
-
-    def save(
-        self, stream_arn: str, shard_id: str, sequence_number: str | None, finished: bool = False
-    ) -> bool:
-        """Move the shard's checkpoint forward; False if another runner is already further.
-
-        Condition: the stored position is absent or not beyond ours, so two runners on one
-        stream (an operator's mistake) can never move a checkpoint back.
-        """
-        sets = ["updated_at = :t", "#owner = :o", "finished = :f"]
-        values: dict[str, Any] = {
-            ":t": {"N": str(int(self._wall() * 1000))},
-            ":o": {"S": self._owner},
-            ":f": {"BOOL": finished},
-        }
-        condition = None
-        if sequence_number is not None:
-            sets += ["sequence_number = :s", "#pos = :p"]
-            values[":s"] = {"S": sequence_number}
-            values[":p"] = {"S": _position(sequence_number)}
-            condition = "attribute_not_exists(#pos) OR #pos <= :p"
-        kwargs: dict[str, Any] = {
-            "TableName": self._table,
-            "Key": {"stream_arn": {"S": stream_arn}, "shard_id": {"S": shard_id}},
-            "UpdateExpression": "SET " + ", ".join(sets),
-            "ExpressionAttributeNames": {"#owner": "owner"},
-            "ExpressionAttributeValues": values,
-        }
-        if condition:
-            kwargs["ConditionExpression"] = condition
-            kwargs["ExpressionAttributeNames"]["#pos"] = "position"
-        try:
-            self._client.update_item(**kwargs)
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
-                return False
-            raise StoreUnavailable(f"cannot save checkpoint of {shard_id}: {exc}") from exc
-        except BotoCoreError as exc:
-            raise StoreUnavailable(f"cannot save checkpoint of {shard_id}: {exc}") from exc
-        return True
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    """A batch that exhausted its retry policy: Lambda's destination metadata and the records."""
-
-    dead_letter_id: str
-    condition: str  # RetryAttemptsExhausted | RecordAgeExceeded
-    stream_arn: str
-    shard_id: str
-    start_sequence_number: str
-    end_sequence_number: str
-    batch_size: int
-    approximate_arrival_of_first_record: float | None
-    approximate_arrival_of_last_record: float | None
-    attempts: int
-    error: str
-    failed_at: int
-    records: list[dict[str, Any]] = field(repr=False)
-    replayed_at: int | None = None
-
-
-class DeadLetterStore:
-    """The on-failure destination: one item per failed batch, records gzipped for replay."""
-
-    def __init__(self, client: Any, table: str, source: str = DEAD_LETTER_SOURCE):
-        self._client = client
-        self._table = table
-        self._source = source
-
-    def put(self, letter: DeadLetter) -> list[str]:
-        """Store ``letter``; a batch too large for one item is stored as several."""
-        blob = gzip.compress(json.dumps(letter.records, default=_json_default).encode())
-        if len(blob) > _MAX_DEAD_LETTER_BYTES and len(letter.records) > 1:
-            half = len(letter.records) // 2
-            ids = []
-            for part, records in enumerate((letter.records[:half], letter.records[half:])):
-                ids += self.put(_sub_letter(letter, records, f"{letter.dead_letter_id}.{part}"))
-            return ids
-        item: dict[str, Any] = {
-            "source": {"S": self._source},
-            "dead_letter_id": {"S": letter.dead_letter_id},
-            "condition": {"S": letter.condition},
-            "stream_arn": {"S": letter.stream_arn},
-            "shard_id": {"S": letter.shard_id},
-            "start_sequence_number": {"S": letter.start_sequence_number},
-            "end_sequence_number": {"S": letter.end_sequence_number},
-            "batch_size": {"N": str(letter.batch_size)},
-            "attempts": {"N": str(letter.attempts)},
-            "error": {"S": letter.error[:2000] or "-"},
-            "failed_at": {"N": str(letter.failed_at)},
-            "records_gz": {"B": blob},
-        }
-        for key, value in (
-            ("approximate_arrival_of_first_record", letter.approximate_arrival_of_first_record),
-            ("approximate_arrival_of_last_record", letter.approximate_arrival_of_last_record),
-        ):
-            if value is not None:
-                item[key] = {"N": repr(float(value))}
-        try:
-            # The id is derived from the batch: a runner that dies after this write and
-            # dead-letters the batch again overwrites the same item instead of adding one.
-            self._client.put_item(TableName=self._table, Item=item)
-        except (BotoCoreError, ClientError) as exc:
-            raise StoreUnavailable(f"cannot write dead letter: {exc}") from exc
-        return [letter.dead_letter_id]
-
-    def list(self, limit: int = 100) -> list[DeadLetter]:
-        try:
-            page = self._client.query(
-                TableName=self._table,
-                KeyConditionExpression="#s = :s",
-                ExpressionAttributeNames={"#s": "source"},
-                ExpressionAttributeValues={":s": {"S": self._source}},
-                ConsistentRead=True,
-                Limit=limit,
-            )
-        except (BotoCoreError, ClientError) as exc:
-            raise StoreUnavailable(f"cannot read dead letters: {exc}") from exc
-        return [_letter_from_item(item) for item in page["Items"]]
-
-    def mark_replayed(self, dead_letter_id: str, at: int) -> None:
-        try:
-            self._client.update_item(
-                TableName=self._table,
-                Key={"source": {"S": self._source}, "dead_letter_id": {"S": dead_letter_id}},
-                UpdateExpression="SET replayed_at = :t",
-                ExpressionAttributeValues={":t": {"N": str(at)}},
-            )
-        except (BotoCoreError, ClientError) as exc:
-            raise StoreUnavailable(f"cannot mark dead letter {dead_letter_id}: {exc}") from exc
-
-    def replay(self, letter: DeadLetter, handler: Handler, now_ms: int) -> Any:
-        """Invoke ``handler`` with the letter's records again (the operator's replay)."""
-        response = handler({"Records": letter.records}, None)
-        failures = (response or {}).get("batchItemFailures") if isinstance(response, dict) else []
-        if not failures:
-            self.mark_replayed(letter.dead_letter_id, now_ms)
-        return response
-
-
-def _sub_letter(letter: DeadLetter, records: list[dict[str, Any]], new_id: str) -> DeadLetter:
-    first, last = records[0]["dynamodb"], records[-1]["dynamodb"]
-    return DeadLetter(
-        dead_letter_id=new_id,
-        condition=letter.condition,
-        stream_arn=letter.stream_arn,
-        shard_id=letter.shard_id,
-        start_sequence_number=first["SequenceNumber"],
-        end_sequence_number=last["SequenceNumber"],
-        batch_size=len(records),
-        approximate_arrival_of_first_record=first.get("ApproximateCreationDateTime"),
-        approximate_arrival_of_last_record=last.get("ApproximateCreationDateTime"),
-        attempts=letter.attempts,
-        error=letter.error,
-        failed_at=letter.failed_at,
-        records=records,
-    )
-
-
-def _letter_from_item(item: Mapping[str, Any]) -> DeadLetter:
-    def num(key: str) -> float | None:
-        return float(item[key]["N"]) if key in item else None
-
-    return DeadLetter(
-        dead_letter_id=item["dead_letter_id"]["S"],
-        condition=item["condition"]["S"],
-        stream_arn=item["stream_arn"]["S"],
-        shard_id=item["shard_id"]["S"],
-        start_sequence_number=item["start_sequence_number"]["S"],
-        end_sequence_number=item["end_sequence_number"]["S"],
-        batch_size=int(item["batch_size"]["N"]),
-        approximate_arrival_of_first_record=num("approximate_arrival_of_first_record"),
-        approximate_arrival_of_last_record=num("approximate_arrival_of_last_record"),
-        attempts=int(item["attempts"]["N"]),
-        error=item["error"]["S"],
-        failed_at=int(item["failed_at"]["N"]),
-        records=json.loads(gzip.decompress(item["records_gz"]["B"])),
-        replayed_at=int(item["replayed_at"]["N"]) if "replayed_at" in item else None,
-    )
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, bytes | bytearray):
-        return base64.b64encode(value).decode()
-    if isinstance(value, set | frozenset):
-        return sorted(value)
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
 # -- records ------------------------------------------------------------------------------------
@@ -452,17 +160,13 @@ class StreamRunner:
         cls,
         settings: Settings,
         *,
-        handler: Handler | None = None,
+        handler: Handler,
         mapping: MappingConfig | None = None,
         polling: PollingConfig | None = None,
         owner: str | None = None,
     ) -> StreamRunner:
         from scheduler.db.clients import client
 
-        if handler is None:
-            from scheduler.aws import handlers
-
-            handler = handlers.stream
         dynamodb = client("dynamodb", settings)
         owner = owner or f"runner-{uuid.uuid4().hex[:8]}"
         return cls(
@@ -832,7 +536,7 @@ class StreamRunner:
         first, last = batch.records[0]["dynamodb"], batch.records[-1]["dynamodb"]
         now_ms = int(self._wall() * 1000)
         letter = DeadLetter(
-            dead_letter_id=f"{shard.shard_id}#{_position(batch.first_sequence)}",
+            dead_letter_id=f"{shard.shard_id}#{sequence_position(batch.first_sequence)}",
             condition=condition,
             stream_arn=self._stream_arn,
             shard_id=shard.shard_id,
@@ -872,28 +576,3 @@ class StreamRunner:
 
 def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
-
-
-# -- entry point (python -m scheduler.local.stream_runner) ----------------------------------------
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Local event source mapping for the jobs stream")
-    parser.add_argument("--idle-max", type=float, default=PollingConfig.idle_max_seconds)
-    parser.add_argument("--log-level", default="INFO")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(message)s")
-    settings = Settings.from_env()
-    runner = StreamRunner.from_settings(
-        settings, polling=PollingConfig(idle_max_seconds=args.idle_max)
-    )
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(ValueError):
-            signal.signal(signum, lambda *_: stop.set())
-    runner.run(stop)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

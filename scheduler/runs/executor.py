@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Protocol
 
 from scheduler.db.models import JobModel
@@ -83,6 +84,16 @@ class RunResult:
 OnFinished = Callable[[RunResult], None]
 
 
+class RunStatus(StrEnum):
+    """What an executor knows of a run, by its idempotency key (asked by the reaper)."""
+
+    WAITING = "waiting"  # accepted, not started yet (no free runner, a retry's backoff)
+    RUNNING = "running"  # its process (or build) runs
+    FINISHING = "finishing"  # it ended; its outcome is being reported (the store was down)
+    GONE = "gone"  # not here: it ended, or it was lost with a previous runner
+    UNKNOWN = "unknown"  # this executor cannot tell (it keeps no record of runs)
+
+
 Claim = Callable[[], bool]
 """Claims the run's idempotency key in DynamoDB; False means another starter has it."""
 
@@ -101,3 +112,6 @@ class Executor(Protocol):
 
     def log_location(self, request: RunRequest) -> str | None:
         """Where the run's output can be read (a path or a URL), if known before it starts."""
+
+    def status(self, key: str) -> RunStatus:
+        """What this executor knows of the run of idempotency key ``key``."""

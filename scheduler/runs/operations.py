@@ -110,9 +110,8 @@ class Operations:
         self._actor = actor
 
     def _move(self, job: JobState, trigger: Trigger, outcome: Outcome | None = None) -> Changed:
-        moved = self._store.transition(job, trigger, actor=self._actor, outcome=outcome)
         # Neither retry nor cancel takes a slot, so a full repository cannot be the answer.
-        assert isinstance(moved, JobState)
+        moved = self._store.transition(job, trigger, actor=self._actor, outcome=outcome)
         return Changed(
             job_id=job.job_id,
             repo=job.repo,
@@ -122,7 +121,8 @@ class Operations:
         )
 
     def retry(self, job_id: str) -> Changed:
-        """``failed -> pending`` with attempt + 1; refused (exit 1) unless the job is failed."""
+        """``failed | cancelled -> pending`` with attempt + 1; refused (exit 1) otherwise, or
+        while a cancelled run is still being stopped (its slot not yet freed)."""
         job = self._store.state(validate_job_id(job_id))
         return self._move(job, Trigger.RETRY)
 

@@ -1,7 +1,20 @@
-"""Fails active jobs whose deadline passed (``timed_out``) and stops their runs.
+"""Keeps active jobs honest: times out runs past their deadline, and finds runs that were lost.
 
 Overdue jobs are found with one query on the sparse ``active_by_deadline`` index (only active
-jobs carry its keys, see :meth:`scheduler.db.reads.JobReads.overdue`), never a scan.
+jobs carry its keys, see :meth:`scheduler.db.reads.JobReads.overdue`), never a scan. Before
+failing one, the reaper asks the executor what it knows of the run, so that infrastructure is
+never blamed on the job:
+
+- a run still waiting for a runner (or for its backoff) is not late: its deadline moves on;
+- a run that finished and is still reporting its outcome is left to report it;
+- a job whose run was never started here (its start was lost with a previous runner) is
+  started again (idempotent: the claim ``job_id#attempt`` stands);
+- a claimed run this runtime no longer has (lost with a previous runner) fails as
+  ``runner_lost``, which is retried automatically;
+- only a run that really runs past its deadline is ``timed_out`` and stopped.
+
+:meth:`Reaper.recover` applies the same judgement to every active job at once, at start-up,
+so runs lost in a restart are recognised at once instead of at their deadline.
 """
 
 from __future__ import annotations
@@ -9,10 +22,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from scheduler.db.models import JobModel
 from scheduler.db.store import Clock, JobState, JobStore, Outcome, system_clock
-from state_machines import TIMED_OUT, TransitionConflict, Trigger
+from scheduler.runs.executor import RunStatus
+from state_machines import RUNNER_LOST, TIMED_OUT, GuardRefused, Trigger
+
+__all__ = ["RUNNER_LOST", "Reaper"]
 
 log = logging.getLogger(__name__)
+
+ACTOR = "reaper"
+
+StatusOf = Callable[[str], RunStatus]
+"""What the runtime's executor knows of the run of an idempotency key ``job_id#attempt``."""
+
+Restart = Callable[[JobModel, int], object]
+"""Starts an active job's run again (the run hook: idempotent by ``job_id#attempt``)."""
 
 
 class Reaper:
@@ -21,33 +46,100 @@ class Reaper:
         store: JobStore,
         *,
         cancel_run: Callable[[str], None] | None = None,
+        status_of: StatusOf | None = None,
+        restart: Restart | None = None,
+        start_grace_seconds: int = 60,
         clock: Clock = system_clock,
         page_size: int = 50,
     ) -> None:
         self._store = store
         self._cancel_run = cancel_run
+        self._status_of = status_of
+        self._restart = restart
+        self._grace_ms = start_grace_seconds * 1000
         self._clock = clock
         self._page_size = page_size
 
     def reap_once(self) -> list[str]:
-        """Time out every overdue active job; return the ids this call timed out."""
+        """Judge every overdue active job; return the ids this call timed out."""
+        now = self._clock()
         reaped = []
-        for job in self._store.reads.overdue(self._clock(), limit=self._page_size):
-            state = JobState.from_model(job)
-            try:
-                self._store.transition(
-                    state,
-                    Trigger.TIME_OUT,
-                    actor="reaper",
-                    outcome=Outcome(reason=TIMED_OUT, detail="deadline passed with no report"),
-                )
-            except TransitionConflict:
-                continue  # it finished (or was reaped) meanwhile
-            reaped.append(job.job_id)
-            log.warning("job timed out", extra={"job_id": job.job_id, "run_id": job.run_id})
-            if job.run_id and self._cancel_run is not None:
-                try:
-                    self._cancel_run(job.run_id)
-                except Exception:
-                    log.exception("could not stop run", extra={"run_id": job.run_id})
+        for job in self._store.reads.overdue(now, limit=self._page_size):
+            if self._judge(job, now, overdue=True) == "timed_out":
+                reaped.append(job.job_id)
         return reaped
+
+    def recover(self) -> dict[str, str]:
+        """Judge every active job now (at start-up): lost runs are failed, unstarted ones
+        started; nothing is timed out early. Returns what was done, by job id."""
+        now = self._clock()
+        done = {}
+        for job in self._store.reads.active():
+            verdict = self._judge(job, now, overdue=False)
+            if verdict != "left":
+                done[job.job_id] = verdict
+        return done
+
+    def _judge(self, job: JobModel, now: int, *, overdue: bool) -> str:
+        state = JobState.from_model(job)
+        key = f"{job.job_id}#{state.attempt}"
+        status = self._status_of(key) if self._status_of is not None else RunStatus.UNKNOWN
+        try:
+            if status is RunStatus.FINISHING:
+                return "left"  # its outcome is on its way: the report decides, not the clock
+            if job.run_id is None:
+                return self._unstarted(job, state, status, now, overdue=overdue)
+            if status is RunStatus.GONE:
+                return self._lost(job, state)
+            if overdue:
+                return self._time_out(job, state)
+        except GuardRefused:
+            return "moved"  # it finished, was started or judged by somebody else meanwhile
+        return "left"
+
+    def _unstarted(
+        self, job: JobModel, state: JobState, status: RunStatus, now: int, *, overdue: bool
+    ) -> str:
+        later = now + state.timeout_seconds * 1000 + self._grace_ms + state.start_delay_ms
+        if status is RunStatus.WAITING:
+            if overdue:
+                # Waiting for a runner is not the run's time: the deadline moves on.
+                self._store.defer_deadline(state, later)
+                log.info("run still waiting for a runner", extra={"job_id": job.job_id})
+                return "deferred"
+            return "left"
+        if self._restart is not None and (overdue or status is RunStatus.GONE):
+            # Nobody here is about to start it (its start was lost with a previous runner):
+            # ask again, with a fresh deadline for the start itself.
+            self._store.defer_deadline(state, later)
+            self._restart(job, state.start_delay_ms)
+            log.warning("run started again", extra={"job_id": job.job_id, "attempt": job.attempt})
+            return "restarted"
+        if overdue:
+            return self._time_out(job, state)
+        return "left"
+
+    def _lost(self, job: JobModel, state: JobState) -> str:
+        self._store.transition(
+            state,
+            Trigger.FAIL,
+            actor=ACTOR,
+            outcome=Outcome(reason=RUNNER_LOST, detail="the run was lost with its runner"),
+        )
+        log.warning("run lost with its runner", extra={"job_id": job.job_id, "run_id": job.run_id})
+        return RUNNER_LOST
+
+    def _time_out(self, job: JobModel, state: JobState) -> str:
+        self._store.transition(
+            state,
+            Trigger.TIME_OUT,
+            actor=ACTOR,
+            outcome=Outcome(reason=TIMED_OUT, detail="deadline passed with no report"),
+        )
+        log.warning("job timed out", extra={"job_id": job.job_id, "run_id": job.run_id})
+        if job.run_id and self._cancel_run is not None:
+            try:
+                self._cancel_run(job.run_id)
+            except Exception:
+                log.exception("could not stop run", extra={"run_id": job.run_id})
+        return "timed_out"

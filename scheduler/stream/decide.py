@@ -19,15 +19,18 @@ from scheduler.db.models import JobModel
 from scheduler.db.store import JobState
 from scheduler.errors import MalformedStreamRecord
 from scheduler.stream.events import StreamRecord
-from state_machines import JobStatus
+from state_machines import INFRASTRUCTURE_REASONS, INFRASTRUCTURE_RETRIES, JobStatus
 
 __all__ = [
     "NO_AUTOMATIC_RETRY",
     "Action",
     "Activate",
     "PromoteQueued",
+    "ReleaseSlot",
+    "ReleaseTrigger",
     "RetryFailed",
     "StartRun",
+    "StopRun",
     "Transition",
     "TransitionObserver",
     "decide",
@@ -70,7 +73,34 @@ class RetryFailed:
     delay_ms: int = 0
 
 
-Action = Activate | PromoteQueued | StartRun | RetryFailed
+@dataclass(frozen=True, slots=True)
+class StopRun:
+    """The job was cancelled while active: stop its run (the whole process tree, the build).
+
+    ``run_id`` is None when no run was claimed yet: nothing can start any more (a claim needs
+    an active job), so there is nothing to stop.
+    """
+
+    job: JobState
+    run_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseSlot:
+    """The cancelled job's run is stopped: free the slot it kept meanwhile."""
+
+    job: JobState
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseTrigger:
+    """The job was cancelled: a new delivery of its commit may build it again."""
+
+    job: JobState
+    trigger_key: str
+
+
+Action = Activate | PromoteQueued | StartRun | RetryFailed | StopRun | ReleaseSlot | ReleaseTrigger
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,20 +129,41 @@ def decide(
     *,
     reason: str | None = None,
     retry: RetryPolicy = NO_AUTOMATIC_RETRY,
+    run_id: str | None = None,
+    trigger_key: str | None = None,
+    lost_attempts: int = 0,
 ) -> list[Action]:
-    """Every action the transition ``source -> dest`` of ``job`` calls for (pure, no I/O)."""
-    if dest is JobStatus.PENDING and source in (None, JobStatus.FAILED):
+    """Every action the transition ``source -> dest`` of ``job`` calls for (pure, no I/O).
+
+    ``run_id`` and ``trigger_key`` are the new image's: the run to stop and the trigger guard
+    to release when a job is cancelled. ``lost_attempts`` counts the job's attempts that failed
+    for the infrastructure (this one included): those are retried on their own budget and do
+    not use up the repository's retry policy.
+    """
+    if dest is JobStatus.PENDING and source in (None, JobStatus.FAILED, JobStatus.CANCELLED):
         return [Activate(job)]  # a new job, or a retry: queue or run it
     if dest is JobStatus.ACTIVE and source is JobStatus.PENDING:
         return [StartRun(job, delay_ms=job.start_delay_ms)]
+    if dest is JobStatus.CANCELLED:
+        release: list[Action] = [ReleaseTrigger(job, trigger_key)] if trigger_key else []
+        if source is JobStatus.ACTIVE:
+            # The slot was kept by the cancel: stop the run first, then free it, then offer
+            # it to the queue, so the repository's limit holds while the run winds down.
+            return [StopRun(job, run_id), ReleaseSlot(job), PromoteQueued(job.repo), *release]
+        return release  # pending -> cancelled: no slot was held
     if source is JobStatus.ACTIVE and dest.is_terminal:
         # The finishing transaction already released the slot; hand it to the queue.
         actions: list[Action] = [PromoteQueued(job.repo)]
-        if dest is JobStatus.FAILED and retry.allows(job.attempt, reason):
-            delay_ms = round(retry.delay_seconds(job.attempt + 1) * 1000)
-            actions.append(RetryFailed(job, delay_ms=delay_ms))
+        if dest is JobStatus.FAILED:
+            if reason in INFRASTRUCTURE_REASONS:
+                if lost_attempts <= INFRASTRUCTURE_RETRIES:
+                    actions.append(RetryFailed(job))
+            elif retry.allows(job.attempt - lost_attempts, reason):
+                own_next = job.attempt - lost_attempts + 1
+                delay_ms = round(retry.delay_seconds(own_next) * 1000)
+                actions.append(RetryFailed(job, delay_ms=delay_ms))
         return actions
-    return []  # e.g. pending -> cancelled: no slot was held, nothing to do
+    return []
 
 
 def read_transition(record: StreamRecord) -> Transition | None:

@@ -26,20 +26,23 @@ from typing import Any, assert_never
 from scheduler.config import RetryPolicy
 from scheduler.db.models import JobModel
 from scheduler.db.store import JobState, JobStore
-from scheduler.errors import RepositoryFull
+from scheduler.errors import RepositoryFull, RunNotStoppable
 from scheduler.stream.decide import (
     NO_AUTOMATIC_RETRY,
     Action,
     Activate,
     PromoteQueued,
+    ReleaseSlot,
+    ReleaseTrigger,
     RetryFailed,
     StartRun,
+    StopRun,
     TransitionObserver,
     decide,
     read_transition,
 )
 from scheduler.stream.events import PartialBatchResponse, StreamEvent, StreamRecord
-from state_machines import JobStatus, TransitionConflict, Trigger
+from state_machines import INFRASTRUCTURE_REASONS, JobStatus, TransitionConflict, Trigger
 
 __all__ = ["ACTOR", "RETRY_ACTOR", "Dispatcher", "RunHook"]
 
@@ -59,6 +62,9 @@ Idempotent by ``job_id#attempt``. It gets the stream image as a model: everythin
 needs is there, no read is needed.
 """
 
+StopHook = Callable[[str], None]
+"""Stops a run by its id and returns once it is stopped (or known to be gone)."""
+
 RetryPolicyFor = Callable[[str], RetryPolicy]
 """The automatic retry policy of a repository."""
 
@@ -76,6 +82,7 @@ class Dispatcher:
         *,
         slot_limit_for: SlotLimitFor = lambda _repo: DEFAULT_SLOT_LIMIT,
         start_run: RunHook | None = None,
+        stop_run: StopHook | None = None,
         retry_policy_for: RetryPolicyFor = lambda _repo: NO_AUTOMATIC_RETRY,
         observers: Iterable[TransitionObserver] = (),
         promote_page: int = 5,
@@ -85,6 +92,7 @@ class Dispatcher:
         self._store = store
         self._slot_limit_for = slot_limit_for
         self._start_run = start_run or _log_activation
+        self._stop_run = stop_run
         self._retry_policy_for = retry_policy_for
         self.observers = tuple(observers)
         self._promote_page = promote_page
@@ -129,6 +137,13 @@ class Dispatcher:
             job,
             reason=transition.reason,
             retry=self._retry_policy_for(job.repo),
+            run_id=transition.image.run_id,
+            trigger_key=transition.image.trigger_key,
+            lost_attempts=sum(
+                1
+                for entry in transition.image.history or []
+                if entry.dest == JobStatus.FAILED.value and entry.reason in INFRASTRUCTURE_REASONS
+            ),
         )
         outcomes = [self.execute(action, transition.image) for action in actions]
         for observe in self.observers:
@@ -151,8 +166,30 @@ class Dispatcher:
                 return "started"
             case RetryFailed(job=job, delay_ms=delay_ms):
                 return self._retry(job, delay_ms)
+            case StopRun(job=job, run_id=run_id):
+                return self._stop(job, run_id)
+            case ReleaseSlot(job=job):
+                try:
+                    self._store.release_slot(job)
+                except TransitionConflict:
+                    return "already_done"  # a redelivered record: released the first time
+                return "released"
+            case ReleaseTrigger(job=job, trigger_key=key):
+                self._store.release_trigger(job.job_id, key)
+                return "trigger_released"
             case _:
                 assert_never(action)
+
+    def _stop(self, job: JobState, run_id: str | None) -> str:
+        if run_id is None:
+            return "nothing_to_stop"
+        if self._stop_run is None:
+            # This process cannot stop runs (a CLI replay): fail the record rather than free a
+            # slot whose run may still be going; the engine's own stream processor will stop it.
+            raise RunNotStoppable(job.job_id, run_id)
+        self._stop_run(run_id)
+        log.info("run stopped", extra={"job_id": job.job_id, "run_id": run_id})
+        return "stopped"
 
     def _retry(self, job: JobState, delay_ms: int) -> str:
         try:

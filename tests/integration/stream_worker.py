@@ -13,7 +13,8 @@ import threading
 from scheduler.db import models
 from scheduler.db.models import JobModel
 from scheduler.db.store import JobState, JobStore
-from scheduler.local.stream_runner import PollingConfig, StreamRunner
+from scheduler.local.mapping import PollingConfig
+from scheduler.local.stream_runner import StreamRunner
 from scheduler.settings import Settings
 from scheduler.stream.dispatcher import Dispatcher
 from state_machines import TransitionConflict, Trigger

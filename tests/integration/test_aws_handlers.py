@@ -101,3 +101,52 @@ def test_the_scheduled_reaper_times_out_and_stops_the_build(runtime: Any) -> Non
         assert handlers.reap({}, None) == {"timed_out": ["aws-3"]}
         stub.assert_no_pending_responses()
     assert runtime.store.get("aws-3").reason == "timed_out"
+
+
+def _stream_event(old: Any, new: Any, sequence: str = "000000000000000000900") -> dict[str, Any]:
+    """A stream batch of one MODIFY record, as Lambda's event source mapping sends it."""
+    return {
+        "Records": [
+            {
+                "eventID": "e1",
+                "eventName": "MODIFY",
+                "eventVersion": "1.1",
+                "eventSource": "aws:dynamodb",
+                "awsRegion": "us-east-1",
+                "dynamodb": {
+                    "Keys": {"job_id": {"S": new.job_id}},
+                    "OldImage": old.serialize(),
+                    "NewImage": new.serialize(),
+                    "SequenceNumber": sequence,
+                    "SizeBytes": 100,
+                    "StreamViewType": "NEW_AND_OLD_IMAGES",
+                },
+                "eventSourceARN": "arn:aws:dynamodb:us-east-1:123:table/jobs/stream/x",
+            }
+        ]
+    }
+
+
+def test_a_cancel_stops_the_build_before_the_slot_is_freed(runtime: Any) -> None:
+    """Issue 10, defect 1 on AWS: the stream function stops the build (StopBuild), then frees
+    the slot the cancel kept; a redelivered record stops nothing twice and frees nothing twice."""
+    from scheduler.runs.operations import Operations
+
+    job = active(runtime.store, "aws-4")
+    runtime.store.claim_run(job, "aws-4#1")
+    runtime.store.record_run_id("aws-4", 1, "aws-4#1", "ci-project:b4")
+    before = runtime.store.get("aws-4")
+    Operations(runtime.store, runtime.queries).cancel("aws-4")
+    after = runtime.store.get("aws-4")
+    assert after.slot_held and runtime.queries.stats("octo-org/api").running == 1
+    event = _stream_event(before, after)
+    with Stubber(runtime.runs.executor._client) as stub:
+        stub.add_response("stop_build", {"build": {"id": "ci-project:b4"}}, {"id": "ci-project:b4"})
+        assert handlers.stream(event, None) == {"batchItemFailures": []}
+        stub.assert_no_pending_responses()
+    assert not runtime.store.get("aws-4").slot_held
+    assert runtime.queries.stats("octo-org/api").running == 0
+    with Stubber(runtime.runs.executor._client) as stub:
+        stub.add_response("stop_build", {"build": {"id": "ci-project:b4"}}, {"id": "ci-project:b4"})
+        assert handlers.stream(event, None) == {"batchItemFailures": []}  # the redelivery
+    assert runtime.queries.stats("octo-org/api").running == 0

@@ -185,7 +185,9 @@ def test_cancel(seeded: JobStore) -> None:
     assert run_json("cancel", "queued")["status"] == "cancelled"
     active = run_json("cancel", "running")
     assert (active["previous_status"], active["status"]) == ("active", "cancelled")
-    assert run_json("stats", REPO)["running"] == 0
+    # The slot stays taken until the stream processor has stopped the run (issue 10).
+    assert run_json("stats", REPO)["running"] == 1
+    assert seeded.get("running").slot_held
     refused(run("cancel", "old-passed"), 1, "cannot cancel a job that is passed")
     refused(run("cancel", "queued"), 1, "cannot cancel a job that is cancelled")
     refused(run("cancel", "no-such-job"), 1, "not found")

@@ -21,16 +21,13 @@ from typing import Any
 import pytest
 
 from scheduler.db.clients import client
+from scheduler.db.dead_letters import DeadLetterStore
 from scheduler.db.models import JobModel
 from scheduler.db.queries import Queries
 from scheduler.errors import StoreUnavailable
-from scheduler.local.stream_runner import (
-    CheckpointStore,
-    DeadLetterStore,
-    MappingConfig,
-    PollingConfig,
-    StreamRunner,
-)
+from scheduler.local.checkpoints import CheckpointStore
+from scheduler.local.mapping import MappingConfig, PollingConfig
+from scheduler.local.stream_runner import StreamRunner
 from scheduler.settings import Settings, TableNames
 from tests.conftest import MakeJob, stream_env
 

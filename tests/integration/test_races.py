@@ -117,6 +117,10 @@ def test_many_workers_never_exceed_the_limit_and_counters_stay_exact(store: JobS
                     elif job.status is JobStatus.ACTIVE:
                         trigger = worker_rng.choice([Trigger.PASS, Trigger.FAIL, Trigger.CANCEL])
                         store.transition(job, trigger, actor=f"worker-{seed}")
+                    elif store.get(job_id).slot_held:
+                        # A cancelled run keeps its slot until the stream stopped it: here the
+                        # worker plays the stream and frees it (racing the other workers).
+                        store.release_slot(job)
                     else:
                         with lock:
                             if job_id in remaining:

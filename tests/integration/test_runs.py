@@ -81,7 +81,7 @@ def test_a_run_gets_job_data_as_environment_and_a_log(
     run_id = executor.start(request(command=command(exit_code=0), pr_number=7))
     assert executor.wait(run_id, 30)
     assert results.items[0].passed
-    env = json.loads((tmp_path / "work" / "j1" / "env.json").read_text())
+    env = json.loads((tmp_path / "work" / "j1" / "attempt-1" / "env.json").read_text())
     assert env["SCHEDULER_REPO"] == "o/r" and env["SCHEDULER_PR_NUMBER"] == "7"
     assert "GITHUB_WEBHOOK_SECRET" not in env  # secrets never reach user commands
     log = executor.log_path(request()).read_text()
@@ -100,7 +100,9 @@ def test_same_key_starts_one_process(executor: LocalExecutor, tmp_path: Path) ->
         ids = set(pool.map(lambda _: executor.start(request(command=command(0.2))), range(8)))
     assert ids == {run_id_for(request())}
     assert executor.wait(ids.pop(), 30)
-    assert (tmp_path / "work" / "j1" / "starts.log").read_text().splitlines() == ["j1"]
+    assert (tmp_path / "work" / "j1" / "attempt-1" / "starts.log").read_text().splitlines() == [
+        "j1"
+    ]
 
 
 def test_timeout_kills_the_whole_process_group(executor: LocalExecutor, results: Results) -> None:
@@ -157,7 +159,7 @@ def test_two_starters_race_and_one_run_happens(store: JobStore, tmp_path: Path) 
     assert finished.event.wait(30)
     for ex in executors:
         ex.close()
-    starts = list(tmp_path.glob("runner-*/work/race/starts.log"))
+    starts = list(tmp_path.glob("runner-*/work/race/attempt-1/starts.log"))
     assert len(starts) == 1 and starts[0].read_text().splitlines() == ["race"]
     job = store.get("race")
     assert job.run_id == "race#1" and job.started_at is not None

@@ -56,6 +56,7 @@ REF_TABLE: dict[tuple[str, str], str] = {
     ("pending", "cancel"): "cancelled",
     ("active", "cancel"): "cancelled",
     ("failed", "retry"): "pending",
+    ("cancelled", "retry"): "pending",
 }
 STATUSES = ("pending", "active", "passed", "failed", "cancelled")
 TERMINAL = frozenset({"passed", "failed", "cancelled"})
@@ -88,6 +89,7 @@ class RefJob:
     attempt: int = 1
     reason: str | None = None
     activated: bool = False  # this attempt went through `active`
+    slot_held: bool = False  # cancelled while active: the slot waits for the run to stop
     history: list[RefEntry] = field(default_factory=list)
 
     @property
@@ -130,6 +132,8 @@ class Reference:
         job = self.jobs[held.job_id]
         if (job.status, job.version) != (held.status.value, held.version):
             return TransitionConflict
+        if job.slot_held and trigger == "retry":
+            return TransitionConflict  # a cancelled run still stopping: its slot is not free
         if dest == "active":
             assert slot_limit is not None
             if self.repos[job.repo].running >= slot_limit:
@@ -150,6 +154,8 @@ class Reference:
         if dest == "active":
             repo.running += 1
             repo.limit = slot_limit
+        elif source == "active" and trigger == "cancel":
+            job.slot_held = True  # released once the run is stopped (release_slot)
         elif source == "active":
             repo.running -= 1
         job.reason = reason if dest in TERMINAL else None
@@ -158,6 +164,15 @@ class Reference:
         repo.counts[dest] += 1
         job.status = dest
         job.version += 1
+
+    def release_slot(self, job_id: str) -> bool:
+        """Free a cancelled job's kept slot; False (nothing changes) if not held."""
+        job = self.jobs[job_id]
+        if not job.slot_held:
+            return False
+        job.slot_held = False
+        self.repos[job.repo].running -= 1
+        return True
 
 
 # -- the state machine ------------------------------------------------------------------------
@@ -354,6 +369,22 @@ class JobStoreMachine(RuleBasedStateMachine):
         """An operator retries a failed job: a new attempt, pending again."""
         self._transition_rule(data, Trigger.RETRY, actor)
 
+    @precondition(lambda self: any(j.status == "cancelled" for j in self.ref.jobs.values()))
+    @rule(data=st.data())
+    def release_slot(self, data: st.DataObject) -> None:
+        """The stream stopped a cancelled run: its slot is freed, once; a repeat changes nothing."""
+        cancelled = sorted(j for j, job in self.ref.jobs.items() if job.status == "cancelled")
+        job_id = data.draw(st.sampled_from(cancelled), label="job")
+        held = self.snapshots[job_id][-1]
+        if self.ref.release_slot(job_id):
+            self.store.release_slot(held)
+        else:
+            before = self._raw(job_id)
+            with pytest.raises(TransitionConflict):
+                self.store.release_slot(held)
+            assert self._raw(job_id) == before, "a repeated release wrote something"
+        self.written.add(held.repo)
+
     @precondition(lambda self: any(len(s) > 1 for s in self.snapshots.values()))
     @rule(data=st.data(), actor=st.sampled_from(ACTORS))
     def stale_actor(self, data: st.DataObject, actor: str) -> None:
@@ -400,6 +431,7 @@ class JobStoreMachine(RuleBasedStateMachine):
             assert times == sorted(set(times)), job_id
             assert times[0] == int(item.received_at), job_id
             assert item.reason == ref.reason, job_id
+            assert bool(item.slot_held) is ref.slot_held, job_id
             # The sparse indexes' keys follow the status.
             pending, active = ref.status == "pending", ref.status == "active"
             assert (item.queue_repo == ref.repo) is pending, job_id
@@ -420,7 +452,8 @@ class JobStoreMachine(RuleBasedStateMachine):
             assert counters == ref.counts, repo
             assert counters == {status: truth[status] for status in STATUSES}, repo
             running = int(item.running or 0)
-            assert running == ref.running == counters["active"], repo
+            held = sum(1 for j in self.ref.jobs.values() if j.repo == repo and j.slot_held)
+            assert running == ref.running == counters["active"] + held, repo
             if item.slot_limit is None:
                 assert ref.limit is None and running == 0, repo
             else:

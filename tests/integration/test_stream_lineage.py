@@ -7,13 +7,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from scheduler.db.clients import client
-from scheduler.local.stream_runner import (
-    CheckpointStore,
-    DeadLetterStore,
-    MappingConfig,
-    PollingConfig,
-    StreamRunner,
-)
+from scheduler.db.dead_letters import DeadLetterStore
+from scheduler.local.checkpoints import CheckpointStore
+from scheduler.local.mapping import MappingConfig, PollingConfig
+from scheduler.local.stream_runner import StreamRunner
 from scheduler.settings import Settings, TableNames
 
 CREATED = datetime(2026, 1, 1, tzinfo=UTC)

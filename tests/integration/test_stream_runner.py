@@ -18,15 +18,12 @@ from typing import Any
 import pytest
 
 from scheduler.db.clients import client
+from scheduler.db.dead_letters import DeadLetterStore
 from scheduler.db.models import JobModel, RepoModel
 from scheduler.db.store import JobState, JobStore, NewJob
-from scheduler.local.stream_runner import (
-    CheckpointStore,
-    DeadLetterStore,
-    MappingConfig,
-    PollingConfig,
-    StreamRunner,
-)
+from scheduler.local.checkpoints import CheckpointStore
+from scheduler.local.mapping import MappingConfig, PollingConfig
+from scheduler.local.stream_runner import StreamRunner
 from scheduler.settings import Settings
 from scheduler.stream.dispatcher import Dispatcher
 from state_machines import JobStatus, TransitionConflict, Trigger

@@ -241,6 +241,7 @@ JOB_ATTRIBUTES = {
     "pr_number",
     "sender",
     "delivery_id",
+    "trigger_key",  # a hash of (repo, event, ref or PR, sha): released if cancelled
     "status",
     "attempt",
     "version",

@@ -15,8 +15,11 @@ from scheduler.errors import MalformedStreamRecord, RepositoryFull, StoreUnavail
 from scheduler.stream.decide import (
     Activate,
     PromoteQueued,
+    ReleaseSlot,
+    ReleaseTrigger,
     RetryFailed,
     StartRun,
+    StopRun,
     decide,
     read_transition,
 )
@@ -51,8 +54,9 @@ def record(n: int) -> dict[str, Any]:
         (P, A, "start"),
         (A, PASSED, "promote"),
         (A, F, "promote_and_retry"),
-        (A, C, "promote"),
+        (A, C, "stop_release_promote"),
         (P, C, None),
+        (C, P, "activate"),
     ],
 )
 def test_decision_table(source: JobStatus | None, dest: JobStatus, expected: str | None) -> None:
@@ -66,9 +70,21 @@ def test_decision_table(source: JobStatus | None, dest: JobStatus, expected: str
             "start": [StartRun(job)],
             "promote": [PromoteQueued("o/r")],
             "promote_and_retry": [PromoteQueued("o/r"), RetryFailed(job, delay_ms=3000)],
+            "stop_release_promote": [StopRun(job, None), ReleaseSlot(job), PromoteQueued("o/r")],
             None: [],
         }[expected]
     )
+
+
+def test_a_cancel_stops_the_run_before_its_slot_goes_and_releases_the_trigger() -> None:
+    job = state(C)
+    assert decide(A, C, job, run_id="j#1", trigger_key="k") == [
+        StopRun(job, "j#1"),
+        ReleaseSlot(job),
+        PromoteQueued("o/r"),
+        ReleaseTrigger(job, "k"),
+    ]
+    assert decide(P, C, job, trigger_key="k") == [ReleaseTrigger(job, "k")]
 
 
 def test_a_failure_the_policy_does_not_retry_only_promotes() -> None:
@@ -86,7 +102,7 @@ def test_a_retried_attempt_starts_after_the_backoff_it_carries() -> None:
 def test_every_status_pair_decides_without_error() -> None:
     for source in [None, *JobStatus]:
         for dest in JobStatus:
-            assert len(decide(source, dest, state(dest))) <= 2
+            assert len(decide(source, dest, state(dest))) <= 3
 
 
 @pytest.mark.parametrize(

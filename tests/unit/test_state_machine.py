@@ -26,6 +26,7 @@ LEGAL = {
     (JobStatus.PENDING, Trigger.CANCEL): JobStatus.CANCELLED,
     (JobStatus.ACTIVE, Trigger.CANCEL): JobStatus.CANCELLED,
     (JobStatus.FAILED, Trigger.RETRY): JobStatus.PENDING,
+    (JobStatus.CANCELLED, Trigger.RETRY): JobStatus.PENDING,
 }
 
 
@@ -54,21 +55,28 @@ def test_slots_are_taken_on_activation_and_freed_when_leaving_active() -> None:
     assert deltas[(JobStatus.PENDING, Trigger.ACTIVATE)] == 1
     assert deltas[(JobStatus.PENDING, Trigger.CANCEL)] == 0
     assert deltas[(JobStatus.FAILED, Trigger.RETRY)] == 0
-    for trigger in (Trigger.PASS, Trigger.FAIL, Trigger.TIME_OUT, Trigger.CANCEL):
+    assert deltas[(JobStatus.CANCELLED, Trigger.RETRY)] == 0
+    for trigger in (Trigger.PASS, Trigger.FAIL, Trigger.TIME_OUT):
         assert deltas[(JobStatus.ACTIVE, trigger)] == -1
+    # A cancelled run keeps its slot until it is known to be stopped (released separately).
+    assert deltas[(JobStatus.ACTIVE, Trigger.CANCEL)] == 0
+    assert [pair for pair in LEGAL if plan(*pair).holds_slot] == [
+        (JobStatus.ACTIVE, Trigger.CANCEL)
+    ]
 
 
 def test_only_retry_starts_a_new_attempt_and_time_out_names_its_reason() -> None:
     assert [pair for pair in LEGAL if plan(*pair).next_attempt] == [
-        (JobStatus.FAILED, Trigger.RETRY)
+        (JobStatus.FAILED, Trigger.RETRY),
+        (JobStatus.CANCELLED, Trigger.RETRY),
     ]
     assert plan(JobStatus.ACTIVE, Trigger.TIME_OUT).reason == TIMED_OUT
     assert plan(JobStatus.ACTIVE, Trigger.FAIL).reason is None
 
 
-def test_terminal_statuses_only_allow_retry_of_failed() -> None:
+def test_terminal_statuses_only_allow_retry_of_failed_and_cancelled() -> None:
     assert triggers_from(JobStatus.PASSED) == []
-    assert triggers_from(JobStatus.CANCELLED) == []
+    assert triggers_from(JobStatus.CANCELLED) == [Trigger.RETRY]
     assert triggers_from(JobStatus.FAILED) == [Trigger.RETRY]
     assert JobStatus.PASSED.is_terminal and not JobStatus.ACTIVE.is_terminal
 

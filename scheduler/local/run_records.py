@@ -1,0 +1,142 @@
+"""What the local executor keeps on disk so that a run survives its runner's death.
+
+Two small records per run, under the executor's folder:
+
+- ``procs/<key>.json`` — the process group of a running command. ``PR_SET_PDEATHSIG`` reaches
+  only the direct child, so after a SIGKILL of ``scheduler up`` a command's grandchildren live
+  on; on restart, every process still in a recorded group *and* carrying the run's marker
+  variable is killed (the marker keeps a recycled pid of somebody else's process safe).
+- ``results/<key>.json`` — a run's outcome, written before it is reported and removed once the
+  store has it: an outcome that could not be recorded (the database was down, the stack was
+  stopped) is reported after the restart instead of being lost or replaced by a timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+from dataclasses import asdict
+from pathlib import Path
+
+from scheduler.runs.executor import RunResult
+
+__all__ = ["MARKER", "RunRecords"]
+
+log = logging.getLogger(__name__)
+
+MARKER = "SCHEDULER_RUN_KEY"
+"""The environment variable that names a run's key in every process of its tree."""
+
+
+def _file_name(key: str) -> str:
+    return key.replace("/", "_").replace("#", "@") + ".json"
+
+
+class RunRecords:
+    def __init__(self, folder: Path) -> None:
+        self._procs = folder / "procs"
+        self._results = folder / "results"
+        self._procs.mkdir(parents=True, exist_ok=True)
+        self._results.mkdir(parents=True, exist_ok=True)
+
+    # -- process groups ----------------------------------------------------------------------
+
+    def started(self, key: str, pgid: int) -> None:
+        _write_atomically(self._procs / _file_name(key), {"key": key, "pgid": pgid})
+
+    def ended(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self._procs / _file_name(key)).unlink()
+
+    def kill_leftovers(self) -> list[str]:
+        """Kill what is left of runs of a previous runner; return their keys."""
+        killed = []
+        for path in sorted(self._procs.glob("*.json")):
+            record = _read(path)
+            if record is not None:
+                key, pgid = str(record["key"]), int(str(record["pgid"]))
+                victims = _group_members(pgid, f"{MARKER}={key}".encode())
+                for pid in victims:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, signal.SIGKILL)
+                if victims:
+                    log.warning(
+                        "killed what was left of a lost run",
+                        extra={"run_id": key, "pids": ",".join(map(str, victims))},
+                    )
+                killed.append(key)
+            path.unlink(missing_ok=True)
+        return killed
+
+    # -- outcomes ----------------------------------------------------------------------------
+
+    def keep_result(self, key: str, result: RunResult) -> None:
+        _write_atomically(self._results / _file_name(key), {"key": key, **asdict(result)})
+
+    def result_reported(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self._results / _file_name(key)).unlink()
+
+    def unreported_results(self) -> list[tuple[str, RunResult]]:
+        found = []
+        for path in sorted(self._results.glob("*.json")):
+            record = _read(path)
+            if record is None:
+                path.unlink(missing_ok=True)
+                continue
+            try:
+                key = str(record["key"])
+                exit_code = record["exit_code"]
+                result = RunResult(
+                    job_id=str(record["job_id"]),
+                    attempt=int(str(record["attempt"])),
+                    exit_code=None if exit_code is None else int(str(exit_code)),
+                    timed_out=bool(record["timed_out"]),
+                    cancelled=bool(record["cancelled"]),
+                    summary=str(record["summary"]),
+                )
+            except (KeyError, ValueError):
+                log.warning("unreadable run outcome %s: ignored", path)
+                path.unlink(missing_ok=True)
+                continue
+            found.append((key, result))
+        return found
+
+
+def _write_atomically(path: Path, data: dict[str, object]) -> None:
+    temporary = path.with_suffix(".tmp")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        json.dump(data, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def _read(path: Path) -> dict[str, object] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        log.warning("unreadable run record %s: ignored", path)
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _group_members(pgid: int, marker: bytes) -> list[int]:
+    """Pids in process group ``pgid`` whose environment holds ``marker`` (Linux /proc)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            fields = stat.rsplit(")", 1)[1].split()
+            if int(fields[2]) != pgid:  # fields after the name: state, ppid, pgrp, ...
+                continue
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
+                members.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return members

@@ -1,0 +1,243 @@
+"""The local stack as users run it (``scheduler up`` in its own process, DynamoDB Local on disk),
+driven over HTTP with signed deliveries, for fault scenarios.
+
+Commands record what they did in a side-effect log written by the command itself (one line per
+start: job id, attempt, pid, and the runs alive at that moment), so a test checks the books
+independently of the scheduler's own tables.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from scheduler.github.signature import sign
+from scheduler.local.dynamodb_local import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEDULER = str(ROOT / ".venv" / "bin" / "scheduler")
+SECRET = "reliability-secret-0123456789"
+
+# A run: note the start (job, attempt, pid, which other runs are alive right now: zombies
+# count as gone), leave a pid
+# file for the others to check, then sleep argv[2] seconds and exit argv[3].
+RUN = (
+    "import os, sys, time, pathlib\n"
+    "d = pathlib.Path(sys.argv[1]); job = os.environ['SCHEDULER_JOB_ID']\n"
+    "attempt = os.environ['SCHEDULER_ATTEMPT']\n"
+    "alive = []\n"
+    "for f in d.glob('*.pid'):\n"
+    "    try:\n"
+    "        stat = open(f'/proc/{int(f.read_text())}/stat').read()\n"
+    "    except (OSError, ValueError):\n"
+    "        continue\n"
+    "    if stat.rsplit(')', 1)[1].split()[0] != 'Z':\n"
+    "        alive.append(f.stem)\n"
+    "(d / f'{job}-{attempt}.pid').write_text(str(os.getpid()))\n"
+    "line = f'{job} {attempt} {os.getpid()} alive={\",\".join(alive)}\\n'\n"
+    "fd = os.open(d / 'starts.log', os.O_WRONLY | os.O_APPEND | os.O_CREAT)\n"
+    "os.write(fd, line.encode()); os.close(fd)\n"
+    "time.sleep(float(sys.argv[2])); sys.exit(int(sys.argv[3]))\n"
+)
+
+
+def run_command(effects: Path, sleep: float, exit_code: int = 0, *, via_shell: bool = False) -> str:
+    """The TOML argv of a recorded run; ``via_shell`` puts it under ``sh -c`` (a process tree:
+    the shell leads the group, the recorded pid is its child)."""
+    argv = [sys.executable, "-c", RUN, str(effects), str(sleep), str(exit_code)]
+    if via_shell:
+        quoted = " ".join("'" + a.replace("'", "'\\''") + "'" for a in argv)
+        argv = ["sh", "-c", f"{quoted}; echo after"]
+    return json.dumps(argv)
+
+
+@dataclass(frozen=True)
+class Start:
+    job_id: str
+    attempt: int
+    pid: int
+    alive: tuple[str, ...]
+
+
+@dataclass
+class LocalStackProcess:
+    """One ``scheduler up`` child; start, SIGKILL and restart it on the same data directory."""
+
+    workdir: Path
+    config: str
+    env: dict[str, str] = field(default_factory=dict)
+    max_runs: int = 8
+    port: int = field(default_factory=free_port)
+    dynamodb_port: int = field(default_factory=free_port)
+    process: subprocess.Popen[str] | None = None
+    url: str = ""
+
+    @property
+    def effects(self) -> Path:
+        path = self.workdir / "effects"
+        path.mkdir(exist_ok=True)
+        return path
+
+    def start(self) -> LocalStackProcess:
+        config = self.workdir / "scheduler.toml"
+        config.write_text(self.config, encoding="utf-8")
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(("SCHEDULER_", "AWS_"))
+        }
+        env.update(GITHUB_WEBHOOK_SECRET=SECRET, SCHEDULER_CONFIG=str(config), **self.env)
+        self.process = subprocess.Popen(
+            [
+                SCHEDULER,
+                "up",
+                "--port",
+                str(self.port),
+                "--dynamodb-port",
+                str(self.dynamodb_port),
+                "--data-dir",
+                str(self.workdir / "data"),
+                "--max-runs",
+                str(self.max_runs),
+                "--json",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=open(self.workdir / "stack.log", "a"),  # noqa: SIM115 - the child owns it
+            text=True,
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        assert line, self.log_tail()
+        self.url = json.loads(line)["url"]
+        return self
+
+    def log_tail(self, chars: int = 4000) -> str:
+        path = self.workdir / "stack.log"
+        return path.read_text()[-chars:] if path.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL the stack process (its DynamoDB Local dies with it: PDEATHSIG)."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(30)
+        _wait_port_free(self.dynamodb_port)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+    def env_for_cli(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SCHEDULER_", "AWS_"))}
+        env.update(SCHEDULER_DYNAMODB_ENDPOINT=f"http://127.0.0.1:{self.dynamodb_port}")
+        return env
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [SCHEDULER, *args],
+            env=self.env_for_cli(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    # -- deliveries and reads over HTTP ------------------------------------------------------
+
+    def deliver(
+        self, client: httpx.Client, repo: str, delivery: str, sha: str, branch: str = "main"
+    ) -> httpx.Response:
+        body = json.dumps(
+            {
+                "ref": f"refs/heads/{branch}",
+                "after": sha,
+                "repository": {"full_name": repo},
+                "sender": {"login": "chaos"},
+            }
+        ).encode()
+        return client.post(
+            f"{self.url}/webhook",
+            content=body,
+            headers={
+                "Content-Type": "application/json",
+                "X-GitHub-Event": "push",
+                "X-GitHub-Delivery": delivery,
+                "X-Hub-Signature-256": sign(SECRET.encode(), body),
+            },
+        )
+
+    def job(self, client: httpx.Client, job_id: str) -> dict[str, Any]:
+        response = client.get(f"{self.url}/jobs/{job_id}")
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    def stats(self, client: httpx.Client, repo: str) -> dict[str, Any]:
+        response = client.get(f"{self.url}/repos/{repo}/stats")
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    def starts(self) -> list[Start]:
+        log = self.effects / "starts.log"
+        if not log.exists():
+            return []
+        found = []
+        for line in log.read_text().splitlines():
+            job_id, attempt, pid, alive = line.split(" ", 3)
+            names = alive.removeprefix("alive=")
+            found.append(
+                Start(job_id, int(attempt), int(pid), tuple(filter(None, names.split(","))))
+            )
+        return found
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float = 0.2) -> Any:
+    """Poll ``check`` until it returns something truthy; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def kill_leftovers(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _wait_port_free(port: int, timeout: float = 20) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) != 0:
+                return
+        time.sleep(0.1)
