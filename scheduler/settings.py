@@ -22,6 +22,10 @@ LOCAL_REGION = "us-east-1"
 LOCAL_CREDENTIALS = ("local", "local")
 # GitHub caps webhook payloads at 25 MB; anything larger is not a GitHub delivery.
 DEFAULT_WEBHOOK_MAX_BODY_BYTES = 25 * 1024 * 1024
+# The local HTTP server's bounds (see scheduler.api.app.ServerLimits for why these values).
+DEFAULT_HTTP_MAX_CONNECTIONS = 64
+DEFAULT_HTTP_REQUEST_TIMEOUT_SECONDS = 10.0
+DEFAULT_HTTP_BODY_BUDGET_BYTES = 64 * 1024 * 1024
 _TRUE = {"1", "true", "yes", "on"}
 
 
@@ -31,6 +35,24 @@ def _int(env: Mapping[str, str], name: str, default: str) -> int:
         return int(value)
     except ValueError:
         raise ConfigurationError(f"{name} must be an integer, not {value!r}") from None
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    number = _int(env, name, str(default))
+    if number <= 0:
+        raise ConfigurationError(f"{name} must be a positive integer, not {number}")
+    return number
+
+
+def _positive_seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    value = env.get(name, str(default))
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < float("inf"):
+        raise ConfigurationError(f"{name} must be a positive number of seconds, not {value!r}")
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -72,6 +94,11 @@ class Settings:
     webhook_max_body_bytes: int = DEFAULT_WEBHOOK_MAX_BODY_BYTES
     http_host: str = "127.0.0.1"
     http_port: int = 8080
+    # The local HTTP server: connections served at once (more are answered 503), seconds to
+    # receive one whole request (else 408), bytes of request bodies held over all connections.
+    http_max_connections: int = DEFAULT_HTTP_MAX_CONNECTIONS
+    http_request_timeout_seconds: float = DEFAULT_HTTP_REQUEST_TIMEOUT_SECONDS
+    http_body_budget_bytes: int = DEFAULT_HTTP_BODY_BUDGET_BYTES
     # Commit statuses: posted only when a token is configured.
     github_token: str | None = field(default=None, repr=False)
     github_api_url: str = "https://api.github.com"
@@ -116,6 +143,15 @@ class Settings:
             ),
             http_host=env.get("SCHEDULER_HTTP_HOST", "127.0.0.1"),
             http_port=_int(env, "SCHEDULER_HTTP_PORT", "8080"),
+            http_max_connections=_positive_int(
+                env, "SCHEDULER_HTTP_MAX_CONNECTIONS", DEFAULT_HTTP_MAX_CONNECTIONS
+            ),
+            http_request_timeout_seconds=_positive_seconds(
+                env, "SCHEDULER_HTTP_REQUEST_TIMEOUT_SECONDS", DEFAULT_HTTP_REQUEST_TIMEOUT_SECONDS
+            ),
+            http_body_budget_bytes=_positive_int(
+                env, "SCHEDULER_HTTP_BODY_BUDGET_BYTES", DEFAULT_HTTP_BODY_BUDGET_BYTES
+            ),
             github_token=env.get("SCHEDULER_GITHUB_TOKEN") or env.get("GITHUB_TOKEN") or None,
             github_api_url=env.get("SCHEDULER_GITHUB_API_URL", "https://api.github.com"),
             codebuild_project=env.get("SCHEDULER_CODEBUILD_PROJECT") or None,

@@ -31,10 +31,16 @@ from scheduler.errors import (
     MethodNotAllowed,
     PayloadTooLarge,
     RouteNotFound,
+    ServerBusy,
     WebhookRejected,
 )
 from scheduler.github.delivery import WebhookService, webhook_secret
-from scheduler.settings import Settings
+from scheduler.settings import (
+    DEFAULT_HTTP_BODY_BUDGET_BYTES,
+    DEFAULT_HTTP_MAX_CONNECTIONS,
+    DEFAULT_HTTP_REQUEST_TIMEOUT_SECONDS,
+    Settings,
+)
 
 __all__ = [
     "Application",
@@ -44,6 +50,7 @@ __all__ = [
     "Request",
     "Response",
     "Router",
+    "ServerLimits",
     "create_app",
 ]
 
@@ -79,6 +86,8 @@ class Response:
         headers = {}
         if isinstance(exc, MethodNotAllowed):
             headers["allow"] = ", ".join(exc.allowed)
+        if isinstance(exc, ServerBusy):
+            headers["retry-after"] = str(exc.retry_after_seconds)
         return cls(exc.http_status, {"error": str(exc)}, headers)
 
 
@@ -152,10 +161,50 @@ class Router:
 # -- the application --------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    """What a server in front of the app lets all its clients hold at once.
+
+    The local server enforces these (API Gateway and Lambda have bounds of their own). None
+    needs a signature to exhaust, so each is a cap rather than a per-client courtesy:
+
+    - ``max_connections``: connections served at once, one thread each; beyond it a 503 from
+      the accept loop. 64 is twice the 32 concurrent senders of ``bench/webhook.py``, and GitHub
+      opens one short connection per delivery.
+    - ``request_timeout_seconds``: to receive one whole request, headers and body, however
+      steadily its bytes trickle in (else 408), which is also the longest a connection may sit
+      idle before its next request. GitHub gives up on a delivery not answered within 10 s, so
+      a request still arriving after 10 s is lost anyway; 10 s receives GitHub's 25 MB maximum
+      at 20 Mbit/s and frees a slowloris' slot quickly.
+    - ``body_budget_bytes``: bytes of request bodies buffered over all connections; a request
+      whose ``Content-Length`` would go over what is left gets a 503. 64 MB holds two bodies of
+      GitHub's maximum (25 MB) at once and any number of ordinary deliveries (a few KB).
+    """
+
+    max_connections: int = DEFAULT_HTTP_MAX_CONNECTIONS
+    request_timeout_seconds: float = DEFAULT_HTTP_REQUEST_TIMEOUT_SECONDS
+    body_budget_bytes: int = DEFAULT_HTTP_BODY_BUDGET_BYTES
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ServerLimits:
+        return cls(
+            max_connections=settings.http_max_connections,
+            request_timeout_seconds=settings.http_request_timeout_seconds,
+            body_budget_bytes=settings.http_body_budget_bytes,
+        )
+
+
 class Application:
-    def __init__(self, router: Router, *, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        router: Router,
+        *,
+        max_body_bytes: int,
+        server_limits: ServerLimits | None = None,
+    ) -> None:
         self.router = router
         self.max_body_bytes = max_body_bytes
+        self.server_limits = server_limits or ServerLimits()
 
     def handle(self, request: Request) -> Response:
         try:
@@ -252,4 +301,8 @@ def create_app(
     router.add("GET", "/healthz", healthz)
     for register in extra_routes:
         register(router)
-    return Application(router, max_body_bytes=settings.webhook_max_body_bytes)
+    return Application(
+        router,
+        max_body_bytes=settings.webhook_max_body_bytes,
+        server_limits=ServerLimits.from_settings(settings),
+    )

@@ -125,6 +125,26 @@ KNOWN_EVENTS = frozenset(
 # the id becomes part of a DynamoDB key and of log lines.
 _DELIVERY_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z-]{0,63}")
 _SHA = re.compile(r"[0-9a-f]{40}")
+
+# Caps on the payload's text that reaches a job item (and from there log lines, the CLI and a
+# run's environment). A job item must stay far below DynamoDB's 400 KB item limit whatever a
+# signed payload holds, and a value over a cap is refused (400), never cut: a shortened ref
+# would name another branch.
+# - Git keeps refs as files (loose refs), so one component of a ref is a file name of at most
+#   255 bytes (NAME_MAX on every common file system); GitHub refuses longer components too.
+# - A whole ref gets 1024 bytes: four maximal components, far beyond any real branch, and
+#   DynamoDB's limit for a sort key, should a ref or branch ever become one.
+# - GitHub logins are at most 39 characters (an app's bot login adds "[bot]"); 100 is generous
+#   (and was already the length kept).
+# - Pull request numbers count a repository's issues and PRs, nowhere near 2**31; without a cap
+#   a JSON integer of any size would reach a DynamoDB number (at most 38 digits) and fail there.
+REF_MAX_BYTES = 1024
+REF_COMPONENT_MAX_BYTES = 255
+LOGIN_MAX_BYTES = 100
+PR_NUMBER_MAX = 2**31 - 1
+# C0 controls (NUL included) and DEL: never in a git ref or a GitHub login, and a NUL cannot be
+# passed to a run as an environment variable.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _T = TypeVar("_T")
 _JSON_TYPES = frozenset({"application/json"})
 _FORM_TYPES = frozenset({"application/x-www-form-urlencoded"})
@@ -269,7 +289,7 @@ def interpret(delivery: Delivery) -> BuildRequest | Ping | Ignored:
 def _push(delivery: Delivery) -> BuildRequest | Ignored:
     payload = delivery.payload
     repo = _repo(payload)
-    ref = _field(payload, "ref", str)
+    ref = _ref(_field(payload, "ref", str), "ref")
     after = _field(payload, "after", str)
     deleted = _optional(payload, "deleted", bool)
     if deleted or after == ZERO_SHA:
@@ -303,8 +323,10 @@ def _pull_request(delivery: Delivery) -> BuildRequest | Ignored:
     number = _optional(payload, "number", int)
     if number is None:
         number = _field(pull, "number", int, "pull_request.number")
-    if number <= 0:
-        raise WebhookRejected("field 'number' must be a positive integer")
+    if not 0 < number <= PR_NUMBER_MAX:
+        raise WebhookRejected(
+            f"field 'number' must be a positive integer (at most {PR_NUMBER_MAX})"
+        )
     if action not in BUILD_ACTIONS:
         return Ignored(f"pull_request action {_quote(action)} makes no job")
     head = _field(pull, "head", dict, "pull_request.head")
@@ -317,8 +339,10 @@ def _pull_request(delivery: Delivery) -> BuildRequest | Ignored:
         sha=sha,
         # GitHub keeps this ref on the base repository for every PR, forks included.
         ref=f"refs/pull/{number}/head",
-        branch=_field(head, "ref", str, "pull_request.head.ref"),
-        base_branch=_field(base, "ref", str, "pull_request.base.ref"),
+        branch=_ref(_field(head, "ref", str, "pull_request.head.ref"), "pull_request.head.ref"),
+        base_branch=_ref(
+            _field(base, "ref", str, "pull_request.base.ref"), "pull_request.base.ref"
+        ),
         trigger=f"pr#{number}",
         pr_number=number,
         sender=_sender(payload),
@@ -339,7 +363,36 @@ def _sender(payload: Mapping[str, Any]) -> str | None:
     if sender is None:
         return None
     login = _optional(sender, "login", str, "sender.login")
-    return login[:100] if login else None
+    return _text(login, "sender.login", LOGIN_MAX_BYTES) if login else None
+
+
+def _ref(value: str, path: str) -> str:
+    """``value`` if it can be a git ref (or branch name) within the caps above."""
+    _text(value, path, REF_MAX_BYTES)
+    if any(len(part.encode()) > REF_COMPONENT_MAX_BYTES for part in value.split("/")):
+        raise WebhookRejected(
+            f"field '{path}' has a component over {REF_COMPONENT_MAX_BYTES} bytes"
+        )
+    return value
+
+
+def _text(value: str, path: str, max_bytes: int) -> str:
+    """``value`` if it is storable text of at most ``max_bytes`` UTF-8 bytes.
+
+    JSON's escapes can spell a lone surrogate (``"\\ud800"``), which is a Python string but no
+    UTF-8 text: DynamoDB (and any log or environment) could not take it.
+    """
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise WebhookRejected(
+            f"field '{path}' is not valid Unicode text (it holds a lone surrogate)"
+        ) from None
+    if size > max_bytes:
+        raise WebhookRejected(f"field '{path}' is {size} bytes long: at most {max_bytes} bytes")
+    if _CONTROL.search(value) is not None:
+        raise WebhookRejected(f"field '{path}' must not hold control characters (NUL included)")
+    return value
 
 
 def _sha(value: str, path: str) -> str:

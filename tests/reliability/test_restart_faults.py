@@ -39,7 +39,9 @@ def test_kill_9_of_the_stack_mid_run_then_restart_kills_the_orphans_and_passes_e
     try:
         with httpx.Client(timeout=30) as client:
             ids = [
-                stack.deliver(client, "chaos/restart", f"restart-{n}", f"{n + 1:040x}").json()["job_id"]
+                stack.deliver(client, "chaos/restart", f"restart-{n}", f"{n + 1:040x}").json()[
+                    "job_id"
+                ]
                 for n in range(4)
             ]
             first = wait_for("four runs to start", lambda: len(stack.starts()) == 4, 30)
