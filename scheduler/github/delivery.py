@@ -10,7 +10,9 @@ so there is neither a scan nor a window between check and write:
    reaches the stream processor), keyed ``trigger#<sha256(repo, event, ref or PR, sha)>``,
    is written on condition that it does not exist (or is older than the retention window).
    A *different* delivery asking to build the same commit for the same trigger fails that
-   condition, and is answered 200 with the job id the guard item names.
+   condition, and is answered 200 with the job id the guard item names. A reopened pull
+   request is the exception: it asks to build its head again, so its key also names its
+   delivery (:attr:`~scheduler.github.payload.BuildRequest.rebuild`).
 
 The third item of the transaction is the repository's counters item. The transaction itself
 is :meth:`scheduler.db.store.JobStore.create` with a :class:`~scheduler.db.store.TriggerGuard`: the

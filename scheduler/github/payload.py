@@ -167,7 +167,9 @@ class BuildRequest:
     """A commit GitHub asks us to build; everything a job needs from the payload, as data.
 
     ``trigger`` names what caused the build: ``ref`` for a push, ``pr#N`` for a pull request.
-    Two deliveries with the same repository, event, trigger and sha ask for the same build.
+    Two deliveries with the same repository, event, trigger and sha ask for the same build,
+    unless one is a ``rebuild``: a request to build that commit again (a reopened pull request),
+    which only a redelivery of the same delivery repeats.
     """
 
     delivery_id: str
@@ -181,6 +183,7 @@ class BuildRequest:
     sender: str | None = None
     tag: str | None = None
     base_branch: str | None = None
+    rebuild: bool = False
 
     @property
     def job_id(self) -> str:
@@ -188,8 +191,15 @@ class BuildRequest:
 
     @property
     def trigger_key(self) -> str:
-        """A fixed-size key naming (repository, event, trigger, sha), for the second guard."""
-        identity = "\n".join((self.repo.lower(), self.event, self.trigger, self.sha))
+        """A fixed-size key naming (repository, event, trigger, sha), for the second guard.
+
+        A rebuild's key names its delivery too, so no earlier job of the commit holds it; a
+        redelivery (same delivery id) still finds its job by the job id first.
+        """
+        parts = [self.repo.lower(), self.event, self.trigger, self.sha]
+        if self.rebuild:
+            parts.append(f"delivery:{self.delivery_id}")
+        identity = "\n".join(parts)
         return hashlib.sha256(identity.encode()).hexdigest()
 
 
@@ -346,6 +356,9 @@ def _pull_request(delivery: Delivery) -> BuildRequest | Ignored:
         trigger=f"pr#{number}",
         pr_number=number,
         sender=_sender(payload),
+        # Reopening a pull request asks for a build even if its head did not move (the commit
+        # built when it was opened is otherwise held by the trigger guard for the window).
+        rebuild=action == "reopened",
     )
 
 

@@ -312,7 +312,7 @@ def test_same_commit_and_trigger_under_another_delivery_answers_the_existing_job
     assert repo_items()[REPO]["n_pending"] == 2
 
 
-def test_pull_request_builds_head_sha_and_a_reopen_of_the_same_sha_is_deduplicated(
+def test_pull_request_builds_head_sha_and_a_reopen_of_the_same_sha_builds_again(
     transport: Transport,
 ) -> None:
     opened = event_body("pull_request.opened")
@@ -326,11 +326,12 @@ def test_pull_request_builds_head_sha_and_a_reopen_of_the_same_sha_is_deduplicat
         "changes",
     )
     reopened = deliver(transport, "pull_request", event_body("pull_request.reopened"), "p2")
-    assert (reopened.status, reopened.body["job_id"]) == (200, first.body["job_id"])
+    # A reopened pull request builds again, even with an unchanged head (issue 10).
+    assert (reopened.status, reopened.body["job_id"]) == (202, "gh-p2")
     pushed = event_body("pull_request.synchronize")
     pushed["pull_request"]["head"]["sha"] = "f" * 40
     assert deliver(transport, "pull_request", pushed, "p3").status == 202
-    assert len(job_items()) == 2 and repo_items()[REPO]["n_pending"] == 2
+    assert len(job_items()) == 3 and repo_items()[REPO]["n_pending"] == 3
 
 
 def test_ping_answers_200(transport: Transport) -> None:

@@ -5,6 +5,9 @@ field that would reach the job item: a quarter-megabyte ref (an item over Dynamo
 limit), lone surrogates and NULs (text that cannot be stored as UTF-8), over-long names and a
 pull request number no DynamoDB number can hold. They go to the real ``LocalHTTPServer`` on
 loopback, in front of DynamoDB Local; the jobs and repos tables must stay empty.
+
+The last section is the other side of the trigger guard: a reopened pull request whose head
+did not move is not a duplicate, and must build again.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import pytest
 from scheduler.api.app import create_app
 from scheduler.config import parse_config
 from scheduler.db.models import JobModel, RepoModel
+from scheduler.github.payload import BuildRequest, Delivery, interpret
 from scheduler.github.signature import sign
 from scheduler.local.http_server import LocalHTTPServer
 from scheduler.settings import Settings, TableNames
@@ -201,3 +205,52 @@ def test_long_and_non_ascii_refs_within_the_limits_still_build(
     assert (answer.status, answer.body) == (202, {"job_id": "gh-ok-1"})
     [job] = JobModel.scan(consistent_read=True)
     assert (job.ref, job.branch) == (ref, branch)
+
+
+# -- a reopened pull request builds again (issue 10, defect 10) -------------------------------
+
+
+def build_request(event: str, name: str, delivery_id: str) -> BuildRequest:
+    wanted = interpret(Delivery(event=event, delivery_id=delivery_id, payload=event_body(name)))
+    assert isinstance(wanted, BuildRequest)
+    return wanted
+
+
+def test_a_reopened_pull_request_has_a_trigger_key_of_its_own_delivery() -> None:
+    opened = build_request("pull_request", "pull_request.opened", "p1")
+    reopened = build_request("pull_request", "pull_request.reopened", "p2")
+    again = build_request("pull_request", "pull_request.reopened", "p3")
+    # The same PR and head sha: what the trigger names is unchanged ...
+    assert (reopened.trigger, reopened.sha) == (opened.trigger, opened.sha)
+    # ... but a reopen asks for a build of its own, each time it happens.
+    assert len({opened.trigger_key, reopened.trigger_key, again.trigger_key}) == 3
+    # A redelivery of one reopen (same X-GitHub-Delivery) is the same request.
+    assert build_request("pull_request", "pull_request.reopened", "p2") == reopened
+    # Other actions keep the guard of (PR, sha): another delivery of them is the same build.
+    assert build_request("pull_request", "pull_request.opened", "p4").trigger_key == (
+        opened.trigger_key
+    )
+
+
+def test_a_reopened_pull_request_with_an_unchanged_head_builds_again_and_its_redelivery_finds_it(
+    server: LocalHTTPServer, tables: TableNames
+) -> None:
+    def send(name: str, delivery_id: str) -> Answer:
+        body = json.dumps(event_body(name)).encode()
+        return deliver(server, "pull_request", body, delivery=delivery_id)
+
+    opened = send("pull_request.opened", "pr-open-1")
+    assert (opened.status, opened.body) == (202, {"job_id": "gh-pr-open-1"})
+    # A second delivery of "opened" for the same commit is still the same build.
+    assert send("pull_request.opened", "pr-open-2").body["job_id"] == "gh-pr-open-1"
+    reopened = send("pull_request.reopened", "pr-reopen-1")
+    assert (reopened.status, reopened.body) == (202, {"job_id": "gh-pr-reopen-1"})
+    # GitHub's redelivery of the reopen reuses its delivery id: the same job, nothing new.
+    again = send("pull_request.reopened", "pr-reopen-1")
+    assert (again.status, again.body["job_id"]) == (200, "gh-pr-reopen-1")
+    # Closed and reopened once more: another build.
+    assert send("pull_request.reopened", "pr-reopen-2").status == 202
+    jobs = sorted(job.job_id for job in JobModel.scan(consistent_read=True))
+    assert jobs == ["gh-pr-open-1", "gh-pr-reopen-1", "gh-pr-reopen-2"]
+    [counters] = [r for r in RepoModel.scan(consistent_read=True) if "/" in r.repo]
+    assert counters.n_pending == 3
