@@ -5,13 +5,14 @@
 - every package names its public API in ``__all__``, and only names its ``__init__`` has.
 
 That ``state_machines`` imports no AWS library and no ``scheduler`` is proven in
-``test_state_machine.py``.
+``test_state_machine.py`` for the static imports of its top-level modules; this file covers what
+that test cannot see (modules in subfolders, ``importlib`` / ``__import__`` calls).
 """
 
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -76,29 +77,46 @@ def modules_in(text: str, package: str, filename: str = "<source>") -> Iterator[
             for alias in node.names:
                 if alias.name != "*":
                     yield node.lineno, f"{base}.{alias.name}"
-        elif isinstance(node, ast.Call) and node.args:
-            func = node.func
-            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
-            first = node.args[0]
-            if (
-                name in {"import_module", "__import__"}
-                and isinstance(first, ast.Constant)
-                and isinstance(first.value, str)
-            ):
-                yield node.lineno, first.value
+        elif isinstance(node, ast.Call) and (module := dynamically_imported(node)):
+            yield node.lineno, module
+
+
+def dynamically_imported(node: ast.Call) -> str | None:
+    """``x`` for ``importlib.import_module("x")`` or ``__import__("x")``, else None."""
+    func = node.func
+    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+    first = node.args[0] if node.args else None
+    if (
+        name in {"import_module", "__import__"}
+        and isinstance(first, ast.Constant)
+        and isinstance(first.value, str)
+    ):
+        return first.value
+    return None
+
+
+def dynamic_imports(path: Path) -> Iterator[tuple[int, str]]:
+    """Only the ``importlib.import_module`` / ``__import__`` calls of ``path``, with their line."""
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Call) and (module := dynamically_imported(node)):
+            yield node.lineno, module
 
 
 def is_within(module: str, package: str) -> bool:
     return module == package or module.startswith(f"{package}.")
 
 
-def violations(places: list[Path], forbidden: tuple[str, ...]) -> list[str]:
+def violations(
+    places: list[Path],
+    forbidden: tuple[str, ...],
+    reach: Callable[[Path], Iterator[tuple[int, str]]] = imported_modules,
+) -> list[str]:
     """One line per offending import statement: file, line, the statement, what it reaches."""
     found: list[str] = []
     for path in sources(*places):
         lines = path.read_text().splitlines()
         reached: dict[int, set[str]] = {}
-        for line, module in imported_modules(path):
+        for line, module in reach(path):
             if any(is_within(module, package) for package in forbidden):
                 reached.setdefault(line, set()).add(module)
         for line, modules in sorted(reached.items()):
@@ -122,6 +140,24 @@ def test_the_core_imports_neither_runtime() -> None:
     assert not bad, "\n".join(bad)
 
 
+PURE_FORBIDDEN = ("boto3", "botocore", "pynamodb", "aws_xray_sdk", "scheduler")
+
+
+def test_state_machines_is_pure_where_its_own_test_does_not_look() -> None:
+    """test_state_machine.py reads the import statements of ``state_machines/*.py``; this adds
+    the modules in subfolders (all their imports) and dynamic imports anywhere."""
+    top_level = sorted(STATE_MACHINES.glob("*.py"))
+    subfolders = sorted(
+        place
+        for place in STATE_MACHINES.iterdir()
+        if place.is_dir() and place.name != "__pycache__"
+    )
+    bad = violations(subfolders, PURE_FORBIDDEN) + violations(
+        top_level, PURE_FORBIDDEN, reach=dynamic_imports
+    )
+    assert not bad, "\n".join(bad)
+
+
 def test_the_checker_sees_every_form_of_import() -> None:
     """The rules above are only as good as modules_in; pin the forms it must catch."""
     text = "\n".join(
@@ -136,10 +172,11 @@ def test_the_checker_sees_every_form_of_import() -> None:
             "    from scheduler.local.http_server import HttpServer",
             "    importlib.import_module('scheduler.local.executor')",
             "import scheduler.localish",
+            "runtime = __import__('scheduler.local')",
         ]
     )
     caught = {line for line, name in modules_in(text, "scheduler.aws") if is_within(name, LOCAL)}
-    assert caught == {1, 2, 3, 4, 5, 8, 9}
+    assert caught == {1, 2, 3, 4, 5, 8, 9, 11}
     assert package_of(SCHEDULER / "aws" / "handlers.py") == "scheduler.aws"
     assert package_of(SCHEDULER / "aws" / "__init__.py") == "scheduler.aws"
 
@@ -156,38 +193,53 @@ def packages() -> list[Path]:
     return sorted(found)
 
 
-def bound_names(tree: ast.Module) -> set[str]:
-    """Names a module binds at its top level (also inside ``if`` / ``try`` blocks there)."""
-    names: set[str] = set()
+def assigned(target: ast.expr) -> Iterator[str]:
+    """The names an assignment target binds (``a``, ``a, *b``, ``[a, b]``)."""
+    if isinstance(target, ast.Name):
+        yield target.id
+    elif isinstance(target, ast.Tuple | ast.List):
+        for element in target.elts:
+            yield from assigned(element)
+    elif isinstance(target, ast.Starred):
+        yield from assigned(target.value)
 
-    def targets(node: ast.expr) -> Iterator[str]:
-        if isinstance(node, ast.Name):
-            yield node.id
-        elif isinstance(node, ast.Tuple | ast.List):
-            for element in node.elts:
-                yield from targets(element)
-        elif isinstance(node, ast.Starred):
-            yield from targets(node.value)
+
+def bound_by(node: ast.stmt) -> Iterator[str]:
+    """The names one statement binds by itself (not in the blocks it holds)."""
+    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+        yield node.name
+    elif isinstance(node, ast.Import):
+        yield from ((a.asname or a.name).split(".")[0] for a in node.names)
+    elif isinstance(node, ast.ImportFrom):
+        yield from (a.asname or a.name for a in node.names if a.name != "*")
+    elif isinstance(node, ast.Assign):
+        for target in node.targets:
+            yield from assigned(target)
+    elif isinstance(node, ast.For | ast.AsyncFor) or (
+        # ``x: int`` alone binds nothing
+        isinstance(node, ast.AnnAssign | ast.AugAssign) and node.value is not None
+    ):
+        yield from assigned(node.target)
+    elif isinstance(node, ast.With | ast.AsyncWith):
+        for item in node.items:
+            if item.optional_vars is not None:
+                yield from assigned(item.optional_vars)
+
+
+def bound_names(tree: ast.Module) -> set[str]:
+    """Names a module binds at its top level, also inside compound statements there
+    (``if`` / ``try`` / ``with`` / ``for`` / ``while`` / ``match``), not inside functions."""
+    names: set[str] = set()
 
     def visit(body: list[ast.stmt]) -> None:
         for node in body:
+            names.update(bound_by(node))
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-                names.add(node.name)
-            elif isinstance(node, ast.Import):
-                names.update((a.asname or a.name).split(".")[0] for a in node.names)
-            elif isinstance(node, ast.ImportFrom):
-                names.update(a.asname or a.name for a in node.names if a.name != "*")
-            elif isinstance(node, ast.Assign):
-                for target in node.targets:
-                    names.update(targets(target))
-            elif isinstance(node, ast.AnnAssign | ast.AugAssign) and node.value is not None:
-                names.update(targets(node.target))
-            elif isinstance(node, ast.If | ast.Try | ast.With):
-                visit(node.body)
-                visit(getattr(node, "orelse", []))
-                visit(getattr(node, "finalbody", []))
-                for handler in getattr(node, "handlers", []):
-                    visit(handler.body)
+                continue  # what is bound inside belongs to the function or class
+            for block in ("body", "orelse", "finalbody"):
+                visit(getattr(node, block, []))
+            for nested in (*getattr(node, "handlers", []), *getattr(node, "cases", [])):
+                visit(nested.body)
 
     visit(tree.body)
     return names
@@ -227,3 +279,41 @@ def test_every_package_names_its_public_api(package: Path) -> None:
     assert not unbound, (
         f"{relative(init)}: __all__ names what it neither defines nor imports: {unbound}"
     )
+
+
+def test_the_binder_sees_names_bound_in_compound_statements() -> None:
+    text = "\n".join(
+        [
+            "import a.b",
+            "from c import d as e",
+            "f, *g = 1, 2",
+            "h: int = 1",
+            "i: int",
+            "try:",
+            "    from j import k",
+            "except ImportError:",
+            "    k = None",
+            "if True:",
+            "    class L: pass",
+            "else:",
+            "    def m(): n = 1",
+            "with open('x') as o: pass",
+            "for p in []: q = p",
+            "match 1:",
+            "    case _: r = 1",
+        ]
+    )
+    assert bound_names(ast.parse(text)) == {
+        "a",
+        "e",
+        "f",
+        "g",
+        "h",
+        "k",
+        "L",
+        "m",
+        "o",
+        "p",
+        "q",
+        "r",
+    }
