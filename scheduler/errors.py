@@ -15,6 +15,7 @@ from state_machines.errors import (
 )
 
 __all__ = [
+    "BatchInterrupted",
     "ConfigurationError",
     "DomainError",
     "GuardRefused",
@@ -113,6 +114,19 @@ class StoreUnavailable(DomainError):
 
     http_status = 503
     exit_code = 2
+
+
+class BatchInterrupted(StoreUnavailable):
+    """The database failed while a stream batch was processed (see :mod:`scheduler.db.outage`).
+
+    The records before ``sequence_number`` are done; from it on nothing is known to be done.
+    The local stream runner waits for the database and delivers the rest again, without counting
+    a retry or dead-lettering anything: the records are not at fault.
+    """
+
+    def __init__(self, sequence_number: str, detail: str) -> None:
+        super().__init__(f"store failed at stream record {sequence_number}: {detail}")
+        self.sequence_number = sequence_number
 
 
 class InvalidArgument(DomainError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -92,6 +93,28 @@ def _bound_models() -> list[tuple[object, dict[str, object]]]:
     ]
 
 
+@contextlib.contextmanager
+def own_dynamodb(
+    prefix: str = "s-", *, data_dir: Path | None = None, port: int | None = None
+) -> Iterator[tuple[DynamoDBLocal, Settings]]:
+    """A DynamoDB Local of its own with all tables, the models bound to it meanwhile."""
+    base = Settings.from_env({})
+    server = DynamoDBLocal(base.dynamodb_local_dir, heap_mb=512, data_dir=data_dir, port=port)
+    server.start()
+    before = _bound_models()
+    try:
+        result = base.for_local(server.endpoint, TableNames().with_prefix(prefix))
+        ensure_tables(client("dynamodb", result), result)
+        models.bind(result)
+        yield server, result
+    finally:
+        for model, meta in before:
+            for key, value in meta.items():
+                setattr(model.Meta, key, value)  # type: ignore[attr-defined]
+            model._connection = None  # type: ignore[attr-defined]
+        server.stop()
+
+
 @pytest.fixture(scope="module")
 def stream_settings() -> Iterator[Settings]:
     """A DynamoDB Local of this module's own, with all tables: for the heavy stream tests.
@@ -99,21 +122,8 @@ def stream_settings() -> Iterator[Settings]:
     DynamoDB Local slows down as its stream store fills, so stream-heavy modules do not share the
     session's server. The models are bound to it for the module and re-bound afterwards.
     """
-    base = Settings.from_env({})
-    server = DynamoDBLocal(base.dynamodb_local_dir, heap_mb=512)
-    server.start()
-    before = _bound_models()
-    try:
-        result = base.for_local(server.endpoint, TableNames().with_prefix("s-"))
-        ensure_tables(client("dynamodb", result), result)
-        models.bind(result)
+    with own_dynamodb() as (_server, result):
         yield result
-    finally:
-        for model, meta in before:
-            for key, value in meta.items():
-                setattr(model.Meta, key, value)  # type: ignore[attr-defined]
-            model._connection = None  # type: ignore[attr-defined]
-        server.stop()
 
 
 def stream_env(settings: Settings) -> dict[str, str]:

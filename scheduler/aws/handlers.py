@@ -47,8 +47,13 @@ def webhook(event: HttpApiEvent, context: Any) -> HttpApiResponse:
 
 
 def stream(event: dict[str, Any], context: Any) -> PartialBatchResponse:
-    """DynamoDB stream batch of the jobs table -> partial batch response (by sequence number)."""
-    return core().dispatcher.handle_event(event)
+    """DynamoDB stream batch of the jobs table -> partial batch response (by sequence number).
+
+    A database outage is waited out within the invocation's time (``time_left_ms``), so that
+    a throttled or briefly unreachable table does not use up the mapping's retry attempts.
+    """
+    time_left = getattr(context, "get_remaining_time_in_millis", None)
+    return core().dispatcher.handle_event(event, time_left_ms=time_left or (lambda: 0))
 
 
 def build_completed(event: dict[str, Any], context: Any) -> dict[str, Any]:

@@ -69,6 +69,7 @@ class DynamoDBLocal:
         self.heap_mb = heap_mb
         self.log_path = log_path
         self._process: subprocess.Popen[bytes] | None = None
+        self._stop_registered = False
 
     @property
     def endpoint(self) -> str:
@@ -79,6 +80,16 @@ class DynamoDBLocal:
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
+
+    @property
+    def alive(self) -> bool:
+        """Whether the server process this object started is still running."""
+        return self._process is not None and self._process.poll() is None
+
+    def restart(self, timeout: float = 60.0) -> str:
+        """Start the server again on the same port and data directory (after it died)."""
+        self.stop(grace=1.0)
+        return self.start(timeout)
 
     def command(self, port: int) -> list[str]:
         jar = find_jar(self.install_dir)
@@ -126,7 +137,9 @@ class DynamoDBLocal:
             if output is not subprocess.DEVNULL:
                 output.close()  # type: ignore[union-attr]
         self.port = port
-        atexit.register(self.stop)
+        if not self._stop_registered:
+            atexit.register(self.stop)
+            self._stop_registered = True
         self._wait_ready(timeout)
         log.info("DynamoDB Local listening", extra={"endpoint": self.endpoint})
         return self.endpoint

@@ -66,4 +66,5 @@ class PollingConfig:
     idle_max_seconds: float = 0.1
     retry_base_seconds: float = 0.2
     retry_max_seconds: float = 10.0
+    outage_max_seconds: float = 2.0  # the longest pause while waiting for the database
     discovery_seconds: float = 10.0

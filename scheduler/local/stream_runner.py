@@ -15,7 +15,15 @@ stream handler with Lambda-shaped events, with the semantics of Lambda's ESM for
   about log2(BatchSize) invocations and the good records around it go through). A batch whose
   retries (``MaximumRetryAttempts``) or age (``MaximumRecordAgeInSeconds``) run out goes to the
   on-failure destination, a dead-letter table holding the batch metadata and its records, and
-  the shard moves on.
+  the shard moves on, but only once the dead letter is durably written: the checkpoint never
+  passes a record that is neither processed nor dead-lettered.
+- The database's failures are not the function's (:mod:`scheduler.db.outage`). A batch the
+  handler could not finish because DynamoDB was unreachable, throttled or failing
+  (:class:`~scheduler.errors.BatchInterrupted`) waits with backoff and is delivered again until
+  the database is back; it uses no retry attempt and is never dead-lettered for it.
+- A record's age counts only while this runner runs and only once the record has failed: a
+  stack stopped (or a database down) for longer than ``MaximumRecordAgeInSeconds`` resumes its
+  backlog instead of dead-lettering it. (Lambda's mapping never stops; this runner does.)
 - Expired iterators, ``TrimmedDataAccessException`` (DynamoDB Local raises it on an iterator
   opened on an empty shard after another table wrote records) and a stream re-enabled under a
   new ARN are handled by taking a fresh iterator or re-discovering, never by crashing.
@@ -48,7 +56,8 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from scheduler.db.dead_letters import DeadLetter, DeadLetterStore, Handler
-from scheduler.errors import StoreUnavailable
+from scheduler.db.outage import is_outage
+from scheduler.errors import BatchInterrupted, StoreUnavailable
 from scheduler.local.checkpoints import Checkpoint, CheckpointStore, sequence_position
 from scheduler.local.mapping import STREAM_FUNCTION, MappingConfig, PollingConfig
 from scheduler.settings import Settings
@@ -79,6 +88,7 @@ class _Batch:
     attempts: int = 0  # failed invocations of this batch (a split does not count)
     retry_at: float = 0.0
     error: str = ""
+    condemned: str | None = None  # a dead-letter condition whose write is still to be made
 
     @property
     def first_sequence(self) -> str:
@@ -112,6 +122,7 @@ class RunnerStats:
     records_succeeded: int = 0
     records_dead_lettered: int = 0
     function_errors: int = 0
+    store_outages: int = 0  # invocations or dead-letter writes the database failed
     iterator_renewals: int = 0
     polls: int = 0
     empty_polls: int = 0
@@ -153,6 +164,8 @@ class StreamRunner:
         self._saved: dict[str, Checkpoint] = {}
         self._next_discovery = 0.0
         self._idle_delay = self._polling.idle_min_seconds
+        self._running_since = wall()  # record ages count from here at the earliest
+        self._outages = 0  # consecutive database failures, for the backoff
         self.stats = RunnerStats()
 
     @classmethod
@@ -192,8 +205,8 @@ class StreamRunner:
         while not stop.is_set():
             try:
                 worked = self.step()
-            except StoreUnavailable:
-                log.exception("stream runner: store unavailable, backing off")
+            except StoreUnavailable as exc:
+                log.warning("stream runner: store unavailable, backing off: %s", exc)
                 worked = False
                 self._idle_delay = self._polling.idle_max_seconds
             if worked:
@@ -278,6 +291,7 @@ class StreamRunner:
         if not arn:
             return
         if arn != self._stream_arn:
+            saved = self._checkpoints.load(arn)  # first: a failed read changes nothing
             if self._stream_arn is not None:
                 log.warning(
                     "stream ARN changed, following the new stream",
@@ -285,7 +299,6 @@ class StreamRunner:
                 )
             self._stream_arn = arn
             self._shards = {}
-            saved = self._checkpoints.load(arn)
             self._first_start = not saved
             self._saved = saved
         try:
@@ -351,7 +364,10 @@ class StreamRunner:
         if shard.batches:  # a failed batch blocks its shard until it succeeds or is dropped
             if shard.batches[0].retry_at > now:
                 return False
-            self._invoke(shard)
+            if shard.batches[0].condemned:
+                self._flush_dead_letter(shard)
+            else:
+                self._invoke(shard)
             return True
         read = 0
         if not shard.exhausted and len(shard.buffer) < self._mapping.batch_size:
@@ -454,9 +470,13 @@ class StreamRunner:
         try:
             response = self._handler({"Records": batch.records}, None)
             failed_at, error = self._first_failure(batch, response)
-        except Exception as exc:  # a function error: the whole batch failed
+        except Exception as exc:
+            if is_outage(exc):  # the database's failure, not the function's
+                self._wait_for_store(batch, exc)
+                return
             log.warning("stream function error: %r", exc, extra={"shard_id": shard.shard_id})
             failed_at, error = 0, f"{type(exc).__name__}: {exc}"
+        self._outages = 0
         if failed_at is None:
             shard.batches.popleft()
             self.stats.records_succeeded += len(batch.records)
@@ -483,13 +503,40 @@ class StreamRunner:
         batch.attempts += 1
         retries = self._mapping.max_retry_attempts
         if 0 <= retries < batch.attempts:
-            self._dead_letter(shard, batch, "RetryAttemptsExhausted")
+            batch.condemned = "RetryAttemptsExhausted"
+            self._flush_dead_letter(shard)
             return
         pause = min(
             self._polling.retry_max_seconds,
             self._polling.retry_base_seconds * 2 ** (batch.attempts - 1),
         )
         batch.retry_at = self._clock() + pause * random.uniform(0.8, 1.2)
+
+    def _wait_for_store(self, batch: _Batch, exc: BaseException) -> None:
+        """The database failed the batch: keep what is done, try the rest again later.
+
+        Neither a retry attempt nor a step toward the dead-letter table: the records are not
+        at fault. The records before the interruption are dropped from the batch; the next
+        checkpoint covers them.
+        """
+        self.stats.store_outages += 1
+        if isinstance(exc, BatchInterrupted):
+            done = [str(r["dynamodb"]["SequenceNumber"]) for r in batch.records]
+            if exc.sequence_number in done:
+                finished = done.index(exc.sequence_number)
+                self.stats.records_succeeded += finished
+                batch.records = batch.records[finished:]
+        pause = self._outage_pause()
+        batch.retry_at = self._clock() + pause
+        log.warning(
+            "store unavailable: the batch waits for it",
+            extra={"first": batch.first_sequence, "pause_s": round(pause, 2), "error": str(exc)},
+        )
+
+    def _outage_pause(self) -> float:
+        self._outages += 1
+        pause = self._polling.retry_base_seconds * 2 ** min(self._outages - 1, 16)
+        return float(min(self._polling.outage_max_seconds, pause) * random.uniform(0.8, 1.2))
 
     def _first_failure(self, batch: _Batch, response: Any) -> tuple[int | None, str]:
         """Index of the lowest failed record per the partial batch response, or None."""
@@ -510,26 +557,58 @@ class StreamRunner:
         return lowest, f"record {batch.records[lowest]['dynamodb']['SequenceNumber']} failed"
 
     def _expire(self, shard: _Shard, batch: _Batch) -> bool:
-        """Dead-letter the records older than MaximumRecordAgeInSeconds; True if none remain."""
+        """Dead-letter the failed records older than MaximumRecordAgeInSeconds.
+
+        True if it did (the rest of the batch is invoked at the next turn). Age counts from the
+        record's creation or this runner's start, whichever is later, and only for a batch that
+        has failed: a backlog left by a stopped stack or a database outage is processed.
+        """
+        if not batch.attempts:
+            return False
         oldest_allowed = self._wall() - self._mapping.max_record_age_seconds
         expired = 0
-        for record in batch.records:
-            created = record["dynamodb"].get("ApproximateCreationDateTime")
-            if created is None or created >= oldest_allowed:
-                break
-            expired += 1
+        if self._running_since < oldest_allowed:
+            expired = next(
+                (
+                    n
+                    for n, record in enumerate(batch.records)
+                    if (created := record["dynamodb"].get("ApproximateCreationDateTime")) is None
+                    or created >= oldest_allowed
+                ),
+                len(batch.records),
+            )
         if not expired:
             return False
-        old = _Batch(batch.records[:expired], batch.attempts, error=batch.error or "too old")
+        old = _Batch(
+            batch.records[:expired],
+            batch.attempts,
+            error=batch.error or "too old",
+            condemned="RecordAgeExceeded",
+        )
         batch.records = batch.records[expired:]
         if not batch.records:
             shard.batches.popleft()
-        self._write_dead_letter(shard, old, "RecordAgeExceeded")
-        return not batch.records
+        shard.batches.appendleft(old)
+        self._flush_dead_letter(shard)
+        return True
 
-    def _dead_letter(self, shard: _Shard, batch: _Batch, condition: str) -> None:
+    def _flush_dead_letter(self, shard: _Shard) -> None:
+        """Write the condemned head batch to the dead-letter table, then move past it.
+
+        If the write fails (the table is in the same database) the batch stays at the head of
+        its shard and the write is tried again after a pause: nothing is checkpointed past it.
+        """
+        batch = shard.batches[0]
+        assert batch.condemned is not None
+        try:
+            self._write_dead_letter(shard, batch, batch.condemned)
+        except StoreUnavailable as exc:
+            self._wait_for_store(batch, exc)
+            return
+        self._outages = 0
         shard.batches.popleft()
-        self._write_dead_letter(shard, batch, condition)
+        # The shard moves on: the batch is in the destination, its records are done here.
+        self._checkpoint(shard, batch.last_sequence)
 
     def _write_dead_letter(self, shard: _Shard, batch: _Batch, condition: str) -> None:
         assert self._stream_arn is not None
@@ -561,8 +640,6 @@ class StreamRunner:
                 "end": batch.last_sequence,
             },
         )
-        # The shard moves on: the batch is in the destination, its records are done here.
-        self._checkpoint(shard, batch.last_sequence)
 
     def _checkpoint(
         self, shard: _Shard, sequence_number: str | None, finished: bool = False

@@ -20,13 +20,15 @@ repository has active jobs, and each of them finishes (or is reaped) and promote
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, assert_never
 
 from scheduler.config import RetryPolicy
 from scheduler.db.models import JobModel
+from scheduler.db.outage import is_outage
 from scheduler.db.store import JobState, JobStore
-from scheduler.errors import RepositoryFull, RunNotStoppable
+from scheduler.errors import BatchInterrupted, RepositoryFull, RunNotStoppable
 from scheduler.stream.decide import (
     NO_AUTOMATIC_RETRY,
     Action,
@@ -69,6 +71,17 @@ RetryPolicyFor = Callable[[str], RetryPolicy]
 """The automatic retry policy of a repository."""
 
 
+_OUTAGE_MARGIN_MS = 10_000  # left for the last attempt and the response when time runs out
+
+
+def _outage_pauses(base: float = 0.2, cap: float = 5.0) -> Iterator[float]:
+    """Pauses between attempts of a record while the database is out: doubling, capped."""
+    pause = base
+    while True:
+        yield pause
+        pause = min(cap, pause * 2)
+
+
 def _log_activation(job: JobModel, delay_ms: int) -> None:
     log.info("run requested", extra={"job_id": job.job_id, "attempt": job.attempt})
 
@@ -106,23 +119,49 @@ class Dispatcher:
 
     # The Lambda-shaped entry point -----------------------------------------------------------
 
-    def handle_event(self, event: StreamEvent | Mapping[str, Any]) -> PartialBatchResponse:
+    def handle_event(
+        self,
+        event: StreamEvent | Mapping[str, Any],
+        *,
+        time_left_ms: Callable[[], int] | None = None,
+    ) -> PartialBatchResponse:
         """Process the records in order; stop at the first failure and report it.
 
         Later records of the shard are delivered again after the failed one anyway (the event
         source mapping resumes from the lowest reported sequence number), so processing them
         now would only do work twice, or out of order.
+
+        A failure that is the database's (:func:`~scheduler.db.outage.is_outage`) is not the
+        record's: with ``time_left_ms`` (Lambda's remaining time) the record is tried again
+        with backoff while the invocation has time, then reported as failed; without it (the
+        local runner) :class:`BatchInterrupted` tells the caller to wait for the database.
         """
         for record in event.get("Records", []):
-            try:
-                self.handle_record(record)
-            except Exception:
-                sequence_number = record["dynamodb"]["SequenceNumber"]
-                log.exception(
-                    "stream record failed",
-                    extra={"sequence_number": sequence_number, "event_id": record.get("eventID")},
-                )
-                return {"batchItemFailures": [{"itemIdentifier": sequence_number}]}
+            sequence_number = record["dynamodb"]["SequenceNumber"]
+            for pause in _outage_pauses():
+                try:
+                    self.handle_record(record)
+                    break
+                except Exception as exc:
+                    if not is_outage(exc):
+                        log.exception(
+                            "stream record failed",
+                            extra={"sequence_number": sequence_number},
+                        )
+                        return {"batchItemFailures": [{"itemIdentifier": sequence_number}]}
+                    if time_left_ms is None:
+                        raise BatchInterrupted(sequence_number, str(exc)) from exc
+                    if time_left_ms() < pause * 1000 + _OUTAGE_MARGIN_MS:
+                        log.warning(
+                            "store unavailable; the invocation's time is up",
+                            extra={"sequence_number": sequence_number, "error": str(exc)},
+                        )
+                        return {"batchItemFailures": [{"itemIdentifier": sequence_number}]}
+                    log.warning(
+                        "store unavailable; trying the record again",
+                        extra={"sequence_number": sequence_number, "pause_s": pause},
+                    )
+                    time.sleep(pause)
         return {"batchItemFailures": []}
 
     def handle_record(self, record: StreamRecord) -> list[str]:

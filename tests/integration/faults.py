@@ -36,3 +36,22 @@ def inject_conflicts(store: JobStore, times: int) -> list[dict[str, Any]]:
         "before-call.dynamodb.TransactWriteItems", before_call
     )
     return seen
+
+
+def inject_throttling(store: JobStore, times: int, operation: str) -> list[dict[str, Any]]:
+    """Throttle the next ``times`` requests of ``operation`` (DynamoDB Local never throttles).
+
+    Returns the intercepted request bodies, so a test can check their shape.
+    """
+    seen: list[dict[str, Any]] = []
+
+    def before_call(params: dict[str, Any], **_: Any) -> tuple[_Http, dict[str, Any]] | None:
+        seen.append(json.loads(params["body"]))
+        if len(seen) > times:
+            return None
+        return _Http(), {
+            "Error": {"Code": "ThrottlingException", "Message": "Rate of requests exceeded"}
+        }
+
+    store.connection.client.meta.events.register(f"before-call.dynamodb.{operation}", before_call)
+    return seen

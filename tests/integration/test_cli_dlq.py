@@ -24,7 +24,6 @@ from scheduler.db.clients import client
 from scheduler.db.dead_letters import DeadLetterStore
 from scheduler.db.models import JobModel
 from scheduler.db.queries import Queries
-from scheduler.errors import StoreUnavailable
 from scheduler.local.checkpoints import CheckpointStore
 from scheduler.local.mapping import MappingConfig, PollingConfig
 from scheduler.local.stream_runner import StreamRunner
@@ -72,11 +71,14 @@ def clear(ddb: Any, table: str, keys: list[str]) -> None:
             ddb.delete_item(TableName=table, Key=item)
 
 
-class Outage:
-    """A stream function whose store is down: every batch fails."""
+class Broken:
+    """A stream function with a bug (fixed by the time of the replay): every batch fails.
+
+    Not a store outage: a batch the database failed waits for it and is never dead-lettered.
+    """
 
     def __call__(self, event: dict[str, Any], context: Any) -> Any:
-        raise StoreUnavailable("cannot activate: DynamoDB throttled the request")
+        raise RuntimeError("cannot activate: the function is broken")
 
 
 @pytest.fixture
@@ -96,7 +98,7 @@ def letters(env: dict[str, str], settings: Settings, ddb: Any, make_job: MakeJob
         table_name=settings.tables.jobs,
         checkpoints=CheckpointStore(ddb, settings.tables.runner_state, "dlq-test"),
         dead_letters=DeadLetterStore(ddb, settings.tables.dead_letters),
-        handler=Outage(),
+        handler=Broken(),
         mapping=MAPPING,
         polling=FAST,
     )
@@ -140,7 +142,7 @@ def test_list_shows_each_failed_batch(letters: dict[str, Any], env: dict[str, st
     assert (jobs["records"], jobs["job_ids"], jobs["replayed"]) == (3, JOB_IDS, False)
     assert (poison["records"], poison["job_ids"], poison["replayed_at"]) == (1, ["poison"], None)
     assert jobs["condition"] == "RetryAttemptsExhausted" and jobs["attempts"] == 1
-    assert "StoreUnavailable" in jobs["error"] and "throttled" in jobs["error"]
+    assert "RuntimeError" in jobs["error"] and "broken" in jobs["error"]
     assert now - 60_000 < jobs["failed_at"] <= now
 
     human = run("dlq", "list", env=env)

@@ -288,13 +288,24 @@ def test_expired_and_trimmed_iterators_are_renewed(fresh: Settings) -> None:
     assert runner.stats.iterator_renewals == 2
 
 
-def test_records_older_than_the_maximum_age_go_to_the_dead_letter_table(fresh: Settings) -> None:
+def test_a_failing_record_older_than_the_maximum_age_goes_to_the_dead_letter_table(
+    fresh: Settings,
+) -> None:
     recorder = Recorder(fresh)
-    runner = make_runner(fresh, recorder, wall=lambda: time.time() + 7200)  # two hours later
+    later = 0.0  # how far the runner's wall clock is ahead of the real one
+    calls = 0
+
+    def failing(event: dict[str, Any], context: Any) -> Any:
+        nonlocal later, calls
+        calls += 1
+        later = 7200.0  # after its first failure, two hours pass (the limit is one hour)
+        raise RuntimeError("the function keeps failing")
+
+    runner = make_runner(fresh, failing, wall=lambda: time.time() + later)
     runner.skip_to_end()
     recorder.store.create(new_job("old"))
     runner.drain()
-    assert recorder.batches == [] and status("old") == "pending"
+    assert calls == 1 and status("old") == "pending"
     letters = DeadLetterStore(client("dynamodb", fresh), fresh.tables.dead_letters).list()
     assert [(x.condition, x.batch_size) for x in letters] == [("RecordAgeExceeded", 1)]
 

@@ -11,7 +11,12 @@ import pytest
 
 from scheduler.config import RetryPolicy
 from scheduler.db.store import JobState
-from scheduler.errors import MalformedStreamRecord, RepositoryFull, StoreUnavailable
+from scheduler.errors import (
+    BatchInterrupted,
+    MalformedStreamRecord,
+    RepositoryFull,
+    StoreUnavailable,
+)
 from scheduler.stream.decide import (
     Activate,
     PromoteQueued,
@@ -198,9 +203,18 @@ def test_activation_starts_the_run_through_the_hook() -> None:
 def test_batch_stops_at_the_first_failing_record_and_reports_it() -> None:
     started: list[Any] = []
     d = dispatcher([StoreUnavailable("throttled")], started)
-    response = d.handle_event(EVENT)
+    response = d.handle_event(EVENT, time_left_ms=lambda: 0)  # Lambda, out of time
     assert response == {"batchItemFailures": [{"itemIdentifier": "000000000000000000100"}]}
     assert started == []  # the records after the failure were not processed
+
+
+def test_a_store_failure_without_a_deadline_interrupts_the_batch_where_it_failed() -> None:
+    started: list[Any] = []
+    d = dispatcher([StoreUnavailable("throttled")], started)
+    with pytest.raises(BatchInterrupted) as caught:
+        d.handle_event(EVENT)  # the local runner: it waits for the store itself
+    assert caught.value.sequence_number == "000000000000000000100"
+    assert started == []
 
 
 def test_a_clean_batch_reports_no_failures() -> None:
