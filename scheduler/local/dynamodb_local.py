@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -90,6 +91,33 @@ class DynamoDBLocal:
         """Start the server again on the same port and data directory (after it died)."""
         self.stop(grace=1.0)
         return self.start(timeout)
+
+    def keep_alive(
+        self, stop: threading.Event, every: float = 1.0, max_backoff: float = 30.0
+    ) -> None:
+        """Restart the server whenever it dies, until ``stop`` is set (a supervisor's loop).
+
+        Same port and data directory, so clients, the stream and its checkpoints carry on
+        where they were; meanwhile the stack answers 503 and its stream runner waits. Run it
+        in a thread that lives as long as the server should: the restarted JVM dies with the
+        thread that started it (PR_SET_PDEATHSIG).
+        """
+        backoff = every
+        while not stop.wait(backoff):
+            if self.alive:
+                backoff = every
+                continue
+            code = self._process.returncode if self._process is not None else None
+            log.error(
+                "DynamoDB Local exited; restarting it",
+                extra={"exit_code": code, "port": self.port, "data_dir": str(self.data_dir)},
+            )
+            try:
+                self.restart()
+                backoff = every
+            except DynamoDBLocalError as exc:
+                backoff = min(max_backoff, backoff * 2)
+                log.error("DynamoDB Local did not restart: %s (next try in %.0f s)", exc, backoff)
 
     def command(self, port: int) -> list[str]:
         jar = find_jar(self.install_dir)

@@ -56,6 +56,8 @@ class LocalStack:
     def __init__(self, settings: Settings, options: StackOptions) -> None:
         self.options = options
         self._stop = threading.Event()
+        self._stop_supervisor = threading.Event()  # set last: the runs report until the end
+        self._supervisor: threading.Thread | None = None
         self._threads: list[threading.Thread] = []
         self._dynamodb: DynamoDBLocal | None = None
         self._http: LocalHTTPServer | None = None
@@ -103,6 +105,15 @@ class LocalStack:
             )
             settings = settings.for_local(self._dynamodb.start())
         self.settings = settings
+        if self._dynamodb is not None:
+            server = self._dynamodb
+            self._supervisor = threading.Thread(
+                target=server.keep_alive,
+                args=(self._stop_supervisor,),
+                name="dynamodb-supervisor",
+                daemon=True,
+            )
+            self._supervisor.start()
         ensure_tables(clients.client("dynamodb", settings), settings)
         core = self.core = compose(settings, self.options, config=config)
         assert core.runs is not None and isinstance(core.runs.executor, LocalExecutor)
@@ -175,6 +186,9 @@ class LocalStack:
             self._executor.close()  # kills runs still going; the reaper retries them later
         if self.core is not None:
             self.core.close()
+        self._stop_supervisor.set()
+        if self._supervisor is not None:
+            self._supervisor.join(10)
         if self._dynamodb is not None:
             self._dynamodb.stop()
 

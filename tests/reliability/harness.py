@@ -134,6 +134,33 @@ class LocalStackProcess:
         self.process.wait(30)
         _wait_port_free(self.dynamodb_port)
 
+    def dynamodb_pid(self) -> int | None:
+        """The pid of the stack's DynamoDB Local (the JVM listening on its port), if it runs."""
+        wanted = ["-port", str(self.dynamodb_port)]
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            except OSError:
+                continue
+            if "java" in argv[0] and any(argv[i : i + 2] == wanted for i in range(len(argv))):
+                return int(proc.name)
+        return None
+
+    def kill_dynamodb(self) -> int:
+        """SIGKILL the stack's DynamoDB Local (the stack itself goes on); returns its pid."""
+        pid = self.dynamodb_pid()
+        assert pid is not None, "DynamoDB Local is not running"
+        os.kill(pid, signal.SIGKILL)
+        return pid
+
+    def dead_letters(self) -> list[Any]:
+        """The dead-letter table's letters, through the operator's CLI."""
+        result = self.cli("dlq", "list", "--json")
+        assert result.returncode == 0, result.stderr
+        return list(json.loads(result.stdout)["dead_letters"])
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)

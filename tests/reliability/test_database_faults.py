@@ -1,0 +1,83 @@
+"""Defects 2 and 13: DynamoDB Local dies under a running stack. The stack restarts it on the
+same port and data directory, says so in one log line, refuses deliveries meanwhile with 503
+(GitHub redelivers), and every job still runs exactly once: nothing dropped, nothing
+dead-lettered, nothing failed for the outage."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+from harness import LocalStackProcess, pid_alive, run_command, wait_for
+
+RESTARTED = "DynamoDB Local exited; restarting it"
+
+
+def deliver_until_accepted(
+    stack: LocalStackProcess, client: httpx.Client, repo: str, delivery: str, sha: str
+) -> tuple[str, list[int]]:
+    """Deliver as GitHub does: a refused delivery is sent again; returns the job id and the
+    status codes seen."""
+    codes = []
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            response = stack.deliver(client, repo, delivery, sha)
+        except httpx.TransportError:
+            codes.append(0)
+        else:
+            codes.append(response.status_code)
+            if response.status_code in (200, 201, 202):
+                return str(response.json()["job_id"]), codes
+            assert response.status_code == 503, response.text  # refused, never a 500
+        assert time.monotonic() < deadline, f"delivery {delivery} never accepted: {codes}"
+        time.sleep(0.3)
+
+
+def test_dynamodb_local_killed_under_load_is_restarted_and_every_job_runs_once(
+    tmp_path: Path,
+) -> None:
+    stack = LocalStackProcess(tmp_path, config="")
+    stack.config = (
+        f"[defaults]\ncommand = {run_command(stack.effects, 1.5)}\n"
+        "concurrency = 2\ntimeout_seconds = 600\n[defaults.retry]\nattempts = 1\n"
+    )
+    stack.start()
+    try:
+        with httpx.Client(timeout=30) as client:
+            ids = [
+                deliver_until_accepted(stack, client, "chaos/db", f"db-{n}", f"{n + 1:040x}")[0]
+                for n in range(6)
+            ]
+            wait_for("two runs to start", lambda: len(stack.starts()) >= 2, 30)
+            first = stack.kill_dynamodb()
+            # Deliveries while the database is down are refused (503) until it is back.
+            late = [
+                deliver_until_accepted(stack, client, "chaos/db", f"db-late-{n}", f"{n + 7:040x}")
+                for n in range(2)
+            ]
+            ids += [job_id for job_id, _codes in late]
+            assert any(503 in codes for _job, codes in late), late
+            assert not pid_alive(first)
+            wait_for("a new DynamoDB Local", lambda: stack.dynamodb_pid() not in (None, first), 30)
+
+            def all_passed() -> bool:
+                try:
+                    return all(stack.job(client, j)["status"] == "passed" for j in ids)
+                except AssertionError:
+                    return False  # a read refused while the database restarts
+
+            wait_for("every job to pass", all_passed, 180, 0.5)
+            stats = stack.stats(client, "chaos/db")
+        assert stats["counts"]["passed"] == len(ids) == 8, stats
+        assert stats["running"] == 0 and stats["counts"]["active"] == 0, stats
+        starts = Counter((s.job_id, s.attempt) for s in stack.starts())
+        assert sorted(starts) == sorted((job_id, 1) for job_id in ids), starts
+        assert set(starts.values()) == {1}, starts  # no attempt's command ran twice
+        assert stack.dead_letters() == []
+        log = stack.log_tail(200_000)
+        assert log.count(RESTARTED) == 1, log[-3000:]
+    finally:
+        stack.stop()
