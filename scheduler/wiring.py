@@ -27,6 +27,7 @@ from scheduler.runs.starter import RunStarter
 from scheduler.settings import Settings
 from scheduler.stream.decide import TransitionObserver
 from scheduler.stream.dispatcher import Dispatcher
+from scheduler.stream.sweeper import QueueSweeper
 
 __all__ = ["Core", "ExecutorFactory", "build_core"]
 
@@ -47,6 +48,11 @@ class Core:
     runs: RunStarter | None = None
     notifier: GitHubNotifier | None = None
     observers: tuple[TransitionObserver, ...] = field(default=())
+
+    @cached_property
+    def sweeper(self) -> QueueSweeper:
+        """Re-drives stalled queues (beside the reaper, on the same schedule or slower)."""
+        return QueueSweeper(self.store.reads, self.dispatcher.promote)
 
     @cached_property
     def http_app(self) -> Application:

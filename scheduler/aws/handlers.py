@@ -67,5 +67,7 @@ def build_completed(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 
 def reap(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """Scheduled: time out active jobs past their deadline and stop their builds."""
-    return {"timed_out": core().reaper.reap_once()}
+    """Scheduled: time out active jobs past their deadline and stop their builds; promote
+    queued jobs of repositories whose queue stalled (a lost promotion, a raised limit)."""
+    the_core = core()
+    return {"timed_out": the_core.reaper.reap_once(), "promoted": the_core.sweeper.sweep_once()}

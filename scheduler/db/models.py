@@ -18,7 +18,7 @@ from pynamodb.attributes import (
     TTLAttribute,
     UnicodeAttribute,
 )
-from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, IncludeProjection
 from pynamodb.models import Model
 
 from scheduler.settings import Settings
@@ -26,6 +26,8 @@ from scheduler.settings import Settings
 # Every active job carries this value in its `deadline_shard`, so the reaper finds overdue jobs
 # with one query on the sparse `active_by_deadline` index (no scan).
 ACTIVE_SHARD = "active"
+# Likewise every pending job carries this in its `queue_shard` (the `queued_by_age` index).
+QUEUED_SHARD = "queued"
 
 
 class HistoryEntry(MapAttribute[str, Any]):
@@ -58,6 +60,20 @@ class QueuedIndex(GlobalSecondaryIndex["JobModel"]):
         projection = AllProjection()
 
     queue_repo = UnicodeAttribute(hash_key=True)
+    queue_key = UnicodeAttribute(range_key=True)
+
+
+class QueuedByAgeIndex(GlobalSecondaryIndex["JobModel"]):
+    """Sparse: every pending job, of all repositories, by priority then age (the sweeper).
+
+    Keys only plus the repository: the sweeper needs to know which repositories have a queue.
+    """
+
+    class Meta:
+        index_name = "queued_by_age"
+        projection = IncludeProjection(["queue_repo"])
+
+    queue_shard = UnicodeAttribute(hash_key=True)
     queue_key = UnicodeAttribute(range_key=True)
 
 
@@ -116,6 +132,7 @@ class JobModel(Model):
     history = ListAttribute(of=HistoryEntry, default=list)
 
     queue_repo = UnicodeAttribute(null=True)
+    queue_shard = UnicodeAttribute(null=True)
     queue_key = UnicodeAttribute(null=True)
     deadline_shard = UnicodeAttribute(null=True)
     deadline_at = NumberAttribute(null=True)
@@ -123,6 +140,7 @@ class JobModel(Model):
 
     by_repo = ByRepoIndex()
     queued = QueuedIndex()
+    queued_by_age = QueuedByAgeIndex()
     active_by_deadline = ActiveByDeadlineIndex()
 
 

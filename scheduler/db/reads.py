@@ -1,4 +1,4 @@
-"""Reads the engine needs (not the read API): one job, a repository's queue, overdue jobs.
+"""Reads the engine needs (not the read API): one job, the queues, overdue and active jobs.
 
 Every read goes through the connection it is given (never a model class's process-wide one),
 and every index read is a ``Query`` of a sparse index, never a scan.
@@ -12,7 +12,7 @@ from typing import Any
 from pynamodb.connection import Connection
 from pynamodb.exceptions import PynamoDBException, TableError
 
-from scheduler.db.models import ACTIVE_SHARD, JobModel
+from scheduler.db.models import ACTIVE_SHARD, QUEUED_SHARD, JobModel
 from scheduler.errors import JobNotFound, StoreUnavailable
 
 __all__ = ["JobReads", "cause", "job_table"]
@@ -73,6 +73,20 @@ class JobReads:
             )
         )
 
+    def queued_repos(self, *, limit: int) -> list[str]:
+        """Repositories with queued jobs, the one with the oldest (most urgent) job first.
+
+        One query of the sparse ``queued_by_age`` index (keys and repository only), reading at
+        most ``limit`` queued jobs: a repository with a long queue does not hide the others
+        for long, since promotion empties the head of the index.
+        """
+        repos: dict[str, None] = {}
+        for item in self._items(
+            QUEUED_SHARD, index="queued_by_age", what="queue", limit=limit, page_size=limit
+        ):
+            repos.setdefault(item["queue_repo"]["S"], None)
+        return list(repos)
+
     def active(self, *, limit: int = 10_000) -> list[JobModel]:
         """Every active job (the ``active_by_deadline`` index holds exactly those)."""
         return list(
@@ -95,6 +109,27 @@ class JobReads:
         page_size: int,
         range_key_condition: Any = None,
     ) -> Iterator[JobModel]:
+        for item in self._items(
+            hash_key,
+            index=index,
+            what=what,
+            limit=limit,
+            page_size=page_size,
+            range_key_condition=range_key_condition,
+        ):
+            yield JobModel.from_raw_data(item)
+
+    def _items(
+        self,
+        hash_key: str,
+        *,
+        index: str,
+        what: str,
+        limit: int,
+        page_size: int,
+        range_key_condition: Any = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Raw items of an index query, page by page, at most ``limit``."""
         start: dict[str, Any] | None = None
         returned = 0
         while returned < limit:
@@ -111,7 +146,7 @@ class JobReads:
                 raise StoreUnavailable(f"cannot read the {what}: {cause(exc)}") from exc
             for item in page.get("Items", []):
                 returned += 1
-                yield JobModel.from_raw_data(item)
+                yield item
             start = page.get("LastEvaluatedKey")
             if not start:
                 return

@@ -39,7 +39,14 @@ from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
 from pynamodb.transactions import TransactWrite
 
-from scheduler.db.models import ACTIVE_SHARD, HistoryEntry, JobModel, RepoModel, count_attribute
+from scheduler.db.models import (
+    ACTIVE_SHARD,
+    QUEUED_SHARD,
+    HistoryEntry,
+    JobModel,
+    RepoModel,
+    count_attribute,
+)
 from scheduler.db.reads import JobReads, cause, job_table
 from scheduler.errors import (
     JobExists,
@@ -286,6 +293,7 @@ class JobStore:
                 )
             ],
             queue_repo=new.repo,
+            queue_shard=QUEUED_SHARD,
             queue_key=queue_key(new.priority, now, new.job_id),
         )
 
@@ -561,6 +569,7 @@ class JobStore:
                     now + job.timeout_seconds * 1000 + self._start_grace_ms + job.start_delay_ms
                 ),
                 JobModel.queue_repo.remove(),
+                JobModel.queue_shard.remove(),
                 JobModel.queue_key.remove(),
             ]
         elif step.dest is JobStatus.PENDING:  # retry: a new attempt, queued again
@@ -570,6 +579,7 @@ class JobStore:
                 # starts no earlier than this, and its activation deadline includes the wait.
                 JobModel.start_delay_ms.set(start_delay_ms),
                 JobModel.queue_repo.set(job.repo),
+                JobModel.queue_shard.set(QUEUED_SHARD),
                 JobModel.queue_key.set(queue_key(job.priority, job.received_at, job.job_id)),
                 *(
                     attr.remove()
@@ -594,6 +604,7 @@ class JobStore:
                 JobModel.deadline_shard.remove(),
                 JobModel.deadline_at.remove(),
                 JobModel.queue_repo.remove(),
+                JobModel.queue_shard.remove(),
                 JobModel.queue_key.remove(),
             ]
             if outcome.reason is not None:

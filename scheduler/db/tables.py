@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -42,6 +43,7 @@ def ensure_tables(client: Any, settings: Settings) -> list[str]:
         existing = set(client.list_tables()["TableNames"])
         for name, definition in definitions(settings).items():
             if name in existing:
+                _add_missing_indexes(client, name, definition)
                 continue
             client.create_table(TableName=name, **definition.create_kwargs)
             client.get_waiter("table_exists").wait(
@@ -60,3 +62,33 @@ def ensure_tables(client: Any, settings: Settings) -> list[str]:
     except (BotoCoreError, ClientError) as exc:
         raise StoreUnavailable(f"cannot create tables: {exc}") from exc
     return created
+
+
+def _add_missing_indexes(client: Any, name: str, definition: TableDefinition) -> None:
+    """Create the template's indexes a table made by an older version lacks (a data directory
+    kept across an upgrade), and wait until they serve. Items written before stay out of a new
+    sparse index until they are written again."""
+    wanted = definition.create_kwargs.get("GlobalSecondaryIndexes", [])
+    table = client.describe_table(TableName=name)["Table"]
+    present = {index["IndexName"] for index in table.get("GlobalSecondaryIndexes", [])}
+    for index in wanted:
+        if index["IndexName"] in present:
+            continue
+        client.update_table(
+            TableName=name,
+            AttributeDefinitions=definition.create_kwargs["AttributeDefinitions"],
+            GlobalSecondaryIndexUpdates=[{"Create": index}],
+        )
+        log.warning("index added", extra={"table": name, "index": index["IndexName"]})
+    if len(present) < len(wanted):
+        _wait_for_indexes(client, name)
+
+
+def _wait_for_indexes(client: Any, name: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        table = client.describe_table(TableName=name)["Table"]
+        if all(i["IndexStatus"] == "ACTIVE" for i in table.get("GlobalSecondaryIndexes", [])):
+            return
+        time.sleep(0.2)
+    raise StoreUnavailable(f"the indexes of {name} did not become active within {timeout:.0f}s")

@@ -43,6 +43,7 @@ class StackOptions:
     data_dir: Path = Path(".scheduler")
     max_parallel_runs: int = 4
     reaper_interval_seconds: float = 2.0
+    sweep_interval_seconds: float = 10.0  # stalled queues: a lost promotion, a raised limit
     # Idle polling: at most this long between empty GetRecords (latency vs idle CPU).
     idle_poll_seconds: float = 0.15
     dynamodb_heap_mb: int = 256
@@ -126,7 +127,7 @@ class LocalStack:
             polling=PollingConfig(idle_max_seconds=self.options.idle_poll_seconds),
         )
         self._spawn("stream-runner", lambda: runner.run(self._stop))
-        self._spawn("reaper", lambda: self._reap(self.options.reaper_interval_seconds, core.reaper))
+        self._spawn("reaper", lambda: self._reap(self.options.reaper_interval_seconds, core))
         app = core.http_app
         self._http = LocalHTTPServer(app, self.options.host, self.options.port).start()
         return self
@@ -136,21 +137,27 @@ class LocalStack:
         thread.start()
         self._threads.append(thread)
 
-    def _reap(self, seconds: float, reaper: Reaper) -> None:
+    def _reap(self, seconds: float, core: Core) -> None:
         """First recover what a previous run of the stack left (until the store answers),
-        then judge overdue jobs every ``seconds``."""
+        then judge overdue jobs every ``seconds`` and sweep stalled queues every
+        ``sweep_interval_seconds`` (at once after recovery: a raised limit takes effect)."""
         while not self._stop.is_set():
             try:
-                self._recover(reaper)
+                self._recover(core.reaper)
                 break
             except StoreUnavailable as exc:
                 log.warning("recovery waits for the store: %s", exc)
                 self._stop.wait(seconds)
-        while not self._stop.wait(seconds):
+        next_sweep = 0.0
+        while not self._stop.is_set():
             try:
-                reaper.reap_once()
+                if time.monotonic() >= next_sweep:
+                    core.sweeper.sweep_once()
+                    next_sweep = time.monotonic() + self.options.sweep_interval_seconds
+                core.reaper.reap_once()
             except StoreUnavailable as exc:
                 log.warning("reaper: store unavailable: %s", exc)
+            self._stop.wait(seconds)
 
     def _recover(self, reaper: Reaper) -> None:
         """After a stop or a crash: kill leftover process trees of lost runs, report outcomes

@@ -199,7 +199,7 @@ class Dispatcher:
             case Activate(job=job):
                 return self._activate(job)
             case PromoteQueued(repo=repo):
-                return f"promoted:{self._promote(repo)}"
+                return f"promoted:{self.promote(repo)}"
             case StartRun(delay_ms=delay_ms):
                 self._start_run(image, delay_ms)
                 return "started"
@@ -251,7 +251,7 @@ class Dispatcher:
             return "queued"
         return "activated"
 
-    def _promote(self, repo: str) -> int:
+    def promote(self, repo: str) -> int:
         """Activate the oldest queued jobs of ``repo`` while it has free slots.
 
         Reads the sparse `queued` index (priority, then age), never scans. Idempotent: run twice,

@@ -14,6 +14,7 @@ from botocore.stub import ANY, Stubber
 
 from scheduler.aws import handlers
 from scheduler.db.store import JobState, JobStore, NewJob
+from state_machines import Trigger
 
 
 @pytest.fixture
@@ -98,7 +99,7 @@ def test_the_scheduled_reaper_times_out_and_stops_the_build(runtime: Any) -> Non
     runtime.store.record_run_id("aws-3", 1, "aws-3#1", "ci-project:b3")
     with Stubber(runtime.runs.executor._client) as stub:
         stub.add_response("stop_build", {"build": {"id": "ci-project:b3"}}, {"id": "ci-project:b3"})
-        assert handlers.reap({}, None) == {"timed_out": ["aws-3"]}
+        assert handlers.reap({}, None) == {"timed_out": ["aws-3"], "promoted": {}}
         stub.assert_no_pending_responses()
     assert runtime.store.get("aws-3").reason == "timed_out"
 
@@ -150,3 +151,14 @@ def test_a_cancel_stops_the_build_before_the_slot_is_freed(runtime: Any) -> None
         stub.add_response("stop_build", {"build": {"id": "ci-project:b4"}}, {"id": "ci-project:b4"})
         assert handlers.stream(event, None) == {"batchItemFailures": []}  # the redelivery
     assert runtime.queries.stats("octo-org/api").running == 0
+
+
+def test_the_scheduled_reaper_also_promotes_a_stalled_queue(runtime: Any) -> None:
+    first = active(runtime.store, "aws-stall-1")
+    runtime.store.create(
+        NewJob("aws-stall-2", first.repo, "push", "d" * 40, 60, ref="refs/heads/main")
+    )
+    # The first finishes; the stream record that would have promoted the second is lost.
+    runtime.store.transition(first, Trigger.PASS, actor="runner")
+    assert handlers.reap({}, None) == {"timed_out": [], "promoted": {first.repo: 1}}
+    assert runtime.store.get("aws-stall-2").status == "active"

@@ -435,6 +435,7 @@ class JobStoreMachine(RuleBasedStateMachine):
             # The sparse indexes' keys follow the status.
             pending, active = ref.status == "pending", ref.status == "active"
             assert (item.queue_repo == ref.repo) is pending, job_id
+            assert (item.queue_shard == "queued") is pending, job_id
             assert (item.queue_key is not None) is pending, job_id
             assert (item.deadline_shard == ACTIVE_SHARD) is active, job_id
             assert (item.deadline_at is not None) is active, job_id

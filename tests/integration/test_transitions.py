@@ -64,6 +64,7 @@ def test_create_writes_a_pending_queued_job_and_counts_it(store: JobStore) -> No
     item = raw_item("j1")
     assert (job.status, job.version, job.attempt) == (JobStatus.PENDING, 0, 1)
     assert item["status"] == "pending" and item["queue_repo"] == REPO
+    assert item["queue_shard"] == "queued"
     assert [(h.get("from"), h["to"], h["actor"]) for h in item["history"]] == [
         (None, "pending", "webhook")
     ]
@@ -78,6 +79,7 @@ def test_activation_takes_a_slot_sets_a_deadline_and_leaves_the_queue(store: Job
     assert isinstance(job, JobState) and job.status is JobStatus.ACTIVE and job.version == 1
     item = raw_item("j1")
     assert "queue_repo" not in item and item["deadline_shard"] == "active"
+    assert "queue_shard" not in item
     # timeout 60 s + the default start grace of 60 s until a run claims the job
     assert item["deadline_at"] == item["activated_at"] + 120_000
     assert counters() == {
@@ -143,7 +145,7 @@ def test_cancelling_a_pending_job_moves_counts_but_no_slot(store: JobStore) -> N
     job = store.create(new_job("j1"))
     done = store.transition(job, Trigger.CANCEL, actor="operator")
     assert isinstance(done, JobState) and done.status is JobStatus.CANCELLED
-    assert "queue_repo" not in raw_item("j1")
+    assert "queue_repo" not in raw_item("j1") and "queue_shard" not in raw_item("j1")
     assert counters() == {
         "running": 0,
         "n_pending": 0,

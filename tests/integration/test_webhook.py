@@ -251,6 +251,7 @@ JOB_ATTRIBUTES = {
     "updated_at",
     "history",
     "queue_repo",
+    "queue_shard",
     "queue_key",
 }
 
