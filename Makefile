@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DDB_DIR := .dynamodb-local
 
-.PHONY: setup test up lint clean
+.PHONY: setup test reliability up lint clean
 
 setup: $(BIN)/.installed dynamodb-local
 
@@ -22,6 +22,11 @@ dynamodb-local:
 
 test: setup
 	$(BIN)/python -m pytest
+
+# The reliability suite at full size (2,000-delivery chaos, 10,000+ hostile requests); prints
+# its figures. `make test` runs the same scenarios CI-sized.
+reliability: setup
+	SCHEDULER_RELIABILITY=full $(BIN)/python -m pytest -s -p no:cacheprovider tests/reliability
 
 # The local stack in the foreground (Ctrl-C stops it). Needs GITHUB_WEBHOOK_SECRET.
 up: setup
