@@ -73,6 +73,17 @@ class JobReads:
             )
         )
 
+    def raw(self, job_id: str) -> dict[str, Any] | None:
+        """A job's item as DynamoDB JSON (consistent), or None: for items that may not parse."""
+        try:
+            found = self._connection.get_item(
+                job_table(self._connection), job_id, consistent_read=True
+            )
+        except PynamoDBException as exc:
+            raise StoreUnavailable(f"cannot read job {job_id}: {cause(exc)}") from exc
+        item = found.get("Item")
+        return dict(item) if item else None
+
     def queued_repos(self, *, limit: int) -> list[str]:
         """Repositories with queued jobs, the one with the oldest (most urgent) job first.
 

@@ -28,7 +28,12 @@ from scheduler.config import RetryPolicy
 from scheduler.db.models import JobModel
 from scheduler.db.outage import is_outage
 from scheduler.db.store import JobState, JobStore
-from scheduler.errors import BatchInterrupted, RepositoryFull, RunNotStoppable
+from scheduler.errors import (
+    BatchInterrupted,
+    MalformedStreamRecord,
+    RepositoryFull,
+    RunNotStoppable,
+)
 from scheduler.stream.decide import (
     NO_AUTOMATIC_RETRY,
     Action,
@@ -166,7 +171,12 @@ class Dispatcher:
 
     def handle_record(self, record: StreamRecord) -> list[str]:
         """Carry out what one record calls for; return one outcome word per action."""
-        transition = read_transition(record)
+        try:
+            transition = read_transition(record)
+        except MalformedStreamRecord:
+            if self._overtaken(record):
+                return ["overtaken"]
+            raise
         if transition is None:
             return []
         job = transition.job
@@ -191,6 +201,25 @@ class Dispatcher:
             except Exception:  # an observer (a commit status) never fails a record
                 log.exception("transition observer failed", extra={"job_id": job.job_id})
         return outcomes
+
+    def _overtaken(self, record: StreamRecord) -> bool:
+        """Whether a record that cannot be read is about an item that changed since.
+
+        Like any record overtaken by later changes of its job, it then calls for nothing: an
+        operator who repaired or removed a poison item can replay its dead letter, and a poison
+        record whose item was fixed before the stream reached it is not dead-lettered at all.
+        """
+        data = record.get("dynamodb", {})
+        job_id = data.get("Keys", {}).get("job_id", {}).get("S")
+        if not isinstance(job_id, str):
+            return False
+        if self._store.reads.raw(job_id) == data.get("NewImage"):
+            return False
+        log.warning(
+            "unreadable record skipped: its item changed since",
+            extra={"job_id": job_id, "sequence_number": data.get("SequenceNumber")},
+        )
+        return True
 
     # Actions ---------------------------------------------------------------------------------
 

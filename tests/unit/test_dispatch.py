@@ -156,12 +156,23 @@ def test_unreadable_job_images_are_malformed_records(breakage: Any) -> None:
         read_transition(bad)
 
 
+class FakeReads:
+    """The current items, as DynamoDB JSON (what a poison record is compared with)."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, dict[str, Any]] = {}
+
+    def raw(self, job_id: str) -> dict[str, Any] | None:
+        return self.items.get(job_id)
+
+
 class FakeStore:
     """Records activations; answers with scripted outcomes (the real store is tested live)."""
 
     def __init__(self, outcomes: list[Any]) -> None:
         self.outcomes = outcomes
         self.calls: list[tuple[str, int, int]] = []
+        self.reads = FakeReads()
 
     def activate(self, job: JobState, *, slot_limit: int, actor: str) -> Any:
         self.calls.append((job.job_id, job.version, slot_limit))
@@ -227,6 +238,17 @@ def test_a_poison_record_fails_where_it_is() -> None:
     poison["dynamodb"]["NewImage"]["status"] = {"S": "exploded"}
     poison["dynamodb"]["SequenceNumber"] = "000000000000000000201"
     event = {"Records": [record(0), poison, record(2)]}
-    assert dispatcher([state(A, 1)]).handle_event(event) == {
+    d = dispatcher([state(A, 1)])
+    d._store.reads.items["d-1"] = poison["dynamodb"]["NewImage"]  # type: ignore[attr-defined]
+    assert d.handle_event(event) == {
         "batchItemFailures": [{"itemIdentifier": "000000000000000000201"}]
     }
+
+
+def test_a_poison_record_whose_item_was_repaired_or_removed_since_is_overtaken() -> None:
+    poison = record(1)
+    poison["dynamodb"]["NewImage"]["status"] = {"S": "exploded"}
+    d = dispatcher([])
+    assert d.handle_record(poison) == ["overtaken"]  # the item is gone
+    d._store.reads.items["d-1"] = record(1)["dynamodb"]["NewImage"]  # type: ignore[attr-defined]
+    assert d.handle_record(poison) == ["overtaken"]  # the item was repaired
