@@ -15,9 +15,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -63,6 +66,7 @@ class LocalExecutor:
         *,
         max_parallel: int = 4,
         base_env: dict[str, str] | None = None,
+        keep_failed_workdirs: int = 10,
     ) -> None:
         self._work_dir = work_dir
         self._on_finished = on_finished
@@ -71,6 +75,10 @@ class LocalExecutor:
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self.records = RunRecords(work_dir)
+        # Work directories of the last failed runs, kept to look into; every other one is
+        # removed when its run ends (disk stays bounded however many jobs run).
+        self._kept: deque[Path] = deque()
+        self._keep_failed = keep_failed_workdirs
         source = os.environ if base_env is None else base_env
         self._base_env = {key: source[key] for key in PASSED_THROUGH if key in source}
 
@@ -161,8 +169,13 @@ class LocalExecutor:
                 run.finished = True
                 self.records.keep_result(request.idempotency_key, result)
                 self.report(request.idempotency_key, result)
+                self._clean_up(request, result)
         finally:
             run.done.set()
+            with self._lock:
+                # Forgotten once ended (memory stays bounded): another start of the same key
+                # is refused by its claim in DynamoDB.
+                self._runs.pop(request.idempotency_key, None)
 
     def _claim(self, run: _Run) -> bool:
         """The claim, tried again while the store cannot answer (it is never a job's failure)."""
@@ -191,15 +204,45 @@ class LocalExecutor:
                 return None
             delay = min(delay * 2, RETRY_MAX_SECONDS)
 
+    def workdir(self, request: RunRequest) -> Path:
+        """Each attempt's fresh folder of its own: nothing leaks from one attempt to the next."""
+        safe_id = request.job_id.replace("/", "_")
+        return self._work_dir / "work" / safe_id / f"attempt-{request.attempt}"
+
+    def _clean_up(self, request: RunRequest, result: RunResult) -> None:
+        """Remove the attempt's work directory, unless it is one of the last failed ones."""
+        workdir = self.workdir(request)
+        with self._lock:
+            if result.passed or self._keep_failed <= 0:
+                doomed = [workdir]
+            else:
+                self._kept.append(workdir)
+                doomed = []
+                while len(self._kept) > self._keep_failed:
+                    doomed.append(self._kept.popleft())
+        for folder in doomed:
+            shutil.rmtree(folder, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                folder.parent.rmdir()  # the job's folder, once its last attempt is gone
+
+    def prune_logs(self, older_than_seconds: float) -> int:
+        """Remove the logs of jobs untouched for ``older_than_seconds`` (the job retention);
+        returns how many jobs' logs went."""
+        cutoff = time.time() - older_than_seconds
+        removed = 0
+        for job_logs in (self._work_dir / "logs").glob("*"):
+            try:
+                newest = max((f.stat().st_mtime for f in job_logs.iterdir()), default=0.0)
+            except OSError:
+                continue
+            if newest < cutoff:
+                shutil.rmtree(job_logs, ignore_errors=True)
+                removed += 1
+        return removed
+
     def _run_process(self, run: _Run) -> RunResult:
         request = run.request
-        # Each attempt in a fresh folder of its own: nothing leaks from one attempt to the next.
-        workdir = (
-            self._work_dir
-            / "work"
-            / request.job_id.replace("/", "_")
-            / f"attempt-{request.attempt}"
-        )
+        workdir = self.workdir(request)
         workdir.mkdir(parents=True, exist_ok=True)
         run.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(run.log_path, "wb") as output:

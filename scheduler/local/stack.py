@@ -148,12 +148,16 @@ class LocalStack:
             except StoreUnavailable as exc:
                 log.warning("recovery waits for the store: %s", exc)
                 self._stop.wait(seconds)
-        next_sweep = 0.0
+        next_sweep = next_prune = 0.0
         while not self._stop.is_set():
             try:
                 if time.monotonic() >= next_sweep:
                     core.sweeper.sweep_once()
                     next_sweep = time.monotonic() + self.options.sweep_interval_seconds
+                if time.monotonic() >= next_prune and self._executor is not None:
+                    # Run logs go with their jobs (the items' retention).
+                    self._executor.prune_logs(self.settings.retention_days * 86_400)
+                    next_prune = time.monotonic() + 3600
                 core.reaper.reap_once()
             except StoreUnavailable as exc:
                 log.warning("reaper: store unavailable: %s", exc)

@@ -20,18 +20,32 @@ from scheduler.runs.reaper import Reaper
 from scheduler.runs.starter import RunStarter
 from state_machines import JobStatus, TransitionConflict, Trigger
 
-# A command that records each start (the side effect counted by the tests) and its environment.
+# A command that records each start (the side effect counted by the tests) and its environment,
+# in a folder per attempt outside its work directory (which is removed when the run ends).
 RECORDER = (
     "import json, os, sys, time; "
-    "open('starts.log', 'a').write(os.environ['SCHEDULER_JOB_ID'] + '\\n'); "
-    "json.dump(dict(os.environ), open('env.json', 'w')); "
+    "e = os.environ; "
+    "d = os.path.join(sys.argv[3], e['SCHEDULER_JOB_ID'], e['SCHEDULER_ATTEMPT']); "
+    "os.makedirs(d, exist_ok=True); "
+    "open(os.path.join(d, 'starts.log'), 'a').write(os.environ['SCHEDULER_JOB_ID'] + '\\n'); "
+    "json.dump(dict(os.environ), open(os.path.join(d, 'env.json'), 'w')); "
     "print('hello from the run'); "
     "time.sleep(float(sys.argv[1])); sys.exit(int(sys.argv[2]))"
 )
 
 
+RECORDS = Path("records")  # set per test (see the ``records`` fixture)
+
+
+@pytest.fixture(autouse=True)
+def records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Where this test's commands record their starts: ``records/<job_id>/<attempt>/``."""
+    monkeypatch.setattr(sys.modules[__name__], "RECORDS", tmp_path / "records")
+    return tmp_path / "records"
+
+
 def command(sleep: float = 0.0, exit_code: int = 0) -> tuple[str, ...]:
-    return (sys.executable, "-c", RECORDER, str(sleep), str(exit_code))
+    return (sys.executable, "-c", RECORDER, str(sleep), str(exit_code), str(RECORDS))
 
 
 def request(job_id: str = "j1", **changes: object) -> RunRequest:
@@ -81,7 +95,7 @@ def test_a_run_gets_job_data_as_environment_and_a_log(
     run_id = executor.start(request(command=command(exit_code=0), pr_number=7))
     assert executor.wait(run_id, 30)
     assert results.items[0].passed
-    env = json.loads((tmp_path / "work" / "j1" / "attempt-1" / "env.json").read_text())
+    env = json.loads((tmp_path / "records" / "j1" / "1" / "env.json").read_text())
     assert env["SCHEDULER_REPO"] == "o/r" and env["SCHEDULER_PR_NUMBER"] == "7"
     assert "GITHUB_WEBHOOK_SECRET" not in env  # secrets never reach user commands
     log = executor.log_path(request()).read_text()
@@ -100,9 +114,8 @@ def test_same_key_starts_one_process(executor: LocalExecutor, tmp_path: Path) ->
         ids = set(pool.map(lambda _: executor.start(request(command=command(0.2))), range(8)))
     assert ids == {run_id_for(request())}
     assert executor.wait(ids.pop(), 30)
-    assert (tmp_path / "work" / "j1" / "attempt-1" / "starts.log").read_text().splitlines() == [
-        "j1"
-    ]
+    assert (tmp_path / "records" / "j1" / "1" / "starts.log").read_text().splitlines() == ["j1"]
+    assert not (tmp_path / "work" / "j1").exists()  # a passed run's work directory is removed
 
 
 def test_timeout_kills_the_whole_process_group(executor: LocalExecutor, results: Results) -> None:
@@ -159,8 +172,8 @@ def test_two_starters_race_and_one_run_happens(store: JobStore, tmp_path: Path) 
     assert finished.event.wait(30)
     for ex in executors:
         ex.close()
-    starts = list(tmp_path.glob("runner-*/work/race/attempt-1/starts.log"))
-    assert len(starts) == 1 and starts[0].read_text().splitlines() == ["race"]
+    starts = (tmp_path / "records" / "race" / "1" / "starts.log").read_text().splitlines()
+    assert starts == ["race"]
     job = store.get("race")
     assert job.run_id == "race#1" and job.started_at is not None
     assert job.log_location is not None and job.log_location.endswith("race/attempt-1.log")
@@ -225,3 +238,20 @@ def test_backoff_delays_only_automatic_retries(
     assert (time.monotonic() - began >= 1.0) is delayed
     starter.finished(finished.items[0])
     assert (store.get(job_id).status, store.get(job_id).attempt) == ("passed", 2)
+
+
+def test_work_directories_and_old_logs_stay_bounded(tmp_path: Path, results: Results) -> None:
+    executor = LocalExecutor(tmp_path, results, max_parallel=2, keep_failed_workdirs=2)
+    try:
+        for n in range(6):
+            code = 1 if n % 2 else 0  # three pass, three fail
+            run_id = executor.start(request(f"w{n}", command=command(exit_code=code)))
+            assert executor.wait(run_id, 30)
+        work = sorted(p.name for p in (tmp_path / "work").iterdir())
+        assert work == ["w3", "w5"]  # the last two failed runs; passed ones are removed
+        assert executor._runs == {}  # ended runs are forgotten: memory stays bounded
+        assert executor.prune_logs(3600) == 0  # logs are kept for the retention
+        assert executor.prune_logs(0) == 6
+        assert list((tmp_path / "logs").iterdir()) == []
+    finally:
+        executor.close()
