@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DDB_DIR := .dynamodb-local
 
-.PHONY: setup test reliability up lint clean
+.PHONY: setup test reliability soak up lint clean
 
 setup: $(BIN)/.installed dynamodb-local
 
@@ -27,6 +27,10 @@ test: setup
 # its figures. `make test` runs the same scenarios CI-sized.
 reliability: setup
 	SCHEDULER_RELIABILITY=full $(BIN)/python -m pytest -s -p no:cacheprovider tests/reliability
+
+# 20,000 jobs through one long-running stack (about half an hour); prints figures per tenth.
+soak: setup
+	$(BIN)/python bench/soak.py --jobs 20000
 
 # The local stack in the foreground (Ctrl-C stops it). Needs GITHUB_WEBHOOK_SECRET.
 up: setup

@@ -50,13 +50,15 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
+from stats import percentile
 from transitions import Machine
 
 from scheduler.db import models
 from scheduler.db.clients import client as settings_client
 from scheduler.db.models import JobModel, RepoModel
-from scheduler.db.store import DAY_MS, Clock, JobStore, NewJob, RepositoryFull, system_clock
+from scheduler.db.store import DAY_MS, Clock, JobStore, NewJob, system_clock
 from scheduler.db.tables import ensure_tables
+from scheduler.errors import RepositoryFull
 from scheduler.local.dynamodb_local import DynamoDBLocal
 from scheduler.settings import Settings, TableNames
 from state_machines import TRANSITION_TABLE, JobStatus, Trigger, plan
@@ -97,9 +99,10 @@ def new_job(job_id: str, repo: str) -> NewJob:
 def product_lifecycle(store: JobStore) -> Lifecycle:
     def run(job_id: str, repo: str) -> None:
         pending = store.create(new_job(job_id, repo))
-        active = store.activate(pending, slot_limit=SLOT_LIMIT)
-        if isinstance(active, RepositoryFull):
-            raise RuntimeError(f"repository {repo} unexpectedly full")
+        try:
+            active = store.activate(pending, slot_limit=SLOT_LIMIT)
+        except RepositoryFull as exc:
+            raise RuntimeError(f"repository {repo} unexpectedly full") from exc
         store.transition(active, Trigger.PASS, actor="runner")
 
     return run
@@ -283,11 +286,6 @@ def measure(
                 jobs = job_keys(f"{mode}-r{round_no}-t{threads}", per_batch)
                 results[(mode, threads)].append(run_batch(lifecycles[mode], jobs, threads))
     return results
-
-
-def percentile(values: Sequence[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, math.ceil(fraction * len(ordered)) - 1)]
 
 
 def print_rates(results: dict[tuple[str, int], list[Batch]], thread_counts: Sequence[int]) -> None:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import signal
 import subprocess
@@ -47,6 +46,7 @@ from typing import IO, Any
 
 import httpx
 import psutil
+from stats import percentile
 
 from scheduler.github.signature import sign
 from scheduler.local.dynamodb_local import free_port
@@ -59,12 +59,6 @@ CONCURRENCY = 8
 START_TIMEOUT = 180.0  # DynamoDB Local's first start can be slow
 TARGET_START_MS = 200.0
 TARGET_FINISH_MS = 500.0
-
-
-def quantile(values: list[float], q: float) -> float:
-    """Nearest-rank quantile (q in 0..1)."""
-    ordered = sorted(values)
-    return ordered[max(0, min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1))]
 
 
 # --- the stack --------------------------------------------------------------------------------
@@ -341,7 +335,7 @@ def print_phase(phase: Phase) -> None:
     print(f"\n== {phase.name}: {phase.description}")
     print(
         f"   sent in {phase.send_seconds:.1f} s ({len(posts) / phase.send_seconds:.1f}/s);"
-        f" POST /webhook p50 {quantile(posts, 0.5):.1f} ms, p99 {quantile(posts, 0.99):.1f} ms"
+        f" POST /webhook p50 {percentile(posts, 0.5):.1f} ms, p99 {percentile(posts, 0.99):.1f} ms"
     )
     print(f"   {'from accepted (ms)':<26}{'p50':>8}{'p90':>8}{'p99':>8}{'max':>8}")
     rows = [
@@ -350,10 +344,10 @@ def print_phase(phase: Phase) -> None:
         ("to finished (passed)", phase.finished_ms, TARGET_FINISH_MS),
     ]
     for name, values, target in rows:
-        cells = "".join(f"{quantile(values, q):8.0f}" for q in (0.5, 0.9, 0.99, 1.0))
+        cells = "".join(f"{percentile(values, q):8.0f}" for q in (0.5, 0.9, 0.99, 1.0))
         verdict = ""
         if target is not None:
-            ok = quantile(values, 0.5) < target
+            ok = percentile(values, 0.5) < target
             verdict = f"   p50 target < {target:.0f}: {'ok' if ok else 'MISSED'}"
         print(f"   {name:<26}{cells}{verdict}")
     print(

@@ -33,6 +33,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from stats import percentile
+
 from scheduler.db import models
 from scheduler.db.clients import client as settings_client
 from scheduler.db.models import HistoryEntry, JobModel, RepoModel
@@ -132,11 +134,6 @@ def load(ddb: Any, settings: Settings, repo: str, count: int, threads: int = 4) 
         list(pool.map(write, range(0, count, 25)))
     ddb.put_item(TableName=settings.tables.repos, Item=counters_item(repo, count))
     return time.perf_counter() - started
-
-
-def percentile(samples: Sequence[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def timed(call: Callable[[], object]) -> float:

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psutil
+from stats import percentile
 
 from scheduler.db.clients import client
 from scheduler.db.dead_letters import DeadLetterStore
@@ -26,11 +27,6 @@ from scheduler.local.dynamodb_local import DynamoDBLocal
 from scheduler.local.mapping import MappingConfig, PollingConfig
 from scheduler.local.stream_runner import StreamRunner
 from scheduler.settings import Settings
-
-
-def quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 class Bench:
@@ -182,7 +178,7 @@ def main() -> None:
         latencies = bench.latency(args.latency_writes)
         print(
             f"latency write->handler  n={len(latencies)}  p50={statistics.median(latencies):.1f} ms"
-            f"  p99={quantile(latencies, 0.99):.1f} ms  max={max(latencies):.1f} ms"
+            f"  p99={percentile(latencies, 0.99):.1f} ms  max={max(latencies):.1f} ms"
         )
         raw_rate = bench.drain_raw(args.backlog)
         runner_rate = bench.drain_runner(args.backlog)

@@ -30,7 +30,6 @@ import argparse
 import copy
 import http.client
 import json
-import math
 import multiprocessing
 import statistics
 import threading
@@ -44,6 +43,7 @@ from typing import Any
 import boto3
 import psutil  # type: ignore[import-untyped]  # no stubs pinned; a dev dependency
 from botocore.config import Config
+from stats import percentile
 
 from scheduler.db import models
 from scheduler.db.clients import client as settings_client
@@ -285,11 +285,6 @@ def run_batch(send: Send, count: int, threads: int, processes: dict[str, psutil.
     if errors:
         raise errors[0]
     return Batch(seconds, [value for chunk in latencies for value in chunk], cpu)
-
-
-def percentile(values: Sequence[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, math.ceil(fraction * len(ordered)) - 1)]
 
 
 def print_table(results: dict[tuple[str, int], list[Batch]], levels: Sequence[int]) -> None:
