@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DDB_DIR := .dynamodb-local
 
-.PHONY: setup test reliability soak up lint clean
+.PHONY: setup test reliability soak up lint clean sam sam-build sam-validate
 
 setup: $(BIN)/.installed dynamodb-local
 
@@ -40,5 +40,35 @@ lint: setup
 	$(BIN)/ruff check scheduler state_machines tests bench
 	$(BIN)/mypy
 
+# --- AWS: SAM CLI in a venv of its own (its pins must not move the project's) ----------------
+SAM_VENV := .venv-sam
+SAM := SAM_CLI_TELEMETRY=0 $(SAM_VENV)/bin/sam
+LAMBDA_TARGET := --python-version 3.12 --implementation cp --only-binary=:all: \
+	--platform manylinux2014_aarch64 --platform manylinux_2_17_aarch64 \
+	--platform manylinux_2_28_aarch64 --platform manylinux_2_34_aarch64
+LAMBDA_FUNCTIONS := StreamFunction WebhookFunction CompletionFunction ReaperFunction
+
+sam: $(SAM_VENV)/.installed
+
+$(SAM_VENV)/.installed:
+	@test -x $(SAM_VENV)/bin/python || $(PYTHON) -m venv $(SAM_VENV)
+	@$(SAM_VENV)/bin/python -m pip install --quiet --disable-pip-version-check aws-sam-cli==1.170.0 \
+		|| { echo "error: could not install the AWS SAM CLI" >&2; exit 1; }
+	@touch $@
+
+# Every function's artefact in .aws-sam/build/<LogicalId>/ (no Docker: pip fetches arm64 wheels).
+sam-build: setup sam
+	$(SAM) build --template infra/template.yaml --build-in-source --build-dir .aws-sam/build
+
+sam-validate: sam
+	$(SAM) validate --lint --template infra/template.yaml --region us-east-1
+
+# Called by `sam build` (BuildMethod: makefile) with ARTIFACTS_DIR set, once per function.
+$(addprefix build-,$(LAMBDA_FUNCTIONS)):
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile \
+		--target "$(ARTIFACTS_DIR)" $(LAMBDA_TARGET) -r infra/lambda-requirements.txt
+	cp -R scheduler state_machines scheduler.local.toml "$(ARTIFACTS_DIR)/"
+	find "$(ARTIFACTS_DIR)" -name __pycache__ -type d -prune -exec rm -rf {} +
+
 clean:
-	rm -rf $(VENV) $(DDB_DIR) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(SAM_VENV) .aws-sam $(DDB_DIR) .pytest_cache .mypy_cache .ruff_cache .hypothesis
