@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DDB_DIR := .dynamodb-local
 
-.PHONY: setup test reliability soak up lint clean sam sam-build sam-validate
+.PHONY: setup test reliability soak up lint clean sam sam-build sam-validate lambda-ric
 
 setup: $(BIN)/.installed dynamodb-local
 
@@ -59,6 +59,14 @@ $(SAM_VENV)/.installed:
 # Every function's artefact in .aws-sam/build/<LogicalId>/ (no Docker: pip fetches arm64 wheels).
 sam-build: setup sam
 	$(SAM) build --template infra/template.yaml --build-in-source --build-dir .aws-sam/build
+
+# AWS's Lambda runtime interface client, for booting the built functions locally (a test does).
+lambda-ric: .aws-sam/ric/.installed
+
+.aws-sam/ric/.installed:
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check --target .aws-sam/ric \
+		awslambdaric==4.2.2 || { echo "error: could not install awslambdaric" >&2; exit 1; }
+	@touch $@
 
 sam-validate: sam
 	$(SAM) validate --lint --template infra/template.yaml --region us-east-1
