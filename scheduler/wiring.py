@@ -120,6 +120,7 @@ def build_core(
             cancel_run=cancel_run,
             status_of=runs.executor.status if runs is not None else None,
             restart=runs.start if runs is not None else None,
+            settle=runs.settle if runs is not None else None,
             start_grace_seconds=settings.start_grace_seconds,
         ),
         runs=runs,

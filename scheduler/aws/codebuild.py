@@ -7,21 +7,68 @@ in DynamoDB (``JobStore.claim_run``) keeps it to one build per ``job_id#attempt`
 
 Completion flows back through EventBridge's "CodeBuild Build State Change" event into the
 ``build_completed`` handler, which reports through the same attempt-guarded transition.
+
+Faults, and why each is handled where it is:
+
+- ``StartBuild`` throttled, a 5xx, a lost connection: raised as is, so the stream record is
+  tried again. The claim stands then with no build id recorded; the retried start finds it
+  (:attr:`ClaimResult.CLAIMED_BEFORE_NOT_STARTED`) and calls ``StartBuild`` again with the same
+  token, which returns the build of the first call if CodeBuild did start it (the token holds
+  for five minutes; an older unfinished claim is left alone rather than risk a second build).
+- ``StartBuild`` refused for good (bad input, no such project, an account limit, the source
+  provider's credentials): :class:`StartRefused`, and the attempt fails as ``start_failed``,
+  which is retried automatically.
+- A completion event lost: the reaper asks :meth:`CodeBuildExecutor.result_of`
+  (``BatchGetBuilds``) before it times a run out, and a finished build is reported as usual.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shlex
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from scheduler.runs.executor import Claim, RunRequest, RunResult, RunStatus
+from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
+
+from scheduler.runs.executor import (
+    UNCLAIMED,
+    ClaimResult,
+    RunClaim,
+    RunRequest,
+    RunResult,
+    RunStatus,
+    StartRefused,
+)
+
+log = logging.getLogger(__name__)
 
 # CodeBuild's bounds for timeoutInMinutesOverride.
 MIN_TIMEOUT_MINUTES, MAX_TIMEOUT_MINUTES = 5, 2160
 FINAL_STATUSES = {"SUCCEEDED", "FAILED", "FAULT", "STOPPED", "TIMED_OUT"}
+
+IDEMPOTENCY_WINDOW_MS = 4 * 60_000
+"""How long after its claim an unfinished start is resumed with the same token: CodeBuild
+honours an ``idempotencyToken`` for five minutes; a minute is left for clocks and slow calls."""
+
+RETRYABLE_CODES = frozenset(
+    {
+        "ThrottlingException",
+        "Throttling",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "InternalFailure",
+        "InternalServerError",
+        "InternalServerException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+    }
+)
+"""Error codes of a CodeBuild call that may pass: the same call is tried again later."""
 
 
 class CodeBuildExecutor:
@@ -50,10 +97,28 @@ class CodeBuildExecutor:
             )
         return kwargs
 
-    def start(self, request: RunRequest, claim: Claim = lambda: True) -> str | None:
-        if not claim():
+    def start(self, request: RunRequest, claim: RunClaim = UNCLAIMED) -> str | None:
+        """One build for the attempt: ``StartBuild`` with the token ``job_id#attempt``.
+
+        A claim left by an interrupted start of this attempt is resumed with the same token
+        (CodeBuild answers with the first call's build if there was one). Raises
+        :class:`StartRefused` if CodeBuild refuses the build for good; errors that may pass
+        are raised as they are (the caller tries again).
+        """
+        claimed = claim.take(resumable_for_ms=IDEMPOTENCY_WINDOW_MS)
+        if claimed is ClaimResult.TAKEN:
             return None
-        response = self._client.start_build(**self.start_build_kwargs(request))
+        if claimed is ClaimResult.CLAIMED_BEFORE_NOT_STARTED:
+            log.warning(
+                "an earlier StartBuild of this attempt got no answer: asking again with its token",
+                extra={"job_id": request.job_id, "attempt": request.attempt},
+            )
+        try:
+            response = self._client.start_build(**self.start_build_kwargs(request))
+        except (ClientError, BotoCoreError) as exc:
+            if is_retryable(exc):
+                raise
+            raise StartRefused(f"CodeBuild refused the build: {describe(exc)}") from exc
         return str(response["build"]["id"])
 
     def cancel(self, run_id: str) -> None:
@@ -62,6 +127,28 @@ class CodeBuildExecutor:
     def status(self, key: str) -> RunStatus:
         """CodeBuild keeps the record; this executor keeps none (the reaper decides alone)."""
         return RunStatus.UNKNOWN
+
+    def result_of(self, run_id: str) -> RunResult | None:
+        """How build ``run_id`` ended, asked of CodeBuild (``BatchGetBuilds``): the reaper asks
+        before it times a run out, as the build's completion event may have been lost.
+
+        None while the build runs, for a claim whose build id was never recorded, and when
+        CodeBuild refuses to tell (the reaper then decides alone); errors that may pass are
+        raised (the reaper asks again on its next round).
+        """
+        if ":" not in run_id:
+            return None  # an idempotency key (``job_id#attempt``), not a build id `project:uuid`
+        try:
+            response = self._client.batch_get_builds(ids=[run_id])
+        except (ClientError, BotoCoreError) as exc:
+            if is_retryable(exc):
+                raise
+            log.warning("CodeBuild cannot tell how a build ended: %s", describe(exc))
+            return None
+        for build in response.get("builds") or []:
+            if build.get("id") == run_id:
+                return result_from_build(build)
+        return None
 
     def log_location(self, request: RunRequest) -> str | None:
         return None  # known only once the build exists: the console shows the run id
@@ -72,6 +159,26 @@ def json_quote(text: str) -> str:
     return json.dumps(text)
 
 
+def is_retryable(exc: Exception) -> bool:
+    """Whether a failed CodeBuild call may succeed if made again (throttled, a 5xx, no
+    connection), as opposed to a request CodeBuild refuses for what it is."""
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        return code in RETRYABLE_CODES or status >= 500 or status == 429
+    if isinstance(exc, ParamValidationError):
+        return False  # refused before it was sent: the same request fails the same way
+    return isinstance(exc, BotoCoreError)
+
+
+def describe(exc: Exception) -> str:
+    """A short reason for a failed call: its error code and message."""
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        return f"{error.get('Code', 'error')}: {error.get('Message', '')}"[:200]
+    return str(exc)[:200]
+
+
 def result_from_event(event: Mapping[str, Any]) -> RunResult | None:
     """The run result a "CodeBuild Build State Change" event carries, or None.
 
@@ -79,15 +186,36 @@ def result_from_event(event: Mapping[str, Any]) -> RunResult | None:
     ignored.
     """
     detail = event.get("detail") or {}
-    status = detail.get("build-status")
-    if status not in FINAL_STATUSES:
-        return None
     info = detail.get("additional-information") or {}
-    variables = {
-        item.get("name"): item.get("value")
-        for item in (info.get("environment") or {}).get("environment-variables") or []
-    }
-    job_id, attempt = variables.get("SCHEDULER_JOB_ID"), variables.get("SCHEDULER_ATTEMPT")
+    return _result(
+        detail.get("build-status"),
+        (info.get("environment") or {}).get("environment-variables") or [],
+        str(detail.get("build-id", "")),
+    )
+
+
+def result_from_build(build: Mapping[str, Any]) -> RunResult | None:
+    """The run result of a build as ``BatchGetBuilds`` describes it, or None (not finished,
+    or not one of ours)."""
+    return _result(
+        build.get("buildStatus"),
+        (build.get("environment") or {}).get("environmentVariables") or [],
+        str(build.get("id", "")),
+    )
+
+
+def _result(
+    status: object, variables: Iterable[Mapping[str, Any]], build_id: str
+) -> RunResult | None:
+    """A finished build's result, from its status and environment variables (pure).
+
+    ``STOPPED`` is reported as cancelled: our cancel is why a build stops, and otherwise
+    (a stop from the console) the starter fails the still-active attempt as ``stopped``.
+    """
+    if not isinstance(status, str) or status not in FINAL_STATUSES:
+        return None
+    values = {item.get("name"): item.get("value") for item in variables}
+    job_id, attempt = values.get("SCHEDULER_JOB_ID"), values.get("SCHEDULER_ATTEMPT")
     if not job_id or not attempt or not str(attempt).isdigit():
         return None
     return RunResult(
@@ -96,5 +224,5 @@ def result_from_event(event: Mapping[str, Any]) -> RunResult | None:
         exit_code=0 if status == "SUCCEEDED" else (None if status != "FAILED" else 1),
         timed_out=status == "TIMED_OUT",
         cancelled=status == "STOPPED",
-        summary=f"CodeBuild {status.lower()}: {detail.get('build-id', '')}"[:140],
+        summary=f"CodeBuild {status.lower()}: {build_id}"[:140],
     )

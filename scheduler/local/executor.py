@@ -130,6 +130,11 @@ class LocalExecutor:
             return RunStatus.FINISHING
         return RunStatus.RUNNING if run.process is not None else RunStatus.WAITING
 
+    def result_of(self, run_id: str) -> RunResult | None:
+        """None: a local outcome is never lost (it is kept on disk and reported until taken),
+        and :meth:`status` tells the reaper what this executor knows."""
+        return None
+
     def wait(self, run_id: str, timeout: float | None = None) -> bool:
         """Wait until the run ended (for tests and shutdown); True if it did."""
         with self._lock:

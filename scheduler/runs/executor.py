@@ -1,4 +1,4 @@
-"""What every executor offers: start a run under an idempotency key, cancel it.
+"""What every executor offers: start a run under an idempotency key, cancel it, say how it ended.
 
 Payload values (repository, ref, sha, PR number) reach a run only as data: environment
 variables of a process started from an argv list, or build environment variables. What runs
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
+from enum import Enum, StrEnum
 from typing import Protocol
 
 from scheduler.db.models import JobModel
@@ -98,13 +98,63 @@ Claim = Callable[[], bool]
 """Claims the run's idempotency key in DynamoDB; False means another starter has it."""
 
 
+class ClaimResult(Enum):
+    """What claiming a run's idempotency key found."""
+
+    CLAIMED = "claimed"
+    """This starter holds the claim now: start the run."""
+    CLAIMED_BEFORE_NOT_STARTED = "claimed_before_not_started"
+    """An earlier start claimed the key but recorded no run id of its own (it failed between
+    the claim and the executor's answer, e.g. a throttled ``StartBuild``). Only an executor
+    whose start is idempotent by the key itself may start again; the others must not."""
+    TAKEN = "taken"
+    """Another run holds the attempt, or the attempt moved on: start nothing."""
+
+
+class RunClaim:
+    """The claim a starter hands to :meth:`Executor.start`.
+
+    Called as a plain :data:`Claim` it answers "may I start?" (an earlier, unfinished start
+    counts as taken: the safe answer for an executor that cannot start idempotently).
+    :meth:`take` tells the three cases apart, for an executor that can resume such a start.
+    """
+
+    __slots__ = ("_take",)
+
+    def __init__(self, take: Callable[[int], ClaimResult]) -> None:
+        self._take = take
+
+    def __call__(self) -> bool:
+        return self._take(0) is ClaimResult.CLAIMED
+
+    def take(self, resumable_for_ms: int = 0) -> ClaimResult:
+        """Claim the key. A claim left by an earlier start without a run id, made less than
+        ``resumable_for_ms`` ago, is :attr:`ClaimResult.CLAIMED_BEFORE_NOT_STARTED` (the
+        executor's own idempotency covers that long); an older one is taken."""
+        return self._take(resumable_for_ms)
+
+
+UNCLAIMED = RunClaim(lambda _resumable_for_ms: ClaimResult.CLAIMED)
+"""No claim to take (a single starter, tests): always :attr:`ClaimResult.CLAIMED`."""
+
+
+class StartRefused(Exception):
+    """The executor refused to start the run for good (a bad request, a missing project, an
+    account limit): asking again cannot help, so the attempt fails as ``start_failed``.
+
+    Failures that may pass (throttling, 5xx, a lost connection) are raised as they are, so
+    that the stream record is tried again.
+    """
+
+
 class Executor(Protocol):
-    def start(self, request: RunRequest, claim: Claim) -> str | None:
+    def start(self, request: RunRequest, claim: RunClaim) -> str | None:
         """Start the run for ``request.idempotency_key``; return its run id.
 
         ``claim`` is called right before anything starts; if it returns False nothing
         starts. A second start with the same key starts nothing and returns the first run's
-        id. None means the run was not started (claimed elsewhere).
+        id. None means the run was not started (claimed elsewhere). Raises
+        :class:`StartRefused` if the run can never start.
         """
 
     def cancel(self, run_id: str) -> None:
@@ -115,3 +165,7 @@ class Executor(Protocol):
 
     def status(self, key: str) -> RunStatus:
         """What this executor knows of the run of idempotency key ``key``."""
+
+    def result_of(self, run_id: str) -> RunResult | None:
+        """How run ``run_id`` ended, if it did and this executor can tell (its own report may
+        have been lost); None while it runs, or when the executor keeps no such record."""

@@ -11,6 +11,8 @@ never blamed on the job:
   started again (idempotent: the claim ``job_id#attempt`` stands);
 - a claimed run this runtime no longer has (lost with a previous runner) fails as
   ``runner_lost``, which is retried automatically;
+- a run that ended but whose report was lost (a CodeBuild completion event) is reported now,
+  as the executor tells it (``settle``), not timed out;
 - only a run that really runs past its deadline is ``timed_out`` and stopped.
 
 :meth:`Reaper.recover` applies the same judgement to every active job at once, at start-up,
@@ -39,6 +41,10 @@ StatusOf = Callable[[str], RunStatus]
 Restart = Callable[[JobModel, int], object]
 """Starts an active job's run again (the run hook: idempotent by ``job_id#attempt``)."""
 
+Settle = Callable[[JobModel], bool]
+"""Reports how an active job's run ended if the executor can tell (``RunStarter.settle``);
+True if it had ended, False while it runs or when the executor cannot tell."""
+
 
 class Reaper:
     def __init__(
@@ -48,6 +54,7 @@ class Reaper:
         cancel_run: Callable[[str], None] | None = None,
         status_of: StatusOf | None = None,
         restart: Restart | None = None,
+        settle: Settle | None = None,
         start_grace_seconds: int = 60,
         clock: Clock = system_clock,
         page_size: int = 50,
@@ -56,6 +63,7 @@ class Reaper:
         self._cancel_run = cancel_run
         self._status_of = status_of
         self._restart = restart
+        self._settle = settle
         self._grace_ms = start_grace_seconds * 1000
         self._clock = clock
         self._page_size = page_size
@@ -92,7 +100,7 @@ class Reaper:
             if status is RunStatus.GONE:
                 return self._lost(job, state)
             if overdue:
-                return self._time_out(job, state)
+                return self._settle_or_time_out(job, state)
         except GuardRefused:
             return "moved"  # it finished, was started or judged by somebody else meanwhile
         return "left"
@@ -128,6 +136,20 @@ class Reaper:
         )
         log.warning("run lost with its runner", extra={"job_id": job.job_id, "run_id": job.run_id})
         return RUNNER_LOST
+
+    def _settle_or_time_out(self, job: JobModel, state: JobState) -> str:
+        """Time out an overdue run, unless the executor says it ended (its report was lost)."""
+        if self._settle is not None:
+            try:
+                settled = self._settle(job)
+            except Exception:
+                # Not knowing is no reason to fail a run that may have passed: next round.
+                log.exception("could not ask how the run ended", extra={"job_id": job.job_id})
+                return "left"
+            if settled:
+                log.warning("run's lost report recovered", extra={"job_id": job.job_id})
+                return "settled"
+        return self._time_out(job, state)
 
     def _time_out(self, job: JobModel, state: JobState) -> str:
         self._store.transition(

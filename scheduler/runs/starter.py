@@ -6,15 +6,27 @@ import logging
 from collections.abc import Callable, Sequence
 
 from scheduler.db.models import JobModel
-from scheduler.db.store import JobState, JobStore, Outcome
+from scheduler.db.store import Clock, JobState, JobStore, Outcome, system_clock
 from scheduler.errors import JobNotFound, RunAlreadyClaimed
-from scheduler.runs.executor import Executor, RunRequest, RunResult
-from state_machines import TIMED_OUT, TransitionConflict, Trigger
+from scheduler.runs.executor import (
+    ClaimResult,
+    Executor,
+    RunClaim,
+    RunRequest,
+    RunResult,
+    StartRefused,
+)
+from state_machines import START_FAILED, TIMED_OUT, JobStatus, TransitionConflict, Trigger
 
 log = logging.getLogger(__name__)
 
 CommandFor = Callable[[str], Sequence[str]]
 """The configured argv of a repository (``owner/name``)."""
+
+STOPPED = "stopped"
+"""Failure reason of a run stopped outside the scheduler (a build stopped from the console)."""
+
+DETAIL_CHARS = 300
 
 
 def outcome_of(result: RunResult) -> tuple[Trigger, Outcome]:
@@ -37,33 +49,29 @@ class RunStarter:
         command_for: CommandFor,
         *,
         actor: str = "executor",
+        clock: Clock = system_clock,
     ) -> None:
         self._store = store
         self.executor = executor
         self._command_for = command_for
         self._actor = actor
+        self._clock = clock
 
     def start(self, job: JobModel, delay_ms: int = 0) -> str | None:
         """Start (or queue) the run of an active job; its key is claimed right before it starts.
 
         ``delay_ms`` is an automatic retry's backoff (decided with the transition). Returns the
-        run id, or None when the key was claimed already.
+        run id, or None when the key was claimed already or the run could not be started (the
+        attempt then fails as ``start_failed``, which is retried automatically).
         """
         request = RunRequest.from_job(job, self._command_for(job.repo), delay_ms / 1000)
         state = JobState.from_model(job)
-
-        def claim() -> bool:
-            log_location = self.executor.log_location(request)
-            try:
-                self._store.claim_run(state, request.idempotency_key, log_location)
-            except RunAlreadyClaimed:
-                log.info(
-                    "run already claimed", extra={"job_id": job.job_id, "attempt": job.attempt}
-                )
-                return False
-            return True
-
-        run_id = self.executor.start(request, claim)
+        claim = RunClaim(lambda resumable_for_ms: self._claim(state, request, resumable_for_ms))
+        try:
+            run_id = self.executor.start(request, claim)
+        except StartRefused as exc:
+            self._start_failed(request, exc)
+            return None
         if run_id is not None and run_id != request.idempotency_key:
             # The executor named the run itself (a CodeBuild build id): keep it for cancels.
             try:
@@ -74,11 +82,65 @@ class RunStarter:
                 log.info("run id not recorded: the attempt moved on", extra={"job_id": job.job_id})
         return run_id
 
+    def _claim(self, state: JobState, request: RunRequest, resumable_for_ms: int) -> ClaimResult:
+        key = request.idempotency_key
+        try:
+            self._store.claim_run(state, key, self.executor.log_location(request))
+        except RunAlreadyClaimed:
+            if resumable_for_ms > 0 and self._unfinished_start(request, resumable_for_ms):
+                return ClaimResult.CLAIMED_BEFORE_NOT_STARTED
+            log.info(
+                "run already claimed", extra={"job_id": state.job_id, "attempt": state.attempt}
+            )
+            return ClaimResult.TAKEN
+        return ClaimResult.CLAIMED
+
+    def _unfinished_start(self, request: RunRequest, within_ms: int) -> bool:
+        """Whether the attempt's claim stands with no run id of the executor's own, made less
+        than ``within_ms`` ago: an earlier start failed between the claim and its answer."""
+        try:
+            job = self._store.get(request.job_id)
+        except JobNotFound:
+            return False
+        return (
+            job.status == JobStatus.ACTIVE.value
+            and int(job.attempt) == request.attempt
+            and job.run_id == request.idempotency_key
+            and job.started_at is not None
+            and self._clock() - int(job.started_at) < within_ms
+        )
+
+    def _start_failed(self, request: RunRequest, error: StartRefused) -> None:
+        """The executor refused the run for good: fail the attempt as ``start_failed`` (an
+        infrastructure failure, retried automatically) rather than leave it to its deadline."""
+        log.warning(
+            "run could not be started: %s",
+            error,
+            extra={"job_id": request.job_id, "attempt": request.attempt},
+        )
+        outcome = Outcome(reason=START_FAILED, detail=str(error)[:DETAIL_CHARS])
+        try:
+            self._store.report(
+                request.job_id, request.attempt, Trigger.FAIL, actor=self._actor, outcome=outcome
+            )
+        except (TransitionConflict, JobNotFound):
+            log.info("start failure moot: the attempt moved on", extra={"job_id": request.job_id})
+
     def finished(self, result: RunResult) -> JobState | None:
-        """Report a run's result; None when the report is moot (late, duplicate, cancelled)."""
+        """Report a run's result; None when the report is moot (late, duplicate, cancelled).
+
+        A run is stopped by the scheduler only after its job left ``active`` (a cancel, a
+        timeout), so a stopped run's report is moot then. A run that stopped while its attempt
+        is still active was stopped from outside (a build stopped from the console): the job
+        fails now, as ``stopped``, instead of waiting for its deadline.
+        """
         trigger, outcome = outcome_of(result)
         if trigger is Trigger.CANCEL:
-            return None  # the cancel transition already happened; it is why the run stopped
+            trigger = Trigger.FAIL
+            detail = "stopped outside the scheduler" + (
+                f" ({result.summary})" if result.summary else ""
+            )
+            outcome = Outcome(reason=STOPPED, detail=detail[:DETAIL_CHARS])
         try:
             done = self._store.report(
                 result.job_id, result.attempt, trigger, actor=self._actor, outcome=outcome
@@ -90,3 +152,19 @@ class RunStarter:
             extra={"job_id": result.job_id, "attempt": result.attempt, "status": done.status},
         )
         return done
+
+    def settle(self, job: JobModel) -> bool:
+        """Report how the job's current run ended, if its executor can tell (the run's own
+        report was lost, e.g. a CodeBuild completion event): asked by the reaper before it
+        times a run out.
+
+        True if the run had ended (its result is reported now, or moot as the job moved on);
+        False while it runs, or when the executor cannot tell.
+        """
+        if job.run_id is None:
+            return False
+        result = self.executor.result_of(job.run_id)
+        if result is None or (result.job_id, result.attempt) != (job.job_id, int(job.attempt)):
+            return False
+        self.finished(result)
+        return True

@@ -98,6 +98,12 @@ def test_the_scheduled_reaper_times_out_and_stops_the_build(runtime: Any) -> Non
     runtime.store.claim_run(job, "aws-3#1")
     runtime.store.record_run_id("aws-3", 1, "aws-3#1", "ci-project:b3")
     with Stubber(runtime.runs.executor._client) as stub:
+        # Before timing it out, the reaper asks how the build is doing: still in progress.
+        stub.add_response(
+            "batch_get_builds",
+            {"builds": [{"id": "ci-project:b3", "buildStatus": "IN_PROGRESS"}]},
+            {"ids": ["ci-project:b3"]},
+        )
         stub.add_response("stop_build", {"build": {"id": "ci-project:b3"}}, {"id": "ci-project:b3"})
         assert handlers.reap({}, None) == {"timed_out": ["aws-3"], "promoted": {}}
         stub.assert_no_pending_responses()
