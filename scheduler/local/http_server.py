@@ -29,12 +29,14 @@ import io
 import json
 import logging
 import math
+import re
 import socket
 import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Iterator
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -281,6 +283,9 @@ def _raw_answer(response: Response) -> bytes:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # A request whose version cannot be parsed is answered with a status line (the standard
+    # library's default, HTTP/0.9, would send a bare body that no client can read).
+    default_request_version = "HTTP/1.0"
     # Headers and body leave in two writes; with Nagle's algorithm the body would wait for the
     # client's delayed ACK of the headers (40 ms on Linux) on every keep-alive request.
     disable_nagle_algorithm = True
@@ -348,12 +353,12 @@ class _Handler(BaseHTTPRequestHandler):
     def _content_length(self, headers: dict[str, str]) -> int:
         if "transfer-encoding" in headers:
             raise LengthRequired("chunked bodies are not supported: send Content-Length")
-        try:
-            length = int(headers.get("content-length", "0"))
-        except ValueError as exc:
-            raise WebhookRejected("malformed Content-Length header") from exc
-        if length < 0:
+        value = headers.get("content-length", "0")
+        # Digits only: int() would also take "+3", " 3 " and "1_0", which a proxy in front
+        # may read differently (request smuggling).
+        if not _DIGITS.fullmatch(value):
             raise WebhookRejected("malformed Content-Length header")
+        length = int(value)
         limit = self.server.app.max_body_bytes
         if length > limit:
             raise PayloadTooLarge(f"body over the limit of {limit} bytes")
@@ -387,6 +392,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         # The standard library's errors (bad request line, oversized headers) as JSON too.
+        if code == HTTPStatus.HTTP_VERSION_NOT_SUPPORTED:
+            # Hostile or mistaken input is a 4xx here, never a 5xx.
+            code, message = HTTPStatus.BAD_REQUEST, f"unsupported HTTP version: {message}"
         self.close_connection = True
         body = json.dumps({"error": message or self.responses.get(code, ("error",))[0]}).encode()
         self.send_response(code, message)
@@ -404,7 +412,17 @@ class _Handler(BaseHTTPRequestHandler):
         # The request line holds only method and path (never headers or the body).
         # Before the request line is parsed there is no path (a garbage request).
         path = urlsplit(getattr(self, "path", "") or "").path
-        log.info("%s %s %s", self.command, path, code)
+        log.info("%s %s %s", _printable(self.command), _printable(path), code)
+
+
+_DIGITS = re.compile(r"[0-9]{1,18}")
+
+
+def _printable(text: str | None, limit: int = 300) -> str:
+    """``text`` for a log line: control characters escaped (a request cannot forge or colour
+    log lines), cut at ``limit``."""
+    text = (text or "")[:limit]
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 
 class LocalHTTPServer:

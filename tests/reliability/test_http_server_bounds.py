@@ -365,3 +365,51 @@ def test_six_partial_25_mb_uploads_buffer_no_more_than_the_default_budget(
                 sock.close()
         assert wait_until(lambda: server.body_bytes_held == 0, 10)
         assert answers_normally(server)
+
+
+# -- request framing ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /healthz HTTP/1.x\r\nHost: x\r\n\r\n",
+        b"POST /webhook HTTP/1.2.3\r\nContent-Length: 0\r\n\r\n",
+        b"GET /healthz HTTP/2.0\r\nHost: x\r\n\r\n",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    ],
+)
+def test_a_request_in_a_version_we_do_not_speak_gets_a_400_with_a_status_line(
+    settings: Settings, tables: TableNames, request_bytes: bytes
+) -> None:
+    with running(settings, ServerLimits()) as server, connect(server) as sock:
+        sock.sendall(request_bytes)
+        status, headers, body = read_answer(sock)
+        assert status == 400 and "version" in body["error"].lower(), body
+        assert headers["content-type"] == "application/json"
+
+
+@pytest.mark.parametrize("length", ["+3", " 0003 ", "1_0", "3,3", "0x3", "-1", "٣"])
+def test_a_content_length_that_is_not_plain_digits_is_refused(
+    settings: Settings, tables: TableNames, length: str
+) -> None:
+    with running(settings, ServerLimits()) as server, connect(server) as sock:
+        sock.sendall(
+            f"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\nabc".encode()
+        )
+        status, _headers, body = read_answer(sock)
+        assert status == 400 and "Content-Length" in body["error"], body
+
+
+def test_control_characters_in_a_path_cannot_forge_log_lines(
+    settings: Settings, tables: TableNames, caplog: pytest.LogCaptureFixture
+) -> None:
+    with running(settings, ServerLimits()) as server, connect(server) as sock:
+        caplog.set_level(logging.INFO, logger="scheduler.local.http_server")
+        sock.sendall(b"GET /x\x1b[31mRED\x1b[0m\x08FAKE\x00 HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, _headers, _body = read_answer(sock)
+        assert status == 404
+    lines = [r.getMessage() for r in caplog.records if r.name == "scheduler.local.http_server"]
+    logged = [line for line in lines if "RED" in line]
+    assert logged and all(c.isprintable() for line in logged for c in line), logged
+    assert "\\x1b[31mRED" in logged[0]
