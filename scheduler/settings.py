@@ -104,6 +104,8 @@ class Settings:
     github_api_url: str = "https://api.github.com"
     # AWS runs: the CodeBuild project that builds a job (unset: runs are not started).
     codebuild_project: str | None = None
+    # "xray": trace with AWS X-Ray (the default on Lambda); anything else: no tracing.
+    tracing: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -155,6 +157,8 @@ class Settings:
             github_token=env.get("SCHEDULER_GITHUB_TOKEN") or env.get("GITHUB_TOKEN") or None,
             github_api_url=env.get("SCHEDULER_GITHUB_API_URL", "https://api.github.com"),
             codebuild_project=env.get("SCHEDULER_CODEBUILD_PROJECT") or None,
+            tracing=env.get("SCHEDULER_TRACING")
+            or ("xray" if env.get("AWS_LAMBDA_FUNCTION_NAME") else None),
         )
 
     def for_local(self, endpoint: str, tables: TableNames | None = None) -> Settings:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from scheduler import tracing
 from scheduler.api.app import Application, create_app
 from scheduler.api.query_routes import query_routes
 from scheduler.config import RepositoryConfig, load_config
@@ -78,6 +79,7 @@ def build_core(
 ) -> Core:
     """The core for ``settings``; ``executor`` None means this process starts no runs."""
     config = config if config is not None else load_config(settings.config_path)
+    tracing.configure(settings.tracing)
     models.bind(settings)
     store = JobStore.from_settings(settings)
 

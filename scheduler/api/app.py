@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, NotRequired, TypedDict
 from urllib.parse import parse_qsl
 
+from scheduler import tracing
 from scheduler.config import RepositoryConfig, load_config
 from scheduler.db import models
 from scheduler.db.store import DAY_MS, Clock, JobStore, system_clock
@@ -207,6 +208,10 @@ class Application:
         self.server_limits = server_limits or ServerLimits()
 
     def handle(self, request: Request) -> Response:
+        with tracing.work("http", method=request.method.upper()[:16]):
+            return self._handle(request)
+
+    def _handle(self, request: Request) -> Response:
         try:
             handler, params = self.router.match(request.method.upper(), request.path)
             if len(request.body) > self.max_body_bytes:

@@ -129,6 +129,8 @@ class JobModel(Model):
     slot_held = BooleanAttribute(null=True)
     # The trigger guard this job claimed (repos table key suffix), released if it is cancelled.
     trigger_key = UnicodeAttribute(null=True)
+    # The X-Ray trace of the delivery that made the job: its later work joins that trace.
+    trace_id = UnicodeAttribute(null=True)
     history = ListAttribute(of=HistoryEntry, default=list)
 
     queue_repo = UnicodeAttribute(null=True)

@@ -95,6 +95,7 @@ class NewJob:
     sender: str | None = None
     delivery_id: str | None = None
     priority: int = 0
+    trace_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,6 +293,7 @@ class JobStore:
                     source=None, dest=JobStatus.PENDING, at=now, actor=actor, attempt=1, reason=None
                 )
             ],
+            trace_id=new.trace_id,
             queue_repo=new.repo,
             queue_shard=QUEUED_SHARD,
             queue_key=queue_key(new.priority, now, new.job_id),

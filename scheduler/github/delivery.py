@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from scheduler import tracing
 from scheduler.config import RepositoryConfig
 from scheduler.db.store import (
     DAY_MS,
@@ -150,6 +151,7 @@ class WebhookService:
             sender=build.sender,
             delivery_id=build.delivery_id,
             priority=policy.priority,
+            trace_id=tracing.current_trace_id(),
         )
         fields = {"job_id": new.job_id, "repo": new.repo, "delivery_id": new.delivery_id}
         try:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Literal
 
 import httpx
 
+from scheduler import tracing
 from state_machines import TIMED_OUT, JobStatus
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ class StatusUpdate:
     description: str
     context: str
     target_url: str | None = None
+    trace_id: str | None = None  # the job's trace (never sent to GitHub)
 
     def body(self) -> dict[str, str]:
         body = {
@@ -103,6 +105,12 @@ class GitHubNotifier:
 
     def post(self, update: StatusUpdate) -> bool:
         """Post one status with retries; True if GitHub accepted it. Never raises."""
+        with tracing.work(
+            "commit status", trace_id=update.trace_id, repo=update.repo, state=update.state
+        ):
+            return self._post(update)
+
+    def _post(self, update: StatusUpdate) -> bool:
         path = f"/repos/{update.repo}/statuses/{update.sha}"
         for attempt in range(1, self._attempts + 1):
             try:
@@ -162,5 +170,6 @@ class CommitStatusObserver:
                 description=description,
                 context=self._context_for(image.repo),
                 target_url=target,
+                trace_id=image.trace_id,
             )
         )

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, assert_never
 
+from scheduler import tracing
 from scheduler.config import RetryPolicy
 from scheduler.db.models import JobModel
 from scheduler.db.outage import is_outage
@@ -44,6 +45,7 @@ from scheduler.stream.decide import (
     RetryFailed,
     StartRun,
     StopRun,
+    Transition,
     TransitionObserver,
     decide,
     read_transition,
@@ -180,6 +182,19 @@ class Dispatcher:
         if transition is None:
             return []
         job = transition.job
+        with tracing.work(
+            "transition",
+            trace_id=transition.image.trace_id,
+            job_id=job.job_id,
+            repo=job.repo,
+            attempt=job.attempt,
+            **{"from": transition.source.value if transition.source else "new"},
+            to=transition.dest.value,
+        ):
+            return self._carry_out(transition)
+
+    def _carry_out(self, transition: Transition) -> list[str]:
+        job = transition.job
         actions = decide(
             transition.source,
             transition.dest,
@@ -194,7 +209,10 @@ class Dispatcher:
                 if entry.dest == JobStatus.FAILED.value and entry.reason in INFRASTRUCTURE_REASONS
             ),
         )
-        outcomes = [self.execute(action, transition.image) for action in actions]
+        outcomes = []
+        for action in actions:
+            with tracing.span(type(action).__name__, job_id=job.job_id):
+                outcomes.append(self.execute(action, transition.image))
         for observe in self.observers:
             try:
                 observe(transition)
