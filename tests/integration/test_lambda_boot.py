@@ -150,7 +150,9 @@ def function_environment(logical_id: str, settings: Settings) -> dict[str, str]:
         "RetentionDays": "30",
     }
     template = load_template(BUILD / "template.yaml")
-    variables = template["Resources"][logical_id]["Properties"]["Environment"]["Variables"]
+    shared = template.get("Globals", {}).get("Function", {}).get("Environment", {})
+    own = template["Resources"][logical_id]["Properties"]["Environment"]
+    variables = {**shared.get("Variables", {}), **own["Variables"]}
     env = {}
     for name, value in variables.items():
         if isinstance(value, dict) and set(value) == {"Ref"}:
