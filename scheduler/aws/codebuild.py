@@ -20,6 +20,9 @@ Faults, and why each is handled where it is:
   which is retried automatically.
 - A completion event lost: the reaper asks :meth:`CodeBuildExecutor.result_of`
   (``BatchGetBuilds``) before it times a run out, and a finished build is reported as usual.
+- A cancel (or timeout) that lands while ``StartBuild`` is in flight names only the claim:
+  nothing is stopped then, and the starter stops the build once it has its id. ``StopBuild``
+  refused for a build that already ended is the answer, not an outage (see :meth:`cancel`).
 """
 
 from __future__ import annotations
@@ -69,6 +72,9 @@ RETRYABLE_CODES = frozenset(
     }
 )
 """Error codes of a CodeBuild call that may pass: the same call is tried again later."""
+
+NOT_STOPPABLE_CODES = frozenset({"InvalidInputException", "ResourceNotFoundException"})
+"""``StopBuild``'s answers for an id that names no build it can stop (ended, or unknown)."""
 
 
 class CodeBuildExecutor:
@@ -122,7 +128,24 @@ class CodeBuildExecutor:
         return str(response["build"]["id"])
 
     def cancel(self, run_id: str) -> None:
-        self._client.stop_build(id=run_id)
+        """Stop build ``run_id``; nothing to do if there is no such build to stop.
+
+        A claim whose build id is not recorded yet names no build (the starter stops the build
+        it then gets, see :meth:`RunStarter.start`), and a build that already ended, or never
+        existed, cannot be stopped: CodeBuild's refusal is the answer, not a failure. Raised,
+        it would look like an outage to the stream function, which would retry the cancel's
+        record for as long as it may, and never free the slot the cancel kept. Errors that
+        may pass (throttled, a 5xx, no connection) are raised: the record is tried again.
+        """
+        if not is_build_id(run_id):
+            log.info("no build recorded for this run: nothing to stop", extra={"run_id": run_id})
+            return
+        try:
+            self._client.stop_build(id=run_id)
+        except ClientError as exc:
+            if _code(exc) not in NOT_STOPPABLE_CODES:
+                raise
+            log.info("build not stopped: %s", describe(exc), extra={"run_id": run_id})
 
     def status(self, key: str) -> RunStatus:
         """CodeBuild keeps the record; this executor keeps none (the reaper decides alone)."""
@@ -136,8 +159,8 @@ class CodeBuildExecutor:
         CodeBuild refuses to tell (the reaper then decides alone); errors that may pass are
         raised (the reaper asks again on its next round).
         """
-        if ":" not in run_id:
-            return None  # an idempotency key (``job_id#attempt``), not a build id `project:uuid`
+        if not is_build_id(run_id):
+            return None  # an idempotency key (``job_id#attempt``): no build recorded
         try:
             response = self._client.batch_get_builds(ids=[run_id])
         except (ClientError, BotoCoreError) as exc:
@@ -159,11 +182,21 @@ def json_quote(text: str) -> str:
     return json.dumps(text)
 
 
+def is_build_id(run_id: str) -> bool:
+    """Whether ``run_id`` names a build (``project:uuid``) rather than a claim that recorded
+    none yet (``job_id#attempt``; job ids have no colon)."""
+    return ":" in run_id and "#" not in run_id
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
 def is_retryable(exc: Exception) -> bool:
     """Whether a failed CodeBuild call may succeed if made again (throttled, a 5xx, no
     connection), as opposed to a request CodeBuild refuses for what it is."""
     if isinstance(exc, ClientError):
-        code = str(exc.response.get("Error", {}).get("Code", ""))
+        code = _code(exc)
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
         return code in RETRYABLE_CODES or status >= 500 or status == 429
     if isinstance(exc, ParamValidationError):

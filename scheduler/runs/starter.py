@@ -73,14 +73,35 @@ class RunStarter:
             self._start_failed(request, exc)
             return None
         if run_id is not None and run_id != request.idempotency_key:
-            # The executor named the run itself (a CodeBuild build id): keep it for cancels.
-            try:
-                self._store.record_run_id(
-                    job.job_id, request.attempt, request.idempotency_key, run_id
-                )
-            except RunAlreadyClaimed:
-                log.info("run id not recorded: the attempt moved on", extra={"job_id": job.job_id})
+            self._record(request, run_id)
         return run_id
+
+    def _record(self, request: RunRequest, run_id: str) -> None:
+        """Keep the run id the executor named itself (a CodeBuild build id), for cancels and
+        the reaper; stop the run if its attempt ended while it was being started.
+
+        A cancel, a timeout or a retry that landed between the claim and the executor's
+        answer could only name the claim, not this run: nobody else would ever stop it, and
+        its slot is handed on already.
+        """
+        try:
+            self._store.record_run_id(
+                request.job_id, request.attempt, request.idempotency_key, run_id
+            )
+            job = self._store.get(request.job_id)
+            current = job.status == JobStatus.ACTIVE.value and int(job.attempt) == request.attempt
+        except (RunAlreadyClaimed, JobNotFound):
+            current = False
+        if current:
+            return
+        log.warning(
+            "the attempt ended while its run started: stopping the run",
+            extra={"job_id": request.job_id, "attempt": request.attempt, "run_id": run_id},
+        )
+        try:
+            self.executor.cancel(run_id)
+        except Exception:
+            log.exception("could not stop the run of an ended attempt", extra={"run_id": run_id})
 
     def _claim(self, state: JobState, request: RunRequest, resumable_for_ms: int) -> ClaimResult:
         key = request.idempotency_key

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
 from scheduler.aws import handlers
@@ -325,3 +326,78 @@ def test_a_build_stopped_by_our_cancel_reports_nothing(runtime: Core) -> None:
     )
     assert answer == {"reported": False, "job_id": "cb-cancel"}
     assert runtime.store.get("cb-cancel").status == "cancelled"
+
+
+def test_a_cancel_while_start_build_is_in_flight_stops_the_build_once_its_id_is_known(
+    runtime: Core,
+) -> None:
+    """The cancel lands between the claim and CodeBuild's answer: its record can name only the
+    claim (no StopBuild is possible, and none is asked), and it frees the slot. The starter then
+    gets the build id, finds the attempt ended, and stops that build itself, so no build runs
+    on with nobody to stop it."""
+    store = runtime.store
+    pending = new_job(store, "cb-race")
+    before = store.get("cb-race")
+    store.activate(pending, slot_limit=5)
+    activated = store.get("cb-race")
+    client = codebuild(runtime)
+
+    def cancel_meanwhile(**_kwargs: Any) -> None:
+        claimed = store.get("cb-race")
+        assert claimed.run_id == "cb-race#1"
+        Operations(store, runtime.queries).cancel("cb-race")
+        answer = handlers.stream(stream_event(claimed, store.get("cb-race")), None)
+        assert answer == no_failures()
+
+    with Stubber(client) as stub:
+        stub.add_response(
+            "start_build", {"build": {"id": "ci-project:b-race"}}, start_params(runtime, activated)
+        )
+        stub.add_response(
+            "stop_build", {"build": {"id": "ci-project:b-race"}}, {"id": "ci-project:b-race"}
+        )
+        client.meta.events.register("before-parameter-build.codebuild.StartBuild", cancel_meanwhile)
+        try:
+            assert handlers.stream(stream_event(before, activated), None) == no_failures()
+        finally:
+            client.meta.events.unregister(
+                "before-parameter-build.codebuild.StartBuild", cancel_meanwhile
+            )
+        stub.assert_no_pending_responses()
+    job = store.get("cb-race")
+    assert (job.status, job.run_id, job.slot_held) == ("cancelled", "ci-project:b-race", None)
+    assert runtime.queries.stats(REPO).running == 0
+
+
+def test_a_cancel_of_a_build_that_already_ended_frees_the_slot(runtime: Core) -> None:
+    """StopBuild refuses a build that already ended: that is the answer, not an outage, so the
+    cancel's record succeeds and the slot the cancel kept is freed (it was retried forever)."""
+    running(runtime.store, "cb-ended", "ci-project:b-ended")
+    before = runtime.store.get("cb-ended")
+    Operations(runtime.store, runtime.queries).cancel("cb-ended")
+    after = runtime.store.get("cb-ended")
+    with Stubber(codebuild(runtime)) as stub:
+        stub.add_client_error(
+            "stop_build",
+            "InvalidInputException",
+            "Build ci-project:b-ended is not in progress",
+            400,
+            expected_params={"id": "ci-project:b-ended"},
+        )
+        assert handlers.stream(stream_event(before, after), None) == no_failures()
+        stub.assert_no_pending_responses()
+    assert not runtime.store.get("cb-ended").slot_held
+    assert runtime.queries.stats(REPO).running == 0
+
+
+def test_a_throttled_stop_build_is_tried_again(runtime: Core) -> None:
+    """A throttled StopBuild is not taken for a stopped build: the slot stays held until the
+    stop goes through."""
+    assert runtime.runs is not None
+    with Stubber(codebuild(runtime)) as stub:
+        stub.add_client_error(
+            "stop_build", "ThrottlingException", "Rate exceeded", 400, {"id": "ci-project:b-t"}
+        )
+        with pytest.raises(ClientError):
+            runtime.runs.executor.cancel("ci-project:b-t")
+        stub.assert_no_pending_responses()
