@@ -3,6 +3,7 @@ DynamoDB event (Lambda's names and defaults), plus the local runner's polling kn
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,9 @@ class MappingConfig:
     max_record_age_seconds: int = -1  # -1: no limit
     report_batch_item_failures: bool = False
     starting_position: str = "TRIM_HORIZON"
+    # FilterCriteria on eventName (the only kind of filter this runner implements): records
+    # of other kinds are dropped before batching, as Lambda drops them. None: no filter.
+    event_names: frozenset[str] | None = None
 
     @classmethod
     def from_template(
@@ -51,11 +55,27 @@ class MappingConfig:
             report_batch_item_failures="ReportBatchItemFailures"
             in props.get("FunctionResponseTypes", []),
             starting_position=str(props.get("StartingPosition", "TRIM_HORIZON")),
+            event_names=_event_names(props.get("FilterCriteria")),
         )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MappingConfig:
         return cls.from_template(load_template(settings.template_path))
+
+
+def _event_names(criteria: Mapping[str, Any] | None) -> frozenset[str] | None:
+    """The event names a mapping's FilterCriteria let through (patterns are OR-ed)."""
+    if not criteria:
+        return None
+    names: set[str] = set()
+    for entry in criteria.get("Filters", []):
+        pattern = json.loads(entry["Pattern"])
+        if set(pattern) != {"eventName"} or not isinstance(pattern["eventName"], list):
+            raise ConfigurationError(
+                f"the local stream runner only filters on eventName, not {entry['Pattern']}"
+            )
+        names.update(str(name) for name in pattern["eventName"])
+    return frozenset(names)
 
 
 @dataclass(frozen=True)

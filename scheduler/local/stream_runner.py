@@ -113,6 +113,7 @@ class _Shard:
     buffer_since: float = 0.0
     batches: deque[_Batch] = field(default_factory=deque)
     not_before: float = 0.0  # backoff after a stream API error
+    last_read: int = 0  # records the last GetRecords returned, before any filter
 
 
 @dataclass
@@ -269,8 +270,8 @@ class StreamRunner:
                     errors += 1
                     time.sleep(max(0.0, shard.not_before - self._clock()))
                     continue
-                skipped += len(records)
-                if not records or shard.exhausted:
+                skipped += shard.last_read
+                if not shard.last_read or shard.exhausted:
                     break
             shard.buffer.clear()
             if shard.position is not None:
@@ -446,17 +447,25 @@ class StreamRunner:
             shard.not_before = self._clock() + self._polling.retry_base_seconds
             return None
         assert self._stream_arn is not None
-        records = [lambda_record(raw, self._stream_arn) for raw in response.get("Records", [])]
+        raw_records = response.get("Records", [])
+        wanted = self._mapping.event_names
+        records = [
+            lambda_record(raw, self._stream_arn)
+            for raw in raw_records
+            if wanted is None or raw.get("eventName") in wanted
+        ]
         shard.iterator = response.get("NextShardIterator")
         if shard.iterator is None:
             shard.exhausted = True  # a closed shard, read to its end
+        shard.last_read = len(raw_records)
+        if raw_records:  # filtered-out records are passed too: read, never delivered
+            shard.position = raw_records[-1]["dynamodb"]["SequenceNumber"]
         if records:
             if not shard.buffer:
                 shard.buffer_since = self._clock()
             shard.buffer.extend(records)
-            shard.position = records[-1]["dynamodb"]["SequenceNumber"]
             self.stats.records_read += len(records)
-        else:
+        elif not raw_records:
             self.stats.empty_polls += 1
         return records
 

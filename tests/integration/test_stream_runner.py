@@ -122,8 +122,29 @@ def test_template_mapping_is_what_the_runner_uses() -> None:
         max_record_age_seconds=3600,
         report_batch_item_failures=True,
         starting_position="TRIM_HORIZON",
+        event_names=frozenset({"INSERT", "MODIFY"}),
     )
     assert expected == TEMPLATE_MAPPING
+
+
+def test_removals_are_filtered_out_before_the_function(fresh: Settings) -> None:
+    seen: list[str] = []
+    recorder = Recorder(fresh)
+
+    def handler(event: dict[str, Any], context: Any) -> Any:
+        seen.extend(r["eventName"] for r in event["Records"])
+        return recorder(event, context)
+
+    runner = make_runner(fresh, handler)
+    runner.skip_to_end()
+    recorder.store.create(new_job("kept"))
+    client("dynamodb", fresh).delete_item(
+        TableName=fresh.tables.jobs, Key={"job_id": {"S": "kept"}}
+    )  # a TTL expiry looks the same on the stream: a REMOVE
+    recorder.store.create(new_job("after"))
+    runner.drain()
+    assert "REMOVE" not in seen and seen.count("INSERT") == 2, seen
+    assert status("after") == "active"
 
 
 def test_jobs_are_activated_queued_and_promoted_through_the_stream(fresh: Settings) -> None:
