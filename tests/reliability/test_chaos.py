@@ -42,7 +42,7 @@ def config(effects: Path) -> str:
         f'[repos."{FAIL}"]\ncommand = {run_command(effects, 0.2, 1)}\n'
         f'[repos."{FAIL}".retry]\nattempts = 2\non = ["exit_code"]\n'
         f'[repos."{HANG}"]\ncommand = {run_command(effects, 600, via_shell=True)}\n'
-        "timeout_seconds = 3\nconcurrency = 2\n"
+        "timeout_seconds = 2\nconcurrency = 3\n"
         f'[repos."{HANG}".retry]\nattempts = 2\non = ["timed_out"]\n'
     )
 
