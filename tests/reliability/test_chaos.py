@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import pytest
 from harness import LocalStackProcess, kill_leftovers, pid_alive, run_command, wait_for
 from test_database_faults import deliver_until_accepted
 
@@ -90,6 +91,7 @@ class Ledger:
             self.accepted += 1
 
 
+@pytest.mark.timeout(1800 if FULL else 600)
 def test_chaos_keeps_the_books(tmp_path: Path) -> None:
     seed = int(os.environ.get("SCHEDULER_CHAOS_SEED") or random.randrange(2**32))
     plan = Plan.make(seed)
