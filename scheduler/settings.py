@@ -106,6 +106,8 @@ class Settings:
     codebuild_project: str | None = None
     # "xray": trace with AWS X-Ray (the default on Lambda); anything else: no tracing.
     tracing: str | None = None
+    # Running inside AWS Lambda: no background threads (Lambda freezes them between calls).
+    on_lambda: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -159,6 +161,7 @@ class Settings:
             codebuild_project=env.get("SCHEDULER_CODEBUILD_PROJECT") or None,
             tracing=env.get("SCHEDULER_TRACING")
             or ("xray" if env.get("AWS_LAMBDA_FUNCTION_NAME") else None),
+            on_lambda=bool(env.get("AWS_LAMBDA_FUNCTION_NAME")),
         )
 
     def for_local(self, endpoint: str, tables: TableNames | None = None) -> Settings:

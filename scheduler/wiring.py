@@ -98,7 +98,13 @@ def build_core(
     notifier: GitHubNotifier | None = None
     observers: list[TransitionObserver] = []
     if settings.github_token:
-        notifier = GitHubNotifier(settings.github_token, api_url=settings.github_api_url)
+        notifier = GitHubNotifier(
+            settings.github_token,
+            api_url=settings.github_api_url,
+            # On Lambda a status is posted before the invocation returns: a background
+            # thread would be frozen with the sandbox, its post lost or late.
+            max_workers=0 if settings.on_lambda else 2,
+        )
         observers.append(
             CommitStatusObserver(notifier, lambda repo: config.policy(repo).status_context)
         )

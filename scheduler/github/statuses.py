@@ -97,11 +97,16 @@ class GitHubNotifier:
         self._attempts = attempts
         self._backoff = backoff_seconds
         self._sleep = sleep
-        self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="notify")
+        # max_workers 0: post inline (Lambda), else in a pool the caller never waits for.
+        self._pool = ThreadPoolExecutor(max_workers, "notify") if max_workers > 0 else None
 
     def submit(self, update: StatusUpdate) -> Future[bool]:
-        """Post in the background; the caller never waits for GitHub."""
-        return self._pool.submit(self.post, update)
+        """Post in the background (or inline, without a pool); never raises."""
+        if self._pool is not None:
+            return self._pool.submit(self.post, update)
+        done: Future[bool] = Future()
+        done.set_result(self.post(update))
+        return done
 
     def post(self, update: StatusUpdate) -> bool:
         """Post one status with retries; True if GitHub accepted it. Never raises."""
@@ -133,7 +138,8 @@ class GitHubNotifier:
         return False
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
         self._client.close()
 
 

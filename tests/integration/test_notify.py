@@ -87,6 +87,16 @@ def test_posts_the_documented_request(github: FakeGitHub) -> None:
     }
 
 
+def test_on_lambda_a_status_is_posted_before_submit_returns(github: FakeGitHub) -> None:
+    """No pool (Lambda freezes background threads between invocations): inline, done."""
+    notifier = GitHubNotifier(TOKEN, api_url=github.url, max_workers=0, sleep=lambda _: None)
+    posted = notifier.submit(UPDATE)
+    assert posted.done() and posted.result() is True
+    assert len(github.requests) == 1
+    assert not any(t.name.startswith("notify") for t in threading.enumerate())
+    notifier.close()
+
+
 def test_server_errors_are_retried_with_backoff(github: FakeGitHub) -> None:
     github.answers = [502, 503]
     sleeps: list[float] = []
