@@ -20,7 +20,9 @@ from scheduler.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Logical ids of the local stream runner's tables (checkpoints, on-failure destination).
+# The local stream runner's tables (checkpoints, on-failure destination): beside the template,
+# in a file of their own, so that they are never deployed.
+LOCAL_TABLES_FILE = "local-tables.yaml"
 RUNNER_STATE_TABLE = "RunnerStateTable"
 DEAD_LETTER_TABLE = "DeadLetterTable"
 
@@ -28,11 +30,12 @@ DEAD_LETTER_TABLE = "DeadLetterTable"
 def definitions(settings: Settings) -> dict[str, TableDefinition]:
     """Table definitions from the template, keyed by the table name these settings use."""
     template = load_template(settings.template_path)
+    local_only = load_template(settings.template_path.parent / LOCAL_TABLES_FILE)
     return {
         settings.tables.jobs: table_definition(template, JOBS_TABLE),
         settings.tables.repos: table_definition(template, REPOS_TABLE),
-        settings.tables.runner_state: table_definition(template, RUNNER_STATE_TABLE),
-        settings.tables.dead_letters: table_definition(template, DEAD_LETTER_TABLE),
+        settings.tables.runner_state: table_definition(local_only, RUNNER_STATE_TABLE),
+        settings.tables.dead_letters: table_definition(local_only, DEAD_LETTER_TABLE),
     }
 
 

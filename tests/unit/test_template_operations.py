@@ -63,3 +63,10 @@ def test_ttl_removals_never_reach_the_stream_function() -> None:
 def test_retention_days_reaches_the_functions() -> None:
     variables = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]
     assert variables["SCHEDULER_RETENTION_DAYS"] == {"Ref": "RetentionDays"}
+
+
+def test_the_local_runner_tables_are_not_deployed() -> None:
+    tables = {name for name, r in RESOURCES.items() if r["Type"] == "AWS::DynamoDB::Table"}
+    assert tables == {"JobsTable", "ReposTable"}
+    local = load_template(DEFAULT_TEMPLATE.parent / "local-tables.yaml")["Resources"]
+    assert set(local) == {"RunnerStateTable", "DeadLetterTable"}
