@@ -32,14 +32,9 @@ Run from the project root::
 from __future__ import annotations
 
 import argparse
-import copy
 import cProfile
-import json
 import math
 import pstats
-import statistics
-import threading
-import time
 import timeit
 import uuid
 from collections import Counter, defaultdict
@@ -48,19 +43,26 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import boto3
-from botocore.config import Config
-from stats import percentile
+import psutil  # type: ignore[import-untyped]  # no stubs pinned; a dev dependency
+from common import (
+    Batch,
+    RequestTemplate,
+    Results,
+    alternating_rounds,
+    bench_settings,
+    capture_templates,
+    dynamodb_local,
+    figures,
+    raw_client,
+    run_batch,
+)
+from stats import median
 from transitions import Machine
 
-from scheduler.db import models
-from scheduler.db.clients import client as settings_client
 from scheduler.db.models import JobModel, RepoModel
 from scheduler.db.store import DAY_MS, Clock, JobStore, NewJob, system_clock
-from scheduler.db.tables import ensure_tables
 from scheduler.errors import RepositoryFull
-from scheduler.local.dynamodb_local import DynamoDBLocal
-from scheduler.settings import Settings, TableNames
+from scheduler.settings import Settings
 from state_machines import TRANSITION_TABLE, JobStatus, Trigger, plan
 
 MODES = ("product", "raw")
@@ -108,35 +110,32 @@ def product_lifecycle(store: JobStore) -> Lifecycle:
     return run
 
 
-class _Slot(str):
-    """A string leaf of a request template with ``{placeholders}`` to fill."""
-
-    __slots__ = ()
-
-
 @dataclass(frozen=True)
 class RequestTemplates:
     """The store's three requests with job id, repository and times made placeholders."""
 
-    requests: tuple[Any, ...]
+    requests: tuple[RequestTemplate, ...]
     retention_ms: int
 
     @classmethod
-    def from_captured(
-        cls, captured: Sequence[dict[str, Any]], retention_ms: int
-    ) -> RequestTemplates:
-        sentinels = _values(CAPTURE_JOB, CAPTURE_REPO, CAPTURE_NOW, retention_ms)
-        requests = tuple(_compile(request, sentinels) for request in captured)
-        for request in requests:
-            if "{job}" not in json.dumps(request):
-                raise RuntimeError("captured request does not name the job: cannot template it")
-        return cls(requests, retention_ms)
+    def capture(cls, store: JobStore, retention_days: int) -> RequestTemplates:
+        """The three requests one product lifecycle sends, as botocore receives them."""
+        retention_ms = retention_days * DAY_MS
+        frozen = JobStore(
+            store.connection, clock=lambda: CAPTURE_NOW, retention_days=retention_days
+        )
+        requests = capture_templates(
+            store.connection.client,
+            "TransactWriteItems",
+            lambda: product_lifecycle(frozen)(CAPTURE_JOB, CAPTURE_REPO),
+            _values(CAPTURE_JOB, CAPTURE_REPO, CAPTURE_NOW, retention_ms),
+            expected=3,
+            naming="job",
+        )
+        return cls(tuple(requests), retention_ms)
 
     def fill(self, index: int, job_id: str, repo: str, now: int) -> dict[str, Any]:
-        filled: dict[str, Any] = _fill(
-            self.requests[index], _values(job_id, repo, now, self.retention_ms)
-        )
-        return filled
+        return self.requests[index].fill(_values(job_id, repo, now, self.retention_ms))
 
 
 def _values(job_id: str, repo: str, now: int, retention_ms: int) -> dict[str, str]:
@@ -150,30 +149,6 @@ def _values(job_id: str, repo: str, now: int, retention_ms: int) -> dict[str, st
     }
 
 
-def _compile(node: Any, sentinels: dict[str, str]) -> Any:
-    if isinstance(node, dict):
-        return {key: _compile(value, sentinels) for key, value in node.items()}
-    if isinstance(node, list):
-        return [_compile(value, sentinels) for value in node]
-    if isinstance(node, str):
-        escaped = node.replace("{", "{{").replace("}", "}}")
-        templated = escaped
-        for name, text in sentinels.items():
-            templated = templated.replace(text, "{" + name + "}")
-        return _Slot(templated) if templated != escaped else node
-    return node
-
-
-def _fill(node: Any, values: dict[str, str]) -> Any:
-    if isinstance(node, dict):
-        return {key: _fill(value, values) for key, value in node.items()}
-    if isinstance(node, list):
-        return [_fill(value, values) for value in node]
-    if isinstance(node, _Slot):
-        return node.format_map(values)
-    return node
-
-
 def raw_lifecycle(ddb: Any, templates: RequestTemplates, clock: Clock = system_clock) -> Lifecycle:
     def run(job_id: str, repo: str) -> None:
         for index in range(len(templates.requests)):
@@ -182,141 +157,52 @@ def raw_lifecycle(ddb: Any, templates: RequestTemplates, clock: Clock = system_c
     return run
 
 
-def capture_requests(store: JobStore, retention_days: int) -> list[dict[str, Any]]:
-    """The three requests one product lifecycle sends, as botocore receives them."""
-    captured: list[dict[str, Any]] = []
-
-    def grab(params: dict[str, Any], **_: Any) -> None:
-        captured.append(copy.deepcopy(params))
-
-    event = "provide-client-params.dynamodb.TransactWriteItems"
-    events = store.connection.client.meta.events
-    events.register(event, grab, unique_id="bench-capture")
-    try:
-        frozen = JobStore(
-            store.connection, clock=lambda: CAPTURE_NOW, retention_days=retention_days
-        )
-        product_lifecycle(frozen)(CAPTURE_JOB, CAPTURE_REPO)
-    finally:
-        events.unregister(event, unique_id="bench-capture")
-    if len(captured) != 3:
-        raise RuntimeError(f"expected 3 requests per lifecycle, captured {len(captured)}")
-    return captured
-
-
-def raw_client(settings: Settings) -> Any:
-    """A boto3 client configured like PynamoDB's (no client-side parameter validation)."""
-    return boto3.session.Session().client(
-        "dynamodb",
-        region_name=settings.region,
-        endpoint_url=settings.dynamodb_endpoint,
-        aws_access_key_id=settings.access_key_id,
-        aws_secret_access_key=settings.secret_access_key,
-        config=Config(
-            parameter_validation=False,
-            max_pool_connections=64,
-            retries={"mode": "standard", "total_max_attempts": 4},
-        ),
-    )
-
-
 # -- timing -----------------------------------------------------------------------------------
-
-
-@dataclass
-class Batch:
-    seconds: float
-    cpu_seconds: float  # of this Python process (all threads): the client-side cost
-    latencies: list[float]
-
-    @property
-    def rate(self) -> float:
-        return len(self.latencies) / self.seconds
-
-    @property
-    def cpu_per_lifecycle(self) -> float:
-        return self.cpu_seconds / len(self.latencies)
 
 
 def job_keys(prefix: str, count: int) -> list[tuple[str, str]]:
     return [(f"{prefix}-{i:05d}", f"bench/repo-{i % REPOS:02d}") for i in range(count)]
 
 
-def run_batch(lifecycle: Lifecycle, jobs: Sequence[tuple[str, str]], threads: int) -> Batch:
-    """Run ``jobs`` split over ``threads`` threads; wall time from a common start."""
-    chunks = [jobs[i::threads] for i in range(threads)]
-    latencies: list[list[float]] = [[] for _ in range(threads)]
-    errors: list[Exception] = []
-    start_line = threading.Barrier(threads + 1)
-
-    def worker(index: int) -> None:
-        out = latencies[index]
-        start_line.wait()
-        try:
-            for job_id, repo in chunks[index]:
-                began = time.perf_counter()
-                lifecycle(job_id, repo)
-                out.append(time.perf_counter() - began)
-        except Exception as exc:
-            errors.append(exc)
-
-    workers = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
-    for thread in workers:
-        thread.start()
-    cpu_began = time.process_time()
-    start_line.wait()
-    began = time.perf_counter()
-    for thread in workers:
-        thread.join()
-    seconds = time.perf_counter() - began
-    cpu_seconds = time.process_time() - cpu_began
-    if errors:
-        raise errors[0]
-    return Batch(seconds, cpu_seconds, [value for chunk in latencies for value in chunk])
+def lifecycle_batch(lifecycle: Lifecycle, prefix: str, count: int, threads: int) -> Batch:
+    """``count`` lifecycles over ``threads`` threads; CPU time of this (the client) process."""
+    jobs = job_keys(prefix, count)
+    return run_batch(lambda n: lifecycle(*jobs[n]), count, threads, {"client": psutil.Process()})
 
 
 def measure(
     lifecycles: dict[str, Lifecycle], thread_counts: Sequence[int], per_batch: int, rounds: int
-) -> dict[tuple[str, int], list[Batch]]:
-    results: dict[tuple[str, int], list[Batch]] = defaultdict(list)
-    for round_no in range(rounds):
-        for slot, threads in enumerate(thread_counts):
-            order = MODES if (round_no + slot) % 2 == 0 else MODES[::-1]
-            for mode in order:
-                jobs = job_keys(f"{mode}-r{round_no}-t{threads}", per_batch)
-                results[(mode, threads)].append(run_batch(lifecycles[mode], jobs, threads))
-    return results
+) -> Results:
+    return alternating_rounds(
+        MODES,
+        thread_counts,
+        rounds,
+        lambda mode, threads, prefix: lifecycle_batch(lifecycles[mode], prefix, per_batch, threads),
+    )
 
 
-def print_rates(results: dict[tuple[str, int], list[Batch]], thread_counts: Sequence[int]) -> None:
+def print_rates(results: Results, thread_counts: Sequence[int]) -> None:
     print(
         f"{'mode':<8} {'threads':>7} {'lifecycles/s':>12} {'p50 ms':>8} {'p99 ms':>8}"
         f" {'client CPU ms':>13}  lifecycles/s by round"
     )
-    medians: dict[tuple[str, int], float] = {}
-    cpu: dict[tuple[str, int], float] = {}
+    rows = figures(results)
     for threads in thread_counts:
         for mode in MODES:
-            batches = results[(mode, threads)]
-            rates = [batch.rate for batch in batches]
-            latencies = [value for batch in batches for value in batch.latencies]
-            medians[(mode, threads)] = statistics.median(rates)
-            cpu[(mode, threads)] = statistics.median(b.cpu_per_lifecycle for b in batches)
+            row = rows[(mode, threads)]
             print(
-                f"{mode:<8} {threads:>7} {medians[(mode, threads)]:>12.1f}"
-                f" {percentile(latencies, 0.50) * 1000:>8.1f}"
-                f" {percentile(latencies, 0.99) * 1000:>8.1f}"
-                f" {cpu[(mode, threads)] * 1000:>13.2f}"
-                f"  {' / '.join(f'{rate:.1f}' for rate in rates)}"
+                f"{mode:<8} {threads:>7} {row.rate:>12.1f} {row.latency.p50:>8.1f}"
+                f" {row.latency.p99:>8.1f} {row.cpu_ms['client']:>13.2f}  {row.rates_by_round()}"
             )
     for threads in thread_counts:
-        ratio = medians[("product", threads)] / medians[("raw", threads)]
+        product, raw = rows[("product", threads)], rows[("raw", threads)]
+        ratio = product.rate / raw.rate
         verdict = "ok" if ratio >= TARGET_RATIO else "BELOW TARGET"
-        extra_cpu = cpu[("product", threads)] - cpu[("raw", threads)]
+        extra_cpu = product.cpu_ms["client"] - raw.cpu_ms["client"]
         print(
             f"ratio product/raw at {threads} thread(s): {ratio:.2f}"
             f"  (target >= {TARGET_RATIO}: {verdict});"
-            f" the product adds {extra_cpu * 1000:.2f} ms client CPU per lifecycle"
+            f" the product adds {extra_cpu:.2f} ms client CPU per lifecycle"
         )
 
 
@@ -593,18 +479,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def set_up(endpoint: str) -> Settings:
-    tables = TableNames().with_prefix(f"bench{uuid.uuid4().hex[:6]}-")
-    settings = Settings.from_env({}).for_local(endpoint, tables)
-    ensure_tables(settings_client("dynamodb", settings), settings)
-    models.bind(settings)
-    return settings
-
-
 def warm_up(lifecycles: dict[str, Lifecycle], thread_counts: Sequence[int], count: int) -> None:
     for threads in thread_counts:
         for mode in MODES:
-            run_batch(lifecycles[mode], job_keys(f"warm-t{threads}-{mode}", count), threads)
+            lifecycle_batch(lifecycles[mode], f"warm-t{threads}-{mode}", count, threads)
 
 
 def check_equivalent(ddb: Any, settings: Settings, prefix: str) -> None:
@@ -622,9 +500,7 @@ def check_equivalent(ddb: Any, settings: Settings, prefix: str) -> None:
 def benchmark(args: argparse.Namespace, settings: Settings) -> None:
     store = JobStore.from_settings(settings)
     ddb = raw_client(settings)
-    templates = RequestTemplates.from_captured(
-        capture_requests(store, settings.retention_days), settings.retention_days * DAY_MS
-    )
+    templates = RequestTemplates.capture(store, settings.retention_days)
     lifecycles = {"product": product_lifecycle(store), "raw": raw_lifecycle(ddb, templates)}
     warm_up(lifecycles, args.thread_counts, args.warmup)
     check_equivalent(ddb, settings, f"warm-t{args.thread_counts[0]}")
@@ -643,7 +519,7 @@ def benchmark(args: argparse.Namespace, settings: Settings) -> None:
 
     print("\n== state-machine layer")
     one_thread = [v for b in results.get(("product", 1), []) for v in b.latencies]
-    print_state_machine_cost(statistics.median(one_thread) if one_thread else 0.015)
+    print_state_machine_cost(median(one_thread) if one_thread else 0.015)
 
     if args.profile:
         print()
@@ -652,13 +528,8 @@ def benchmark(args: argparse.Namespace, settings: Settings) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    server = DynamoDBLocal(Settings.from_env({}).dynamodb_local_dir, heap_mb=512)
-    try:
-        endpoint = server.start()
-        print(f"DynamoDB Local (in memory) at {endpoint}, pid {server.pid}")
-        benchmark(args, set_up(endpoint))
-    finally:
-        server.stop()
+    with dynamodb_local(heap_mb=512) as server:
+        benchmark(args, bench_settings(server.endpoint, f"bench{uuid.uuid4().hex[:6]}-"))
 
 
 if __name__ == "__main__":

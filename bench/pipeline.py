@@ -38,15 +38,18 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
 import httpx
-import psutil
-from stats import percentile
+import psutil  # type: ignore[import-untyped]  # no stubs pinned; a dev dependency
+from common import cpu_seconds, open_loop
+from stats import ms, summary
 
 from scheduler.github.signature import sign
 from scheduler.local.dynamodb_local import free_port
@@ -70,6 +73,7 @@ class Stack:
     process: subprocess.Popen[str]
     effects: Path
     log_path: Path
+    exit_code: int | None = None  # once stopped
 
     def log_tail(self, chars: int = 3000) -> str:
         try:
@@ -129,6 +133,20 @@ def start_stack(tmp: Path) -> Stack:
     # Keep draining stdout, so the child can never block on a full pipe.
     threading.Thread(target=process.stdout.read, daemon=True).start()
     return stack
+
+
+@contextmanager
+def local_stack(tmp: Path) -> Iterator[Stack]:
+    """``scheduler up`` in ``tmp`` for the ``with`` body: stopped with SIGINT after it (exit code
+    in ``exit_code``), killed if the body fails, with the tail of its log on stderr."""
+    stack = start_stack(tmp)
+    try:
+        yield stack
+    except BaseException:
+        kill_stack(stack)
+        print(f"stack log tail:\n{stack.log_tail()}", file=sys.stderr)
+        raise
+    stack.exit_code = stop_stack(stack)
 
 
 def read_first_line(stream: IO[str], timeout: float) -> str:
@@ -195,21 +213,30 @@ def command_starts(effects: Path) -> dict[str, float]:
     return starts
 
 
+def wait_started(
+    stack: Stack, wanted: set[str], deadline: float, poll: float = 0.05
+) -> dict[str, float]:
+    """Command start (epoch seconds) by job id, once every job in ``wanted`` has one.
+
+    Reads the commands' file only; ``deadline`` is on the ``time.monotonic`` clock.
+    """
+    while True:
+        starts = command_starts(stack.effects)
+        if wanted <= starts.keys():
+            return starts
+        if stack.process.poll() is not None:
+            raise RuntimeError(f"the stack exited:\n{stack.log_tail()}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{len(wanted - starts.keys())} commands never ran")
+        time.sleep(poll)
+
+
 def wait_finished(
     stack: Stack, client: httpx.Client, job_ids: list[str], timeout: float
 ) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
     """Wait for every command to have run (file only), then for every job to be final."""
     deadline = time.monotonic() + timeout
-    wanted = set(job_ids)
-    while True:
-        starts = command_starts(stack.effects)
-        if wanted <= starts.keys():
-            break
-        if stack.process.poll() is not None:
-            raise RuntimeError(f"the stack exited:\n{stack.log_tail()}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{len(wanted - starts.keys())} commands never ran")
-        time.sleep(0.05)
+    starts = wait_started(stack, set(job_ids), deadline)
     jobs: dict[str, dict[str, Any]] = {}
     while True:
         for job_id in [j for j in job_ids if jobs.get(j, {}).get("finished_at") is None]:
@@ -242,6 +269,13 @@ class Phase:
     finished_ms: list[float] = field(default_factory=list)
     throughput: float = 0.0
 
+    def record(self, results: list[tuple[str, float, float]], send_seconds: float) -> None:
+        """The answers of the phase's deliveries, as :func:`deliver` returns them."""
+        self.send_seconds = send_seconds
+        for job_id, accepted, took in results:
+            self.accepted[job_id] = accepted
+            self.post_seconds.append(took)
+
     def collect(self, starts: dict[str, float], jobs: dict[str, dict[str, Any]]) -> None:
         for job_id, accepted in self.accepted.items():
             job = jobs[job_id]
@@ -256,19 +290,10 @@ class Phase:
 def send_steady(client: httpx.Client, url: str, count: int, rate: float) -> Phase:
     """Open loop: delivery i is sent at t0 + i/rate, whatever the earlier answers took."""
     phase = Phase("steady", f"{count} deliveries paced at {rate:g}/s")
+    t0 = time.perf_counter()
     with ThreadPoolExecutor(4) as pool:
-        t0 = time.perf_counter()
-        futures: list[Future[tuple[str, float, float]]] = []
-        for i in range(count):
-            delay = t0 + i / rate - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            futures.append(pool.submit(deliver, client, url))
-        results = [future.result() for future in futures]
-    phase.send_seconds = time.perf_counter() - t0
-    for job_id, accepted, took in results:
-        phase.accepted[job_id] = accepted
-        phase.post_seconds.append(took)
+        futures = open_loop(pool, count, rate, lambda: deliver(client, url))
+        phase.record([future.result() for future in futures], time.perf_counter() - t0)
     return phase
 
 
@@ -277,10 +302,7 @@ def send_burst(client: httpx.Client, url: str, count: int, clients: int) -> Phas
     t0 = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         results = list(pool.map(lambda _: deliver(client, url), range(count)))
-    phase.send_seconds = time.perf_counter() - t0
-    for job_id, accepted, took in results:
-        phase.accepted[job_id] = accepted
-        phase.post_seconds.append(took)
+    phase.record(results, time.perf_counter() - t0)
     return phase
 
 
@@ -312,14 +334,14 @@ def label(process: psutil.Process) -> str:
 def idle_usage(pid: int, seconds: float) -> list[tuple[str, float, float]]:
     """(label, percent of one core, RSS MiB) per process of the tree, over ``seconds``."""
     tree = process_tree(pid)
-    before = {p.pid: sum(p.cpu_times()[:2]) for p in tree}
+    before = {p.pid: cpu_seconds(p) for p in tree}
     wall = time.perf_counter()
     time.sleep(seconds)
     wall = time.perf_counter() - wall
     usage = []
     for process in tree:
         try:
-            cpu = sum(process.cpu_times()[:2]) - before[process.pid]
+            cpu = cpu_seconds(process) - before[process.pid]
             rss = process.memory_info().rss / 2**20
         except psutil.Error:
             continue
@@ -331,11 +353,11 @@ def idle_usage(pid: int, seconds: float) -> list[tuple[str, float, float]]:
 
 
 def print_phase(phase: Phase) -> None:
-    posts = [s * 1000 for s in phase.post_seconds]
+    posts = summary(ms(phase.post_seconds))
     print(f"\n== {phase.name}: {phase.description}")
     print(
-        f"   sent in {phase.send_seconds:.1f} s ({len(posts) / phase.send_seconds:.1f}/s);"
-        f" POST /webhook p50 {percentile(posts, 0.5):.1f} ms, p99 {percentile(posts, 0.99):.1f} ms"
+        f"   sent in {phase.send_seconds:.1f} s ({posts.n / phase.send_seconds:.1f}/s);"
+        f" POST /webhook p50 {posts.p50:.1f} ms, p99 {posts.p99:.1f} ms"
     )
     print(f"   {'from accepted (ms)':<26}{'p50':>8}{'p90':>8}{'p99':>8}{'max':>8}")
     rows = [
@@ -344,10 +366,11 @@ def print_phase(phase: Phase) -> None:
         ("to finished (passed)", phase.finished_ms, TARGET_FINISH_MS),
     ]
     for name, values, target in rows:
-        cells = "".join(f"{percentile(values, q):8.0f}" for q in (0.5, 0.9, 0.99, 1.0))
+        row = summary(values)
+        cells = "".join(f"{value:8.0f}" for value in (row.p50, row.p90, row.p99, row.max))
         verdict = ""
         if target is not None:
-            ok = percentile(values, 0.5) < target
+            ok = row.p50 < target
             verdict = f"   p50 target < {target:.0f}: {'ok' if ok else 'MISSED'}"
         print(f"   {name:<26}{cells}{verdict}")
     print(
@@ -358,7 +381,9 @@ def print_phase(phase: Phase) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--jobs", type=int, default=200, help="jobs per phase (>= 200)")
+    parser.add_argument(
+        "--jobs", type=int, default=200, help="jobs per phase (>= 200 for stable figures)"
+    )
     parser.add_argument("--rate", type=float, default=10.0, help="steady deliveries per second")
     only = parser.add_mutually_exclusive_group()
     only.add_argument("--burst", action="store_true", help="the burst phase only")
@@ -368,52 +393,34 @@ def main() -> None:
     parser.add_argument("--idle-seconds", type=float, default=20.0)
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
-        began = time.perf_counter()
-        stack = start_stack(Path(tmp))
+    began = time.perf_counter()
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp,
+        local_stack(Path(tmp)) as stack,
+    ):
         print(
             f"stack up in {time.perf_counter() - began:.1f} s at {stack.url}"
             f" (--max-runs {CONCURRENCY}, {REPO} concurrency {CONCURRENCY});"
             f" {os.cpu_count()} CPUs"
         )
-        try:
-            phases: list[Phase] = []
-            with httpx.Client(timeout=30) as client:
-                if args.warmup:
-                    run_phase(
-                        stack,
-                        client,
-                        lambda: send_steady(client, stack.url, args.warmup, args.rate),
-                        timeout=120,
-                    )
-                    print(f"warm-up: {args.warmup} jobs passed (not counted)")
-                if not args.burst:
-                    phases.append(
-                        run_phase(
-                            stack,
-                            client,
-                            lambda: send_steady(client, stack.url, args.jobs, args.rate),
-                            timeout=120,
-                        )
-                    )
-                    print_phase(phases[-1])
-                if not args.steady:
-                    phases.append(
-                        run_phase(
-                            stack,
-                            client,
-                            lambda: send_burst(client, stack.url, args.jobs, args.burst_clients),
-                            timeout=180,
-                        )
-                    )
-                    print_phase(phases[-1])
-            time.sleep(2)  # let the last transitions flow through the stream
-            usage = idle_usage(stack.process.pid, args.idle_seconds)
-        except BaseException:
-            kill_stack(stack)
-            print(f"stack log tail:\n{stack.log_tail()}", file=sys.stderr)
-            raise
-        code = stop_stack(stack)
+        phases: list[Phase] = []
+        with httpx.Client(timeout=30) as client:
+            if args.warmup:
+                warm = partial(send_steady, client, stack.url, args.warmup, args.rate)
+                run_phase(stack, client, warm, timeout=120)
+                print(f"warm-up: {args.warmup} jobs passed (not counted)")
+            runs: list[tuple[Callable[[], Phase], float]] = []
+            if not args.burst:
+                steady = partial(send_steady, client, stack.url, args.jobs, args.rate)
+                runs.append((steady, 120))
+            if not args.steady:
+                burst = partial(send_burst, client, stack.url, args.jobs, args.burst_clients)
+                runs.append((burst, 180))
+            for phase_of, timeout in runs:
+                phases.append(run_phase(stack, client, phase_of, timeout))
+                print_phase(phases[-1])
+        time.sleep(2)  # let the last transitions flow through the stream
+        usage = idle_usage(stack.process.pid, args.idle_seconds)
 
     print(f"\n== idle after the load ({args.idle_seconds:g} s), process tree of scheduler up")
     for name, cpu, rss in usage:
@@ -423,7 +430,7 @@ def main() -> None:
     print(f"   {'total':<26} cpu {total_cpu:5.1f}% of one core   rss {total_rss:6.0f} MiB")
     print("   (README: about 4-6% of one core and about 300 MiB idle)")
     print(
-        f"\nscheduler up stopped on SIGINT, exit code {code};"
+        f"\nscheduler up stopped on SIGINT, exit code {stack.exit_code};"
         f" total {time.perf_counter() - began:.0f} s"
     )
 

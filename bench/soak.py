@@ -31,9 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import psutil
-from pipeline import CONCURRENCY, command_starts, deliver, kill_stack, start_stack, stop_stack
-from stats import percentile
+import psutil  # type: ignore[import-untyped]  # no stubs pinned; a dev dependency
+from common import open_loop
+from pipeline import CONCURRENCY, deliver, local_stack, wait_started
+from stats import summary
 
 MIB = 2**20
 
@@ -87,28 +88,10 @@ def send_tenth(
             tenth.post_ms.append(took * 1000)
 
     tenth.began = time.time()
-    t0 = time.perf_counter()
     with ThreadPoolExecutor(senders) as pool:
-        futures = []
-        for i in range(count):
-            delay = t0 + i / rate - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            futures.append(pool.submit(one))
-        for future in futures:
+        for future in open_loop(pool, count, rate, one):
             future.result()
     tenth.ended = time.time()
-
-
-def wait_started(effects: Path, wanted: set[str], timeout: float) -> dict[str, float]:
-    deadline = time.monotonic() + timeout
-    while True:
-        starts = command_starts(effects)
-        if wanted <= starts.keys():
-            return starts
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{len(wanted - starts.keys())} commands never ran")
-        time.sleep(0.5)
 
 
 def report(tenths: list[Tenth], starts: dict[str, float]) -> bool:
@@ -122,11 +105,11 @@ def report(tenths: list[Tenth], starts: dict[str, float]) -> bool:
         window = max(tenth.ended - tenth.began, 1e-6)
         ran = sum(1 for at in starts.values() if tenth.began <= at <= tenth.ended)
         rates.append(ran / window)
-        start_ms = [(starts[j] - at) * 1000 for j, at in tenth.accepted.items()]
+        hook = summary(tenth.post_ms)
+        start = summary((starts[j] - at) * 1000 for j, at in tenth.accepted.items())
         print(
-            f"{tenth.index:>5} {rates[-1]:7.1f} {percentile(tenth.post_ms, 0.5):8.0f}"
-            f" {percentile(tenth.post_ms, 0.99):8.0f} {percentile(start_ms, 0.5):9.0f}"
-            f" {percentile(start_ms, 0.99):9.0f} {tenth.rss_mib.get('scheduler', 0):9.0f}"
+            f"{tenth.index:>5} {rates[-1]:7.1f} {hook.p50:8.0f} {hook.p99:8.0f}"
+            f" {start.p50:9.0f} {start.p99:9.0f} {tenth.rss_mib.get('scheduler', 0):9.0f}"
             f" {tenth.rss_mib.get('dynamodb', 0):8.0f} {tenth.disk_mib['dynamodb']:8.1f}"
             f" {tenth.disk_mib['logs']:8.1f} {tenth.disk_mib['work']:8.2f}"
         )
@@ -157,41 +140,29 @@ def main() -> None:
     args = parser.parse_args()
     per_tenth = max(1, args.jobs // 10)
 
-    with tempfile.TemporaryDirectory(prefix="bench-soak-") as tmp:
-        stack = start_stack(Path(tmp))
+    with tempfile.TemporaryDirectory(prefix="bench-soak-") as tmp, local_stack(Path(tmp)) as stack:
         data = Path(tmp) / "data"
         print(
             f"soak: {per_tenth * 10} jobs at {args.rate:g}/s through {stack.url}"
             f" (--max-runs {CONCURRENCY}); {os.cpu_count()} CPUs"
         )
         tenths = []
-        try:
-            with httpx.Client(timeout=30) as client:
-                for index in range(1, 11):
-                    tenth = Tenth(index)
-                    send_tenth(
-                        client,
-                        stack.url,
-                        tenth,
-                        count=per_tenth,
-                        rate=args.rate,
-                        senders=args.senders,
-                    )
-                    tenth.rss_mib = memory(stack.process.pid)
-                    tenth.disk_mib = {
-                        "dynamodb": folder_mib(data / "dynamodb"),
-                        "logs": folder_mib(data / "runs" / "logs"),
-                        "work": folder_mib(data / "runs" / "work"),
-                    }
-                    tenths.append(tenth)
-                    print(f"tenth {index} sent ({len(tenth.accepted)} jobs)", flush=True)
-            wanted = {job for tenth in tenths for job in tenth.accepted}
-            starts = wait_started(stack.effects, wanted, timeout=600)
-        except BaseException:
-            kill_stack(stack)
-            print(f"stack log tail:\n{stack.log_tail()}", file=sys.stderr)
-            raise
-        stop_stack(stack)
+        with httpx.Client(timeout=30) as client:
+            for index in range(1, 11):
+                tenth = Tenth(index)
+                send_tenth(
+                    client, stack.url, tenth, count=per_tenth, rate=args.rate, senders=args.senders
+                )
+                tenth.rss_mib = memory(stack.process.pid)
+                tenth.disk_mib = {
+                    "dynamodb": folder_mib(data / "dynamodb"),
+                    "logs": folder_mib(data / "runs" / "logs"),
+                    "work": folder_mib(data / "runs" / "work"),
+                }
+                tenths.append(tenth)
+                print(f"tenth {index} sent ({len(tenth.accepted)} jobs)", flush=True)
+        wanted = {job for tenth in tenths for job in tenth.accepted}
+        starts = wait_started(stack, wanted, time.monotonic() + 600, poll=0.5)
     sys.exit(0 if report(tenths, starts) else 1)
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import threading
@@ -33,15 +32,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from stats import percentile
+from common import bench_settings, dynamodb_local
+from stats import summary
 
-from scheduler.db import models
 from scheduler.db.clients import client as settings_client
 from scheduler.db.models import HistoryEntry, JobModel, RepoModel
 from scheduler.db.queries import Queries
-from scheduler.db.tables import ensure_tables
-from scheduler.local.dynamodb_local import DynamoDBLocal
-from scheduler.settings import Settings, TableNames
+from scheduler.settings import Settings
 
 PAGE = 20
 TARGET_RATIO = 1.5
@@ -170,11 +167,11 @@ def report(results: dict[str, dict[str, list[float]]], small: str, large: str) -
     print(f"\n{'case':<28}{'repository':<22}{'n':>6}{'p50 ms':>9}{'p99 ms':>9}")
     ok = True
     for case, by_repo in results.items():
-        for repo, samples in by_repo.items():
-            p50, p99 = percentile(samples, 0.5), percentile(samples, 0.99)
-            print(f"{case:<28}{repo:<22}{len(samples):>6}{p50:>9.2f}{p99:>9.2f}")
-        p50_ratio = statistics.median(by_repo[large]) / statistics.median(by_repo[small])
-        p99_ratio = percentile(by_repo[large], 0.99) / percentile(by_repo[small], 0.99)
+        latency = {repo: summary(samples) for repo, samples in by_repo.items()}
+        for repo, figures in latency.items():
+            print(f"{case:<28}{repo:<22}{figures.n:>6}{figures.p50:>9.2f}{figures.p99:>9.2f}")
+        p50_ratio = latency[large].p50 / latency[small].p50
+        p99_ratio = latency[large].p99 / latency[small].p99
         line = f"{'':<28}ratio large/small: p50 {p50_ratio:.2f}, p99 {p99_ratio:.2f}"
         if case in TARGET_CASES:
             verdict = "ok" if p50_ratio < TARGET_RATIO else "OVER TARGET"
@@ -197,14 +194,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     small, large = f"bench/small-{args.small}", f"bench/large-{args.large}"
-    server = DynamoDBLocal(Settings.from_env({}).dynamodb_local_dir, heap_mb=1024)
-    try:
-        endpoint = server.start()
-        print(f"DynamoDB Local (in memory) at {endpoint}, pid {server.pid}")
-        settings = Settings.from_env({}).for_local(endpoint, TableNames().with_prefix("bench-"))
+    with dynamodb_local(heap_mb=1024) as server:
+        endpoint = server.endpoint
+        settings = bench_settings(endpoint)
         ddb = settings_client("dynamodb", settings, max_pool_connections=16)
-        ensure_tables(ddb, settings)
-        models.bind(settings)
         for repo, count in ((small, args.small), (large, args.large)):
             seconds = load(ddb, settings, repo, count, args.threads)
             print(f"loaded {count:>6} jobs of {repo} in {seconds:.1f}s ({count / seconds:.0f}/s)")
@@ -246,8 +239,6 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
         ok = report(results, small, large)
         print(f"\nthreads alive: {threading.active_count()}; verdict: {'PASS' if ok else 'FAIL'}")
-    finally:
-        server.stop()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Stream runner figures on a fresh DynamoDB Local, side by side with raw GetRecords polling.
 
     .venv/bin/python bench/stream.py [--latency-writes 300] [--backlog 5000] [--idle-seconds 10]
+        [--warmup 200]
 
 1. latency: a job write -> the handler sees it (p50/p99), writes paced at ~20/s;
 2. drain rate of a backlog (records/s), the runner (no-op handler) vs a raw GetRecords loop;
@@ -10,20 +11,18 @@
 from __future__ import annotations
 
 import argparse
-import statistics
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import psutil
-from stats import percentile
+import psutil  # type: ignore[import-untyped]  # no stubs pinned; a dev dependency
+from common import bench_settings, cpu_seconds, dynamodb_local
+from stats import summary
 
 from scheduler.db.clients import client
 from scheduler.db.dead_letters import DeadLetterStore
-from scheduler.db.tables import ensure_tables
 from scheduler.local.checkpoints import CheckpointStore
-from scheduler.local.dynamodb_local import DynamoDBLocal
 from scheduler.local.mapping import MappingConfig, PollingConfig
 from scheduler.local.stream_runner import StreamRunner
 from scheduler.settings import Settings
@@ -98,15 +97,19 @@ class Bench:
         assert self.count - start_count >= size
         return (self.count - start_count) / elapsed
 
-    def drain_raw(self, size: int) -> float:
-        arn = self.ddb.describe_table(TableName=self.settings.tables.jobs)["Table"][
-            "LatestStreamArn"
-        ]
+    def shard_iterator(self, kind: str) -> str:
+        """A ``kind`` iterator (``LATEST``, ``TRIM_HORIZON``) of the jobs stream's last shard."""
+        table = self.ddb.describe_table(TableName=self.settings.tables.jobs)["Table"]
+        arn = table["LatestStreamArn"]
         shard = self.streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][-1]
-        # Position at the current end first, then write the backlog, then read it raw.
-        iterator = self.streams.get_shard_iterator(
-            StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+        iterator: str = self.streams.get_shard_iterator(
+            StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType=kind
         )["ShardIterator"]
+        return iterator
+
+    def drain_raw(self, size: int) -> float:
+        # Position at the current end first, then write the backlog, then read it raw.
+        iterator = self.shard_iterator("TRIM_HORIZON")
         while True:
             response = self.streams.get_records(ShardIterator=iterator, Limit=1000)
             iterator = response["NextShardIterator"]
@@ -128,30 +131,20 @@ class Bench:
         thread = threading.Thread(target=work, args=(stop,))
         thread.start()
         time.sleep(1.0)  # settle into the idle back-off
-        client_before, server_before = me.cpu_times(), self.server.cpu_times()
+        client_before, server_before = cpu_seconds(me), cpu_seconds(self.server)
         started = time.perf_counter()
         time.sleep(seconds)
-        client_after, server_after = me.cpu_times(), self.server.cpu_times()
+        client_after, server_after = cpu_seconds(me), cpu_seconds(self.server)
         wall = time.perf_counter() - started
         stop.set()
         thread.join()
-
-        def busy(before: Any, after: Any) -> float:
-            return float((after.user + after.system) - (before.user + before.system))
-
         return (
-            100 * busy(client_before, client_after) / wall,
-            100 * busy(server_before, server_after) / wall,
+            100 * (client_after - client_before) / wall,
+            100 * (server_after - server_before) / wall,
         )
 
     def raw_poll(self, stop: threading.Event) -> None:
-        arn = self.ddb.describe_table(TableName=self.settings.tables.jobs)["Table"][
-            "LatestStreamArn"
-        ]
-        shard = self.streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][-1]
-        iterator = self.streams.get_shard_iterator(
-            StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="LATEST"
-        )["ShardIterator"]
+        iterator = self.shard_iterator("LATEST")
         while not stop.is_set():
             iterator = self.streams.get_records(ShardIterator=iterator, Limit=100)[
                 "NextShardIterator"
@@ -164,22 +157,17 @@ def main() -> None:
     parser.add_argument("--latency-writes", type=int, default=300)
     parser.add_argument("--backlog", type=int, default=5000)
     parser.add_argument("--idle-seconds", type=float, default=10.0)
+    parser.add_argument("--warmup", type=int, default=200, help="uncounted writes first")
     args = parser.parse_args()
 
-    base = Settings.from_env({})
-    with DynamoDBLocal(base.dynamodb_local_dir, heap_mb=512) as server:
-        settings = base.for_local(server.endpoint)
-        ensure_tables(client("dynamodb", settings), settings)
+    with dynamodb_local(heap_mb=512) as server:
+        settings = bench_settings(server.endpoint)
         assert server.pid is not None
         bench = Bench(settings, server.pid)
-        for n in range(200):  # warm up the server's JIT and the stream
+        for n in range(args.warmup):  # warm up the server's JIT and the stream
             bench.put(f"warm-{n}")
 
-        latencies = bench.latency(args.latency_writes)
-        print(
-            f"latency write->handler  n={len(latencies)}  p50={statistics.median(latencies):.1f} ms"
-            f"  p99={percentile(latencies, 0.99):.1f} ms  max={max(latencies):.1f} ms"
-        )
+        print(f"latency write->handler  {summary(bench.latency(args.latency_writes))}")
         raw_rate = bench.drain_raw(args.backlog)
         runner_rate = bench.drain_runner(args.backlog)
         print(
