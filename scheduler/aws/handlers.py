@@ -7,12 +7,14 @@ configuration) fails loudly rather than serving.
 
 from __future__ import annotations
 
+import os
 from functools import cache
 from typing import Any
 
 from scheduler.api.app import HttpApiEvent, HttpApiResponse
 from scheduler.aws.clients import aws_client
 from scheduler.aws.codebuild import CodeBuildExecutor, result_from_event
+from scheduler.aws.secrets import SECRET_ARNS, resolve_secrets
 from scheduler.runs.executor import OnFinished
 from scheduler.settings import Settings
 from scheduler.stream.events import PartialBatchResponse
@@ -37,8 +39,11 @@ def compose(settings: Settings, codebuild_client: Any | None = None) -> Core:
 
 @cache
 def core() -> Core:
-    """This cold start's core, from the function's environment."""
-    return compose(Settings.from_env())
+    """This cold start's core, from the function's environment and its secrets."""
+    settings = Settings.from_env()
+    if any(os.environ.get(name) for name in SECRET_ARNS):
+        settings = resolve_secrets(settings, os.environ, aws_client("secretsmanager", settings))
+    return compose(settings)
 
 
 def webhook(event: HttpApiEvent, context: Any) -> HttpApiResponse:

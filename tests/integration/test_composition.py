@@ -164,8 +164,13 @@ def test_every_function_in_the_template_gets_what_the_composition_reads() -> Non
             assert key in env, f"{name} lacks {key}"
     for name in ("StreamFunction", "CompletionFunction", "ReaperFunction"):
         assert "SCHEDULER_CODEBUILD_PROJECT" in functions[name]["Environment"]["Variables"]
-    # Commit statuses are posted by the stream function, as in the local stack.
-    assert "SCHEDULER_GITHUB_TOKEN" in functions["StreamFunction"]["Environment"]["Variables"]
+    # Commit statuses are posted by the stream function, as in the local stack; its token and
+    # the webhook's secrets are read from Secrets Manager (the environment holds ARNs only).
+    stream = functions["StreamFunction"]["Environment"]["Variables"]
+    assert "SCHEDULER_GITHUB_TOKEN_ARN" in stream and "SCHEDULER_GITHUB_TOKEN" not in stream
+    webhook = functions["WebhookFunction"]["Environment"]["Variables"]
+    assert {"SCHEDULER_WEBHOOK_SECRET_ARN", "SCHEDULER_CURSOR_SECRET_ARN"} <= set(webhook)
+    assert "GITHUB_WEBHOOK_SECRET" not in webhook
 
 
 def test_each_aws_client_gets_its_own_endpoint() -> None:

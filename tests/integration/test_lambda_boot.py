@@ -35,6 +35,9 @@ BUILD = ROOT / ".aws-sam" / "build"
 RIC = ROOT / ".aws-sam" / "ric"
 SECRET = "boot-test-secret-0123456789abcdef"
 PROJECT = "ci-project"
+WEBHOOK_SECRET_ARN = "arn:aws:secretsmanager:us-east-1:1:secret:webhook-AbCdEf"
+CURSOR_SECRET_ARN = "arn:aws:secretsmanager:us-east-1:1:secret:cursor-AbCdEf"
+SECRETS = {WEBHOOK_SECRET_ARN: SECRET, CURSOR_SECRET_ARN: "cursor-key-for-the-boot-test"}
 FUNCTIONS = ("WebhookFunction", "StreamFunction", "CompletionFunction", "ReaperFunction")
 API = "/2018-06-01/runtime"
 
@@ -49,6 +52,7 @@ class RuntimeApi:
         self.init_errors: list[Any] = []
         self.first_poll: float | None = None
         self.codebuild: list[tuple[str, dict[str, Any]]] = []
+        self.secrets_read: list[str] = []
         api = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -97,6 +101,11 @@ class RuntimeApi:
                     request_id, kind = self.path.split("/")[-2:]
                     api.results[request_id] = (kind, body)
                     api.done[request_id].set()
+                elif self.headers.get("X-Amz-Target") == "secretsmanager.GetSecretValue":
+                    arn = body["SecretId"]
+                    api.secrets_read.append(arn)
+                    self._send(200, {"ARN": arn, "Name": arn, "SecretString": SECRETS[arn]})
+                    return
                 elif self.headers.get("X-Amz-Target", "").startswith("CodeBuild_20161006."):
                     action = self.headers["X-Amz-Target"].split(".")[1]
                     api.codebuild.append((action, body))
@@ -145,8 +154,8 @@ def function_environment(logical_id: str, settings: Settings) -> dict[str, str]:
         "ReposTable": settings.tables.repos,
         "RepositoryConfigFile": "scheduler.local.toml",
         "CodeBuildProjectName": PROJECT,
-        "GitHubToken": "",
-        "GitHubWebhookSecret": SECRET,
+        "WebhookSecret": WEBHOOK_SECRET_ARN,
+        "CursorSecret": CURSOR_SECRET_ARN,
         "RetentionDays": "30",
     }
     template = load_template(BUILD / "template.yaml")
@@ -154,7 +163,12 @@ def function_environment(logical_id: str, settings: Settings) -> dict[str, str]:
     own = template["Resources"][logical_id]["Properties"]["Environment"]
     variables = {**shared.get("Variables", {}), **own["Variables"]}
     env = {}
-    for name, value in variables.items():
+    for name, given in variables.items():
+        # The test deploys with every optional part off: a condition takes its else branch.
+        conditional = isinstance(given, dict) and set(given) == {"Fn::If"}
+        value = given["Fn::If"][2] if conditional else given
+        if value == {"Ref": "AWS::NoValue"}:
+            continue
         if isinstance(value, dict) and set(value) == {"Ref"}:
             env[name] = refs[value["Ref"]]
         else:
@@ -184,6 +198,7 @@ class Function:
             # Local stand-ins: DynamoDB Local, and CodeBuild on the Runtime API's server.
             "SCHEDULER_DYNAMODB_ENDPOINT": settings.dynamodb_endpoint or "",
             "AWS_ENDPOINT_URL_CODEBUILD": f"http://{self.api.address}",
+            "AWS_ENDPOINT_URL_SECRETS_MANAGER": f"http://{self.api.address}",
             **function_environment(logical_id, settings),
         }
         self.log = logs / f"{logical_id}.log"
@@ -311,6 +326,8 @@ def test_every_function_boots_under_the_runtime_client_and_does_its_job(
     assert [j["job_id"] for j in json.loads(listing["body"])["jobs"]] == [job_id]
     health = webhook.invoke(url_event("GET", "/healthz"))
     assert health["statusCode"] == 200, health
+    # Its secrets came from Secrets Manager, once (the environment holds only their ARNs).
+    assert sorted(webhook.api.secrets_read) == sorted(SECRETS)
 
     # The stream: the new job is activated; its activation starts one build.
     pending = JobModel.get(job_id, consistent_read=True).serialize()

@@ -1,0 +1,49 @@
+"""Secrets from AWS Secrets Manager, read once per cold start (never template parameters or
+plain environment values): the environment names each secret by ARN, and the value lands in
+the settings field it belongs to. A secret that cannot be read stops the function from
+starting, with the ARN and AWS's error code, never the value."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from scheduler.errors import ConfigurationError
+from scheduler.settings import Settings
+
+__all__ = ["SECRET_ARNS", "resolve_secrets"]
+
+SECRET_ARNS = {
+    "SCHEDULER_WEBHOOK_SECRET_ARN": "webhook_secret",
+    "SCHEDULER_GITHUB_TOKEN_ARN": "github_token",
+    "SCHEDULER_CURSOR_SECRET_ARN": "cursor_secret",
+}
+"""Environment variable holding a secret's ARN -> the settings field its value fills."""
+
+
+def resolve_secrets(settings: Settings, environ: Mapping[str, str], client: Any) -> Settings:
+    """``settings`` with every secret the environment names read from Secrets Manager."""
+    values: dict[str, str] = {}
+    for variable, field_name in SECRET_ARNS.items():
+        arn = environ.get(variable)
+        if not arn:
+            continue
+        try:
+            secret = client.get_secret_value(SecretId=arn)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "error")
+            raise ConfigurationError(f"cannot read secret {arn} ({variable}): {code}") from None
+        except BotoCoreError as exc:
+            raise ConfigurationError(f"cannot read secret {arn} ({variable}): {exc}") from None
+        value = str(secret.get("SecretString") or "").strip()
+        if value:
+            values[field_name] = value
+    return replace(
+        settings,
+        webhook_secret=values.get("webhook_secret", settings.webhook_secret),
+        github_token=values.get("github_token", settings.github_token),
+        cursor_secret=values.get("cursor_secret", settings.cursor_secret),
+    )
