@@ -1,0 +1,86 @@
+"""The CloudFormation the SAM transform makes of infra/template.yaml (offline, with the SAM
+CLI's own samtranslator): the stream's event source mapping and least-privilege policies."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def transformed() -> dict[str, Any]:
+    subprocess.run(["make", "sam"], cwd=ROOT, check=True, capture_output=True)
+    done = subprocess.run(
+        [
+            str(ROOT / ".venv-sam" / "bin" / "python"),
+            str(Path(__file__).with_name("sam_transform.py")),
+            str(ROOT / "infra" / "template.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return dict(json.loads(done.stdout))
+
+
+def of_type(template: dict[str, Any], kind: str) -> dict[str, Any]:
+    return {n: r["Properties"] for n, r in template["Resources"].items() if r["Type"] == kind}
+
+
+def test_the_stream_mapping_is_what_the_local_runner_emulates(transformed: dict[str, Any]) -> None:
+    (mapping,) = of_type(transformed, "AWS::Lambda::EventSourceMapping").values()
+    assert mapping["FunctionName"] == {"Ref": "StreamFunction"}
+    assert mapping["BatchSize"] == 100 and mapping["MaximumBatchingWindowInSeconds"] == 0
+    assert mapping["BisectBatchOnFunctionError"] is True
+    assert mapping["MaximumRetryAttempts"] == 3 and mapping["MaximumRecordAgeInSeconds"] == 3600
+    assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert mapping["DestinationConfig"]["OnFailure"]["Destination"] == {
+        "Fn::GetAtt": ["StreamDeadLetterQueue", "Arn"]
+    }
+    assert json.loads(mapping["FilterCriteria"]["Filters"][0]["Pattern"]) == {
+        "eventName": ["INSERT", "MODIFY"]
+    }
+
+
+def statements(role: dict[str, Any]) -> list[dict[str, Any]]:
+    found = []
+    for given in role.get("Policies", []):
+        # A conditional policy: its "true" branch is what a deployment with it gets.
+        policy = given["Fn::If"][1] if "Fn::If" in given else given
+        found += policy["PolicyDocument"]["Statement"]
+    return found
+
+
+def test_inline_policies_name_their_resources_and_actions(transformed: dict[str, Any]) -> None:
+    roles = of_type(transformed, "AWS::IAM::Role")
+    assert set(roles) == {
+        "StreamFunctionRole",
+        "WebhookFunctionRole",
+        "CompletionFunctionRole",
+        "ReaperFunctionRole",
+    }
+    for name, role in roles.items():
+        for statement in statements(role):
+            actions = statement["Action"]
+            actions = actions if isinstance(actions, list) else [actions]
+            assert all("*" not in action for action in actions), (name, statement)
+            assert statement["Resource"] != "*", (name, statement)
+            assert "*" not in json.dumps(statement["Resource"]), (name, statement)
+
+
+def test_each_grant_is_made_once(transformed: dict[str, Any]) -> None:
+    for name, role in of_type(transformed, "AWS::IAM::Role").items():
+        seen: list[str] = []
+        for statement in statements(role):
+            actions = statement["Action"]
+            for action in actions if isinstance(actions, list) else [actions]:
+                key = f"{action} {json.dumps(statement['Resource'], sort_keys=True)}"
+                assert key not in seen, (name, key)
+                seen.append(key)
