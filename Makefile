@@ -46,7 +46,7 @@ SAM := SAM_CLI_TELEMETRY=0 $(SAM_VENV)/bin/sam
 LAMBDA_TARGET := --python-version 3.12 --implementation cp --only-binary=:all: \
 	--platform manylinux2014_aarch64 --platform manylinux_2_17_aarch64 \
 	--platform manylinux_2_28_aarch64 --platform manylinux_2_34_aarch64
-LAMBDA_FUNCTIONS := StreamFunction WebhookFunction CompletionFunction ReaperFunction
+LAMBDA_FUNCTIONS := StreamFunction WebhookFunction ApiFunction CompletionFunction ReaperFunction
 
 sam: $(SAM_VENV)/.installed
 

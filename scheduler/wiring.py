@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from scheduler import tracing
-from scheduler.api.app import Application, create_app
+from scheduler.api.app import Application, create_app, create_query_app
 from scheduler.api.query_routes import query_routes
 from scheduler.config import RepositoryConfig, load_config
 from scheduler.db import models
@@ -54,6 +54,16 @@ class Core:
     def sweeper(self) -> QueueSweeper:
         """Re-drives stalled queues (beside the reaper, on the same schedule or slower)."""
         return QueueSweeper(self.store.reads, self.dispatcher.promote)
+
+    @cached_property
+    def webhook_app(self) -> Application:
+        """The webhook and health routes only: what a public URL may serve (AWS)."""
+        return create_app(self.settings, store=self.store, config=self.config)
+
+    @cached_property
+    def query_app(self) -> Application:
+        """The read routes only, for a URL with its own authentication (AWS)."""
+        return create_query_app(self.settings, [query_routes(self.queries)])
 
     @cached_property
     def http_app(self) -> Application:

@@ -265,6 +265,26 @@ def request_from_lambda(event: HttpApiEvent, max_body_bytes: int) -> Request:
     )
 
 
+def _healthz(_: Request) -> Response:
+    return Response(200, {"status": "ok"})
+
+
+def create_query_app(
+    settings: Settings, routes: Iterable[Callable[[Router], None]]
+) -> Application:
+    """An application of read routes only (and health), with no webhook: what AWS serves
+    behind its own authenticated URL, apart from the public webhook."""
+    router = Router()
+    router.add("GET", "/healthz", _healthz)
+    for register in routes:
+        register(router)
+    return Application(
+        router,
+        max_body_bytes=0,  # reads take no body
+        server_limits=ServerLimits.from_settings(settings),
+    )
+
+
 def create_app(
     settings: Settings,
     *,
@@ -298,12 +318,9 @@ def create_app(
         answer = webhook.receive(request.headers, request.body)
         return Response(answer.status, answer.body)
 
-    def healthz(_: Request) -> Response:
-        return Response(200, {"status": "ok"})
-
     router = Router()
     router.add("POST", "/webhook", receive)
-    router.add("GET", "/healthz", healthz)
+    router.add("GET", "/healthz", _healthz)
     for register in extra_routes:
         register(router)
     return Application(

@@ -20,7 +20,7 @@ from scheduler.settings import Settings
 from scheduler.stream.events import PartialBatchResponse
 from scheduler.wiring import Core, ExecutorFactory, build_core
 
-__all__ = ["build_completed", "compose", "core", "reap", "stream", "webhook"]
+__all__ = ["api", "build_completed", "compose", "core", "reap", "stream", "webhook"]
 
 
 def compose(settings: Settings, codebuild_client: Any | None = None) -> Core:
@@ -47,8 +47,14 @@ def core() -> Core:
 
 
 def webhook(event: HttpApiEvent, context: Any) -> HttpApiResponse:
-    """HTTP API / Function URL (payload format 2.0): every route of the one app."""
-    return core().http_app.handle_lambda(event)
+    """The public Function URL (payload format 2.0): POST /webhook and GET /healthz only;
+    anything else is a 404 (the read routes live behind the authenticated ``api`` URL)."""
+    return core().webhook_app.handle_lambda(event)
+
+
+def api(event: HttpApiEvent, context: Any) -> HttpApiResponse:
+    """The read routes behind a Function URL with IAM authentication (SigV4-signed calls)."""
+    return core().query_app.handle_lambda(event)
 
 
 def stream(event: dict[str, Any], context: Any) -> PartialBatchResponse:

@@ -152,6 +152,7 @@ def test_every_function_in_the_template_gets_what_the_composition_reads() -> Non
     assert set(functions) == {
         "StreamFunction",
         "WebhookFunction",
+        "ApiFunction",
         "CompletionFunction",
         "ReaperFunction",
     }
@@ -169,8 +170,9 @@ def test_every_function_in_the_template_gets_what_the_composition_reads() -> Non
     stream = functions["StreamFunction"]["Environment"]["Variables"]
     assert "SCHEDULER_GITHUB_TOKEN_ARN" in stream and "SCHEDULER_GITHUB_TOKEN" not in stream
     webhook = functions["WebhookFunction"]["Environment"]["Variables"]
-    assert {"SCHEDULER_WEBHOOK_SECRET_ARN", "SCHEDULER_CURSOR_SECRET_ARN"} <= set(webhook)
-    assert "GITHUB_WEBHOOK_SECRET" not in webhook
+    assert "SCHEDULER_WEBHOOK_SECRET_ARN" in webhook and "GITHUB_WEBHOOK_SECRET" not in webhook
+    api = functions["ApiFunction"]["Environment"]["Variables"]
+    assert "SCHEDULER_CURSOR_SECRET_ARN" in api and "SCHEDULER_WEBHOOK_SECRET_ARN" not in api
 
 
 def test_each_aws_client_gets_its_own_endpoint() -> None:

@@ -38,7 +38,13 @@ PROJECT = "ci-project"
 WEBHOOK_SECRET_ARN = "arn:aws:secretsmanager:us-east-1:1:secret:webhook-AbCdEf"
 CURSOR_SECRET_ARN = "arn:aws:secretsmanager:us-east-1:1:secret:cursor-AbCdEf"
 SECRETS = {WEBHOOK_SECRET_ARN: SECRET, CURSOR_SECRET_ARN: "cursor-key-for-the-boot-test"}
-FUNCTIONS = ("WebhookFunction", "StreamFunction", "CompletionFunction", "ReaperFunction")
+FUNCTIONS = (
+    "WebhookFunction",
+    "ApiFunction",
+    "StreamFunction",
+    "CompletionFunction",
+    "ReaperFunction",
+)
 API = "/2018-06-01/runtime"
 
 
@@ -321,13 +327,19 @@ def test_every_function_boots_under_the_runtime_client_and_does_its_job(
     answer = webhook.invoke(url_event("POST", "/webhook", body, headers))
     assert answer["statusCode"] == 202, answer
     job_id = json.loads(answer["body"])["job_id"]
-    listing = webhook.invoke(url_event("GET", "/repos/boot/app/jobs"))
+    # The public URL serves the webhook only; reads go to the IAM-authenticated API function.
+    hidden = webhook.invoke(url_event("GET", "/repos/boot/app/jobs"))
+    assert hidden["statusCode"] == 404, hidden
+    api = functions["ApiFunction"]
+    listing = api.invoke(url_event("GET", "/repos/boot/app/jobs"))
     assert listing["statusCode"] == 200, listing
     assert [j["job_id"] for j in json.loads(listing["body"])["jobs"]] == [job_id]
     health = webhook.invoke(url_event("GET", "/healthz"))
     assert health["statusCode"] == 200, health
-    # Its secrets came from Secrets Manager, once (the environment holds only their ARNs).
-    assert sorted(webhook.api.secrets_read) == sorted(SECRETS)
+    # Secrets came from Secrets Manager, once each (the environment holds only their ARNs),
+    # and each function read only its own.
+    assert webhook.api.secrets_read == [WEBHOOK_SECRET_ARN]
+    assert api.api.secrets_read == [CURSOR_SECRET_ARN]
 
     # The stream: the new job is activated; its activation starts one build.
     pending = JobModel.get(job_id, consistent_read=True).serialize()

@@ -1,7 +1,7 @@
 """The read routes (``scheduler.api.query_routes``) against DynamoDB Local, through each transport.
 
 Every case runs twice: over real HTTP on loopback (``LocalHTTPServer`` serving ``create_app``
-with the query routes) and through the Lambda entry point ``scheduler.aws.handlers.webhook`` with an
+with the query routes) and through the Lambda entry point ``scheduler.aws.handlers.api`` with an
 HTTP API payload-2.0 event, the app built from the environment as on AWS.
 """
 
@@ -85,7 +85,7 @@ class LambdaTransport:
             },
             "isBase64Encoded": False,
         }
-        result = handlers.webhook(event, None)  # type: ignore[arg-type]
+        result = handlers.api(event, None)  # type: ignore[arg-type]
         return Answer(result["statusCode"], json.loads(result["body"]), result["headers"])
 
 
@@ -285,6 +285,9 @@ def test_unknown_paths_are_404_and_wrong_methods_405(transport: Transport) -> No
         refused(answer, 405, method, "allowed: GET")
         assert answer.headers["allow"] == "GET"
     answer = transport.send("GET", "/webhook")
-    refused(answer, 405)
-    assert answer.headers["allow"] == "POST"
+    if transport.name == "lambda":
+        refused(answer, 404)  # the read API's own URL has no webhook (a separate function)
+    else:
+        refused(answer, 405)
+        assert answer.headers["allow"] == "POST"
     assert transport.send("GET", "/healthz").body == {"status": "ok"}

@@ -63,6 +63,7 @@ def test_inline_policies_name_their_resources_and_actions(transformed: dict[str,
     assert set(roles) == {
         "StreamFunctionRole",
         "WebhookFunctionRole",
+        "ApiFunctionRole",
         "CompletionFunctionRole",
         "ReaperFunctionRole",
     }
@@ -84,3 +85,11 @@ def test_each_grant_is_made_once(transformed: dict[str, Any]) -> None:
                 key = f"{action} {json.dumps(statement['Resource'], sort_keys=True)}"
                 assert key not in seen, (name, key)
                 seen.append(key)
+
+
+def test_only_the_webhook_is_public(transformed: dict[str, Any]) -> None:
+    urls = {
+        props["TargetFunctionArn"]["Ref"]: props["AuthType"]
+        for props in of_type(transformed, "AWS::Lambda::Url").values()
+    }
+    assert urls == {"WebhookFunction": "NONE", "ApiFunction": "AWS_IAM"}
