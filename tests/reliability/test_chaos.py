@@ -84,7 +84,8 @@ class Ledger:
         self.codes: Counter[int] = Counter()
         self.accepted = 0
         self.accepted_at: dict[str, tuple[float, str, str]] = {}  # delivery -> (when, repo, sha)
-        self.recreated = 0  # deliveries sent again after a database kill that made a job anew
+        # Jobs a database kill lost and a redelivery made anew (DynamoDB Local's limit).
+        self.recreated: set[str] = set()
 
     def since(self, moment: float) -> list[tuple[str, str, str]]:
         """Deliveries accepted since ``moment`` (monotonic): (delivery, repo, sha)."""
@@ -144,7 +145,8 @@ def test_chaos_keeps_the_books(tmp_path: Path) -> None:
                                 stack, client, repo, delivery, sha
                             )
                         assert job_id in ledger.jobs[delivery], (delivery, job_id)
-                        ledger.recreated += codes[-1] == 202
+                        if codes[-1] == 202:
+                            ledger.recreated.add(job_id)
             for future in pending:
                 future.result()
         sent_in = time.monotonic() - began
@@ -173,7 +175,8 @@ def test_chaos_keeps_the_books(tmp_path: Path) -> None:
             assert (job["status"], job.get("reason")) == (status, reason), job
         # Every attempt's command started at most once; the final attempt of each job ran.
         starts = Counter((s.job_id, s.attempt) for s in stack.starts())
-        assert set(starts.values()) == {1}, [k for k, v in starts.items() if v > 1]
+        twice = [k for k, v in starts.items() if v > 1 and k[0] not in ledger.recreated]
+        assert not twice, twice  # (a job the emulator lost may have run before it was lost)
         for job_id, job in jobs.items():
             assert (job_id, job["attempt"]) in starts, job
         # Counters equal the items they count.
@@ -188,7 +191,7 @@ def test_chaos_keeps_the_books(tmp_path: Path) -> None:
             f"chaos: {DELIVERIES} deliveries, {len(plan.sends)} sends in {sent_in:.0f}s, all ended"
             f" in {ended_in:.0f}s; answers {dict(ledger.codes)} (0: connection refused);"
             f" runs {len(starts)}; jobs with a run lost to a crash {lost};"
-            f" deliveries made anew after a database kill {ledger.recreated}"
+            f" deliveries made anew after a database kill {len(ledger.recreated)}"
         )
     finally:
         stack.stop()

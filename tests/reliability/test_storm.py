@@ -78,13 +78,16 @@ def test_storm_through_a_database_crash_and_a_stack_crash_keeps_the_books(
         wait_for("a new DynamoDB Local", lambda: stack.dynamodb_pid() not in (None, first), 60)
         # DynamoDB Local may lose writes it acknowledged just before a SIGKILL (it is not
         # durable the way DynamoDB is): what was accepted so far is delivered once more.
+        recreated = set()  # jobs the kill lost, made anew (they may have run before)
         with httpx.Client(timeout=10) as client:
             for delivery, sends in list(storm.jobs.items()):
                 n = int(delivery.rsplit("-", 1)[1])
-                job_id, _codes = deliver_until_accepted(
+                job_id, codes = deliver_until_accepted(
                     stack, client, REPOS[n % len(REPOS)], delivery, f"{n + 1:040x}"
                 )
                 assert job_id == sends[0], (delivery, job_id)
+                if codes[-1] == 202:
+                    recreated.add(job_id)
         wait_for("runs to go on", lambda: len(stack.starts()) >= 6, 90)
         # Then the whole stack dies with runs going, and comes back.
         stack.kill()
@@ -109,7 +112,7 @@ def test_storm_through_a_database_crash_and_a_stack_crash_keeps_the_books(
         assert len(job_ids) == DELIVERIES
         # Every attempt's command ran once; every job passed on its last attempt.
         starts = Counter((s.job_id, s.attempt) for s in stack.starts())
-        assert set(starts.values()) == {1}, starts
+        assert all(v == 1 for k, v in starts.items() if k[0] not in recreated), starts
         for job_id, job in jobs.items():
             assert (job_id, job["attempt"]) in starts, job
         # Counters equal the jobs they count.
