@@ -13,7 +13,7 @@ from pynamodb.exceptions import PynamoDBException
 
 from scheduler.errors import DomainError, StoreUnavailable
 
-__all__ = ["REJECTIONS", "is_outage"]
+__all__ = ["REJECTIONS", "error_code", "is_outage"]
 
 REJECTIONS = frozenset(
     {
@@ -34,7 +34,7 @@ def is_outage(exc: BaseException) -> bool:
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, ClientError):
-            return _code(current) not in REJECTIONS
+            return error_code(current) not in REJECTIONS
         if isinstance(current, BotoCoreError):
             return True  # connection refused or reset, timeouts: nothing reached the table
         if isinstance(current, PynamoDBException):
@@ -54,5 +54,6 @@ def is_outage(exc: BaseException) -> bool:
     return outage
 
 
-def _code(exc: ClientError) -> str:
+def error_code(exc: ClientError) -> str:
+    """The AWS error code of a botocore ``ClientError`` ("" if it has none)."""
     return str(exc.response.get("Error", {}).get("Code", ""))

@@ -39,14 +39,8 @@ class JobReads:
 
     def get(self, job_id: str) -> JobModel:
         """One job, read consistently (callers that read before a transition need the latest)."""
-        try:
-            found = self._connection.get_item(
-                job_table(self._connection), job_id, consistent_read=True
-            )
-        except PynamoDBException as exc:
-            raise StoreUnavailable(f"cannot read job {job_id}: {cause(exc)}") from exc
-        item = found.get("Item")
-        if not item:
+        item = self.raw(job_id)
+        if item is None:
             raise JobNotFound(job_id)
         return JobModel.from_raw_data(item)
 
@@ -110,25 +104,9 @@ class JobReads:
             )
         )
 
-    def _query(
-        self,
-        hash_key: str,
-        *,
-        index: str,
-        what: str,
-        limit: int,
-        page_size: int,
-        range_key_condition: Any = None,
-    ) -> Iterator[JobModel]:
-        for item in self._items(
-            hash_key,
-            index=index,
-            what=what,
-            limit=limit,
-            page_size=page_size,
-            range_key_condition=range_key_condition,
-        ):
-            yield JobModel.from_raw_data(item)
+    def _query(self, hash_key: str, **query: Any) -> Iterator[JobModel]:
+        """Jobs of an index query (see :meth:`_items` for the arguments)."""
+        return (JobModel.from_raw_data(item) for item in self._items(hash_key, **query))
 
     def _items(
         self,

@@ -56,7 +56,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from scheduler.db.dead_letters import DeadLetter, DeadLetterStore, Handler
-from scheduler.db.outage import is_outage
+from scheduler.db.outage import error_code, is_outage
 from scheduler.errors import BatchInterrupted, StoreUnavailable
 from scheduler.local.checkpoints import Checkpoint, CheckpointStore, sequence_position
 from scheduler.local.mapping import STREAM_FUNCTION, MappingConfig, PollingConfig
@@ -305,7 +305,7 @@ class StreamRunner:
         try:
             listed = list(self._describe_shards(arn))
         except ClientError as exc:
-            if _code(exc) == "ResourceNotFoundException":
+            if error_code(exc) == "ResourceNotFoundException":
                 self._stream_arn = None  # gone: look for the table's new stream next time
             log.warning("cannot describe stream %s: %s", arn, exc)
             return
@@ -411,7 +411,7 @@ class StreamRunner:
         try:
             return str(self._streams.get_shard_iterator(**kwargs)["ShardIterator"])
         except ClientError as exc:
-            if _code(exc) == "TrimmedDataAccessException" and shard.position is not None:
+            if error_code(exc) == "TrimmedDataAccessException" and shard.position is not None:
                 # Our position is older than the stream's retention: the oldest record left
                 # is the best we can do (and is logged, since records were lost).
                 log.error("checkpoint trimmed away, reading from the oldest record")
@@ -430,7 +430,7 @@ class StreamRunner:
             self.stats.polls += 1
             response = self._streams.get_records(ShardIterator=shard.iterator, Limit=limit)
         except ClientError as exc:
-            code = _code(exc)
+            code = error_code(exc)
             shard.iterator = None
             if code in ("ExpiredIteratorException", "TrimmedDataAccessException"):
                 # Take a fresh iterator at our position and go on (see the module docstring).
@@ -658,7 +658,3 @@ class StreamRunner:
             log.warning("another runner is ahead on shard %s", shard.shard_id)
         if sequence_number is not None:
             shard.checkpoint = sequence_number
-
-
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))

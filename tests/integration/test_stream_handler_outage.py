@@ -41,14 +41,19 @@ def new_job(store: JobStore, job_id: str) -> None:
     )
 
 
+def throttled_dispatcher(settings: Settings, times: int) -> tuple[Dispatcher, list[Any]]:
+    """A dispatcher whose store's next ``times`` transactions are throttled."""
+    store = JobStore.from_settings(settings)
+    seen = inject_throttling(store, times=times, operation="TransactWriteItems")
+    return Dispatcher(store), seen
+
+
 def test_a_throttled_activation_is_retried_within_the_invocation(
     store: JobStore, settings: Settings
 ) -> None:
     new_job(store, "throttled")
     event = insert_event("throttled")
-    throttled = JobStore.from_settings(settings)
-    seen = inject_throttling(throttled, times=4, operation="TransactWriteItems")
-    dispatcher = Dispatcher(throttled)
+    dispatcher, seen = throttled_dispatcher(settings, times=4)
 
     response = dispatcher.handle_event(event, time_left_ms=lambda: 60_000)
 
@@ -62,9 +67,7 @@ def test_when_the_invocation_runs_out_of_time_the_record_is_reported_not_raised(
     store: JobStore, settings: Settings
 ) -> None:
     new_job(store, "late")
-    throttled = JobStore.from_settings(settings)
-    inject_throttling(throttled, times=1000, operation="TransactWriteItems")
-    dispatcher = Dispatcher(throttled)
+    dispatcher, _seen = throttled_dispatcher(settings, times=1000)
 
     response = dispatcher.handle_event(insert_event("late"), time_left_ms=lambda: 5_000)
 
@@ -76,9 +79,7 @@ def test_without_a_deadline_the_local_runner_is_told_to_wait(
     store: JobStore, settings: Settings
 ) -> None:
     new_job(store, "waits")
-    throttled = JobStore.from_settings(settings)
-    inject_throttling(throttled, times=1000, operation="TransactWriteItems")
-    dispatcher = Dispatcher(throttled)
+    dispatcher, _seen = throttled_dispatcher(settings, times=1000)
     try:
         dispatcher.handle_event(insert_event("waits"))
     except BatchInterrupted as exc:
