@@ -86,7 +86,7 @@ def write_config(path: Path, effects: Path) -> None:
     script = 'echo "$SCHEDULER_JOB_ID" "$(date +%s.%N)" >> "$1"'
     argv = json.dumps(["sh", "-c", script, "sh", str(effects)])
     path.write_text(
-        f'[defaults]\ncommand = ["true"]\ntimeout_seconds = 60\n\n'
+        f'[defaults]\ncheckout = false\ncommand = ["true"]\ntimeout_seconds = 60\n\n'
         f'[repos."{REPO}"]\ncommand = {argv}\nconcurrency = {CONCURRENCY}\n'
     )
 

@@ -13,6 +13,11 @@ runs and with which limits. Key names are fixed by DESIGN.md::
     concurrency = 2
     status_context = "ci/scheduler"
     priority = 0                                 # lower runs first among queued jobs
+    checkout = true                              # a fresh checkout of the commit (false: empty dir)
+    mask_env = ["NPM_TOKEN"]                     # values masked as *** in logs shown and statuses
+    supersede = "off"                            # "queued": a new push (PR head) cancels the
+                                                 # branch's (PR's) older queued jobs; "all":
+                                                 # its older running ones too (runs stopped)
 
     [defaults.retry]
     attempts = 1
@@ -20,6 +25,7 @@ runs and with which limits. Key names are fixed by DESIGN.md::
 
     [repos."octo-org/api"]                       # overrides, key by key
     command = ["./ci.sh"]
+    clone_url = "/srv/git/api.git"               # fetched from (default: the payload's https URL)
 
 A bad file is one :class:`ConfigurationError` naming the file and the key (unknown keys too,
 so a typo never silently means "default"). Without a file the built-in default applies:
@@ -33,7 +39,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from scheduler.errors import ConfigurationError
 from scheduler.repo_name import canonical_repo
@@ -43,11 +49,16 @@ __all__ = [
     "RepoPolicy",
     "RepositoryConfig",
     "RetryPolicy",
+    "SupersedeMode",
     "load_config",
     "parse_config",
 ]
 
 MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
+
+SupersedeMode = Literal["off", "queued", "all"]
+"""Which older jobs of a branch (or pull request) a newer job cancels as ``superseded``."""
+SUPERSEDE_MODES: tuple[SupersedeMode, ...] = ("off", "queued", "all")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +93,15 @@ class RepoPolicy:
     status_context: str = "ci/scheduler"
     priority: int = 0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # Run in a fresh checkout of the job's commit (False: an empty folder).
+    checkout: bool = True
+    # Where the repository is fetched from; None: the payload's https clone URL.
+    clone_url: str | None = None
+    # Environment variables whose values are masked (``***``) in what a run's output shows:
+    # the stored summary, the commit status, the log route and ``scheduler logs``.
+    mask_env: tuple[str, ...] = ()
+    # What a newer job of a branch or pull request cancels of its older jobs.
+    supersede: SupersedeMode = "off"
 
     def builds_branch(self, branch: str) -> bool:
         return any(fnmatchcase(branch, pattern) for pattern in self.branches)
@@ -168,14 +188,20 @@ class _Parser:
                 changes[key] = self.command(value, path)
             elif key in ("branches", "tags"):
                 changes[key] = self.patterns(value, path)
+            elif key == "mask_env":
+                changes[key] = self.strings(value, path, allow_empty=True)
             elif key == "timeout_seconds":
                 changes[key] = self.integer(value, path, 1, MAX_TIMEOUT_SECONDS)
             elif key == "concurrency":
                 changes[key] = self.integer(value, path, 1, 1000)
             elif key == "priority":
                 changes[key] = self.integer(value, path, 0, 9999)
-            elif key == "status_context":
+            elif key in ("status_context", "clone_url"):
                 changes[key] = self.text(value, path)
+            elif key == "checkout":
+                changes[key] = self.boolean(value, path)
+            elif key == "supersede":
+                changes[key] = self.supersede(value, path)
             else:  # retry
                 changes[key] = self.retry(self.table(value, path), base.retry, path)
         return replace(base, **changes)
@@ -227,6 +253,18 @@ class _Parser:
             raise self.fail(path, f"must be an integer, not {_toml_type(value)}")
         if not low <= value <= high:
             raise self.fail(path, f"must be between {low} and {high}, not {value}")
+        return value
+
+    def boolean(self, value: object, path: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(path, f"must be true or false, not {_toml_type(value)}")
+        return value
+
+    def supersede(self, value: object, path: str) -> SupersedeMode:
+        if value not in SUPERSEDE_MODES:
+            shown = repr(value) if isinstance(value, str) else _toml_type(value)
+            allowed = ", ".join(f'"{mode}"' for mode in SUPERSEDE_MODES)
+            raise self.fail(path, f"must be one of {allowed}, not {shown}")
         return value
 
     def text(self, value: object, path: str) -> str:

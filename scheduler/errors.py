@@ -26,6 +26,7 @@ __all__ = [
     "JobExists",
     "JobNotFound",
     "LengthRequired",
+    "LogNotFound",
     "MalformedStreamRecord",
     "MethodNotAllowed",
     "PayloadTooLarge",
@@ -37,10 +38,12 @@ __all__ = [
     "RunNotStoppable",
     "ServerBusy",
     "SignatureInvalid",
+    "StackNotRunning",
     "StoreUnavailable",
     "TransitionConflict",
     "TriggerSeen",
     "UnsupportedMediaType",
+    "WaitTimedOut",
     "WebhookRejected",
 ]
 
@@ -52,12 +55,41 @@ class ConfigurationError(DomainError):
     exit_code = 2
 
 
+class StackNotRunning(ConfigurationError):
+    """A stack file names a local stack whose process is gone (a crash or a kill left it)."""
+
+    def __init__(self, data_dir: str, pid: int, stack_file: str) -> None:
+        super().__init__(
+            f"the local stack in {data_dir} (pid {pid}) is not running: start it with"
+            f" `scheduler up` (or remove {stack_file} to stop using it)"
+        )
+        self.pid = pid
+
+
+class WaitTimedOut(DomainError):
+    """A command waited for a job to finish longer than it was allowed to."""
+
+    http_status = 504
+
+
 class JobNotFound(DomainError):
     http_status = 404
 
     def __init__(self, job_id: str) -> None:
         super().__init__(f"job {job_id} not found")
         self.job_id = job_id
+
+
+class LogNotFound(DomainError):
+    """No output is known for this job's attempt (not started yet, removed with the job's
+    retention, or not kept where this runtime reads logs)."""
+
+    http_status = 404
+
+    def __init__(self, job_id: str, attempt: int, why: str) -> None:
+        super().__init__(f"no log for job {job_id} attempt {attempt}: {why}")
+        self.job_id = job_id
+        self.attempt = attempt
 
 
 class JobExists(GuardRefused):

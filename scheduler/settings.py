@@ -12,10 +12,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from scheduler.errors import ConfigurationError
+from scheduler.stack_file import StackInfo
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TEMPLATE = PROJECT_ROOT / "infra" / "template.yaml"
 DEFAULT_DYNAMODB_LOCAL_DIR = PROJECT_ROOT / ".dynamodb-local"
+# Where `scheduler up` keeps its data and its stack file, relative to the folder it runs in.
+DEFAULT_DATA_DIR = Path(".scheduler")
 LOCAL_REGION = "us-east-1"
 # DynamoDB Local accepts any credentials; these are used only when none are configured and the
 # endpoint is a local one, so that a fresh machine needs no AWS profile.
@@ -26,6 +29,8 @@ DEFAULT_WEBHOOK_MAX_BODY_BYTES = 25 * 1024 * 1024
 DEFAULT_HTTP_MAX_CONNECTIONS = 64
 DEFAULT_HTTP_REQUEST_TIMEOUT_SECONDS = 10.0
 DEFAULT_HTTP_BODY_BUDGET_BYTES = 64 * 1024 * 1024
+# A local run's log keeps at most this many bytes per attempt (its head and its tail).
+DEFAULT_LOG_MAX_BYTES = 5 * 1024 * 1024
 _TRUE = {"1", "true", "yes", "on"}
 
 
@@ -86,6 +91,8 @@ class Settings:
     config_path: Path | None = None
     template_path: Path = DEFAULT_TEMPLATE
     dynamodb_local_dir: Path = DEFAULT_DYNAMODB_LOCAL_DIR
+    # `scheduler up`'s data directory, where the CLI looks for the stack file (stack.json).
+    data_dir: Path = DEFAULT_DATA_DIR
     retention_days: int = 30
     # An active job whose run has not started is timed out after its timeout plus this grace.
     start_grace_seconds: int = 60
@@ -99,6 +106,9 @@ class Settings:
     http_max_connections: int = DEFAULT_HTTP_MAX_CONNECTIONS
     http_request_timeout_seconds: float = DEFAULT_HTTP_REQUEST_TIMEOUT_SECONDS
     http_body_budget_bytes: int = DEFAULT_HTTP_BODY_BUDGET_BYTES
+    # Bytes of output kept per local run attempt: the first half and the last half, with a
+    # marker of what was cut between them.
+    log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
     # Commit statuses: posted only when a token is configured.
     github_token: str | None = field(default=None, repr=False)
     github_api_url: str = "https://api.github.com"
@@ -137,6 +147,7 @@ class Settings:
             dynamodb_local_dir=Path(
                 env.get("SCHEDULER_DYNAMODB_LOCAL_DIR", str(DEFAULT_DYNAMODB_LOCAL_DIR))
             ),
+            data_dir=Path(env.get("SCHEDULER_DATA_DIR") or DEFAULT_DATA_DIR),
             retention_days=_int(env, "SCHEDULER_RETENTION_DAYS", "30"),
             start_grace_seconds=_int(env, "SCHEDULER_START_GRACE_SECONDS", "60"),
             allow_unsigned_webhooks=(
@@ -156,6 +167,7 @@ class Settings:
             http_body_budget_bytes=_positive_int(
                 env, "SCHEDULER_HTTP_BODY_BUDGET_BYTES", DEFAULT_HTTP_BODY_BUDGET_BYTES
             ),
+            log_max_bytes=_positive_int(env, "SCHEDULER_LOG_MAX_BYTES", DEFAULT_LOG_MAX_BYTES),
             github_token=env.get("SCHEDULER_GITHUB_TOKEN") or env.get("GITHUB_TOKEN") or None,
             github_api_url=env.get("SCHEDULER_GITHUB_API_URL", "https://api.github.com"),
             codebuild_project=env.get("SCHEDULER_CODEBUILD_PROJECT") or None,
@@ -172,4 +184,24 @@ class Settings:
             tables=tables or self.tables,
             access_key_id=self.access_key_id or LOCAL_CREDENTIALS[0],
             secret_access_key=self.secret_access_key or LOCAL_CREDENTIALS[1],
+        )
+
+    def for_stack(self, stack: StackInfo) -> Settings:
+        """These settings pointed at a running local stack (read from its stack file): its
+        endpoint, region and tables, and its configuration unless one is set here. Always the
+        dummy credentials: real AWS credentials are never sent to a local emulator."""
+        known = {
+            name: stack.tables[name]
+            for name in TableNames.__dataclass_fields__
+            if name in stack.tables
+        }
+        return replace(
+            self,
+            dynamodb_endpoint=stack.dynamodb_endpoint,
+            region=stack.region or self.region,
+            tables=TableNames(**known),
+            access_key_id=LOCAL_CREDENTIALS[0],
+            secret_access_key=LOCAL_CREDENTIALS[1],
+            session_token=None,
+            config_path=self.config_path or (Path(stack.config) if stack.config else None),
         )

@@ -45,6 +45,9 @@ def configure(mode: str | None) -> bool:
         daemon_address=os.environ.get("AWS_XRAY_DAEMON_ADDRESS", "127.0.0.1:2000"),
     )
     patch(("botocore", "httpx"))
+    # A patched call outside any work is meant to go untraced (IGNORE_ERROR above), but the
+    # recorder still logs a warning for each one (sweeps, start-up reads): silence that.
+    logging.getLogger("aws_xray_sdk.core.recorder").setLevel(logging.ERROR)
     _state["recorder"] = xray_recorder
     _state["lambda"] = bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME"))
     log.info("tracing with X-Ray", extra={"daemon": os.environ.get("AWS_XRAY_DAEMON_ADDRESS")})

@@ -22,7 +22,9 @@ from scheduler.db import models
 from scheduler.db.queries import Queries
 from scheduler.db.store import JobStore
 from scheduler.github.statuses import CommitStatusObserver, GitHubNotifier
-from scheduler.runs.executor import Executor, OnFinished, RunResult
+from scheduler.runs.executor import Executor, OnFinished, RunResult, Source
+from scheduler.runs.logs import LogReader, RunLogs
+from scheduler.runs.masking import Masker, masker_for
 from scheduler.runs.reaper import Reaper
 from scheduler.runs.starter import RunStarter
 from scheduler.settings import Settings
@@ -30,7 +32,7 @@ from scheduler.stream.decide import TransitionObserver
 from scheduler.stream.dispatcher import Dispatcher
 from scheduler.stream.sweeper import QueueSweeper
 
-__all__ = ["Core", "ExecutorFactory", "build_core"]
+__all__ = ["Core", "ExecutorFactory", "build_core", "mask_for_settings"]
 
 ExecutorFactory = Callable[[OnFinished], Executor]
 """Makes the runtime's executor, given where a finished run reports its result."""
@@ -49,6 +51,8 @@ class Core:
     runs: RunStarter | None = None
     notifier: GitHubNotifier | None = None
     observers: tuple[TransitionObserver, ...] = field(default=())
+    # Run output (the log route): read through the runtime's reader, masked per repository.
+    logs: RunLogs | None = None
 
     @cached_property
     def sweeper(self) -> QueueSweeper:
@@ -63,7 +67,7 @@ class Core:
     @cached_property
     def query_app(self) -> Application:
         """The read routes only, for a URL with its own authentication (AWS)."""
-        return create_query_app(self.settings, [query_routes(self.queries)])
+        return create_query_app(self.settings, [query_routes(self.queries, self.logs)])
 
     @cached_property
     def http_app(self) -> Application:
@@ -73,7 +77,7 @@ class Core:
             self.settings,
             store=self.store,
             config=self.config,
-            extra_routes=[query_routes(self.queries)],
+            extra_routes=[query_routes(self.queries, self.logs)],
         )
 
     def close(self) -> None:
@@ -86,8 +90,10 @@ def build_core(
     *,
     executor: ExecutorFactory | None,
     config: RepositoryConfig | None = None,
+    log_reader: LogReader | None = None,
 ) -> Core:
-    """The core for ``settings``; ``executor`` None means this process starts no runs."""
+    """The core for ``settings``; ``executor`` None means this process starts no runs;
+    ``log_reader`` is how this runtime reads run output (None: the log route answers 404)."""
     config = config if config is not None else load_config(settings.config_path)
     tracing.configure(settings.tracing)
     models.bind(settings)
@@ -102,7 +108,14 @@ def build_core(
             runs.finished(result)
 
         made = executor(finished)
-        runs = RunStarter(store, made, lambda repo: config.policy(repo).command)
+        runs = RunStarter(
+            store,
+            made,
+            lambda repo: config.policy(repo).command,
+            source_for=lambda repo: Source(
+                config.policy(repo).checkout, config.policy(repo).clone_url
+            ),
+        )
         cancel_run = made.cancel
 
     notifier: GitHubNotifier | None = None
@@ -116,13 +129,18 @@ def build_core(
             max_workers=0 if settings.on_lambda else 2,
         )
         observers.append(
-            CommitStatusObserver(notifier, lambda repo: config.policy(repo).status_context)
+            CommitStatusObserver(
+                notifier,
+                lambda repo: config.policy(repo).status_context,
+                mask_for=mask_for_settings(settings, config),
+            )
         )
 
     dispatcher = Dispatcher(
         store,
         slot_limit_for=lambda repo: config.policy(repo).concurrency,
         retry_policy_for=lambda repo: config.policy(repo).retry,
+        supersede_for=lambda repo: config.policy(repo).supersede,
         start_run=runs.start if runs is not None else None,
         stop_run=cancel_run,
         observers=observers,
@@ -144,4 +162,16 @@ def build_core(
         runs=runs,
         notifier=notifier,
         observers=tuple(observers),
+        logs=RunLogs(
+            Queries.from_settings(settings), log_reader, mask_for_settings(settings, config)
+        ),
+    )
+
+
+def mask_for_settings(settings: Settings, config: RepositoryConfig) -> Callable[[str], Masker]:
+    """Repository -> the masker of what its runs print: its ``mask_env`` variables, and the
+    scheduler's own secrets (both runtimes' executors and readers use this one)."""
+    return masker_for(
+        lambda repo: config.policy(repo).mask_env,
+        (settings.webhook_secret, settings.github_token, settings.cursor_secret),
     )

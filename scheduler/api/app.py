@@ -78,9 +78,23 @@ class Response:
     status: int
     body: Mapping[str, Any]
     headers: Mapping[str, str] = field(default_factory=dict)
+    # A plain-text answer (a run's log): sent as is instead of ``body`` as JSON.
+    text_body: str | None = None
+
+    @property
+    def content_type(self) -> str:
+        if self.text_body is not None:
+            return "text/plain; charset=utf-8"
+        return "application/json"
 
     def encode(self) -> bytes:
+        if self.text_body is not None:
+            return self.text_body.encode("utf-8", "replace")
         return json.dumps(self.body, separators=(",", ":"), sort_keys=True).encode()
+
+    @classmethod
+    def text(cls, status: int, text: str, headers: Mapping[str, str] | None = None) -> Response:
+        return cls(status, {}, dict(headers or {}), text_body=text)
 
     @classmethod
     def error(cls, exc: DomainError) -> Response:
@@ -235,7 +249,7 @@ class Application:
             response = self.handle(request)
         return {
             "statusCode": response.status,
-            "headers": {"content-type": "application/json", **response.headers},
+            "headers": {"content-type": response.content_type, **response.headers},
             "body": response.encode().decode(),
             "isBase64Encoded": False,
         }
@@ -269,9 +283,7 @@ def _healthz(_: Request) -> Response:
     return Response(200, {"status": "ok"})
 
 
-def create_query_app(
-    settings: Settings, routes: Iterable[Callable[[Router], None]]
-) -> Application:
+def create_query_app(settings: Settings, routes: Iterable[Callable[[Router], None]]) -> Application:
     """An application of read routes only (and health), with no webhook: what AWS serves
     behind its own authenticated URL, apart from the public webhook."""
     router = Router()

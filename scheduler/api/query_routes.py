@@ -7,6 +7,8 @@
   page; ``next_cursor`` (opaque) continues it.
 - ``GET /jobs/{job_id}`` - one job with its transition history.
 - ``GET /repos/{owner}/{repo}/stats`` - counts by status, slots in use, limit, last job.
+- ``GET /jobs/{job_id}/log?attempt=N`` - the attempt's output as ``text/plain`` (default: the
+  current attempt), secrets masked; 404 for an unknown job, attempt or a log not there (yet).
 
 Bodies are the queries' ``to_dict()``. Validation stays in :mod:`scheduler.db.queries`; a typed
 error (bad argument or cursor 400, unknown job or repository 404, store down 503) is answered
@@ -23,6 +25,7 @@ from urllib.parse import unquote
 from scheduler.api.app import Request, Response, Router
 from scheduler.db.queries import Queries
 from scheduler.errors import InvalidArgument
+from scheduler.runs.logs import RunLogs
 
 __all__ = ["JOBS_QUERY_PARAMETERS", "query_routes"]
 
@@ -53,8 +56,10 @@ def _repo(request: Request) -> str:
     return f"{_param(request, 'owner')}/{_param(request, 'repo')}"
 
 
-def query_routes(queries: Queries) -> Callable[[Router], None]:
-    """Registers the read routes, answered by ``queries`` (models bound before a request)."""
+def query_routes(queries: Queries, logs: RunLogs | None = None) -> Callable[[Router], None]:
+    """Registers the read routes, answered by ``queries`` (models bound before a request)
+    and ``logs`` (the log route; without it every log is a 404)."""
+    logs = logs or RunLogs(queries, None)
 
     def list_jobs(request: Request) -> Response:
         _only(request.query, JOBS_QUERY_PARAMETERS)
@@ -76,9 +81,15 @@ def query_routes(queries: Queries) -> Callable[[Router], None]:
         _only(request.query, ())
         return Response(200, queries.stats(_repo(request)).to_dict(), _HEADERS)
 
+    def job_log(request: Request) -> Response:
+        _only(request.query, ("attempt",))
+        _, text = logs.read(_param(request, "job_id"), request.query.get("attempt"))
+        return Response.text(200, text, _HEADERS)
+
     def register(router: Router) -> None:
         router.add("GET", "/repos/{owner}/{repo}/jobs", list_jobs)
         router.add("GET", "/repos/{owner}/{repo}/stats", repo_stats)
         router.add("GET", "/jobs/{job_id}", show_job)
+        router.add("GET", "/jobs/{job_id}/log", job_log)
 
     return register

@@ -77,6 +77,28 @@ NOT_STOPPABLE_CODES = frozenset({"InvalidInputException", "ResourceNotFoundExcep
 """``StopBuild``'s answers for an id that names no build it can stop (ended, or unknown)."""
 
 
+def source_override(request: RunRequest) -> dict[str, str]:
+    """``StartBuild``'s source for the job's repository at its exact commit.
+
+    The version names the ref and the sha (``refs/pull/7/head^{sha}``): CodeBuild then fetches
+    only that ref, and a pull request's head (on no branch, maybe from a fork) is found at all.
+    Raises :class:`StartRefused` when there is no https URL to give CodeBuild.
+    """
+    url = request.clone_url
+    if not url or not url.startswith("https://"):
+        raise StartRefused(
+            f"no https clone URL for {request.repo}: CodeBuild builds GitHub repositories"
+            " (set clone_url in the repository configuration, or checkout = false)"
+        )
+    host = url.removeprefix("https://").split("/", 1)[0].lower()
+    version = f"{request.ref}^{{{request.sha}}}" if request.ref else request.sha
+    return {
+        "sourceTypeOverride": "GITHUB" if host == "github.com" else "GITHUB_ENTERPRISE",
+        "sourceLocationOverride": url,
+        "sourceVersion": version,
+    }
+
+
 class CodeBuildExecutor:
     def __init__(self, client: Any, project_name: str) -> None:
         self._client = client
@@ -95,6 +117,8 @@ class CodeBuildExecutor:
                 for name, value in sorted(request.environment().items())
             ],
         }
+        if request.checkout:
+            kwargs.update(source_override(request))
         if request.command:
             # The command is operator configuration; quoting keeps each argv item one word.
             kwargs["buildspecOverride"] = (

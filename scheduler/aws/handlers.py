@@ -12,6 +12,7 @@ from functools import cache
 from typing import Any
 
 from scheduler.api.app import HttpApiEvent, HttpApiResponse
+from scheduler.aws.build_logs import CloudWatchLogReader
 from scheduler.aws.clients import aws_client
 from scheduler.aws.codebuild import CodeBuildExecutor, result_from_event
 from scheduler.aws.secrets import SECRET_ARNS, resolve_secrets
@@ -23,10 +24,14 @@ from scheduler.wiring import Core, ExecutorFactory, build_core
 __all__ = ["api", "build_completed", "compose", "core", "reap", "stream", "webhook"]
 
 
-def compose(settings: Settings, codebuild_client: Any | None = None) -> Core:
-    """The AWS runtime's core: runs are CodeBuild builds when a project is configured."""
+def compose(
+    settings: Settings, codebuild_client: Any | None = None, logs_client: Any | None = None
+) -> Core:
+    """The AWS runtime's core: runs are CodeBuild builds when a project is configured, and
+    their output is read from the builds' CloudWatch Logs streams."""
     project = settings.codebuild_project
     executor: ExecutorFactory | None = None
+    log_reader: CloudWatchLogReader | None = None
     if project:
         client = codebuild_client or aws_client("codebuild", settings)
 
@@ -34,7 +39,9 @@ def compose(settings: Settings, codebuild_client: Any | None = None) -> Core:
             # A build reports through EventBridge (build_completed), not a callback.
             return CodeBuildExecutor(client, project)
 
-    return build_core(settings, executor=executor)
+        log_reader = CloudWatchLogReader(logs_client or aws_client("logs", settings), client)
+
+    return build_core(settings, executor=executor, log_reader=log_reader)
 
 
 @cache

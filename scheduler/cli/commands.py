@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -28,14 +27,16 @@ from rich.table import Table
 from rich.text import Text
 from typer._click import exceptions as click_errors  # typer vendors click (pinned)
 
+from scheduler.cli import logs as cli_logs
 from scheduler.cli import render
+from scheduler.cli.target import Target, resolve, webhook_target
 from scheduler.db import clients, models
 from scheduler.db.dead_letters import DeadLetter, DeadLetterStore
 from scheduler.db.dead_letters import Handler as StreamHandler
-from scheduler.db.queries import Queries
+from scheduler.db.queries import JobDetail, Queries
 from scheduler.db.store import JobStore
 from scheduler.db.tables import ensure_tables
-from scheduler.errors import ConfigurationError, DomainError, InvalidArgument
+from scheduler.errors import ConfigurationError, DomainError, InvalidArgument, StoreUnavailable
 from scheduler.runs.operations import BulkItem, Operations
 from scheduler.settings import Settings
 from scheduler.stream.dead_letters import DeadLetterQueue, Replayed, dead_letter_job_ids
@@ -91,26 +92,69 @@ def show(data: dict[str, Any], as_json: bool, human: Callable[[], RenderableType
     typer.echo("\n".join(line.rstrip() for line in captured.get().splitlines()))
 
 
+@dataclass
+class Invocation:
+    """This process's global options, and the DynamoDB chosen (named in error lines)."""
+
+    verbose: bool = False
+    target: Target | None = None
+
+
+INVOCATION = Invocation()
+
+
+@app.callback()
+def global_options(
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", "-v", help="Say on stderr which DynamoDB and URL are used, and why."
+        ),
+    ] = False,
+) -> None:
+    """Commands find the local stack started from this folder (.scheduler/stack.json, or
+    SCHEDULER_DATA_DIR); SCHEDULER_DYNAMODB_ENDPOINT wins over it; with neither, AWS."""
+    INVOCATION.verbose = verbose
+    INVOCATION.target = None
+
+
+def note(message: str) -> None:
+    """A --verbose line on stderr."""
+    if INVOCATION.verbose:
+        typer.echo(f"scheduler: {message}", err=True)
+
+
 @dataclass(frozen=True)
 class Context:
     settings: Settings
     queries: Queries
+    target: Target
 
     def operations(self) -> Operations:
         return Operations(JobStore.from_settings(self.settings), self.queries)
 
 
+def target() -> Target:
+    """The DynamoDB to use: SCHEDULER_DYNAMODB_ENDPOINT, the local stack, or AWS."""
+    chosen = INVOCATION.target = resolve(Settings.from_env())  # bad values: exit 2
+    if chosen.warning:
+        typer.echo(f"scheduler: {chosen.warning}", err=True)
+    note(f"using {chosen.where}")
+    return chosen
+
+
 def context() -> Context:
-    """Settings from the environment, models bound to them: every command starts here."""
-    settings = Settings.from_env()  # a bad value is a ConfigurationError (exit 2)
-    models.bind(settings)
-    return Context(settings=settings, queries=Queries.from_settings(settings))
+    """Settings from the environment and the stack file, models bound to them: every command
+    starts here."""
+    chosen = target()
+    models.bind(chosen.settings)
+    return Context(chosen.settings, Queries.from_settings(chosen.settings), chosen)
 
 
 @tables_app.command("create")
 def tables_create(as_json: JsonOption = False) -> None:
     """Create the tables of infra/template.yaml on the configured endpoint (if missing)."""
-    settings = Settings.from_env()
+    settings = target().settings
     created = ensure_tables(clients.client("dynamodb", settings), settings)
     emit(
         {"created": created},
@@ -146,10 +190,74 @@ def status(  # noqa: PLR0917 - typer maps options to parameters
 
 @app.command("show")
 def show_job(job_id: JobArgument, as_json: JsonOption = False) -> None:
-    """One job with its transition history."""
-    job = context().queries.job(job_id)
+    """One job with its transition history (and the last lines of its log if it failed)."""
+    ctx = context()
+    job = ctx.queries.job(job_id)
+    tail = run_log_tail(ctx, job) if job.status == "failed" else []
     now = now_ms()
-    show(job.to_dict(), as_json, lambda: render.job_view(job, now))
+    data = {**job.to_dict(), **({"log_tail": tail} if tail else {})}
+    show(data, as_json, lambda: render.job_view(job, now, log_tail=tail))
+
+
+def run_log_tail(ctx: Context, job: JobDetail) -> list[str]:
+    """The last lines of the job's log; none when they cannot be read (``show`` still works)."""
+    try:
+        return cli_logs.run_logs(ctx.settings, ctx.queries).tail(job)
+    except (DomainError, BotoCoreError, ClientError, OSError) as exc:
+        note(f"no log tail: {exc}")
+        return []
+
+
+AttemptOption = Annotated[
+    str | None,
+    typer.Option("--attempt", metavar="N", help="Which attempt (default: the current one)."),
+]
+
+
+@app.command("logs")
+def logs(
+    job_id: JobArgument,
+    attempt: AttemptOption = None,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow",
+            "-f",
+            help="Stream the output while the run goes, until the job is terminal (or the"
+            " --attempt is over). Exits 0 if it passed, 1 if it failed or was cancelled.",
+        ),
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """A run's output (secrets the configuration names masked as ***).
+
+    Locally it is read from the stack's log files, on AWS from the CodeBuild build's
+    CloudWatch Logs stream (the current attempt's). Exits 1 for an unknown job or attempt.
+    """
+    ctx = context()
+    use_case = cli_logs.run_logs(ctx.settings, ctx.queries)
+    if not follow:
+        job, text = use_case.read(job_id, attempt)
+        number = use_case.target(job, attempt).attempt
+        data = {"job_id": job.job_id, "attempt": number, "status": job.status, "log": text}
+        typer.echo(json.dumps(data, sort_keys=True) if as_json else text, nl=as_json)
+        return
+    pieces: list[str] = []
+
+    def write(text: str) -> None:
+        if as_json:
+            pieces.append(text)
+            return
+        typer.echo(text, nl=False)
+        sys.stdout.flush()
+
+    job = use_case.follow(job_id, attempt, write)
+    number = use_case.target(job, attempt).attempt
+    code = cli_logs.exit_code_of(job, number if attempt else None)
+    data = {"job_id": job.job_id, "attempt": number, "status": job.status, "exit_code": code}
+    if as_json:
+        typer.echo(json.dumps({**data, "log": "".join(pieces)}, sort_keys=True))
+    raise typer.Exit(code)
 
 
 @app.command("stats")
@@ -393,8 +501,13 @@ def up(  # noqa: PLR0917 - typer maps options to parameters
         int | None, typer.Option(help="HTTP port [default: SCHEDULER_HTTP_PORT or 8080]")
     ] = None,
     data_dir: Annotated[
-        Path, typer.Option("--data-dir", help="Where jobs, checkpoints and run logs live.")
-    ] = Path(".scheduler"),
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            help="Where jobs, checkpoints, run logs and the stack file live"
+            " [default: SCHEDULER_DATA_DIR or .scheduler]",
+        ),
+    ] = None,
     config: Annotated[
         Path | None, typer.Option(help="Repository configuration (TOML); else SCHEDULER_CONFIG.")
     ] = None,
@@ -414,6 +527,7 @@ def up(  # noqa: PLR0917 - typer maps options to parameters
     settings = Settings.from_env()
     if config is not None:
         settings = replace(settings, config_path=config)
+    data_dir = settings.data_dir if data_dir is None else data_dir
 
     def announce(stack: LocalStack) -> None:
         info = {
@@ -421,17 +535,18 @@ def up(  # noqa: PLR0917 - typer maps options to parameters
             "webhook": f"{stack.url}/webhook",
             "dynamodb_endpoint": stack.settings.dynamodb_endpoint,
             "data_dir": str(data_dir.resolve()),
+            "stack_file": str(stack.stack_file),
             "config": str(settings.config_path or "<built-in default>"),
         }
+        elsewhere = "" if data_dir == settings.data_dir else f"SCHEDULER_DATA_DIR={data_dir} "
         emit(
             info,
             as_json,
             f"scheduler is up: {stack.url} (webhook: POST {stack.url}/webhook)\n"
             f"  DynamoDB Local: {info['dynamodb_endpoint']}  data: {info['data_dir']}\n"
-            "  for the CLI in another shell:"
-            f" export SCHEDULER_DYNAMODB_ENDPOINT={info['dynamodb_endpoint']}\n"
             f"  configuration: {info['config']}\n"
-            f"  send a signed test delivery: scheduler send-test-delivery --url {stack.url}\n"
+            f"  the CLI run from this folder finds this stack ({info['stack_file']}), e.g.\n"
+            f"    GITHUB_WEBHOOK_SECRET=... {elsewhere}scheduler send-test-delivery\n"
             "  Ctrl-C stops everything.",
         )
         sys.stdout.flush()
@@ -447,49 +562,75 @@ def up(  # noqa: PLR0917 - typer maps options to parameters
 
 
 @app.command("send-test-delivery")
-def send_test_delivery(
-    url: Annotated[str, typer.Option(help="Base URL of the scheduler.")] = "http://127.0.0.1:8080",
+def send_test_delivery(  # noqa: PLR0917 - typer maps options to parameters
+    url: Annotated[
+        str | None,
+        typer.Option(help="Base URL of the scheduler [default: the local stack's, else :8080]."),
+    ] = None,
     repo: Annotated[str, typer.Option(metavar="OWNER/REPO")] = "demo/hello",
     branch: Annotated[str, typer.Option()] = "main",
     sha: Annotated[str | None, typer.Option(help="Commit sha (default: random).")] = None,
+    no_wait: Annotated[
+        bool, typer.Option("--no-wait", help="Print the job id and exit; do not follow it.")
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds to wait for the job to finish.")
+    ] = 600.0,
+    log_lines: Annotated[
+        int, typer.Option("--log-lines", min=0, help="Lines of the job's log shown at the end.")
+    ] = 20,
     as_json: JsonOption = False,
 ) -> None:
-    """Sign a sample `push` delivery with GITHUB_WEBHOOK_SECRET and POST it to the webhook."""
+    """Sign a sample `push` delivery with GITHUB_WEBHOOK_SECRET, POST it to the webhook and
+    follow its job until it is terminal: exit 0 if it passed, 1 otherwise."""
     import httpx
 
-    from scheduler.github.signature import sign
+    from scheduler.cli import sample_delivery
 
-    secret = Settings.from_env().webhook_secret
+    settings = Settings.from_env()
+    secret = settings.webhook_secret
     if not secret:
         raise ConfigurationError("GITHUB_WEBHOOK_SECRET is not set: cannot sign a delivery")
-    body = json.dumps(
-        {
-            "ref": f"refs/heads/{branch}",
-            "after": sha or uuid.uuid4().hex + uuid.uuid4().hex[:8],
-            "deleted": False,
-            "repository": {"full_name": repo},
-            "sender": {"login": "scheduler-demo"},
-        }
-    ).encode()
-    headers = {
-        "Content-Type": "application/json",
-        "X-GitHub-Event": "push",
-        "X-GitHub-Delivery": str(uuid.uuid4()),
-        "X-Hub-Signature-256": sign(secret.encode(), body),
-    }
-    try:
-        response = httpx.post(f"{url.rstrip('/')}/webhook", content=body, headers=headers)
-    except httpx.HTTPError as exc:
-        raise ConfigurationError(f"cannot reach {url}: {exc}") from exc
-    answer = response.json()
-    emit(answer, as_json, f"HTTP {response.status_code}: {json.dumps(answer)}")
-    if response.status_code >= 400:
+    where = webhook_target(settings, url)
+    note(f"using the scheduler at {where.where}")
+    with httpx.Client(timeout=10.0) as client:
+        body = sample_delivery.sample_push(repo, branch, sha)
+        response = sample_delivery.deliver(client, where.url, secret, body)
+        answer = sample_delivery.answer_of(response)
+        job_id = answer.get("job_id")
+        if no_wait or response.status_code >= 400 or not job_id:
+            emit(answer, as_json, f"HTTP {response.status_code}: {json.dumps(answer)}")
+            refused = response.status_code >= 400
+            if refused or not no_wait:  # refused, or no job to follow (a branch not built)
+                raise typer.Exit(1)
+            return
+        if not as_json:
+            typer.echo(f"delivered to {where.url}/webhook: job {job_id}")
+
+        def changed(job: dict[str, Any]) -> None:
+            if not as_json:
+                typer.echo(sample_delivery.status_line(job))
+
+        job = sample_delivery.follow(client, where.url, job_id, timeout=timeout, on_change=changed)
+        tail = sample_delivery.log_tail(client, where.url, job_id, job["attempt"], log_lines)
+    if as_json:
+        emit(job, True, "")
+    elif tail:
+        cut = f" (last {len(tail)} lines)" if len(tail) == log_lines else ""
+        typer.echo(f"log of attempt {job['attempt']}{cut}:")
+        typer.echo("\n".join(f"  {line}" for line in tail))
+    if job["status"] != "passed":
         raise typer.Exit(1)
 
 
 def _usage_line(exc: click_errors.UsageError) -> str:
     where = exc.ctx.command_path if exc.ctx else "scheduler"
     return f"{exc.format_message()} (see '{where} --help')"
+
+
+def _where() -> str:
+    """``DynamoDB at URL (local stack from .scheduler/stack.json, pid N): `` once chosen."""
+    return f"{INVOCATION.target.where}: " if INVOCATION.target is not None else ""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -507,11 +648,14 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Abort:
         typer.echo("aborted", err=True)
         code = 130
+    except StoreUnavailable as exc:
+        typer.echo(f"error: {_where()}{exc}", err=True)
+        code = exc.exit_code
     except DomainError as exc:
         typer.echo(f"error: {exc}", err=True)
         code = exc.exit_code
     except (PynamoDBException, BotoCoreError, ClientError) as exc:
         # The typed layers wrap these; this is the last line of defence against a traceback.
-        typer.echo(f"error: DynamoDB request failed: {exc}", err=True)
+        typer.echo(f"error: {_where()}DynamoDB request failed: {exc}", err=True)
         code = 2
     sys.exit(code if isinstance(code, int) else 0)

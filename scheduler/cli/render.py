@@ -8,6 +8,7 @@ console's decision (only on a terminal, and never with ``NO_COLOR``).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from rich import box
@@ -161,7 +162,8 @@ def _fields(rows: list[tuple[str, str | Text]]) -> Table:
     return table
 
 
-def job_view(job: JobDetail, now: int) -> RenderableType:
+def job_view(job: JobDetail, now: int, log_tail: Sequence[str] = ()) -> RenderableType:
+    """The job's fields, the last lines of its log (a failed run's), and its history."""
     received = f"{relative(job.received_at, now)} ({timestamp(job.received_at)})"
     rows: list[tuple[str, str | Text]] = [
         ("job", job.job_id),
@@ -201,7 +203,10 @@ def job_view(job: JobDetail, now: int) -> RenderableType:
             item.reason or "",
         )
         previous = item.at
-    return Group(_fields(rows), Text(""), Text("history", style="bold"), history)
+    parts: list[RenderableType] = [_fields(rows), Text("")]
+    if log_tail:
+        parts += [Text("last lines of the log", style="bold"), *map(Text, log_tail), Text("")]
+    return Group(*parts, Text("history", style="bold"), history)
 
 
 def stats_view(stats: RepoStats, now: int) -> RenderableType:

@@ -103,6 +103,7 @@ class JobModel(Model):
     branch = UnicodeAttribute(null=True)
     sha = UnicodeAttribute()
     pr_number = NumberAttribute(null=True)
+    clone_url = UnicodeAttribute(null=True)  # the payload's https clone URL
     sender = UnicodeAttribute(null=True)
     delivery_id = UnicodeAttribute(null=True)
 

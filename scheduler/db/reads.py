@@ -11,6 +11,7 @@ from typing import Any
 
 from pynamodb.connection import Connection
 from pynamodb.exceptions import PynamoDBException, TableError
+from pynamodb.expressions.condition import Condition
 
 from scheduler.db.models import ACTIVE_SHARD, QUEUED_SHARD, JobModel
 from scheduler.errors import JobNotFound, StoreUnavailable
@@ -92,6 +93,62 @@ class JobReads:
             repos.setdefault(item["queue_repo"]["S"], None)
         return list(repos)
 
+    def unfinished_in_lane(
+        self,
+        repo: str,
+        lane: Condition,
+        *,
+        with_active: bool,
+        limit: int = 2000,
+        page_size: int = 200,
+    ) -> list[JobModel]:
+        """The pending (and with ``with_active`` the active) jobs of ``repo`` that match ``lane``.
+
+        ``lane`` is a filter (event, branch or pull request). Pending jobs come from the sparse
+        ``queued`` index keyed by the repository, so only that repository's queue is read;
+        active jobs from the sparse ``active_by_deadline`` index, which holds only active jobs
+        (at most the sum of the repositories' concurrency limits). Eventually consistent on
+        AWS: a caller's conditional write is what decides.
+        """
+        found = list(
+            self._query(
+                repo,
+                index="queued",
+                what=f"queue of {repo}",
+                limit=limit,
+                page_size=page_size,
+                filter_condition=lane,
+            )
+        )
+        if with_active:
+            found += self._query(
+                ACTIVE_SHARD,
+                index="active_by_deadline",
+                what=f"active jobs of {repo}",
+                limit=limit,
+                page_size=page_size,
+                filter_condition=(JobModel.repo == repo) & lane,
+            )
+        return found
+
+    def in_lane_since(
+        self, repo: str, lane: Condition, since: int, *, page_size: int = 50
+    ) -> Iterator[JobModel]:
+        """Jobs of ``repo`` matching ``lane`` received at or after ``since``, oldest first.
+
+        One lazy query of the ``by_repo`` index from ``since`` on: it reads only the jobs
+        received since then (a handful, when the stream is not far behind).
+        """
+        yield from self._query(
+            repo,
+            index="by_repo",
+            what=f"recent jobs of {repo}",
+            limit=100_000,
+            page_size=page_size,
+            range_key_condition=JobModel.received_at >= since,
+            filter_condition=lane,
+        )
+
     def active(self, *, limit: int = 10_000) -> list[JobModel]:
         """Every active job (the ``active_by_deadline`` index holds exactly those)."""
         return list(
@@ -117,8 +174,12 @@ class JobReads:
         limit: int,
         page_size: int,
         range_key_condition: Any = None,
+        filter_condition: Condition | None = None,
     ) -> Iterator[dict[str, Any]]:
-        """Raw items of an index query, page by page, at most ``limit``."""
+        """Raw items of an index query, page by page, at most ``limit``.
+
+        With ``filter_condition`` a page reads ``page_size`` items and returns those matching.
+        """
         start: dict[str, Any] | None = None
         returned = 0
         while returned < limit:
@@ -127,6 +188,7 @@ class JobReads:
                     job_table(self._connection),
                     hash_key,
                     range_key_condition=range_key_condition,
+                    filter_condition=filter_condition,
                     index_name=index,
                     limit=min(page_size, limit - returned),
                     exclusive_start_key=start,

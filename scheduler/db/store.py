@@ -96,6 +96,7 @@ class NewJob:
     delivery_id: str | None = None
     priority: int = 0
     trace_id: str | None = None
+    clone_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +280,7 @@ class JobStore:
             ref=new.ref,
             branch=new.branch,
             pr_number=new.pr_number,
+            clone_url=new.clone_url,
             sender=new.sender,
             delivery_id=new.delivery_id,
             status=JobStatus.PENDING.value,

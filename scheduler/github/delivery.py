@@ -148,6 +148,7 @@ class WebhookService:
             ref=build.ref,
             branch=build.branch,
             pr_number=build.pr_number,
+            clone_url=build.clone_url,
             sender=build.sender,
             delivery_id=build.delivery_id,
             priority=policy.priority,

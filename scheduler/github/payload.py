@@ -142,6 +142,9 @@ REF_MAX_BYTES = 1024
 REF_COMPONENT_MAX_BYTES = 255
 LOGIN_MAX_BYTES = 100
 PR_NUMBER_MAX = 2**31 - 1
+CLONE_URL_MAX_CHARS = 512
+# https://host[:port]/path with no user info, query, fragment, space or control character.
+_SAFE_CLONE_URL = re.compile(r"https://[A-Za-z0-9.-]+(:[0-9]{1,5})?/[A-Za-z0-9._~/%+-]+")
 # C0 controls (NUL included) and DEL: never in a git ref or a GitHub login, and a NUL cannot be
 # passed to a run as an environment variable.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -184,6 +187,9 @@ class BuildRequest:
     tag: str | None = None
     base_branch: str | None = None
     rebuild: bool = False
+    # The repository's https clone URL (the base repository's for a pull request, where GitHub
+    # keeps refs/pull/N/head); None when the payload has no usable one.
+    clone_url: str | None = None
 
     @property
     def job_id(self) -> str:
@@ -322,6 +328,7 @@ def _push(delivery: Delivery) -> BuildRequest | Ignored:
         tag=tag,
         trigger=ref,
         sender=_sender(payload),
+        clone_url=_clone_url(payload),
     )
 
 
@@ -359,6 +366,7 @@ def _pull_request(delivery: Delivery) -> BuildRequest | Ignored:
         # Reopening a pull request asks for a build even if its head did not move (the commit
         # built when it was opened is otherwise held by the trigger guard for the window).
         rebuild=action == "reopened",
+        clone_url=_clone_url(payload),
     )
 
 
@@ -369,6 +377,20 @@ def _repo(payload: Mapping[str, Any]) -> str:
     if repo is None:
         raise WebhookRejected("field 'repository.full_name' must be OWNER/NAME")
     return repo
+
+
+def _clone_url(payload: Mapping[str, Any]) -> str | None:
+    """``repository.clone_url`` if it is a plain https URL, else None.
+
+    Even a signed payload only ever names where to fetch over https: never a local path, a
+    ``file://`` or ``ext::`` URL, or one carrying credentials (an operator's ``clone_url``
+    is how anything else is configured).
+    """
+    repository = _field(payload, "repository", dict)
+    url = _optional(repository, "clone_url", str, "repository.clone_url")
+    if url is None or len(url) > CLONE_URL_MAX_CHARS or _SAFE_CLONE_URL.fullmatch(url) is None:
+        return None
+    return url
 
 
 def _sender(payload: Mapping[str, Any]) -> str | None:

@@ -51,9 +51,37 @@ class StatusUpdate:
 
 
 def status_for(
+    source: JobStatus | None,
+    dest: JobStatus,
+    *,
+    attempt: int,
+    reason: str | None,
+    detail: str | None = None,
+) -> tuple[State, str] | None:
+    """The commit status a transition reports, as (state, description); None for none.
+
+    A failure's description carries its ``detail`` (the run's summary: how it ended and its
+    last line), cut to GitHub's 140 characters.
+    """
+    found = _status_for(source, dest, attempt=attempt, reason=reason)
+    if found is None or dest is not JobStatus.FAILED or not detail:
+        return found
+    state, description = found
+    detail = " ".join(detail.split())  # one line
+    if detail.lower().startswith(description.lower()):
+        description = detail[:1].upper() + detail[1:]  # "timed out: ..." says it already
+    else:
+        description = f"{description}: {detail}"
+    return state, _shorten(description)
+
+
+def _shorten(text: str) -> str:
+    return text if len(text) <= DESCRIPTION_CHARS else text[: DESCRIPTION_CHARS - 3] + "..."
+
+
+def _status_for(
     source: JobStatus | None, dest: JobStatus, *, attempt: int, reason: str | None
 ) -> tuple[State, str] | None:
-    """The commit status a transition reports, as (state, description); None for none."""
     if dest is JobStatus.PENDING:
         return "pending", "Queued" if attempt == 1 else f"Queued (attempt {attempt})"
     if dest is JobStatus.ACTIVE:
@@ -154,15 +182,25 @@ class CommitStatusObserver:
         notifier: GitHubNotifier,
         context_for: Callable[[str], str],
         target_url: str | None = None,
+        mask_for: Callable[[str], Callable[[str], str]] | None = None,
     ) -> None:
         self.notifier = notifier
         self._context_for = context_for
         self._target_url = target_url
+        # Repository -> its secret masker: a failure's detail is run output.
+        self._mask_for = mask_for
 
     def __call__(self, transition: Transition) -> None:
         image = transition.image
+        detail = image.detail
+        if detail and self._mask_for is not None:
+            detail = self._mask_for(image.repo)(detail)
         found = status_for(
-            transition.source, transition.dest, attempt=transition.job.attempt, reason=image.reason
+            transition.source,
+            transition.dest,
+            attempt=transition.job.attempt,
+            reason=image.reason,
+            detail=detail,
         )
         if found is None:
             return

@@ -26,9 +26,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from scheduler.local.checkout import TOKEN_VARIABLE, CheckoutFailed, CommitNotFound, SourceCheckout
 from scheduler.local.procutil import die_with_parent
+from scheduler.local.run_log import LOGS_FOLDER, CappedLog, OutputPump, log_file
 from scheduler.local.run_records import MARKER, RunRecords
 from scheduler.runs.executor import Claim, OnFinished, RunRequest, RunResult, RunStatus
+from scheduler.runs.masking import NO_MASK, Masker
+from scheduler.settings import DEFAULT_LOG_MAX_BYTES
+from state_machines import START_FAILED
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +41,12 @@ log = logging.getLogger(__name__)
 # secret, AWS credentials, the GitHub token) must not leak into user commands.
 PASSED_THROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
 SUMMARY_CHARS = 140
+CHECKOUT_NOTE = "[scheduler: checked out"  # the log's first line when the commit was checked out
 KILL_GRACE_SECONDS = 3.0
 RETRY_MAX_SECONDS = 5.0  # the longest wait between two tries of a claim or a report
+# How long the output may go on after the run's process ended (or was killed): what still
+# holds the pipe then (a grandchild that left the process group) is no longer read.
+OUTPUT_GRACE_SECONDS = 2.0
 
 
 def run_id_for(request: RunRequest) -> str:
@@ -67,6 +76,8 @@ class LocalExecutor:
         max_parallel: int = 4,
         base_env: dict[str, str] | None = None,
         keep_failed_workdirs: int = 10,
+        log_max_bytes: int = DEFAULT_LOG_MAX_BYTES,
+        mask_for: Callable[[str], Masker] = lambda _repo: NO_MASK,
     ) -> None:
         self._work_dir = work_dir
         self._on_finished = on_finished
@@ -81,13 +92,19 @@ class LocalExecutor:
         self._keep_failed = keep_failed_workdirs
         source = os.environ if base_env is None else base_env
         self._base_env = {key: source[key] for key in PASSED_THROUGH if key in source}
+        self._log_max_bytes = log_max_bytes
+        self._mask_for = mask_for  # secrets kept out of the summary stored on the job
+        self._checkout = SourceCheckout(work_dir, token=source.get(TOKEN_VARIABLE))
 
     def log_location(self, request: RunRequest) -> str:
         return str(self.log_path(request))
 
     def log_path(self, request: RunRequest) -> Path:
-        safe_id = request.job_id.replace("/", "_")
-        return self._work_dir / "logs" / safe_id / f"attempt-{request.attempt}.log"
+        return log_file(self.logs_dir, request.job_id, request.attempt)
+
+    @property
+    def logs_dir(self) -> Path:
+        return self._work_dir / LOGS_FOLDER
 
     def start(self, request: RunRequest, claim: Claim = lambda: True) -> str | None:
         run_id = run_id_for(request)
@@ -235,7 +252,7 @@ class LocalExecutor:
         returns how many jobs' logs went."""
         cutoff = time.time() - older_than_seconds
         removed = 0
-        for job_logs in (self._work_dir / "logs").glob("*"):
+        for job_logs in self.logs_dir.glob("*"):
             try:
                 newest = max((f.stat().st_mtime for f in job_logs.iterdir()), default=0.0)
             except OSError:
@@ -245,42 +262,74 @@ class LocalExecutor:
                 removed += 1
         return removed
 
+    def _prepare(self, request: RunRequest, workdir: Path, output: CappedLog) -> RunResult | None:
+        """Make the attempt's folder: a checkout of its commit, or empty; say so in its log.
+
+        A checkout that cannot be made is the run's result: ``start_failed`` (retried) when
+        the remote could not be reached, ``error`` when it has no such commit.
+        """
+        if not request.checkout:
+            workdir.mkdir(parents=True, exist_ok=True)
+            return None
+        started = time.monotonic()
+        try:
+            self._checkout.prepare(request.repo, request.clone_url, request.sha, workdir)
+        except (CommitNotFound, CheckoutFailed) as exc:
+            output.write(f"[scheduler: checkout failed: {exc}]\n".encode())
+            reason = "error" if isinstance(exc, CommitNotFound) else START_FAILED
+            return RunResult(request.job_id, request.attempt, None, summary=str(exc), reason=reason)
+        took = time.monotonic() - started
+        output.write(f"{CHECKOUT_NOTE} {request.sha} in {took:.2f} s]\n".encode())
+        log.info("checked out", extra={"job_id": request.job_id, "seconds": round(took, 3)})
+        return None
+
     def _run_process(self, run: _Run) -> RunResult:
         request = run.request
         workdir = self.workdir(request)
-        workdir.mkdir(parents=True, exist_ok=True)
         run.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(run.log_path, "wb") as output:
-            try:
-                run.process = subprocess.Popen(
-                    list(request.command),  # an argv list: no shell ever sees payload data
-                    cwd=workdir,
-                    env={
-                        **self._base_env,
-                        **request.environment(),
-                        MARKER: request.idempotency_key,
-                    },
-                    stdin=subprocess.DEVNULL,
-                    stdout=output,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,  # its own process group, killed as a whole
-                    preexec_fn=die_with_parent,  # noqa: PLW1509 - never outlives the scheduler
-                )
-            except OSError as exc:
-                return RunResult(
-                    request.job_id, request.attempt, 127, summary=f"cannot start: {exc}"
-                )
-            self.records.started(request.idempotency_key, run.process.pid)
-            if run.cancelled:
-                _kill_group(run.process)
-            try:
-                exit_code: int | None = run.process.wait(timeout=request.timeout_seconds)
-                timed_out = False
-            except subprocess.TimeoutExpired:
-                _kill_group(run.process)
-                exit_code, timed_out = None, True
-            finally:
-                self.records.ended(request.idempotency_key)
+        # The output goes through a pipe drained by a thread of its own into a capped log
+        # (head and tail); the pump ends with the process group, whatever holds the pipe.
+        output = CappedLog(run.log_path, self._log_max_bytes)
+        refused = self._prepare(request, workdir, output)
+        if refused is not None:
+            output.close()
+            return refused
+        mask = self._mask_for(request.repo)
+        try:
+            run.process = subprocess.Popen(
+                list(request.command),  # an argv list: no shell ever sees payload data
+                cwd=workdir,
+                env={
+                    **self._base_env,
+                    **request.environment(),
+                    MARKER: request.idempotency_key,
+                },
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group, killed as a whole
+                preexec_fn=die_with_parent,  # noqa: PLW1509 - never outlives the scheduler
+            )
+        except OSError as exc:
+            output.write(f"[scheduler: cannot start: {exc}]\n".encode())
+            output.close()
+            return RunResult(
+                request.job_id, request.attempt, 127, summary=mask(f"cannot start: {exc}")
+            )
+        assert run.process.stdout is not None
+        pump = OutputPump(run.process.stdout, output, name=f"output-{request.idempotency_key}")
+        self.records.started(request.idempotency_key, run.process.pid)
+        if run.cancelled:
+            _kill_group(run.process)
+        try:
+            exit_code: int | None = run.process.wait(timeout=request.timeout_seconds)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            _kill_group(run.process)
+            exit_code, timed_out = None, True
+        finally:
+            self.records.ended(request.idempotency_key)
+            pump.finish(OUTPUT_GRACE_SECONDS)
         if run.cancelled:
             exit_code = None
         return RunResult(
@@ -289,7 +338,7 @@ class LocalExecutor:
             exit_code,
             timed_out=timed_out,
             cancelled=run.cancelled,
-            summary=_summary(run.log_path, exit_code, timed_out, run.cancelled),
+            summary=_summary(run.log_path, exit_code, timed_out, run.cancelled, mask),
         )
 
 
@@ -307,7 +356,15 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
-def _summary(log_path: Path, exit_code: int | None, timed_out: bool, cancelled: bool) -> str:
+def _summary(
+    log_path: Path,
+    exit_code: int | None,
+    timed_out: bool,
+    cancelled: bool,
+    mask: Callable[[str], str] = NO_MASK,
+) -> str:
+    """How the run ended and its last line, masked (it is stored on the job item and goes
+    into the commit status), at most :data:`SUMMARY_CHARS` characters."""
     if cancelled:
         head = "cancelled"
     elif timed_out:
@@ -316,8 +373,13 @@ def _summary(log_path: Path, exit_code: int | None, timed_out: bool, cancelled: 
         head = f"exit code {exit_code}"
     last_line = ""
     with contextlib.suppress(OSError), open(log_path, "rb") as handle:
-        handle.seek(max(0, log_path.stat().st_size - 2048))
-        lines = handle.read().decode("utf-8", "replace").strip().splitlines()
+        start = max(0, log_path.stat().st_size - 2048)
+        handle.seek(start)
+        lines = handle.read().decode("utf-8", "replace").splitlines()
+        if start:
+            lines = lines[1:]  # a part of a line: a secret in it may be cut, and not masked
+        # The command's own last line: not the scheduler's note of the checkout.
+        lines = [line for line in lines if line.strip() and not line.startswith(CHECKOUT_NOTE)]
         last_line = lines[-1].strip() if lines else ""
-    text = f"{head}: {last_line}" if last_line else head
+    text = mask(f"{head}: {last_line}" if last_line else head)
     return text[:SUMMARY_CHARS]

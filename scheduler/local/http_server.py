@@ -273,7 +273,7 @@ def _raw_answer(response: Response) -> bytes:
     body = response.encode()
     lines = [
         f"HTTP/1.1 {response.status} {BaseHTTPRequestHandler.responses[response.status][0]}",
-        "Content-Type: application/json",
+        f"Content-Type: {response.content_type}",
         f"Content-Length: {len(body)}",
         *(f"{name}: {value}" for name, value in response.headers.items()),
         "Connection: close",
@@ -380,7 +380,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _send(self, response: Response) -> None:
         payload = response.encode()
         self.send_response(response.status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", response.content_type)
         self.send_header("Content-Length", str(len(payload)))
         for name, value in response.headers.items():
             self.send_header(name, value)

@@ -9,15 +9,18 @@ SIGTERM) takes them down in reverse order: no orphan JVM, no orphan run.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import FrameType
+from urllib.parse import urlsplit
 
+from scheduler import stack_file
 from scheduler.config import RepositoryConfig, load_config
 from scheduler.db import clients
 from scheduler.db.tables import ensure_tables
@@ -26,12 +29,14 @@ from scheduler.github.delivery import webhook_secret
 from scheduler.local.dynamodb_local import DynamoDBLocal, port_in_use
 from scheduler.local.executor import LocalExecutor
 from scheduler.local.http_server import LocalHTTPServer
+from scheduler.local.log_reader import LocalLogReader
 from scheduler.local.mapping import PollingConfig
+from scheduler.local.run_log import RUNS_FOLDER, logs_dir_in
 from scheduler.local.stream_runner import StreamRunner
 from scheduler.runs.executor import OnFinished
 from scheduler.runs.reaper import Reaper
 from scheduler.settings import Settings
-from scheduler.wiring import Core, build_core
+from scheduler.wiring import Core, build_core, mask_for_settings
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +71,7 @@ class LocalStack:
         self.core: Core | None = None
         self.settings = settings  # pointed at the DynamoDB Local endpoint once started
         self.config: RepositoryConfig | None = None
+        self.stack_file: Path | None = None  # written once started, removed on stop
 
     @property
     def url(self) -> str:
@@ -73,11 +79,13 @@ class LocalStack:
         return self._http.url
 
     def preflight(self) -> RepositoryConfig:
-        """Fail fast, before starting anything: secret, configuration file, port."""
+        """Fail fast, before starting anything: secret, configuration file, another stack on
+        the same data directory, ports."""
         # The stack always serves a local endpoint (its own DynamoDB Local, unless one is set),
         # which is what the unsigned-delivery opt-out requires.
         webhook_secret(replace(self.settings, dynamodb_endpoint="http://local"))
         config = load_config(self.settings.config_path)
+        self._refuse_a_second_stack()
         if port_in_use(self.options.port, self.options.host):
             raise ConfigurationError(
                 f"port {self.options.port} on {self.options.host} is already in use"
@@ -90,6 +98,40 @@ class LocalStack:
                 " (choose another with --dynamodb-port, or set SCHEDULER_DYNAMODB_ENDPOINT)"
             )
         return config
+
+    def _refuse_a_second_stack(self) -> None:
+        try:
+            running = stack_file.read(self.options.data_dir)
+        except ConfigurationError:
+            return  # unreadable: overwritten once this stack is up
+        if running is None or running.pid == os.getpid() or not running.running():
+            return
+        address = urlsplit(running.url)  # a reused pid serves nothing there
+        if port_in_use(address.port or 80, address.hostname or "127.0.0.1"):
+            raise ConfigurationError(
+                f"a local stack is already running from {self.options.data_dir}"
+                f" (pid {running.pid}, {running.url}): stop it, or choose another --data-dir"
+            )
+
+    def _write_stack_file(self) -> None:
+        """Tell CLI commands run from this folder where the stack is (see
+        :mod:`scheduler.stack_file`); written last, so it names a stack that is ready."""
+        settings = self.settings
+        assert settings.dynamodb_endpoint is not None
+        config = settings.config_path
+        self.stack_file = stack_file.write(
+            self.options.data_dir.resolve(),
+            stack_file.StackInfo(
+                pid=os.getpid(),
+                url=self.url,
+                dynamodb_endpoint=settings.dynamodb_endpoint,
+                region=settings.region,
+                data_dir=str(self.options.data_dir.resolve()),
+                tables=asdict(settings.tables),
+                config=str(config.resolve()) if config is not None else None,
+                started_at=time.time(),
+            ),
+        )
 
     def start(self) -> LocalStack:
         config = self.config = self.preflight()
@@ -130,6 +172,7 @@ class LocalStack:
         self._spawn("reaper", lambda: self._reap(self.options.reaper_interval_seconds, core))
         app = core.http_app
         self._http = LocalHTTPServer(app, self.options.host, self.options.port).start()
+        self._write_stack_file()
         return self
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
@@ -188,6 +231,14 @@ class LocalStack:
             time.sleep(0.2)
 
     def stop(self) -> None:
+        try:
+            self._stop_parts()
+        finally:
+            # Last: while the parts stop, the CLI still names this stack rather than AWS.
+            if self.stack_file is not None:
+                stack_file.remove(self.stack_file.parent, os.getpid())
+
+    def _stop_parts(self) -> None:
         self._stop.set()
         if self._http is not None:
             self._http.stop()
@@ -213,13 +264,26 @@ class LocalStack:
 def compose(
     settings: Settings, options: StackOptions, *, config: RepositoryConfig | None = None
 ) -> Core:
-    """The local runtime's core: runs are processes of a bounded local pool."""
-    runs_dir = options.data_dir.resolve() / "runs"
+    """The local runtime's core: runs are processes of a bounded local pool; their logs are
+    files under the data directory (read by the log route from there)."""
+    runs_dir = options.data_dir.resolve() / RUNS_FOLDER
+    config = config if config is not None else load_config(settings.config_path)
 
     def executor(finished: OnFinished) -> LocalExecutor:
-        return LocalExecutor(runs_dir, finished, max_parallel=options.max_parallel_runs)
+        return LocalExecutor(
+            runs_dir,
+            finished,
+            max_parallel=options.max_parallel_runs,
+            log_max_bytes=settings.log_max_bytes,
+            mask_for=mask_for_settings(settings, config),
+        )
 
-    return build_core(settings, executor=executor, config=config)
+    return build_core(
+        settings,
+        executor=executor,
+        config=config,
+        log_reader=LocalLogReader(logs_dir_in(options.data_dir.resolve())),
+    )
 
 
 def serve(

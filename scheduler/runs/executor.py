@@ -16,6 +16,15 @@ from scheduler.db.models import JobModel
 
 
 @dataclass(frozen=True, slots=True)
+class Source:
+    """Where a repository's runs get their code: the configuration's ``checkout`` and
+    ``clone_url`` keys."""
+
+    checkout: bool = True
+    clone_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RunRequest:
     job_id: str
     repo: str
@@ -28,6 +37,9 @@ class RunRequest:
     pr_number: int | None = None
     # An automatic retry's backoff: the run waits this long before it starts.
     delay_seconds: float = 0.0
+    # Run in a fresh checkout of ``sha`` fetched from ``clone_url`` (False: an empty folder).
+    checkout: bool = False
+    clone_url: str | None = None
 
     @property
     def idempotency_key(self) -> str:
@@ -36,8 +48,15 @@ class RunRequest:
 
     @classmethod
     def from_job(
-        cls, job: JobModel, command: Sequence[str], delay_seconds: float = 0.0
+        cls,
+        job: JobModel,
+        command: Sequence[str],
+        delay_seconds: float = 0.0,
+        source: Source | None = None,
     ) -> RunRequest:
+        """The run of ``job``'s current attempt; ``source`` says whether and where from its
+        commit is checked out (the configured URL wins over the payload's)."""
+        source = source or Source(checkout=False)
         return cls(
             job_id=job.job_id,
             repo=job.repo,
@@ -49,6 +68,8 @@ class RunRequest:
             ref=job.ref,
             pr_number=int(job.pr_number) if job.pr_number is not None else None,
             delay_seconds=delay_seconds,
+            checkout=source.checkout,
+            clone_url=(source.clone_url or job.clone_url) if source.checkout else None,
         )
 
     def environment(self) -> dict[str, str]:
@@ -75,6 +96,9 @@ class RunResult:
     timed_out: bool = False
     cancelled: bool = False
     summary: str = ""
+    # A failure reason the executor knows better than the exit code (``start_failed`` for a
+    # checkout the infrastructure failed); None: decided from the fields above.
+    reason: str | None = None
 
     @property
     def passed(self) -> bool:

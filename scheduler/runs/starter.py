@@ -14,6 +14,7 @@ from scheduler.runs.executor import (
     RunClaim,
     RunRequest,
     RunResult,
+    Source,
     StartRefused,
 )
 from state_machines import START_FAILED, TIMED_OUT, JobStatus, TransitionConflict, Trigger
@@ -21,6 +22,8 @@ from state_machines import START_FAILED, TIMED_OUT, JobStatus, TransitionConflic
 log = logging.getLogger(__name__)
 
 CommandFor = Callable[[str], Sequence[str]]
+SourceFor = Callable[[str], Source]
+"""Whether (and from where) a repository's runs check out their commit."""
 """The configured argv of a repository (``owner/name``)."""
 
 STOPPED = "stopped"
@@ -33,6 +36,8 @@ def outcome_of(result: RunResult) -> tuple[Trigger, Outcome]:
     """The transition a run result asks for (pure)."""
     if result.passed:
         return Trigger.PASS, Outcome(detail=result.summary or None, exit_code=0)
+    if result.reason is not None:
+        return Trigger.FAIL, Outcome(reason=result.reason, detail=result.summary or None)
     if result.timed_out:
         return Trigger.TIME_OUT, Outcome(reason=TIMED_OUT, detail=result.summary or None)
     if result.cancelled:
@@ -48,12 +53,14 @@ class RunStarter:
         executor: Executor,
         command_for: CommandFor,
         *,
+        source_for: SourceFor | None = None,
         actor: str = "executor",
         clock: Clock = system_clock,
     ) -> None:
         self._store = store
         self.executor = executor
         self._command_for = command_for
+        self._source_for = source_for or (lambda _repo: Source(checkout=False))
         self._actor = actor
         self._clock = clock
 
@@ -64,7 +71,7 @@ class RunStarter:
         run id, or None when the key was claimed already or the run could not be started (the
         attempt then fails as ``start_failed``, which is retried automatically).
         """
-        request = RunRequest.from_job(job, self._command_for(job.repo), delay_ms / 1000)
+        request = self.request_for(job, delay_ms)
         state = JobState.from_model(job)
         claim = RunClaim(lambda resumable_for_ms: self._claim(state, request, resumable_for_ms))
         try:
@@ -75,6 +82,12 @@ class RunStarter:
         if run_id is not None and run_id != request.idempotency_key:
             self._record(request, run_id)
         return run_id
+
+    def request_for(self, job: JobModel, delay_ms: int = 0) -> RunRequest:
+        """The run of ``job``'s current attempt, as its repository's configuration says."""
+        return RunRequest.from_job(
+            job, self._command_for(job.repo), delay_ms / 1000, self._source_for(job.repo)
+        )
 
     def _record(self, request: RunRequest, run_id: str) -> None:
         """Keep the run id the executor named itself (a CodeBuild build id), for cancels and

@@ -6,6 +6,7 @@ from scheduler.stream.decide import (
     PromoteQueued,
     RetryFailed,
     StartRun,
+    SupersedeOlder,
     Transition,
     TransitionObserver,
     decide,
@@ -13,6 +14,7 @@ from scheduler.stream.decide import (
 )
 from scheduler.stream.dispatcher import RETRY_ACTOR, Dispatcher, RunHook
 from scheduler.stream.events import PartialBatchResponse, StreamEvent, StreamRecord
+from scheduler.stream.supersede import Superseder
 
 __all__ = [
     "RETRY_ACTOR",
@@ -26,6 +28,8 @@ __all__ = [
     "StartRun",
     "StreamEvent",
     "StreamRecord",
+    "SupersedeOlder",
+    "Superseder",
     "Transition",
     "TransitionObserver",
     "decide",

@@ -14,7 +14,7 @@ from typing import Any
 
 from pynamodb.exceptions import PynamoDBException
 
-from scheduler.config import RetryPolicy
+from scheduler.config import RetryPolicy, SupersedeMode
 from scheduler.db.models import JobModel
 from scheduler.db.store import JobState
 from scheduler.errors import MalformedStreamRecord
@@ -25,15 +25,18 @@ __all__ = [
     "NO_AUTOMATIC_RETRY",
     "Action",
     "Activate",
+    "Lane",
     "PromoteQueued",
     "ReleaseSlot",
     "ReleaseTrigger",
     "RetryFailed",
     "StartRun",
     "StopRun",
+    "SupersedeOlder",
     "Transition",
     "TransitionObserver",
     "decide",
+    "lane_of",
     "read_transition",
 ]
 
@@ -100,7 +103,48 @@ class ReleaseTrigger:
     trigger_key: str
 
 
-Action = Activate | PromoteQueued | StartRun | RetryFailed | StopRun | ReleaseSlot | ReleaseTrigger
+@dataclass(frozen=True, slots=True)
+class Lane:
+    """What a newer job supersedes: the pushes of one branch, or the heads of one pull request."""
+
+    repo: str
+    event: str
+    branch: str | None = None
+    pr_number: int | None = None
+
+
+def lane_of(image: JobModel) -> Lane | None:
+    """The lane of a job; None for what is never superseded (tags)."""
+    if image.event == "pull_request" and image.pr_number is not None:
+        return Lane(image.repo, image.event, pr_number=int(image.pr_number))
+    if image.event == "push" and image.branch:
+        return Lane(image.repo, image.event, branch=image.branch)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class SupersedeOlder:
+    """A new job: cancel its lane's older jobs that ``mode`` covers, as ``superseded``.
+
+    "queued" covers pending jobs, "all" active ones too (their runs are stopped by their
+    cancel's own stream record, before their slots are handed on).
+    """
+
+    job: JobState
+    lane: Lane
+    mode: SupersedeMode
+
+
+Action = (
+    Activate
+    | PromoteQueued
+    | StartRun
+    | RetryFailed
+    | StopRun
+    | ReleaseSlot
+    | ReleaseTrigger
+    | SupersedeOlder
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,15 +176,20 @@ def decide(
     run_id: str | None = None,
     trigger_key: str | None = None,
     lost_attempts: int = 0,
+    supersede: SupersedeMode = "off",
+    lane: Lane | None = None,
 ) -> list[Action]:
     """Every action the transition ``source -> dest`` of ``job`` calls for (pure, no I/O).
 
     ``run_id`` and ``trigger_key`` are the new image's: the run to stop and the trigger guard
     to release when a job is cancelled. ``lost_attempts`` counts the job's attempts that failed
     for the infrastructure (this one included): those are retried on their own budget and do
-    not use up the repository's retry policy.
+    not use up the repository's retry policy. ``supersede`` is the repository's mode and
+    ``lane`` the new image's: only a new job (not a retry) supersedes, before it is activated.
     """
     if dest is JobStatus.PENDING and source in (None, JobStatus.FAILED, JobStatus.CANCELLED):
+        if source is None and supersede != "off" and lane is not None:
+            return [SupersedeOlder(job, lane, supersede), Activate(job)]
         return [Activate(job)]  # a new job, or a retry: queue or run it
     if dest is JobStatus.ACTIVE and source is JobStatus.PENDING:
         return [StartRun(job, delay_ms=job.start_delay_ms)]

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, assert_never
 
 from scheduler import tracing
-from scheduler.config import RetryPolicy
+from scheduler.config import RetryPolicy, SupersedeMode
 from scheduler.db.models import JobModel
 from scheduler.db.outage import is_outage
 from scheduler.db.store import JobState, JobStore
@@ -45,12 +45,15 @@ from scheduler.stream.decide import (
     RetryFailed,
     StartRun,
     StopRun,
+    SupersedeOlder,
     Transition,
     TransitionObserver,
     decide,
+    lane_of,
     read_transition,
 )
 from scheduler.stream.events import PartialBatchResponse, StreamEvent, StreamRecord
+from scheduler.stream.supersede import Superseder
 from state_machines import INFRASTRUCTURE_REASONS, JobStatus, TransitionConflict, Trigger
 
 __all__ = ["ACTOR", "RETRY_ACTOR", "Dispatcher", "RunHook"]
@@ -76,6 +79,9 @@ StopHook = Callable[[str], None]
 
 RetryPolicyFor = Callable[[str], RetryPolicy]
 """The automatic retry policy of a repository."""
+
+SupersedeFor = Callable[[str], SupersedeMode]
+"""The supersede mode of a repository (``off``, ``queued``, ``all``)."""
 
 
 _OUTAGE_MARGIN_MS = 10_000  # left for the last attempt and the response when time runs out
@@ -104,6 +110,7 @@ class Dispatcher:
         start_run: RunHook | None = None,
         stop_run: StopHook | None = None,
         retry_policy_for: RetryPolicyFor = lambda _repo: NO_AUTOMATIC_RETRY,
+        supersede_for: SupersedeFor = lambda _repo: "off",
         observers: Iterable[TransitionObserver] = (),
         promote_page: int = 5,
         promote_max: int = 25,
@@ -114,6 +121,8 @@ class Dispatcher:
         self._start_run = start_run or _log_activation
         self._stop_run = stop_run
         self._retry_policy_for = retry_policy_for
+        self._supersede_for = supersede_for
+        self._superseder = Superseder(store)
         self.observers = tuple(observers)
         self._promote_page = promote_page
         self._promote_max = promote_max
@@ -208,6 +217,8 @@ class Dispatcher:
                 for entry in transition.image.history or []
                 if entry.dest == JobStatus.FAILED.value and entry.reason in INFRASTRUCTURE_REASONS
             ),
+            supersede=self._supersede_for(job.repo) if transition.source is None else "off",
+            lane=lane_of(transition.image) if transition.source is None else None,
         )
         outcomes = []
         for action in actions:
@@ -263,6 +274,8 @@ class Dispatcher:
             case ReleaseTrigger(job=job, trigger_key=key):
                 self._store.release_trigger(job.job_id, key)
                 return "trigger_released"
+            case SupersedeOlder(job=job, lane=lane, mode=mode):
+                return f"superseded:{self._superseder.run(job, lane, mode)}"
             case _:
                 assert_never(action)
 

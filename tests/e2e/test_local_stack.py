@@ -48,7 +48,7 @@ def write_config(path: Path, effects: Path) -> None:
         return f'[repos."e2e/{mode}"]\ncommand = {argv}\nconcurrency = 3\n{extra}\n'
 
     path.write_text(
-        '[defaults]\ncommand = ["true"]\ntimeout_seconds = 60\n\n'
+        '[defaults]\ncheckout = false\ncommand = ["true"]\ntimeout_seconds = 60\n\n'
         "[defaults.retry]\nattempts = 1\n\n"
         + repo("pass")
         + repo("fail")

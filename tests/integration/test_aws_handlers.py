@@ -48,7 +48,15 @@ def build_event(status: str, job_id: str, attempt: int) -> dict[str, Any]:
 
 def active(store: JobStore, job_id: str, timeout: int = 600) -> JobState:
     job = store.create(
-        NewJob(job_id, "octo-org/api", "push", "d" * 40, timeout, ref="refs/heads/main")
+        NewJob(
+            job_id,
+            "octo-org/api",
+            "push",
+            "d" * 40,
+            timeout,
+            ref="refs/heads/main",
+            clone_url="https://github.com/octo-org/api.git",
+        )
     )
     result = store.activate(job, slot_limit=5)
     assert isinstance(result, JobState)
@@ -63,7 +71,10 @@ def test_a_build_starts_once_and_its_completion_passes_the_job(runtime: Any) -> 
             {"build": {"id": "ci-project:b1"}},
             {
                 "projectName": "ci-project",
-                "sourceVersion": "d" * 40,
+                # The job's repository at its exact commit, on the ref that holds it.
+                "sourceTypeOverride": "GITHUB",
+                "sourceLocationOverride": "https://github.com/octo-org/api.git",
+                "sourceVersion": f"refs/heads/main^{{{'d' * 40}}}",
                 "idempotencyToken": "aws-1#1",
                 "timeoutInMinutesOverride": 10,
                 "environmentVariablesOverride": ANY,

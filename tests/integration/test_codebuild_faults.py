@@ -20,7 +20,6 @@ from scheduler.aws import handlers
 from scheduler.aws.codebuild import IDEMPOTENCY_WINDOW_MS
 from scheduler.db.models import JobModel
 from scheduler.db.store import JobState, JobStore, NewJob, system_clock
-from scheduler.runs.executor import RunRequest
 from scheduler.runs.operations import Operations
 from scheduler.runs.starter import STOPPED, RunStarter
 from scheduler.wiring import Core
@@ -49,14 +48,17 @@ def codebuild(runtime: Core) -> Any:
 def start_params(runtime: Core, job: JobModel) -> dict[str, Any]:
     """The exact StartBuild parameters of ``job``'s current attempt."""
     assert runtime.runs is not None
-    request = RunRequest.from_job(job, runtime.config.policy(job.repo).command)
+    request = runtime.runs.request_for(job)
     params: dict[str, Any] = runtime.runs.executor.start_build_kwargs(request)  # type: ignore[attr-defined]
     assert params["idempotencyToken"] == f"{job.job_id}#{job.attempt}"
     return params
 
 
 def new_job(store: JobStore, job_id: str, timeout: int = 600) -> JobState:
-    return store.create(NewJob(job_id, REPO, "push", SHA, timeout, ref="refs/heads/main"))
+    url = f"https://github.com/{REPO}.git"
+    return store.create(
+        NewJob(job_id, REPO, "push", SHA, timeout, ref="refs/heads/main", clone_url=url)
+    )
 
 
 def active(store: JobStore, job_id: str, timeout: int = 600) -> JobState:

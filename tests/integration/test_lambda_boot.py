@@ -312,7 +312,10 @@ def test_every_function_boots_under_the_runtime_client_and_does_its_job(
         {
             "ref": "refs/heads/main",
             "after": sha,
-            "repository": {"full_name": "boot/app"},
+            "repository": {
+                "full_name": "boot/app",
+                "clone_url": "https://github.com/boot/app.git",
+            },
             "sender": {"login": "octocat"},
         }
     ).encode()
@@ -349,7 +352,11 @@ def test_every_function_boots_under_the_runtime_client_and_does_its_job(
     assert started == {"batchItemFailures": []}, stream.output()
     starts = [call for action, call in stream.api.codebuild if action == "StartBuild"]
     assert len(starts) == 1, stream.api.codebuild
-    assert starts[0]["projectName"] == PROJECT and starts[0]["sourceVersion"] == sha
+    # The build is of the job's repository at its exact commit (on the ref that holds it).
+    assert starts[0]["projectName"] == PROJECT
+    assert starts[0]["sourceVersion"] == f"refs/heads/main^{{{sha}}}"
+    assert starts[0]["sourceLocationOverride"] == "https://github.com/boot/app.git"
+    assert starts[0]["sourceTypeOverride"] == "GITHUB"
     assert starts[0]["idempotencyToken"] == f"{job_id}#1"
     build_id = JobModel.get(job_id, consistent_read=True).run_id
     assert build_id and build_id.startswith(f"{PROJECT}:")

@@ -239,6 +239,7 @@ JOB_ATTRIBUTES = {
     "branch",
     "sha",
     "pr_number",
+    "clone_url",  # the https URL a checkout fetches from (validated, never a path)
     "sender",
     "delivery_id",
     "trigger_key",  # a hash of (repo, event, ref or PR, sha): released if cancelled

@@ -190,20 +190,26 @@ class LocalStackProcess:
     def deliver(
         self, client: httpx.Client, repo: str, delivery: str, sha: str, branch: str = "main"
     ) -> httpx.Response:
-        body = json.dumps(
-            {
-                "ref": f"refs/heads/{branch}",
-                "after": sha,
-                "repository": {"full_name": repo},
-                "sender": {"login": "chaos"},
-            }
-        ).encode()
+        """A signed ``push`` of ``sha`` to ``branch``."""
+        push = {
+            "ref": f"refs/heads/{branch}",
+            "after": sha,
+            "repository": {"full_name": repo},
+            "sender": {"login": "chaos"},
+        }
+        return self.post_delivery(client, "push", delivery, push)
+
+    def post_delivery(
+        self, client: httpx.Client, event: str, delivery: str, payload: dict[str, Any]
+    ) -> httpx.Response:
+        """Any event, signed as GitHub signs it."""
+        body = json.dumps(payload).encode()
         return client.post(
             f"{self.url}/webhook",
             content=body,
             headers={
                 "Content-Type": "application/json",
-                "X-GitHub-Event": "push",
+                "X-GitHub-Event": event,
                 "X-GitHub-Delivery": delivery,
                 "X-Hub-Signature-256": sign(SECRET.encode(), body),
             },
@@ -242,15 +248,6 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float =
             return found
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return False
 
 
 def kill_leftovers(pids: list[int]) -> None:

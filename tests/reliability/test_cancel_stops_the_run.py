@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-from harness import LocalStackProcess, pid_alive, run_command, wait_for
+from harness import LocalStackProcess, run_command, wait_for
+from processes import pid_alive
 
 
 def test_cancelling_a_running_job_kills_its_tree_before_the_next_job_starts(
@@ -15,7 +16,7 @@ def test_cancelling_a_running_job_kills_its_tree_before_the_next_job_starts(
     starts only once the first run's processes are gone, and the limit is never exceeded."""
     stack = LocalStackProcess(tmp_path, config="")
     stack.config = (
-        '[repos."chaos/cancel"]\n'
+        '[repos."chaos/cancel"]\ncheckout = false\n'
         f"command = {run_command(stack.effects, 60, via_shell=True)}\n"
         "concurrency = 1\ntimeout_seconds = 300\n"
     )

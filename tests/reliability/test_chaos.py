@@ -22,7 +22,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from harness import LocalStackProcess, kill_leftovers, pid_alive, run_command, wait_for
+from harness import LocalStackProcess, kill_leftovers, run_command, wait_for
+from processes import pid_alive
 from test_database_faults import deliver_until_accepted
 
 FULL = os.environ.get("SCHEDULER_RELIABILITY") == "full"
@@ -39,7 +40,7 @@ EXPECTED = {PASS: ("passed", None), FAIL: ("failed", "exit_code"), HANG: ("faile
 
 def config(effects: Path) -> str:
     return (
-        f"[defaults]\ncommand = {run_command(effects, 0.3)}\n"
+        f"[defaults]\ncheckout = false\ncommand = {run_command(effects, 0.3)}\n"
         "concurrency = 4\ntimeout_seconds = 600\n"
         f'[repos."{FAIL}"]\ncommand = {run_command(effects, 0.2, 1)}\n'
         f'[repos."{FAIL}".retry]\nattempts = 2\non = ["exit_code"]\n'
@@ -102,6 +103,28 @@ class Ledger:
             self.accepted += 1
 
 
+def stuck_report(
+    stack: LocalStackProcess, client: httpx.Client, job_ids: list[str], seed: int
+) -> str:
+    """What a failed wait shows: the jobs that did not end, each repository's counters, the
+    dead letters and the end of the stack's log."""
+    stuck = [
+        job
+        for job in (stack.job(client, j) for j in job_ids)
+        if job["status"] in ("pending", "queued", "active")
+    ]
+    lines = [f"{len(stuck)} jobs did not end (replay: SCHEDULER_CHAOS_SEED={seed}):"]
+    for job in stuck[:10]:
+        lines.append(
+            f"  {job['job_id']} {job['repo']} {job['status']} attempt={job['attempt']}"
+            f" history={job['history'][-4:]}"
+        )
+    lines += [f"  stats {repo}: {stack.stats(client, repo)}" for repo in EXPECTED]
+    lines.append(f"  dead letters: {stack.dead_letters()[:3]}")
+    lines.append(stack.log_tail(3000))
+    return "\n".join(lines)
+
+
 @pytest.mark.timeout(1800 if FULL else 600)
 def test_chaos_keeps_the_books(tmp_path: Path) -> None:
     seed = int(os.environ.get("SCHEDULER_CHAOS_SEED") or random.randrange(2**32))
@@ -160,7 +183,12 @@ def test_chaos_keeps_the_books(tmp_path: Path) -> None:
                     for j in job_ids
                 )
 
-            wait_for("every job to end", terminal, 600 if FULL else 240, 1.0)
+            try:
+                wait_for("every job to end", terminal, 600 if FULL else 360, 1.0)
+            except AssertionError as timeout:
+                raise AssertionError(
+                    f"{timeout}\n{stuck_report(stack, client, job_ids, seed)}"
+                ) from None
             jobs = {j: stack.job(client, j) for j in job_ids}
             stats = {repo: stack.stats(client, repo) for repo in EXPECTED}
         ended_in = time.monotonic() - began
@@ -195,5 +223,6 @@ def test_chaos_keeps_the_books(tmp_path: Path) -> None:
         )
     finally:
         stack.stop()
+        alive = [s for s in stack.starts() if pid_alive(s.pid)]
         kill_leftovers([s.pid for s in stack.starts()])
-    assert not any(pid_alive(s.pid) for s in stack.starts())
+    assert not alive, (alive, stack.log_tail(3000))  # a stopped stack leaves no run behind

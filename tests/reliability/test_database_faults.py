@@ -10,7 +10,8 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
-from harness import LocalStackProcess, pid_alive, run_command, wait_for
+from harness import LocalStackProcess, run_command, wait_for
+from processes import pid_alive
 
 RESTARTED = "DynamoDB Local exited; restarting it"
 
@@ -41,7 +42,7 @@ def test_dynamodb_local_killed_under_load_is_restarted_and_every_job_runs_once(
 ) -> None:
     stack = LocalStackProcess(tmp_path, config="")
     stack.config = (
-        f"[defaults]\ncommand = {run_command(stack.effects, 1.5)}\n"
+        f"[defaults]\ncheckout = false\ncommand = {run_command(stack.effects, 1.5)}\n"
         "concurrency = 2\ntimeout_seconds = 600\n[defaults.retry]\nattempts = 1\n"
     )
     stack.start()

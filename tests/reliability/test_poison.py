@@ -38,7 +38,8 @@ POISON: dict[str, dict[str, Any]] = {
 def test_poison_items_are_dead_lettered_and_a_repaired_one_replays(tmp_path: Path) -> None:
     stack = LocalStackProcess(tmp_path, config="")
     stack.config = (
-        f"[defaults]\ncommand = {run_command(stack.effects, 0.1)}\nconcurrency = 4\n"
+        f"[defaults]\ncheckout = false\ncommand = {run_command(stack.effects, 0.1)}\n"
+        "concurrency = 4\n"
         "timeout_seconds = 600\n"
     )
     stack.start()
@@ -56,9 +57,7 @@ def test_poison_items_are_dead_lettered_and_a_repaired_one_replays(tmp_path: Pat
             for n in range(20):
                 if n % 5 == 2:  # a poison item between deliveries
                     job_id = sorted(POISON)[n // 5]
-                    ddb.put_item(
-                        TableName=table, Item={"job_id": {"S": job_id}, **POISON[job_id]}
-                    )
+                    ddb.put_item(TableName=table, Item={"job_id": {"S": job_id}, **POISON[job_id]})
                 response = stack.deliver(client, "poison/flow", f"flow-{n}", f"{n + 1:040x}")
                 assert response.status_code == 202, response.text
                 ids.append(response.json()["job_id"])

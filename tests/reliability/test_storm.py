@@ -14,7 +14,8 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
-from harness import LocalStackProcess, kill_leftovers, pid_alive, run_command, wait_for
+from harness import LocalStackProcess, kill_leftovers, run_command, wait_for
+from processes import pid_alive
 from test_database_faults import deliver_until_accepted
 
 REPOS = ("storm/a", "storm/b", "storm/c")
@@ -65,7 +66,7 @@ def test_storm_through_a_database_crash_and_a_stack_crash_keeps_the_books(
 ) -> None:
     stack = LocalStackProcess(tmp_path, config="")
     stack.config = (
-        f"[defaults]\ncommand = {run_command(stack.effects, 1, via_shell=True)}\n"
+        f"[defaults]\ncheckout = false\ncommand = {run_command(stack.effects, 1, via_shell=True)}\n"
         "concurrency = 3\ntimeout_seconds = 600\n[defaults.retry]\nattempts = 1\n"
     )
     stack.start()

@@ -98,6 +98,8 @@ def test_a_file_is_read_from_its_path(tmp_path: Path) -> None:
         ("[defaults]\nconcurrency = 1.5", "defaults.concurrency", "not a number"),
         ("[defaults]\nstatus_context = ''", "defaults.status_context", "non-empty string"),
         ("[defaults]\ntimeout = 5", "defaults.timeout", "unknown key"),
+        ("[defaults]\ncheckout = 'yes'", "defaults.checkout", "true or false"),
+        ("[defaults]\nclone_url = ''", "defaults.clone_url", "non-empty string"),
         ("defaults = 3", "defaults", "must be a table"),
         ("[defaults.retry]\nattempts = 0", "defaults.retry.attempts", "between 1 and 100"),
         ("[defaults.retry]\non = 'timed_out'", "defaults.retry.on", "array of strings"),

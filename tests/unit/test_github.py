@@ -139,6 +139,7 @@ def test_push_to_a_branch_builds_after() -> None:
         branch="master",
         trigger="refs/heads/master",
         sender="Codertocat",
+        clone_url="https://github.com/Codertocat/Hello-World.git",
     )
 
 
@@ -163,6 +164,36 @@ def test_pull_request_actions_that_build(action: str) -> None:
     assert result.sha == body["pull_request"]["head"]["sha"]
     assert (result.pr_number, result.ref, result.trigger) == (2, "refs/pull/2/head", "pr#2")
     assert (result.branch, result.base_branch) == ("changes", "master")
+
+
+@pytest.mark.parametrize(
+    ("url", "kept"),
+    [
+        ("https://github.com/Codertocat/Hello-World.git", True),
+        ("https://ghe.example.com:8443/org/repo.git", True),
+        ("/srv/git/app.git", False),  # a local path: only an operator may name one
+        ("file:///etc", False),
+        ("ext::sh -c touch% /tmp/pwned", False),
+        ("ssh://git@github.com/o/r.git", False),
+        ("https://user:token@github.com/o/r.git", False),  # no credentials from a payload
+        ("https://github.com/o/r.git?x=1", False),
+        ("https://github.com/o/r.git\n", False),
+        ("https://github.com/" + "a" * 600, False),
+    ],
+)
+def test_only_a_plain_https_clone_url_is_taken_from_a_payload(url: str, kept: bool) -> None:
+    body = payload("push.branch")
+    body["repository"] = {**body["repository"], "clone_url": url}
+    result = interpret(delivery("push", body))
+    assert isinstance(result, BuildRequest)
+    assert result.clone_url == (url if kept else None)
+
+
+def test_a_clone_url_of_the_wrong_type_is_refused() -> None:
+    body = payload("push.branch")
+    body["repository"] = {**body["repository"], "clone_url": ["https://github.com/o/r"]}
+    with pytest.raises(WebhookRejected, match=r"repository\.clone_url"):
+        interpret(delivery("push", body))
 
 
 def test_other_pull_request_actions_and_events_make_no_job() -> None:

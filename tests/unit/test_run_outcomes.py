@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import boto3
 import pytest
 from botocore.stub import Stubber
 
-from scheduler.aws.codebuild import CodeBuildExecutor, result_from_event
+from scheduler.aws.codebuild import CodeBuildExecutor, result_from_event, source_override
 from scheduler.github.statuses import StatusUpdate, status_for
-from scheduler.runs.executor import RunRequest, RunResult
+from scheduler.runs.executor import RunRequest, RunResult, StartRefused
 from scheduler.runs.starter import outcome_of
 from state_machines import TIMED_OUT, JobStatus, Trigger
 
@@ -130,3 +131,45 @@ def test_codebuild_completion_events() -> None:
     assert failed is not None and failed.exit_code == 1
     assert result_from_event(_build_event("IN_PROGRESS", ours)) is None
     assert result_from_event(_build_event("SUCCEEDED", {})) is None  # not one of ours
+
+
+@pytest.mark.parametrize(
+    ("url", "ref", "kind", "version"),
+    [
+        (
+            "https://github.com/octo-org/api.git",
+            "refs/pull/7/head",
+            "GITHUB",
+            "refs/pull/7/head^{" + "f" * 40 + "}",
+        ),
+        (
+            "https://ghe.example.com/octo-org/api.git",
+            "refs/tags/v1",
+            "GITHUB_ENTERPRISE",
+            "refs/tags/v1^{" + "f" * 40 + "}",
+        ),
+        ("https://github.com/octo-org/api.git", None, "GITHUB", "f" * 40),
+    ],
+)
+def test_a_build_checks_out_the_jobs_repository_at_its_commit(
+    url: str, ref: str | None, kind: str, version: str
+) -> None:
+    request = replace(REQUEST, checkout=True, clone_url=url, ref=ref)
+    assert source_override(request) == {
+        "sourceTypeOverride": kind,
+        "sourceLocationOverride": url,
+        "sourceVersion": version,
+    }
+    kwargs = CodeBuildExecutor(None, "ci-project").start_build_kwargs(request)
+    assert kwargs["sourceLocationOverride"] == url and kwargs["sourceVersion"] == version
+
+
+@pytest.mark.parametrize("url", [None, "/srv/git/api.git", "git@github.com:o/r.git"])
+def test_a_build_with_no_https_clone_url_is_refused(url: str | None) -> None:
+    with pytest.raises(StartRefused, match="no https clone URL"):
+        source_override(replace(REQUEST, checkout=True, clone_url=url))
+
+
+def test_checkout_false_builds_the_projects_own_source() -> None:
+    kwargs = CodeBuildExecutor(None, "ci-project").start_build_kwargs(REQUEST)
+    assert "sourceLocationOverride" not in kwargs and kwargs["sourceVersion"] == "f" * 40

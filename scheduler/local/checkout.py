@@ -1,0 +1,173 @@
+"""A fresh work tree of a job's commit, fetched through one cached mirror per repository.
+
+The first job of a repository fetches the commit into a bare mirror under the stack's data
+folder; later jobs fetch only what the mirror lacks (nothing, when the commit is there). Each
+attempt then gets its own clone of the mirror (``--shared``: objects are borrowed, not copied)
+checked out at the exact sha, so nothing leaks from one run into the next. A pull request's head
+is fetched by its sha: GitHub serves any commit reachable from ``refs/pull/N/head``.
+
+Mirrors are guarded by a file lock each, so concurrent jobs of one repository (threads or
+processes) never fetch into a mirror at once. Every fetched commit gets a ref of its own in the
+mirror (``refs/scheduler/<sha>``), so no garbage collection can take objects a work tree borrows.
+
+Credentials never come from a payload: ``SCHEDULER_GIT_TOKEN`` (the operator's) is handed to git
+by a credential helper that reads it from git's environment, so it is on no command line, in no
+URL, log or job item. Git never prompts (a missing credential fails the fetch) and runs no
+transport but https, ssh, git and local files (never ``ext::``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from scheduler.errors import DomainError
+
+__all__ = ["TOKEN_VARIABLE", "CheckoutFailed", "CommitNotFound", "SourceCheckout"]
+
+log = logging.getLogger(__name__)
+
+TOKEN_VARIABLE = "SCHEDULER_GIT_TOKEN"
+FETCH_TIMEOUT_SECONDS = 600
+LOCAL_TIMEOUT_SECONDS = 120
+_SHA = re.compile(r"[0-9a-f]{40}")
+# Git's own answer when the remote is reachable but has no such commit.
+_NOT_THERE = re.compile(r"not our ref|couldn't find remote ref|no such remote ref", re.I)
+_HELPER = (
+    '!f() { test "$1" = get || exit 0; echo username=x-access-token;'
+    ' echo "password=$SCHEDULER_GIT_TOKEN"; }; f'
+)
+
+
+class CheckoutFailed(DomainError):
+    """The commit could not be fetched (remote unreachable, refused, timed out): the
+    infrastructure's failure, retried as ``start_failed``."""
+
+
+class CommitNotFound(DomainError):
+    """The remote answered but has no such commit: the job's failure (reason ``error``)."""
+
+
+class SourceCheckout:
+    def __init__(self, folder: Path, *, token: str | None = None) -> None:
+        self._mirrors = folder / "mirrors"
+        self._token = token or None
+
+    def prepare(self, repo: str, clone_url: str | None, sha: str, workdir: Path) -> None:
+        """Make ``workdir`` a fresh work tree of ``repo`` at ``sha``, fetched from ``clone_url``."""
+        if not clone_url:
+            raise CommitNotFound(
+                f"no clone URL for {repo}: the payload has no https clone_url; set clone_url"
+                " in the repository configuration (or checkout = false)"
+            )
+        if _SHA.fullmatch(sha) is None:
+            raise CommitNotFound(f"{sha!r} is not a commit sha")
+        mirror = self._mirrors / _mirror_name(repo)
+        with self._locked(mirror):
+            self._fetch(mirror, clone_url, sha)
+            shutil.rmtree(workdir, ignore_errors=True)  # what a lost earlier start left
+            workdir.parent.mkdir(parents=True, exist_ok=True)
+            clone = ["clone", "--quiet", "--shared", "--no-checkout", str(mirror), str(workdir)]
+            self._git("clone", clone)
+        self._git("checkout", ["-C", str(workdir), "checkout", "--quiet", "--detach", sha])
+
+    def _fetch(self, mirror: Path, url: str, sha: str) -> None:
+        if not mirror.exists():
+            partial = mirror.with_name(mirror.name + ".new")
+            shutil.rmtree(partial, ignore_errors=True)
+            self._git("init", ["init", "--quiet", "--bare", str(partial)])
+            partial.rename(mirror)  # a mirror is whole or absent, whenever the stack dies
+        if self._has(mirror, sha):
+            return
+        fetch = ["-C", str(mirror), "fetch", "--quiet", "--no-tags", "--", url]
+        result = self._run([*fetch, f"+{sha}:refs/scheduler/{sha}"], FETCH_TIMEOUT_SECONDS)
+        if result.returncode == 0 and self._has(mirror, sha):
+            return
+        reason = _last_line(result.stderr)
+        if _NOT_THERE.search(result.stderr) and self._reachable(url):
+            raise CommitNotFound(f"commit {sha} is not in {_shown(url)}: {reason}")
+        raise CheckoutFailed(f"cannot fetch {sha} from {_shown(url)}: {reason}")
+
+    def _has(self, mirror: Path, sha: str) -> bool:
+        check = ["-C", str(mirror), "cat-file", "-e", f"{sha}^{{commit}}"]
+        return self._run(check, LOCAL_TIMEOUT_SECONDS).returncode == 0
+
+    def _reachable(self, url: str) -> bool:
+        return self._run(["ls-remote", "--heads", "--", url], 60).returncode == 0
+
+    def _git(self, what: str, args: Sequence[str]) -> None:
+        result = self._run(args, LOCAL_TIMEOUT_SECONDS)
+        if result.returncode != 0:
+            raise CheckoutFailed(f"git {what}: {_last_line(result.stderr)}")
+
+    def _run(self, args: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
+        try:
+            return subprocess.run(
+                ["git", *args],
+                env=self._environment(),
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise CheckoutFailed(f"git timed out after {timeout:.0f} s") from None
+        except OSError as exc:
+            raise CheckoutFailed(f"cannot run git: {exc}") from exc
+
+    def _environment(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
+        settings = {
+            "protocol.allow": "never",
+            "protocol.https.allow": "always",
+            "protocol.ssh.allow": "always",
+            "protocol.git.allow": "always",
+            "protocol.file.allow": "always",
+            "gc.auto": "0",
+            "advice.detachedHead": "false",
+        }
+        if self._token:
+            settings["credential.helper"] = _HELPER
+            env[TOKEN_VARIABLE] = self._token
+        env.update(GIT_TERMINAL_PROMPT="0", GIT_ASKPASS="true", GIT_CONFIG_NOSYSTEM="1")
+        env["GIT_CONFIG_COUNT"] = str(len(settings))
+        for index, (key, value) in enumerate(settings.items()):
+            env[f"GIT_CONFIG_KEY_{index}"] = key
+            env[f"GIT_CONFIG_VALUE_{index}"] = value
+        return env
+
+    @contextlib.contextmanager
+    def _locked(self, mirror: Path) -> Iterator[None]:
+        mirror.parent.mkdir(parents=True, exist_ok=True)
+        with open(mirror.with_name(mirror.name + ".lock"), "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # per open file: threads and processes alike
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _mirror_name(repo: str) -> str:
+    """A folder name per repository (case-insensitive, as on GitHub), safe on any disk."""
+    readable = re.sub(r"[^a-z0-9._-]", "_", repo.lower())[:80]
+    digest = hashlib.sha256(repo.lower().encode()).hexdigest()[:12]
+    return f"{readable}-{digest}.git"
+
+
+def _shown(url: str) -> str:
+    """``url`` without any user info (an operator's URL may carry a credential)."""
+    return re.sub(r"//[^/@]*@", "//", url)
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return _shown(lines[-1])[:200] if lines else "no message from git"

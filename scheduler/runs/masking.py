@@ -1,0 +1,81 @@
+"""Masking secrets out of run output before it is stored or shown (pure).
+
+A run's last lines travel into the job item (its outcome detail), the commit status and the
+log route. The operator names the environment variables whose values are secret (``mask_env``
+in the repository configuration); the scheduler's own secrets are always masked.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "ALWAYS_MASKED",
+    "MASK",
+    "MIN_MASKED_CHARS",
+    "NO_MASK",
+    "Masker",
+    "masker_for",
+    "secret_values",
+]
+
+MASK = "***"
+# The scheduler's own secrets: masked whether or not the configuration names them.
+ALWAYS_MASKED = (
+    "GITHUB_WEBHOOK_SECRET",
+    "GITHUB_TOKEN",
+    "SCHEDULER_API_TOKEN",
+    "SCHEDULER_GITHUB_TOKEN",
+    "SCHEDULER_CURSOR_SECRET",
+)
+# Shorter values are left alone: masking "1" or "on" would mask ordinary text, not a secret.
+MIN_MASKED_CHARS = 4
+
+
+def secret_values(names: Iterable[str], environ: Mapping[str, str]) -> tuple[str, ...]:
+    """The values of the set variables among ``names`` and :data:`ALWAYS_MASKED`."""
+    wanted = dict.fromkeys([*ALWAYS_MASKED, *names])
+    return tuple(environ[name] for name in wanted if environ.get(name))
+
+
+@dataclass(frozen=True, slots=True)
+class Masker:
+    """Replaces each secret value in a text with :data:`MASK`."""
+
+    secrets: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Longest first: a secret that contains another is masked whole.
+        kept = {value for value in self.secrets if len(value) >= MIN_MASKED_CHARS}
+        object.__setattr__(self, "secrets", tuple(sorted(kept, key=len, reverse=True)))
+
+    def __call__(self, text: str) -> str:
+        for value in self.secrets:
+            if value in text:
+                text = text.replace(value, MASK)
+        return text
+
+    def with_values(self, values: Iterable[str]) -> Masker:
+        return Masker((*self.secrets, *values))
+
+
+NO_MASK = Masker()
+
+
+def masker_for(
+    mask_env_of: Callable[[str], Sequence[str]],
+    own_secrets: Iterable[str | None] = (),
+    environ: Mapping[str, str] | None = None,
+) -> Callable[[str], Masker]:
+    """A repository -> :class:`Masker` function: the values of the repository's ``mask_env``
+    variables and of :data:`ALWAYS_MASKED` in ``environ`` (the process environment), plus
+    ``own_secrets`` (the settings' secrets, which on Lambda come from Secrets Manager)."""
+    env = os.environ if environ is None else environ
+    extra = tuple(value for value in own_secrets if value)
+
+    def for_repo(repo: str) -> Masker:
+        return Masker((*secret_values(mask_env_of(repo), env), *extra))
+
+    return for_repo
