@@ -29,7 +29,7 @@ from pathlib import Path
 from scheduler.local.checkout import TOKEN_VARIABLE, CheckoutFailed, CommitNotFound, SourceCheckout
 from scheduler.local.procutil import die_with_parent
 from scheduler.local.run_log import LOGS_FOLDER, CappedLog, OutputPump, log_file
-from scheduler.local.run_records import MARKER, RunRecords
+from scheduler.local.run_records import MARKER, TOKEN, RunRecords
 from scheduler.runs.executor import Claim, OnFinished, RunRequest, RunResult, RunStatus
 from scheduler.runs.masking import NO_MASK, Masker
 from scheduler.settings import DEFAULT_LOG_MAX_BYTES
@@ -295,6 +295,8 @@ class LocalExecutor:
             output.close()
             return refused
         mask = self._mask_for(request.repo)
+        # Recorded before the spawn: a stack killed at any moment leaves no untracked process.
+        token = self.records.starting(request.idempotency_key)
         try:
             run.process = subprocess.Popen(
                 list(request.command),  # an argv list: no shell ever sees payload data
@@ -303,6 +305,7 @@ class LocalExecutor:
                     **self._base_env,
                     **request.environment(),
                     MARKER: request.idempotency_key,
+                    TOKEN: token,
                 },
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
@@ -311,6 +314,7 @@ class LocalExecutor:
                 preexec_fn=die_with_parent,  # noqa: PLW1509 - never outlives the scheduler
             )
         except OSError as exc:
+            self.records.ended(request.idempotency_key)
             output.write(f"[scheduler: cannot start: {exc}]\n".encode())
             output.close()
             return RunResult(
@@ -318,7 +322,7 @@ class LocalExecutor:
             )
         assert run.process.stdout is not None
         pump = OutputPump(run.process.stdout, output, name=f"output-{request.idempotency_key}")
-        self.records.started(request.idempotency_key, run.process.pid)
+        self.records.started(request.idempotency_key, run.process.pid, token)
         if run.cancelled:
             _kill_group(run.process)
         try:

@@ -2,10 +2,12 @@
 
 Two small records per run, under the executor's folder:
 
-- ``procs/<key>.json`` — the process group of a running command. ``PR_SET_PDEATHSIG`` reaches
-  only the direct child, so after a SIGKILL of ``scheduler up`` a command's grandchildren live
-  on; on restart, every process still in a recorded group *and* carrying the run's marker
-  variable is killed (the marker keeps a recycled pid of somebody else's process safe).
+- ``procs/<key>.json`` — a running command's token, written *before* it is spawned (then its
+  process group too). ``PR_SET_PDEATHSIG`` reaches only the direct child, so after a SIGKILL
+  of ``scheduler up`` a command's grandchildren live on; on restart, every process carrying a
+  recorded run's token in its environment is killed: wherever it went (a new session, another
+  group), and whenever the stack died (even between the spawn and the record of its pid). A
+  recycled pid of somebody else's process never carries the token.
 - ``results/<key>.json`` — a run's outcome, written before it is reported and removed once the
   store has it: an outcome that could not be recorded (the database was down, the stack was
   stopped) is reported after the restart instead of being lost or replaced by a timeout.
@@ -17,6 +19,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import signal
 from dataclasses import asdict
 from pathlib import Path
@@ -29,6 +32,9 @@ log = logging.getLogger(__name__)
 
 MARKER = "SCHEDULER_RUN_KEY"
 """The environment variable that names a run's key in every process of its tree."""
+
+TOKEN = "SCHEDULER_RUN_TOKEN"
+"""The environment variable holding a run's unique token (random, one per spawn)."""
 
 
 def _file_name(key: str) -> str:
@@ -44,8 +50,15 @@ class RunRecords:
 
     # -- process groups ----------------------------------------------------------------------
 
-    def started(self, key: str, pgid: int) -> None:
-        _write_atomically(self._procs / _file_name(key), {"key": key, "pgid": pgid})
+    def starting(self, key: str) -> str:
+        """Record a run about to be spawned; returns the token its processes must carry."""
+        token = secrets.token_hex(16)
+        _write_atomically(self._procs / _file_name(key), {"key": key, "token": token})
+        return token
+
+    def started(self, key: str, pgid: int, token: str) -> None:
+        record = {"key": key, "token": token, "pgid": pgid}
+        _write_atomically(self._procs / _file_name(key), record)
 
     def ended(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -57,8 +70,11 @@ class RunRecords:
         for path in sorted(self._procs.glob("*.json")):
             record = _read(path)
             if record is not None:
-                key, pgid = str(record["key"]), int(str(record["pgid"]))
-                victims = _group_members(pgid, f"{MARKER}={key}".encode())
+                key = str(record["key"])
+                if "token" in record:
+                    victims = _carrying(f"{TOKEN}={record['token']}".encode())
+                else:  # a record of an older version: its group, with the key as marker
+                    victims = _carrying(f"{MARKER}={key}".encode(), int(str(record["pgid"])))
                 for pid in victims:
                     with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.kill(pid, signal.SIGKILL)
@@ -97,6 +113,7 @@ class RunRecords:
                     timed_out=bool(record["timed_out"]),
                     cancelled=bool(record["cancelled"]),
                     summary=str(record["summary"]),
+                    reason=None if record.get("reason") is None else str(record["reason"]),
                 )
             except (KeyError, ValueError):
                 log.warning("unreadable run outcome %s: ignored", path)
@@ -124,16 +141,16 @@ def _read(path: Path) -> dict[str, object] | None:
     return data if isinstance(data, dict) else None
 
 
-def _group_members(pgid: int, marker: bytes) -> list[int]:
-    """Pids in process group ``pgid`` whose environment holds ``marker`` (Linux /proc)."""
+def _carrying(marker: bytes, pgid: int | None = None) -> list[int]:
+    """Pids whose environment holds ``marker`` (in process group ``pgid`` if given; /proc)."""
     members = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
             stat = (entry / "stat").read_text()
             fields = stat.rsplit(")", 1)[1].split()
-            if int(fields[2]) != pgid:  # fields after the name: state, ppid, pgrp, ...
+            if pgid is not None and int(fields[2]) != pgid:  # state, ppid, pgrp, ...
                 continue
             if marker in (entry / "environ").read_bytes().split(b"\0"):
                 members.append(int(entry.name))
