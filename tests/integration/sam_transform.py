@@ -34,7 +34,6 @@ def main():
             "AWS::Partition": "aws",
             "AWS::AccountId": "123456789012",
             "AWS::StackName": "scheduler",
-            "CodeBuildProjectName": "ci-project",
         },
     )
     json.dump(output, sys.stdout, default=str)

@@ -159,7 +159,7 @@ def function_environment(logical_id: str, settings: Settings) -> dict[str, str]:
         "JobsTable": settings.tables.jobs,
         "ReposTable": settings.tables.repos,
         "RepositoryConfigFile": "scheduler.local.toml",
-        "CodeBuildProjectName": PROJECT,
+        "BuildProject": PROJECT,
         "WebhookSecret": WEBHOOK_SECRET_ARN,
         "CursorSecret": CURSOR_SECRET_ARN,
         "RetentionDays": "30",

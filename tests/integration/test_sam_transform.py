@@ -66,6 +66,7 @@ def test_inline_policies_name_their_resources_and_actions(transformed: dict[str,
         "ApiFunctionRole",
         "CompletionFunctionRole",
         "ReaperFunctionRole",
+        "BuildRole",
     }
     for name, role in roles.items():
         for statement in statements(role):
@@ -73,12 +74,9 @@ def test_inline_policies_name_their_resources_and_actions(transformed: dict[str,
             actions = actions if isinstance(actions, list) else [actions]
             assert all("*" not in action for action in actions), (name, statement)
             assert statement["Resource"] != "*", (name, statement)
-            resource = json.dumps(statement["Resource"])
-            if actions == ["logs:GetLogEvents"]:
-                # A build's log stream is named by CodeBuild (the build's id): the one log
-                # group's streams, never more (no wildcard before the group's ":*").
-                resource = resource.replace("/aws/codebuild/${CodeBuildProjectName}:*", "")
-            assert "*" not in resource, (name, statement)
+            # A build's log stream is named by CodeBuild (the build's id): its group's ARN
+            # (which ends in ":*") is the narrowest resource, and names no other group.
+            assert "*" not in json.dumps(statement["Resource"]), (name, statement)
 
 
 def test_each_grant_is_made_once(transformed: dict[str, Any]) -> None:
@@ -98,3 +96,30 @@ def test_only_the_webhook_is_public(transformed: dict[str, Any]) -> None:
         for props in of_type(transformed, "AWS::Lambda::Url").values()
     }
     assert urls == {"WebhookFunction": "NONE", "ApiFunction": "AWS_IAM"}
+
+
+def test_builds_run_in_the_stacks_own_project_with_a_role_that_only_writes_its_log(
+    transformed: dict[str, Any],
+) -> None:
+    project = of_type(transformed, "AWS::CodeBuild::Project")["BuildProject"]
+    assert project["ServiceRole"] == {"Fn::GetAtt": ["BuildRole", "Arn"]}
+    assert project["Source"]["Type"] == "NO_SOURCE"  # each build names its repository
+    assert project["LogsConfig"]["CloudWatchLogs"]["GroupName"] == {"Ref": "BuildLogGroup"}
+    roles = of_type(transformed, "AWS::IAM::Role")
+    trust = roles["BuildRole"]["AssumeRolePolicyDocument"]["Statement"]
+    assert [t["Principal"] for t in trust] == [{"Service": "codebuild.amazonaws.com"}]
+    assert all("aws:SourceAccount" in t["Condition"]["StringEquals"] for t in trust)
+    granted = [
+        (action, json.dumps(statement["Resource"]))
+        for statement in statements(roles["BuildRole"])
+        for action in statement["Action"]
+    ]
+    log_group = json.dumps({"Fn::GetAtt": ["BuildLogGroup", "Arn"]})
+    assert granted == [("logs:CreateLogStream", log_group), ("logs:PutLogEvents", log_group)]
+    # Every function that starts, stops or reads builds names this project, and no other.
+    for name, role in roles.items():
+        for statement in statements(role):
+            actions = statement["Action"]
+            actions = actions if isinstance(actions, list) else [actions]
+            if any(action.startswith("codebuild:") for action in actions):
+                assert "${BuildProject}" in json.dumps(statement["Resource"]), (name, statement)

@@ -77,7 +77,9 @@ def test_index_key_attributes_are_declared_on_the_model() -> None:
 
 
 def test_template_passes_cfn_lint() -> None:
-    from cfnlint.api import lint_all
+    from cfnlint.api import lint
 
-    matches = lint_all(DEFAULT_TEMPLATE.read_text())
+    # The main commercial regions: CodeBuild (the builds) is not offered in every region.
+    regions = ["us-east-1", "us-west-2", "eu-west-1", "eu-central-1", "ap-northeast-1"]
+    matches = lint(DEFAULT_TEMPLATE.read_text(), regions=regions)
     assert [str(m) for m in matches if m.rule.severity in ("error", "warning")] == []

@@ -45,7 +45,9 @@ def test_logs_are_json_at_info_and_kept_for_a_bounded_time() -> None:
         for r in RESOURCES.values()
         if r["Type"] == "AWS::Logs::LogGroup"
     }
-    assert groups == {f"/aws/lambda/${{{f}}}": {"Ref": "LogRetentionDays"} for f in FUNCTIONS}
+    kept = {"Ref": "LogRetentionDays"}
+    builds = "/aws/codebuild/${AWS::StackName}-build"  # the jobs' own output
+    assert groups == {builds: kept} | {f"/aws/lambda/${{{f}}}": kept for f in FUNCTIONS}
 
 
 def test_the_webhook_url_output_is_the_payload_url() -> None:
