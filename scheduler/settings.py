@@ -114,6 +114,9 @@ class Settings:
     github_api_url: str = "https://api.github.com"
     # AWS runs: the CodeBuild project that builds a job (unset: runs are not started).
     codebuild_project: str | None = None
+    # AWS: the stream mapping's on-failure queue (the template's StreamDeadLetterQueueUrl
+    # output): ``scheduler dlq`` reads and replays it when no local stack is meant.
+    stream_dlq_url: str | None = None
     # "xray": trace with AWS X-Ray (the default on Lambda); anything else: no tracing.
     tracing: str | None = None
     # Running inside AWS Lambda: no background threads (Lambda freezes them between calls).
@@ -171,6 +174,7 @@ class Settings:
             github_token=env.get("SCHEDULER_GITHUB_TOKEN") or env.get("GITHUB_TOKEN") or None,
             github_api_url=env.get("SCHEDULER_GITHUB_API_URL", "https://api.github.com"),
             codebuild_project=env.get("SCHEDULER_CODEBUILD_PROJECT") or None,
+            stream_dlq_url=env.get("SCHEDULER_STREAM_DLQ_URL") or None,
             tracing=env.get("SCHEDULER_TRACING")
             or ("xray" if env.get("AWS_LAMBDA_FUNCTION_NAME") else None),
             on_lambda=bool(env.get("AWS_LAMBDA_FUNCTION_NAME")),

@@ -368,7 +368,19 @@ _ERROR_CHARS = 80
 
 
 def dead_letter_queue(settings: Settings) -> DeadLetterQueue:
-    """The dead-letter queue of the settings' table, stamping replays with the wall clock."""
+    """The dead letters the settings name, stamping replays with the wall clock: the local
+    stack's table, or on AWS the stream's on-failure queue (``SCHEDULER_STREAM_DLQ_URL``)."""
+    if settings.dynamodb_endpoint is None and settings.stream_dlq_url:
+        from scheduler.aws.clients import aws_client
+        from scheduler.aws.stream_dead_letters import QueuedDeadLetters
+        from scheduler.db.clients import client as dynamodb_client
+
+        letters = QueuedDeadLetters(
+            aws_client("sqs", settings),
+            dynamodb_client("dynamodbstreams", settings),
+            settings.stream_dlq_url,
+        )
+        return DeadLetterQueue(letters, now_ms=now_ms)
     return DeadLetterQueue(DeadLetterStore.from_settings(settings), now_ms=now_ms)
 
 

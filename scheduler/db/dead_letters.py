@@ -11,7 +11,7 @@ import gzip
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -19,7 +19,7 @@ from scheduler.db import clients
 from scheduler.errors import StoreUnavailable
 from scheduler.settings import Settings
 
-__all__ = ["DEAD_LETTER_SOURCE", "DeadLetter", "DeadLetterStore", "Handler"]
+__all__ = ["DEAD_LETTER_SOURCE", "DeadLetter", "DeadLetterSource", "DeadLetterStore", "Handler"]
 
 DEAD_LETTER_SOURCE = "jobs"
 _MAX_DEAD_LETTER_BYTES = 350_000  # an item holds at most 400 KB
@@ -70,6 +70,18 @@ class DeadLetter:
             records=json.loads(gzip.decompress(item["records_gz"]["B"])),
             replayed_at=int(item["replayed_at"]["N"]) if "replayed_at" in item else None,
         )
+
+
+class DeadLetterSource(Protocol):
+    """Where the operator's ``dlq`` commands find letters: this table locally, the stream's
+    on-failure queue on AWS (:mod:`scheduler.aws.stream_dead_letters`)."""
+
+    def list(self, limit: int = 100) -> list[DeadLetter]: ...
+
+    def get(self, dead_letter_id: str) -> DeadLetter | None: ...
+
+    def replay(self, letter: DeadLetter, handler: Handler, now_ms: int) -> Any:
+        """Invoke ``handler`` with the letter's records; mark it done if none failed."""
 
 
 class DeadLetterStore:

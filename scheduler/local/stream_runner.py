@@ -48,9 +48,8 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -61,6 +60,7 @@ from scheduler.errors import BatchInterrupted, StoreUnavailable
 from scheduler.local.checkpoints import Checkpoint, CheckpointStore, sequence_position
 from scheduler.local.mapping import STREAM_FUNCTION, MappingConfig, PollingConfig
 from scheduler.settings import Settings
+from scheduler.stream.events import lambda_record
 
 __all__ = ["RunnerStats", "StreamRunner", "lambda_record"]
 
@@ -68,18 +68,6 @@ log = logging.getLogger(__name__)
 
 
 # -- records ------------------------------------------------------------------------------------
-
-
-def lambda_record(raw: Mapping[str, Any], stream_arn: str) -> dict[str, Any]:
-    """A ``GetRecords`` record in the shape Lambda delivers it (epoch seconds, source ARN)."""
-    record = dict(raw)
-    data = dict(raw["dynamodb"])
-    created = data.get("ApproximateCreationDateTime")
-    if isinstance(created, datetime):
-        data["ApproximateCreationDateTime"] = created.timestamp()
-    record["dynamodb"] = data
-    record["eventSourceARN"] = stream_arn
-    return record
 
 
 @dataclass

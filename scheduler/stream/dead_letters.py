@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from scheduler.db.dead_letters import DeadLetter, DeadLetterStore, Handler
+from scheduler.db.dead_letters import DeadLetter, DeadLetterSource, Handler
 from scheduler.errors import DomainError
 
 __all__ = ["DeadLetterQueue", "ReplaySummary", "Replayed", "dead_letter_job_ids"]
@@ -102,7 +102,7 @@ class DeadLetterQueue:
     """Listing, lookup and replay of the dead letters in ``store``; ``now_ms`` is the clock
     (epoch milliseconds) a replay is stamped with."""
 
-    def __init__(self, store: DeadLetterStore, now_ms: Callable[[], int]) -> None:
+    def __init__(self, store: DeadLetterSource, now_ms: Callable[[], int]) -> None:
         self._store = store
         self._now_ms = now_ms
 

@@ -3,6 +3,8 @@ sends): the batch event and the partial batch response keyed by sequence number.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from datetime import datetime
 from typing import Any, Literal, NotRequired, TypedDict
 
 __all__ = [
@@ -11,7 +13,20 @@ __all__ = [
     "StreamEvent",
     "StreamRecord",
     "StreamRecordData",
+    "lambda_record",
 ]
+
+
+def lambda_record(raw: Mapping[str, Any], stream_arn: str) -> dict[str, Any]:
+    """A ``GetRecords`` record in the shape Lambda delivers it (epoch seconds, source ARN)."""
+    record = dict(raw)
+    data = dict(raw["dynamodb"])
+    created = data.get("ApproximateCreationDateTime")
+    if isinstance(created, datetime):
+        data["ApproximateCreationDateTime"] = created.timestamp()
+    record["dynamodb"] = data
+    record["eventSourceARN"] = stream_arn
+    return record
 
 
 class StreamRecordData(TypedDict):
