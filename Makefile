@@ -20,7 +20,18 @@ $(BIN)/.installed: pyproject.toml
 dynamodb-local:
 	@infra/install-dynamodb-local.sh $(DDB_DIR)
 
-test: setup
+# The dashboard's browser tests drive Debian's chromium, headless (never `playwright install`).
+.PHONY: chromium
+chromium:
+	@test -x /usr/bin/chromium || { \
+		echo "installing Debian's chromium for the browser tests (apt-get)" >&2; \
+		SUDO=$$(test "$$(id -u)" -eq 0 || echo sudo); \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+			chromium >/dev/null && test -x /usr/bin/chromium; \
+	} || { echo "error: could not install chromium with apt-get (try: sudo apt-get install chromium)" >&2; exit 1; }
+
+test: setup chromium
 	$(BIN)/python -m pytest
 
 # The reliability suite at full size (2,000-delivery chaos, 10,000+ hostile requests); prints

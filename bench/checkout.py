@@ -9,6 +9,8 @@ run does. Printed, each as p50/p90/p99/max over ``--jobs`` checkouts:
 * **second job**: the same commit again (the mirror has it: nothing is fetched);
 * **new commit**: a commit the mirror lacks (one fetch of what is new);
 * **parallel**: ``--parallel`` jobs of one repository at once (they share the mirror's lock).
+* **plain clone** (the baseline): ``git clone`` of the repository and a checkout of the commit,
+  no mirror: what a run would do without one.
 
 Run from the project root (about a minute)::
 
@@ -64,37 +66,59 @@ def timed(checkout: SourceCheckout, origin: Path, sha: str, tree: Path) -> float
     return took
 
 
+def raw_clone(origin: Path, sha: str, tree: Path) -> float:
+    """The baseline: a plain ``git clone`` of the origin and a checkout of ``sha``, no mirror."""
+    started = time.perf_counter()
+    git(tree.parent, "clone", "--quiet", "--no-checkout", str(origin), str(tree))
+    git(tree, "checkout", "--quiet", "--detach", sha)
+    took = time.perf_counter() - started
+    shutil.rmtree(tree)
+    return took
+
+
+def measure(jobs: int, parallel: int) -> dict[str, list[float]]:
+    """Seconds per checkout by case (``first job``, ``second job``, ``new commit``,
+    ``parallel xN``, and the baseline ``plain clone``), ``jobs`` of each."""
+    with tempfile.TemporaryDirectory(prefix="bench-checkout-") as folder:
+        tmp = Path(folder)
+        origin, shas = make_origin(tmp)
+        head = shas[0]
+        first, second, new, plain = [], [], [], []
+        for n in range(jobs):
+            runner = SourceCheckout(tmp / f"cold-{n}")  # a new mirror each time
+            first.append(timed(runner, origin, head, tmp / "tree"))
+            plain.append(raw_clone(origin, head, tmp / "tree"))
+        warm = SourceCheckout(tmp / "warm")
+        warm.prepare("bench/app", str(origin), shas[-1], tmp / "tree")  # the mirror exists
+        shutil.rmtree(tmp / "tree")
+        for sha in shas[1 : jobs + 1]:  # commits it lacks, newest first
+            new.append(timed(warm, origin, sha, tmp / "tree"))
+        for _ in range(jobs):
+            second.append(timed(warm, origin, head, tmp / "tree"))
+        with ThreadPoolExecutor(parallel) as pool:
+            trees = [tmp / f"par-{n}" for n in range(jobs)]
+            in_parallel = list(pool.map(lambda t: timed(warm, origin, head, t), trees))
+    return {
+        "first job": first,
+        "second job": second,
+        "new commit": new,
+        f"parallel x{parallel}": in_parallel,
+        "plain clone": plain,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=20, help="checkouts per measure")
     parser.add_argument("--parallel", type=int, default=4, help="jobs at once in 'parallel'")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="bench-checkout-") as folder:
-        tmp = Path(folder)
-        origin, shas = make_origin(tmp)
-        head = shas[0]
-        first, second, new = [], [], []
-        for n in range(args.jobs):
-            runner = SourceCheckout(tmp / f"cold-{n}")  # a new mirror each time
-            first.append(timed(runner, origin, head, tmp / "tree"))
-        warm = SourceCheckout(tmp / "warm")
-        warm.prepare("bench/app", str(origin), shas[-1], tmp / "tree")  # the mirror exists
-        shutil.rmtree(tmp / "tree")
-        for sha in shas[1 : args.jobs + 1]:  # commits it lacks, newest first
-            new.append(timed(warm, origin, sha, tmp / "tree"))
-        for _ in range(args.jobs):
-            second.append(timed(warm, origin, head, tmp / "tree"))
-        with ThreadPoolExecutor(args.parallel) as pool:
-            trees = [tmp / f"par-{n}" for n in range(args.jobs)]
-            parallel = list(pool.map(lambda t: timed(warm, origin, head, t), trees))
-    for name, samples in (
-        ("first job", first),
-        ("second job", second),
-        ("new commit", new),
-        (f"parallel x{args.parallel}", parallel),
-    ):
+    cases = measure(args.jobs, args.parallel)
+    for name, samples in cases.items():
         print(f"{name:>14}: {summary(ms(samples))}")
+    first, second = cases["first job"], cases["second job"]
     print(f"second job / first job (medians): {median(second) / median(first):.2f}")
+    plain = median(cases["plain clone"])
+    print(f"second job / plain clone (medians): {median(second) / plain:.2f}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """What the bench scripts share besides their statistics (:mod:`stats`).
 
-* a fresh in-memory DynamoDB Local on a free port, and settings with the tables made;
+* a fresh DynamoDB Local (in memory, or on disk) on a free port, and settings with the tables
+  made;
 * a boto3 client configured like PynamoDB's, for the "raw" side of a comparison;
 * request templates: requests captured from a botocore client, with sentinel values made
   ``{placeholders}`` to fill per request;
@@ -10,9 +11,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
+import tempfile
 import threading
 import time
 from collections import defaultdict
@@ -20,10 +23,12 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, TypeVar
 
 import boto3
 import psutil  # type: ignore[import-untyped]  # no stubs pinned; a dev dependency
+from botocore import xform_name
 from stats import Summary, median, ms, summary
 
 from scheduler.db import models
@@ -39,10 +44,20 @@ T = TypeVar("T")
 
 
 @contextmanager
-def dynamodb_local(heap_mb: int = 512) -> Iterator[DynamoDBLocal]:
-    """A fresh in-memory DynamoDB Local on a free port, stopped on the way out."""
-    with DynamoDBLocal(Settings.from_env({}).dynamodb_local_dir, heap_mb=heap_mb) as server:
-        print(f"DynamoDB Local (in memory) at {server.endpoint}, pid {server.pid}", flush=True)
+def dynamodb_local(heap_mb: int = 512, *, on_disk: bool = False) -> Iterator[DynamoDBLocal]:
+    """A fresh DynamoDB Local on a free port, stopped on the way out.
+
+    In memory, or ``on_disk`` in a temporary folder (removed afterwards), as ``scheduler up``
+    runs it.
+    """
+    with contextlib.ExitStack() as stack:
+        data_dir = None
+        if on_disk:
+            data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-ddb-")))
+        install_dir = Settings.from_env({}).dynamodb_local_dir
+        server = stack.enter_context(DynamoDBLocal(install_dir, heap_mb=heap_mb, data_dir=data_dir))
+        mode = f"on disk in {data_dir}" if data_dir else "in memory"
+        print(f"DynamoDB Local ({mode}) at {server.endpoint}, pid {server.pid}", flush=True)
         yield server
 
 
@@ -105,6 +120,11 @@ class RequestTemplate:
     """A captured request whose sentinel texts became ``{name}`` placeholders."""
 
     request: dict[str, Any]
+    operation: str = ""  # the API name, e.g. ``TransactWriteItems``
+
+    def send(self, client: Any, values: Mapping[str, str]) -> Any:
+        """Send the request, filled from ``values``, with ``client`` (a boto3 client)."""
+        return getattr(client, xform_name(self.operation))(**self.fill(values))
 
     def fill(self, values: Mapping[str, str]) -> dict[str, Any]:
         """The request with every placeholder filled from ``values`` (all names needed)."""
@@ -116,7 +136,7 @@ class RequestTemplate:
 
 def capture_templates(
     client: Any,
-    operation: str,
+    operation: str | Sequence[str],
     action: Callable[[], object],
     sentinels: Mapping[str, str],
     *,
@@ -125,26 +145,35 @@ def capture_templates(
 ) -> list[RequestTemplate]:
     """The ``operation`` requests ``client`` makes while ``action`` runs, made templates.
 
-    ``action`` must make exactly ``expected`` of them; every sentinel text (``sentinels``: name
-    -> text, searched in this order, so a text containing another goes first) becomes
-    ``{name}``, and each request must contain the sentinel ``naming`` (what makes it unique).
+    ``operation`` is one API name or several (the templates keep the order the requests were
+    made in). ``action`` must make exactly ``expected`` of them; every sentinel text
+    (``sentinels``: name -> text, searched in this order, so a text containing another goes
+    first) becomes ``{name}``, and each request must contain the sentinel ``naming`` (what makes
+    it unique).
     """
-    captured: list[dict[str, Any]] = []
+    operations = [operation] if isinstance(operation, str) else list(operation)
+    captured: list[tuple[str, dict[str, Any]]] = []
 
-    def grab(params: dict[str, Any], **_: Any) -> None:
-        captured.append(copy.deepcopy(params))
+    def grabber(name: str) -> Callable[..., None]:
+        def grab(params: dict[str, Any], **_: Any) -> None:
+            captured.append((name, copy.deepcopy(params)))
 
-    event = f"provide-client-params.dynamodb.{operation}"
-    client.meta.events.register(event, grab, unique_id="bench-capture")
+        return grab
+
+    events = [f"provide-client-params.dynamodb.{name}" for name in operations]
+    for name, event in zip(operations, events, strict=True):
+        client.meta.events.register(event, grabber(name), unique_id=f"bench-capture-{name}")
     try:
         action()
     finally:
-        client.meta.events.unregister(event, unique_id="bench-capture")
+        for name, event in zip(operations, events, strict=True):
+            client.meta.events.unregister(event, unique_id=f"bench-capture-{name}")
     if len(captured) != expected:
-        raise RuntimeError(f"expected {expected} {operation} request(s), captured {len(captured)}")
+        what = "/".join(operations)
+        raise RuntimeError(f"expected {expected} {what} request(s), captured {len(captured)}")
     templates = [
-        RequestTemplate(_map_strings(request, lambda text: _placeholders(text, sentinels)))
-        for request in captured
+        RequestTemplate(_map_strings(request, lambda text: _placeholders(text, sentinels)), name)
+        for name, request in captured
     ]
     for made in templates:
         if "{" + naming + "}" not in json.dumps(made.request):

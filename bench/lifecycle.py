@@ -4,7 +4,9 @@ What is measured, on a fresh in-memory DynamoDB Local started by this script:
 
 * **product**: one lifecycle is ``JobStore.create`` -> ``JobStore.activate`` ->
   ``JobStore.transition(..., Trigger.PASS)``: three ``TransactWriteItems`` requests built by the
-  store and PynamoDB.
+  store and PynamoDB. With ``--full``, a stack job's lifecycle: the create carries its trigger
+  guard (as the webhook's does) and the run's claim (``JobStore.claim_run``, an ``UpdateItem``)
+  comes before the pass: four writes.
 * **raw**: the *same* three requests sent with a plain boto3 client. One real request of each
   kind is captured from the store's botocore client (``provide-client-params`` event) and turned
   into a template; each raw lifecycle fills in a fresh job id, repository and times. The raw
@@ -26,7 +28,7 @@ machine per job. ``--profile N`` adds a cProfile of N lifecycles per mode at one
 
 Run from the project root::
 
-    .venv/bin/python bench/lifecycle.py [--lifecycles 400] [--rounds 3] [--threads 1,8]
+    .venv/bin/python bench/lifecycle.py [--lifecycles 400] [--rounds 3] [--threads 1,8] [--full]
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psutil  # type: ignore[import-untyped]  # no stubs pinned; a dev dependency
@@ -60,7 +62,7 @@ from stats import median
 from transitions import Machine
 
 from scheduler.db.models import JobModel, RepoModel
-from scheduler.db.store import DAY_MS, Clock, JobStore, NewJob, system_clock
+from scheduler.db.store import DAY_MS, Clock, JobStore, NewJob, TriggerGuard, system_clock
 from scheduler.errors import RepositoryFull
 from scheduler.settings import Settings
 from state_machines import TRANSITION_TABLE, JobStatus, Trigger, plan
@@ -71,6 +73,7 @@ SLOT_LIMIT = 10_000
 TIMEOUT_SECONDS = 600
 SHA = "0123456789abcdef0123456789abcdef01234567"
 TARGET_RATIO = 0.7
+GUARD_WINDOW_MS = 30 * DAY_MS  # the webhook's trigger guard window
 
 # Sentinels of the captured lifecycle: distinctive enough to find (and replace) in a request.
 CAPTURE_NOW = 1_700_000_000_000
@@ -98,13 +101,23 @@ def new_job(job_id: str, repo: str) -> NewJob:
     )
 
 
-def product_lifecycle(store: JobStore) -> Lifecycle:
+def product_lifecycle(store: JobStore, *, full: bool = False) -> Lifecycle:
+    """The store's calls of one lifecycle; ``full``: as a job of the stack makes them.
+
+    That is a create with its trigger guard (what the webhook writes), the activation, the
+    run's claim (``claim_run``, one conditional ``UpdateItem``) and the finish: four writes.
+    """
+
     def run(job_id: str, repo: str) -> None:
-        pending = store.create(new_job(job_id, repo))
+        guard = TriggerGuard(f"{repo}#push#{job_id}", GUARD_WINDOW_MS) if full else None
+        pending = store.create(new_job(job_id, repo), guard=guard)
         try:
             active = store.activate(pending, slot_limit=SLOT_LIMIT)
         except RepositoryFull as exc:
             raise RuntimeError(f"repository {repo} unexpectedly full") from exc
+        if full:
+            store.claim_run(active, f"{job_id}#{active.attempt}")
+            active = replace(active, version=active.version + 1)  # the claim moves it
         store.transition(active, Trigger.PASS, actor="runner")
 
     return run
@@ -112,30 +125,35 @@ def product_lifecycle(store: JobStore) -> Lifecycle:
 
 @dataclass(frozen=True)
 class RequestTemplates:
-    """The store's three requests with job id, repository and times made placeholders."""
+    """The store's requests of one lifecycle with job id, repository and times made
+    placeholders: three ``TransactWriteItems``, or with ``full`` four writes (see
+    :func:`product_lifecycle`)."""
 
     requests: tuple[RequestTemplate, ...]
     retention_ms: int
 
     @classmethod
-    def capture(cls, store: JobStore, retention_days: int) -> RequestTemplates:
-        """The three requests one product lifecycle sends, as botocore receives them."""
+    def capture(
+        cls, store: JobStore, retention_days: int, *, full: bool = False
+    ) -> RequestTemplates:
+        """The requests one product lifecycle sends, as botocore receives them."""
         retention_ms = retention_days * DAY_MS
         frozen = JobStore(
             store.connection, clock=lambda: CAPTURE_NOW, retention_days=retention_days
         )
         requests = capture_templates(
             store.connection.client,
-            "TransactWriteItems",
-            lambda: product_lifecycle(frozen)(CAPTURE_JOB, CAPTURE_REPO),
+            ("TransactWriteItems", "UpdateItem") if full else "TransactWriteItems",
+            lambda: product_lifecycle(frozen, full=full)(CAPTURE_JOB, CAPTURE_REPO),
             _values(CAPTURE_JOB, CAPTURE_REPO, CAPTURE_NOW, retention_ms),
-            expected=3,
+            expected=4 if full else 3,
             naming="job",
         )
         return cls(tuple(requests), retention_ms)
 
-    def fill(self, index: int, job_id: str, repo: str, now: int) -> dict[str, Any]:
-        return self.requests[index].fill(_values(job_id, repo, now, self.retention_ms))
+    def send(self, ddb: Any, index: int, job_id: str, repo: str, now: int) -> None:
+        """Request ``index`` of the lifecycle of ``job_id``, sent raw with ``ddb``."""
+        self.requests[index].send(ddb, _values(job_id, repo, now, self.retention_ms))
 
 
 def _values(job_id: str, repo: str, now: int, retention_ms: int) -> dict[str, str]:
@@ -143,6 +161,7 @@ def _values(job_id: str, repo: str, now: int, retention_ms: int) -> dict[str, st
     return {
         "deadline": str(now + TIMEOUT_SECONDS * 1000),
         "expires": str((now + retention_ms) // 1000),
+        "guard_since": str(now - GUARD_WINDOW_MS),
         "now": str(now),
         "job": job_id,
         "repo": repo,
@@ -152,7 +171,7 @@ def _values(job_id: str, repo: str, now: int, retention_ms: int) -> dict[str, st
 def raw_lifecycle(ddb: Any, templates: RequestTemplates, clock: Clock = system_clock) -> Lifecycle:
     def run(job_id: str, repo: str) -> None:
         for index in range(len(templates.requests)):
-            ddb.transact_write_items(**templates.fill(index, job_id, repo, clock()))
+            templates.send(ddb, index, job_id, repo, clock())
 
     return run
 
@@ -218,6 +237,12 @@ class RequestTally:
     asked_already: int = 0
     asked_by_us: int = 0
 
+    def writes(self) -> int:
+        return sum(n for op, n in self.operations.items() if _is_write(op))
+
+    def reads(self) -> int:
+        return sum(n for op, n in self.operations.items() if not _is_write(op))
+
 
 @contextmanager
 def tally_requests(clients: Sequence[Any]) -> Iterator[RequestTally]:
@@ -243,6 +268,7 @@ def tally_requests(clients: Sequence[Any]) -> Iterator[RequestTally]:
 
     hooks = (
         ("provide-client-params.dynamodb.TransactWriteItems", ask_for_capacity, "bench-ask"),
+        ("provide-client-params.dynamodb.UpdateItem", ask_for_capacity, "bench-ask-update"),
         ("after-call.dynamodb", count, "bench-count"),
     )
     for ddb in clients:
@@ -304,18 +330,19 @@ def print_requests(
 ) -> None:
     for mode, tally in tallies.items():
         per_op = ", ".join(f"{op} {n / count:g}" for op, n in sorted(tally.operations.items()))
-        reads = sum(n for op, n in tally.operations.items() if not _is_write(op)) / count
-        writes = sum(n for op, n in tally.operations.items() if _is_write(op)) / count
+        reads, writes = tally.reads() / count, tally.writes() / count
+        target = tallies["raw"].writes() / count
         print(
             f"{mode:<8} requests/lifecycle: {per_op}  -> {writes:g} write, {reads:g} read"
-            f"  (target: 3 write, 0 read)"
+            f"  (target: {target:g} write, 0 read)"
         )
         if tally.responses_with_capacity:
+            first = tally.capacity_per_request[: sum(tally.operations.values()) // count]
             print(
                 f"{'':<8} consumed capacity reported by DynamoDB Local:"
                 f" {tally.capacity_units / count:g} units/lifecycle"
                 f" ({tally.responses_with_capacity} of {sum(tally.operations.values())} answers;"
-                f" first lifecycle: {' + '.join(f'{u:g}' for u in tally.capacity_per_request[:3])})"
+                f" first lifecycle: {' + '.join(f'{u:g}' for u in first)})"
             )
         else:
             print(f"{'':<8} consumed capacity: DynamoDB Local returned none")
@@ -323,7 +350,8 @@ def print_requests(
             f"{'':<8} ReturnConsumedCapacity: sent by the caller on {tally.asked_already},"
             f" injected by the bench on {tally.asked_by_us} request(s)"
         )
-    print_theoretical_capacity(ddb, settings)
+    if tallies["raw"].writes() == 3 * count:  # what the theory below is worked out for
+        print_theoretical_capacity(ddb, settings)
 
 
 def _is_write(operation: str) -> bool:
@@ -474,6 +502,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=60, help="per thread count and mode")
     parser.add_argument("--count", type=int, default=20, help="lifecycles of the counting pass")
     parser.add_argument("--profile", type=int, default=0, help="cProfile N lifecycles per mode")
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="a stack job's lifecycle: create with its trigger guard, activate, claim, pass",
+    )
     args = parser.parse_args(argv)
     args.thread_counts = [int(part) for part in args.threads.split(",") if part.strip()]
     return args
@@ -497,33 +530,79 @@ def check_equivalent(ddb: Any, settings: Settings, prefix: str) -> None:
     print(f"raw and product leave equal items: {len(names['raw'][0])} attributes, status passed")
 
 
-def benchmark(args: argparse.Namespace, settings: Settings) -> None:
+@dataclass
+class Measured:
+    """What :func:`measure_all` found: rates by (mode, threads), requests by mode."""
+
+    results: Results
+    tallies: dict[str, RequestTally]
+    count: int  # lifecycles of the counting pass, per mode
+    lifecycles: dict[str, Lifecycle]
+
+    def writes_per_job(self, mode: str) -> float:
+        return self.tallies[mode].writes() / self.count
+
+    def capacity_per_job(self, mode: str) -> float:
+        return self.tallies[mode].capacity_units / self.count
+
+
+def measure_all(
+    settings: Settings,
+    *,
+    thread_counts: Sequence[int],
+    per_batch: int,
+    rounds: int,
+    warmup: int,
+    count: int,
+    full: bool = False,
+) -> Measured:
+    """Warm-up, the timed rounds and the counting pass, on ``settings``' server.
+
+    ``full``: the lifecycle a job of the stack goes through (see :func:`product_lifecycle`).
+    """
     store = JobStore.from_settings(settings)
     ddb = raw_client(settings)
-    templates = RequestTemplates.capture(store, settings.retention_days)
-    lifecycles = {"product": product_lifecycle(store), "raw": raw_lifecycle(ddb, templates)}
-    warm_up(lifecycles, args.thread_counts, args.warmup)
-    check_equivalent(ddb, settings, f"warm-t{args.thread_counts[0]}")
+    templates = RequestTemplates.capture(store, settings.retention_days, full=full)
+    lifecycles = {
+        "product": product_lifecycle(store, full=full),
+        "raw": raw_lifecycle(ddb, templates),
+    }
+    warm_up(lifecycles, thread_counts, warmup)
+    check_equivalent(ddb, settings, f"warm-t{thread_counts[0]}")
 
+    kind = "create + guard -> activate -> claim -> pass" if full else "create -> activate -> pass"
     print(
-        f"\n== lifecycles (create -> activate -> pass): {args.rounds} rounds x"
-        f" {args.lifecycles} lifecycles per mode and thread count; rate = median of rounds,"
-        f" latency over all rounds"
+        f"\n== lifecycles ({kind}): {rounds} rounds x {per_batch} lifecycles per mode and"
+        f" thread count; rate = median of rounds, latency over all rounds",
+        flush=True,
     )
-    results = measure(lifecycles, args.thread_counts, args.lifecycles, args.rounds)
-    print_rates(results, args.thread_counts)
+    results = measure(lifecycles, thread_counts, per_batch, rounds)
+    clients = {"product": product_clients(store), "raw": [ddb]}
+    return Measured(results, count_requests(lifecycles, clients, count), count, lifecycles)
+
+
+def benchmark(args: argparse.Namespace, settings: Settings) -> None:
+    measured = measure_all(
+        settings,
+        thread_counts=args.thread_counts,
+        per_batch=args.lifecycles,
+        rounds=args.rounds,
+        warmup=args.warmup,
+        count=args.count,
+        full=args.full,
+    )
+    print_rates(measured.results, args.thread_counts)
 
     print(f"\n== requests and capacity per lifecycle ({args.count} lifecycles per mode)")
-    clients = {"product": product_clients(store), "raw": [ddb]}
-    print_requests(count_requests(lifecycles, clients, args.count), args.count, ddb, settings)
+    print_requests(measured.tallies, args.count, raw_client(settings), settings)
 
     print("\n== state-machine layer")
-    one_thread = [v for b in results.get(("product", 1), []) for v in b.latencies]
+    one_thread = [v for b in measured.results.get(("product", 1), []) for v in b.latencies]
     print_state_machine_cost(median(one_thread) if one_thread else 0.015)
 
     if args.profile:
         print()
-        print_profile(lifecycles, args.profile)
+        print_profile(measured.lifecycles, args.profile)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

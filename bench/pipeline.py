@@ -23,12 +23,13 @@ core, over ``--idle-seconds``) and resident memory are printed, to set beside th
 Run from the project root (takes about a minute with the defaults)::
 
     .venv/bin/python bench/pipeline.py [--jobs 200] [--rate 10] [--burst | --steady]
-        [--burst-clients 8] [--warmup 10] [--idle-seconds 20]
+        [--burst-clients 8] [--senders 4] [--repos 1] [--warmup 10] [--idle-seconds 20]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import signal
@@ -38,7 +39,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -82,19 +83,26 @@ class Stack:
             return ""
 
 
-def write_config(path: Path, effects: Path) -> None:
+def repositories(count: int) -> tuple[str, ...]:
+    """``REPO`` alone, or ``count`` repositories ``bench/noop-00`` ... (all configured alike)."""
+    return (REPO,) if count <= 1 else tuple(f"{REPO}-{n:02d}" for n in range(count))
+
+
+def write_config(path: Path, effects: Path, repos: Sequence[str] = (REPO,)) -> None:
     script = 'echo "$SCHEDULER_JOB_ID" "$(date +%s.%N)" >> "$1"'
     argv = json.dumps(["sh", "-c", script, "sh", str(effects)])
+    sections = "".join(
+        f'\n[repos."{repo}"]\ncommand = {argv}\nconcurrency = {CONCURRENCY}\n' for repo in repos
+    )
     path.write_text(
-        f'[defaults]\ncheckout = false\ncommand = ["true"]\ntimeout_seconds = 60\n\n'
-        f'[repos."{REPO}"]\ncommand = {argv}\nconcurrency = {CONCURRENCY}\n'
+        f'[defaults]\ncheckout = false\ncommand = ["true"]\ntimeout_seconds = 60\n{sections}'
     )
 
 
-def start_stack(tmp: Path) -> Stack:
+def start_stack(tmp: Path, repos: Sequence[str] = (REPO,)) -> Stack:
     effects = tmp / "effects.log"
     config = tmp / "scheduler.toml"
-    write_config(config, effects)
+    write_config(config, effects, repos)
     env = {
         key: value
         for key, value in os.environ.items()
@@ -136,10 +144,10 @@ def start_stack(tmp: Path) -> Stack:
 
 
 @contextmanager
-def local_stack(tmp: Path) -> Iterator[Stack]:
+def local_stack(tmp: Path, repos: Sequence[str] = (REPO,)) -> Iterator[Stack]:
     """``scheduler up`` in ``tmp`` for the ``with`` body: stopped with SIGINT after it (exit code
     in ``exit_code``), killed if the body fails, with the tail of its log on stderr."""
-    stack = start_stack(tmp)
+    stack = start_stack(tmp, repos)
     try:
         yield stack
     except BaseException:
@@ -176,14 +184,14 @@ def kill_stack(stack: Stack) -> None:
 # --- deliveries and jobs ----------------------------------------------------------------------
 
 
-def deliver(client: httpx.Client, url: str) -> tuple[str, float, float]:
-    """POST one new signed push; (job id, accepted epoch seconds, request seconds)."""
+def deliver(client: httpx.Client, url: str, repo: str = REPO) -> tuple[str, float, float]:
+    """POST one new signed push to ``repo``; (job id, accepted epoch seconds, request seconds)."""
     body = json.dumps(
         {
             "ref": "refs/heads/main",
             "after": uuid.uuid4().hex + uuid.uuid4().hex[:8],
             "deleted": False,
-            "repository": {"full_name": REPO},
+            "repository": {"full_name": repo},
             "sender": {"login": "bench"},
         }
     ).encode()
@@ -287,21 +295,47 @@ class Phase:
         self.throughput = len(jobs) / (last - first)
 
 
-def send_steady(client: httpx.Client, url: str, count: int, rate: float) -> Phase:
+def round_robin(repos: Sequence[str]) -> Callable[[], str]:
+    """The next repository of ``repos`` at each call, in turn (thread-safe)."""
+    turns = itertools.cycle(repos)
+    lock = threading.Lock()
+
+    def next_repo() -> str:
+        with lock:
+            return next(turns)
+
+    return next_repo
+
+
+def send_steady(
+    client: httpx.Client,
+    url: str,
+    count: int,
+    rate: float,
+    *,
+    senders: int = 4,
+    repos: Sequence[str] = (REPO,),
+) -> Phase:
     """Open loop: delivery i is sent at t0 + i/rate, whatever the earlier answers took."""
-    phase = Phase("steady", f"{count} deliveries paced at {rate:g}/s")
+    phase = Phase("steady", f"{count} deliveries paced at {rate:g}/s from {senders} senders")
+    next_repo = round_robin(repos)
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(4) as pool:
-        futures = open_loop(pool, count, rate, lambda: deliver(client, url))
+    with ThreadPoolExecutor(senders) as pool:
+        futures = open_loop(pool, count, rate, lambda: deliver(client, url, next_repo()))
         phase.record([future.result() for future in futures], time.perf_counter() - t0)
     return phase
 
 
-def send_burst(client: httpx.Client, url: str, count: int, clients: int) -> Phase:
-    phase = Phase("burst", f"{count} deliveries at once from {clients} client threads")
+def send_burst(
+    client: httpx.Client, url: str, count: int, clients: int, repos: Sequence[str] = (REPO,)
+) -> Phase:
+    where = f"over {len(repos)} repositories " if len(repos) > 1 else ""
+    phase = Phase("burst", f"{count} deliveries at once {where}from {clients} client threads")
     t0 = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
-        results = list(pool.map(lambda _: deliver(client, url), range(count)))
+        results = list(
+            pool.map(lambda n: deliver(client, url, repos[n % len(repos)]), range(count))
+        )
     phase.record(results, time.perf_counter() - t0)
     return phase
 
@@ -379,6 +413,86 @@ def print_phase(phase: Phase) -> None:
     )
 
 
+@dataclass
+class Pipeline:
+    """What one :func:`measure` found: its phases, then the idle stack's usage."""
+
+    phases: list[Phase]
+    usage: list[tuple[str, float, float]]  # (process, percent of one core, RSS MiB), idle
+    idle_seconds: float
+    exit_code: int | None
+    seconds: float
+
+    def phase(self, name: str) -> Phase:
+        return next(phase for phase in self.phases if phase.name == name)
+
+    @property
+    def idle_cpu(self) -> float:
+        """Percent of one core, the whole process tree of ``scheduler up``."""
+        return sum(cpu for _, cpu, _ in self.usage)
+
+    @property
+    def idle_rss(self) -> float:
+        """MiB resident, the whole process tree of ``scheduler up``."""
+        return sum(rss for _, _, rss in self.usage)
+
+
+def measure(
+    *,
+    steady_jobs: int = 200,
+    burst_jobs: int = 200,
+    rate: float = 10.0,
+    steady_senders: int = 4,
+    burst_clients: int = 8,
+    repos: Sequence[str] = (REPO,),
+    warmup: int = 10,
+    idle_seconds: float = 20.0,
+    on_phase: Callable[[Phase], None] = lambda _: None,
+) -> Pipeline:
+    """One stack in a temporary folder: warm-up, the steady phase, the burst, idle usage.
+
+    A phase with no jobs is skipped; ``on_phase`` sees each phase as soon as it is done.
+    """
+    began = time.perf_counter()
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp,
+        local_stack(Path(tmp), repos) as stack,
+    ):
+        print(
+            f"stack up in {time.perf_counter() - began:.1f} s at {stack.url}"
+            f" (--max-runs {CONCURRENCY}, {len(repos)} repositories of concurrency"
+            f" {CONCURRENCY}); {os.cpu_count()} CPUs",
+            flush=True,
+        )
+        phases: list[Phase] = []
+        with httpx.Client(timeout=30) as client:
+            if warmup:
+                warm = partial(send_steady, client, stack.url, warmup, rate, repos=repos)
+                run_phase(stack, client, warm, timeout=120)
+                print(f"warm-up: {warmup} jobs passed (not counted)", flush=True)
+            runs: list[tuple[Callable[[], Phase], float]] = []
+            if steady_jobs:
+                steady = partial(
+                    send_steady,
+                    client,
+                    stack.url,
+                    steady_jobs,
+                    rate,
+                    senders=steady_senders,
+                    repos=repos,
+                )
+                runs.append((steady, 120 + steady_jobs / rate))
+            if burst_jobs:
+                burst = partial(send_burst, client, stack.url, burst_jobs, burst_clients, repos)
+                runs.append((burst, 180 + burst_jobs / 2))
+            for phase_of, timeout in runs:
+                phases.append(run_phase(stack, client, phase_of, timeout))
+                on_phase(phases[-1])
+        time.sleep(2)  # let the last transitions flow through the stream
+        usage = idle_usage(stack.process.pid, idle_seconds)
+    return Pipeline(phases, usage, idle_seconds, stack.exit_code, time.perf_counter() - began)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -389,49 +503,33 @@ def main() -> None:
     only.add_argument("--burst", action="store_true", help="the burst phase only")
     only.add_argument("--steady", action="store_true", help="the steady phase only")
     parser.add_argument("--burst-clients", type=int, default=8)
+    parser.add_argument("--senders", type=int, default=4, help="sender threads of the steady phase")
+    parser.add_argument("--repos", type=int, default=1, help="repositories the jobs go to in turn")
     parser.add_argument("--warmup", type=int, default=10, help="uncounted jobs first")
     parser.add_argument("--idle-seconds", type=float, default=20.0)
     args = parser.parse_args()
 
-    began = time.perf_counter()
-    with (
-        tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp,
-        local_stack(Path(tmp)) as stack,
-    ):
-        print(
-            f"stack up in {time.perf_counter() - began:.1f} s at {stack.url}"
-            f" (--max-runs {CONCURRENCY}, {REPO} concurrency {CONCURRENCY});"
-            f" {os.cpu_count()} CPUs"
-        )
-        phases: list[Phase] = []
-        with httpx.Client(timeout=30) as client:
-            if args.warmup:
-                warm = partial(send_steady, client, stack.url, args.warmup, args.rate)
-                run_phase(stack, client, warm, timeout=120)
-                print(f"warm-up: {args.warmup} jobs passed (not counted)")
-            runs: list[tuple[Callable[[], Phase], float]] = []
-            if not args.burst:
-                steady = partial(send_steady, client, stack.url, args.jobs, args.rate)
-                runs.append((steady, 120))
-            if not args.steady:
-                burst = partial(send_burst, client, stack.url, args.jobs, args.burst_clients)
-                runs.append((burst, 180))
-            for phase_of, timeout in runs:
-                phases.append(run_phase(stack, client, phase_of, timeout))
-                print_phase(phases[-1])
-        time.sleep(2)  # let the last transitions flow through the stream
-        usage = idle_usage(stack.process.pid, args.idle_seconds)
-
+    result = measure(
+        steady_jobs=0 if args.burst else args.jobs,
+        burst_jobs=0 if args.steady else args.jobs,
+        rate=args.rate,
+        steady_senders=args.senders,
+        burst_clients=args.burst_clients,
+        repos=repositories(args.repos),
+        warmup=args.warmup,
+        idle_seconds=args.idle_seconds,
+        on_phase=print_phase,
+    )
     print(f"\n== idle after the load ({args.idle_seconds:g} s), process tree of scheduler up")
-    for name, cpu, rss in usage:
+    for name, cpu, rss in result.usage:
         print(f"   {name:<26} cpu {cpu:5.1f}% of one core   rss {rss:6.0f} MiB")
-    total_cpu = sum(cpu for _, cpu, _ in usage)
-    total_rss = sum(rss for _, _, rss in usage)
-    print(f"   {'total':<26} cpu {total_cpu:5.1f}% of one core   rss {total_rss:6.0f} MiB")
+    print(
+        f"   {'total':<26} cpu {result.idle_cpu:5.1f}% of one core   rss {result.idle_rss:6.0f} MiB"
+    )
     print("   (README: about 4-6% of one core and about 300 MiB idle)")
     print(
-        f"\nscheduler up stopped on SIGINT, exit code {stack.exit_code};"
-        f" total {time.perf_counter() - began:.0f} s"
+        f"\nscheduler up stopped on SIGINT, exit code {result.exit_code};"
+        f" total {result.seconds:.0f} s"
     )
 
 

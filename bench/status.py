@@ -191,16 +191,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_args(argv)
-    small, large = f"bench/small-{args.small}", f"bench/large-{args.large}"
+def repositories(args: argparse.Namespace) -> tuple[str, str]:
+    return f"bench/small-{args.small}", f"bench/large-{args.large}"
+
+
+def measure_scaling(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
+    """Milliseconds per call by case and repository (:func:`repositories`), on a fresh in-memory
+    DynamoDB Local loaded as ``args`` (see :func:`parse_args`) say."""
+    small, large = repositories(args)
     with dynamodb_local(heap_mb=1024) as server:
         endpoint = server.endpoint
         settings = bench_settings(endpoint)
         ddb = settings_client("dynamodb", settings, max_pool_connections=16)
         for repo, count in ((small, args.small), (large, args.large)):
             seconds = load(ddb, settings, repo, count, args.threads)
-            print(f"loaded {count:>6} jobs of {repo} in {seconds:.1f}s ({count / seconds:.0f}/s)")
+            print(
+                f"loaded {count:>6} jobs of {repo} in {seconds:.1f}s ({count / seconds:.0f}/s)",
+                flush=True,
+            )
 
         queries = Queries()
         second_page = {repo: queries.jobs(repo, limit=PAGE).next_cursor for repo in (small, large)}
@@ -237,8 +245,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                 rounds=2,
                 warmup=2,
             )
-        ok = report(results, small, large)
-        print(f"\nthreads alive: {threading.active_count()}; verdict: {'PASS' if ok else 'FAIL'}")
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    results = measure_scaling(args)
+    ok = report(results, *repositories(args))
+    print(f"\nthreads alive: {threading.active_count()}; verdict: {'PASS' if ok else 'FAIL'}")
 
 
 if __name__ == "__main__":

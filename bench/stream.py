@@ -14,6 +14,7 @@ import argparse
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import psutil  # type: ignore[import-untyped]  # no stubs pinned; a dev dependency
@@ -152,6 +153,33 @@ class Bench:
             stop.wait(0.005)
 
 
+@dataclass
+class StreamFigures:
+    latency_ms: list[float]  # a job write -> the handler saw it, one per write
+    runner_rate: float  # backlog drain, records per second
+    raw_rate: float
+    runner_cpu: tuple[float, float]  # idle (client %, DynamoDB Local %) of one core
+    raw_cpu: tuple[float, float]
+
+
+def measure(latency_writes: int, backlog: int, idle_seconds: float, warmup: int) -> StreamFigures:
+    """All three measures on a fresh in-memory DynamoDB Local."""
+    with dynamodb_local(heap_mb=512) as server:
+        settings = bench_settings(server.endpoint)
+        assert server.pid is not None
+        bench = Bench(settings, server.pid)
+        for n in range(warmup):  # warm up the server's JIT and the stream
+            bench.put(f"warm-{n}")
+        latency = bench.latency(latency_writes)
+        raw_rate = bench.drain_raw(backlog)
+        runner_rate = bench.drain_runner(backlog)
+        runner = bench.runner()
+        runner.skip_to_end()
+        runner_cpu = bench.cpu(idle_seconds, runner.run)
+        raw_cpu = bench.cpu(idle_seconds, bench.raw_poll)
+    return StreamFigures(latency, runner_rate, raw_rate, runner_cpu, raw_cpu)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--latency-writes", type=int, default=300)
@@ -160,30 +188,19 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=200, help="uncounted writes first")
     args = parser.parse_args()
 
-    with dynamodb_local(heap_mb=512) as server:
-        settings = bench_settings(server.endpoint)
-        assert server.pid is not None
-        bench = Bench(settings, server.pid)
-        for n in range(args.warmup):  # warm up the server's JIT and the stream
-            bench.put(f"warm-{n}")
-
-        print(f"latency write->handler  {summary(bench.latency(args.latency_writes))}")
-        raw_rate = bench.drain_raw(args.backlog)
-        runner_rate = bench.drain_runner(args.backlog)
-        print(
-            f"backlog drain ({args.backlog} records)  runner={runner_rate:.0f}/s"
-            f"  raw GetRecords={raw_rate:.0f}/s  ratio={runner_rate / raw_rate:.2f}"
-        )
-        runner = bench.runner()
-        runner.skip_to_end()
-        runner_cpu = bench.cpu(args.idle_seconds, runner.run)
-        raw_cpu = bench.cpu(args.idle_seconds, bench.raw_poll)
-        print(
-            f"idle CPU (% of one core)  runner: client={runner_cpu[0]:.1f} server="
-            f"{runner_cpu[1]:.1f}   raw 5 ms poll: client={raw_cpu[0]:.1f} server={raw_cpu[1]:.1f}"
-            f"   ratio client={runner_cpu[0] / max(raw_cpu[0], 0.01):.2f}"
-            f" server={runner_cpu[1] / max(raw_cpu[1], 0.01):.2f}"
-        )
+    got = measure(args.latency_writes, args.backlog, args.idle_seconds, args.warmup)
+    print(f"latency write->handler  {summary(got.latency_ms)}")
+    print(
+        f"backlog drain ({args.backlog} records)  runner={got.runner_rate:.0f}/s"
+        f"  raw GetRecords={got.raw_rate:.0f}/s  ratio={got.runner_rate / got.raw_rate:.2f}"
+    )
+    runner_cpu, raw_cpu = got.runner_cpu, got.raw_cpu
+    print(
+        f"idle CPU (% of one core)  runner: client={runner_cpu[0]:.1f} server="
+        f"{runner_cpu[1]:.1f}   raw 5 ms poll: client={raw_cpu[0]:.1f} server={raw_cpu[1]:.1f}"
+        f"   ratio client={runner_cpu[0] / max(raw_cpu[0], 0.01):.2f}"
+        f" server={runner_cpu[1] / max(raw_cpu[1], 0.01):.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -218,15 +218,8 @@ def print_table(results: Results, levels: Sequence[int]) -> None:
 # -- main -------------------------------------------------------------------------------------
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=300, help="requests per batch")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--concurrency", default="1,8,32")
-    parser.add_argument("--warmup", type=int, default=200, help="uncounted requests per mode")
-    args = parser.parse_args()
-    levels = [int(value) for value in args.concurrency.split(",")]
-
+def measure(requests: int, rounds: int, levels: Sequence[int], warmup: int) -> Results:
+    """Both modes at every concurrency of ``levels``, on a fresh in-memory DynamoDB Local."""
     with dynamodb_local(heap_mb=1024) as ddb_local:
         settings = bench_settings(ddb_local.endpoint, webhook_secret=SECRET)
         request = capture_request(settings)
@@ -253,21 +246,33 @@ def main() -> None:
                 "raw": lambda batch: raw_sender(ddb, request, batch),
             }
             print(
-                f"warming up (DynamoDB Local JIT, connections); {args.rounds} rounds of"
-                f" {args.requests} requests per mode and concurrency {levels}"
+                f"warming up (DynamoDB Local JIT, connections); {rounds} rounds of"
+                f" {requests} requests per mode and concurrency {list(levels)}",
+                flush=True,
             )
             for mode in MODES:
-                warm = deliveries(f"warm-{mode}", args.warmup)
+                warm = deliveries(f"warm-{mode}", warmup)
                 run_batch(senders[mode](warm), len(warm), 8, processes)
 
             def one_batch(mode: str, level: int, prefix: str) -> Batch:
-                batch = deliveries(prefix, args.requests)
+                batch = deliveries(prefix, requests)
                 return run_batch(senders[mode](batch), len(batch), level, processes)
 
-            print_table(alternating_rounds(MODES, levels, args.rounds, one_batch), levels)
+            return alternating_rounds(MODES, levels, rounds, one_batch)
         finally:
             child.terminate()
             child.join(10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=300, help="requests per batch")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--warmup", type=int, default=200, help="uncounted requests per mode")
+    args = parser.parse_args()
+    levels = [int(value) for value in args.concurrency.split(",")]
+    print_table(measure(args.requests, args.rounds, levels, args.warmup), levels)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from state_machines.errors import (
 __all__ = [
     "BatchInterrupted",
     "ConfigurationError",
+    "CsrfRejected",
     "DomainError",
     "GuardRefused",
     "HeadersTooLarge",
@@ -42,6 +43,7 @@ __all__ = [
     "StoreUnavailable",
     "TransitionConflict",
     "TriggerSeen",
+    "Unauthorized",
     "UnsupportedMediaType",
     "WaitTimedOut",
     "WebhookRejected",
@@ -227,6 +229,20 @@ class ServerBusy(DomainError):
 
     http_status = 503
     retry_after_seconds = 1
+
+
+class Unauthorized(DomainError):
+    """A protected route was called without the API token (or the dashboard's session)."""
+
+    http_status = 401
+    exit_code = 2
+
+
+class CsrfRejected(DomainError):
+    """A mutating request without this site's form token, or from another origin."""
+
+    http_status = 403
+    exit_code = 2
 
 
 class RouteNotFound(DomainError):

@@ -88,6 +88,9 @@ class Settings:
     webhook_secret: str | None = field(default=None, repr=False)
     # Key of the MAC on pagination cursors; unset, a built-in key still detects tampering.
     cursor_secret: str | None = field(default=None, repr=False)
+    # Bearer token of the read routes, the dashboard and the mutating routes (unset: none is
+    # asked, and the local stack serves loopback only). Required on AWS.
+    api_token: str | None = field(default=None, repr=False)
     config_path: Path | None = None
     template_path: Path = DEFAULT_TEMPLATE
     dynamodb_local_dir: Path = DEFAULT_DYNAMODB_LOCAL_DIR
@@ -145,6 +148,7 @@ class Settings:
             session_token=env.get("AWS_SESSION_TOKEN") if endpoint is None else None,
             webhook_secret=env.get("GITHUB_WEBHOOK_SECRET") or None,
             cursor_secret=env.get("SCHEDULER_CURSOR_SECRET") or None,
+            api_token=env.get("SCHEDULER_API_TOKEN") or None,
             config_path=Path(config) if config else None,
             template_path=Path(env.get("SCHEDULER_TEMPLATE", str(DEFAULT_TEMPLATE))),
             dynamodb_local_dir=Path(

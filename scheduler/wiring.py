@@ -15,16 +15,20 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from scheduler import tracing
-from scheduler.api.app import Application, create_app, create_query_app
+from scheduler.api.app import Application, Router, create_app, create_query_app
+from scheduler.api.auth import ApiAuth
+from scheduler.api.dashboard import MAX_FORM_BYTES, Dashboard
 from scheduler.api.query_routes import query_routes
 from scheduler.config import RepositoryConfig, load_config
 from scheduler.db import models
 from scheduler.db.queries import Queries
 from scheduler.db.store import JobStore
+from scheduler.errors import ConfigurationError
 from scheduler.github.statuses import CommitStatusObserver, GitHubNotifier
 from scheduler.runs.executor import Executor, OnFinished, RunResult, Source
 from scheduler.runs.logs import LogReader, RunLogs
 from scheduler.runs.masking import Masker, masker_for
+from scheduler.runs.operations import Operations
 from scheduler.runs.reaper import Reaper
 from scheduler.runs.starter import RunStarter
 from scheduler.settings import Settings
@@ -65,19 +69,40 @@ class Core:
         return create_app(self.settings, store=self.store, config=self.config)
 
     @cached_property
+    def auth(self) -> ApiAuth:
+        """Who may use the read routes, the dashboard and its buttons (both apps share it)."""
+        return ApiAuth(self.settings.api_token)
+
+    def _read_routes(self) -> list[Callable[[Router], None]]:
+        """The read routes and the dashboard (with its retry and cancel buttons)."""
+        logs = self.logs or RunLogs(self.queries, None)
+        operations = Operations(self.store, self.queries, actor="dashboard")
+        dashboard = Dashboard(self.queries, logs, operations, self.auth)
+        return [query_routes(self.queries, self.logs), dashboard.register]
+
+    @cached_property
     def query_app(self) -> Application:
-        """The read routes only, for a URL with its own authentication (AWS)."""
-        return create_query_app(self.settings, [query_routes(self.queries, self.logs)])
+        """The read routes and the dashboard, apart from the public webhook (AWS): its URL is
+        public too (a browser cannot sign requests), so the API token is required."""
+        if not self.settings.api_token:
+            raise ConfigurationError(
+                "the API needs a token on AWS: set SCHEDULER_API_TOKEN_ARN (the template's"
+                " ApiTokenSecret) or SCHEDULER_API_TOKEN"
+            )
+        return create_query_app(
+            self.settings, self._read_routes(), auth=self.auth, max_body_bytes=MAX_FORM_BYTES
+        )
 
     @cached_property
     def http_app(self) -> Application:
-        """The HTTP app (webhook + read routes); made on first use, as only some processes
-        serve HTTP, and it refuses to be made without a webhook secret."""
+        """The HTTP app (webhook, read routes, dashboard); made on first use, as only some
+        processes serve HTTP, and it refuses to be made without a webhook secret."""
         return create_app(
             self.settings,
             store=self.store,
             config=self.config,
-            extra_routes=[query_routes(self.queries, self.logs)],
+            extra_routes=self._read_routes(),
+            auth=self.auth,
         )
 
     def close(self) -> None:
@@ -173,5 +198,10 @@ def mask_for_settings(settings: Settings, config: RepositoryConfig) -> Callable[
     scheduler's own secrets (both runtimes' executors and readers use this one)."""
     return masker_for(
         lambda repo: config.policy(repo).mask_env,
-        (settings.webhook_secret, settings.github_token, settings.cursor_secret),
+        (
+            settings.webhook_secret,
+            settings.github_token,
+            settings.cursor_secret,
+            settings.api_token,
+        ),
     )

@@ -6,6 +6,11 @@ base64 bodies included), and ``scheduler.local.http_server`` adapts a real HTTP 
 live in a small :class:`Router` (``/repos/{owner}/{repo}/jobs`` style patterns), so other
 modules add theirs with ``router.add`` (see :func:`create_app`'s ``extra_routes``).
 
+Each route says what it asks of its caller (:class:`~scheduler.api.auth.Access`): the webhook
+and health are public; every other route needs the API token or the dashboard's session when
+``SCHEDULER_API_TOKEN`` is set (:mod:`scheduler.api.auth`), checked here before its handler
+runs, so no route can forget it.
+
 Every answer is a JSON object; every failure is ``{"error": message}`` with the status of its
 typed error (bad input is always a 4xx). An unexpected exception is logged and answered 500
 without details, so nothing internal (let alone a secret) reaches the caller.
@@ -21,18 +26,21 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, NotRequired, TypedDict
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote
 
 from scheduler import tracing
+from scheduler.api.auth import Access, ApiAuth
 from scheduler.config import RepositoryConfig, load_config
 from scheduler.db import models
 from scheduler.db.store import DAY_MS, Clock, JobStore, system_clock
 from scheduler.errors import (
     DomainError,
+    InvalidArgument,
     MethodNotAllowed,
     PayloadTooLarge,
     RouteNotFound,
     ServerBusy,
+    Unauthorized,
     WebhookRejected,
 )
 from scheduler.github.delivery import WebhookService, webhook_secret
@@ -50,6 +58,7 @@ __all__ = [
     "HttpApiResponse",
     "Request",
     "Response",
+    "Route",
     "Router",
     "ServerLimits",
     "create_app",
@@ -72,6 +81,18 @@ class Request:
     query: Mapping[str, str] = field(default_factory=dict)
     params: Mapping[str, str] = field(default_factory=dict)  # filled from the route pattern
 
+    def param(self, name: str) -> str:
+        """A path parameter, percent-decoded (API Gateway's ``rawPath`` is not decoded)."""
+        try:
+            return unquote(self.params[name], errors="strict")
+        except UnicodeDecodeError:
+            raise InvalidArgument(f"{name} is not valid UTF-8 once percent-decoded") from None
+
+    @property
+    def repo(self) -> str:
+        """``OWNER/REPO`` from the path parameters ``owner`` and ``repo``."""
+        return f"{self.param('owner')}/{self.param('repo')}"
+
 
 @dataclass(frozen=True, slots=True)
 class Response:
@@ -80,9 +101,13 @@ class Response:
     headers: Mapping[str, str] = field(default_factory=dict)
     # A plain-text answer (a run's log): sent as is instead of ``body`` as JSON.
     text_body: str | None = None
+    # The type of ``text_body`` when it is not plain text (a page, a script).
+    media_type: str | None = None
 
     @property
     def content_type(self) -> str:
+        if self.media_type is not None:
+            return self.media_type
         if self.text_body is not None:
             return "text/plain; charset=utf-8"
         return "application/json"
@@ -97,12 +122,21 @@ class Response:
         return cls(status, {}, dict(headers or {}), text_body=text)
 
     @classmethod
+    def html(cls, status: int, html: str, headers: Mapping[str, str] | None = None) -> Response:
+        return cls(
+            status, {}, dict(headers or {}), text_body=html, media_type="text/html; charset=utf-8"
+        )
+
+    @classmethod
     def error(cls, exc: DomainError) -> Response:
         headers = {}
         if isinstance(exc, MethodNotAllowed):
             headers["allow"] = ", ".join(exc.allowed)
         if isinstance(exc, ServerBusy):
             headers["retry-after"] = str(exc.retry_after_seconds)
+        if isinstance(exc, Unauthorized):
+            headers["www-authenticate"] = 'Bearer realm="scheduler"'
+
         return cls(exc.http_status, {"error": str(exc)}, headers)
 
 
@@ -127,6 +161,8 @@ class HttpApiEvent(TypedDict):
     headers: NotRequired[dict[str, str]]
     body: NotRequired[str | None]
     isBase64Encoded: NotRequired[bool]
+    # Payload 2.0 carries the request's cookies here, not in a Cookie header.
+    cookies: NotRequired[list[str]]
     requestContext: HttpApiContext
 
 
@@ -135,6 +171,7 @@ class HttpApiResponse(TypedDict):
     headers: dict[str, str]
     body: str
     isBase64Encoded: bool
+    cookies: NotRequired[list[str]]
 
 
 # -- routing ----------------------------------------------------------------------------------
@@ -143,31 +180,50 @@ class HttpApiResponse(TypedDict):
 _PARAM = re.compile(r"\{([a-z_]+)\}")
 
 
+@dataclass(frozen=True, slots=True)
+class Route:
+    regex: re.Pattern[str]
+    method: str
+    handler: Handler
+    access: Access
+    # What a PAGE route answers a caller without the token (the dashboard's token form).
+    challenge: Handler | None = None
+
+
 class Router:
     """Method + path pattern -> handler. ``{name}`` matches one path segment."""
 
     def __init__(self) -> None:
-        self._routes: list[tuple[re.Pattern[str], str, Handler]] = []
+        self._routes: list[Route] = []
 
-    def add(self, method: str, pattern: str, handler: Handler) -> None:
+    def add(
+        self,
+        method: str,
+        pattern: str,
+        handler: Handler,
+        *,
+        access: Access = Access.API,
+        challenge: Handler | None = None,
+    ) -> None:
+        """Route ``method pattern`` to ``handler``; protected (``Access.API``) unless said."""
         # Literal parts are escaped; each `{name}` becomes a named group of one path segment.
         parts = _PARAM.split(pattern)
         regex = "".join(
             re.escape(part) if index % 2 == 0 else f"(?P<{part}>[^/]+)"
             for index, part in enumerate(parts)
         )
-        self._routes.append((re.compile(regex), method.upper(), handler))
+        self._routes.append(Route(re.compile(regex), method.upper(), handler, access, challenge))
 
-    def match(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
-        """The handler for ``method path`` and its parameters; 404 or 405 as typed errors."""
+    def match(self, method: str, path: str) -> tuple[Route, dict[str, str]]:
+        """The route for ``method path`` and its parameters; 404 or 405 as typed errors."""
         allowed: list[str] = []
-        for regex, route_method, handler in self._routes:
-            found = regex.fullmatch(path)
+        for route in self._routes:
+            found = route.regex.fullmatch(path)
             if found is None:
                 continue
-            if route_method == method or (method == "HEAD" and route_method == "GET"):
-                return handler, found.groupdict()
-            allowed.append(route_method)
+            if route.method == method or (method == "HEAD" and route.method == "GET"):
+                return route, found.groupdict()
+            allowed.append(route.method)
         if allowed:
             raise MethodNotAllowed(method, path, sorted(set(allowed)))
         raise RouteNotFound(path)
@@ -216,10 +272,12 @@ class Application:
         *,
         max_body_bytes: int,
         server_limits: ServerLimits | None = None,
+        auth: ApiAuth | None = None,
     ) -> None:
         self.router = router
         self.max_body_bytes = max_body_bytes
         self.server_limits = server_limits or ServerLimits()
+        self.auth = auth or ApiAuth(None)
 
     def handle(self, request: Request) -> Response:
         with tracing.work("http", method=request.method.upper()[:16]):
@@ -227,10 +285,18 @@ class Application:
 
     def _handle(self, request: Request) -> Response:
         try:
-            handler, params = self.router.match(request.method.upper(), request.path)
+            route, params = self.router.match(request.method.upper(), request.path)
+            request = replace(request, method=request.method.upper(), params=params)
+            if route.access is not Access.PUBLIC:
+                try:
+                    self.auth.authenticate(request.headers)
+                except Unauthorized:
+                    if route.challenge is None:
+                        raise
+                    return route.challenge(request)
             if len(request.body) > self.max_body_bytes:
                 raise PayloadTooLarge(f"body over the limit of {self.max_body_bytes} bytes")
-            return handler(replace(request, method=request.method.upper(), params=params))
+            return route.handler(request)
         except DomainError as exc:
             if exc.http_status >= 500:
                 log.error("request failed: %s", exc, extra={"path": request.path})
@@ -247,12 +313,17 @@ class Application:
             response = Response.error(exc)
         else:
             response = self.handle(request)
-        return {
+        headers = {"content-type": response.content_type, **response.headers}
+        answer: HttpApiResponse = {
             "statusCode": response.status,
-            "headers": {"content-type": response.content_type, **response.headers},
+            "headers": headers,
             "body": response.encode().decode(),
             "isBase64Encoded": False,
         }
+        cookie = headers.pop("set-cookie", None)
+        if cookie is not None:  # payload 2.0 sets cookies through their own field
+            answer["cookies"] = [cookie]
+        return answer
 
 
 def request_from_lambda(event: HttpApiEvent, max_body_bytes: int) -> Request:
@@ -270,6 +341,8 @@ def request_from_lambda(event: HttpApiEvent, max_body_bytes: int) -> Request:
         raise PayloadTooLarge(f"body over the limit of {max_body_bytes} bytes")
     # HTTP API and Function URLs lower-case header names and join repeated ones with commas.
     headers = {name.lower(): value for name, value in (event.get("headers") or {}).items()}
+    if event.get("cookies"):
+        headers["cookie"] = "; ".join(event.get("cookies") or [])
     return Request(
         method=event["requestContext"]["http"]["method"].upper(),
         path=event["rawPath"],
@@ -283,17 +356,24 @@ def _healthz(_: Request) -> Response:
     return Response(200, {"status": "ok"})
 
 
-def create_query_app(settings: Settings, routes: Iterable[Callable[[Router], None]]) -> Application:
-    """An application of read routes only (and health), with no webhook: what AWS serves
-    behind its own authenticated URL, apart from the public webhook."""
+def create_query_app(
+    settings: Settings,
+    routes: Iterable[Callable[[Router], None]],
+    *,
+    auth: ApiAuth | None = None,
+    max_body_bytes: int = 0,
+) -> Application:
+    """An application of read routes (and health, and what else ``routes`` add), with no
+    webhook: what AWS serves behind a URL of its own, apart from the public webhook."""
     router = Router()
-    router.add("GET", "/healthz", _healthz)
+    router.add("GET", "/healthz", _healthz, access=Access.PUBLIC)
     for register in routes:
         register(router)
     return Application(
         router,
-        max_body_bytes=0,  # reads take no body
+        max_body_bytes=max_body_bytes,
         server_limits=ServerLimits.from_settings(settings),
+        auth=auth or ApiAuth(settings.api_token),
     )
 
 
@@ -304,6 +384,7 @@ def create_app(
     config: RepositoryConfig | None = None,
     clock: Clock = system_clock,
     extra_routes: Iterable[Callable[[Router], None]] = (),
+    auth: ApiAuth | None = None,
 ) -> Application:
     """The application for ``settings``: checks the secret and the configuration first.
 
@@ -331,12 +412,14 @@ def create_app(
         return Response(answer.status, answer.body)
 
     router = Router()
-    router.add("POST", "/webhook", receive)
-    router.add("GET", "/healthz", _healthz)
+    # Authenticated by its signature alone (GitHub sends no token).
+    router.add("POST", "/webhook", receive, access=Access.PUBLIC)
+    router.add("GET", "/healthz", _healthz, access=Access.PUBLIC)
     for register in extra_routes:
         register(router)
     return Application(
         router,
         max_body_bytes=settings.webhook_max_body_bytes,
         server_limits=ServerLimits.from_settings(settings),
+        auth=auth or ApiAuth(settings.api_token, clock=clock),
     )

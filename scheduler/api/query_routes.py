@@ -20,7 +20,6 @@ listing.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
-from urllib.parse import unquote
 
 from scheduler.api.app import Request, Response, Router
 from scheduler.db.queries import Queries
@@ -44,18 +43,6 @@ def _only(query: Mapping[str, str], allowed: Collection[str]) -> None:
         )
 
 
-def _param(request: Request, name: str) -> str:
-    """A path parameter, percent-decoded (API Gateway's ``rawPath`` is not decoded)."""
-    try:
-        return unquote(request.params[name], errors="strict")
-    except UnicodeDecodeError:
-        raise InvalidArgument(f"{name} is not valid UTF-8 once percent-decoded") from None
-
-
-def _repo(request: Request) -> str:
-    return f"{_param(request, 'owner')}/{_param(request, 'repo')}"
-
-
 def query_routes(queries: Queries, logs: RunLogs | None = None) -> Callable[[Router], None]:
     """Registers the read routes, answered by ``queries`` (models bound before a request)
     and ``logs`` (the log route; without it every log is a 404)."""
@@ -64,7 +51,7 @@ def query_routes(queries: Queries, logs: RunLogs | None = None) -> Callable[[Rou
     def list_jobs(request: Request) -> Response:
         _only(request.query, JOBS_QUERY_PARAMETERS)
         page = queries.jobs(
-            _repo(request),
+            request.repo,
             status=request.query.get("status"),
             branch=request.query.get("branch"),
             event=request.query.get("event"),
@@ -75,15 +62,15 @@ def query_routes(queries: Queries, logs: RunLogs | None = None) -> Callable[[Rou
 
     def show_job(request: Request) -> Response:
         _only(request.query, ())
-        return Response(200, queries.job(_param(request, "job_id")).to_dict(), _HEADERS)
+        return Response(200, queries.job(request.param("job_id")).to_dict(), _HEADERS)
 
     def repo_stats(request: Request) -> Response:
         _only(request.query, ())
-        return Response(200, queries.stats(_repo(request)).to_dict(), _HEADERS)
+        return Response(200, queries.stats(request.repo).to_dict(), _HEADERS)
 
     def job_log(request: Request) -> Response:
         _only(request.query, ("attempt",))
-        _, text = logs.read(_param(request, "job_id"), request.query.get("attempt"))
+        _, text = logs.read(request.param("job_id"), request.query.get("attempt"))
         return Response.text(200, text, _HEADERS)
 
     def register(router: Router) -> None:

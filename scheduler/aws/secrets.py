@@ -20,6 +20,7 @@ SECRET_ARNS = {
     "SCHEDULER_WEBHOOK_SECRET_ARN": "webhook_secret",
     "SCHEDULER_GITHUB_TOKEN_ARN": "github_token",
     "SCHEDULER_CURSOR_SECRET_ARN": "cursor_secret",
+    "SCHEDULER_API_TOKEN_ARN": "api_token",
 }
 """Environment variable holding a secret's ARN -> the settings field its value fills."""
 
@@ -46,4 +47,5 @@ def resolve_secrets(settings: Settings, environ: Mapping[str, str], client: Any)
         webhook_secret=values.get("webhook_secret", settings.webhook_secret),
         github_token=values.get("github_token", settings.github_token),
         cursor_secret=values.get("cursor_secret", settings.cursor_secret),
+        api_token=values.get("api_token", settings.api_token),
     )

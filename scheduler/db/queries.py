@@ -26,6 +26,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import itertools
 import json
 import logging
 import re
@@ -39,6 +40,7 @@ from pynamodb.exceptions import DoesNotExist, PynamoDBException
 from pynamodb.expressions.condition import Condition
 
 from scheduler.db.models import HistoryEntry, JobModel, RepoModel, count_attribute
+from scheduler.db.store import TRIGGER_PREFIX
 from scheduler.errors import (
     ConfigurationError,
     InvalidArgument,
@@ -59,6 +61,8 @@ MAX_LIMIT = 100
 # cursor, so one request costs at most ~this many item reads however rare the match.
 MAX_EVALUATED = 1000
 FILTERED_PAGE_SIZE = 200
+# The dashboard's list of repositories reads at most this many counters items.
+MAX_REPOSITORIES = 1000
 
 CURSOR_VERSION = 1
 MAX_CURSOR_CHARS = 2048
@@ -569,6 +573,37 @@ class Queries:
             except DoesNotExist:
                 raise JobNotFound(job_id) from None
 
+    def repositories(self, limit: int = MAX_REPOSITORIES) -> list[RepoStats]:
+        """Every repository's counters, by name, and one batch read of the last jobs' statuses.
+
+        A scan of the ``repos`` table, never of the jobs table. That table also holds the
+        webhook's trigger guards (one small item per commit built within the retention
+        window), which the scan reads and filters out: callers that poll should cache this
+        (the dashboard does), and a sparse index of counters items would make it one query.
+        """
+        with _reading("repositories"):
+            scan = RepoModel.scan(
+                filter_condition=~RepoModel.repo.startswith(TRIGGER_PREFIX), page_size=500
+            )
+            items = sorted(itertools.islice(scan, limit), key=lambda i: i.repo)
+            last_ids = {item.last_job_id for item in items if item.last_job_id}
+            statuses = {
+                job.job_id: job.status
+                for job in JobModel.batch_get(last_ids, attributes_to_get=["job_id", "status"])
+            }
+        return [_repo_stats(item, statuses.get(item.last_job_id or "")) for item in items]
+
+    def repository_version(self, repo: str) -> str:
+        """What changes whenever a job of ``repo`` is created or changes status: its counters
+        item (moved in the same transactions). One small read, for "has anything changed"."""
+        repo = validate_repo(repo)
+        with _reading(f"stats of {repo}"):
+            try:
+                item = RepoModel.get(repo, consistent_read=True)
+            except DoesNotExist:
+                return "none"
+        return json.dumps(item.serialize(), sort_keys=True, default=str)
+
     def stats(self, repo: str) -> RepoStats:
         """Counters of a repository, kept by the transition transactions (no counting here)."""
         repo = validate_repo(repo)
@@ -584,19 +619,22 @@ class Queries:
                     last_status = last.status
                 except DoesNotExist:
                     last_status = None  # expired by TTL
-        counts = {
-            status.value: int(getattr(item, count_attribute(status.value)) or 0)
-            for status in JobStatus
-        }
-        return RepoStats(
-            repo=repo,
-            counts=counts,
-            running=int(item.running or 0),
-            slot_limit=_int(item.slot_limit),
-            last_job_id=item.last_job_id,
-            last_received_at=_int(item.last_received_at),
-            last_status=last_status,
-        )
+        return _repo_stats(item, last_status)
+
+
+def _repo_stats(item: RepoModel, last_status: str | None) -> RepoStats:
+    counts = {
+        status.value: int(getattr(item, count_attribute(status.value)) or 0) for status in JobStatus
+    }
+    return RepoStats(
+        repo=item.repo,
+        counts=counts,
+        running=int(item.running or 0),
+        slot_limit=_int(item.slot_limit),
+        last_job_id=item.last_job_id,
+        last_received_at=_int(item.last_received_at),
+        last_status=last_status,
+    )
 
 
 __all__ = [

@@ -29,6 +29,8 @@ class MappingConfig:
     max_record_age_seconds: int = -1  # -1: no limit
     report_batch_item_failures: bool = False
     starting_position: str = "TRIM_HORIZON"
+    # Concurrent batches per shard; records of one item (its key) always share a lane.
+    parallelization_factor: int = 1
     # FilterCriteria on eventName (the only kind of filter this runner implements): records
     # of other kinds are dropped before batching, as Lambda drops them. None: no filter.
     event_names: frozenset[str] | None = None
@@ -46,6 +48,9 @@ class MappingConfig:
         if len(found) != 1:
             raise ConfigurationError(f"{function} needs exactly one DynamoDB event source")
         props = found[0]
+        factor = int(props.get("ParallelizationFactor", 1))
+        if not 1 <= factor <= 10:
+            raise ConfigurationError(f"ParallelizationFactor must be 1 to 10, not {factor}")
         return cls(
             batch_size=int(props.get("BatchSize", 100)),
             batching_window_seconds=float(props.get("MaximumBatchingWindowInSeconds", 0)),
@@ -55,6 +60,7 @@ class MappingConfig:
             report_batch_item_failures="ReportBatchItemFailures"
             in props.get("FunctionResponseTypes", []),
             starting_position=str(props.get("StartingPosition", "TRIM_HORIZON")),
+            parallelization_factor=factor,
             event_names=_event_names(props.get("FilterCriteria")),
         )
 

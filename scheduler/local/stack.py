@@ -21,6 +21,7 @@ from types import FrameType
 from urllib.parse import urlsplit
 
 from scheduler import stack_file
+from scheduler.api.auth import is_loopback_host
 from scheduler.config import RepositoryConfig, load_config
 from scheduler.db import clients
 from scheduler.db.tables import ensure_tables
@@ -62,6 +63,7 @@ class LocalStack:
     def __init__(self, settings: Settings, options: StackOptions) -> None:
         self.options = options
         self._stop = threading.Event()
+        self._recovered = threading.Event()  # the stream runs only after recovery
         self._stop_supervisor = threading.Event()  # set last: the runs report until the end
         self._supervisor: threading.Thread | None = None
         self._threads: list[threading.Thread] = []
@@ -84,6 +86,12 @@ class LocalStack:
         # The stack always serves a local endpoint (its own DynamoDB Local, unless one is set),
         # which is what the unsigned-delivery opt-out requires.
         webhook_secret(replace(self.settings, dynamodb_endpoint="http://local"))
+        if not self.settings.api_token and not is_loopback_host(self.options.host):
+            # Without a token the read routes, the dashboard and its buttons ask nobody.
+            raise ConfigurationError(
+                f"refusing to serve on {self.options.host} without an API token: set"
+                " SCHEDULER_API_TOKEN, or serve on loopback (--host 127.0.0.1)"
+            )
         config = load_config(self.settings.config_path)
         self._refuse_a_second_stack()
         if port_in_use(self.options.port, self.options.host):
@@ -168,12 +176,23 @@ class LocalStack:
             handler=lambda event, _context: dispatcher.handle_event(event),
             polling=PollingConfig(idle_max_seconds=self.options.idle_poll_seconds),
         )
-        self._spawn("stream-runner", lambda: runner.run(self._stop))
+        self._spawn("stream-runner", lambda: self._stream(runner))
         self._spawn("reaper", lambda: self._reap(self.options.reaper_interval_seconds, core))
         app = core.http_app
         self._http = LocalHTTPServer(app, self.options.host, self.options.port).start()
         self._write_stack_file()
         return self
+
+    def _stream(self, runner: StreamRunner) -> None:
+        """Run the stream once recovery is done. A record redelivered after a crash may ask
+        for a run that the previous stack claimed: started before recovery, the new run sits
+        in the pool, recovery sees it waiting and leaves the job, then its claim is refused
+        and the job waits for its deadline. After recovery, the lost run is failed first
+        (``runner_lost``, retried) and the redelivered record finds the claim taken."""
+        while not self._recovered.wait(0.2):
+            if self._stop.is_set():
+                return
+        runner.run(self._stop)
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -187,9 +206,13 @@ class LocalStack:
         while not self._stop.is_set():
             try:
                 self._recover(core.reaper)
+                self._recovered.set()
                 break
             except StoreUnavailable as exc:
                 log.warning("recovery waits for the store: %s", exc)
+                self._stop.wait(seconds)
+            except Exception:
+                log.exception("recovery failed; trying again")
                 self._stop.wait(seconds)
         next_sweep = next_prune = 0.0
         while not self._stop.is_set():
@@ -204,6 +227,10 @@ class LocalStack:
                 core.reaper.reap_once()
             except StoreUnavailable as exc:
                 log.warning("reaper: store unavailable: %s", exc)
+            except Exception:
+                # Nothing may end this loop but a stop: without it no run is timed out or
+                # recovered, and no stalled queue re-driven, until the stack restarts.
+                log.exception("reaper round failed; trying again next round")
             self._stop.wait(seconds)
 
     def _recover(self, reaper: Reaper) -> None:

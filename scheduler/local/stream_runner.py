@@ -2,11 +2,11 @@
 stream handler with Lambda-shaped events, with the semantics of Lambda's ESM for DynamoDB Streams.
 
 - Shards are discovered with ``DescribeStream`` and re-discovered periodically and whenever a
-  shard is finished; a child shard is read only once its parent is finished; records of a shard
-  are delivered in order.
+  shard is finished; a child shard is read only once its parent is finished; records of an
+  item are delivered in order (with a factor of 1, all records of a shard).
 - A batch is handed to the handler when it holds ``BatchSize`` records, when the batching window
   has passed since its first record, or when the shard has no more records.
-- After a batch succeeds its last sequence number is checkpointed in DynamoDB (conditionally, so
+- After a batch succeeds the shard's checkpoint moves up to it in DynamoDB (conditionally, so
   a checkpoint never moves back), so a restarted runner resumes where it stopped: at least once,
   nothing skipped, at most the unfinished batch repeated.
 - A partial batch response resumes from the lowest reported sequence number (the records before
@@ -33,7 +33,11 @@ empty polls doubles up to ``idle_max_seconds`` when the stream is idle (an empty
 is not free on DynamoDB Local).
 
 Shards are served one after another in one thread (DynamoDB Local keeps one open shard per
-stream); Lambda would run one invocation per shard concurrently.
+stream); Lambda would run one invocation per shard concurrently. Within a shard,
+``ParallelizationFactor`` lanes (:mod:`scheduler.local.lanes`) run batches of different items
+side by side on worker threads; everything above holds per lane, the loop's thread alone
+changes the runner's state, and a shard's checkpoint is the last record before which every
+record of every lane is finished.
 
 This module is the shard loop; the mapping's settings are in :mod:`scheduler.local.mapping`,
 the checkpoints in :mod:`scheduler.local.checkpoints` and the on-failure destination in
@@ -42,13 +46,15 @@ the checkpoints in :mod:`scheduler.local.checkpoints` and the on-failure destina
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import queue
 import random
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +64,7 @@ from scheduler.db.dead_letters import DeadLetter, DeadLetterStore, Handler
 from scheduler.db.outage import error_code, is_outage
 from scheduler.errors import BatchInterrupted, StoreUnavailable
 from scheduler.local.checkpoints import Checkpoint, CheckpointStore, sequence_position
+from scheduler.local.lanes import Batch, Lane, Progress, lane_index, sequence_of
 from scheduler.local.mapping import STREAM_FUNCTION, MappingConfig, PollingConfig
 from scheduler.settings import Settings
 from scheduler.stream.events import lambda_record
@@ -66,25 +73,10 @@ __all__ = ["RunnerStats", "StreamRunner", "lambda_record"]
 
 log = logging.getLogger(__name__)
 
+_MAX_GET_RECORDS = 1000  # GetRecords' largest Limit
+
 
 # -- records ------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Batch:
-    records: list[dict[str, Any]]
-    attempts: int = 0  # failed invocations of this batch (a split does not count)
-    retry_at: float = 0.0
-    error: str = ""
-    condemned: str | None = None  # a dead-letter condition whose write is still to be made
-
-    @property
-    def first_sequence(self) -> str:
-        return str(self.records[0]["dynamodb"]["SequenceNumber"])
-
-    @property
-    def last_sequence(self) -> str:
-        return str(self.records[-1]["dynamodb"]["SequenceNumber"])
 
 
 @dataclass
@@ -97,11 +89,29 @@ class _Shard:
     finished: bool = False
     exhausted: bool = False  # the stream said: no more records, ever (closed and read)
     iterator: str | None = None
-    buffer: list[dict[str, Any]] = field(default_factory=list)
-    buffer_since: float = 0.0
-    batches: deque[_Batch] = field(default_factory=deque)
+    lanes: list[Lane] = field(default_factory=lambda: [Lane(0)])
+    progress: Progress = field(default_factory=Progress)  # read, not yet behind the checkpoint
     not_before: float = 0.0  # backoff after a stream API error
     last_read: int = 0  # records the last GetRecords returned, before any filter
+
+    @property
+    def idle(self) -> bool:
+        return all(lane.idle for lane in self.lanes)
+
+    @property
+    def buffered(self) -> int:
+        return sum(len(lane.buffer) for lane in self.lanes)
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What the handler did with a lane's batch: its response, or what it raised."""
+
+    shard: _Shard
+    lane: Lane
+    batch: Batch
+    response: Any
+    error: Exception | None
 
 
 @dataclass
@@ -155,6 +165,14 @@ class StreamRunner:
         self._idle_delay = self._polling.idle_min_seconds
         self._running_since = wall()  # record ages count from here at the earliest
         self._outages = 0  # consecutive database failures, for the backoff
+        # ParallelizationFactor > 1: lanes' batches go to worker threads; their outcomes come
+        # back through a queue and are applied on the loop's thread (all state lives there).
+        factor = mapping.parallelization_factor
+        self._pool = (
+            ThreadPoolExecutor(factor, thread_name_prefix="stream-lane") if factor > 1 else None
+        )
+        self._outcomes: queue.SimpleQueue[_Outcome] = queue.SimpleQueue()
+        self._wake = threading.Event()  # set when a lane's invocation returns
         self.stats = RunnerStats()
 
     @classmethod
@@ -191,37 +209,65 @@ class StreamRunner:
     def run(self, stop: threading.Event) -> None:
         """Poll until ``stop`` is set: at once while records flow, backing off while idle."""
         log.info("stream runner started", extra={"table": self._table})
-        while not stop.is_set():
-            try:
-                worked = self.step()
-            except StoreUnavailable as exc:
-                log.warning("stream runner: store unavailable, backing off: %s", exc)
-                worked = False
-                self._idle_delay = self._polling.idle_max_seconds
-            if worked:
-                self._idle_delay = self._polling.idle_min_seconds
-                continue
-            stop.wait(self._sleep_for())
-            self._idle_delay = min(self._idle_delay * 2, self._polling.idle_max_seconds)
+        try:
+            while not stop.is_set():
+                self._wake.clear()  # before step(): an outcome arriving after it wakes the wait
+                try:
+                    worked = self.step()
+                except StoreUnavailable as exc:
+                    log.warning("stream runner: store unavailable, backing off: %s", exc)
+                    worked = False
+                    self._idle_delay = self._polling.idle_max_seconds
+                except Exception:
+                    # Nothing but a stop may end the loop: a dead runner thread would leave
+                    # every later job pending. The shard state is as the failed step left it
+                    # (checkpoints never pass an unfinished record), so the next step resumes.
+                    log.exception("stream runner step failed; backing off")
+                    worked = False
+                    self._idle_delay = self._polling.idle_max_seconds
+                if worked:
+                    self._idle_delay = self._polling.idle_min_seconds
+                    continue
+                if self._in_flight():
+                    self._wake.wait(self._sleep_for())
+                else:
+                    stop.wait(self._sleep_for())
+                self._idle_delay = min(self._idle_delay * 2, self._polling.idle_max_seconds)
+        finally:
+            self.close()
         log.info("stream runner stopped", extra={"table": self._table})
+
+    def close(self) -> None:
+        """Let the lanes' invocations in flight end and checkpoint what they finished."""
+        if self._pool is None:
+            return
+        self._pool.shutdown(wait=True)
+        with contextlib.suppress(StoreUnavailable):
+            self._collect()
+
+    def _in_flight(self) -> bool:
+        return any(lane.in_flight for s in self._shards.values() for lane in s.lanes)
 
     def _sleep_for(self) -> float:
         """The idle pause, cut short by the earliest pending retry or batching deadline."""
         now = self._clock()
         delay = self._idle_delay
+        window = self._mapping.batching_window_seconds
         for shard in self._shards.values():
-            if shard.batches:
-                delay = min(delay, max(0.0, shard.batches[0].retry_at - now))
-            elif shard.buffer:
-                deadline = shard.buffer_since + self._mapping.batching_window_seconds
-                delay = min(delay, max(0.0, deadline - now))
+            for lane in shard.lanes:
+                if lane.in_flight:
+                    continue
+                if lane.batches:
+                    delay = min(delay, max(0.0, lane.batches[0].retry_at - now))
+                elif lane.buffer:
+                    delay = min(delay, max(0.0, lane.buffer_since + window - now))
         return delay
 
     def step(self) -> bool:
         """One pass over the readable shards; True if any record moved."""
         if self._stream_arn is None or self._clock() >= self._next_discovery:
             self.discover()
-        worked = False
+        worked = self._collect()
         for shard in self._readable():
             worked = self._serve(shard) or worked
         return worked
@@ -242,7 +288,7 @@ class StreamRunner:
                 quiet += 1
 
     def _busy(self) -> bool:
-        return any(s.batches or s.buffer for s in self._shards.values())
+        return any(not s.idle for s in self._shards.values())
 
     def skip_to_end(self) -> int:
         """Checkpoint every shard at its newest record without invoking (start from "now")."""
@@ -261,7 +307,9 @@ class StreamRunner:
                 skipped += shard.last_read
                 if not shard.last_read or shard.exhausted:
                     break
-            shard.buffer.clear()
+            for lane in shard.lanes:
+                lane.buffer.clear()
+            shard.progress.clear()
             if shard.position is not None:
                 self._checkpoint(shard, shard.position)
         return skipped
@@ -315,12 +363,13 @@ class StreamRunner:
                 checkpoint=mark.sequence_number,
                 position=mark.sequence_number,
                 finished=mark.finished,
+                lanes=[Lane(n) for n in range(self._mapping.parallelization_factor)],
             )
         # Shards that left the listing were trimmed (24 h retention): nothing more to read.
         listed_ids = {raw["ShardId"] for raw in listed}
         for shard_id in list(self._shards):
             shard = self._shards[shard_id]
-            if shard_id not in listed_ids and not shard.batches and not shard.buffer:
+            if shard_id not in listed_ids and shard.idle:
                 del self._shards[shard_id]
 
     def _describe_shards(self, arn: str) -> Iterator[dict[str, Any]]:
@@ -349,36 +398,45 @@ class StreamRunner:
     # -- one shard ------------------------------------------------------------------------
 
     def _serve(self, shard: _Shard) -> bool:
+        """Retry or dead-letter the lanes' waiting batches, read on, invoke the lanes' next."""
+        worked = False
         now = self._clock()
-        if shard.batches:  # a failed batch blocks its shard until it succeeds or is dropped
-            if shard.batches[0].retry_at > now:
-                return False
-            if shard.batches[0].condemned:
-                self._flush_dead_letter(shard)
+        for lane in shard.lanes:
+            # A failed batch blocks its lane (with a factor of 1: its shard) until it succeeds
+            # or is dropped; the other lanes go on.
+            if lane.in_flight or not lane.batches or lane.batches[0].retry_at > now:
+                continue
+            if lane.batches[0].condemned:
+                self._flush_dead_letter(shard, lane)
             else:
-                self._invoke(shard)
-            return True
+                self._invoke(shard, lane)
+            worked = True
         read = 0
-        if not shard.exhausted and len(shard.buffer) < self._mapping.batch_size:
-            records = self._fetch(shard, self._mapping.batch_size - len(shard.buffer))
+        room = self._mapping.batch_size * len(shard.lanes) - shard.buffered
+        blocked = all(lane.batches and not lane.in_flight for lane in shard.lanes)
+        if not shard.exhausted and room > 0 and not blocked:
+            records = self._fetch(shard, min(room, _MAX_GET_RECORDS))
             read = len(records or [])
-        if shard.buffer and self._batch_ready(shard, self._clock()):
-            size = self._mapping.batch_size
-            shard.batches.append(_Batch(shard.buffer[:size]))
-            del shard.buffer[:size]
-            shard.buffer_since = self._clock()
-            self._invoke(shard)
-            return True
-        if shard.exhausted and not shard.buffer and not shard.batches:
+        now = self._clock()
+        size = self._mapping.batch_size
+        for lane in shard.lanes:
+            if lane.batches or not lane.buffer or not self._batch_ready(shard, lane, now):
+                continue
+            lane.batches.append(Batch(lane.buffer[:size]))
+            del lane.buffer[:size]
+            lane.buffer_since = now
+            self._invoke(shard, lane)
+            worked = True
+        if shard.exhausted and shard.idle:
             self._finish(shard)
             return True
-        return read > 0
+        return worked or read > 0
 
-    def _batch_ready(self, shard: _Shard, now: float) -> bool:
+    def _batch_ready(self, shard: _Shard, lane: Lane, now: float) -> bool:
         return (
-            len(shard.buffer) >= self._mapping.batch_size
+            len(lane.buffer) >= self._mapping.batch_size
             or shard.exhausted
-            or now - shard.buffer_since >= self._mapping.batching_window_seconds
+            or now - lane.buffer_since >= self._mapping.batching_window_seconds
         )
 
     def _finish(self, shard: _Shard) -> None:
@@ -436,12 +494,7 @@ class StreamRunner:
             return None
         assert self._stream_arn is not None
         raw_records = response.get("Records", [])
-        wanted = self._mapping.event_names
-        records = [
-            lambda_record(raw, self._stream_arn)
-            for raw in raw_records
-            if wanted is None or raw.get("eventName") in wanted
-        ]
+        records = self._accept(shard, raw_records, self._stream_arn)
         shard.iterator = response.get("NextShardIterator")
         if shard.iterator is None:
             shard.exhausted = True  # a closed shard, read to its end
@@ -449,51 +502,105 @@ class StreamRunner:
         if raw_records:  # filtered-out records are passed too: read, never delivered
             shard.position = raw_records[-1]["dynamodb"]["SequenceNumber"]
         if records:
-            if not shard.buffer:
-                shard.buffer_since = self._clock()
-            shard.buffer.extend(records)
             self.stats.records_read += len(records)
         elif not raw_records:
             self.stats.empty_polls += 1
         return records
 
+    def _accept(
+        self, shard: _Shard, raw_records: list[dict[str, Any]], stream_arn: str
+    ) -> list[dict[str, Any]]:
+        """Put the records read into their items' lanes, in order; filtered-out ones are done."""
+        wanted = self._mapping.event_names
+        records = []
+        now = self._clock()
+        for raw in raw_records:
+            sequence_number = str(raw["dynamodb"]["SequenceNumber"])
+            if wanted is not None and raw.get("eventName") not in wanted:
+                shard.progress.add([sequence_number], done=True)  # read, never delivered
+                continue
+            record = lambda_record(raw, stream_arn)
+            lane = shard.lanes[lane_index(record, len(shard.lanes))]
+            if not lane.buffer:
+                lane.buffer_since = now
+            lane.buffer.append(record)
+            shard.progress.add([sequence_number])
+            records.append(record)
+        # A finished prefix left by filtered-out records goes now (memory stays bounded); the
+        # checkpoint covers it with the next batch, as it would have without lanes.
+        shard.progress.advance()
+        return records
+
     # -- invocation and failure policy ---------------------------------------------------------
 
-    def _invoke(self, shard: _Shard) -> None:
-        batch = shard.batches[0]
-        if self._mapping.max_record_age_seconds >= 0 and self._expire(shard, batch):
+    def _invoke(self, shard: _Shard, lane: Lane) -> None:
+        """Hand the lane's head batch to the handler: inline, or on a worker with lanes."""
+        batch = lane.batches[0]
+        if self._mapping.max_record_age_seconds >= 0 and self._expire(shard, lane, batch):
             return
         self.stats.invocations += 1
+        if self._pool is None:
+            self._settle(_Outcome(shard, lane, batch, *self._call(batch)))
+            return
+        lane.in_flight = True
+        self._pool.submit(self._work, shard, lane, batch)
+
+    def _call(self, batch: Batch) -> tuple[Any, Exception | None]:
         try:
-            response = self._handler({"Records": batch.records}, None)
-            failed_at, error = self._first_failure(batch, response)
+            return self._handler({"Records": batch.records}, None), None
         except Exception as exc:
-            if is_outage(exc):  # the database's failure, not the function's
-                self._wait_for_store(batch, exc)
-                return
+            return None, exc
+
+    def _work(self, shard: _Shard, lane: Lane, batch: Batch) -> None:
+        """A worker thread: the handler only; the outcome is applied on the loop's thread."""
+        self._outcomes.put(_Outcome(shard, lane, batch, *self._call(batch)))
+        self._wake.set()
+
+    def _collect(self) -> bool:
+        """Apply the outcomes the lanes' workers returned; True if there were any."""
+        collected = False
+        while True:
+            try:
+                outcome = self._outcomes.get_nowait()
+            except queue.Empty:
+                return collected
+            collected = True
+            outcome.lane.in_flight = False
+            if self._shards.get(outcome.shard.shard_id) is outcome.shard:
+                self._settle(outcome)  # else: a stream that was replaced; redelivered anyway
+
+    def _settle(self, outcome: _Outcome) -> None:
+        """Apply the failure policy to a batch the handler returned (or raised) on."""
+        shard, lane, batch, exc = outcome.shard, outcome.lane, outcome.batch, outcome.error
+        if exc is None:
+            failed_at, error = self._first_failure(batch, outcome.response)
+        elif is_outage(exc):  # the database's failure, not the function's
+            self._wait_for_store(shard, batch, exc)
+            return
+        else:
             log.warning("stream function error: %r", exc, extra={"shard_id": shard.shard_id})
             failed_at, error = 0, f"{type(exc).__name__}: {exc}"
         self._outages = 0
         if failed_at is None:
-            shard.batches.popleft()
+            lane.batches.popleft()
             self.stats.records_succeeded += len(batch.records)
-            self._checkpoint(shard, batch.last_sequence)
+            self._done(shard, batch.records)
             return
         self.stats.function_errors += 1
         if failed_at > 0:  # the records before the first failure succeeded
             self.stats.records_succeeded += failed_at
-            self._checkpoint(shard, batch.records[failed_at - 1]["dynamodb"]["SequenceNumber"])
-            batch.records = batch.records[failed_at:]
+            done, batch.records = batch.records[:failed_at], batch.records[failed_at:]
+            self._done(shard, done)
         batch.error = error
         if self._mapping.bisect_on_error and len(batch.records) > 1:
             # Split and retry at once; a split does not use up a retry (Lambda's rule), so the
             # failing record ends up alone and only it meets the retry limit.
             half = len(batch.records) // 2
-            shard.batches.popleft()
-            shard.batches.extendleft(
+            lane.batches.popleft()
+            lane.batches.extendleft(
                 [
-                    _Batch(batch.records[half:], batch.attempts, error=error),
-                    _Batch(batch.records[:half], batch.attempts, error=error),
+                    Batch(batch.records[half:], batch.attempts, error=error),
+                    Batch(batch.records[:half], batch.attempts, error=error),
                 ]
             )
             return
@@ -501,7 +608,7 @@ class StreamRunner:
         retries = self._mapping.max_retry_attempts
         if 0 <= retries < batch.attempts:
             batch.condemned = "RetryAttemptsExhausted"
-            self._flush_dead_letter(shard)
+            self._flush_dead_letter(shard, lane)
             return
         pause = min(
             self._polling.retry_max_seconds,
@@ -509,7 +616,14 @@ class StreamRunner:
         )
         batch.retry_at = self._clock() + pause * random.uniform(0.8, 1.2)
 
-    def _wait_for_store(self, batch: _Batch, exc: BaseException) -> None:
+    def _done(self, shard: _Shard, records: list[dict[str, Any]]) -> None:
+        """Records finished (processed or dead-lettered): checkpoint the gapless prefix."""
+        shard.progress.finish(sequence_of(r) for r in records)
+        checkpoint = shard.progress.advance()
+        if checkpoint is not None:
+            self._checkpoint(shard, checkpoint)
+
+    def _wait_for_store(self, shard: _Shard, batch: Batch, exc: BaseException) -> None:
         """The database failed the batch: keep what is done, try the rest again later.
 
         Neither a retry attempt nor a step toward the dead-letter table: the records are not
@@ -522,6 +636,8 @@ class StreamRunner:
             if exc.sequence_number in done:
                 finished = done.index(exc.sequence_number)
                 self.stats.records_succeeded += finished
+                # Finished, and covered by the next checkpoint (the store is out just now).
+                shard.progress.finish(done[:finished])
                 batch.records = batch.records[finished:]
         pause = self._outage_pause()
         batch.retry_at = self._clock() + pause
@@ -535,7 +651,7 @@ class StreamRunner:
         pause = self._polling.retry_base_seconds * 2 ** min(self._outages - 1, 16)
         return float(min(self._polling.outage_max_seconds, pause) * random.uniform(0.8, 1.2))
 
-    def _first_failure(self, batch: _Batch, response: Any) -> tuple[int | None, str]:
+    def _first_failure(self, batch: Batch, response: Any) -> tuple[int | None, str]:
         """Index of the lowest failed record per the partial batch response, or None."""
         if not self._mapping.report_batch_item_failures or not isinstance(response, dict):
             return None, ""
@@ -553,7 +669,7 @@ class StreamRunner:
         lowest = min(found)
         return lowest, f"record {batch.records[lowest]['dynamodb']['SequenceNumber']} failed"
 
-    def _expire(self, shard: _Shard, batch: _Batch) -> bool:
+    def _expire(self, shard: _Shard, lane: Lane, batch: Batch) -> bool:
         """Dead-letter the failed records older than MaximumRecordAgeInSeconds.
 
         True if it did (the rest of the batch is invoked at the next turn). Age counts from the
@@ -576,7 +692,7 @@ class StreamRunner:
             )
         if not expired:
             return False
-        old = _Batch(
+        old = Batch(
             batch.records[:expired],
             batch.attempts,
             error=batch.error or "too old",
@@ -584,30 +700,30 @@ class StreamRunner:
         )
         batch.records = batch.records[expired:]
         if not batch.records:
-            shard.batches.popleft()
-        shard.batches.appendleft(old)
-        self._flush_dead_letter(shard)
+            lane.batches.popleft()
+        lane.batches.appendleft(old)
+        self._flush_dead_letter(shard, lane)
         return True
 
-    def _flush_dead_letter(self, shard: _Shard) -> None:
+    def _flush_dead_letter(self, shard: _Shard, lane: Lane) -> None:
         """Write the condemned head batch to the dead-letter table, then move past it.
 
         If the write fails (the table is in the same database) the batch stays at the head of
-        its shard and the write is tried again after a pause: nothing is checkpointed past it.
+        its lane and the write is tried again after a pause: nothing is checkpointed past it.
         """
-        batch = shard.batches[0]
+        batch = lane.batches[0]
         assert batch.condemned is not None
         try:
             self._write_dead_letter(shard, batch, batch.condemned)
         except StoreUnavailable as exc:
-            self._wait_for_store(batch, exc)
+            self._wait_for_store(shard, batch, exc)
             return
         self._outages = 0
-        shard.batches.popleft()
-        # The shard moves on: the batch is in the destination, its records are done here.
-        self._checkpoint(shard, batch.last_sequence)
+        lane.batches.popleft()
+        # The lane moves on: the batch is in the destination, its records are done here.
+        self._done(shard, batch.records)
 
-    def _write_dead_letter(self, shard: _Shard, batch: _Batch, condition: str) -> None:
+    def _write_dead_letter(self, shard: _Shard, batch: Batch, condition: str) -> None:
         assert self._stream_arn is not None
         first, last = batch.records[0]["dynamodb"], batch.records[-1]["dynamodb"]
         now_ms = int(self._wall() * 1000)

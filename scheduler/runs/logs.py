@@ -23,6 +23,7 @@ __all__ = [
     "READ_LIMIT_BYTES",
     "TAIL_LINES",
     "LogChunk",
+    "LogPage",
     "LogReader",
     "LogTarget",
     "RunLogs",
@@ -34,6 +35,7 @@ READ_LIMIT_BYTES = 4 * 1024 * 1024  # one answer of the route: under Lambda's 6 
 TAIL_LINES = 10
 CARRY_MAX_BYTES = 64 * 1024  # a follower holds back at most this much of an unfinished line
 MAX_ATTEMPT = 10_000
+PAGE_BYTES = 256 * 1024  # new output one page of a live tail (the dashboard) reads at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +53,18 @@ class LogChunk:
     data: bytes
     cursor: str  # pass it back to read on from here
     more: bool = False  # the limit stopped the read: more output is there already
+
+
+@dataclass(frozen=True, slots=True)
+class LogPage:
+    """New output of an attempt since a page cursor: whole lines only while the run goes
+    (a secret is never split between two pages, so masking sees it whole)."""
+
+    attempt: int
+    text: str  # masked
+    cursor: str  # pass it back for the next page
+    final: bool  # the attempt writes no more and all of it was shown
+    more: bool  # more output is there already: ask again at once
 
 
 class LogReader(Protocol):
@@ -126,6 +140,31 @@ class RunLogs:
         mask = self._mask_for(job.repo)
         return [mask(line) for line in last_lines(chunk.data, count)]
 
+    def page(self, job: JobDetail, attempt: str | int | None, cursor: str | None) -> LogPage:
+        """The output of ``attempt`` after ``cursor`` (None: from the start), masked.
+
+        The cursor is ``<skip>:<reader cursor>``: the reader's position and how many bytes
+        read from it were shown already. A line not yet ended is held back by not moving the
+        reader's position (the next read starts there again, with a window that grows), so
+        nothing is kept between calls and any reader's cursor works.
+        """
+        target = self.target(job, attempt)
+        over = is_over(job, target.attempt)  # judged before reading: then nothing is missed
+        skip, position = _split_page_cursor(cursor)
+        try:
+            chunk = self._read(target, position, skip + PAGE_BYTES)
+        except LogNotFound:
+            return LogPage(target.attempt, "", cursor or "0:", over, False)
+        data = chunk.data[skip:]
+        cut = len(data) if over and not chunk.more else data.rfind(b"\n") + 1
+        if not cut and skip + len(data) >= READ_LIMIT_BYTES:
+            cut = len(data)  # a line without end: shown in pieces rather than held
+        held_back = f"{skip + cut}:{position or ''}"
+        next_cursor = f"0:{chunk.cursor}" if cut == len(data) else held_back
+        text = self._mask_for(job.repo)(data[:cut].decode("utf-8", "replace"))
+        final = over and not chunk.more and cut == len(data)
+        return LogPage(target.attempt, text, next_cursor, final, chunk.more)
+
     def follow(
         self,
         job_id: str,
@@ -175,6 +214,16 @@ class RunLogs:
             job = self._queries.job(job_id)
 
     def _read(self, target: LogTarget, cursor: str | None, limit: int) -> LogChunk:
+        # The reader validates its own cursor (a byte offset, a CloudWatch token).
         if self._reader is None:
             raise LogNotFound(target.job_id, target.attempt, "this process reads no run logs")
         return self._reader.read(target, cursor, limit)
+
+
+def _split_page_cursor(cursor: str | None) -> tuple[int, str | None]:
+    if not cursor:
+        return 0, None
+    skip, separator, position = cursor.partition(":")
+    if not separator or not (skip.isascii() and skip.isdecimal() and len(skip) <= 8):
+        raise InvalidArgument("log cursor is malformed")
+    return int(skip), position or None

@@ -15,10 +15,16 @@ stream record of that finish promotes the next job. If promotion fails (throttle
 crashed), the record fails and is delivered again until promotion has run, so a freed slot is
 always offered to the queue. A job that found its repository full stays queued; a full
 repository has active jobs, and each of them finishes (or is reaped) and promotes.
+
+Within a batch, the finishes of one repository owe it one promotion, run at the end of the
+batch (or before a record of that repository that may take a slot, so a new job never
+overtakes the queue); if it fails, the first record that owed it is the one reported failed,
+so it and everything after it come again.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -99,6 +105,29 @@ def _log_activation(job: JobModel, delay_ms: int) -> None:
     log.info("run requested", extra={"job_id": job.job_id, "attempt": job.attempt})
 
 
+_TAKES_SLOTS = (Activate, SupersedeOlder)
+"""Actions that must not overtake an owed promotion of their repository."""
+
+
+class _Promotions:
+    """Promotions a batch owes, by repository: the first record that asked for each."""
+
+    def __init__(self) -> None:
+        self.owed: dict[str, str] = {}
+        self.current = ""  # the sequence number of the record being handled
+
+    def owe(self, repo: str) -> None:
+        self.owed.setdefault(repo, self.current)
+
+    def first(self) -> str | None:
+        return next(iter(self.owed.values()), None)
+
+    def flush(self, dispatcher: Dispatcher, repo: str) -> None:
+        if repo in self.owed:
+            dispatcher.promote(repo)
+            del self.owed[repo]  # only once it ran: a failed promotion stays owed
+
+
 class Dispatcher:
     """Carries out the actions of stream records with the store's guarded writes."""
 
@@ -152,36 +181,73 @@ class Dispatcher:
         with backoff while the invocation has time, then reported as failed; without it (the
         local runner) :class:`BatchInterrupted` tells the caller to wait for the database.
         """
+        promotions = _Promotions()
+        failed: str | None = None
         for record in event.get("Records", []):
             sequence_number = record["dynamodb"]["SequenceNumber"]
-            for pause in _outage_pauses():
-                try:
-                    self.handle_record(record)
-                    break
-                except Exception as exc:
-                    if not is_outage(exc):
-                        log.exception(
-                            "stream record failed",
-                            extra={"sequence_number": sequence_number},
-                        )
-                        return {"batchItemFailures": [{"itemIdentifier": sequence_number}]}
-                    if time_left_ms is None:
-                        raise BatchInterrupted(sequence_number, str(exc)) from exc
-                    if time_left_ms() < pause * 1000 + _OUTAGE_MARGIN_MS:
-                        log.warning(
-                            "store unavailable; the invocation's time is up",
-                            extra={"sequence_number": sequence_number, "error": str(exc)},
-                        )
-                        return {"batchItemFailures": [{"itemIdentifier": sequence_number}]}
-                    log.warning(
-                        "store unavailable; trying the record again",
-                        extra={"sequence_number": sequence_number, "pause_s": pause},
-                    )
-                    time.sleep(pause)
-        return {"batchItemFailures": []}
+            promotions.current = sequence_number
+            try:
+                done = self._attempt(
+                    functools.partial(self.handle_record, record, promotions),
+                    sequence_number,
+                    time_left_ms,
+                )
+            except BatchInterrupted as exc:
+                # A record before this one still owes its repository a promotion: from there.
+                first = promotions.first() or sequence_number
+                raise BatchInterrupted(first, str(exc)) from exc
+            if not done:
+                failed = sequence_number
+                break
+        # The records before a failure succeeded: their promotions are owed all the same.
+        for repo, first in list(promotions.owed.items()):
+            if self._attempt(functools.partial(promotions.flush, self, repo), first, time_left_ms):
+                continue
+            failed = first if failed is None or int(first) < int(failed) else failed
+            break  # the first failed promotion's record and all after it come again
+        return {"batchItemFailures": [{"itemIdentifier": failed}] if failed else []}
 
-    def handle_record(self, record: StreamRecord) -> list[str]:
-        """Carry out what one record calls for; return one outcome word per action."""
+    def _attempt(
+        self,
+        work: Callable[[], object],
+        sequence_number: str,
+        time_left_ms: Callable[[], int] | None,
+    ) -> bool:
+        """Do ``work`` for a record; False if the record failed (a database outage is retried
+        while Lambda's time lasts, or raised as :class:`BatchInterrupted` locally)."""
+        for pause in _outage_pauses():
+            try:
+                work()
+                return True
+            except Exception as exc:
+                if not is_outage(exc):
+                    log.exception(
+                        "stream record failed", extra={"sequence_number": sequence_number}
+                    )
+                    return False
+                if time_left_ms is None:
+                    raise BatchInterrupted(sequence_number, str(exc)) from exc
+                if time_left_ms() < pause * 1000 + _OUTAGE_MARGIN_MS:
+                    log.warning(
+                        "store unavailable; the invocation's time is up",
+                        extra={"sequence_number": sequence_number, "error": str(exc)},
+                    )
+                    return False
+                log.warning(
+                    "store unavailable; trying the record again",
+                    extra={"sequence_number": sequence_number, "pause_s": pause},
+                )
+                time.sleep(pause)
+        raise AssertionError("unreachable")  # _outage_pauses never ends
+
+    def handle_record(
+        self, record: StreamRecord, promotions: _Promotions | None = None
+    ) -> list[str]:
+        """Carry out what one record calls for; return one outcome word per action.
+
+        With ``promotions`` (a batch), a finish's promotion of its repository is owed to the end
+        of the batch, so a batch of finishes of one repository promotes once.
+        """
         try:
             transition = read_transition(record)
         except MalformedStreamRecord:
@@ -200,9 +266,11 @@ class Dispatcher:
             **{"from": transition.source.value if transition.source else "new"},
             to=transition.dest.value,
         ):
-            return self._carry_out(transition)
+            return self._carry_out(transition, promotions)
 
-    def _carry_out(self, transition: Transition) -> list[str]:
+    def _carry_out(
+        self, transition: Transition, promotions: _Promotions | None = None
+    ) -> list[str]:
         job = transition.job
         actions = decide(
             transition.source,
@@ -220,8 +288,16 @@ class Dispatcher:
             supersede=self._supersede_for(job.repo) if transition.source is None else "off",
             lane=lane_of(transition.image) if transition.source is None else None,
         )
+        if promotions is not None and any(isinstance(a, _TAKES_SLOTS) for a in actions):
+            # A new job may take a slot: the queue's older jobs get theirs first, as if the
+            # owed promotion had run with its own record.
+            promotions.flush(self, job.repo)
         outcomes = []
         for action in actions:
+            if promotions is not None and isinstance(action, PromoteQueued):
+                promotions.owe(action.repo)
+                outcomes.append("promotion_owed")
+                continue
             with tracing.span(type(action).__name__, job_id=job.job_id):
                 outcomes.append(self.execute(action, transition.image))
         for observe in self.observers:

@@ -173,6 +173,7 @@ def test_every_function_in_the_template_gets_what_the_composition_reads() -> Non
     assert "SCHEDULER_WEBHOOK_SECRET_ARN" in webhook and "GITHUB_WEBHOOK_SECRET" not in webhook
     api = functions["ApiFunction"]["Environment"]["Variables"]
     assert "SCHEDULER_CURSOR_SECRET_ARN" in api and "SCHEDULER_WEBHOOK_SECRET_ARN" not in api
+    assert "SCHEDULER_API_TOKEN_ARN" in api and "SCHEDULER_API_TOKEN" not in api
 
 
 def test_each_aws_client_gets_its_own_endpoint() -> None:

@@ -37,7 +37,13 @@ SECRET = "boot-test-secret-0123456789abcdef"
 PROJECT = "ci-project"
 WEBHOOK_SECRET_ARN = "arn:aws:secretsmanager:us-east-1:1:secret:webhook-AbCdEf"
 CURSOR_SECRET_ARN = "arn:aws:secretsmanager:us-east-1:1:secret:cursor-AbCdEf"
-SECRETS = {WEBHOOK_SECRET_ARN: SECRET, CURSOR_SECRET_ARN: "cursor-key-for-the-boot-test"}
+API_TOKEN_SECRET_ARN = "arn:aws:secretsmanager:us-east-1:1:secret:api-token-AbCdEf"
+API_TOKEN = "api-token-for-the-boot-test"
+SECRETS = {
+    WEBHOOK_SECRET_ARN: SECRET,
+    CURSOR_SECRET_ARN: "cursor-key-for-the-boot-test",
+    API_TOKEN_SECRET_ARN: API_TOKEN,
+}
 FUNCTIONS = (
     "WebhookFunction",
     "ApiFunction",
@@ -162,6 +168,7 @@ def function_environment(logical_id: str, settings: Settings) -> dict[str, str]:
         "BuildProject": PROJECT,
         "WebhookSecret": WEBHOOK_SECRET_ARN,
         "CursorSecret": CURSOR_SECRET_ARN,
+        "ApiTokenSecret": API_TOKEN_SECRET_ARN,
         "RetentionDays": "30",
     }
     template = load_template(BUILD / "template.yaml")
@@ -334,15 +341,22 @@ def test_every_function_boots_under_the_runtime_client_and_does_its_job(
     hidden = webhook.invoke(url_event("GET", "/repos/boot/app/jobs"))
     assert hidden["statusCode"] == 404, hidden
     api = functions["ApiFunction"]
-    listing = api.invoke(url_event("GET", "/repos/boot/app/jobs"))
+    # The API asks for its token (from Secrets Manager, as the other secrets).
+    refused = api.invoke(url_event("GET", "/repos/boot/app/jobs"))
+    assert refused["statusCode"] == 401, refused
+    bearer = {"Authorization": f"Bearer {API_TOKEN}"}
+    listing = api.invoke(url_event("GET", "/repos/boot/app/jobs", headers=bearer))
     assert listing["statusCode"] == 200, listing
+    # The dashboard renders from the templates packaged with the function.
+    page = api.invoke(url_event("GET", "/ui/repos/boot/app", headers=bearer))
+    assert page["statusCode"] == 200 and job_id in page["body"], page
     assert [j["job_id"] for j in json.loads(listing["body"])["jobs"]] == [job_id]
     health = webhook.invoke(url_event("GET", "/healthz"))
     assert health["statusCode"] == 200, health
     # Secrets came from Secrets Manager, once each (the environment holds only their ARNs),
     # and each function read only its own.
     assert webhook.api.secrets_read == [WEBHOOK_SECRET_ARN]
-    assert api.api.secrets_read == [CURSOR_SECRET_ARN]
+    assert api.api.secrets_read == [CURSOR_SECRET_ARN, API_TOKEN_SECRET_ARN]
 
     # The stream: the new job is activated; its activation starts one build.
     pending = JobModel.get(job_id, consistent_read=True).serialize()

@@ -28,6 +28,7 @@ from scheduler.settings import Settings
 from tests.conftest import MakeJob, clear_table
 
 SECRET = "s3cr3t-webhook-key-for-query-tests"
+API_TOKEN = "api-token-for-query-tests"  # required on AWS
 REPO = "octo-org/api"
 OTHER = "octo-org/web"
 JOBS = f"/repos/{REPO}/jobs"
@@ -77,7 +78,11 @@ class LambdaTransport:
             "routeKey": "$default",
             "rawPath": path,
             "rawQueryString": urlencode(query or {}),
-            "headers": {"accept": "application/json", "host": "abc.lambda-url.on.aws"},
+            "headers": {
+                "accept": "application/json",
+                "host": "abc.lambda-url.on.aws",
+                "authorization": f"Bearer {API_TOKEN}",
+            },
             "requestContext": {
                 "http": {"method": method, "path": path, "protocol": "HTTP/1.1"},
                 "requestId": "c6af9ac6-7b61-11e6-9a41-93e8deadbeef",
@@ -107,6 +112,7 @@ def lambda_app(settings: Settings) -> Iterator[None]:
     """``scheduler.aws.handlers`` built from the environment (the session's tables), as on AWS."""
     with pytest.MonkeyPatch.context() as env:
         env.setenv("GITHUB_WEBHOOK_SECRET", SECRET)
+        env.setenv("SCHEDULER_API_TOKEN", API_TOKEN)
         env.delenv("SCHEDULER_CONFIG", raising=False)
         handlers.core.cache_clear()
         yield

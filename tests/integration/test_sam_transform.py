@@ -90,12 +90,20 @@ def test_each_grant_is_made_once(transformed: dict[str, Any]) -> None:
                 seen.append(key)
 
 
-def test_only_the_webhook_is_public(transformed: dict[str, Any]) -> None:
+def test_the_urls_are_public_and_the_api_asks_for_its_token(transformed: dict[str, Any]) -> None:
+    # A browser cannot sign SigV4 requests: the API URL is public and the app asks for the
+    # token (ApiTokenSecret, given to the API function only).
     urls = {
         props["TargetFunctionArn"]["Ref"]: props["AuthType"]
         for props in of_type(transformed, "AWS::Lambda::Url").values()
     }
-    assert urls == {"WebhookFunction": "NONE", "ApiFunction": "AWS_IAM"}
+    assert urls == {"WebhookFunction": "NONE", "ApiFunction": "NONE"}
+    holders = [
+        name
+        for name, props in of_type(transformed, "AWS::Lambda::Function").items()
+        if "SCHEDULER_API_TOKEN_ARN" in props.get("Environment", {}).get("Variables", {})
+    ]
+    assert holders == ["ApiFunction"]
 
 
 def test_builds_run_in_the_stacks_own_project_with_a_role_that_only_writes_its_log(

@@ -149,9 +149,11 @@ def test_records_in_flight_when_the_database_dies_are_processed_once_it_is_back(
     runner.drain(timeout=60)
 
     assert outage.happened.is_set()
-    assert [status(j) for j in same_repo] == ["active"] * 2 + ["pending"] * 3
-    assert all(activations(j) == {1: 1} for j in same_repo[:2] + others)
-    assert {job for job, _ in recorder.started} == set(same_repo[:2] + others)
+    # Two of the repository's jobs hold its slots (which two: lanes run side by side).
+    active = [j for j in same_repo if status(j) == "active"]
+    assert len(active) == 2 and all(status(j) == "pending" for j in set(same_repo) - set(active))
+    assert all(activations(j) == {1: 1} for j in active + others)
+    assert {job for job, _ in recorder.started} == set(active + others)
     # The outage cost waiting, not records: no retry was used up, nothing dead-lettered.
     assert runner.stats.store_outages > 0
     assert runner.stats.function_errors == 0

@@ -37,6 +37,8 @@ FAST = PollingConfig(
     discovery_seconds=1.0,
 )
 TEMPLATE_MAPPING = MappingConfig.from_settings(Settings())
+# One lane: for tests of the order across items and of whole batches (lanes: test_stream_lanes).
+SERIAL = replace(TEMPLATE_MAPPING, parallelization_factor=1)
 
 
 @pytest.fixture
@@ -92,7 +94,7 @@ class Recorder:
         self.dispatcher = Dispatcher(
             self.store,
             slot_limit_for=lambda _repo: limit,
-            start_run=lambda job, _delay: self.started.append((job.job_id, job.attempt)),
+            start_run=lambda job, _delay: self.started.append((job.job_id, int(job.attempt))),
         )
 
     def __call__(self, event: dict[str, Any], context: Any) -> Any:
@@ -122,6 +124,7 @@ def test_template_mapping_is_what_the_runner_uses() -> None:
         max_record_age_seconds=3600,
         report_batch_item_failures=True,
         starting_position="TRIM_HORIZON",
+        parallelization_factor=4,
         event_names=frozenset({"INSERT", "MODIFY"}),
     )
     assert expected == TEMPLATE_MAPPING
@@ -149,7 +152,7 @@ def test_removals_are_filtered_out_before_the_function(fresh: Settings) -> None:
 
 def test_jobs_are_activated_queued_and_promoted_through_the_stream(fresh: Settings) -> None:
     recorder = Recorder(fresh)
-    runner = make_runner(fresh, recorder)
+    runner = make_runner(fresh, recorder, mapping=SERIAL)  # the oldest first, across items
     runner.skip_to_end()
     for n in range(5):
         recorder.store.create(new_job(f"j{n}"))
@@ -213,7 +216,7 @@ def test_partial_batch_response_resumes_from_the_lowest_failed_record(fresh: Set
                 return {"batchItemFailures": [{"itemIdentifier": failed}]}
         return {"batchItemFailures": []}
 
-    mapping = replace(TEMPLATE_MAPPING, bisect_on_error=False)
+    mapping = replace(SERIAL, bisect_on_error=False)
     runner = make_runner(fresh, handler, mapping=mapping)
     runner.skip_to_end()
     store = JobStore.from_settings(fresh)
@@ -242,7 +245,7 @@ def test_a_restarted_runner_resumes_after_its_checkpoint(fresh: Settings) -> Non
 
 def test_batching_window_collects_records_into_one_batch(fresh: Settings) -> None:
     recorder = Recorder(fresh)
-    mapping = replace(TEMPLATE_MAPPING, batch_size=50, batching_window_seconds=0.5)
+    mapping = replace(SERIAL, batch_size=50, batching_window_seconds=0.5)
     runner = make_runner(fresh, recorder, mapping=mapping)
     runner.skip_to_end()
     stop = threading.Event()
@@ -264,7 +267,7 @@ def test_batching_window_collects_records_into_one_batch(fresh: Settings) -> Non
 
 def test_batch_size_limits_each_invocation(fresh: Settings) -> None:
     recorder = Recorder(fresh)
-    runner = make_runner(fresh, recorder, mapping=replace(TEMPLATE_MAPPING, batch_size=3))
+    runner = make_runner(fresh, recorder, mapping=replace(SERIAL, batch_size=3))
     runner.skip_to_end()
     for n in range(7):
         recorder.store.create(new_job(f"s{n}", repo=f"org/s{n}"))
@@ -379,3 +382,30 @@ def test_two_runners_on_one_stream_never_double_activate(fresh: Settings) -> Non
     assert {JobStatus(s) for s in (status(j) for j in jobs)} <= set(JobStatus)
     # Both runners really worked the same records.
     assert all(recorder.batches for recorder in recorders)
+
+
+def test_the_runner_loop_survives_an_unexpected_error(
+    fresh: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step that fails in a way nobody planned (a bug, an answer never seen) is logged and the
+    loop goes on: a dead runner thread would leave every later job pending."""
+    runner = make_runner(fresh, Recorder(fresh))
+    steps: list[int] = []
+    original = StreamRunner.step
+
+    def flaky(self: StreamRunner) -> bool:
+        steps.append(1)
+        if len(steps) == 1:
+            raise RuntimeError("an answer nobody expected")
+        return original(self)
+
+    monkeypatch.setattr(StreamRunner, "step", flaky)
+    stop = threading.Event()
+    thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while len(steps) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    thread.join(10)
+    assert len(steps) >= 3, steps

@@ -6,7 +6,6 @@ dispatcher; the race test creates and dispatches concurrently from threads.
 
 from __future__ import annotations
 
-import itertools
 import random
 import sys
 import threading
@@ -14,10 +13,11 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from processes import pid_alive
+from stream_records import image, record
 
 from scheduler.config import SupersedeMode
 from scheduler.db.models import JobModel, RepoModel
@@ -31,7 +31,6 @@ from scheduler.stream.dispatcher import Dispatcher, RunHook, StopHook
 from scheduler.stream.events import StreamRecord
 
 REPO = "octo-org/api"
-_sequence = itertools.count(1000)
 
 
 def push(
@@ -57,23 +56,6 @@ def push(
             delivery_id=job_id,
         )
     )
-
-
-def image(job_id: str) -> dict[str, Any]:
-    return JobModel.get(job_id, consistent_read=True).serialize()
-
-
-def record(job_id: str, old: dict[str, Any] | None = None) -> StreamRecord:
-    """The stream record of the job's last change (an INSERT when ``old`` is None)."""
-    data: dict[str, Any] = {
-        "Keys": {"job_id": {"S": job_id}},
-        "NewImage": image(job_id),
-        "SequenceNumber": f"{next(_sequence):021d}",
-        "StreamViewType": "NEW_AND_OLD_IMAGES",
-    }
-    if old is not None:
-        data["OldImage"] = old
-    return cast(StreamRecord, {"eventName": "MODIFY" if old else "INSERT", "dynamodb": data})
 
 
 def dispatcher(

@@ -43,9 +43,11 @@ import contextlib
 import copy
 import hashlib
 import hmac
+import html
 import itertools
 import json
 import os
+import re
 import select
 import socket
 import time
@@ -157,7 +159,15 @@ class Answer:
             return None
 
     @property
+    def is_page(self) -> bool:
+        """A dashboard page (GET / and /ui/...), HTML rather than JSON."""
+        return self.headers.get("content-type", "").startswith("text/html")
+
+    @property
     def message(self) -> str | None:
+        if self.is_page:  # a refused page says why in an alert (or is the token form)
+            found = re.search(rb'role="alert">([^<]+)<', self.body)
+            return found.group(1).decode() if found else None
         document = self.document()
         if isinstance(document, dict):
             error = document.get("error")
@@ -351,6 +361,9 @@ class World:
             if answer.body and not no_body:
                 if answer.headers.get("content-type", "").startswith("text/plain"):
                     assert answer.status == 200, f"an error as plain text: {shown}"  # a run log
+                    continue
+                if answer.is_page:
+                    assert b"<script>alert" not in answer.body, f"unescaped input: {shown}"
                     continue
                 assert answer.headers.get("content-type", "").startswith("application/json"), shown
                 assert isinstance(answer.document(), dict), f"answer is not a JSON object: {shown}"
@@ -1604,6 +1617,11 @@ def check_read(world: World, spec: ReadRequest, request: bytes, answers: list[An
             continue
         if answer.headers.get("content-type", "").startswith("text/plain"):
             continue  # a run's log (GET /jobs/{job_id}/log)
+        if answer.is_page:  # the dashboard: the jobs it lists
+            shown = [m.decode() for m in re.findall(rb'data-job-id="([^"]+)"', answer.body)]
+            stray = [job_id for job_id in shown if html.unescape(job_id) not in world.accepted]
+            assert not stray, f"PRODUCT BUG: jobs nobody made: {stray}: {show(request)}"
+            continue
         document = answer.document()
         assert isinstance(document, dict), f"{show(request)} -> {answer}"
         job_ids = [job["job_id"] for job in document.get("jobs", [])]

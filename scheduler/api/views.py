@@ -1,0 +1,86 @@
+"""The dashboard's rendering: Jinja2 templates (package data) and the filters they use.
+
+Autoescaping is on for every template (repository and branch names, commit messages and run
+output come from payloads: hostile input); nothing is marked safe by hand. Times are rendered
+as absolute UTC in ``<time datetime=...>`` and turned into ages by the page's script, so a
+fragment's bytes (and its ETag) change only when the data does, not every second.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+__all__ = ["STATIC_TYPES", "etag_of", "render", "static_file"]
+
+STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8"}
+
+
+def iso(epoch_ms: int | None) -> str:
+    if epoch_ms is None:
+        return ""
+    moment = dt.datetime.fromtimestamp(epoch_ms / 1000, tz=dt.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def duration(milliseconds: int | None) -> str:
+    if milliseconds is None or milliseconds < 0:
+        return ""
+    seconds = milliseconds // 1000
+    if seconds < 60:
+        return f"{milliseconds / 1000:.1f} s" if seconds < 10 else f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
+
+
+def job_duration(job: Any) -> str:
+    """How long the job's current attempt ran (finished jobs only; a running one's is live)."""
+    start = job.started_at or job.activated_at
+    if start is None or job.finished_at is None:
+        return ""
+    return duration(job.finished_at - start)
+
+
+@cache
+def _environment() -> Environment:
+    env = Environment(
+        loader=PackageLoader("scheduler.api", "templates"),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["iso"] = iso
+    env.filters["duration"] = duration
+    env.filters["job_duration"] = job_duration
+    return env
+
+
+def render(template: str, **context: Any) -> str:
+    return _environment().get_template(template).render(**context)
+
+
+def etag_of(*parts: str) -> str:
+    digest = hashlib.sha256("\x00".join(parts).encode("utf-8", "replace")).hexdigest()
+    return f'"{digest[:32]}"'
+
+
+@cache
+def static_file(name: str) -> tuple[bytes, str, str] | None:
+    """A vendored file under ``static/``: its bytes, media type and ETag (None: no such file)."""
+    suffix = name[name.rfind(".") :] if "." in name else ""
+    if suffix not in STATIC_TYPES or "/" in name or name.startswith("."):
+        return None
+    resource = resources.files("scheduler.api").joinpath("static", name)
+    if not resource.is_file():
+        return None
+    data = resource.read_bytes()
+    return data, STATIC_TYPES[suffix], etag_of(data.decode("utf-8", "replace"))

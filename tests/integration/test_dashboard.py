@@ -1,0 +1,237 @@
+"""The dashboard over real HTTP against DynamoDB Local: pages with real jobs, escaping of hostile
+input, filters and pagination, ETag 304s, the live log tail, retry and cancel with CSRF."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import httpx
+import pytest
+
+from scheduler.db.store import JobStore
+from scheduler.local.http_server import LocalHTTPServer
+from scheduler.local.log_reader import LocalLogReader
+from scheduler.local.run_log import log_file
+from scheduler.runs.operations import Operations
+from scheduler.settings import Settings
+from scheduler.wiring import Core, build_core
+from tests.conftest import MakeJob
+
+SECRET = "webhook-secret-for-the-dashboard-tests"
+REPO = "octo-org/api"
+HOSTILE_BRANCH = '<script>alert("b")</script>'
+HOSTILE_LOG = '<img src=x onerror="alert(1)"> & done\n'
+
+
+@dataclass
+class Site:
+    client: httpx.Client
+    core: Core
+    logs_dir: Path
+    make_job: MakeJob
+
+    def get(self, path: str, **kwargs: object) -> httpx.Response:
+        return self.client.get(path, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def site(settings: Settings, ticking_store: JobStore, tmp_path: Path) -> Iterator[Site]:
+    logs_dir = tmp_path / "logs"
+    core = build_core(
+        replace(settings, webhook_secret=SECRET, api_token=None, config_path=None),
+        executor=None,
+        log_reader=LocalLogReader(logs_dir),
+    )
+    server = LocalHTTPServer(core.http_app).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=10, follow_redirects=False) as client:
+            yield Site(client, core, logs_dir, MakeJob(ticking_store))
+    finally:
+        server.stop()
+
+
+def job_ids(html: str) -> list[str]:
+    return re.findall(r'<tr data-job-id="([^"]+)">', html)
+
+
+def csrf_of(html: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert found, "no CSRF field on the page"
+    return found.group(1)
+
+
+def write_log(site: Site, job_id: str, attempt: int, text: str, mode: str = "w") -> None:
+    path = log_file(site.logs_dir, job_id, attempt)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, mode, encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def test_repositories_page_shows_counts_slots_and_the_last_job(site: Site) -> None:
+    site.make_job("a1", "passed")
+    site.make_job("a2", "failed")
+    site.make_job("a3", "active")
+    site.make_job("w1", "pending", repo="octo-org/web")
+    page = site.get("/")
+    assert page.status_code == 200
+    assert page.headers["content-type"] == "text/html; charset=utf-8"
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    rows = re.findall(r"<tr>.*?</tr>", page.text, re.S)
+    api = next(row for row in rows if ">octo-org/api</a>" in row)
+    counts = re.findall(r'<td data-label="(\w+)" class="num[^"]*">(\d+)</td>', api)
+    assert counts == [
+        ("pending", "0"),
+        ("active", "1"),
+        ("passed", "1"),
+        ("failed", "1"),
+        ("cancelled", "0"),
+    ]
+    assert "1 / 100" in api  # slots in use / limit (MakeJob activates with a limit of 100)
+    assert "/ui/jobs/a3" in api and "status-active" in api  # the last job, with its status
+    assert any(">octo-org/web</a>" in row for row in rows)
+    assert '<time datetime="' in api  # its age, rendered by the script from this
+
+
+def test_jobs_page_lists_newest_first_and_escapes_hostile_names(site: Site) -> None:
+    site.make_job("old", "passed")
+    site.make_job("evil", "failed", branch=HOSTILE_BRANCH)
+    site.make_job("pr", "active", event="pull_request")
+    page = site.get(f"/ui/repos/{REPO}")
+    assert page.status_code == 200
+    assert job_ids(page.text) == ["pr", "evil", "old"]
+    assert HOSTILE_BRANCH not in page.text
+    assert "&lt;script&gt;alert(&#34;b&#34;)&lt;/script&gt;" in page.text
+    assert "PR #7" in page.text
+    assert 'class="status status-failed">failed</span>' in page.text  # colour and word
+    assert "exit_code" in page.text  # the reason
+    # Through the filters form, the hostile branch stays data.
+    evil = site.get(f"/ui/repos/{REPO}", params={"branch": HOSTILE_BRANCH})
+    assert job_ids(evil.text) == ["evil"]
+    assert HOSTILE_BRANCH not in evil.text
+
+
+def test_filters_and_pagination(site: Site) -> None:
+    for n in range(30):
+        site.make_job(f"p{n:02}", "failed" if n % 3 == 0 else "passed", branch="main")
+    site.make_job("dev", "failed", branch="dev", event="pull_request")
+    first = site.get(f"/ui/repos/{REPO}")
+    assert job_ids(first.text) == ["dev"] + [f"p{n:02}" for n in range(29, 5, -1)]
+    older = re.search(r'<a href="([^"]+)" rel="next">Older</a>', first.text)
+    assert older
+    second = site.get(older.group(1).replace("&amp;", "&"))
+    assert job_ids(second.text) == [f"p{n:02}" for n in range(5, -1, -1)]
+    assert 'rel="next"' not in second.text and ">Newest</a>" in second.text
+
+    failed = site.get(f"/ui/repos/{REPO}", params={"status": "failed", "branch": "main"})
+    assert job_ids(failed.text) == [f"p{n:02}" for n in range(27, -1, -3)]
+    assert '<option value="failed" selected>' in failed.text
+    prs = site.get(f"/ui/repos/{REPO}", params={"event": "pull_request"})
+    assert job_ids(prs.text) == ["dev"]
+    bad = site.get(f"/ui/repos/{REPO}", params={"status": "sleeping"})
+    assert bad.status_code == 400 and "status must be one of" in bad.text
+    assert bad.headers["content-type"].startswith("text/html")
+
+
+def test_fragments_answer_304_until_something_changes(site: Site) -> None:
+    site.make_job("j1", "pending")
+    part = f"/ui/part/repos/{REPO}/jobs"
+    first = site.get(part)
+    assert first.status_code == 200 and job_ids(first.text) == ["j1"]
+    etag = first.headers["etag"]
+    same = site.get(part, headers={"If-None-Match": etag})
+    assert same.status_code == 304 and same.content == b""
+    site.make_job("j2", "pending")
+    changed = site.get(part, headers={"If-None-Match": etag})
+    assert changed.status_code == 200 and job_ids(changed.text) == ["j2", "j1"]
+    assert changed.headers["etag"] != etag
+
+    job_part = site.get("/ui/part/jobs/j1")
+    assert job_part.status_code == 200 and "status-pending" in job_part.text
+    again = site.get("/ui/part/jobs/j1", headers={"If-None-Match": job_part.headers["etag"]})
+    assert again.status_code == 304
+    Operations(site.core.store, site.core.queries).cancel("j1")
+    moved = site.get("/ui/part/jobs/j1", headers={"If-None-Match": job_part.headers["etag"]})
+    assert moved.status_code == 200 and "status-cancelled" in moved.text
+
+    repos = site.get("/ui/part/repos")
+    assert (
+        site.get("/ui/part/repos", headers={"If-None-Match": repos.headers["etag"]}).status_code
+        == 304
+    )
+
+
+def test_job_page_shows_fields_history_and_the_escaped_log(site: Site) -> None:
+    site.make_job("done", "failed")
+    write_log(site, "done", 1, "building\n" + HOSTILE_LOG)
+    page = site.get("/ui/jobs/done")
+    assert page.status_code == 200
+    assert "c0ffee" in page.text and "octocat" in page.text
+    timeline = re.search(r'<ol class="timeline">(.*?)</ol>', page.text, re.S)
+    assert timeline and timeline.group(1).count("<li>") == 3  # received, activated, failed
+    assert "<img src=x" not in page.text
+    assert "&lt;img src=x onerror=&#34;alert(1)&#34;&gt; &amp; done" in page.text
+    assert 'data-final="1"' in page.text  # a finished attempt's log is not tailed
+    assert ">Retry</button>" in page.text and ">Cancel</button>" not in page.text
+    missing = site.get("/ui/jobs/nope")
+    assert missing.status_code == 404 and "job nope not found" in missing.text
+
+
+def test_the_log_tail_returns_whole_new_lines_from_its_cursor(site: Site) -> None:
+    site.make_job("run", "active")
+    write_log(site, "run", 1, "line 1\nhalf a li")
+    first = site.get("/ui/part/jobs/run/log", params={"attempt": "1"}).json()
+    assert first["text"] == "line 1\n" and first["final"] is False
+    write_log(site, "run", 1, "ne\nline 3\n", mode="a")
+    second = site.get(
+        "/ui/part/jobs/run/log", params={"attempt": "1", "cursor": first["cursor"]}
+    ).json()
+    assert second["text"] == "half a line\nline 3\n"
+    idle = site.get(
+        "/ui/part/jobs/run/log", params={"attempt": "1", "cursor": second["cursor"]}
+    ).json()
+    assert idle["text"] == "" and idle["cursor"] == second["cursor"]
+    page = site.get("/ui/jobs/run")
+    assert 'data-final="0"' in page.text and "line 3" in page.text
+
+
+def test_retry_and_cancel_need_the_form_token(site: Site) -> None:
+    site.make_job("f1", "failed")
+    page = site.get("/ui/jobs/f1")
+    token = csrf_of(page.text)
+    refused = site.client.post("/ui/jobs/f1/retry", data={})
+    assert refused.status_code == 403 and "reload" in refused.text
+    forged = site.client.post("/ui/jobs/f1/retry", data={"csrf": token + "x"})
+    assert forged.status_code == 403
+    cross = site.client.post(
+        "/ui/jobs/f1/retry", data={"csrf": token}, headers={"Origin": "https://evil.example"}
+    )
+    assert cross.status_code == 403 and "another origin" in cross.text
+    assert site.core.queries.job("f1").status == "failed"  # none of them did anything
+
+    done = site.client.post(
+        "/ui/jobs/f1/retry", data={"csrf": token}, headers={"Origin": str(site.client.base_url)}
+    )
+    assert done.status_code == 303 and done.headers["location"] == "/ui/jobs/f1?done=retried"
+    job = site.core.queries.job("f1")
+    assert (job.status, job.attempt) == ("pending", 2)
+    shown = site.get(done.headers["location"])
+    assert "Retry requested" in shown.text and ">Cancel</button>" in shown.text
+
+    cancelled = site.client.post("/ui/jobs/f1/cancel", data={"csrf": csrf_of(shown.text)})
+    assert cancelled.headers["location"] == "/ui/jobs/f1?done=cancelled"
+    assert site.core.queries.job("f1").status == "cancelled"
+
+
+def test_a_lost_race_is_a_message_not_an_error_page(site: Site) -> None:
+    site.make_job("race", "failed")
+    page = site.get("/ui/jobs/race")  # the operator sees "failed" and a Retry button
+    # Meanwhile the CLI retries it (the same guarded operation).
+    Operations(site.core.store, site.core.queries).retry("race")
+    late = site.client.post("/ui/jobs/race/retry", data={"csrf": csrf_of(page.text)})
+    assert late.status_code == 303 and late.headers["location"] == "/ui/jobs/race?done=refused"
+    shown = site.get(late.headers["location"])
+    assert shown.status_code == 200 and "nothing was done" in shown.text
+    assert site.core.queries.job("race").attempt == 2  # one retry, not two
