@@ -322,7 +322,6 @@ class LocalExecutor:
             )
         assert run.process.stdout is not None
         pump = OutputPump(run.process.stdout, output, name=f"output-{request.idempotency_key}")
-        self.records.started(request.idempotency_key, run.process.pid, token)
         if run.cancelled:
             _kill_group(run.process)
         try:

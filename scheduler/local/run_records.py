@@ -2,12 +2,13 @@
 
 Two small records per run, under the executor's folder:
 
-- ``procs/<key>.json`` — a running command's token, written *before* it is spawned (then its
-  process group too). ``PR_SET_PDEATHSIG`` reaches only the direct child, so after a SIGKILL
-  of ``scheduler up`` a command's grandchildren live on; on restart, every process carrying a
+- ``procs/<key>.json`` — a running command's token, written *before* it is spawned (its pid
+  is not needed). ``PR_SET_PDEATHSIG`` reaches only the direct child, so after a SIGKILL of
+  ``scheduler up`` a command's grandchildren live on; on restart, every process carrying a
   recorded run's token in its environment is killed: wherever it went (a new session, another
-  group), and whenever the stack died (even between the spawn and the record of its pid). A
-  recycled pid of somebody else's process never carries the token.
+  group), and whenever the stack died (even right after the spawn). A recycled pid of somebody
+  else's process never carries the token. Records of an older version (a process group, no
+  token) are still honoured.
 - ``results/<key>.json`` — a run's outcome, written before it is reported and removed once the
   store has it: an outcome that could not be recorded (the database was down, the stack was
   stopped) is reported after the restart instead of being lost or replaced by a timeout.
@@ -55,10 +56,6 @@ class RunRecords:
         token = secrets.token_hex(16)
         _write_atomically(self._procs / _file_name(key), {"key": key, "token": token})
         return token
-
-    def started(self, key: str, pgid: int, token: str) -> None:
-        record = {"key": key, "token": token, "pgid": pgid}
-        _write_atomically(self._procs / _file_name(key), record)
 
     def ended(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -63,7 +63,6 @@ def test_a_process_that_left_the_runs_group_is_found_by_its_token(
     records = RunRecords(tmp_path)
     token = records.starting("gh-2#1")
     leader = spawn(spawned, token)
-    records.started("gh-2#1", leader.pid, token)
     escaped = spawn(spawned, token)  # a session (and group) of its own: setsid in the command
     assert os.getpgid(escaped.pid) != leader.pid
     records.kill_leftovers()
