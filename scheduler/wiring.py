@@ -132,14 +132,13 @@ def build_core(
             assert runs is not None
             runs.finished(result)
 
+        def source_for(repo: str) -> Source:
+            policy = config.policy(repo)
+            return Source(policy.checkout, policy.clone_url)
+
         made = executor(finished)
         runs = RunStarter(
-            store,
-            made,
-            lambda repo: config.policy(repo).command,
-            source_for=lambda repo: Source(
-                config.policy(repo).checkout, config.policy(repo).clone_url
-            ),
+            store, made, lambda repo: config.policy(repo).command, source_for=source_for
         )
         cancel_run = made.cancel
 

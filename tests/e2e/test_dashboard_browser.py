@@ -12,14 +12,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from playwright import sync_api as playwright_api
 
 from scheduler.cli.sample_delivery import deliver, sample_push
 from tests.conftest import ROOT
 from tests.reliability.harness import SCHEDULER, SECRET, LocalStackProcess
 
-playwright_api = pytest.importorskip("playwright.sync_api")
-CHROMIUM = Path("/usr/bin/chromium")
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's, installed by `make test` (never skipped)
 
 TOKEN = "browser-test-token-0123456789abcdef"
 SHOTS = ROOT / ".screenshots"
@@ -60,6 +59,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStackProces
 def browser() -> Iterator[object]:
     # launch() gives the browser a fresh, temporary --user-data-dir of its own (Playwright
     # refuses the flag there; its persistent contexts are for reusing a profile).
+    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: `make test` installs Debian's chromium"
     with playwright_api.sync_playwright() as driver:
         launched = driver.chromium.launch(
             executable_path=str(CHROMIUM),

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from botocore.stub import ANY, Stubber
+from stream_records import lambda_event
 
 from scheduler.aws import handlers
 from scheduler.db.store import JobState, JobStore, NewJob
@@ -121,30 +122,6 @@ def test_the_scheduled_reaper_times_out_and_stops_the_build(runtime: Any) -> Non
     assert runtime.store.get("aws-3").reason == "timed_out"
 
 
-def _stream_event(old: Any, new: Any, sequence: str = "000000000000000000900") -> dict[str, Any]:
-    """A stream batch of one MODIFY record, as Lambda's event source mapping sends it."""
-    return {
-        "Records": [
-            {
-                "eventID": "e1",
-                "eventName": "MODIFY",
-                "eventVersion": "1.1",
-                "eventSource": "aws:dynamodb",
-                "awsRegion": "us-east-1",
-                "dynamodb": {
-                    "Keys": {"job_id": {"S": new.job_id}},
-                    "OldImage": old.serialize(),
-                    "NewImage": new.serialize(),
-                    "SequenceNumber": sequence,
-                    "SizeBytes": 100,
-                    "StreamViewType": "NEW_AND_OLD_IMAGES",
-                },
-                "eventSourceARN": "arn:aws:dynamodb:us-east-1:123:table/jobs/stream/x",
-            }
-        ]
-    }
-
-
 def test_a_cancel_stops_the_build_before_the_slot_is_freed(runtime: Any) -> None:
     """Issue 10, defect 1 on AWS: the stream function stops the build (StopBuild), then frees
     the slot the cancel kept; a redelivered record stops nothing twice and frees nothing twice."""
@@ -157,7 +134,7 @@ def test_a_cancel_stops_the_build_before_the_slot_is_freed(runtime: Any) -> None
     Operations(runtime.store, runtime.queries).cancel("aws-4")
     after = runtime.store.get("aws-4")
     assert after.slot_held and runtime.queries.stats("octo-org/api").running == 1
-    event = _stream_event(before, after)
+    event = lambda_event(before, after)
     with Stubber(runtime.runs.executor._client) as stub:
         stub.add_response("stop_build", {"build": {"id": "ci-project:b4"}}, {"id": "ci-project:b4"})
         assert handlers.stream(event, None) == {"batchItemFailures": []}

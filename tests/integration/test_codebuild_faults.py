@@ -8,13 +8,13 @@ Lambda's event source mapping would deliver them, and go through the Lambda entr
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
+from stream_records import lambda_event
 
 from scheduler.aws import handlers
 from scheduler.aws.codebuild import IDEMPOTENCY_WINDOW_MS
@@ -27,7 +27,6 @@ from state_machines import START_FAILED, TIMED_OUT
 
 REPO = "octo-org/api"
 SHA = "e" * 40
-_sequence = itertools.count(1000)
 
 
 @pytest.fixture
@@ -71,30 +70,6 @@ def running(store: JobStore, job_id: str, build_id: str, timeout: int = 600) -> 
     store.claim_run(job, f"{job_id}#1")
     store.record_run_id(job_id, 1, f"{job_id}#1", build_id)
     return job
-
-
-def stream_event(old: JobModel, new: JobModel) -> dict[str, Any]:
-    """One MODIFY record of the jobs table's stream, as the event source mapping sends it."""
-    return {
-        "Records": [
-            {
-                "eventID": f"e{next(_sequence)}",
-                "eventName": "MODIFY",
-                "eventVersion": "1.1",
-                "eventSource": "aws:dynamodb",
-                "awsRegion": "us-east-1",
-                "dynamodb": {
-                    "Keys": {"job_id": {"S": new.job_id}},
-                    "OldImage": old.serialize(),
-                    "NewImage": new.serialize(),
-                    "SequenceNumber": f"{next(_sequence):021d}",
-                    "SizeBytes": 100,
-                    "StreamViewType": "NEW_AND_OLD_IMAGES",
-                },
-                "eventSourceARN": "arn:aws:dynamodb:us-east-1:123:table/jobs/stream/x",
-            }
-        ]
-    }
 
 
 def build(build_id: str, status: str, job_id: str, attempt: int = 1) -> dict[str, Any]:
@@ -150,7 +125,7 @@ def test_a_throttled_start_build_is_asked_again_with_the_same_token_on_redeliver
     before = store.get("cb-throttle")
     store.activate(pending, slot_limit=5)
     activated = store.get("cb-throttle")
-    record = stream_event(before, activated)
+    record = lambda_event(before, activated)
     params = start_params(runtime, activated)
 
     with Stubber(codebuild(runtime)) as stub:
@@ -213,7 +188,7 @@ def test_a_refused_start_build_fails_the_attempt_as_start_failed_and_it_is_retri
             400,
             expected_params=start_params(runtime, active_image),
         )
-        assert handlers.stream(stream_event(pending_image, active_image), None) == no_failures()
+        assert handlers.stream(lambda_event(pending_image, active_image), None) == no_failures()
         stub.assert_no_pending_responses()
     failed_image = store.get("cb-refused")
     assert (failed_image.status, failed_image.reason) == ("failed", START_FAILED)
@@ -222,10 +197,10 @@ def test_a_refused_start_build_fails_the_attempt_as_start_failed_and_it_is_retri
 
     # The failure's record retries the job (attempt 2, pending); the slot being free, the
     # batch's promotion activates it at once, or else the retry's own record does.
-    assert handlers.stream(stream_event(active_image, failed_image), None) == no_failures()
+    assert handlers.stream(lambda_event(active_image, failed_image), None) == no_failures()
     retried_image = store.get("cb-refused")
     if retried_image.status == "pending":
-        assert handlers.stream(stream_event(failed_image, retried_image), None) == no_failures()
+        assert handlers.stream(lambda_event(failed_image, retried_image), None) == no_failures()
     second_image = store.get("cb-refused")
     assert (second_image.status, int(second_image.attempt)) == ("active", 2)
     queued_image = store.get("cb-refused")
@@ -236,7 +211,7 @@ def test_a_refused_start_build_fails_the_attempt_as_start_failed_and_it_is_retri
         params = start_params(runtime, second_image)
         assert params["idempotencyToken"] == "cb-refused#2"
         stub.add_response("start_build", {"build": {"id": "ci-project:b-2"}}, params)
-        assert handlers.stream(stream_event(queued_image, second_image), None) == no_failures()
+        assert handlers.stream(lambda_event(queued_image, second_image), None) == no_failures()
         stub.assert_no_pending_responses()
     job = store.get("cb-refused")
     assert (job.status, job.run_id, int(job.attempt)) == ("active", "ci-project:b-2", 2)
@@ -352,7 +327,7 @@ def test_a_cancel_while_start_build_is_in_flight_stops_the_build_once_its_id_is_
         claimed = store.get("cb-race")
         assert claimed.run_id == "cb-race#1"
         Operations(store, runtime.queries).cancel("cb-race")
-        answer = handlers.stream(stream_event(claimed, store.get("cb-race")), None)
+        answer = handlers.stream(lambda_event(claimed, store.get("cb-race")), None)
         assert answer == no_failures()
 
     with Stubber(client) as stub:
@@ -364,7 +339,7 @@ def test_a_cancel_while_start_build_is_in_flight_stops_the_build_once_its_id_is_
         )
         client.meta.events.register("before-parameter-build.codebuild.StartBuild", cancel_meanwhile)
         try:
-            assert handlers.stream(stream_event(before, activated), None) == no_failures()
+            assert handlers.stream(lambda_event(before, activated), None) == no_failures()
         finally:
             client.meta.events.unregister(
                 "before-parameter-build.codebuild.StartBuild", cancel_meanwhile
@@ -390,7 +365,7 @@ def test_a_cancel_of_a_build_that_already_ended_frees_the_slot(runtime: Core) ->
             400,
             expected_params={"id": "ci-project:b-ended"},
         )
-        assert handlers.stream(stream_event(before, after), None) == no_failures()
+        assert handlers.stream(lambda_event(before, after), None) == no_failures()
         stub.assert_no_pending_responses()
     assert not runtime.store.get("cb-ended").slot_held
     assert runtime.queries.stats(REPO).running == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from stream_records import lambda_record
 
 from scheduler.config import parse_config
 from scheduler.db.queries import Queries
@@ -41,25 +42,6 @@ def _push(service: WebhookService, delivery: str, sha: str) -> tuple[int, dict[s
     return answer.status, answer.body
 
 
-def _record(old: Any, new: Any) -> dict[str, Any]:
-    return {
-        "eventID": "e",
-        "eventName": "MODIFY",
-        "eventVersion": "1.1",
-        "eventSource": "aws:dynamodb",
-        "awsRegion": "us-east-1",
-        "dynamodb": {
-            "Keys": {"job_id": {"S": new.job_id}},
-            "OldImage": old.serialize(),
-            "NewImage": new.serialize(),
-            "SequenceNumber": "000000000000000000777",
-            "SizeBytes": 1,
-            "StreamViewType": "NEW_AND_OLD_IMAGES",
-        },
-        "eventSourceARN": "arn:aws:dynamodb:us-east-1:1:table/jobs/stream/x",
-    }
-
-
 @pytest.fixture
 def parts(store: JobStore) -> tuple[WebhookService, Operations, Dispatcher]:
     service = WebhookService(
@@ -81,7 +63,7 @@ def test_a_new_delivery_of_a_cancelled_commit_builds_it_again(
     )
     before = store.get(first["job_id"])
     operations.cancel(first["job_id"])
-    dispatcher.handle_record(_record(before, store.get(first["job_id"])))  # the stream's turn
+    dispatcher.handle_record(lambda_record(before, store.get(first["job_id"])))  # the stream's turn
     status, again = _push(service, "d-3", "e" * 40)
     assert status == 202 and again["job_id"] != first["job_id"]
     # The redelivery of the first delivery is still its (cancelled) job: one delivery, one job.
@@ -98,7 +80,9 @@ def test_the_operator_retries_a_cancelled_job_once_its_run_is_stopped(
     operations.cancel(job_id)
     with pytest.raises(TransitionConflict):  # its run may still be stopping: slot still held
         operations.retry(job_id)
-    dispatcher.handle_record(_record(before, store.get(job_id)))  # no run claimed: freed at once
+    dispatcher.handle_record(
+        lambda_record(before, store.get(job_id))
+    )  # no run claimed: freed at once
     changed = operations.retry(job_id)
     assert (changed.previous_status, changed.status, changed.attempt) == (
         "cancelled",
