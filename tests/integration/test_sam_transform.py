@@ -1,5 +1,5 @@
 """The CloudFormation the SAM transform makes of infra/template.yaml (offline, with the SAM
-CLI's own samtranslator): the stream's event source mapping and least-privilege policies."""
+CLI's own samtranslator): the stream's event source mapping and least-privilege roles."""
 
 from __future__ import annotations
 
@@ -49,45 +49,166 @@ def test_the_stream_mapping_is_what_the_local_runner_emulates(transformed: dict[
     }
 
 
-def statements(role: dict[str, Any]) -> list[dict[str, Any]]:
-    found = []
-    for given in role.get("Policies", []):
-        # A conditional policy: its "true" branch is what a deployment with it gets.
-        policy = given["Fn::If"][1] if "Fn::If" in given else given
-        found += policy["PolicyDocument"]["Statement"]
+FUNCTIONS = (
+    "StreamFunction",
+    "WebhookFunction",
+    "ApiFunction",
+    "CompletionFunction",
+    "ReaperFunction",
+)
+# X-Ray has no resource-level permissions: the one grant on "*" any role may hold.
+XRAY_WRITE = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
+LIST_STREAMS = {"Fn::Sub": "${JobsTable.Arn}/stream/*"}
+
+
+def policies(template: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Each role's policy documents: its inline policies and the RolePolicy resources on it."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    for name, role in of_type(template, "AWS::IAM::Role").items():
+        for given in role.get("Policies", []):
+            # A conditional policy: its "true" branch is what a deployment with it gets.
+            policy = given["Fn::If"][1] if "Fn::If" in given else given
+            found.setdefault(name, []).append(policy["PolicyDocument"])
+    for policy in of_type(template, "AWS::IAM::RolePolicy").values():
+        found.setdefault(policy["RoleName"]["Ref"], []).append(policy["PolicyDocument"])
     return found
+
+
+def statements(template: dict[str, Any], role: str) -> list[dict[str, Any]]:
+    return [s for document in policies(template).get(role, []) for s in document["Statement"]]
+
+
+def listed(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def grants(template: dict[str, Any], role: str) -> list[tuple[str, str]]:
+    """(action, resource) pairs, a resource as canonical JSON."""
+    return [
+        (action, json.dumps(resource, sort_keys=True))
+        for statement in statements(template, role)
+        for action in listed(statement["Action"])
+        for resource in listed(statement["Resource"])
+    ]
 
 
 def test_inline_policies_name_their_resources_and_actions(transformed: dict[str, Any]) -> None:
     roles = of_type(transformed, "AWS::IAM::Role")
-    assert set(roles) == {
-        "StreamFunctionRole",
-        "WebhookFunctionRole",
-        "ApiFunctionRole",
-        "CompletionFunctionRole",
-        "ReaperFunctionRole",
-        "BuildRole",
+    assert set(roles) == {f"{function}Role" for function in FUNCTIONS} | {"BuildRole"}
+    # Policies live on the roles only (inline or AWS::IAM::RolePolicy): nothing else grants.
+    kinds = {
+        r["Type"] for r in transformed["Resources"].values() if r["Type"].startswith("AWS::IAM")
     }
-    for name, role in roles.items():
-        for statement in statements(role):
-            actions = statement["Action"]
-            actions = actions if isinstance(actions, list) else [actions]
+    assert kinds <= {"AWS::IAM::Role", "AWS::IAM::RolePolicy"}
+    for name in roles:
+        for statement in statements(transformed, name):
+            assert statement["Effect"] == "Allow", (name, statement)
+            actions = listed(statement["Action"])
             assert all("*" not in action for action in actions), (name, statement)
-            assert statement["Resource"] != "*", (name, statement)
-            # A build's log stream is named by CodeBuild (the build's id): its group's ARN
-            # (which ends in ":*") is the narrowest resource, and names no other group.
+            if statement["Resource"] == "*":
+                assert set(actions) == XRAY_WRITE, (name, statement)
+                continue
+            if actions == ["dynamodb:ListStreams"]:
+                # ListStreams names no one stream: the jobs table's streams, as SAM's
+                # DynamoDBStreamReadPolicy scopes it.
+                assert statement["Resource"] == LIST_STREAMS, (name, statement)
+                continue
+            # A log stream is named by its writer (Lambda, CodeBuild): the group's ARN (which
+            # ends in ":*") is the narrowest resource, and names no other group.
             assert "*" not in json.dumps(statement["Resource"]), (name, statement)
 
 
-def test_each_grant_is_made_once(transformed: dict[str, Any]) -> None:
+def test_no_role_holds_a_managed_policy(transformed: dict[str, Any]) -> None:
+    # SAM's own roles carried AWSLambdaBasicExecutionRole (logs on "*"),
+    # AWSLambdaDynamoDBExecutionRole (stream reads on "*") and AWSXrayWriteOnlyAccess.
     for name, role in of_type(transformed, "AWS::IAM::Role").items():
-        seen: list[str] = []
-        for statement in statements(role):
-            actions = statement["Action"]
-            for action in actions if isinstance(actions, list) else [actions]:
-                key = f"{action} {json.dumps(statement['Resource'], sort_keys=True)}"
-                assert key not in seen, (name, key)
-                seen.append(key)
+        assert "ManagedPolicyArns" not in role, name
+        assert "PermissionsBoundary" not in role, name
+
+
+def test_each_function_runs_under_its_own_role_that_only_lambda_of_this_account_assumes(
+    transformed: dict[str, Any],
+) -> None:
+    functions = of_type(transformed, "AWS::Lambda::Function")
+    assert set(functions) == set(FUNCTIONS)
+    roles = of_type(transformed, "AWS::IAM::Role")
+    for function, props in functions.items():
+        assert props["Role"] == {"Fn::GetAtt": [f"{function}Role", "Arn"]}, function
+        trust = roles[f"{function}Role"]["AssumeRolePolicyDocument"]["Statement"]
+        assert [t["Principal"] for t in trust] == [{"Service": "lambda.amazonaws.com"}]
+        assert [t["Action"] for t in trust] == ["sts:AssumeRole"]
+        assert [t["Condition"] for t in trust] == [
+            {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}
+        ]
+        # Tracing is active, and Lambda refuses a traced function whose role cannot write
+        # traces: the two X-Ray actions sit in the role itself (not in a later policy).
+        assert props["TracingConfig"] == {"Mode": "Active"}
+        inline = [
+            (action, statement["Resource"])
+            for given in roles[f"{function}Role"]["Policies"]
+            if "Fn::If" not in given
+            for statement in given["PolicyDocument"]["Statement"]
+            for action in listed(statement["Action"])
+        ]
+        assert all((action, "*") in inline for action in XRAY_WRITE), function
+
+
+def test_each_function_writes_its_own_log_group_and_creates_none(
+    transformed: dict[str, Any],
+) -> None:
+    groups = of_type(transformed, "AWS::Logs::LogGroup")
+    for function, props in of_type(transformed, "AWS::Lambda::Function").items():
+        # Lambda writes to /aws/lambda/<function name> (LoggingConfig names no other group):
+        # the template makes that group, so the role needs no logs:CreateLogGroup.
+        assert "LogGroup" not in props["LoggingConfig"], function
+        assert groups[f"{function}Logs"]["LogGroupName"] == {
+            "Fn::Sub": f"/aws/lambda/${{{function}}}"
+        }
+        own = json.dumps({"Fn::GetAtt": [f"{function}Logs", "Arn"]})
+        logs = grants(transformed, f"{function}Role")
+        # (The API function also reads builds' logs: logs:GetLogEvents on BuildLogGroup.)
+        assert [g for g in logs if g[0].startswith("logs:") and g[0] != "logs:GetLogEvents"] == [
+            ("logs:CreateLogStream", own),
+            ("logs:PutLogEvents", own),
+        ], function
+    for name in of_type(transformed, "AWS::IAM::Role"):
+        assert all(action != "logs:CreateLogGroup" for action, _ in grants(transformed, name))
+
+
+def test_the_stream_role_reads_the_stream_and_sends_given_up_batches_to_the_queue(
+    transformed: dict[str, Any],
+) -> None:
+    # What SAM added to its own role for the event source and its on-failure destination,
+    # which Lambda checks when it creates the mapping.
+    (mapping,) = of_type(transformed, "AWS::Lambda::EventSourceMapping").values()
+    granted = grants(transformed, "StreamFunctionRole")
+    stream = json.dumps(mapping["EventSourceArn"], sort_keys=True)
+    assert stream == json.dumps({"Fn::GetAtt": ["JobsTable", "StreamArn"]})
+    for action in ("DescribeStream", "GetRecords", "GetShardIterator"):
+        assert (f"dynamodb:{action}", stream) in granted
+    assert ("dynamodb:ListStreams", json.dumps(LIST_STREAMS, sort_keys=True)) in granted
+    queue = json.dumps(mapping["DestinationConfig"]["OnFailure"]["Destination"], sort_keys=True)
+    assert ("sqs:SendMessage", queue) in granted
+    # No other function reads the stream or writes the queue.
+    for function in FUNCTIONS:
+        if function != "StreamFunction":
+            others = grants(transformed, f"{function}Role")
+            assert all(resource not in (stream, queue) for _, resource in others), function
+
+
+def test_the_github_token_is_granted_only_with_the_parameter(transformed: dict[str, Any]) -> None:
+    role = of_type(transformed, "AWS::IAM::Role")["StreamFunctionRole"]
+    conditional = [given["Fn::If"] for given in role["Policies"] if "Fn::If" in given]
+    assert [(c[0], c[2]) for c in conditional] == [("HasGitHubToken", {"Ref": "AWS::NoValue"})]
+    (statement,) = conditional[0][1]["PolicyDocument"]["Statement"]
+    assert statement["Action"] == "secretsmanager:GetSecretValue"
+    assert statement["Resource"] == {"Ref": "GitHubTokenSecretArn"}
+
+
+def test_each_grant_is_made_once(transformed: dict[str, Any]) -> None:
+    for name in of_type(transformed, "AWS::IAM::Role"):
+        seen = grants(transformed, name)
+        assert len(seen) == len(set(seen)), (name, sorted(seen))
 
 
 def test_the_urls_are_public_and_the_api_asks_for_its_token(transformed: dict[str, Any]) -> None:
@@ -117,17 +238,13 @@ def test_builds_run_in_the_stacks_own_project_with_a_role_that_only_writes_its_l
     trust = roles["BuildRole"]["AssumeRolePolicyDocument"]["Statement"]
     assert [t["Principal"] for t in trust] == [{"Service": "codebuild.amazonaws.com"}]
     assert all("aws:SourceAccount" in t["Condition"]["StringEquals"] for t in trust)
-    granted = [
-        (action, json.dumps(statement["Resource"]))
-        for statement in statements(roles["BuildRole"])
-        for action in statement["Action"]
-    ]
     log_group = json.dumps({"Fn::GetAtt": ["BuildLogGroup", "Arn"]})
-    assert granted == [("logs:CreateLogStream", log_group), ("logs:PutLogEvents", log_group)]
+    assert grants(transformed, "BuildRole") == [
+        ("logs:CreateLogStream", log_group),
+        ("logs:PutLogEvents", log_group),
+    ]
     # Every function that starts, stops or reads builds names this project, and no other.
-    for name, role in roles.items():
-        for statement in statements(role):
-            actions = statement["Action"]
-            actions = actions if isinstance(actions, list) else [actions]
-            if any(action.startswith("codebuild:") for action in actions):
+    for name in roles:
+        for statement in statements(transformed, name):
+            if any(action.startswith("codebuild:") for action in listed(statement["Action"])):
                 assert "${BuildProject}" in json.dumps(statement["Resource"]), (name, statement)
