@@ -9,11 +9,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
 from pynamodb.connection import Connection
 from pynamodb.exceptions import PynamoDBException, TableError
 from pynamodb.expressions.condition import Condition
 
-from scheduler.db.models import ACTIVE_SHARD, QUEUED_SHARD, JobModel
+from scheduler.db.models import ACTIVE_SHARD, QUEUED_SHARD, JobModel, RepoModel
 from scheduler.errors import JobNotFound, StoreUnavailable
 
 __all__ = ["JobReads", "cause", "job_table"]
@@ -78,6 +79,23 @@ class JobReads:
             raise StoreUnavailable(f"cannot read job {job_id}: {cause(exc)}") from exc
         item = found.get("Item")
         return dict(item) if item else None
+
+    def slots_in_use(self, repo: str) -> int:
+        """The slots ``repo``'s active jobs hold (its counters item, read consistently).
+
+        A hint for promotion, which would otherwise learn that a repository is full from a
+        cancelled transaction: every activation still checks the count in its own write.
+        """
+        try:
+            found = self._connection.client.get_item(
+                TableName=RepoModel.Meta.table_name,
+                Key={"repo": {"S": repo}},
+                ConsistentRead=True,
+                ProjectionExpression="running",
+            )
+        except (BotoCoreError, ClientError) as exc:
+            raise StoreUnavailable(f"cannot read the slots of {repo}: {exc}") from exc
+        return int(found.get("Item", {}).get("running", {}).get("N", "0"))
 
     def queued_repos(self, *, limit: int) -> list[str]:
         """Repositories with queued jobs, the one with the oldest (most urgent) job first.

@@ -342,6 +342,30 @@ class JobStore:
         :class:`RepositoryFull` if an activation found no free slot. ``start_delay_ms`` (a
         retry's backoff) is recorded as the earliest start of the new attempt's run.
         """
+        # Condition: the job is still exactly what the caller read. A duplicate stream record, a
+        # stale image or a racing process fails here and writes nothing.
+        job_condition = (JobModel.status == job.status.value) & (JobModel.version == job.version)
+        return self._transition(
+            job,
+            trigger,
+            job_condition,
+            actor=actor,
+            outcome=outcome,
+            slot_limit=slot_limit,
+            start_delay_ms=start_delay_ms,
+        )
+
+    def _transition(
+        self,
+        job: JobState,
+        trigger: Trigger | str,
+        job_condition: Condition,
+        *,
+        actor: str,
+        outcome: Outcome | None = None,
+        slot_limit: int | None = None,
+        start_delay_ms: int = 0,
+    ) -> JobState:
         step = plan(job.status, trigger, job.job_id)
         if step.slot_delta > 0 and slot_limit is None:
             raise ValueError("activation needs the repository's slot limit")
@@ -360,10 +384,6 @@ class JobStore:
             start_delay_ms=start_delay_ms,
         )
         repo_actions, repo_condition = self._repo_changes(step, slot_limit)
-
-        # Condition: the job is still exactly what the caller read. A duplicate stream record, a
-        # stale image or a racing process fails here and writes nothing.
-        job_condition = (JobModel.status == job.status.value) & (JobModel.version == job.version)
         if step.source is JobStatus.CANCELLED:
             # Rebuilding a cancelled job waits until its old run is stopped and its slot freed.
             job_condition &= JobModel.slot_held.does_not_exist()
@@ -455,6 +475,40 @@ class JobStore:
             log.info("moot run report", extra={"job_id": job_id, "attempt": attempt})
             raise TransitionConflict(job_id, str(trigger), f"attempt {attempt} is not running")
         return self.transition(job, trigger, actor=actor, outcome=outcome)
+
+    def finish_run(
+        self,
+        job_id: str,
+        repo: str,
+        attempt: int,
+        trigger: Trigger | str,
+        *,
+        actor: str,
+        outcome: Outcome | None = None,
+    ) -> JobStatus:
+        """:meth:`report` without its read, for a runner that knows the job's repository.
+
+        The finish is conditioned on ``attempt`` still being the job's active one (and on the
+        repository, whose counters it moves) rather than on a version read first: a late or
+        duplicate report, or one that lost to a cancel or a timeout, raises
+        :class:`TransitionConflict` and changes nothing. Returns the job's new status.
+        """
+        running = JobState(
+            job_id=job_id,
+            repo=repo,
+            status=JobStatus.ACTIVE,
+            version=0,  # not read, not part of the condition
+            attempt=attempt,
+            timeout_seconds=0,
+            received_at=0,
+        )
+        condition = (
+            (JobModel.status == JobStatus.ACTIVE.value)
+            & (JobModel.attempt == attempt)
+            & (JobModel.repo == repo)
+        )
+        done = self._transition(running, trigger, condition, actor=actor, outcome=outcome)
+        return done.status
 
     def defer_deadline(self, job: JobState, until: int) -> JobState:
         """Move an unstarted active job's deadline to ``until`` (its run waits for a runner).
@@ -558,7 +612,7 @@ class JobStore:
         )
         actions: list[Action] = [
             JobModel.status.set(step.dest.value),
-            JobModel.version.set(job.version + 1),
+            JobModel.version.add(1),
             JobModel.updated_at.set(now),
             JobModel.history.set(JobModel.history.append([entry])),
         ]

@@ -23,11 +23,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from scheduler.local.checkout import TOKEN_VARIABLE, CheckoutFailed, CommitNotFound, SourceCheckout
-from scheduler.local.procutil import die_with_parent
+from scheduler.local.procutil import orphan_proof
 from scheduler.local.run_log import LOGS_FOLDER, CappedLog, OutputPump, log_file
 from scheduler.local.run_records import MARKER, TOKEN, RunRecords
 from scheduler.runs.executor import Claim, OnFinished, RunRequest, RunResult, RunStatus
@@ -188,6 +188,7 @@ class LocalExecutor:
                 log.exception("run failed to execute", extra={"job_id": request.job_id})
                 result = RunResult(request.job_id, request.attempt, None, summary="executor error")
             if not run.abandoned:
+                result = replace(result, repo=request.repo)
                 run.finished = True
                 self.records.keep_result(request.idempotency_key, result)
                 self.report(request.idempotency_key, result)
@@ -297,21 +298,20 @@ class LocalExecutor:
         mask = self._mask_for(request.repo)
         # Recorded before the spawn: a stack killed at any moment leaves no untracked process.
         token = self.records.starting(request.idempotency_key)
+        env = {**self._base_env, **request.environment(), MARKER: request.idempotency_key}
+        env[TOKEN] = token
         try:
+            # An argv list: no shell ever sees payload data. It never outlives the scheduler.
+            argv, preexec = orphan_proof(request.command, env)
             run.process = subprocess.Popen(
-                list(request.command),  # an argv list: no shell ever sees payload data
+                argv,
                 cwd=workdir,
-                env={
-                    **self._base_env,
-                    **request.environment(),
-                    MARKER: request.idempotency_key,
-                    TOKEN: token,
-                },
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group, killed as a whole
-                preexec_fn=die_with_parent,  # noqa: PLW1509 - never outlives the scheduler
+                preexec_fn=preexec,  # noqa: PLW1509 - None where setpriv does it
             )
         except OSError as exc:
             self.records.ended(request.idempotency_key)

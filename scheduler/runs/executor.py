@@ -99,6 +99,8 @@ class RunResult:
     # A failure reason the executor knows better than the exit code (``start_failed`` for a
     # checkout the infrastructure failed); None: decided from the fields above.
     reason: str | None = None
+    # The job's repository when the executor knows it: the report then needs no read first.
+    repo: str | None = None
 
     @property
     def passed(self) -> bool:

@@ -160,8 +160,9 @@ class RunStarter:
         except (TransitionConflict, JobNotFound):
             log.info("start failure moot: the attempt moved on", extra={"job_id": request.job_id})
 
-    def finished(self, result: RunResult) -> JobState | None:
-        """Report a run's result; None when the report is moot (late, duplicate, cancelled).
+    def finished(self, result: RunResult) -> JobStatus | None:
+        """Report a run's result: the job's new status, or None when the report is moot (late,
+        duplicate, cancelled).
 
         A run is stopped by the scheduler only after its job left ``active`` (a cancel, a
         timeout), so a stopped run's report is moot then. A run that stopped while its attempt
@@ -176,14 +177,24 @@ class RunStarter:
             )
             outcome = Outcome(reason=STOPPED, detail=detail[:DETAIL_CHARS])
         try:
-            done = self._store.report(
-                result.job_id, result.attempt, trigger, actor=self._actor, outcome=outcome
-            )
+            if result.repo is None:
+                done = self._store.report(
+                    result.job_id, result.attempt, trigger, actor=self._actor, outcome=outcome
+                ).status
+            else:
+                done = self._store.finish_run(
+                    result.job_id,
+                    result.repo,
+                    result.attempt,
+                    trigger,
+                    actor=self._actor,
+                    outcome=outcome,
+                )
         except (TransitionConflict, JobNotFound):
             return None
         log.info(
             "run finished",
-            extra={"job_id": result.job_id, "attempt": result.attempt, "status": done.status},
+            extra={"job_id": result.job_id, "attempt": result.attempt, "status": done},
         )
         return done
 

@@ -110,14 +110,22 @@ _TAKES_SLOTS = (Activate, SupersedeOlder)
 
 
 class _Promotions:
-    """Promotions a batch owes, by repository: the first record that asked for each."""
+    """Promotions a batch owes, by repository: the first record that asked for each.
+
+    Also the repositories this batch found full and has seen free no slot of since: a new
+    job of theirs stays queued without a write that would only be refused. Skipping it is
+    safe because whoever frees a slot promotes the queue afterwards, and the job has been in
+    the queue since it was created.
+    """
 
     def __init__(self) -> None:
         self.owed: dict[str, str] = {}
+        self.full: set[str] = set()
         self.current = ""  # the sequence number of the record being handled
 
     def owe(self, repo: str) -> None:
         self.owed.setdefault(repo, self.current)
+        self.full.discard(repo)
 
     def first(self) -> str | None:
         return next(iter(self.owed.values()), None)
@@ -298,8 +306,18 @@ class Dispatcher:
                 promotions.owe(action.repo)
                 outcomes.append("promotion_owed")
                 continue
+            full = promotions.full if promotions is not None else ()
+            if isinstance(action, Activate) and action.job.repo in full:
+                outcomes.append("queued")  # as its refused activation would have said
+                continue
             with tracing.span(type(action).__name__, job_id=job.job_id):
-                outcomes.append(self.execute(action, transition.image))
+                outcome = self.execute(action, transition.image)
+            outcomes.append(outcome)
+            if promotions is not None:
+                if outcome == "queued":
+                    promotions.full.add(job.repo)
+                elif isinstance(action, SupersedeOlder):
+                    promotions.full.discard(job.repo)  # what it cancelled may free a slot
         for observe in self.observers:
             try:
                 observe(transition)
@@ -396,6 +414,7 @@ class Dispatcher:
         """
         limit = self._slot_limit_for(repo)
         promoted = 0
+        free: int | None = None  # read once the queue has a candidate
         queued = self._store.reads.queued(
             repo, limit=self._promote_max, page_size=self._promote_page
         )
@@ -403,6 +422,13 @@ class Dispatcher:
             job = JobState.from_model(candidate)
             if job.status is not JobStatus.PENDING:
                 continue  # the index lags the table a little on AWS
+            if free is None:
+                # The counters say how many activations can succeed; the rest would only be
+                # refused. A count that is stale either way is safe: each activation checks it
+                # in its own write, and whoever frees a slot later promotes after it.
+                free = limit - self._store.reads.slots_in_use(repo)
+            if promoted >= free:
+                break
             try:
                 self._store.activate(job, slot_limit=limit, actor=self._actor)
             except TransitionConflict:

@@ -101,3 +101,56 @@ def test_a_failed_promotion_fails_the_first_record_that_owed_it(
         "batchItemFailures": []
     }
     assert [status(j) for j in ids[2:]] == ["active", "active"]
+
+
+def counting_activations(store: JobStore) -> list[str]:
+    """Activations the dispatcher attempts, by outcome: "ok" or the error's name."""
+    outcomes: list[str] = []
+    activate = store.activate
+
+    def wrapper(job: Any, **kwargs: Any) -> Any:
+        try:
+            done = activate(job, **kwargs)
+        except Exception as exc:
+            outcomes.append(type(exc).__name__)
+            raise
+        outcomes.append("ok")
+        return done
+
+    store.activate = wrapper  # type: ignore[method-assign]
+    return outcomes
+
+
+def test_a_batch_tries_a_full_repository_once_and_its_new_jobs_stay_queued(
+    store: JobStore,
+) -> None:
+    ids = setup_repo(store, limit=2, jobs=2)  # both slots taken
+    for n in range(5):
+        create(store, f"new{n}")
+    event = cast(StreamEvent, {"Records": [record(f"new{n}") for n in range(5)]})
+    attempts = counting_activations(store)
+
+    assert Dispatcher(store, slot_limit_for=lambda _repo: 2).handle_event(event) == {
+        "batchItemFailures": []
+    }
+    assert attempts == ["RepositoryFull"]  # the first new job learned it; the rest were not tried
+    assert [status(f"new{n}") for n in range(5)] == ["pending"] * 5
+    # A finish later in a batch frees a slot: the queue (oldest first) gets it, not the memo.
+    finished = finish(store, ids[0])
+    create(store, "late")
+    event = cast(StreamEvent, {"Records": [record("new0"), finished, record("late")]})
+    attempts.clear()
+    Dispatcher(store, slot_limit_for=lambda _repo: 2).handle_event(event)
+    assert status("new0") == "active"
+    assert [status(f"new{n}") for n in range(1, 5)] + [status("late")] == ["pending"] * 5
+    assert "ok" in attempts
+
+
+def test_a_promotion_tries_only_as_many_jobs_as_there_are_free_slots(store: JobStore) -> None:
+    ids = setup_repo(store, limit=3, jobs=10)
+    event = cast(StreamEvent, {"Records": [finish(store, j) for j in ids[:2]]})
+    attempts = counting_activations(store)
+
+    Dispatcher(store, slot_limit_for=lambda _repo: 3).handle_event(event)
+    assert attempts == ["ok", "ok"]  # two slots freed, two activations, none refused
+    assert [status(j) for j in ids[3:6]] == ["active", "active", "pending"]

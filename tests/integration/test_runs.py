@@ -13,7 +13,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from scheduler.db.models import RepoModel
 from scheduler.db.store import JobState, JobStore, NewJob
+from scheduler.errors import JobNotFound
 from scheduler.local.executor import LocalExecutor, run_id_for
 from scheduler.runs.executor import RunRequest, RunResult
 from scheduler.runs.reaper import Reaper
@@ -183,11 +185,57 @@ def test_report_finishes_once_and_late_reports_change_nothing(store: JobStore) -
     active_job(store, "rep")
     starter = RunStarter(store, LocalExecutor(Path("/nonexistent"), lambda _r: None), lambda _r: ())
     done = starter.finished(RunResult("rep", 1, 0, summary="exit code 0"))
-    assert done is not None and done.status is JobStatus.PASSED
+    assert done is JobStatus.PASSED
     before = store.get("rep").to_simple_dict()
     assert starter.finished(RunResult("rep", 1, 1)) is None  # duplicate/late report
     assert starter.finished(RunResult("rep", 7, 0)) is None  # another attempt's report
     assert store.get("rep").to_simple_dict() == before
+
+
+def test_a_read_free_finish_races_a_cancel_and_reports_and_one_wins(store: JobStore) -> None:
+    """``finish_run`` (the local runner's report, no read first) against a cancel and copies
+    of itself: exactly one transition lands, and the counters move once."""
+    for round_ in range(6):
+        job = active_job(store, f"free{round_}")
+        barrier = threading.Barrier(5)
+
+        def finish(n: int, job: JobState = job, barrier: threading.Barrier = barrier) -> str:
+            barrier.wait()
+            try:
+                if n == 0:
+                    store.transition(job, Trigger.CANCEL, actor="operator")
+                    return "cancelled"
+                store.finish_run(job.job_id, "o/r", 1, Trigger.PASS, actor="executor")
+                return "passed"
+            except TransitionConflict:
+                return "lost"
+
+        with ThreadPoolExecutor(5) as pool:
+            outcomes = sorted(pool.map(finish, range(5)))
+        assert outcomes.count("lost") == 4, outcomes
+        final = store.get(job.job_id)
+        assert final.status == ("cancelled" if "cancelled" in outcomes else "passed")
+        assert len(final.history) == 3  # created, activated, and one finish
+        assert int(final.version) == job.version + 1
+    counters = RepoModel.get("o/r", consistent_read=True)
+    finished = int(counters.n_passed) + int(counters.n_cancelled)
+    assert (finished, int(counters.n_active)) == (6, 0)
+
+
+def test_a_read_free_finish_names_the_attempt_and_the_repository(store: JobStore) -> None:
+    active_job(store, "named")
+    with pytest.raises(TransitionConflict):  # another attempt's report
+        store.finish_run("named", "o/r", 2, Trigger.PASS, actor="executor")
+    with pytest.raises(TransitionConflict):  # a repository that is not the job's
+        store.finish_run("named", "other/repo", 1, Trigger.PASS, actor="executor")
+    with pytest.raises(TransitionConflict):  # no such job: nothing is created
+        store.finish_run("ghost", "o/r", 1, Trigger.PASS, actor="executor")
+    assert store.get("named").status == "active"
+    assert store.finish_run("named", "o/r", 1, Trigger.FAIL, actor="executor") is JobStatus.FAILED
+    with pytest.raises(RepoModel.DoesNotExist):  # the refused finish wrote no counters
+        RepoModel.get("other/repo", consistent_read=True)
+    with pytest.raises(JobNotFound):
+        store.get("ghost")
 
 
 def test_reaper_times_out_overdue_jobs_and_stops_their_runs(
