@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, assert_never
@@ -34,7 +35,7 @@ from scheduler import tracing
 from scheduler.config import RetryPolicy, SupersedeMode
 from scheduler.db.models import JobModel
 from scheduler.db.outage import is_outage
-from scheduler.db.store import JobState, JobStore
+from scheduler.db.store import Clock, JobState, JobStore, system_clock
 from scheduler.errors import (
     BatchInterrupted,
     MalformedStreamRecord,
@@ -90,6 +91,7 @@ SupersedeFor = Callable[[str], SupersedeMode]
 """The supersede mode of a repository (``off``, ``queued``, ``all``)."""
 
 
+_FULL_HINT_MARGIN_MS = 1_000
 _OUTAGE_MARGIN_MS = 10_000  # left for the last attempt and the response when time runs out
 
 
@@ -110,22 +112,14 @@ _TAKES_SLOTS = (Activate, SupersedeOlder)
 
 
 class _Promotions:
-    """Promotions a batch owes, by repository: the first record that asked for each.
-
-    Also the repositories this batch found full and has seen free no slot of since: a new
-    job of theirs stays queued without a write that would only be refused. Skipping it is
-    safe because whoever frees a slot promotes the queue afterwards, and the job has been in
-    the queue since it was created.
-    """
+    """Promotions a batch owes, by repository: the first record that asked for each."""
 
     def __init__(self) -> None:
         self.owed: dict[str, str] = {}
-        self.full: set[str] = set()
         self.current = ""  # the sequence number of the record being handled
 
     def owe(self, repo: str) -> None:
         self.owed.setdefault(repo, self.current)
-        self.full.discard(repo)
 
     def first(self) -> str | None:
         return next(iter(self.owed.values()), None)
@@ -152,8 +146,15 @@ class Dispatcher:
         promote_page: int = 5,
         promote_max: int = 25,
         actor: str = ACTOR,
+        clock: Clock = system_clock,
     ) -> None:
         self._store = store
+        self._clock = clock
+        # When an activation last found each repository full (shared by the batches and
+        # lanes of this process; see _known_full).
+        self._full_at: dict[str, int] = {}
+        self._promotion_locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
         self._slot_limit_for = slot_limit_for
         self._start_run = start_run or _log_activation
         self._stop_run = stop_run
@@ -306,24 +307,32 @@ class Dispatcher:
                 promotions.owe(action.repo)
                 outcomes.append("promotion_owed")
                 continue
-            full = promotions.full if promotions is not None else ()
-            if isinstance(action, Activate) and action.job.repo in full:
+            if isinstance(action, Activate) and self._known_full(transition.image):
                 outcomes.append("queued")  # as its refused activation would have said
                 continue
             with tracing.span(type(action).__name__, job_id=job.job_id):
-                outcome = self.execute(action, transition.image)
-            outcomes.append(outcome)
-            if promotions is not None:
-                if outcome == "queued":
-                    promotions.full.add(job.repo)
-                elif isinstance(action, SupersedeOlder):
-                    promotions.full.discard(job.repo)  # what it cancelled may free a slot
+                outcomes.append(self.execute(action, transition.image))
         for observe in self.observers:
             try:
                 observe(transition)
             except Exception:  # an observer (a commit status) never fails a record
                 log.exception("transition observer failed", extra={"job_id": job.job_id})
         return outcomes
+
+    def _known_full(self, image: JobModel) -> bool:
+        """Whether the job's repository was found full after the job joined its queue.
+
+        Such a job stays queued without an activation that would only be refused: whoever
+        frees a slot after that moment promotes the queue afterwards, and finds the job there.
+        The margin covers clocks apart and an index that lags the table (on AWS).
+        """
+        full_at = self._full_at.get(image.repo)
+        queued_at = image.updated_at
+        return (
+            full_at is not None
+            and queued_at is not None
+            and int(queued_at) < full_at - _FULL_HINT_MARGIN_MS
+        )
 
     def _overtaken(self, record: StreamRecord) -> bool:
         """Whether a record that cannot be read is about an item that changed since.
@@ -401,6 +410,7 @@ class Dispatcher:
             return "already_done"
         except RepositoryFull:
             # Stays queued: the sparse `queued` index holds it until a finish promotes it.
+            self._full_at[job.repo] = self._clock()
             log.info("job queued", extra={"job_id": job.job_id, "repo": job.repo})
             return "queued"
         return "activated"
@@ -412,6 +422,16 @@ class Dispatcher:
         the second run finds the slots taken. Candidates that moved since the index was read
         lose their conditional write and are skipped.
         """
+        with self._promotion_lock(repo):
+            return self._promote(repo)
+
+    def _promotion_lock(self, repo: str) -> threading.Lock:
+        """One promotion of a repository at a time in this process: lanes that promote it at
+        once would read the same head of the queue and race for the same jobs."""
+        with self._locks_guard:
+            return self._promotion_locks.setdefault(repo, threading.Lock())
+
+    def _promote(self, repo: str) -> int:
         limit = self._slot_limit_for(repo)
         promoted = 0
         free: int | None = None  # read once the queue has a candidate
@@ -434,6 +454,7 @@ class Dispatcher:
             except TransitionConflict:
                 continue
             except RepositoryFull:
+                self._full_at[repo] = self._clock()
                 break
             promoted += 1
         if promoted:
