@@ -10,8 +10,11 @@ small ratio (which must stay near 1: a page is one query, however long the histo
 
 **Idle tabs.** ``scheduler up`` runs as a child process (as in ``bench/pipeline.py``) with a few
 finished jobs; the stack's CPU (Python process and DynamoDB Local) is measured with no browser,
-then with ``--tabs`` headless Chromium tabs open on a repository's jobs page (each polls while
-visible, with ETags), and once more with the tabs hidden behind another page.
+then with ``--tabs`` headless Chromium tabs open: on one jobs page (tabs of one browser share
+their polls), on as many different pages, in as many browsers on one jobs page, and once more
+with the first tabs hidden behind another page. Printed by case: the CPU of the Python process
+and of DynamoDB Local, the fragment polls answered per second, and the CPU per poll over the
+no-browser figure.
 
 Run from the project root (about two minutes; the browser is Debian's ``/usr/bin/chromium``)::
 
@@ -28,11 +31,10 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import httpx
 from common import bench_settings, dynamodb_local
-from pipeline import deliver, idle_usage, local_stack, wait_finished
+from pipeline import REPO, deliver, idle_usage, local_stack, wait_finished
 from stats import median, ms, summary
 from status import load
 
@@ -84,17 +86,21 @@ def page_latency(small: int, large: int, samples: int) -> dict[str, list[float]]
 
 
 @contextmanager
-def tabs(url: str, count: int) -> Iterator[Callable[[], None]]:
-    """``count`` headless Chromium tabs on ``url``; yields a function that hides them all."""
+def tabs(pages_by_browser: Sequence[Sequence[str]]) -> Iterator[Callable[[], None]]:
+    """Headless Chromium tabs: one browser context (a person's browser) per item of
+    ``pages_by_browser``, a tab per URL in it. Yields a function that hides them all."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as driver:
         browser = driver.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
         try:
-            context = browser.new_context()
-            pages = [context.new_page() for _ in range(count)]
-            for page in pages:
-                page.goto(url)
+            pages = []
+            for urls in pages_by_browser:
+                context = browser.new_context()
+                for url in urls:
+                    page = context.new_page()
+                    page.goto(url)
+                    pages.append(page)
 
             def hide() -> None:
                 for page in pages:  # what a background tab reports to the page
@@ -109,28 +115,67 @@ def tabs(url: str, count: int) -> Iterator[Callable[[], None]]:
             browser.close()
 
 
-def stack_cpu(usage: Sequence[tuple[str, float, float]]) -> float:
-    return sum(cpu for _, cpu, _ in usage)
+def stack_cpu(usage: Sequence[tuple[str, float, float]]) -> dict[str, float]:
+    """Percent of one core: the whole stack, and the Python process and DynamoDB Local apart."""
+    java = sum(cpu for name, cpu, _ in usage if name.startswith("java"))
+    total = sum(cpu for _, cpu, _ in usage)
+    return {"stack": total, "python": total - java, "dynamodb local": java}
 
 
-def idle_tabs(count: int, seconds: float) -> dict[str, float]:
-    """The stack's percent of one core: no browser, ``count`` visible tabs, hidden tabs."""
+def idle_tabs(count: int, seconds: float) -> dict[str, dict[str, float]]:
+    """The stack's percent of one core (and by process) and the polls it answered per second:
+    no browser; ``count`` visible tabs of one browser on one jobs page (the tabs share their
+    polls); ``count`` tabs of one browser on as many pages (the repositories, the jobs page
+    twice with other filters, two jobs: nothing shared between tabs); ``count`` browsers (people)
+    on one jobs page (the server's short-lived reads are shared, not the polls); and the
+    first case's tabs hidden."""
     with (
         tempfile.TemporaryDirectory(prefix="bench-dash-") as folder,
         local_stack(Path(folder)) as stack,
         httpx.Client(timeout=30) as client,
     ):
         sent = [deliver(client, stack.url) for _ in range(3)]
-        wait_finished(stack, client, [job_id for job_id, _, _ in sent], 60)
+        job_ids = [job_id for job_id, _, _ in sent]
+        wait_finished(stack, client, job_ids, 60)
         pid = stack.process.pid
-        figures = {"no browser": stack_cpu(idle_usage(pid, seconds))}
-        with tabs(f"{stack.url}/ui/repos/bench/noop", count) as hide:
-            time.sleep(2)  # the pages settle
-            figures[f"{count} visible tabs"] = stack_cpu(idle_usage(pid, seconds))
+
+        def measure() -> dict[str, float]:
+            polls = polls_logged(stack.log_path)
+            figures = stack_cpu(idle_usage(pid, seconds))
+            figures["polls/s"] = (polls_logged(stack.log_path) - polls) / seconds
+            return figures
+
+        jobs_page = f"{stack.url}/ui/repos/{REPO}"
+        pages = [
+            f"{stack.url}/",
+            jobs_page,
+            f"{jobs_page}?status=passed",
+            *(f"{stack.url}/ui/jobs/{job_id}" for job_id in job_ids),
+            f"{jobs_page}?event=push",
+        ][:count]
+        time.sleep(10)  # DynamoDB Local's JVM settles after the jobs (its idle CPU falls)
+        results = {"no browser": measure()}
+        for case, browsers in (
+            (f"{count} tabs, {len(pages)} pages", [pages]),
+            (f"{count} people, 1 page", [[jobs_page]] * count),
+        ):
+            with tabs(browsers):
+                time.sleep(2)  # the pages settle
+                results[case] = measure()
+        with tabs([[jobs_page] * count]) as hide:
+            time.sleep(2)
+            results[f"{count} tabs, 1 page"] = measure()
             hide()
             time.sleep(2)
-            figures[f"{count} hidden tabs"] = stack_cpu(idle_usage(pid, seconds))
-    return figures
+            results[f"{count} hidden tabs"] = measure()
+        results["no browser, after"] = measure()
+    return results
+
+
+def polls_logged(log_path: Path) -> int:
+    """The fragment requests the stack has logged so far (one line each)."""
+    with open(log_path, "rb") as handle:
+        return sum(1 for line in handle if b"/ui/part/" in line)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -140,11 +185,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--samples", type=int, default=200, help="GETs per case")
     parser.add_argument("--tabs", type=int, default=5, help="open tabs for the idle figure")
     parser.add_argument("--idle-seconds", type=float, default=20.0)
+    parser.add_argument("--idle-only", action="store_true", help="only the idle-tabs figures")
+    parser.add_argument("--pages-only", action="store_true", help="only the page latencies")
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+def print_page_latency(args: argparse.Namespace) -> None:
     timings = page_latency(args.small, args.large, args.samples)
     print(f"\n== one GET over loopback (ms); small: {args.small:,} jobs, large: {args.large:,}")
     for case, seconds in timings.items():
@@ -156,12 +202,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{(page - listing) * 1000:.1f} ms; page {args.large:,} / page {args.small:,} (p50): "
         f"{page / small_page:.2f}"
     )
-    results: dict[str, Any] = {}
-    if CHROMIUM.exists():
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not args.idle_only:
+        print_page_latency(args)
+    if args.pages_only:
+        pass
+    elif CHROMIUM.exists():
         results = idle_tabs(args.tabs, args.idle_seconds)
         print(f"\n== the stack's CPU over {args.idle_seconds:.0f} s (% of one core)")
+        print(f"   {'':<18} {'stack':>6} {'python':>7} {'ddb local':>10} {'polls/s':>8}")
         for case, cpu in results.items():
-            print(f"   {case:<18} {cpu:5.2f}")
+            print(
+                f"   {case:<18} {cpu['stack']:6.2f} {cpu['python']:7.2f}"
+                f" {cpu['dynamodb local']:10.2f} {cpu['polls/s']:8.1f}"
+            )
+        # What the tabs add is judged against the mean of the figures before and after them.
+        before, after = results["no browser"], results["no browser, after"]
+        idle = {name: (before[name] + after[name]) / 2 for name in before}
+        for case, busy in results.items():
+            if busy["polls/s"] > 0:
+                per_poll = {
+                    name: 10 * (busy[name] - idle[name]) / busy["polls/s"]  # % x 10 = ms per s
+                    for name in ("stack", "python", "dynamodb local")
+                }
+                print(
+                    f"   {case}: CPU per poll (ms) "
+                    + ", ".join(f"{name} {value:.2f}" for name, value in per_poll.items())
+                )
     else:
         print(f"\n(no {CHROMIUM}: the idle-tabs figure needs Debian's chromium)")
     return 0

@@ -5,12 +5,23 @@ rendered on the server (:mod:`scheduler.api.views`); a small vendored script
 (``static/dashboard.js``) keeps them live by polling *fragments* with ``If-None-Match``:
 
 - the repositories fragment is rendered from a list cached for :data:`REPOS_CACHE_MS` (a scan
-  of the counters table, so that many open tabs cost one scan per period);
-- a repository's jobs fragment is answered 304 after one read of the repository's counters
-  item, which every job creation and status change moves in its transaction: an idle tab costs
-  one small ``GetItem`` per poll, and the page's query runs only when something changed;
-- a job's fragment costs one ``GetItem`` (its ETag is the job's version);
+  of the counters table, so that many open tabs cost one scan and one rendering per period);
+- a repository's jobs fragment is answered 304 after a read of the repository's counters
+  item, which every job creation and status change moves in its transaction; the page's query
+  runs only when something changed;
+- a job's fragment (and the log tail) reads the job item (its ETag is the job's version);
 - the log tail returns only new whole lines from a cursor, until the attempt is over.
+
+Those reads are shared for :data:`FRESH_MS` by every request of the process (:class:`Recent`):
+however many tabs (or people) poll a repository or a job, the database sees at most one small
+``GetItem`` per period for it. A page (not a poll) reads afresh and leaves what it read for the
+polls, so a page never goes back in time after a button, and it carries its fragment's ETag,
+so its first poll is a 304 too. Tabs of one browser on one page also share their polls (the
+script, over a ``BroadcastChannel``): about one request per period whatever their number.
+Measured (``bench/dashboard.py``): a poll that reads costs about 1 ms of Python (botocore's
+``GetItem``, the HTTP request) and 1.3 ms of DynamoDB Local. A new job shows at most
+``POLL_MS + FRESH_MS`` (and a few ms between tabs, and the request) after its transaction:
+under a second.
 
 Retry and cancel are the operator's guarded transitions (:class:`Operations`): a lost race
 comes back to the page as a message. Their forms carry a CSRF token and a request from
@@ -21,8 +32,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any, Generic, TypeVar
 from urllib.parse import parse_qsl, quote, urlencode
 
 from scheduler.api.app import Request, Response, Router
@@ -40,7 +52,9 @@ __all__ = ["POLL_MS", "Dashboard"]
 log = logging.getLogger(__name__)
 
 POLL_MS = 700  # a visible tab's poll period: a new job shows within a second
+FRESH_MS = 200  # how long one read of a repository's counters or of a job answers every poll
 REPOS_CACHE_MS = 2000
+FRESH_ENTRIES = 1024  # repositories and jobs remembered at most (LRU), per kind
 MAX_FORM_BYTES = 16 * 1024
 PAGE_SIZE = 25
 # Outcomes of a button, by the code the redirect carries (never text from the request).
@@ -65,6 +79,55 @@ _SECURITY_HEADERS = {
 }
 _FILTERS = ("status", "branch", "event")
 _EVENTS = ("push", "pull_request")
+
+
+T = TypeVar("T")
+
+
+class Recent(Generic[T]):
+    """Values read less than ``ttl_ms`` ago, by key, shared by every request of the process.
+
+    What a poll asks ("has this repository or job changed?") is answered from a read made by
+    any request within the period, so N tabs cost one read per period rather than N. A value is
+    kept only if its read began no earlier than the kept one's (a slow read never puts an
+    older state back), and at most ``max_entries`` keys are kept (least recently stored go).
+    Errors (not found, bad input) are never kept.
+    """
+
+    def __init__(self, clock: Clock, ttl_ms: int, max_entries: int = FRESH_ENTRIES) -> None:
+        self._clock = clock
+        self._ttl_ms = ttl_ms
+        self._max_entries = max_entries
+        self._lock = threading.Lock()
+        self._items: OrderedDict[Hashable, tuple[int, T]] = OrderedDict()
+
+    def get(self, key: Hashable, read: Callable[[], T]) -> T:
+        """The value of ``key`` read within the period, else ``read()`` (kept for the next)."""
+        now = self._clock()
+        with self._lock:
+            kept = self._items.get(key)
+            if kept is not None and 0 <= now - kept[0] < self._ttl_ms:
+                return kept[1]
+        value = read()
+        self.put(key, value, now)
+        return value
+
+    def fresh(self, key: Hashable, read: Callable[[], T]) -> T:
+        """``read()`` now, whatever is kept; kept for the polls that follow."""
+        now = self._clock()
+        value = read()
+        self.put(key, value, now)
+        return value
+
+    def put(self, key: Hashable, value: T, read_at: int) -> None:
+        with self._lock:
+            kept = self._items.get(key)
+            if kept is not None and kept[0] > read_at:
+                return
+            self._items[key] = (read_at, value)
+            self._items.move_to_end(key)
+            while len(self._items) > self._max_entries:
+                self._items.popitem(last=False)
 
 
 def _form(request: Request) -> dict[str, str]:
@@ -112,8 +175,10 @@ class Dashboard:
         self._operations = operations
         self._auth = auth
         self._clock = clock
-        self._repos_lock = threading.Lock()
-        self._repos: tuple[int, list[RepoStats]] | None = None
+        # The repositories list with its fragment and ETag (rendered once per period).
+        self._repos: Recent[tuple[list[RepoStats], str, str]] = Recent(clock, REPOS_CACHE_MS, 1)
+        self._versions: Recent[str] = Recent(clock, FRESH_MS)  # counters item, by repository
+        self._jobs: Recent[JobDetail] = Recent(clock, FRESH_MS)  # job item, by id
 
     # -- registration -------------------------------------------------------------------------
 
@@ -161,6 +226,7 @@ class Dashboard:
         return Response.html(status, html, _SECURITY_HEADERS)
 
     def _fragment(self, request: Request, etag: str, make: Callable[[], str]) -> Response:
+        """A polled fragment: 304 (nothing rendered) while the caller's ETag is still ``etag``."""
         headers = {"etag": etag, "cache-control": "no-cache", "x-content-type-options": "nosniff"}
         if request.headers.get("if-none-match") == etag:
             return Response.text(304, "", headers)
@@ -194,26 +260,27 @@ class Dashboard:
 
     # -- repositories -------------------------------------------------------------------------
 
-    def _repositories(self) -> list[RepoStats]:
-        now = self._clock()
-        with self._repos_lock:
-            if self._repos is not None and now - self._repos[0] < REPOS_CACHE_MS:
-                return self._repos[1]
-        repos = self._queries.repositories()
-        with self._repos_lock:
-            self._repos = (now, repos)
-        return repos
+    def _repositories(self, *, fresh: bool = False) -> tuple[list[RepoStats], str, str]:
+        """The repositories, their fragment and its ETag: one scan and rendering per period
+        for the polls (a page reads afresh)."""
+
+        def read() -> tuple[list[RepoStats], str, str]:
+            repos = self._queries.repositories()
+            html = render("_repos.html", **self._repos_context(repos))
+            return repos, html, etag_of(html)
+
+        return self._repos.fresh("repos", read) if fresh else self._repos.get("repos", read)
 
     def repos_page(self, request: Request) -> Response:
-        return self._html(200, "repos.html", request, **self._repos_context())
+        repos, _, etag = self._repositories(fresh=True)
+        return self._html(200, "repos.html", request, etag=etag, **self._repos_context(repos))
 
     def repos_part(self, request: Request) -> Response:
-        context = self._repos_context()
-        html = render("_repos.html", **context)
-        return self._fragment(request, etag_of(html), lambda: html)
+        _, html, etag = self._repositories()
+        return self._fragment(request, etag, lambda: html)
 
-    def _repos_context(self) -> dict[str, Any]:
-        return {"repos": self._repositories(), "repo_path": repo_path, "job_path": job_path}
+    def _repos_context(self, repos: list[RepoStats]) -> dict[str, Any]:
+        return {"repos": repos, "repo_path": repo_path, "job_path": job_path}
 
     # -- a repository's jobs ------------------------------------------------------------------
 
@@ -246,23 +313,41 @@ class Dashboard:
             "job_path": job_path,
         }
 
-    def jobs_page(self, request: Request) -> Response:
-        return self._html(200, "jobs.html", request, **self._jobs_context(request))
-
-    def jobs_part(self, request: Request) -> Response:
+    def _jobs_etag(self, request: Request) -> str:
+        """The counters item moves with every creation and status change of the repository's
+        jobs: while it stays the same, the page's query would find the same jobs. Read before
+        the query it stands for (a change in between makes the next poll render again)."""
         repo = request.repo
         query = self._jobs_query(request)
-        # The counters item moves with every creation and status change of the repository's
-        # jobs: while it stays the same, the page's query would find the same jobs.
-        etag = etag_of(self._queries.repository_version(repo), repr(sorted(query.items())))
+        version = self._versions.get(repo, lambda: self._queries.repository_version(repo))
+        return etag_of(version, repr(sorted(query.items())))
+
+    def jobs_page(self, request: Request) -> Response:
+        etag = self._jobs_etag(request)
+        return self._html(200, "jobs.html", request, etag=etag, **self._jobs_context(request))
+
+    def jobs_part(self, request: Request) -> Response:
         return self._fragment(
-            request, etag, lambda: render("_jobs.html", **self._jobs_context(request))
+            request,
+            self._jobs_etag(request),
+            lambda: render("_jobs.html", **self._jobs_context(request)),
         )
 
     # -- one job ------------------------------------------------------------------------------
 
     def _job(self, request: Request) -> JobDetail:
-        return self._queries.job(request.param("job_id"))
+        """The job as read within :data:`FRESH_MS` (what a poll needs)."""
+        job_id = request.param("job_id")
+        return self._jobs.get(job_id, lambda: self._queries.job(job_id))
+
+    def _fresh_job(self, request: Request) -> JobDetail:
+        """The job read now (a page, which may follow a button), kept for the polls after it."""
+        job_id = request.param("job_id")
+        return self._jobs.fresh(job_id, lambda: self._queries.job(job_id))
+
+    @staticmethod
+    def _job_etag(job: JobDetail) -> str:
+        return etag_of(job.job_id, str(job.version), str(job.updated_at), job.status)
 
     def _job_context(self, request: Request, job: JobDetail) -> dict[str, Any]:
         status = JobStatus(job.status)
@@ -278,25 +363,28 @@ class Dashboard:
     def job_page(self, request: Request) -> Response:
         if set(request.query) - {"attempt", "done"}:
             raise InvalidArgument("unknown query parameter (accepted: attempt, done)")
-        job = self._job(request)
-        log_page = self._logs.page(job, request.query.get("attempt"), None)
+        job = self._fresh_job(request)
+        pinned = request.query.get("attempt")
+        log_page = self._logs.page(job, pinned, None)
         message = MESSAGES.get(request.query.get("done", ""))
         return self._html(
             200,
             "job.html",
             request,
             **self._job_context(request, job),
+            etag=self._job_etag(job),
             log=log_page,
+            # Without ?attempt= the log follows the job's current attempt (a retry's too).
+            follow=not pinned,
             attempts=list(range(job.attempt, 0, -1)),
             message=message,
         )
 
     def job_part(self, request: Request) -> Response:
         job = self._job(request)
-        etag = etag_of(job.job_id, str(job.version), str(job.updated_at), job.status)
         return self._fragment(
             request,
-            etag,
+            self._job_etag(job),
             lambda: render(
                 "_job.html",
                 csrf=self._auth.csrf_token(request.headers),
@@ -308,7 +396,15 @@ class Dashboard:
         if set(request.query) - {"attempt", "cursor"}:
             raise InvalidArgument("unknown query parameter (accepted: attempt, cursor)")
         job = self._job(request)
-        page = self._logs.page(job, request.query.get("attempt"), request.query.get("cursor"))
+        wanted = request.query.get("attempt", "")
+        if (
+            len(wanted) <= 9
+            and wanted.isascii()
+            and wanted.isdecimal()
+            and int(wanted) > job.attempt
+        ):
+            job = self._fresh_job(request)  # an attempt newer than the one read for the polls
+        page = self._logs.page(job, wanted or None, request.query.get("cursor"))
         body: Mapping[str, Any] = {
             "attempt": page.attempt,
             "text": page.text,

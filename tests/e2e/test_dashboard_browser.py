@@ -14,6 +14,7 @@ import httpx
 import pytest
 from playwright import sync_api as playwright_api
 
+from scheduler.api.dashboard import POLL_MS
 from scheduler.cli.sample_delivery import deliver, sample_push
 from tests.conftest import ROOT
 from tests.reliability.harness import SCHEDULER, SECRET, LocalStackProcess
@@ -37,6 +38,12 @@ command = ["sh", "-c", "echo 'this build fails'; exit 3"]
 
 [repos."web/flaky"]  # fails at once, then a retry runs for a while
 command = ["sh", "-c", "if [ $SCHEDULER_ATTEMPT = 1 ]; then exit 3; fi; sleep 30"]
+
+[repos."web/again"]  # fails at once with a line, then a retry writes a few more
+command = ["sh", "-c", '''
+if [ $SCHEDULER_ATTEMPT = 1 ]; then echo 'first attempt fails'; exit 3; fi
+for i in $(seq 1 8); do echo "attempt $SCHEDULER_ATTEMPT line $i"; sleep 0.25; done
+''']
 
 [repos."web/slow"]
 command = ["sh", "-c", "echo started; sleep 60"]
@@ -167,6 +174,9 @@ def test_a_job_appears_within_a_second_and_its_log_grows(
     assert seen < 2.5, f"the job showed {seen:.2f} s after its delivery"
     assert not_reloaded(tab)
     shoot(tab, "jobs")
+    tab.set_viewport_size({"width": 390, "height": 844})  # type: ignore[attr-defined]
+    shoot(tab, "jobs-phone")
+    tab.set_viewport_size({"width": 1280, "height": 800})  # type: ignore[attr-defined]
 
     tab.click(f'tr[data-job-id="{job_id}"] a')  # type: ignore[attr-defined]
     tab.wait_for_selector("#log")  # type: ignore[attr-defined]
@@ -215,6 +225,77 @@ def test_retry_and_cancel_and_a_race_with_the_cli(page: object, stack: LocalStac
     assert "nothing was done" in message
     with httpx.Client(timeout=10, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
         assert client.get(f"{stack.url}/jobs/{raced}").json()["attempt"] == 2  # one retry
+
+
+def test_the_log_follows_a_retry_without_a_reload(page: object, stack: LocalStackProcess) -> None:
+    tab = page
+    job_id = send(stack, "web/again")
+    wait_status(stack, job_id, "failed")
+    tab.goto(f"/ui/jobs/{job_id}")  # type: ignore[attr-defined]
+    log = tab.locator("#log")  # type: ignore[attr-defined]
+    state = tab.locator("#log-state")  # type: ignore[attr-defined]
+    playwright_api.expect(log).to_have_text("first attempt fails\n")
+    playwright_api.expect(state).to_have_text("Attempt 1 is over.")
+    # A second tab pinned to the first attempt keeps showing it.
+    pinned = tab.context.new_page()  # type: ignore[attr-defined]
+    pinned.goto(f"/ui/jobs/{job_id}?attempt=1")
+    mark(tab)
+    done = subprocess.run(
+        [SCHEDULER, "retry", job_id],
+        env=stack.env_for_cli(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    playwright_api.expect(log).to_contain_text("attempt 2 line 3", timeout=10_000)
+    assert "first attempt fails" not in log.inner_text()
+    assert log.get_attribute("aria-label") == "Output of attempt 2"
+    attempts = tab.locator("nav.attempts")  # type: ignore[attr-defined]
+    playwright_api.expect(attempts).to_be_visible()
+    assert attempts.locator("a[aria-current=page]").inner_text() == "attempt 2"
+    assert attempts.locator("a").all_inner_texts() == ["attempt 2", "attempt 1"]
+    playwright_api.expect(state).to_have_text("Attempt 2 is over.", timeout=15_000)
+    assert log.inner_text() == "".join(f"attempt 2 line {n}\n" for n in range(1, 9))
+    assert "attempt 2" in tab.locator(".job-head").inner_text()  # type: ignore[attr-defined]
+    assert not_reloaded(tab)
+    shoot(tab, "job-retried")
+
+    playwright_api.expect(pinned.locator(".job-head")).to_contain_text("attempt 2")
+    assert pinned.locator("#log").inner_text() == "first attempt fails\n"
+    assert pinned.locator("#log-state").inner_text() == "Attempt 1 is over."
+    pinned.close()
+
+
+def test_tabs_on_one_page_share_their_polls(page: object, stack: LocalStackProcess) -> None:
+    """Two tabs on one jobs page: about one poll per period between them, both kept live."""
+    tab = page
+    send(stack, "web/shared")
+    other = tab.context.new_page()  # type: ignore[attr-defined]
+    polls: list[str] = []
+    for each in (tab, other):
+        each.on(  # type: ignore[attr-defined]
+            "request",
+            lambda request: polls.append(request.url) if "/ui/part/" in request.url else None,
+        )
+        each.goto("/ui/repos/web/shared")  # type: ignore[attr-defined]
+    mark(tab)
+    tab.wait_for_timeout(1000)  # type: ignore[attr-defined]  # (events arrive while waiting)
+    polls.clear()
+    seconds = 3.5
+    tab.wait_for_timeout(seconds * 1000)  # type: ignore[attr-defined]
+    period = POLL_MS / 1000
+    alone = 2 * seconds / period
+    print(f"\ndashboard: 2 tabs polled {len(polls)} times in {seconds} s (alone: {alone:.0f})")
+    assert len(polls) <= 1.5 * seconds / period, polls  # not two polls per period
+    job_id = send(stack, "web/shared")
+    sent = time.monotonic()
+    for each in (tab, other):
+        each.wait_for_selector(f'tr[data-job-id="{job_id}"]', timeout=5000)  # type: ignore[attr-defined]
+    seen = time.monotonic() - sent
+    assert seen < 2.5, f"the job showed in both tabs {seen:.2f} s after its delivery"
+    assert not_reloaded(tab)
+    other.close()
 
 
 def test_filters_and_pagination(page: object, stack: LocalStackProcess) -> None:

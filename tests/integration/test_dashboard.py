@@ -4,6 +4,7 @@ input, filters and pagination, ETag 304s, the live log tail, retry and cancel wi
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -11,10 +12,15 @@ from pathlib import Path
 import httpx
 import pytest
 
+from scheduler.api.app import Request
+from scheduler.api.auth import ApiAuth
+from scheduler.api.dashboard import FRESH_MS, Dashboard
+from scheduler.db.queries import JobDetail, Queries
 from scheduler.db.store import JobStore
 from scheduler.local.http_server import LocalHTTPServer
 from scheduler.local.log_reader import LocalLogReader
 from scheduler.local.run_log import log_file
+from scheduler.runs.logs import RunLogs
 from scheduler.runs.operations import Operations
 from scheduler.settings import Settings
 from scheduler.wiring import Core, build_core
@@ -61,6 +67,11 @@ def csrf_of(html: str) -> str:
     found = re.search(r'name="csrf" value="([^"]+)"', html)
     assert found, "no CSRF field on the page"
     return found.group(1)
+
+
+def past_fresh() -> None:
+    """Let the reads the polls share (:data:`FRESH_MS`) age out."""
+    time.sleep(FRESH_MS / 1000 + 0.05)
 
 
 def write_log(site: Site, job_id: str, attempt: int, text: str, mode: str = "w") -> None:
@@ -144,6 +155,7 @@ def test_fragments_answer_304_until_something_changes(site: Site) -> None:
     same = site.get(part, headers={"If-None-Match": etag})
     assert same.status_code == 304 and same.content == b""
     site.make_job("j2", "pending")
+    past_fresh()
     changed = site.get(part, headers={"If-None-Match": etag})
     assert changed.status_code == 200 and job_ids(changed.text) == ["j2", "j1"]
     assert changed.headers["etag"] != etag
@@ -153,6 +165,7 @@ def test_fragments_answer_304_until_something_changes(site: Site) -> None:
     again = site.get("/ui/part/jobs/j1", headers={"If-None-Match": job_part.headers["etag"]})
     assert again.status_code == 304
     Operations(site.core.store, site.core.queries).cancel("j1")
+    past_fresh()
     moved = site.get("/ui/part/jobs/j1", headers={"If-None-Match": job_part.headers["etag"]})
     assert moved.status_code == 200 and "status-cancelled" in moved.text
 
@@ -161,6 +174,77 @@ def test_fragments_answer_304_until_something_changes(site: Site) -> None:
         site.get("/ui/part/repos", headers={"If-None-Match": repos.headers["etag"]}).status_code
         == 304
     )
+
+
+def test_a_page_carries_its_etag_so_the_first_poll_is_a_304(site: Site) -> None:
+    site.make_job("e1", "failed")
+    for page, part in (
+        ("/", "/ui/part/repos"),
+        (f"/ui/repos/{REPO}", f"/ui/part/repos/{REPO}/jobs"),
+        ("/ui/jobs/e1", "/ui/part/jobs/e1"),
+    ):
+        found = re.search(r'data-poll="([^"]+)" data-etag="([^"]+)"', site.get(page).text)
+        assert found and found.group(1) == part, page
+        etag = found.group(2).replace("&#34;", '"')
+        assert site.get(part, headers={"If-None-Match": etag}).status_code == 304, page
+
+
+class CountingQueries:
+    """The dashboard's reads, counted (the rest passes through)."""
+
+    def __init__(self, queries: Queries) -> None:
+        self.queries = queries
+        self.reads: list[str] = []
+
+    def repository_version(self, repo: str) -> str:
+        self.reads.append(f"repo {repo}")
+        return self.queries.repository_version(repo)
+
+    def job(self, job_id: str) -> JobDetail:
+        self.reads.append(f"job {job_id}")
+        return self.queries.job(job_id)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.queries, name)
+
+
+def test_polls_of_many_tabs_share_one_read_per_period(site: Site) -> None:
+    site.make_job("s1", "active")
+    counting = CountingQueries(site.core.queries)
+    now = [1_000_000]
+    dashboard = Dashboard(
+        counting,  # type: ignore[arg-type]
+        RunLogs(site.core.queries, LocalLogReader(site.logs_dir)),
+        None,
+        ApiAuth(None),
+        clock=lambda: now[0],
+    )
+    owner, name = REPO.split("/")
+    jobs = Request("GET", f"/ui/part/repos/{REPO}/jobs", params={"owner": owner, "repo": name})
+    job = Request("GET", "/ui/part/jobs/s1", params={"job_id": "s1"})
+    log = Request("GET", "/ui/part/jobs/s1/log", query={"attempt": "1"}, params={"job_id": "s1"})
+    first = dashboard.jobs_part(jobs)
+    etag = first.headers["etag"]
+    for _ in range(10):  # ten tabs within one period: one read of the counters
+        again = dashboard.jobs_part(replace(jobs, headers={"if-none-match": etag}))
+        assert again.status == 304
+        assert dashboard.job_part(job).status == 200
+        assert dashboard.log_part(log).status == 200
+    assert counting.reads == [f"repo {REPO}", "job s1"]
+
+    site.make_job("s2", "pending")  # a change, seen once the period is over
+    now[0] += FRESH_MS
+    moved = dashboard.jobs_part(replace(jobs, headers={"if-none-match": etag}))
+    assert moved.status == 200 and moved.headers["etag"] != etag
+    assert counting.reads[2:] == [f"repo {REPO}"]
+
+    # A page reads afresh and leaves its read for the polls (never older than the page).
+    Operations(site.core.store, site.core.queries).cancel("s1")
+    page = dashboard.job_page(Request("GET", "/ui/jobs/s1", params={"job_id": "s1"}))
+    assert "status-cancelled" in page.encode().decode()
+    part = dashboard.job_part(job).encode().decode()
+    assert "status-cancelled" in part
+    assert counting.reads[3:] == ["job s1"]
 
 
 def test_job_page_shows_fields_history_and_the_escaped_log(site: Site) -> None:
