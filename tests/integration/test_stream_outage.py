@@ -7,8 +7,10 @@ test can SIGKILL it (a real outage: connections refused) and start it again wher
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -108,7 +110,11 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 120) -> 
             pass  # the test's own reads during the outage
         except PynamoDBException:
             pass
-        assert time.monotonic() < deadline, what
+        if time.monotonic() >= deadline:
+            # Where every thread is (the runner's lanes included), for a failure seen once
+            # under load and never reproduced.
+            faulthandler.dump_traceback(file=sys.__stderr__, all_threads=True)
+            raise AssertionError(what)
         time.sleep(0.1)
 
 
