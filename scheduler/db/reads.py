@@ -86,16 +86,25 @@ class JobReads:
         A hint for promotion, which would otherwise learn that a repository is full from a
         cancelled transaction: every activation still checks the count in its own write.
         """
+        running = self.repos_attribute(repo, "running", what=f"the slots of {repo}")
+        return int(running.get("N", "0"))
+
+    def repos_attribute(self, key: str, name: str, *, what: str) -> dict[str, Any]:
+        """One attribute (DynamoDB JSON, ``{}`` if absent) of a repos-table item, consistently.
+
+        Through this connection's client, already made: creating botocore clients from many
+        threads at once (what a race of deliveries does) takes seconds.
+        """
         try:
             found = self._connection.client.get_item(
                 TableName=RepoModel.Meta.table_name,
-                Key={"repo": {"S": repo}},
+                Key={"repo": {"S": key}},
                 ConsistentRead=True,
-                ProjectionExpression="running",
+                ProjectionExpression=name,
             )
         except (BotoCoreError, ClientError) as exc:
-            raise StoreUnavailable(f"cannot read the slots of {repo}: {exc}") from exc
-        return int(found.get("Item", {}).get("running", {}).get("N", "0"))
+            raise StoreUnavailable(f"cannot read {what}: {exc}") from exc
+        return dict(found.get("Item", {}).get(name, {}))
 
     def queued_repos(self, *, limit: int) -> list[str]:
         """Repositories with queued jobs, the one with the oldest (most urgent) job first.

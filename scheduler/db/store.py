@@ -302,23 +302,11 @@ class JobStore:
         )
 
     def _guard_owner(self, guard_item: str, job_id: str) -> str:
-        """The job id a trigger guard names (it exists: its condition just failed).
-
-        Read through this store's connection, whose client is already made: creating botocore
-        clients from many threads at once (what a race of deliveries does) takes seconds.
-        """
-        try:
-            found = self._connection.client.get_item(
-                TableName=RepoModel.Meta.table_name,
-                Key={"repo": {"S": guard_item}},
-                ConsistentRead=True,
-                ProjectionExpression="last_job_id",
-            )
-        except (BotoCoreError, ClientError) as exc:
-            raise StoreUnavailable(f"cannot read trigger guard of job {job_id}: {exc}") from exc
-        owner = found.get("Item", {}).get("last_job_id", {}).get("S")
+        """The job id a trigger guard names (it exists: its condition just failed)."""
+        what = f"trigger guard of job {job_id}"
+        owner = self.reads.repos_attribute(guard_item, "last_job_id", what=what).get("S")
         if not owner:
-            raise StoreUnavailable(f"trigger guard of job {job_id} vanished; retry")
+            raise StoreUnavailable(f"{what} vanished; retry")
         return str(owner)
 
     def activate(self, job: JobState, *, slot_limit: int, actor: str = "scheduler") -> JobState:

@@ -154,8 +154,13 @@ class RunStarter:
         )
         outcome = Outcome(reason=START_FAILED, detail=str(error)[:DETAIL_CHARS])
         try:
-            self._store.report(
-                request.job_id, request.attempt, Trigger.FAIL, actor=self._actor, outcome=outcome
+            self._store.finish_run(
+                request.job_id,
+                request.repo,
+                request.attempt,
+                Trigger.FAIL,
+                actor=self._actor,
+                outcome=outcome,
             )
         except (TransitionConflict, JobNotFound):
             log.info("start failure moot: the attempt moved on", extra={"job_id": request.job_id})
