@@ -116,9 +116,15 @@ def build_core(
     executor: ExecutorFactory | None,
     config: RepositoryConfig | None = None,
     log_reader: LogReader | None = None,
+    claim_on_activation: bool = False,
 ) -> Core:
     """The core for ``settings``; ``executor`` None means this process starts no runs;
-    ``log_reader`` is how this runtime reads run output (None: the log route answers 404)."""
+    ``log_reader`` is how this runtime reads run output (None: the log route answers 404).
+
+    ``claim_on_activation``: the activation claims the run and its winner starts it at once
+    (see :class:`~scheduler.stream.dispatcher.ClaimingStarter`), for an executor whose start
+    only queues the run in this process.
+    """
     config = config if config is not None else load_config(settings.config_path)
     tracing.configure(settings.tracing)
     models.bind(settings)
@@ -166,6 +172,7 @@ def build_core(
         retry_policy_for=lambda repo: config.policy(repo).retry,
         supersede_for=lambda repo: config.policy(repo).supersede,
         start_run=runs.start if runs is not None else None,
+        claiming_starter=runs if claim_on_activation else None,
         stop_run=cancel_run,
         observers=observers,
     )

@@ -145,7 +145,9 @@ class LocalExecutor:
             return RunStatus.GONE
         if run.finished:
             return RunStatus.FINISHING
-        return RunStatus.RUNNING if run.process is not None else RunStatus.WAITING
+        # Waiting: for a runner of the pool, or for its backoff. Once a runner has it (its
+        # checkout counts as the run's time) it runs.
+        return RunStatus.RUNNING if run.executing else RunStatus.WAITING
 
     def result_of(self, run_id: str) -> RunResult | None:
         """None: a local outcome is never lost (it is kept on disk and reported until taken),
@@ -320,6 +322,7 @@ class LocalExecutor:
             return RunResult(
                 request.job_id, request.attempt, 127, summary=mask(f"cannot start: {exc}")
             )
+        started_at = time.time_ns() // 1_000_000
         assert run.process.stdout is not None
         pump = OutputPump(run.process.stdout, output, name=f"output-{request.idempotency_key}")
         if run.cancelled:
@@ -342,6 +345,7 @@ class LocalExecutor:
             timed_out=timed_out,
             cancelled=run.cancelled,
             summary=_summary(run.log_path, exit_code, timed_out, run.cancelled, mask),
+            started_at=started_at,
         )
 
 

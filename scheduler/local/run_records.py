@@ -111,6 +111,8 @@ class RunRecords:
                     cancelled=bool(record["cancelled"]),
                     summary=str(record["summary"]),
                     reason=None if record.get("reason") is None else str(record["reason"]),
+                    repo=None if record.get("repo") is None else str(record["repo"]),
+                    started_at=_optional_int(record.get("started_at")),
                 )
             except (KeyError, ValueError):
                 log.warning("unreadable run outcome %s: ignored", path)
@@ -127,6 +129,10 @@ def _write_atomically(path: Path, data: dict[str, object]) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
+
+
+def _optional_int(value: object) -> int | None:
+    return None if value is None else int(str(value))
 
 
 def _read(path: Path) -> dict[str, object] | None:

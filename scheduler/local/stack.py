@@ -310,6 +310,9 @@ def compose(
         executor=executor,
         config=config,
         log_reader=LocalLogReader(logs_dir_in(options.data_dir.resolve())),
+        # A local start only queues the run in this process: nothing to recover between
+        # the activation and the start but this process's own death (see LocalStack._recover).
+        claim_on_activation=True,
     )
 
 

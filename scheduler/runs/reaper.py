@@ -95,6 +95,10 @@ class Reaper:
         try:
             if status is RunStatus.FINISHING:
                 return "left"  # its outcome is on its way: the report decides, not the clock
+            if status is RunStatus.WAITING:
+                # Waiting for a runner is not the run's time (claimed by its activation or
+                # not): the deadline moves on.
+                return self._defer(job, state, now) if overdue else "left"
             if job.run_id is None:
                 return self._unstarted(job, state, status, now, overdue=overdue)
             if status is RunStatus.GONE:
@@ -108,24 +112,25 @@ class Reaper:
     def _unstarted(
         self, job: JobModel, state: JobState, status: RunStatus, now: int, *, overdue: bool
     ) -> str:
-        later = now + state.timeout_seconds * 1000 + self._grace_ms + state.start_delay_ms
-        if status is RunStatus.WAITING:
-            if overdue:
-                # Waiting for a runner is not the run's time: the deadline moves on.
-                self._store.defer_deadline(state, later)
-                log.info("run still waiting for a runner", extra={"job_id": job.job_id})
-                return "deferred"
-            return "left"
         if self._restart is not None and (overdue or status is RunStatus.GONE):
             # Nobody here is about to start it (its start was lost with a previous runner):
             # ask again, with a fresh deadline for the start itself.
-            self._store.defer_deadline(state, later)
+            self._store.defer_deadline(state, self._later(state, now))
             self._restart(job, state.start_delay_ms)
             log.warning("run started again", extra={"job_id": job.job_id, "attempt": job.attempt})
             return "restarted"
         if overdue:
             return self._time_out(job, state)
         return "left"
+
+    def _later(self, state: JobState, now: int) -> int:
+        """A fresh deadline for a run that has yet to start: its timeout and the grace."""
+        return now + state.timeout_seconds * 1000 + self._grace_ms + state.start_delay_ms
+
+    def _defer(self, job: JobModel, state: JobState, now: int) -> str:
+        self._store.defer_deadline(state, self._later(state, now))
+        log.info("run still waiting for a runner", extra={"job_id": job.job_id})
+        return "deferred"
 
     def _lost(self, job: JobModel, state: JobState) -> str:
         self._store.transition(

@@ -6,9 +6,10 @@ import logging
 from collections.abc import Callable, Sequence
 
 from scheduler.db.models import JobModel
-from scheduler.db.store import Clock, JobState, JobStore, Outcome, system_clock
+from scheduler.db.store import Clock, JobState, JobStore, Outcome, RunClaimed, system_clock
 from scheduler.errors import JobNotFound, RunAlreadyClaimed
 from scheduler.runs.executor import (
+    UNCLAIMED,
     ClaimResult,
     Executor,
     RunClaim,
@@ -22,9 +23,9 @@ from state_machines import START_FAILED, TIMED_OUT, JobStatus, TransitionConflic
 log = logging.getLogger(__name__)
 
 CommandFor = Callable[[str], Sequence[str]]
+"""The configured argv of a repository (``owner/name``)."""
 SourceFor = Callable[[str], Source]
 """Whether (and from where) a repository's runs check out their commit."""
-"""The configured argv of a repository (``owner/name``)."""
 
 STOPPED = "stopped"
 """Failure reason of a run stopped outside the scheduler (a build stopped from the console)."""
@@ -82,6 +83,23 @@ class RunStarter:
         if run_id is not None and run_id != request.idempotency_key:
             self._record(request, run_id)
         return run_id
+
+    def claim_for(self, job: JobModel) -> RunClaimed:
+        """The claim of ``job``'s current attempt, for its activation to write
+        (:meth:`JobStore.activate`); the activation's winner then calls :meth:`start_claimed`."""
+        request = self.request_for(job)
+        return RunClaimed(request.idempotency_key, self.executor.log_location(request))
+
+    def start_claimed(self, job: JobModel, delay_ms: int = 0) -> str | None:
+        """Start the run of an attempt whose activation claimed it (this process won it):
+        nothing more is written before the run starts. Returns the run id, or None when the
+        executor refused it (the attempt then fails as ``start_failed``)."""
+        request = self.request_for(job, delay_ms)
+        try:
+            return self.executor.start(request, UNCLAIMED)
+        except StartRefused as exc:
+            self._start_failed(request, exc)
+            return None
 
     def request_for(self, job: JobModel, delay_ms: int = 0) -> RunRequest:
         """The run of ``job``'s current attempt, as its repository's configuration says."""
@@ -194,6 +212,7 @@ class RunStarter:
                     trigger,
                     actor=self._actor,
                     outcome=outcome,
+                    started_at=result.started_at,
                 )
         except (TransitionConflict, JobNotFound):
             return None

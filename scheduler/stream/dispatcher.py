@@ -28,14 +28,15 @@ import functools
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, assert_never
+from typing import Any, Protocol, assert_never
 
 from scheduler import tracing
 from scheduler.config import RetryPolicy, SupersedeMode
 from scheduler.db.models import JobModel
 from scheduler.db.outage import is_outage
-from scheduler.db.store import Clock, JobState, JobStore, system_clock
+from scheduler.db.store import Clock, JobState, JobStore, RunClaimed, system_clock
 from scheduler.errors import (
     BatchInterrupted,
     MalformedStreamRecord,
@@ -80,6 +81,22 @@ RunHook = Callable[[JobModel, int], object]
 Idempotent by ``job_id#attempt``. It gets the stream image as a model: everything the run
 needs is there, no read is needed.
 """
+
+
+class ClaimingStarter(Protocol):
+    """Starts runs in this process, claimed by the activation that this process won.
+
+    With one, an activation writes the run's claim itself and its winner starts the run at
+    once; the ``active`` record that follows calls for nothing. One write and one stream
+    record fewer per job, and no wait for the stream before the run starts. Without one (a
+    CLI replay, or a runtime whose start is a remote call to make recoverable), the
+    ``active`` record starts the run and the run claims itself (``JobStore.claim_run``).
+    """
+
+    def claim_for(self, job: JobModel) -> RunClaimed: ...
+
+    def start_claimed(self, job: JobModel, delay_ms: int = 0) -> object: ...
+
 
 StopHook = Callable[[str], None]
 """Stops a run by its id and returns once it is stopped (or known to be gone)."""
@@ -130,6 +147,26 @@ class _Promotions:
             del self.owed[repo]  # only once it ran: a failed promotion stays owed
 
 
+class _RecentActivations:
+    """The attempts this process activated lately (bounded): their own pending records, and
+    a queue index that lags, then cost no activation that can only be refused."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._keys: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def add(self, job: JobState) -> None:
+        with self._lock:
+            self._keys[(job.job_id, job.attempt)] = None
+            while len(self._keys) > self._size:
+                self._keys.popitem(last=False)
+
+    def seen(self, job: JobState) -> bool:
+        with self._lock:
+            return (job.job_id, job.attempt) in self._keys
+
+
 class Dispatcher:
     """Carries out the actions of stream records with the store's guarded writes."""
 
@@ -139,6 +176,7 @@ class Dispatcher:
         *,
         slot_limit_for: SlotLimitFor = lambda _repo: DEFAULT_SLOT_LIMIT,
         start_run: RunHook | None = None,
+        claiming_starter: ClaimingStarter | None = None,
         stop_run: StopHook | None = None,
         retry_policy_for: RetryPolicyFor = lambda _repo: NO_AUTOMATIC_RETRY,
         supersede_for: SupersedeFor = lambda _repo: "off",
@@ -154,9 +192,11 @@ class Dispatcher:
         # lanes of this process; see _known_full).
         self._full_at: dict[str, int] = {}
         self._promotion_locks: dict[str, threading.Lock] = {}
+        self._activated = _RecentActivations()
         self._locks_guard = threading.Lock()
         self._slot_limit_for = slot_limit_for
         self._start_run = start_run or _log_activation
+        self._claiming = claiming_starter
         self._stop_run = stop_run
         self._retry_policy_for = retry_policy_for
         self._supersede_for = supersede_for
@@ -169,7 +209,7 @@ class Dispatcher:
     @property
     def runs_started(self) -> bool:
         """Whether this dispatcher starts runs (a CLI replay only logs activations)."""
-        return self._start_run is not _log_activation
+        return self._start_run is not _log_activation or self._claiming is not None
 
     # The Lambda-shaped entry point -----------------------------------------------------------
 
@@ -358,10 +398,12 @@ class Dispatcher:
     def execute(self, action: Action, image: JobModel) -> str:
         match action:
             case Activate(job=job):
-                return self._activate(job)
+                return self._activate(job, image)
             case PromoteQueued(repo=repo):
                 return f"promoted:{self.promote(repo)}"
             case StartRun(delay_ms=delay_ms):
+                if image.run_id is not None:
+                    return "started_on_activation"  # by the activation's winner, at once
                 self._start_run(image, delay_ms)
                 return "started"
             case RetryFailed(job=job, delay_ms=delay_ms):
@@ -401,9 +443,14 @@ class Dispatcher:
         log.info("job retried by policy", extra={"job_id": job.job_id, "delay_ms": delay_ms})
         return "retried"
 
-    def _activate(self, job: JobState) -> str:
+    def _activate(self, job: JobState, image: JobModel) -> str:
         try:
-            self._store.activate(job, slot_limit=self._slot_limit_for(job.repo), actor=self._actor)
+            # Under the repository's promotion lock: a promotion that read this job from the
+            # queue activates it first, or finds it gone from the queue.
+            with self._promotion_lock(job.repo):
+                if self._activated.seen(job):
+                    return "already_done"  # promoted by this process before its own record
+                self._activate_and_start(job, image, self._slot_limit_for(job.repo))
         except TransitionConflict:
             # The job moved since this image was written (a duplicate record, or a promotion
             # got there first): the activation is already decided, so the record is done.
@@ -414,6 +461,16 @@ class Dispatcher:
             log.info("job queued", extra={"job_id": job.job_id, "repo": job.repo})
             return "queued"
         return "activated"
+
+    def _activate_and_start(self, job: JobState, image: JobModel, slot_limit: int) -> None:
+        """Activate ``job`` (``image`` is its pending item); with a claiming starter the
+        activation claims the run, and the run starts here, as this process won it."""
+        claiming = self._claiming
+        claim = claiming.claim_for(image) if claiming is not None else None
+        self._store.activate(job, slot_limit=slot_limit, actor=self._actor, claim=claim)
+        self._activated.add(job)
+        if claiming is not None:
+            claiming.start_claimed(image, job.start_delay_ms)
 
     def promote(self, repo: str) -> int:
         """Activate the oldest queued jobs of ``repo`` while it has free slots.
@@ -440,7 +497,7 @@ class Dispatcher:
         )
         for candidate in queued:
             job = JobState.from_model(candidate)
-            if job.status is not JobStatus.PENDING:
+            if job.status is not JobStatus.PENDING or self._activated.seen(job):
                 continue  # the index lags the table a little on AWS
             if free is None:
                 # The counters say how many activations can succeed; the rest would only be
@@ -450,7 +507,7 @@ class Dispatcher:
             if promoted >= free:
                 break
             try:
-                self._store.activate(job, slot_limit=limit, actor=self._actor)
+                self._activate_and_start(job, candidate, limit)
             except TransitionConflict:
                 continue
             except RepositoryFull:
