@@ -187,6 +187,7 @@ def build_core(
             cancel_run=cancel_run,
             status_of=runs.executor.status if runs is not None else None,
             restart=runs.start if runs is not None else None,
+            restart_claimed=runs.start_claimed if runs is not None else None,
             settle=runs.settle if runs is not None else None,
             start_grace_seconds=settings.start_grace_seconds,
         ),

@@ -83,6 +83,7 @@ class LocalExecutor:
         self._on_finished = on_finished
         self._pool = ThreadPoolExecutor(max_parallel, thread_name_prefix="run")
         self._runs: dict[str, _Run] = {}
+        self._lost: set[str] = set()  # keys of runs lost with the previous runner
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self.records = RunRecords(work_dir)
@@ -138,10 +139,25 @@ class LocalExecutor:
             # started; wait for that, so a caller can hand the slot on.
             run.done.wait(KILL_GRACE_SECONDS + 5)
 
+    def recover_leftovers(self) -> list[str]:
+        """After a restart: kill what is left of runs spawned by the previous runner and
+        remember their keys as lost; returns them. Every other key not started since was
+        never spawned (a run is recorded before its spawn until its outcome is kept)."""
+        lost = self.records.kill_leftovers()
+        with self._lock:
+            self._lost.update(lost)
+        return lost
+
     def status(self, key: str) -> RunStatus:
         with self._lock:
             run = self._runs.get(key)
-        if run is None or run.done.is_set():
+            lost = key in self._lost
+        if run is None:
+            # Unknown here: lost with the previous runner, or never spawned. (A run that
+            # ended here reported first: its attempt is over, and the caller's guarded write
+            # on the job it read will say so.)
+            return RunStatus.GONE if lost else RunStatus.UNSTARTED
+        if run.done.is_set():
             return RunStatus.GONE
         if run.finished:
             return RunStatus.FINISHING
@@ -193,6 +209,9 @@ class LocalExecutor:
                 result = replace(result, repo=request.repo)
                 run.finished = True
                 self.records.keep_result(request.idempotency_key, result)
+                # Only now: from before its spawn until its outcome is kept, a run is on
+                # record, so a restart tells a lost run from one that never started.
+                self.records.ended(request.idempotency_key)
                 self.report(request.idempotency_key, result)
                 self._clean_up(request, result)
         finally:
@@ -316,7 +335,6 @@ class LocalExecutor:
                 preexec_fn=preexec,  # noqa: PLW1509 - None where setpriv does it
             )
         except OSError as exc:
-            self.records.ended(request.idempotency_key)
             output.write(f"[scheduler: cannot start: {exc}]\n".encode())
             output.close()
             return RunResult(
@@ -334,7 +352,6 @@ class LocalExecutor:
             _kill_group(run.process)
             exit_code, timed_out = None, True
         finally:
-            self.records.ended(request.idempotency_key)
             pump.finish(OUTPUT_GRACE_SECONDS)
         if run.cancelled:
             exit_code = None

@@ -236,9 +236,9 @@ class LocalStack:
     def _recover(self, reaper: Reaper) -> None:
         """After a stop or a crash: kill leftover process trees of lost runs, report outcomes
         that were never recorded, then fail runs lost with the old runner (``runner_lost``,
-        retried automatically) and start again the runs that never started."""
+        retried automatically) and start again the runs that never started, claimed or not."""
         assert self._executor is not None
-        killed = self._executor.records.kill_leftovers()
+        killed = self._executor.recover_leftovers()
         for key, result in self._executor.records.unreported_results():
             self._executor.report(key, result)
         done = reaper.recover()

@@ -119,6 +119,9 @@ class RunStatus(StrEnum):
     RUNNING = "running"  # its process (or build) runs
     FINISHING = "finishing"  # it ended; its outcome is being reported (the store was down)
     GONE = "gone"  # not here: it ended, or it was lost with a previous runner
+    # Never started by this runtime's runner, now or before a restart (its records say so):
+    # the start was lost before the run began, so starting it now runs it once.
+    UNSTARTED = "unstarted"
     UNKNOWN = "unknown"  # this executor cannot tell (it keeps no record of runs)
 
 

@@ -8,7 +8,9 @@ never blamed on the job:
 - a run still waiting for a runner (or for its backoff) is not late: its deadline moves on;
 - a run that finished and is still reporting its outcome is left to report it;
 - a job whose run was never started here (its start was lost with a previous runner) is
-  started again (idempotent: the claim ``job_id#attempt`` stands);
+  started again (idempotent: the claim ``job_id#attempt`` stands); so is a claimed run that
+  the executor knows it never started (:attr:`RunStatus.UNSTARTED`: a local run claimed by
+  its activation, whose process died before the run's spawn);
 - a claimed run this runtime no longer has (lost with a previous runner) fails as
   ``runner_lost``, which is retried automatically;
 - a run that ended but whose report was lost (a CodeBuild completion event) is reported now,
@@ -54,6 +56,7 @@ class Reaper:
         cancel_run: Callable[[str], None] | None = None,
         status_of: StatusOf | None = None,
         restart: Restart | None = None,
+        restart_claimed: Restart | None = None,
         settle: Settle | None = None,
         start_grace_seconds: int = 60,
         clock: Clock = system_clock,
@@ -63,6 +66,7 @@ class Reaper:
         self._cancel_run = cancel_run
         self._status_of = status_of
         self._restart = restart
+        self._restart_claimed = restart_claimed
         self._settle = settle
         self._grace_ms = start_grace_seconds * 1000
         self._clock = clock
@@ -101,7 +105,13 @@ class Reaper:
                 return self._defer(job, state, now) if overdue else "left"
             if job.run_id is None:
                 return self._unstarted(job, state, status, now, overdue=overdue)
-            if status is RunStatus.GONE:
+            if status is RunStatus.UNSTARTED and job.run_id == key and self._restart_claimed:
+                # Claimed, and never started by the runner that holds the claim's key.
+                self._store.defer_deadline(state, self._later(state, now))
+                self._restart_claimed(job, state.start_delay_ms)
+                log.warning("claimed run started", extra={"job_id": job.job_id, "run_id": key})
+                return "restarted"
+            if status in (RunStatus.GONE, RunStatus.UNSTARTED):
                 return self._lost(job, state)
             if overdue:
                 return self._settle_or_time_out(job, state)
@@ -112,7 +122,9 @@ class Reaper:
     def _unstarted(
         self, job: JobModel, state: JobState, status: RunStatus, now: int, *, overdue: bool
     ) -> str:
-        if self._restart is not None and (overdue or status is RunStatus.GONE):
+        if self._restart is not None and (
+            overdue or status in (RunStatus.GONE, RunStatus.UNSTARTED)
+        ):
             # Nobody here is about to start it (its start was lost with a previous runner):
             # ask again, with a fresh deadline for the start itself.
             self._store.defer_deadline(state, self._later(state, now))

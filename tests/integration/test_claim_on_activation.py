@@ -1,0 +1,245 @@
+"""The local runtime's activation claims the run: its winner, and nobody else, starts it.
+
+Real DynamoDB Local, real processes. Dispatchers race on the same records as stream lanes and
+runner processes would; a restart finds claimed runs that never started and starts them, and
+fails only the runs that were lost while they ran.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+from stream_records import image, record
+
+from scheduler.db.models import JobModel
+from scheduler.db.store import JobState, JobStore, NewJob, RunClaimed
+from scheduler.local.executor import LocalExecutor
+from scheduler.local.run_records import RunRecords
+from scheduler.runs.executor import RunResult, RunStatus
+from scheduler.runs.reaper import Reaper
+from scheduler.runs.starter import RunStarter
+from scheduler.stream.dispatcher import Dispatcher
+from state_machines import JobStatus
+
+REPO = "o/claims"
+
+
+class Runner:
+    """One runner process's parts: an executor on its own folder, a starter, a dispatcher."""
+
+    def __init__(
+        self, store: JobStore, folder: Path, starts: Path, *, sleep: float = 0.0, slots: int = 4
+    ) -> None:
+        self.finished = threading.Event()
+        self.results: list[RunResult] = []
+        self.executor = LocalExecutor(folder, self._finished, max_parallel=slots)
+        script = f'echo "$SCHEDULER_JOB_ID#$SCHEDULER_ATTEMPT" >> "$1"; sleep {sleep}'
+        self.starter = RunStarter(
+            store, self.executor, lambda _repo: ("sh", "-c", script, "sh", str(starts))
+        )
+        self.dispatcher = Dispatcher(
+            store,
+            slot_limit_for=lambda _repo: 10,
+            start_run=self.starter.start,
+            claiming_starter=self.starter,
+            stop_run=self.executor.cancel,
+        )
+
+    def _finished(self, result: RunResult) -> None:
+        self.starter.finished(result)
+        self.results.append(result)
+        self.finished.set()
+
+
+@pytest.fixture
+def starts(tmp_path: Path) -> Path:
+    return tmp_path / "starts.log"
+
+
+@pytest.fixture
+def runners(store: JobStore, tmp_path: Path, starts: Path) -> Iterator[list[Runner]]:
+    with ExitStack() as stack:
+        made = [Runner(store, tmp_path / f"runner-{n}", starts) for n in range(4)]
+        for runner in made:
+            stack.callback(runner.executor.close)
+        yield made
+
+
+def new_job(store: JobStore, job_id: str, timeout: int = 60) -> JobState:
+    return store.create(NewJob(job_id, REPO, "push", "a" * 40, timeout, ref="refs/heads/main"))
+
+
+def started(starts: Path) -> list[str]:
+    return starts.read_text().split() if starts.exists() else []
+
+
+def wait_for(condition: object, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_racing_runners_activate_once_and_only_the_winner_starts_the_run(
+    store: JobStore, runners: list[Runner], starts: Path
+) -> None:
+    """Four runners, each handed the new job's record twice at once (a redelivery, a second
+    lane): one activation lands, its runner starts the run, and the ``active`` record that
+    follows starts nothing anywhere."""
+    for round_ in range(5):
+        job_id = f"race-{round_}"
+        new_job(store, job_id)
+        created = record(job_id)
+        barrier = threading.Barrier(8)
+
+        def deliver(
+            n: int, created: object = created, barrier: threading.Barrier = barrier
+        ) -> list[str]:
+            barrier.wait()
+            return runners[n % 4].dispatcher.handle_record(created)  # type: ignore[arg-type]
+
+        with ThreadPoolExecutor(8) as pool:
+            outcomes = sorted(word for words in pool.map(deliver, range(8)) for word in words)
+        assert outcomes.count("activated") == 1, outcomes
+        assert set(outcomes) <= {"activated", "already_done"}, outcomes
+        wait_for(lambda job_id=job_id: store.get(job_id).status == JobStatus.PASSED.value)
+        job = store.get(job_id)
+        assert job.run_id == f"{job_id}#1" and job.log_location is not None
+        assert job.started_at is not None and int(job.started_at) >= int(job.activated_at)
+        assert [h.dest for h in job.history] == ["pending", "active", "passed"]
+    assert sorted(started(starts)) == sorted(f"race-{n}#1" for n in range(5))
+
+
+def test_the_active_record_of_a_claimed_activation_starts_nothing(
+    store: JobStore, runners: list[Runner], starts: Path
+) -> None:
+    new_job(store, "quiet")
+    pending = image("quiet")
+    assert runners[0].dispatcher.handle_record(record("quiet")) == ["activated"]
+    active = record("quiet", old=pending)  # the activation's record, redelivered everywhere
+    assert active["dynamodb"]["NewImage"]["run_id"] == {"S": "quiet#1"}
+    for runner in runners:
+        assert runner.dispatcher.handle_record(active) == ["started_on_activation"]
+    wait_for(lambda: store.get("quiet").status == JobStatus.PASSED.value)
+    # A starter that claims for itself (an activation made without a claim, e.g. by another
+    # process) loses to the activation's claim and starts nothing either.
+    queued = runners[1].starter.start(JobModel.from_raw_data(active["dynamodb"]["NewImage"]))
+    assert queued is not None and runners[1].executor.wait(queued, 10)
+    assert store.get("quiet").status == JobStatus.PASSED.value
+    assert started(starts) == ["quiet#1"]
+
+
+def test_a_promoted_job_costs_its_own_record_no_activation(
+    store: JobStore, runners: list[Runner]
+) -> None:
+    """A runner that promoted a job remembers it: the job's own (later) record is done
+    without an activation that could only be refused."""
+    calls: list[str] = []
+    activate = store.activate
+
+    def counting(job: JobState, **kwargs: object) -> JobState:
+        calls.append(job.job_id)
+        return activate(job, **kwargs)  # type: ignore[arg-type]
+
+    store.activate = counting  # type: ignore[method-assign]
+    new_job(store, "queued")
+    created = record("queued")  # the new job's record, handled after the promotion
+    assert runners[0].dispatcher.promote(REPO) == 1
+    assert runners[0].dispatcher.handle_record(created) == ["already_done"]
+    assert calls == ["queued"]
+    # Another runner has no such memory: its activation is refused by the job's condition.
+    assert runners[1].dispatcher.handle_record(created) == ["already_done"]
+    assert calls == ["queued", "queued"]
+
+
+def test_a_claimed_run_waiting_for_a_runner_is_deferred_not_timed_out(
+    store: JobStore, tmp_path: Path, starts: Path
+) -> None:
+    runner = Runner(store, tmp_path / "one", starts, sleep=1.5, slots=1)
+    try:
+        new_job(store, "first", timeout=3600)
+        new_job(store, "second", timeout=5)
+        assert runner.dispatcher.handle_record(record("first")) == ["activated"]
+        assert runner.dispatcher.handle_record(record("second")) == ["activated"]
+        wait_for(lambda: runner.executor.status("first#1") is RunStatus.RUNNING)
+        assert runner.executor.status("second#1") is RunStatus.WAITING
+        waiting = store.get("second")
+        assert waiting.run_id == "second#1"  # claimed by its activation, not yet spawned
+        later = int(waiting.deadline_at) + 1_000
+        reaper = Reaper(
+            store,
+            cancel_run=runner.executor.cancel,
+            status_of=runner.executor.status,
+            restart=runner.starter.start,
+            restart_claimed=runner.starter.start_claimed,
+            clock=lambda: later,
+        )
+        assert reaper.reap_once() == []
+        deferred = store.get("second")
+        assert deferred.status == JobStatus.ACTIVE.value
+        assert int(deferred.deadline_at) > later
+        wait_for(lambda: store.get("second").status == JobStatus.PASSED.value)
+        assert started(starts) == ["first#1", "second#1"]
+    finally:
+        runner.executor.close()
+
+
+def test_a_restart_starts_claimed_runs_that_never_spawned_and_fails_lost_ones(
+    store: JobStore, tmp_path: Path, starts: Path
+) -> None:
+    """The stack died after two activations that claimed their runs: one run had been
+    spawned (its record is on disk), the other still waited for a runner. After the
+    restart the first is ``runner_lost`` (retried by the policy), the second simply runs."""
+    folder = tmp_path / "runs"
+    for job_id in ("spawned", "waiting"):
+        job = new_job(store, job_id)
+        store.activate(job, slot_limit=10, claim=RunClaimed(f"{job_id}#1"))
+    RunRecords(folder).starting("spawned#1")  # recorded before its spawn; the process died
+
+    runner = Runner(store, folder, starts)
+    try:
+        assert runner.executor.recover_leftovers() == ["spawned#1"]
+        assert runner.executor.status("spawned#1") is RunStatus.GONE
+        assert runner.executor.status("waiting#1") is RunStatus.UNSTARTED
+        reaper = Reaper(
+            store,
+            status_of=runner.executor.status,
+            restart=runner.starter.start,
+            restart_claimed=runner.starter.start_claimed,
+        )
+        assert reaper.recover() == {"spawned": "runner_lost", "waiting": "restarted"}
+        wait_for(lambda: store.get("waiting").status == JobStatus.PASSED.value)
+        waiting = store.get("waiting")
+        assert [h.dest for h in waiting.history] == ["pending", "active", "passed"]
+        assert store.get("spawned").reason == "runner_lost"
+        assert started(starts) == ["waiting#1"]
+        # Judged again (a second recovery, a reaper round): nothing more happens.
+        assert reaper.recover() == {}
+    finally:
+        runner.executor.close()
+
+
+def test_a_run_stays_on_record_until_its_outcome_is_kept(
+    store: JobStore, tmp_path: Path, starts: Path
+) -> None:
+    """Between its spawn and its kept outcome a run is on record; after, neither record is
+    left. A restart in between can only find it lost, never unstarted (started twice)."""
+    folder = tmp_path / "kept"
+    runner = Runner(store, folder, starts, sleep=0.5)
+    try:
+        new_job(store, "kept")
+        assert runner.dispatcher.handle_record(record("kept")) == ["activated"]
+        wait_for(lambda: runner.executor.status("kept#1") is RunStatus.RUNNING)
+        wait_for(lambda: any((folder / "procs").glob("*.json")))
+        wait_for(lambda: store.get("kept").status == JobStatus.PASSED.value)
+        wait_for(lambda: runner.executor.status("kept#1") is not RunStatus.FINISHING)
+        assert not list((folder / "procs").glob("*.json"))
+        assert not list((folder / "results").glob("*.json"))
+    finally:
+        runner.executor.close()
