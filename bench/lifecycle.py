@@ -4,9 +4,11 @@ What is measured, on a fresh in-memory DynamoDB Local started by this script:
 
 * **product**: one lifecycle is ``JobStore.create`` -> ``JobStore.activate`` ->
   ``JobStore.transition(..., Trigger.PASS)``: three ``TransactWriteItems`` requests built by the
-  store and PynamoDB. With ``--full``, a stack job's lifecycle: the create carries its trigger
-  guard (as the webhook's does) and the run's claim (``JobStore.claim_run``, an ``UpdateItem``)
-  comes before the pass: four writes.
+  store and PynamoDB. With ``--full``, a local stack job's lifecycle: the create carries its
+  trigger guard (as the webhook's does) and the activation the run's claim (as the local
+  runtime's does): three writes still. ``--naive`` claims the run apart instead
+  (``JobStore.claim_run``, an ``UpdateItem``, before the pass): the four writes of the naive
+  lifecycle, the baseline of ``report.py``.
 * **raw**: the *same* three requests sent with a plain boto3 client. One real request of each
   kind is captured from the store's botocore client (``provide-client-params`` event) and turned
   into a template; each raw lifecycle fills in a fresh job id, repository and times. The raw
@@ -28,7 +30,8 @@ machine per job. ``--profile N`` adds a cProfile of N lifecycles per mode at one
 
 Run from the project root::
 
-    .venv/bin/python bench/lifecycle.py [--lifecycles 400] [--rounds 3] [--threads 1,8] [--full]
+    .venv/bin/python bench/lifecycle.py [--lifecycles 400] [--rounds 3] [--threads 1,8]
+        [--full | --naive]
 """
 
 from __future__ import annotations
@@ -62,7 +65,15 @@ from stats import median
 from transitions import Machine
 
 from scheduler.db.models import JobModel, RepoModel
-from scheduler.db.store import DAY_MS, Clock, JobStore, NewJob, TriggerGuard, system_clock
+from scheduler.db.store import (
+    DAY_MS,
+    Clock,
+    JobStore,
+    NewJob,
+    RunClaimed,
+    TriggerGuard,
+    system_clock,
+)
 from scheduler.errors import RepositoryFull
 from scheduler.settings import Settings
 from state_machines import TRANSITION_TABLE, JobStatus, Trigger, plan
@@ -101,22 +112,26 @@ def new_job(job_id: str, repo: str) -> NewJob:
     )
 
 
-def product_lifecycle(store: JobStore, *, full: bool = False) -> Lifecycle:
-    """The store's calls of one lifecycle; ``full``: as a job of the stack makes them.
+def product_lifecycle(store: JobStore, *, full: bool = False, naive: bool = False) -> Lifecycle:
+    """The store's calls of one lifecycle; ``full``: as a job of the local stack makes them.
 
-    That is a create with its trigger guard (what the webhook writes), the activation, the
-    run's claim (``claim_run``, one conditional ``UpdateItem``) and the finish: four writes.
+    That is a create with its trigger guard (what the webhook writes), the activation that
+    claims the run, and the finish: three writes. ``naive`` (implies ``full``): the run's claim
+    is a write of its own (``claim_run``, one conditional ``UpdateItem``): four writes.
     """
+    full = full or naive
 
     def run(job_id: str, repo: str) -> None:
         guard = TriggerGuard(f"{repo}#push#{job_id}", GUARD_WINDOW_MS) if full else None
         pending = store.create(new_job(job_id, repo), guard=guard)
+        key = f"{job_id}#{pending.attempt}"
+        claim = RunClaimed(key, f"runs/logs/{job_id}") if full and not naive else None
         try:
-            active = store.activate(pending, slot_limit=SLOT_LIMIT)
+            active = store.activate(pending, slot_limit=SLOT_LIMIT, claim=claim)
         except RepositoryFull as exc:
             raise RuntimeError(f"repository {repo} unexpectedly full") from exc
-        if full:
-            store.claim_run(active, f"{job_id}#{active.attempt}")
+        if naive:
+            store.claim_run(active, key)
             active = replace(active, version=active.version + 1)  # the claim moves it
         store.transition(active, Trigger.PASS, actor="runner")
 
@@ -126,7 +141,7 @@ def product_lifecycle(store: JobStore, *, full: bool = False) -> Lifecycle:
 @dataclass(frozen=True)
 class RequestTemplates:
     """The store's requests of one lifecycle with job id, repository and times made
-    placeholders: three ``TransactWriteItems``, or with ``full`` four writes (see
+    placeholders: three ``TransactWriteItems``, or with ``naive`` four writes (see
     :func:`product_lifecycle`)."""
 
     requests: tuple[RequestTemplate, ...]
@@ -134,7 +149,7 @@ class RequestTemplates:
 
     @classmethod
     def capture(
-        cls, store: JobStore, retention_days: int, *, full: bool = False
+        cls, store: JobStore, retention_days: int, *, full: bool = False, naive: bool = False
     ) -> RequestTemplates:
         """The requests one product lifecycle sends, as botocore receives them."""
         retention_ms = retention_days * DAY_MS
@@ -143,10 +158,10 @@ class RequestTemplates:
         )
         requests = capture_templates(
             store.connection.client,
-            ("TransactWriteItems", "UpdateItem") if full else "TransactWriteItems",
-            lambda: product_lifecycle(frozen, full=full)(CAPTURE_JOB, CAPTURE_REPO),
+            ("TransactWriteItems", "UpdateItem") if naive else "TransactWriteItems",
+            lambda: product_lifecycle(frozen, full=full, naive=naive)(CAPTURE_JOB, CAPTURE_REPO),
             _values(CAPTURE_JOB, CAPTURE_REPO, CAPTURE_NOW, retention_ms),
-            expected=4 if full else 3,
+            expected=4 if naive else 3,
             naming="job",
         )
         return cls(tuple(requests), retention_ms)
@@ -505,7 +520,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--full",
         action="store_true",
-        help="a stack job's lifecycle: create with its trigger guard, activate, claim, pass",
+        help="a stack job's lifecycle: create with its trigger guard, activate (with the"
+        " run's claim), pass",
+    )
+    parser.add_argument(
+        "--naive",
+        action="store_true",
+        help="the naive lifecycle: create with its trigger guard, activate, claim, pass",
     )
     args = parser.parse_args(argv)
     args.thread_counts = [int(part) for part in args.threads.split(",") if part.strip()]
@@ -555,22 +576,29 @@ def measure_all(
     warmup: int,
     count: int,
     full: bool = False,
+    naive: bool = False,
 ) -> Measured:
     """Warm-up, the timed rounds and the counting pass, on ``settings``' server.
 
-    ``full``: the lifecycle a job of the stack goes through (see :func:`product_lifecycle`).
+    ``full``: the lifecycle a job of the stack goes through; ``naive``: with the claim a
+    write of its own (see :func:`product_lifecycle`).
     """
     store = JobStore.from_settings(settings)
     ddb = raw_client(settings)
-    templates = RequestTemplates.capture(store, settings.retention_days, full=full)
+    templates = RequestTemplates.capture(store, settings.retention_days, full=full, naive=naive)
     lifecycles = {
-        "product": product_lifecycle(store, full=full),
+        "product": product_lifecycle(store, full=full, naive=naive),
         "raw": raw_lifecycle(ddb, templates),
     }
     warm_up(lifecycles, thread_counts, warmup)
     check_equivalent(ddb, settings, f"warm-t{thread_counts[0]}")
 
-    kind = "create + guard -> activate -> claim -> pass" if full else "create -> activate -> pass"
+    if naive:
+        kind = "create + guard -> activate -> claim -> pass"
+    elif full:
+        kind = "create + guard -> activate claiming the run -> pass"
+    else:
+        kind = "create -> activate -> pass"
     print(
         f"\n== lifecycles ({kind}): {rounds} rounds x {per_batch} lifecycles per mode and"
         f" thread count; rate = median of rounds, latency over all rounds",
@@ -590,6 +618,7 @@ def benchmark(args: argparse.Namespace, settings: Settings) -> None:
         warmup=args.warmup,
         count=args.count,
         full=args.full,
+        naive=args.naive,
     )
     print_rates(measured.results, args.thread_counts)
 

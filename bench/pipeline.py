@@ -8,8 +8,8 @@ POSTed to ``/webhook``; each must be answered 202. For every job, measured from 
 client's clock the moment the 202 came back; stack and client share the machine's clock):
 
 * **cmd start**: the timestamp the command itself wrote;
-* **started_at**: the job's ``started_at`` (``GET /jobs/{id}``), set when the run's key is
-  claimed, right before the process is spawned;
+* **started_at**: the job's ``started_at`` (``GET /jobs/{id}``): when the run's process was
+  spawned, as the executor recorded it (its report writes it);
 * **finished**: the job's ``finished_at``, when it became ``passed``.
 
 Two phases, one after the other: **steady** (deliveries paced at ``--rate`` per second) and
@@ -396,7 +396,7 @@ def print_phase(phase: Phase) -> None:
     print(f"   {'from accepted (ms)':<26}{'p50':>8}{'p90':>8}{'p99':>8}{'max':>8}")
     rows = [
         ("to command start", phase.cmd_start_ms, TARGET_START_MS),
-        ("to started_at (claim)", phase.started_at_ms, None),
+        ("to started_at (spawn)", phase.started_at_ms, None),
         ("to finished (passed)", phase.finished_ms, TARGET_FINISH_MS),
     ]
     for name, values, target in rows:

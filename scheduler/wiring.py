@@ -189,6 +189,7 @@ def build_core(
             restart=runs.start if runs is not None else None,
             restart_claimed=runs.start_claimed if runs is not None else None,
             settle=runs.settle if runs is not None else None,
+            started_at=runs.executor.started_at if runs is not None else None,
             start_grace_seconds=settings.start_grace_seconds,
         ),
         runs=runs,

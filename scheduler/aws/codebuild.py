@@ -175,6 +175,10 @@ class CodeBuildExecutor:
         """CodeBuild keeps the record; this executor keeps none (the reaper decides alone)."""
         return RunStatus.UNKNOWN
 
+    def started_at(self, key: str) -> int | None:
+        """Unknown here: a build's claim is written when it starts (``JobStore.claim_run``)."""
+        return None
+
     def result_of(self, run_id: str) -> RunResult | None:
         """How build ``run_id`` ended, asked of CodeBuild (``BatchGetBuilds``): the reaper asks
         before it times a run out, as the build's completion event may have been lost.

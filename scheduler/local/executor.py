@@ -62,6 +62,7 @@ class _Run:
     process: subprocess.Popen[bytes] | None = None
     cancelled: bool = False
     executing: bool = False  # picked up by a pool thread (claiming, starting or running)
+    started_at: int | None = None  # when a pool thread picked it up (epoch ms)
     abandoned: bool = False  # killed because the executor closes: not an outcome to report
     finished: bool = False  # its outcome is known (and being reported)
     done: threading.Event = field(default_factory=threading.Event)
@@ -148,6 +149,13 @@ class LocalExecutor:
             self._lost.update(lost)
         return lost
 
+    def started_at(self, key: str) -> int | None:
+        """When a runner took the run of ``key`` (epoch ms): its timeout counts from there.
+        None if it is not running here."""
+        with self._lock:
+            run = self._runs.get(key)
+        return run.started_at if run is not None else None
+
     def status(self, key: str) -> RunStatus:
         with self._lock:
             run = self._runs.get(key)
@@ -194,6 +202,7 @@ class LocalExecutor:
 
     def _execute(self, run: _Run) -> None:
         request = run.request
+        run.started_at = time.time_ns() // 1_000_000  # a runner has it: its time runs
         run.executing = True
         try:
             # Claimed only when a pool slot is free: an attempt that was reaped or cancelled
@@ -206,7 +215,7 @@ class LocalExecutor:
                 log.exception("run failed to execute", extra={"job_id": request.job_id})
                 result = RunResult(request.job_id, request.attempt, None, summary="executor error")
             if not run.abandoned:
-                result = replace(result, repo=request.repo)
+                result = replace(result, repo=request.repo, started_at=run.started_at)
                 run.finished = True
                 self.records.keep_result(request.idempotency_key, result)
                 # Only now: from before its spawn until its outcome is kept, a run is on
@@ -340,7 +349,6 @@ class LocalExecutor:
             return RunResult(
                 request.job_id, request.attempt, 127, summary=mask(f"cannot start: {exc}")
             )
-        started_at = time.time_ns() // 1_000_000
         assert run.process.stdout is not None
         pump = OutputPump(run.process.stdout, output, name=f"output-{request.idempotency_key}")
         if run.cancelled:
@@ -362,7 +370,6 @@ class LocalExecutor:
             timed_out=timed_out,
             cancelled=run.cancelled,
             summary=_summary(run.log_path, exit_code, timed_out, run.cancelled, mask),
-            started_at=started_at,
         )
 
 

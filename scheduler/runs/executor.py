@@ -197,6 +197,10 @@ class Executor(Protocol):
     def status(self, key: str) -> RunStatus:
         """What this executor knows of the run of idempotency key ``key``."""
 
+    def started_at(self, key: str) -> int | None:
+        """When a runner took the run of ``key`` (epoch ms) while it runs here; None when
+        unknown. A run claimed by its activation has its timeout counted from there."""
+
     def result_of(self, run_id: str) -> RunResult | None:
         """How run ``run_id`` ended, if it did and this executor can tell (its own report may
         have been lost); None while it runs, or when the executor keeps no such record."""

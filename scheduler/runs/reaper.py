@@ -43,6 +43,9 @@ StatusOf = Callable[[str], RunStatus]
 Restart = Callable[[JobModel, int], object]
 """Starts an active job's run again (the run hook: idempotent by ``job_id#attempt``)."""
 
+StartedAt = Callable[[str], int | None]
+"""When the executor's runner took the run of an idempotency key (epoch ms), if it runs."""
+
 Settle = Callable[[JobModel], bool]
 """Reports how an active job's run ended if the executor can tell (``RunStarter.settle``);
 True if it had ended, False while it runs or when the executor cannot tell."""
@@ -58,6 +61,7 @@ class Reaper:
         restart: Restart | None = None,
         restart_claimed: Restart | None = None,
         settle: Settle | None = None,
+        started_at: StartedAt | None = None,
         start_grace_seconds: int = 60,
         clock: Clock = system_clock,
         page_size: int = 50,
@@ -68,6 +72,7 @@ class Reaper:
         self._restart = restart
         self._restart_claimed = restart_claimed
         self._settle = settle
+        self._started_at = started_at
         self._grace_ms = start_grace_seconds * 1000
         self._clock = clock
         self._page_size = page_size
@@ -113,6 +118,8 @@ class Reaper:
                 return "restarted"
             if status in (RunStatus.GONE, RunStatus.UNSTARTED):
                 return self._lost(job, state)
+            if overdue and status is RunStatus.RUNNING and self._runs_on(job, state, key, now):
+                return "deferred"
             if overdue:
                 return self._settle_or_time_out(job, state)
         except GuardRefused:
@@ -134,6 +141,19 @@ class Reaper:
         if overdue:
             return self._time_out(job, state)
         return "left"
+
+    def _runs_on(self, job: JobModel, state: JobState, key: str, now: int) -> bool:
+        """Whether a run claimed by its activation is within its timeout, counted from when a
+        runner took it (no write marked that moment): then its deadline moves there."""
+        began = self._started_at(key) if self._started_at is not None else None
+        if began is None or job.started_at is not None:
+            return False  # claimed when it started: the claim set the deadline from there
+        until = began + state.timeout_seconds * 1000 + self._grace_ms
+        if now >= until:
+            return False
+        self._store.defer_deadline(state, until)
+        log.info("run within its timeout since it started", extra={"job_id": job.job_id})
+        return True
 
     def _later(self, state: JobState, now: int) -> int:
         """A fresh deadline for a run that has yet to start: its timeout and the grace."""

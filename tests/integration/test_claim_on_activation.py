@@ -34,12 +34,23 @@ class Runner:
     """One runner process's parts: an executor on its own folder, a starter, a dispatcher."""
 
     def __init__(
-        self, store: JobStore, folder: Path, starts: Path, *, sleep: float = 0.0, slots: int = 4
+        self,
+        store: JobStore,
+        folder: Path,
+        starts: Path,
+        *,
+        sleep: float = 0.0,
+        slots: int = 4,
+        hangs: str = "none",
     ) -> None:
         self.finished = threading.Event()
         self.results: list[RunResult] = []
         self.executor = LocalExecutor(folder, self._finished, max_parallel=slots)
-        script = f'echo "$SCHEDULER_JOB_ID#$SCHEDULER_ATTEMPT" >> "$1"; sleep {sleep}'
+        # Job ``hangs`` sleeps until it is stopped; the others ``sleep`` seconds.
+        script = (
+            f'echo "$SCHEDULER_JOB_ID#$SCHEDULER_ATTEMPT" >> "$1"; '
+            f'case "$SCHEDULER_JOB_ID" in {hangs}) sleep 60;; *) sleep {sleep};; esac'
+        )
         self.starter = RunStarter(
             store, self.executor, lambda _repo: ("sh", "-c", script, "sh", str(starts))
         )
@@ -241,5 +252,43 @@ def test_a_run_stays_on_record_until_its_outcome_is_kept(
         wait_for(lambda: runner.executor.status("kept#1") is not RunStatus.FINISHING)
         assert not list((folder / "procs").glob("*.json"))
         assert not list((folder / "results").glob("*.json"))
+    finally:
+        runner.executor.close()
+
+
+def test_a_claimed_run_times_out_from_when_a_runner_took_it(
+    store: JobStore, tmp_path: Path, starts: Path
+) -> None:
+    """No write marks a claimed run's start, so its activation's deadline may pass while it
+    runs within its timeout (it waited for the runner): the reaper then counts the timeout
+    from when the runner took it, and times it out only after that."""
+    runner = Runner(store, tmp_path / "one", starts, sleep=0.5, slots=1, hangs="second")
+    try:
+        new_job(store, "first", timeout=3600)
+        new_job(store, "second", timeout=30)
+        for job_id in ("first", "second"):
+            assert runner.dispatcher.handle_record(record(job_id)) == ["activated"]
+        wait_for(lambda: runner.executor.status("second#1") is RunStatus.RUNNING)
+        began = runner.executor.started_at("second#1")
+        assert began is not None
+        activation_deadline = int(store.get("second").deadline_at)
+
+        def reaper(now: int) -> Reaper:
+            return Reaper(
+                store,
+                cancel_run=runner.executor.cancel,
+                status_of=runner.executor.status,
+                started_at=runner.executor.started_at,
+                start_grace_seconds=120,
+                clock=lambda: now,
+            )
+
+        assert reaper(activation_deadline + 1_000).reap_once() == []
+        until = began + 30_000 + 120_000
+        assert int(store.get("second").deadline_at) == until
+        assert reaper(until + 1_000).reap_once() == ["second"]
+        timed_out = store.get("second")
+        assert (timed_out.status, timed_out.reason) == ("failed", "timed_out")
+        assert runner.executor.status("second#1") is not RunStatus.RUNNING
     finally:
         runner.executor.close()

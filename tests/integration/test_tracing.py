@@ -93,6 +93,9 @@ class Executor:
     def status(self, key: str) -> RunStatus:
         return RunStatus.RUNNING
 
+    def started_at(self, key: str) -> int | None:
+        return None
+
     def result_of(self, run_id: str) -> RunResult | None:
         return None
 
