@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from scheduler.errors import InvalidArgument
 from scheduler.local.checkout import TOKEN_VARIABLE, CheckoutFailed, CommitNotFound, SourceCheckout
 from scheduler.local.procutil import orphan_proof
 from scheduler.local.run_log import LOGS_FOLDER, CappedLog, OutputPump, log_file
@@ -84,7 +85,6 @@ class LocalExecutor:
         self._on_finished = on_finished
         self._pool = ThreadPoolExecutor(max_parallel, thread_name_prefix="run")
         self._runs: dict[str, _Run] = {}
-        self._lost: set[str] = set()  # keys of runs lost with the previous runner
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self.records = RunRecords(work_dir)
@@ -113,6 +113,11 @@ class LocalExecutor:
         with self._lock:
             if run_id in self._runs:
                 return run_id  # the same key again: the first run stands
+            if self._log_exists(run_id):
+                # A runner took this attempt's run before (here, or before a restart): it is
+                # never started twice, whatever asks again (a lost write, a replayed record).
+                log.info("run not started again", extra={"job_id": request.job_id})
+                return None
             run = _Run(request, self.log_path(request), claim)
             self._runs[run_id] = run
         if request.delay_seconds > 0:
@@ -140,15 +145,6 @@ class LocalExecutor:
             # started; wait for that, so a caller can hand the slot on.
             run.done.wait(KILL_GRACE_SECONDS + 5)
 
-    def recover_leftovers(self) -> list[str]:
-        """After a restart: kill what is left of runs spawned by the previous runner and
-        remember their keys as lost; returns them. Every other key not started since was
-        never spawned (a run is recorded before its spawn until its outcome is kept)."""
-        lost = self.records.kill_leftovers()
-        with self._lock:
-            self._lost.update(lost)
-        return lost
-
     def started_at(self, key: str) -> int | None:
         """When a runner took the run of ``key`` (epoch ms): its timeout counts from there.
         None if it is not running here."""
@@ -159,12 +155,10 @@ class LocalExecutor:
     def status(self, key: str) -> RunStatus:
         with self._lock:
             run = self._runs.get(key)
-            lost = key in self._lost
         if run is None:
-            # Unknown here: lost with the previous runner, or never spawned. (A run that
-            # ended here reported first: its attempt is over, and the caller's guarded write
-            # on the job it read will say so.)
-            return RunStatus.GONE if lost else RunStatus.UNSTARTED
+            # Its log is made when a runner takes it, before anything runs, and kept for the
+            # job's retention: without one it never began, here or before a restart.
+            return RunStatus.GONE if self._log_exists(key) else RunStatus.UNSTARTED
         if run.done.is_set():
             return RunStatus.GONE
         if run.finished:
@@ -172,6 +166,13 @@ class LocalExecutor:
         # Waiting: for a runner of the pool, or for its backoff. Once a runner has it (its
         # checkout counts as the run's time) it runs.
         return RunStatus.RUNNING if run.executing else RunStatus.WAITING
+
+    def _log_exists(self, key: str) -> bool:
+        job_id, _, attempt = key.rpartition("#")
+        try:
+            return log_file(self.logs_dir, job_id, int(attempt)).exists()
+        except (ValueError, InvalidArgument):
+            return True  # not a key of ours: never claim that it did not run
 
     def result_of(self, run_id: str) -> RunResult | None:
         """None: a local outcome is never lost (it is kept on disk and reported until taken),
@@ -218,9 +219,6 @@ class LocalExecutor:
                 result = replace(result, repo=request.repo, started_at=run.started_at)
                 run.finished = True
                 self.records.keep_result(request.idempotency_key, result)
-                # Only now: from before its spawn until its outcome is kept, a run is on
-                # record, so a restart tells a lost run from one that never started.
-                self.records.ended(request.idempotency_key)
                 self.report(request.idempotency_key, result)
                 self._clean_up(request, result)
         finally:
@@ -344,6 +342,7 @@ class LocalExecutor:
                 preexec_fn=preexec,  # noqa: PLW1509 - None where setpriv does it
             )
         except OSError as exc:
+            self.records.ended(request.idempotency_key)
             output.write(f"[scheduler: cannot start: {exc}]\n".encode())
             output.close()
             return RunResult(
@@ -360,6 +359,7 @@ class LocalExecutor:
             _kill_group(run.process)
             exit_code, timed_out = None, True
         finally:
+            self.records.ended(request.idempotency_key)
             pump.finish(OUTPUT_GRACE_SECONDS)
         if run.cancelled:
             exit_code = None

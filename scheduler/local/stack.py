@@ -238,7 +238,7 @@ class LocalStack:
         that were never recorded, then fail runs lost with the old runner (``runner_lost``,
         retried automatically) and start again the runs that never started, claimed or not."""
         assert self._executor is not None
-        killed = self._executor.recover_leftovers()
+        killed = self._executor.records.kill_leftovers()
         for key, result in self._executor.records.unreported_results():
             self._executor.report(key, result)
         done = reaper.recover()

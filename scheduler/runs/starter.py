@@ -85,16 +85,23 @@ class RunStarter:
         return run_id
 
     def claim_for(self, job: JobModel) -> RunClaimed:
-        """The claim of ``job``'s current attempt, for its activation to write
-        (:meth:`JobStore.activate`); the activation's winner then calls :meth:`start_claimed`."""
+        """The claim of ``job``'s current attempt by this runner, for its activation to write
+        (:meth:`JobStore.activate`): the run id and the log location, which names the runner
+        (its folder). :meth:`start_claimed` then starts it, with no write before the run."""
         request = self.request_for(job)
         return RunClaimed(request.idempotency_key, self.executor.log_location(request))
 
     def start_claimed(self, job: JobModel, delay_ms: int = 0) -> str | None:
-        """Start the run of an attempt whose activation claimed it (this process won it):
-        nothing more is written before the run starts. Returns the run id, or None when the
-        executor refused it (the attempt then fails as ``start_failed``)."""
+        """Start the run of an active job whose activation claimed it, if the claim names
+        this runner; the executor starts an attempt's run at most once however often it is
+        asked. Returns the run id, or None when it started nothing (another runner's claim,
+        a run that already ran, or a start the executor refused: the attempt then fails as
+        ``start_failed``)."""
         request = self.request_for(job, delay_ms)
+        mine = RunClaimed(request.idempotency_key, self.executor.log_location(request))
+        if (job.run_id, job.log_location) != (mine.run_id, mine.log_location):
+            log.info("run claimed by another runner", extra={"job_id": job.job_id})
+            return None
         try:
             return self.executor.start(request, UNCLAIMED)
         except StartRefused as exc:

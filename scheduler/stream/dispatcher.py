@@ -84,13 +84,15 @@ needs is there, no read is needed.
 
 
 class ClaimingStarter(Protocol):
-    """Starts runs in this process, claimed by the activation that this process won.
+    """Starts runs whose claim their activation wrote, naming this runner.
 
-    With one, an activation writes the run's claim itself and its winner starts the run at
-    once; the ``active`` record that follows calls for nothing. One write and one stream
-    record fewer per job, and no wait for the stream before the run starts. Without one (a
-    CLI replay, or a runtime whose start is a remote call to make recoverable), the
-    ``active`` record starts the run and the run claims itself (``JobStore.claim_run``).
+    With one, an activation writes the run's claim itself (one write and one stream record
+    fewer per job), and the ``active`` record starts the run without claiming it again: only
+    on the runner the claim names, and only if that runner never took the attempt's run.
+    The start waits for the record on purpose: DynamoDB Local can lose a write it has just
+    acknowledged when it is killed, and the record is lost with it, so a lost activation
+    never leaves a run behind (the queue promotes the job again). Without one (a CLI replay,
+    the AWS runtime) the ``active`` record's run claims itself (``JobStore.claim_run``).
     """
 
     def claim_for(self, job: JobModel) -> RunClaimed: ...
@@ -148,8 +150,9 @@ class _Promotions:
 
 
 class _RecentActivations:
-    """The attempts this process activated lately (bounded): their own pending records, and
-    a queue index that lags, then cost no activation that can only be refused."""
+    """The attempts this process activated lately (bounded): their own pending records then
+    cost no activation that can only be refused. (Promotions do not consult it: an
+    activation that DynamoDB Local lost in a crash is promoted again from the queue.)"""
 
     def __init__(self, size: int = 4096) -> None:
         self._keys: OrderedDict[tuple[str, int], None] = OrderedDict()
@@ -402,9 +405,10 @@ class Dispatcher:
             case PromoteQueued(repo=repo):
                 return f"promoted:{self.promote(repo)}"
             case StartRun(delay_ms=delay_ms):
-                if image.run_id is not None:
-                    return "started_on_activation"  # by the activation's winner, at once
-                self._start_run(image, delay_ms)
+                if image.run_id is not None and self._claiming is not None:
+                    self._claiming.start_claimed(image, delay_ms)  # claimed by the activation
+                else:
+                    self._start_run(image, delay_ms)
                 return "started"
             case RetryFailed(job=job, delay_ms=delay_ms):
                 return self._retry(job, delay_ms)
@@ -450,7 +454,7 @@ class Dispatcher:
             with self._promotion_lock(job.repo):
                 if self._activated.seen(job):
                     return "already_done"  # promoted by this process before its own record
-                self._activate_and_start(job, image, self._slot_limit_for(job.repo))
+                self._activate_claiming(job, image, self._slot_limit_for(job.repo))
         except TransitionConflict:
             # The job moved since this image was written (a duplicate record, or a promotion
             # got there first): the activation is already decided, so the record is done.
@@ -462,15 +466,12 @@ class Dispatcher:
             return "queued"
         return "activated"
 
-    def _activate_and_start(self, job: JobState, image: JobModel, slot_limit: int) -> None:
+    def _activate_claiming(self, job: JobState, image: JobModel, slot_limit: int) -> None:
         """Activate ``job`` (``image`` is its pending item); with a claiming starter the
-        activation claims the run, and the run starts here, as this process won it."""
-        claiming = self._claiming
-        claim = claiming.claim_for(image) if claiming is not None else None
+        activation also claims the run for this runner."""
+        claim = self._claiming.claim_for(image) if self._claiming is not None else None
         self._store.activate(job, slot_limit=slot_limit, actor=self._actor, claim=claim)
         self._activated.add(job)
-        if claiming is not None:
-            claiming.start_claimed(image, job.start_delay_ms)
 
     def promote(self, repo: str) -> int:
         """Activate the oldest queued jobs of ``repo`` while it has free slots.
@@ -497,7 +498,7 @@ class Dispatcher:
         )
         for candidate in queued:
             job = JobState.from_model(candidate)
-            if job.status is not JobStatus.PENDING or self._activated.seen(job):
+            if job.status is not JobStatus.PENDING:
                 continue  # the index lags the table a little on AWS
             if free is None:
                 # The counters say how many activations can succeed; the rest would only be
@@ -507,7 +508,7 @@ class Dispatcher:
             if promoted >= free:
                 break
             try:
-                self._activate_and_start(job, candidate, limit)
+                self._activate_claiming(job, candidate, limit)
             except TransitionConflict:
                 continue
             except RepositoryFull:

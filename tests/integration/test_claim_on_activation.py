@@ -20,6 +20,7 @@ from stream_records import image, record
 from scheduler.db.models import JobModel
 from scheduler.db.store import JobState, JobStore, NewJob, RunClaimed
 from scheduler.local.executor import LocalExecutor
+from scheduler.local.run_log import LOGS_FOLDER, log_file
 from scheduler.local.run_records import RunRecords
 from scheduler.runs.executor import RunResult, RunStatus
 from scheduler.runs.reaper import Reaper
@@ -97,53 +98,96 @@ def wait_for(condition: object, timeout: float = 30) -> None:
         time.sleep(0.05)
 
 
+def activate(runner: Runner, job_id: str) -> JobModel:
+    """Hand ``runner`` the new job's record, then the activation's record, as the stream
+    does; returns the item as the activation left it."""
+    pending = image(job_id)
+    assert runner.dispatcher.handle_record(record(job_id)) == ["activated"]
+    activated = record(job_id, old=pending)
+    assert runner.dispatcher.handle_record(activated) == ["started"]
+    return JobModel.from_raw_data(activated["dynamodb"]["NewImage"])
+
+
 def test_racing_runners_activate_once_and_only_the_winner_starts_the_run(
     store: JobStore, runners: list[Runner], starts: Path
 ) -> None:
     """Four runners, each handed the new job's record twice at once (a redelivery, a second
-    lane): one activation lands, its runner starts the run, and the ``active`` record that
-    follows starts nothing anywhere."""
+    lane): one activation lands and claims the run for its runner. The activation's record,
+    handed to every runner twice at once, starts the run there only, once."""
     for round_ in range(5):
         job_id = f"race-{round_}"
         new_job(store, job_id)
+        pending = image(job_id)
         created = record(job_id)
         barrier = threading.Barrier(8)
 
-        def deliver(
-            n: int, created: object = created, barrier: threading.Barrier = barrier
-        ) -> list[str]:
+        def deliver(n: int, one: object, barrier: threading.Barrier = barrier) -> list[str]:
             barrier.wait()
-            return runners[n % 4].dispatcher.handle_record(created)  # type: ignore[arg-type]
+            return runners[n % 4].dispatcher.handle_record(one)  # type: ignore[arg-type]
 
         with ThreadPoolExecutor(8) as pool:
-            outcomes = sorted(word for words in pool.map(deliver, range(8)) for word in words)
+            outcomes = sorted(w for ws in pool.map(deliver, range(8), [created] * 8) for w in ws)
         assert outcomes.count("activated") == 1, outcomes
         assert set(outcomes) <= {"activated", "already_done"}, outcomes
+        claimed = store.get(job_id)
+        assert claimed.run_id == f"{job_id}#1" and claimed.log_location is not None
+        assert claimed.started_at is None  # nothing ran yet: only the record starts it
+        activated = record(job_id, old=pending)
+        with ThreadPoolExecutor(8) as pool:
+            assert set(w for ws in pool.map(deliver, range(8), [activated] * 8) for w in ws) == {
+                "started"
+            }
         wait_for(lambda job_id=job_id: store.get(job_id).status == JobStatus.PASSED.value)
         job = store.get(job_id)
-        assert job.run_id == f"{job_id}#1" and job.log_location is not None
         assert job.started_at is not None and int(job.started_at) >= int(job.activated_at)
         assert [h.dest for h in job.history] == ["pending", "active", "passed"]
     assert sorted(started(starts)) == sorted(f"race-{n}#1" for n in range(5))
 
 
-def test_the_active_record_of_a_claimed_activation_starts_nothing(
-    store: JobStore, runners: list[Runner], starts: Path
+def test_an_attempt_that_ran_is_never_started_again(
+    store: JobStore, runners: list[Runner], starts: Path, tmp_path: Path
 ) -> None:
+    """The activation's record redelivered after its run ended (a replay, a stream that
+    resumed from an older checkpoint), to the runner or to one restarted on its folder;
+    and a starter that claims for itself: the attempt's command ran once."""
     new_job(store, "quiet")
     pending = image("quiet")
-    assert runners[0].dispatcher.handle_record(record("quiet")) == ["activated"]
-    active = record("quiet", old=pending)  # the activation's record, redelivered everywhere
-    assert active["dynamodb"]["NewImage"]["run_id"] == {"S": "quiet#1"}
-    for runner in runners:
-        assert runner.dispatcher.handle_record(active) == ["started_on_activation"]
+    activate(runners[0], "quiet")
+    active = record("quiet", old=pending)
     wait_for(lambda: store.get("quiet").status == JobStatus.PASSED.value)
-    # A starter that claims for itself (an activation made without a claim, e.g. by another
-    # process) loses to the activation's claim and starts nothing either.
-    queued = runners[1].starter.start(JobModel.from_raw_data(active["dynamodb"]["NewImage"]))
-    assert queued is not None and runners[1].executor.wait(queued, 10)
+    wait_for(lambda: runners[0].executor.status("quiet#1") is RunStatus.GONE)
+    restarted = Runner(store, tmp_path / "runner-0", starts)
+    try:
+        for runner in (runners[0], restarted, *runners[1:]):
+            assert runner.dispatcher.handle_record(active) == ["started"]
+        image_then = JobModel.from_raw_data(active["dynamodb"]["NewImage"])
+        assert restarted.starter.start_claimed(image_then) is None
+        # A starter that claims for itself loses to the activation's claim.
+        queued = runners[1].starter.start(image_then)
+        assert queued is not None and runners[1].executor.wait(queued, 10)
+        time.sleep(0.3)
+    finally:
+        restarted.executor.close()
     assert store.get("quiet").status == JobStatus.PASSED.value
     assert started(starts) == ["quiet#1"]
+
+
+def test_an_activation_the_database_lost_is_promoted_again_and_runs_once(
+    store: JobStore, runners: list[Runner], starts: Path
+) -> None:
+    """DynamoDB Local can lose a write it acknowledged when it is killed, and the write's
+    stream record with it. A lost activation left no run behind (the run waits for that
+    record), and the job, pending again at the head of its queue, is promoted again and
+    runs once, even by the runner that remembers activating it."""
+    new_job(store, "forgotten")
+    pending = store.get("forgotten")
+    assert runners[0].dispatcher.handle_record(record("forgotten")) == ["activated"]
+    pending.save()  # the activation is lost, and its record
+    assert runners[0].dispatcher.promote(REPO) == 1
+    activated = record("forgotten", old=pending.serialize())
+    assert runners[0].dispatcher.handle_record(activated) == ["started"]
+    wait_for(lambda: store.get("forgotten").status == JobStatus.PASSED.value)
+    assert started(starts) == ["forgotten#1"]
 
 
 def test_a_promoted_job_costs_its_own_record_no_activation(
@@ -176,12 +220,12 @@ def test_a_claimed_run_waiting_for_a_runner_is_deferred_not_timed_out(
     try:
         new_job(store, "first", timeout=3600)
         new_job(store, "second", timeout=5)
-        assert runner.dispatcher.handle_record(record("first")) == ["activated"]
-        assert runner.dispatcher.handle_record(record("second")) == ["activated"]
+        activate(runner, "first")
+        activate(runner, "second")
         wait_for(lambda: runner.executor.status("first#1") is RunStatus.RUNNING)
         assert runner.executor.status("second#1") is RunStatus.WAITING
         waiting = store.get("second")
-        assert waiting.run_id == "second#1"  # claimed by its activation, not yet spawned
+        assert waiting.run_id == "second#1"  # claimed by its activation, not yet taken
         later = int(waiting.deadline_at) + 1_000
         reaper = Reaper(
             store,
@@ -204,18 +248,23 @@ def test_a_claimed_run_waiting_for_a_runner_is_deferred_not_timed_out(
 def test_a_restart_starts_claimed_runs_that_never_spawned_and_fails_lost_ones(
     store: JobStore, tmp_path: Path, starts: Path
 ) -> None:
-    """The stack died after two activations that claimed their runs: one run had been
-    spawned (its record is on disk), the other still waited for a runner. After the
-    restart the first is ``runner_lost`` (retried by the policy), the second simply runs."""
+    """The stack died after two activations that claimed their runs: one run had been taken
+    by a runner (its log was made, its process spawned), the other still waited for one.
+    After the restart the first is ``runner_lost`` (retried by the policy), the second simply
+    runs, once."""
     folder = tmp_path / "runs"
     for job_id in ("spawned", "waiting"):
         job = new_job(store, job_id)
-        store.activate(job, slot_limit=10, claim=RunClaimed(f"{job_id}#1"))
+        claim = RunClaimed(f"{job_id}#1", str(log_file(folder / LOGS_FOLDER, job_id, 1)))
+        store.activate(job, slot_limit=10, claim=claim)
+    log = log_file(folder / LOGS_FOLDER, "spawned", 1)
+    log.parent.mkdir(parents=True)
+    log.write_text("output of a run whose runner died\n")
     RunRecords(folder).starting("spawned#1")  # recorded before its spawn; the process died
 
     runner = Runner(store, folder, starts)
     try:
-        assert runner.executor.recover_leftovers() == ["spawned#1"]
+        assert runner.executor.records.kill_leftovers() == ["spawned#1"]
         assert runner.executor.status("spawned#1") is RunStatus.GONE
         assert runner.executor.status("waiting#1") is RunStatus.UNSTARTED
         reaper = Reaper(
@@ -236,22 +285,39 @@ def test_a_restart_starts_claimed_runs_that_never_spawned_and_fails_lost_ones(
         runner.executor.close()
 
 
-def test_a_run_stays_on_record_until_its_outcome_is_kept(
+def test_a_run_whose_finish_the_database_lost_is_never_run_again(
     store: JobStore, tmp_path: Path, starts: Path
 ) -> None:
-    """Between its spawn and its kept outcome a run is on record; after, neither record is
-    left. A restart in between can only find it lost, never unstarted (started twice)."""
-    folder = tmp_path / "kept"
-    runner = Runner(store, folder, starts, sleep=0.5)
+    """DynamoDB Local can lose a write it acknowledged when it is killed: here the finish of
+    a run that ended. The job is active again with its claim, and no runner has its run: it
+    ran, so it is lost (``runner_lost``, a new attempt), never started again as the same
+    attempt, by the runner that ran it or by one started after a restart."""
+    folder = tmp_path / "runs"
+    runner = Runner(store, folder, starts)
     try:
-        new_job(store, "kept")
-        assert runner.dispatcher.handle_record(record("kept")) == ["activated"]
-        wait_for(lambda: runner.executor.status("kept#1") is RunStatus.RUNNING)
-        wait_for(lambda: any((folder / "procs").glob("*.json")))
-        wait_for(lambda: store.get("kept").status == JobStatus.PASSED.value)
-        wait_for(lambda: runner.executor.status("kept#1") is not RunStatus.FINISHING)
-        assert not list((folder / "procs").glob("*.json"))
-        assert not list((folder / "results").glob("*.json"))
+        new_job(store, "lost")
+        active = activate(runner, "lost")
+        wait_for(lambda: store.get("lost").status == JobStatus.PASSED.value)
+        wait_for(lambda: runner.executor.status("lost#1") is not RunStatus.FINISHING)
+        active.save()  # the finish is lost: the item is as the activation left it
+        after_restart = LocalExecutor(folder, lambda _result: None)
+        try:
+            for executor in (runner.executor, after_restart):
+                assert executor.status("lost#1") is RunStatus.GONE
+        finally:
+            after_restart.close()
+        overdue = int(active.deadline_at) + 1_000
+        reaper = Reaper(
+            store,
+            status_of=runner.executor.status,
+            restart=runner.starter.start,
+            restart_claimed=runner.starter.start_claimed,
+            clock=lambda: overdue,
+        )
+        assert reaper.reap_once() == []
+        assert store.get("lost").reason == "runner_lost"
+        time.sleep(0.3)
+        assert started(starts) == ["lost#1"]
     finally:
         runner.executor.close()
 
@@ -267,7 +333,7 @@ def test_a_claimed_run_times_out_from_when_a_runner_took_it(
         new_job(store, "first", timeout=3600)
         new_job(store, "second", timeout=30)
         for job_id in ("first", "second"):
-            assert runner.dispatcher.handle_record(record(job_id)) == ["activated"]
+            activate(runner, job_id)
         wait_for(lambda: runner.executor.status("second#1") is RunStatus.RUNNING)
         began = runner.executor.started_at("second#1")
         assert began is not None
