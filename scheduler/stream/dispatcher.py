@@ -28,7 +28,6 @@ import functools
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Protocol, assert_never
 
@@ -149,27 +148,6 @@ class _Promotions:
             del self.owed[repo]  # only once it ran: a failed promotion stays owed
 
 
-class _RecentActivations:
-    """The attempts this process activated lately (bounded): their own pending records then
-    cost no activation that can only be refused. (Promotions do not consult it: an
-    activation that DynamoDB Local lost in a crash is promoted again from the queue.)"""
-
-    def __init__(self, size: int = 4096) -> None:
-        self._keys: OrderedDict[tuple[str, int], None] = OrderedDict()
-        self._size = size
-        self._lock = threading.Lock()
-
-    def add(self, job: JobState) -> None:
-        with self._lock:
-            self._keys[(job.job_id, job.attempt)] = None
-            while len(self._keys) > self._size:
-                self._keys.popitem(last=False)
-
-    def seen(self, job: JobState) -> bool:
-        with self._lock:
-            return (job.job_id, job.attempt) in self._keys
-
-
 class Dispatcher:
     """Carries out the actions of stream records with the store's guarded writes."""
 
@@ -195,7 +173,6 @@ class Dispatcher:
         # lanes of this process; see _known_full).
         self._full_at: dict[str, int] = {}
         self._promotion_locks: dict[str, threading.Lock] = {}
-        self._activated = _RecentActivations()
         self._locks_guard = threading.Lock()
         self._slot_limit_for = slot_limit_for
         self._start_run = start_run or _log_activation
@@ -452,8 +429,6 @@ class Dispatcher:
             # Under the repository's promotion lock: a promotion that read this job from the
             # queue activates it first, or finds it gone from the queue.
             with self._promotion_lock(job.repo):
-                if self._activated.seen(job):
-                    return "already_done"  # promoted by this process before its own record
                 self._activate_claiming(job, image, self._slot_limit_for(job.repo))
         except TransitionConflict:
             # The job moved since this image was written (a duplicate record, or a promotion
@@ -471,7 +446,6 @@ class Dispatcher:
         activation also claims the run for this runner."""
         claim = self._claiming.claim_for(image) if self._claiming is not None else None
         self._store.activate(job, slot_limit=slot_limit, actor=self._actor, claim=claim)
-        self._activated.add(job)
 
     def promote(self, repo: str) -> int:
         """Activate the oldest queued jobs of ``repo`` while it has free slots.

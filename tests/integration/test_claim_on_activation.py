@@ -178,7 +178,7 @@ def test_an_activation_the_database_lost_is_promoted_again_and_runs_once(
     """DynamoDB Local can lose a write it acknowledged when it is killed, and the write's
     stream record with it. A lost activation left no run behind (the run waits for that
     record), and the job, pending again at the head of its queue, is promoted again and
-    runs once, even by the runner that remembers activating it."""
+    runs once."""
     new_job(store, "forgotten")
     pending = store.get("forgotten")
     assert runners[0].dispatcher.handle_record(record("forgotten")) == ["activated"]
@@ -188,29 +188,6 @@ def test_an_activation_the_database_lost_is_promoted_again_and_runs_once(
     assert runners[0].dispatcher.handle_record(activated) == ["started"]
     wait_for(lambda: store.get("forgotten").status == JobStatus.PASSED.value)
     assert started(starts) == ["forgotten#1"]
-
-
-def test_a_promoted_job_costs_its_own_record_no_activation(
-    store: JobStore, runners: list[Runner]
-) -> None:
-    """A runner that promoted a job remembers it: the job's own (later) record is done
-    without an activation that could only be refused."""
-    calls: list[str] = []
-    activate = store.activate
-
-    def counting(job: JobState, **kwargs: object) -> JobState:
-        calls.append(job.job_id)
-        return activate(job, **kwargs)  # type: ignore[arg-type]
-
-    store.activate = counting  # type: ignore[method-assign]
-    new_job(store, "queued")
-    created = record("queued")  # the new job's record, handled after the promotion
-    assert runners[0].dispatcher.promote(REPO) == 1
-    assert runners[0].dispatcher.handle_record(created) == ["already_done"]
-    assert calls == ["queued"]
-    # Another runner has no such memory: its activation is refused by the job's condition.
-    assert runners[1].dispatcher.handle_record(created) == ["already_done"]
-    assert calls == ["queued", "queued"]
 
 
 def test_a_claimed_run_waiting_for_a_runner_is_deferred_not_timed_out(
