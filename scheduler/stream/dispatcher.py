@@ -16,6 +16,11 @@ crashed), the record fails and is delivered again until promotion has run, so a 
 always offered to the queue. A job that found its repository full stays queued; a full
 repository has active jobs, and each of them finishes (or is reaped) and promotes.
 
+Runs are started by the ``active`` record, never by the activation's writer: a write that
+DynamoDB Local lost when it was killed loses its record too, so a lost activation leaves no
+run behind and its job is promoted again. With a :class:`ClaimingStarter` (the local runtime)
+the activation also claims the run for this runner, so the run needs no write of its own.
+
 Within a batch, the finishes of one repository owe it one promotion, run at the end of the
 batch (or before a record of that repository that may take a slot, so a new job never
 overtakes the queue); if it fails, the first record that owed it is the one reported failed,
