@@ -121,9 +121,9 @@ def build_core(
     """The core for ``settings``; ``executor`` None means this process starts no runs;
     ``log_reader`` is how this runtime reads run output (None: the log route answers 404).
 
-    ``claim_on_activation``: the activation claims the run and its winner starts it at once
-    (see :class:`~scheduler.stream.dispatcher.ClaimingStarter`), for an executor whose start
-    only queues the run in this process.
+    ``claim_on_activation``: the activation claims the run for this runner, and the run needs
+    no write of its own (see :class:`~scheduler.stream.dispatcher.ClaimingStarter`), for an
+    executor that knows which attempts it ever took (the local one: by their logs).
     """
     config = config if config is not None else load_config(settings.config_path)
     tracing.configure(settings.tracing)

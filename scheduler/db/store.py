@@ -339,8 +339,8 @@ class JobStore:
         """``pending -> active`` if the repository has a free slot, else :class:`RepositoryFull`.
 
         With ``claim`` the activation is also the claim of the attempt's run (what
-        :meth:`claim_run` writes, in the same write): its winner, and nobody else, starts the
-        run. One write and one stream record fewer per job, for a starter in the same process.
+        :meth:`claim_run` writes, in the same write), naming the runner that starts it when
+        the activation's record reaches it: one write and one stream record fewer per job.
         """
         return self.transition(
             job, Trigger.ACTIVATE, actor=actor, slot_limit=slot_limit, claim=claim
@@ -524,8 +524,8 @@ class JobStore:
         repository, whose counters it moves) rather than on a version read first: a late or
         duplicate report, or one that lost to a cancel or a timeout, raises
         :class:`TransitionConflict` and changes nothing. Returns the job's new status.
-        ``started_at`` is when the run's process really started, for a run whose claim came
-        with its activation (nothing was written when it left the runner's queue).
+        ``started_at`` is when a runner took the run, for a run whose claim came with its
+        activation (nothing was written when it left the runner's queue).
         """
         running = JobState(
             job_id=job_id,

@@ -310,8 +310,8 @@ def compose(
         executor=executor,
         config=config,
         log_reader=LocalLogReader(logs_dir_in(options.data_dir.resolve())),
-        # A local start only queues the run in this process: nothing to recover between
-        # the activation and the start but this process's own death (see LocalStack._recover).
+        # The activation claims the run for this runner (its folder); its record starts it.
+        # The runner's logs say which attempts it ever took (see LocalExecutor.status).
         claim_on_activation=True,
     )
 

@@ -101,7 +101,7 @@ class RunResult:
     reason: str | None = None
     # The job's repository when the executor knows it: the report then needs no read first.
     repo: str | None = None
-    # When the run's process started (epoch ms), for a run claimed by its activation.
+    # When a runner took the run (epoch ms), for a run claimed by its activation.
     started_at: int | None = None
 
     @property

@@ -10,7 +10,7 @@ never blamed on the job:
 - a job whose run was never started here (its start was lost with a previous runner) is
   started again (idempotent: the claim ``job_id#attempt`` stands); so is a claimed run that
   the executor knows it never started (:attr:`RunStatus.UNSTARTED`: a local run claimed by
-  its activation, whose process died before the run's spawn);
+  its activation that no runner took before the stack died);
 - a claimed run this runtime no longer has (lost with a previous runner) fails as
   ``runner_lost``, which is retried automatically;
 - a run that ended but whose report was lost (a CodeBuild completion event) is reported now,
