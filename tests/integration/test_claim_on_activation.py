@@ -15,7 +15,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-from stream_records import image, record
+from stream_records import image, lambda_record, record
 
 from scheduler.db.models import JobModel
 from scheduler.db.store import JobState, JobStore, NewJob, RunClaimed
@@ -151,15 +151,14 @@ def test_an_attempt_that_ran_is_never_started_again(
     resumed from an older checkpoint), to the runner or to one restarted on its folder;
     and a starter that claims for itself: the attempt's command ran once."""
     new_job(store, "quiet")
-    pending = image("quiet")
-    activate(runners[0], "quiet")
-    active = record("quiet", old=pending)
+    pending = JobModel.from_raw_data(image("quiet"))
+    active = lambda_record(pending, activate(runners[0], "quiet"))  # the activation's record
     wait_for(lambda: store.get("quiet").status == JobStatus.PASSED.value)
     wait_for(lambda: runners[0].executor.status("quiet#1") is RunStatus.GONE)
     restarted = Runner(store, tmp_path / "runner-0", starts)
     try:
         for runner in (runners[0], restarted, *runners[1:]):
-            assert runner.dispatcher.handle_record(active) == ["started"]
+            assert runner.dispatcher.handle_record(active) == ["started"]  # type: ignore[arg-type]
         image_then = JobModel.from_raw_data(active["dynamodb"]["NewImage"])
         assert restarted.starter.start_claimed(image_then) is None
         # A starter that claims for itself loses to the activation's claim.
