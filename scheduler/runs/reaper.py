@@ -112,10 +112,7 @@ class Reaper:
                 return self._unstarted(job, state, status, now, overdue=overdue)
             if status is RunStatus.UNSTARTED and job.run_id == key and self._restart_claimed:
                 # Claimed, and never started by the runner that holds the claim's key.
-                self._store.defer_deadline(state, self._later(state, now))
-                self._restart_claimed(job, state.start_delay_ms)
-                log.warning("claimed run started", extra={"job_id": job.job_id, "run_id": key})
-                return "restarted"
+                return self._start_again(job, state, now, self._restart_claimed)
             if status in (RunStatus.GONE, RunStatus.UNSTARTED):
                 return self._lost(job, state)
             if overdue and status is RunStatus.RUNNING and self._runs_on(job, state, key, now):
@@ -132,12 +129,8 @@ class Reaper:
         if self._restart is not None and (
             overdue or status in (RunStatus.GONE, RunStatus.UNSTARTED)
         ):
-            # Nobody here is about to start it (its start was lost with a previous runner):
-            # ask again, with a fresh deadline for the start itself.
-            self._store.defer_deadline(state, self._later(state, now))
-            self._restart(job, state.start_delay_ms)
-            log.warning("run started again", extra={"job_id": job.job_id, "attempt": job.attempt})
-            return "restarted"
+            # Nobody here is about to start it (its start was lost with a previous runner).
+            return self._start_again(job, state, now, self._restart)
         if overdue:
             return self._time_out(job, state)
         return "left"
@@ -154,6 +147,14 @@ class Reaper:
         self._store.defer_deadline(state, until)
         log.info("run within its timeout since it started", extra={"job_id": job.job_id})
         return True
+
+    def _start_again(self, job: JobModel, state: JobState, now: int, start: Restart) -> str:
+        """Ask for the run again, with a fresh deadline for the start itself (the deferral's
+        version condition keeps a job that moved meanwhile from being started)."""
+        self._store.defer_deadline(state, self._later(state, now))
+        start(job, state.start_delay_ms)
+        log.warning("run started again", extra={"job_id": job.job_id, "attempt": job.attempt})
+        return "restarted"
 
     def _later(self, state: JobState, now: int) -> int:
         """A fresh deadline for a run that has yet to start: its timeout and the grace."""

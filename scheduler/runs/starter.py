@@ -97,11 +97,11 @@ class RunStarter:
         asked. Returns the run id, or None when it started nothing (another runner's claim,
         a run that already ran, or a start the executor refused: the attempt then fails as
         ``start_failed``)."""
-        request = self.request_for(job, delay_ms)
-        mine = RunClaimed(request.idempotency_key, self.executor.log_location(request))
+        mine = self.claim_for(job)
         if (job.run_id, job.log_location) != (mine.run_id, mine.log_location):
             log.info("run claimed by another runner", extra={"job_id": job.job_id})
             return None
+        request = self.request_for(job, delay_ms)
         try:
             return self.executor.start(request, UNCLAIMED)
         except StartRefused as exc:

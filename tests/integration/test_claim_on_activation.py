@@ -18,7 +18,7 @@ import pytest
 from stream_records import image, lambda_record, record
 
 from scheduler.db.models import JobModel
-from scheduler.db.store import JobState, JobStore, NewJob, RunClaimed
+from scheduler.db.store import JobState, JobStore, NewJob, RunClaimed, system_clock
 from scheduler.local.executor import LocalExecutor
 from scheduler.local.run_log import LOGS_FOLDER, log_file
 from scheduler.local.run_records import RunRecords
@@ -44,9 +44,8 @@ class Runner:
         slots: int = 4,
         hangs: str = "none",
     ) -> None:
-        self.finished = threading.Event()
-        self.results: list[RunResult] = []
-        self.executor = LocalExecutor(folder, self._finished, max_parallel=slots)
+        self.store = store
+        self.executor = LocalExecutor(folder, self._report, max_parallel=slots)
         # Job ``hangs`` sleeps until it is stopped; the others ``sleep`` seconds.
         script = (
             f'echo "$SCHEDULER_JOB_ID#$SCHEDULER_ATTEMPT" >> "$1"; '
@@ -63,10 +62,21 @@ class Runner:
             stop_run=self.executor.cancel,
         )
 
-    def _finished(self, result: RunResult) -> None:
-        self.starter.finished(result)
-        self.results.append(result)
-        self.finished.set()
+    def _report(self, result: RunResult) -> None:
+        self.starter.finished(result)  # made after the executor, which takes this callback
+
+    def reaper(self, now: int | None = None, start_grace_seconds: int = 60) -> Reaper:
+        """The reaper of this runner, wired as the local stack wires it (``now``: its clock)."""
+        return Reaper(
+            self.store,
+            cancel_run=self.executor.cancel,
+            status_of=self.executor.status,
+            restart=self.starter.start,
+            restart_claimed=self.starter.start_claimed,
+            started_at=self.executor.started_at,
+            start_grace_seconds=start_grace_seconds,
+            clock=system_clock if now is None else lambda: now,
+        )
 
 
 @pytest.fixture
@@ -203,15 +213,7 @@ def test_a_claimed_run_waiting_for_a_runner_is_deferred_not_timed_out(
         waiting = store.get("second")
         assert waiting.run_id == "second#1"  # claimed by its activation, not yet taken
         later = int(waiting.deadline_at) + 1_000
-        reaper = Reaper(
-            store,
-            cancel_run=runner.executor.cancel,
-            status_of=runner.executor.status,
-            restart=runner.starter.start,
-            restart_claimed=runner.starter.start_claimed,
-            clock=lambda: later,
-        )
-        assert reaper.reap_once() == []
+        assert runner.reaper(later).reap_once() == []
         deferred = store.get("second")
         assert deferred.status == JobStatus.ACTIVE.value
         assert int(deferred.deadline_at) > later
@@ -243,12 +245,7 @@ def test_a_restart_starts_claimed_runs_that_never_spawned_and_fails_lost_ones(
         assert runner.executor.records.kill_leftovers() == ["spawned#1"]
         assert runner.executor.status("spawned#1") is RunStatus.GONE
         assert runner.executor.status("waiting#1") is RunStatus.UNSTARTED
-        reaper = Reaper(
-            store,
-            status_of=runner.executor.status,
-            restart=runner.starter.start,
-            restart_claimed=runner.starter.start_claimed,
-        )
+        reaper = runner.reaper()
         assert reaper.recover() == {"spawned": "runner_lost", "waiting": "restarted"}
         wait_for(lambda: store.get("waiting").status == JobStatus.PASSED.value)
         waiting = store.get("waiting")
@@ -283,14 +280,7 @@ def test_a_run_whose_finish_the_database_lost_is_never_run_again(
         finally:
             after_restart.close()
         overdue = int(active.deadline_at) + 1_000
-        reaper = Reaper(
-            store,
-            status_of=runner.executor.status,
-            restart=runner.starter.start,
-            restart_claimed=runner.starter.start_claimed,
-            clock=lambda: overdue,
-        )
-        assert reaper.reap_once() == []
+        assert runner.reaper(overdue).reap_once() == []
         assert store.get("lost").reason == "runner_lost"
         time.sleep(0.3)
         assert started(starts) == ["lost#1"]
@@ -315,20 +305,10 @@ def test_a_claimed_run_times_out_from_when_a_runner_took_it(
         assert began is not None
         activation_deadline = int(store.get("second").deadline_at)
 
-        def reaper(now: int) -> Reaper:
-            return Reaper(
-                store,
-                cancel_run=runner.executor.cancel,
-                status_of=runner.executor.status,
-                started_at=runner.executor.started_at,
-                start_grace_seconds=120,
-                clock=lambda: now,
-            )
-
-        assert reaper(activation_deadline + 1_000).reap_once() == []
+        assert runner.reaper(activation_deadline + 1_000, 120).reap_once() == []
         until = began + 30_000 + 120_000
         assert int(store.get("second").deadline_at) == until
-        assert reaper(until + 1_000).reap_once() == ["second"]
+        assert runner.reaper(until + 1_000, 120).reap_once() == ["second"]
         timed_out = store.get("second")
         assert (timed_out.status, timed_out.reason) == ("failed", "timed_out")
         assert runner.executor.status("second#1") is not RunStatus.RUNNING
