@@ -71,6 +71,8 @@ class DynamoDBLocal:
         self.log_path = log_path
         self._process: subprocess.Popen[bytes] | None = None
         self._stop_registered = False
+        # Restarts by keep_alive: writes acknowledged just before a crash may be gone.
+        self.restarts = 0
 
     @property
     def endpoint(self) -> str:
@@ -114,6 +116,7 @@ class DynamoDBLocal:
             )
             try:
                 self.restart()
+                self.restarts += 1
                 backoff = every
             except DynamoDBLocalError as exc:
                 backoff = min(max_backoff, backoff * 2)

@@ -175,9 +175,10 @@ class LocalExecutor:
             return True  # not a key of ours: never claim that it did not run
 
     def result_of(self, run_id: str) -> RunResult | None:
-        """None: a local outcome is never lost (it is kept on disk and reported until taken),
-        and :meth:`status` tells the reaper what this executor knows."""
-        return None
+        """How the run ended here, from its outcome kept on disk: a report the store
+        acknowledged can still be lost with it (DynamoDB Local killed right after), and is then
+        made again as the run ended rather than failed for a lost runner."""
+        return self.records.outcome(run_id)
 
     def wait(self, run_id: str, timeout: float | None = None) -> bool:
         """Wait until the run ended (for tests and shutdown); True if it did."""
@@ -277,8 +278,8 @@ class LocalExecutor:
                 folder.parent.rmdir()  # the job's folder, once its last attempt is gone
 
     def prune_logs(self, older_than_seconds: float) -> int:
-        """Remove the logs of jobs untouched for ``older_than_seconds`` (the job retention);
-        returns how many jobs' logs went."""
+        """Remove the logs (and kept outcomes) of jobs untouched for ``older_than_seconds``
+        (the job retention); returns how many jobs' logs went."""
         cutoff = time.time() - older_than_seconds
         removed = 0
         for job_logs in self.logs_dir.glob("*"):
@@ -289,6 +290,7 @@ class LocalExecutor:
             if newest < cutoff:
                 shutil.rmtree(job_logs, ignore_errors=True)
                 removed += 1
+        self.records.prune_reported(older_than_seconds)
         return removed
 
     def _prepare(self, request: RunRequest, workdir: Path, output: CappedLog) -> RunResult | None:

@@ -9,9 +9,12 @@ Two small records per run, under the executor's folder:
   group), and whenever the stack died (even right after the spawn). A recycled pid of somebody
   else's process never carries the token. Records of an older version (a process group, no
   token) are still honoured.
-- ``results/<key>.json`` — a run's outcome, written before it is reported and removed once the
-  store has it: an outcome that could not be recorded (the database was down, the stack was
-  stopped) is reported after the restart instead of being lost or replaced by a timeout.
+- ``results/<key>.json`` — a run's outcome, written before it is reported and moved to
+  ``reported/`` once the store has it: an outcome that could not be recorded (the database was
+  down, the stack was stopped) is reported after the restart instead of being lost or replaced
+  by a timeout. A reported outcome is kept for the job's retention, as its log is: DynamoDB
+  Local can lose a write it acknowledged just before it was killed, and a finish it lost is
+  then reported again as the run ended (:meth:`RunRecords.outcome`), not guessed.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import logging
 import os
 import secrets
 import signal
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -46,8 +50,9 @@ class RunRecords:
     def __init__(self, folder: Path) -> None:
         self._procs = folder / "procs"
         self._results = folder / "results"
-        self._procs.mkdir(parents=True, exist_ok=True)
-        self._results.mkdir(parents=True, exist_ok=True)
+        self._reported = folder / "reported"
+        for records in (self._procs, self._results, self._reported):
+            records.mkdir(parents=True, exist_ok=True)
 
     # -- process groups ----------------------------------------------------------------------
 
@@ -90,36 +95,67 @@ class RunRecords:
         _write_atomically(self._results / _file_name(key), {"key": key, **asdict(result)})
 
     def result_reported(self, key: str) -> None:
+        """The store has the outcome: it is kept aside (see :meth:`outcome`), never reported
+        again at start-up."""
+        name = _file_name(key)
         with contextlib.suppress(FileNotFoundError):
-            (self._results / _file_name(key)).unlink()
+            os.replace(self._results / name, self._reported / name)
 
     def unreported_results(self) -> list[tuple[str, RunResult]]:
         found = []
         for path in sorted(self._results.glob("*.json")):
-            record = _read(path)
-            if record is None:
+            result = _result_in(path)
+            if result is None:
                 path.unlink(missing_ok=True)
                 continue
-            try:
-                key = str(record["key"])
-                exit_code = record["exit_code"]
-                result = RunResult(
-                    job_id=str(record["job_id"]),
-                    attempt=int(str(record["attempt"])),
-                    exit_code=None if exit_code is None else int(str(exit_code)),
-                    timed_out=bool(record["timed_out"]),
-                    cancelled=bool(record["cancelled"]),
-                    summary=str(record["summary"]),
-                    reason=None if record.get("reason") is None else str(record["reason"]),
-                    repo=None if record.get("repo") is None else str(record["repo"]),
-                    started_at=_optional_int(record.get("started_at")),
-                )
-            except (KeyError, ValueError):
-                log.warning("unreadable run outcome %s: ignored", path)
-                path.unlink(missing_ok=True)
-                continue
-            found.append((key, result))
+            found.append(result)
         return found
+
+    def outcome(self, key: str) -> RunResult | None:
+        """How the run of ``key`` ended here, reported or not; None if it never ended here
+        (or its record is past the retention)."""
+        name = _file_name(key)
+        for folder in (self._results, self._reported):
+            found = _result_in(folder / name)
+            if found is not None and found[0] == key:
+                return found[1]
+        return None
+
+    def prune_reported(self, older_than_seconds: float) -> int:
+        """Remove reported outcomes older than ``older_than_seconds``; returns how many."""
+        cutoff = time.time() - older_than_seconds
+        removed = 0
+        for path in self._reported.glob("*.json"):
+            with contextlib.suppress(OSError):
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+        return removed
+
+
+def _result_in(path: Path) -> tuple[str, RunResult] | None:
+    """The key and outcome recorded in ``path``; None if there is none or it is unreadable."""
+    if not path.exists():
+        return None
+    record = _read(path)
+    if record is None:
+        return None
+    try:
+        exit_code = record["exit_code"]
+        return str(record["key"]), RunResult(
+            job_id=str(record["job_id"]),
+            attempt=int(str(record["attempt"])),
+            exit_code=None if exit_code is None else int(str(exit_code)),
+            timed_out=bool(record["timed_out"]),
+            cancelled=bool(record["cancelled"]),
+            summary=str(record["summary"]),
+            reason=None if record.get("reason") is None else str(record["reason"]),
+            repo=None if record.get("repo") is None else str(record["repo"]),
+            started_at=_optional_int(record.get("started_at")),
+        )
+    except (KeyError, ValueError):
+        log.warning("unreadable run outcome %s: ignored", path)
+        return None
 
 
 def _write_atomically(path: Path, data: dict[str, object]) -> None:

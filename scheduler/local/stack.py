@@ -201,8 +201,9 @@ class LocalStack:
 
     def _reap(self, seconds: float, core: Core) -> None:
         """First recover what a previous run of the stack left (until the store answers),
-        then judge overdue jobs every ``seconds`` and sweep stalled queues every
-        ``sweep_interval_seconds`` (at once after recovery: a raised limit takes effect)."""
+        then judge overdue jobs every ``seconds`` (every active job once DynamoDB Local was
+        restarted) and sweep stalled queues every ``sweep_interval_seconds`` (at once after
+        recovery: a raised limit takes effect)."""
         while not self._stop.is_set():
             try:
                 self._recover(core.reaper)
@@ -215,8 +216,13 @@ class LocalStack:
                 log.exception("recovery failed; trying again")
                 self._stop.wait(seconds)
         next_sweep = next_prune = 0.0
+        restarts_seen = self._database_restarts()
         while not self._stop.is_set():
             try:
+                restarts = self._database_restarts()
+                if restarts != restarts_seen:
+                    self._recover_lost_writes(core.reaper)
+                    restarts_seen = restarts
                 if time.monotonic() >= next_sweep:
                     core.sweeper.sweep_once()
                     next_sweep = time.monotonic() + self.options.sweep_interval_seconds
@@ -247,6 +253,21 @@ class LocalStack:
                 "recovered after a restart",
                 extra={"killed": len(killed), **Counter(done.values())},
             )
+
+    def _database_restarts(self) -> int:
+        return self._dynamodb.restarts if self._dynamodb is not None else 0
+
+    @staticmethod
+    def _recover_lost_writes(reaper: Reaper) -> None:
+        """After DynamoDB Local restarted: writes it acknowledged just before it died may be
+        gone (a finish, a cancel, a claim), and the stream lost their records with them. Every
+        active job is judged now, not at its deadline: a run that ended here is reported again
+        as it ended, a claimed run that never began is started. Safe while the stream runs: the
+        executor never starts an attempt twice."""
+        done = reaper.recover()
+        log.warning(
+            "judged active jobs after DynamoDB Local restarted", extra=Counter(done.values())
+        )
 
     def wait(self, stop_requested: Callable[[], bool]) -> None:
         """Block until ``stop_requested()`` (set by a signal handler) turns true.

@@ -11,14 +11,16 @@ never blamed on the job:
   started again (idempotent: the claim ``job_id#attempt`` stands); so is a claimed run that
   the executor knows it never started (:attr:`RunStatus.UNSTARTED`: a local run claimed by
   its activation that no runner took before the stack died);
-- a claimed run this runtime no longer has (lost with a previous runner) fails as
-  ``runner_lost``, which is retried automatically;
-- a run that ended but whose report was lost (a CodeBuild completion event) is reported now,
-  as the executor tells it (``settle``), not timed out;
+- a run that ended but whose report was lost (a CodeBuild completion event, a finish that
+  DynamoDB Local lost when it was killed) is reported now, as the executor tells it
+  (``settle``), neither timed out nor failed as lost;
+- a claimed run this runtime no longer has and cannot tell the end of (lost with a previous
+  runner) fails as ``runner_lost``, which is retried automatically;
 - only a run that really runs past its deadline is ``timed_out`` and stopped.
 
-:meth:`Reaper.recover` applies the same judgement to every active job at once, at start-up,
-so runs lost in a restart are recognised at once instead of at their deadline.
+:meth:`Reaper.recover` applies the same judgement to every active job at once, at start-up
+and after the database restarted (writes it lost), so runs lost in a restart are recognised at
+once instead of at their deadline.
 """
 
 from __future__ import annotations
@@ -113,12 +115,16 @@ class Reaper:
             if status is RunStatus.UNSTARTED and job.run_id == key and self._restart_claimed:
                 # Claimed, and never started by the runner that holds the claim's key.
                 return self._start_again(job, state, now, self._restart_claimed)
-            if status in (RunStatus.GONE, RunStatus.UNSTARTED):
+            if status is RunStatus.GONE:
+                # It ran here and ended: as it ended, if the executor kept that (its report was
+                # lost with the database); else it was lost with its runner.
+                return self._settle_or(job, lambda: self._lost(job, state))
+            if status is RunStatus.UNSTARTED:
                 return self._lost(job, state)
             if overdue and status is RunStatus.RUNNING and self._runs_on(job, state, key, now):
                 return "deferred"
             if overdue:
-                return self._settle_or_time_out(job, state)
+                return self._settle_or(job, lambda: self._time_out(job, state))
         except GuardRefused:
             return "moved"  # it finished, was started or judged by somebody else meanwhile
         return "left"
@@ -175,8 +181,9 @@ class Reaper:
         log.warning("run lost with its runner", extra={"job_id": job.job_id, "run_id": job.run_id})
         return RUNNER_LOST
 
-    def _settle_or_time_out(self, job: JobModel, state: JobState) -> str:
-        """Time out an overdue run, unless the executor says it ended (its report was lost)."""
+    def _settle_or(self, job: JobModel, otherwise: Callable[[], str]) -> str:
+        """Report how the run ended if the executor can tell (its own report was lost), else
+        do ``otherwise`` (time it out, or fail it as lost)."""
         if self._settle is not None:
             try:
                 settled = self._settle(job)
@@ -187,7 +194,7 @@ class Reaper:
             if settled:
                 log.warning("run's lost report recovered", extra={"job_id": job.job_id})
                 return "settled"
-        return self._time_out(job, state)
+        return otherwise()
 
     def _time_out(self, job: JobModel, state: JobState) -> str:
         self._store.transition(

@@ -73,6 +73,7 @@ class Runner:
             status_of=self.executor.status,
             restart=self.starter.start,
             restart_claimed=self.starter.start_claimed,
+            settle=self.starter.settle,
             started_at=self.executor.started_at,
             start_grace_seconds=start_grace_seconds,
             clock=system_clock if now is None else lambda: now,
@@ -258,13 +259,14 @@ def test_a_restart_starts_claimed_runs_that_never_spawned_and_fails_lost_ones(
         runner.executor.close()
 
 
-def test_a_run_whose_finish_the_database_lost_is_never_run_again(
+def test_a_run_whose_finish_the_database_lost_is_reported_again_as_it_ended(
     store: JobStore, tmp_path: Path, starts: Path
 ) -> None:
     """DynamoDB Local can lose a write it acknowledged when it is killed: here the finish of
-    a run that ended. The job is active again with its claim, and no runner has its run: it
-    ran, so it is lost (``runner_lost``, a new attempt), never started again as the same
-    attempt, by the runner that ran it or by one started after a restart."""
+    a run that ended. The job is active again with its claim, and no runner has its run. It is
+    never started again as the same attempt, by the runner that ran it or by one started after
+    a restart: its outcome, kept by the runner, is reported again (neither ``runner_lost`` nor
+    a timeout), whether a reaper round or a recovery finds it."""
     folder = tmp_path / "runs"
     runner = Runner(store, folder, starts)
     try:
@@ -272,18 +274,44 @@ def test_a_run_whose_finish_the_database_lost_is_never_run_again(
         active = activate(runner, "lost")
         wait_for(lambda: store.get("lost").status == JobStatus.PASSED.value)
         wait_for(lambda: runner.executor.status("lost#1") is not RunStatus.FINISHING)
-        active.save()  # the finish is lost: the item is as the activation left it
-        after_restart = LocalExecutor(folder, lambda _result: None)
-        try:
-            for executor in (runner.executor, after_restart):
-                assert executor.status("lost#1") is RunStatus.GONE
-        finally:
-            after_restart.close()
-        overdue = int(active.deadline_at) + 1_000
-        assert runner.reaper(overdue).reap_once() == []
-        assert store.get("lost").reason == "runner_lost"
+        passed = store.get("lost")
+        for judge in ("overdue", "recovery after a restart"):
+            active.save()  # the finish is lost: the item is as the activation left it
+            if judge == "overdue":
+                reaper = runner.reaper(int(active.deadline_at) + 1_000)
+                assert reaper.reap_once() == []
+            else:
+                runner.executor.close()
+                runner = Runner(store, folder, starts)  # a new runner on the same folder
+                assert runner.executor.status("lost#1") is RunStatus.GONE
+                assert runner.reaper().recover() == {"lost": "settled"}
+            again = store.get("lost")
+            assert again.status == JobStatus.PASSED.value, judge
+            assert again.reason == passed.reason and again.exit_code == 0
         time.sleep(0.3)
         assert started(starts) == ["lost#1"]
+    finally:
+        runner.executor.close()
+
+
+def test_a_run_lost_with_no_outcome_kept_fails_as_runner_lost(
+    store: JobStore, tmp_path: Path, starts: Path
+) -> None:
+    """A claimed run that a runner took but whose outcome it never kept (its log exists, the
+    runner died with the run) fails as ``runner_lost`` and is not started again."""
+    folder = tmp_path / "runs"
+    job = new_job(store, "orphan")
+    claim = RunClaimed("orphan#1", str(log_file(folder / LOGS_FOLDER, "orphan", 1)))
+    store.activate(job, slot_limit=10, claim=claim)
+    log = log_file(folder / LOGS_FOLDER, "orphan", 1)
+    log.parent.mkdir(parents=True)
+    log.write_text("output of a run whose runner died\n")
+    runner = Runner(store, folder, starts)
+    try:
+        assert runner.reaper().recover() == {"orphan": "runner_lost"}
+        assert store.get("orphan").reason == "runner_lost"
+        time.sleep(0.3)
+        assert started(starts) == []
     finally:
         runner.executor.close()
 

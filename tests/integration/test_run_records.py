@@ -73,3 +73,23 @@ def test_an_outcome_kept_on_disk_comes_back_with_its_reason(tmp_path: Path) -> N
     result = RunResult("gh-3", 2, None, summary="cannot fetch", reason="start_failed")
     RunRecords(tmp_path).keep_result("gh-3#2", result)
     assert RunRecords(tmp_path).unreported_results() == [("gh-3#2", result)]
+
+
+def test_a_reported_outcome_is_kept_aside_until_its_retention_ends(tmp_path: Path) -> None:
+    """Once reported, an outcome is not reported again at start-up, but the runner can still
+    tell how the run ended (a finish the database lost is made again), until it is pruned."""
+    result = RunResult("gh-4", 1, 3, summary="exit 3", repo="o/r", started_at=1_000)
+    records = RunRecords(tmp_path)
+    assert records.outcome("gh-4#1") is None
+    records.keep_result("gh-4#1", result)
+    assert records.outcome("gh-4#1") == result  # not reported yet
+    records.result_reported("gh-4#1")
+    again = RunRecords(tmp_path)  # after a restart
+    assert again.unreported_results() == []
+    assert again.outcome("gh-4#1") == result
+    assert again.outcome("gh-4#2") is None
+    assert again.prune_reported(older_than_seconds=3600) == 0
+    old = time.time() - 7200
+    os.utime(next((tmp_path / "reported").glob("*.json")), (old, old))
+    assert again.prune_reported(older_than_seconds=3600) == 1
+    assert again.outcome("gh-4#1") is None

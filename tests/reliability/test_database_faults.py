@@ -8,12 +8,17 @@ from __future__ import annotations
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
+import boto3
 import httpx
 from harness import LocalStackProcess, run_command, wait_for
 from processes import pid_alive
 
+from scheduler.settings import Settings
+
 RESTARTED = "DynamoDB Local exited; restarting it"
+RECOVERED = "run's lost report recovered"
 
 
 def deliver_until_accepted(
@@ -92,5 +97,64 @@ def test_dynamodb_local_killed_under_load_is_restarted_and_every_job_runs_once(
         assert stack.dead_letters() == []
         log = stack.log_tail(200_000)
         assert log.count(RESTARTED) == 1, log[-3000:]
+    finally:
+        stack.stop()
+
+
+def test_a_finish_lost_with_the_database_is_reported_again_once_it_is_back(
+    tmp_path: Path,
+) -> None:
+    """DynamoDB Local can lose a write it acknowledged just before it was SIGKILLed. When that
+    write is a run's finish, the job is ``active`` again with its run over; its deadline is
+    its whole timeout away. Once the server is back, the stack judges every active job: the
+    run's outcome, kept by its runner, is reported again, as it ended, with no second run."""
+    stack = LocalStackProcess(tmp_path, config="")
+    stack.config = (
+        f"[defaults]\ncheckout = false\ncommand = {run_command(stack.effects, 1.0, 3)}\n"
+        "timeout_seconds = 600\n[defaults.retry]\nattempts = 1\n"
+    )
+    stack.start()
+    ddb = boto3.client(
+        "dynamodb",
+        endpoint_url=f"http://127.0.0.1:{stack.dynamodb_port}",
+        region_name="us-east-1",
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
+    )
+    tables = Settings.from_env({}).tables
+    try:
+        with httpx.Client(timeout=30) as client:
+            job_id, _codes = deliver_until_accepted(stack, client, "chaos/lost", "lost-1", "e" * 40)
+            wait_for("the run to start", stack.starts, 30)
+            # The items as the finish will find them: what the lost write leaves behind.
+            job_key = {"job_id": {"S": job_id}}
+            running = ddb.get_item(TableName=tables.jobs, Key=job_key)["Item"]
+            repo = ddb.get_item(TableName=tables.repos, Key={"repo": {"S": "chaos/lost"}})["Item"]
+            assert running["status"]["S"] == "active", running
+            wait_for("the run to fail", lambda: stack.job(client, job_id)["status"] == "failed", 60)
+            failed = stack.job(client, job_id)
+            assert failed["reason"] == "exit_code" and failed["exit_code"] == 3, failed
+
+            ddb.put_item(TableName=tables.jobs, Item=running)  # the finish is lost...
+            ddb.put_item(TableName=tables.repos, Item=repo)
+            assert stack.job(client, job_id)["status"] == "active"
+            time.sleep(1.0)  # ...and what it left behind is on disk before the kill
+            first = stack.kill_dynamodb()
+            wait_for("a new DynamoDB Local", lambda: stack.dynamodb_pid() not in (None, first), 30)
+
+            def reported() -> dict[str, Any] | None:
+                try:
+                    job = stack.job(client, job_id)
+                except (AssertionError, httpx.TransportError):
+                    return None  # a read refused while the database restarts
+                return job if job["status"] != "active" else None
+
+            again = wait_for("the lost finish to be made again", reported, 60, 0.5)
+            stats = stack.stats(client, "chaos/lost")
+        assert again["status"] == "failed", again
+        assert (again["reason"], again["exit_code"]) == ("exit_code", 3), again
+        assert [(s.job_id, s.attempt) for s in stack.starts()] == [(job_id, 1)]
+        assert stats["running"] == 0 and stats["counts"]["failed"] == 1, stats
+        assert RECOVERED in stack.log_tail(200_000)
     finally:
         stack.stop()
