@@ -123,6 +123,16 @@ class RepositoryFull(GuardRefused):
         self.limit = limit
 
 
+class HandOffRefused(GuardRefused):
+    """A finish could not hand its slot to the queued job it read: that job moved, or the
+    repository's limit went down. Nothing was written; the finish is made on its own."""
+
+    def __init__(self, job_id: str, next_job_id: str) -> None:
+        super().__init__(f"job {job_id} could not hand its slot to job {next_job_id}")
+        self.job_id = job_id
+        self.next_job_id = next_job_id
+
+
 class RunAlreadyClaimed(GuardRefused):
     """The run of this attempt was claimed by another starter (or the attempt moved on)."""
 

@@ -34,6 +34,7 @@ from scheduler.runs.starter import RunStarter
 from scheduler.settings import Settings
 from scheduler.stream.decide import TransitionObserver
 from scheduler.stream.dispatcher import Dispatcher
+from scheduler.stream.full_repos import FullRepos
 from scheduler.stream.sweeper import QueueSweeper
 
 __all__ = ["Core", "ExecutorFactory", "build_core", "mask_for_settings"]
@@ -129,7 +130,8 @@ def build_core(
     tracing.configure(settings.tracing)
     models.bind(settings)
     store = JobStore.from_settings(settings)
-
+    # One clock and indexes that follow each write locally; on AWS the margin covers both.
+    full_repos = FullRepos(margin_ms=0 if claim_on_activation else 1_000)
     runs: RunStarter | None = None
     cancel_run: Callable[[str], None] | None = None
     if executor is not None:
@@ -144,7 +146,15 @@ def build_core(
 
         made = executor(finished)
         runs = RunStarter(
-            store, made, lambda repo: config.policy(repo).command, source_for=source_for
+            store,
+            made,
+            lambda repo: config.policy(repo).command,
+            source_for=source_for,
+            # A claimed activation needs no write of its own: a finish can hand its slot on.
+            hand_off_for=(lambda repo: config.policy(repo).concurrency)
+            if claim_on_activation
+            else None,
+            found_full=full_repos.found_full,
         )
         cancel_run = made.cancel
 
@@ -175,6 +185,7 @@ def build_core(
         claiming_starter=runs if claim_on_activation else None,
         stop_run=cancel_run,
         observers=observers,
+        full_repos=full_repos,
     )
     return Core(
         settings=settings,

@@ -39,6 +39,8 @@ class HistoryEntry(MapAttribute[str, Any]):
     actor = UnicodeAttribute()
     attempt = NumberAttribute()
     reason = UnicodeAttribute(null=True)
+    # A finish that handed its slot to the head of the queue names the job it activated.
+    handed_to = UnicodeAttribute(null=True)
 
 
 class ByRepoIndex(GlobalSecondaryIndex["JobModel"]):

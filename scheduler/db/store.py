@@ -7,6 +7,9 @@ Every change of a job's status is *one* ``TransactWriteItems`` request of two it
 2. the job's repository counters, moved by the same amounts (so counters cannot drift from
    the items they count). Activation is additionally conditioned on a free slot.
 
+A run's finish may carry a third item: the head of the repository's queue, activated in the
+same write (:class:`HandOff`), so that the slot passes from one job to the next.
+
 One convention for every guarded write here: it returns what it wrote, or raises a subclass
 of :class:`~state_machines.errors.GuardRefused` saying why its condition was false, with what
 the caller needs on the error; nothing is written then. The family:
@@ -16,7 +19,8 @@ the caller needs on the error; nothing is written then. The family:
 - :class:`RepositoryFull` — activation found no free slot (the job stays queued);
 - :class:`JobExists` — the delivery's job is already there;
 - :class:`TriggerSeen` — another job holds the trigger (``job_id`` names it);
-- :class:`RunAlreadyClaimed` — another starter claimed the attempt's run.
+- :class:`RunAlreadyClaimed` — another starter claimed the attempt's run;
+- :class:`HandOffRefused` — the queued job a finish would hand its slot to moved.
 
 :class:`StoreUnavailable` (and :class:`StoreContended`) are different: nothing is known to have
 happened, and the caller must try again.
@@ -27,7 +31,8 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -49,6 +54,7 @@ from scheduler.db.models import (
 )
 from scheduler.db.reads import JobReads, cause, job_table
 from scheduler.errors import (
+    HandOffRefused,
     JobExists,
     RepositoryFull,
     RunAlreadyClaimed,
@@ -158,6 +164,17 @@ class RunClaimed:
             JobModel.run_id.set(self.run_id),
             *([JobModel.log_location.set(self.log_location)] if self.log_location else []),
         ]
+
+
+@dataclass(frozen=True, slots=True)
+class HandOff:
+    """A finishing run's slot, handed in the finish's own write to the head of its
+    repository's queue (see :meth:`JobStore.finish_run`): that job is activated, and its run
+    claimed, with no write or promotion of its own."""
+
+    job: JobState  # pending, as read from the queue
+    claim: RunClaimed
+    slot_limit: int
 
 
 TRIGGER_PREFIX = "trigger#"
@@ -390,6 +407,7 @@ class JobStore:
         start_delay_ms: int = 0,
         claim: RunClaimed | None = None,
         started_at: int | None = None,
+        hand_off: HandOff | None = None,
     ) -> JobState:
         step = plan(job.status, trigger, job.job_id)
         if step.slot_delta > 0 and slot_limit is None:
@@ -409,12 +427,29 @@ class JobStore:
             attempt=attempt,
             outcome=outcome,
             start_delay_ms=start_delay_ms,
+            handed_to=hand_off.job.job_id if hand_off is not None else None,
         )
         if claim is not None:
             job_actions += claim.actions()
         if started_at is not None:
             job_actions.append(JobModel.started_at.set(started_at))
-        repo_actions, repo_condition = self._repo_changes(step, slot_limit)
+        steps = [step]
+        if hand_off is not None:
+            if step.slot_delta >= 0:
+                raise ValueError("only a transition that frees a slot can hand it on")
+            next_step = plan(hand_off.job.status, Trigger.ACTIVATE, hand_off.job.job_id)
+            next_actions = self._job_actions(
+                job=hand_off.job,
+                step=next_step,
+                now=now,
+                actor=actor,
+                attempt=hand_off.job.attempt,
+                outcome=Outcome(reason=next_step.reason),
+            )
+            next_actions += hand_off.claim.actions()
+            steps.append(next_step)
+            slot_limit = hand_off.slot_limit
+        repo_actions, repo_condition = self._repo_changes(steps, slot_limit)
         if step.source is JobStatus.CANCELLED:
             # Rebuilding a cancelled job waits until its old run is stopped and its slot freed.
             job_condition &= JobModel.slot_held.does_not_exist()
@@ -423,15 +458,23 @@ class JobStore:
             tx.update(JobModel(job.job_id), actions=job_actions, condition=job_condition)
             # Same transaction: the repository's counters move with the job, never apart.
             tx.update(RepoModel(job.repo), actions=repo_actions, condition=repo_condition)
+            if hand_off is not None:
+                tx.update(
+                    JobModel(hand_off.job.job_id),
+                    actions=next_actions,
+                    condition=(JobModel.status == hand_off.job.status.value)
+                    & (JobModel.version == hand_off.job.version)
+                    & (JobModel.repo == job.repo),
+                )
 
         reasons = self._commit(build, job_id=job.job_id, what=str(step.trigger))
         if reasons is not None:
-            if reasons[0] == _CONDITION_FAILED:
-                raise TransitionConflict(job.job_id, str(step.trigger))
-            if reasons[1] == _CONDITION_FAILED and step.slot_delta > 0:
-                assert slot_limit is not None
-                raise RepositoryFull(job.repo, slot_limit)
-            raise StoreUnavailable(f"{step.trigger} of job {job.job_id} cancelled: {reasons}")
+            raise _refusal(reasons, job, step, slot_limit, hand_off)
+        if hand_off is not None:
+            log.info(
+                "slot handed on",
+                extra={"job_id": hand_off.job.job_id, "repo": job.repo, "from_job": job.job_id},
+            )
         log.info(
             "job transition",
             extra={
@@ -517,6 +560,7 @@ class JobStore:
         actor: str,
         outcome: Outcome | None = None,
         started_at: int | None = None,
+        hand_off: HandOff | None = None,
     ) -> JobStatus:
         """:meth:`report` without its read, for a runner that knows the job's repository.
 
@@ -526,6 +570,12 @@ class JobStore:
         :class:`TransitionConflict` and changes nothing. Returns the job's new status.
         ``started_at`` is when a runner took the run, for a run whose claim came with its
         activation (nothing was written when it left the runner's queue).
+
+        With ``hand_off`` the same write activates the queued job it names, claiming its run:
+        the slot passes from one job to the next, so the repository's counters show it busy
+        throughout, and the finish's record owes no promotion (its history entry names the
+        job). :class:`HandOffRefused` if that job moved or the limit went down: nothing is
+        written, and the caller finishes without it.
         """
         running = JobState(
             job_id=job_id,
@@ -542,7 +592,13 @@ class JobStore:
             & (JobModel.repo == repo)
         )
         done = self._transition(
-            running, trigger, condition, actor=actor, outcome=outcome, started_at=started_at
+            running,
+            trigger,
+            condition,
+            actor=actor,
+            outcome=outcome,
+            started_at=started_at,
+            hand_off=hand_off,
         )
         return done.status
 
@@ -636,6 +692,7 @@ class JobStore:
         attempt: int,
         outcome: Outcome,
         start_delay_ms: int = 0,
+        handed_to: str | None = None,
     ) -> list[Action]:
         entry = _entry(
             source=step.source,
@@ -644,6 +701,7 @@ class JobStore:
             actor=actor,
             attempt=attempt,
             reason=outcome.reason,
+            handed_to=handed_to,
         )
         actions: list[Action] = [
             JobModel.status.set(step.dest.value),
@@ -712,21 +770,27 @@ class JobStore:
 
     @staticmethod
     def _repo_changes(
-        step: TransitionPlan, slot_limit: int | None
+        steps: Sequence[TransitionPlan], slot_limit: int | None
     ) -> tuple[list[Action], Condition | None]:
+        """One update of the repository's counters for the ``steps`` of one write (a finish
+        that hands its slot on moves two jobs: the counters of both, the slot count not)."""
+        deltas: Counter[str] = Counter()
+        for step in steps:
+            deltas[count_attribute(step.source)] -= 1
+            deltas[count_attribute(step.dest)] += 1
+            deltas["running"] += step.slot_delta
         actions: list[Action] = [
-            getattr(RepoModel, count_attribute(step.source)).add(-1),
-            getattr(RepoModel, count_attribute(step.dest)).add(1),
+            getattr(RepoModel, name).add(delta) for name, delta in deltas.items() if delta
         ]
         condition: Condition | None = None
-        if step.slot_delta:
-            actions.append(RepoModel.running.add(step.slot_delta))
-        if step.slot_delta > 0:
+        if any(step.slot_delta > 0 for step in steps):
             assert slot_limit is not None
             actions.append(RepoModel.slot_limit.set(slot_limit))
-            # Take a slot only while one is free; the configured limit is passed in so that a
-            # configuration change applies to the very next activation.
-            condition = RepoModel.running.does_not_exist() | (RepoModel.running < slot_limit)
+            # Take a slot only while one is free (a slot handed on: while the limit still
+            # allows it); the configured limit is passed in so that a configuration change
+            # applies to the very next activation.
+            below = slot_limit + 1 - deltas["running"]
+            condition = RepoModel.running.does_not_exist() | (RepoModel.running < below)
         return actions, condition
 
     def _commit(
@@ -758,6 +822,25 @@ class JobStore:
         raise StoreContended(f"{what} of job {job_id}: items stayed contended, retry later")
 
 
+def _refusal(
+    reasons: list[str],
+    job: JobState,
+    step: TransitionPlan,
+    slot_limit: int | None,
+    hand_off: HandOff | None,
+) -> Exception:
+    """Why a transition's transaction was cancelled (the reasons follow its items: the job,
+    its repository, the job it hands its slot to)."""
+    if reasons[0] == _CONDITION_FAILED:
+        return TransitionConflict(job.job_id, str(step.trigger))
+    if hand_off is not None and _CONDITION_FAILED in reasons[1:]:
+        return HandOffRefused(job.job_id, hand_off.job.job_id)
+    if reasons[1] == _CONDITION_FAILED and step.slot_delta > 0:
+        assert slot_limit is not None
+        return RepositoryFull(job.repo, slot_limit)
+    return StoreUnavailable(f"{step.trigger} of job {job.job_id} cancelled: {reasons}")
+
+
 def _entry(
     *,
     source: JobStatus | None,
@@ -766,6 +849,7 @@ def _entry(
     actor: str,
     attempt: int,
     reason: str | None,
+    handed_to: str | None = None,
 ) -> HistoryEntry:
     return HistoryEntry(
         source=source.value if source else None,
@@ -774,4 +858,5 @@ def _entry(
         actor=actor,
         attempt=attempt,
         reason=reason,
+        handed_to=handed_to,
     )

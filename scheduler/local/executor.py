@@ -217,7 +217,12 @@ class LocalExecutor:
                 log.exception("run failed to execute", extra={"job_id": request.job_id})
                 result = RunResult(request.job_id, request.attempt, None, summary="executor error")
             if not run.abandoned:
-                result = replace(result, repo=request.repo, started_at=run.started_at)
+                result = replace(
+                    result,
+                    repo=request.repo,
+                    started_at=run.started_at,
+                    ended_at=time.time_ns() // 1_000_000,
+                )
                 run.finished = True
                 self.records.keep_result(request.idempotency_key, result)
                 self.report(request.idempotency_key, result)

@@ -152,6 +152,7 @@ def _result_in(path: Path) -> tuple[str, RunResult] | None:
             reason=None if record.get("reason") is None else str(record["reason"]),
             repo=None if record.get("repo") is None else str(record["repo"]),
             started_at=_optional_int(record.get("started_at")),
+            ended_at=_optional_int(record.get("ended_at")),
         )
     except (KeyError, ValueError):
         log.warning("unreadable run outcome %s: ignored", path)

@@ -103,6 +103,8 @@ class RunResult:
     repo: str | None = None
     # When a runner took the run (epoch ms), for a run claimed by its activation.
     started_at: int | None = None
+    # When it ended (epoch ms), if the executor keeps that (see RunStarter.start_claimed).
+    ended_at: int | None = None
 
     @property
     def passed(self) -> bool:

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 
 from scheduler.db.models import JobModel
-from scheduler.db.store import Clock, JobState, JobStore, Outcome, RunClaimed, system_clock
-from scheduler.errors import JobNotFound, RunAlreadyClaimed
+from scheduler.db.store import (
+    Clock,
+    HandOff,
+    JobState,
+    JobStore,
+    Outcome,
+    RunClaimed,
+    system_clock,
+)
+from scheduler.errors import HandOffRefused, JobNotFound, RunAlreadyClaimed
 from scheduler.runs.executor import (
     UNCLAIMED,
     ClaimResult,
@@ -26,6 +35,8 @@ CommandFor = Callable[[str], Sequence[str]]
 """The configured argv of a repository (``owner/name``)."""
 SourceFor = Callable[[str], Source]
 """Whether (and from where) a repository's runs check out their commit."""
+SlotLimitFor = Callable[[str], int]
+"""A repository's configured concurrency (its slot limit)."""
 
 STOPPED = "stopped"
 """Failure reason of a run stopped outside the scheduler (a build stopped from the console)."""
@@ -55,13 +66,21 @@ class RunStarter:
         command_for: CommandFor,
         *,
         source_for: SourceFor | None = None,
+        hand_off_for: SlotLimitFor | None = None,
+        found_full: Callable[[str, int], None] = lambda _repo, _at: None,
         actor: str = "executor",
         clock: Clock = system_clock,
     ) -> None:
+        """``hand_off_for`` (a runtime whose activations claim runs for this runner): a
+        finish hands its slot to the head of its repository's queue in its own write, and
+        tells ``found_full`` that the repository was full when its queue was read (see
+        :mod:`scheduler.stream.full_repos`)."""
         self._store = store
         self.executor = executor
         self._command_for = command_for
         self._source_for = source_for or (lambda _repo: Source(checkout=False))
+        self._slot_limit_for = hand_off_for
+        self._found_full = found_full
         self._actor = actor
         self._clock = clock
 
@@ -101,12 +120,31 @@ class RunStarter:
         if (job.run_id, job.log_location) != (mine.run_id, mine.log_location):
             log.info("run claimed by another runner", extra={"job_id": job.job_id})
             return None
-        request = self.request_for(job, delay_ms)
+        activated_at = int(job.activated_at) if job.activated_at is not None else None
+        return self._start_claimed_here(self.request_for(job, delay_ms), activated_at)
+
+    def _start_claimed_here(self, request: RunRequest, activated_at: int | None) -> str | None:
+        """Start a run this runner's claim names.
+
+        The executor never runs an attempt twice. If it ran this one and the run ended before
+        this activation (``activated_at``) was made, the activation's first write was lost
+        with DynamoDB Local and made again: the run's report could not finish it, so the
+        outcome the executor kept is reported now, as the run ended.
+        """
         try:
-            return self.executor.start(request, UNCLAIMED)
+            run_id = self.executor.start(request, UNCLAIMED)
         except StartRefused as exc:
             self._start_failed(request, exc)
             return None
+        if run_id is None and activated_at is not None:
+            ran = self.executor.result_of(request.idempotency_key)
+            if ran is not None and ran.ended_at is not None and ran.ended_at < activated_at:
+                log.warning(
+                    "outcome of a run that ended before its activation reported again",
+                    extra={"job_id": request.job_id, "attempt": request.attempt},
+                )
+                self.finished(ran)
+        return run_id
 
     def request_for(self, job: JobModel, delay_ms: int = 0) -> RunRequest:
         """The run of ``job``'s current attempt, as its repository's configuration says."""
@@ -212,15 +250,7 @@ class RunStarter:
                     result.job_id, result.attempt, trigger, actor=self._actor, outcome=outcome
                 ).status
             else:
-                done = self._store.finish_run(
-                    result.job_id,
-                    result.repo,
-                    result.attempt,
-                    trigger,
-                    actor=self._actor,
-                    outcome=outcome,
-                    started_at=result.started_at,
-                )
+                done = self._finish(result, result.repo, trigger, outcome)
         except (TransitionConflict, JobNotFound):
             return None
         log.info(
@@ -228,6 +258,56 @@ class RunStarter:
             extra={"job_id": result.job_id, "attempt": result.attempt, "status": done},
         )
         return done
+
+    def _finish(
+        self, result: RunResult, repo: str, trigger: Trigger, outcome: Outcome
+    ) -> JobStatus:
+        """The finish, handing the slot to the head of the queue when there is one; if that
+        job moved meanwhile (a promotion, a cancel), the finish is made on its own and its
+        record promotes the queue as usual."""
+        finish = functools.partial(
+            self._store.finish_run,
+            result.job_id,
+            repo,
+            result.attempt,
+            trigger,
+            actor=self._actor,
+            outcome=outcome,
+            started_at=result.started_at,
+        )
+        read_at = self._clock()
+        queued = self._queue_head(repo)
+        if queued is None or self._slot_limit_for is None:
+            return finish()
+        state = JobState.from_model(queued)
+        claim = self.claim_for(queued)
+        try:
+            done = finish(hand_off=HandOff(state, claim, self._slot_limit_for(repo)))
+        except HandOffRefused:
+            log.info("slot not handed on: the queue moved", extra={"job_id": result.job_id})
+            return finish()
+        self._found_full(repo, read_at)
+        # Started at once, not one stream round trip later: its record's start finds it
+        # started. Were the write lost with DynamoDB Local, the job is made active again
+        # with the same claim, and the executor never runs the attempt twice.
+        try:
+            request = self.request_for(queued, state.start_delay_ms)
+            self._start_claimed_here(request, self._clock())
+        except Exception:
+            log.exception(
+                "handed-on run not started: its record starts it", extra={"run_id": claim.run_id}
+            )
+        return done
+
+    def _queue_head(self, repo: str) -> JobModel | None:
+        """The job a finish of ``repo`` hands its slot to (one query), if it hands slots on
+        and the repository has a queue."""
+        if self._slot_limit_for is None:
+            return None
+        for queued in self._store.reads.queued(repo, limit=1, page_size=1):
+            if queued.status == JobStatus.PENDING.value:
+                return queued
+        return None
 
     def settle(self, job: JobModel) -> bool:
         """Report how the job's current run ended, if its executor can tell (the run's own

@@ -161,6 +161,12 @@ class Transition:
     def reason(self) -> str | None:
         return self.image.reason
 
+    @property
+    def handed_on(self) -> bool:
+        """Whether this transition handed the job's slot to a queued job in its own write."""
+        history = self.image.history or []
+        return bool(history) and history[-1].handed_to is not None
+
 
 TransitionObserver = Callable[[Transition], None]
 """Told of every transition once its actions succeeded (commit statuses, metrics)."""
@@ -178,6 +184,7 @@ def decide(
     lost_attempts: int = 0,
     supersede: SupersedeMode = "off",
     lane: Lane | None = None,
+    handed_on: bool = False,
 ) -> list[Action]:
     """Every action the transition ``source -> dest`` of ``job`` calls for (pure, no I/O).
 
@@ -186,6 +193,8 @@ def decide(
     for the infrastructure (this one included): those are retried on their own budget and do
     not use up the repository's retry policy. ``supersede`` is the repository's mode and
     ``lane`` the new image's: only a new job (not a retry) supersedes, before it is activated.
+    ``handed_on``: the finish passed its slot to the head of the queue itself (nothing to
+    promote).
     """
     if dest is JobStatus.PENDING and source in (None, JobStatus.FAILED, JobStatus.CANCELLED):
         if source is None and supersede != "off" and lane is not None:
@@ -201,8 +210,9 @@ def decide(
             return [StopRun(job, run_id), ReleaseSlot(job), PromoteQueued(job.repo), *release]
         return release  # pending -> cancelled: no slot was held
     if source is JobStatus.ACTIVE and dest.is_terminal:
-        # The finishing transaction already released the slot; hand it to the queue.
-        actions: list[Action] = [PromoteQueued(job.repo)]
+        # The finishing transaction already released the slot (hand it to the queue), or
+        # handed it on itself.
+        actions: list[Action] = [] if handed_on else [PromoteQueued(job.repo)]
         if dest is JobStatus.FAILED:
             if reason in INFRASTRUCTURE_REASONS:
                 if lost_attempts <= INFRASTRUCTURE_RETRIES:

@@ -65,6 +65,7 @@ from scheduler.stream.decide import (
     read_transition,
 )
 from scheduler.stream.events import PartialBatchResponse, StreamEvent, StreamRecord
+from scheduler.stream.full_repos import FullRepos
 from scheduler.stream.supersede import Superseder
 from state_machines import INFRASTRUCTURE_REASONS, JobStatus, TransitionConflict, Trigger
 
@@ -114,7 +115,6 @@ SupersedeFor = Callable[[str], SupersedeMode]
 """The supersede mode of a repository (``off``, ``queued``, ``all``)."""
 
 
-_FULL_HINT_MARGIN_MS = 1_000
 _OUTAGE_MARGIN_MS = 10_000  # left for the last attempt and the response when time runs out
 
 
@@ -167,6 +167,7 @@ class Dispatcher:
         retry_policy_for: RetryPolicyFor = lambda _repo: NO_AUTOMATIC_RETRY,
         supersede_for: SupersedeFor = lambda _repo: "off",
         observers: Iterable[TransitionObserver] = (),
+        full_repos: FullRepos | None = None,
         promote_page: int = 5,
         promote_max: int = 25,
         actor: str = ACTOR,
@@ -174,9 +175,8 @@ class Dispatcher:
     ) -> None:
         self._store = store
         self._clock = clock
-        # When an activation last found each repository full (shared by the batches and
-        # lanes of this process; see _known_full).
-        self._full_at: dict[str, int] = {}
+        # Shared by the batches and lanes of this process (and its runner's hand-offs).
+        self._full = full_repos or FullRepos(clock=clock)
         self._promotion_locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._slot_limit_for = slot_limit_for
@@ -321,6 +321,7 @@ class Dispatcher:
             ),
             supersede=self._supersede_for(job.repo) if transition.source is None else "off",
             lane=lane_of(transition.image) if transition.source is None else None,
+            handed_on=transition.handed_on,
         )
         if promotions is not None and any(isinstance(a, _TAKES_SLOTS) for a in actions):
             # A new job may take a slot: the queue's older jobs get theirs first, as if the
@@ -345,19 +346,10 @@ class Dispatcher:
         return outcomes
 
     def _known_full(self, image: JobModel) -> bool:
-        """Whether the job's repository was found full after the job joined its queue.
-
-        Such a job stays queued without an activation that would only be refused: whoever
-        frees a slot after that moment promotes the queue afterwards, and finds the job there.
-        The margin covers clocks apart and an index that lags the table (on AWS).
-        """
-        full_at = self._full_at.get(image.repo)
-        queued_at = image.updated_at
-        return (
-            full_at is not None
-            and queued_at is not None
-            and int(queued_at) < full_at - _FULL_HINT_MARGIN_MS
-        )
+        """Whether the job's repository was found full after the job joined its queue (see
+        :mod:`scheduler.stream.full_repos`): its activation could only be refused."""
+        queued_at = int(image.updated_at) if image.updated_at is not None else None
+        return self._full.joined_before_full(image.repo, queued_at)
 
     def _overtaken(self, record: StreamRecord) -> bool:
         """Whether a record that cannot be read is about an item that changed since.
@@ -441,7 +433,7 @@ class Dispatcher:
             return "already_done"
         except RepositoryFull:
             # Stays queued: the sparse `queued` index holds it until a finish promotes it.
-            self._full_at[job.repo] = self._clock()
+            self._full.found_full(job.repo)
             log.info("job queued", extra={"job_id": job.job_id, "repo": job.repo})
             return "queued"
         return "activated"
@@ -491,7 +483,7 @@ class Dispatcher:
             except TransitionConflict:
                 continue
             except RepositoryFull:
-                self._full_at[repo] = self._clock()
+                self._full.found_full(repo)
                 break
             promoted += 1
         if promoted:

@@ -1,0 +1,230 @@
+"""A finish hands its slot to the head of its repository's queue, in its own write.
+
+Real DynamoDB Local, real processes. The hand-off activates the next job and claims its run in
+the finish's transaction; it loses cleanly to anybody who moved that job first (a promotion,
+a cancel), races with promotions without ever running a job twice or exceeding the limit, and
+survives DynamoDB Local losing it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from stream_records import record
+
+from scheduler.db.models import RepoModel
+from scheduler.db.store import HandOff, JobState, JobStore, NewJob, RunClaimed
+from scheduler.errors import HandOffRefused
+from scheduler.local.executor import LocalExecutor
+from scheduler.runs.executor import RunResult
+from scheduler.runs.starter import RunStarter
+from scheduler.stream.dispatcher import Dispatcher
+from scheduler.stream.full_repos import FullRepos
+from state_machines import JobStatus, Trigger
+
+REPO = "o/hand-off"
+
+
+def new_job(store: JobStore, job_id: str) -> JobState:
+    return store.create(NewJob(job_id, REPO, "push", "b" * 40, 60, ref="refs/heads/main"))
+
+
+def counters() -> RepoModel:
+    return RepoModel.get(REPO, consistent_read=True)
+
+
+def test_a_finish_activates_the_head_of_the_queue_in_its_own_write(store: JobStore) -> None:
+    for job_id in ("first", "next", "last"):
+        new_job(store, job_id)
+    store.activate(store.state("first"), slot_limit=1)
+    claim = RunClaimed("next#1", "/runs/logs/next/1.log")
+
+    done = store.finish_run(
+        "first",
+        REPO,
+        1,
+        Trigger.PASS,
+        actor="executor",
+        hand_off=HandOff(store.state("next"), claim, slot_limit=1),
+    )
+
+    assert done is JobStatus.PASSED
+    first, handed = store.get("first"), store.get("next")
+    assert first.history[-1].handed_to == "next"  # its record owes no promotion
+    assert handed.status == JobStatus.ACTIVE.value and handed.activated_at is not None
+    assert (handed.run_id, handed.log_location) == ("next#1", "/runs/logs/next/1.log")
+    assert handed.queue_repo is None  # out of the queue index
+    repo = counters()
+    assert (repo.running, repo.n_active, repo.n_pending, repo.n_passed) == (1, 1, 1, 1)
+
+
+def test_a_hand_off_to_a_job_that_moved_or_over_a_lowered_limit_writes_nothing(
+    store: JobStore,
+) -> None:
+    for job_id in ("a", "b", "taken", "queued"):
+        new_job(store, job_id)
+    for job_id in ("a", "b"):
+        store.activate(store.state(job_id), slot_limit=2)
+    read = store.state("taken")  # read from the queue, then promoted by somebody else
+    store.activate(read, slot_limit=3)
+    before = counters().attribute_values
+    claim = RunClaimed("taken#1")
+    with pytest.raises(HandOffRefused):
+        store.finish_run("a", REPO, 1, Trigger.PASS, actor="t", hand_off=HandOff(read, claim, 3))
+    # The limit went down to 2 while three run: the slot is not handed on.
+    lowered = HandOff(store.state("queued"), RunClaimed("queued#1"), slot_limit=2)
+    with pytest.raises(HandOffRefused):
+        store.finish_run("a", REPO, 1, Trigger.PASS, actor="t", hand_off=lowered)
+    assert store.get("a").status == JobStatus.ACTIVE.value
+    assert store.get("queued").status == JobStatus.PENDING.value
+    assert counters().attribute_values == before
+
+
+class Runner:
+    """A runner's parts as the local stack wires them, with hand-offs; every run records when
+    it started and ended."""
+
+    def __init__(self, store: JobStore, folder: Path, effects: Path, limit: int) -> None:
+        script = (
+            'echo "$SCHEDULER_JOB_ID start $(date +%s%N)" >> "$1"; sleep 0.05; '
+            'echo "$SCHEDULER_JOB_ID end $(date +%s%N)" >> "$1"'
+        )
+        self.executor = LocalExecutor(folder, self._report, max_parallel=4)
+        full = FullRepos(margin_ms=0)
+        self.starter = RunStarter(
+            store,
+            self.executor,
+            lambda _repo: ("sh", "-c", script, "sh", str(effects)),
+            hand_off_for=lambda _repo: limit,
+            found_full=full.found_full,
+        )
+        self.dispatcher = Dispatcher(
+            store,
+            slot_limit_for=lambda _repo: limit,
+            start_run=self.starter.start,
+            claiming_starter=self.starter,
+            stop_run=self.executor.cancel,
+            full_repos=full,
+        )
+
+    def _report(self, result: RunResult) -> None:
+        self.starter.finished(result)
+
+
+@pytest.fixture
+def effects(tmp_path: Path) -> Path:
+    return tmp_path / "effects.log"
+
+
+@pytest.fixture
+def runner(store: JobStore, tmp_path: Path, effects: Path) -> Iterator[Runner]:
+    made = Runner(store, tmp_path / "runs", effects, limit=3)
+    yield made
+    made.executor.close()
+
+
+def runs_of(effects: Path) -> dict[str, list[tuple[str, int]]]:
+    found: dict[str, list[tuple[str, int]]] = {}
+    for line in effects.read_text().splitlines() if effects.exists() else []:
+        job_id, what, at = line.split()
+        found.setdefault(job_id, []).append((what, int(at)))
+    return found
+
+
+def most_at_once(effects: Path) -> int:
+    events = sorted(
+        (at, 1 if what == "start" else -1)
+        for marks in runs_of(effects).values()
+        for what, at in marks
+    )
+    running = peak = 0
+    for _at, step in events:
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
+def test_hand_offs_racing_promotions_run_every_job_once_within_the_limit(
+    store: JobStore, runner: Runner, effects: Path
+) -> None:
+    """Twenty jobs, three slots. The runs' finishes hand their slots on (and start the next
+    run at once) while other lanes promote the same queue, and the activations' records come
+    twice, late: every job runs once, never more than three at a time, and the counters
+    end where the jobs are."""
+    ids = [f"j{n:02d}" for n in range(20)]
+    for job_id in ids:
+        new_job(store, job_id)
+    for job_id in ids[:3]:
+        assert runner.dispatcher.handle_record(record(job_id)) == ["activated"]
+    stop = threading.Event()
+
+    def promote_and_deliver() -> None:
+        # Other lanes: promotions of the repository, and the activations' records (each
+        # delivered twice), racing with the hand-offs.
+        while not stop.is_set():
+            runner.dispatcher.promote(REPO)
+            for job_id in ids:
+                job = store.get(job_id)
+                if job.status == JobStatus.ACTIVE.value:
+                    runner.starter.start_claimed(job)
+                    runner.starter.start_claimed(job)
+            time.sleep(0.01)
+
+    with ThreadPoolExecutor(2) as lanes:
+        racing = [lanes.submit(promote_and_deliver) for _ in range(2)]
+        deadline = time.monotonic() + 60
+        while not all(store.get(j).status == JobStatus.PASSED.value for j in ids):
+            assert time.monotonic() < deadline, [store.get(j).status for j in ids]
+            time.sleep(0.1)
+        stop.set()
+        for lane in racing:
+            lane.result()
+
+    runs = runs_of(effects)
+    assert sorted(runs) == ids
+    assert all([what for what, _at in marks] == ["start", "end"] for marks in runs.values())
+    assert most_at_once(effects) <= 3
+    handed = [j for j in ids if store.get(j).history[-1].handed_to is not None]
+    assert handed  # the slots did pass from finish to finish
+    for job_id in ids:
+        assert [h.dest for h in store.get(job_id).history] == ["pending", "active", "passed"]
+    repo = counters()
+    assert (repo.running, repo.n_active, repo.n_pending, repo.n_passed) == (0, 0, 0, 20)
+
+
+def test_a_hand_off_the_database_lost_runs_the_next_job_once(
+    store: JobStore, runner: Runner, effects: Path
+) -> None:
+    """DynamoDB Local loses the hand-off it acknowledged: the first job is active again with
+    its run over, the next one pending again although its run ran. Activated again, the
+    next job is not run twice: the outcome its run left is reported, as it ended."""
+    new_job(store, "first")
+    new_job(store, "next")
+    assert runner.dispatcher.handle_record(record("first")) == ["activated"]
+    first_active, next_pending = store.get("first"), store.get("next")
+    repo_before = counters()
+    runner.starter.start_claimed(first_active)  # the activation's record
+    deadline = time.monotonic() + 30
+    while store.get("next").status != JobStatus.PASSED.value:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert store.get("first").history[-1].handed_to == "next"
+    time.sleep(0.3)  # the last report moved its outcome aside
+
+    for lost in (first_active, next_pending, repo_before):
+        lost.save()  # the hand-off and all that followed are gone
+    # The reaper finds first's run gone here, and reports how it ended: the finish hands
+    # the slot to next again, whose run ran before this activation.
+    assert runner.starter.settle(store.get("first"))
+    assert store.get("first").status == JobStatus.PASSED.value
+    assert store.get("next").status == JobStatus.PASSED.value
+    assert len(store.get("next").history) == 3  # pending, active, passed: once
+    assert sorted(runs_of(effects)) == ["first", "next"]
+    assert [what for what, _at in runs_of(effects)["next"]] == ["start", "end"]
+    repo = counters()
+    assert (repo.running, repo.n_active, repo.n_pending, repo.n_passed) == (0, 0, 0, 2)
