@@ -27,6 +27,7 @@ from scheduler.runs.executor import (
     Source,
     StartRefused,
 )
+from scheduler.runs.queue_heads import QueueHeads
 from state_machines import START_FAILED, TIMED_OUT, JobStatus, TransitionConflict, Trigger
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ class RunStarter:
         self._command_for = command_for
         self._source_for = source_for or (lambda _repo: Source(checkout=False))
         self._slot_limit_for = hand_off_for
+        self._heads = QueueHeads(store.reads, clock=clock) if hand_off_for else None
         self._found_full = found_full
         self._actor = actor
         self._clock = clock
@@ -275,18 +277,19 @@ class RunStarter:
             outcome=outcome,
             started_at=result.started_at,
         )
-        read_at = self._clock()
-        queued = self._queue_head(repo)
-        if queued is None or self._slot_limit_for is None:
+        head = self._heads.take(repo) if self._heads is not None else None
+        if head is None or self._slot_limit_for is None or self._heads is None:
             return finish()
+        queued = head.job
         state = JobState.from_model(queued)
         claim = self.claim_for(queued)
         try:
             done = finish(hand_off=HandOff(state, claim, self._slot_limit_for(repo)))
         except HandOffRefused:
             log.info("slot not handed on: the queue moved", extra={"job_id": result.job_id})
+            self._heads.forget(repo)
             return finish()
-        self._found_full(repo, read_at)
+        self._found_full(repo, head.read_at)
         # Started at once, not one stream round trip later: its record's start finds it
         # started. Were the write lost with DynamoDB Local, the job is made active again
         # with the same claim, and the executor never runs the attempt twice.
@@ -298,16 +301,6 @@ class RunStarter:
                 "handed-on run not started: its record starts it", extra={"run_id": claim.run_id}
             )
         return done
-
-    def _queue_head(self, repo: str) -> JobModel | None:
-        """The job a finish of ``repo`` hands its slot to (one query), if it hands slots on
-        and the repository has a queue."""
-        if self._slot_limit_for is None:
-            return None
-        for queued in self._store.reads.queued(repo, limit=1, page_size=1):
-            if queued.status == JobStatus.PENDING.value:
-                return queued
-        return None
 
     def settle(self, job: JobModel) -> bool:
         """Report how the job's current run ended, if its executor can tell (the run's own

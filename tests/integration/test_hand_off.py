@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from stream_records import record
@@ -22,6 +23,7 @@ from scheduler.db.store import HandOff, JobState, JobStore, NewJob, RunClaimed
 from scheduler.errors import HandOffRefused
 from scheduler.local.executor import LocalExecutor
 from scheduler.runs.executor import RunResult
+from scheduler.runs.queue_heads import QueueHeads
 from scheduler.runs.starter import RunStarter
 from scheduler.stream.dispatcher import Dispatcher
 from scheduler.stream.full_repos import FullRepos
@@ -228,3 +230,31 @@ def test_a_hand_off_the_database_lost_runs_the_next_job_once(
     assert [what for what, _at in runs_of(effects)["next"]] == ["start", "end"]
     repo = counters()
     assert (repo.running, repo.n_active, repo.n_pending, repo.n_passed) == (0, 0, 0, 2)
+
+
+def test_the_queue_is_read_a_few_jobs_ahead_and_each_head_given_once(store: JobStore) -> None:
+    """Finishes of one repository share one read of its queue: each is given a different
+    job, oldest first; a head that proved stale, or a read past its lifetime, reads again."""
+    for n in range(6):
+        new_job(store, f"q{n}")
+    now = [1_000]
+    queries: list[str] = []
+    queued = store.reads.queued
+
+    def counted(repo: str, **kwargs: Any) -> Any:
+        queries.append(repo)
+        return queued(repo, **kwargs)
+
+    store.reads.queued = counted  # type: ignore[method-assign]
+    heads = QueueHeads(store.reads, read_ahead=4, max_age_ms=2_000, clock=lambda: now[0])
+    with ThreadPoolExecutor(4) as pool:
+        taken = list(pool.map(lambda _n: heads.take(REPO), range(4)))
+    assert sorted(h.job.job_id for h in taken if h is not None) == ["q0", "q1", "q2", "q3"]
+    assert len(queries) == 1 and {h.read_at for h in taken if h is not None} == {1_000}
+    heads.forget(REPO)  # q0 was promoted by somebody else, say
+    store.activate(store.state("q0"), slot_limit=10)
+    again = heads.take(REPO)
+    assert again is not None and again.job.job_id == "q1" and len(queries) == 2
+    now[0] += 2_001  # too old: read again
+    assert (head := heads.take(REPO)) is not None and head.job.job_id == "q1"
+    assert len(queries) == 3
