@@ -80,8 +80,9 @@ class RunStarter:
         self.executor = executor
         self._command_for = command_for
         self._source_for = source_for or (lambda _repo: Source(checkout=False))
-        self._slot_limit_for = hand_off_for
-        self._heads = QueueHeads(store.reads, clock=clock) if hand_off_for else None
+        self._hand_off = (
+            (QueueHeads(store.reads, clock=clock), hand_off_for) if hand_off_for else None
+        )
         self._found_full = found_full
         self._actor = actor
         self._clock = clock
@@ -277,17 +278,20 @@ class RunStarter:
             outcome=outcome,
             started_at=result.started_at,
         )
-        head = self._heads.take(repo) if self._heads is not None else None
-        if head is None or self._slot_limit_for is None or self._heads is None:
+        if self._hand_off is None:
+            return finish()
+        heads, slot_limit_for = self._hand_off
+        head = heads.take(repo)
+        if head is None:
             return finish()
         queued = head.job
         state = JobState.from_model(queued)
         claim = self.claim_for(queued)
         try:
-            done = finish(hand_off=HandOff(state, claim, self._slot_limit_for(repo)))
+            done = finish(hand_off=HandOff(state, claim, slot_limit_for(repo)))
         except HandOffRefused:
             log.info("slot not handed on: the queue moved", extra={"job_id": result.job_id})
-            self._heads.forget(repo)
+            heads.forget(repo)
             return finish()
         self._found_full(repo, head.read_at)
         # Started at once, not one stream round trip later: its record's start finds it
