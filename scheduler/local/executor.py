@@ -289,7 +289,11 @@ class LocalExecutor:
         removed = 0
         for job_logs in self.logs_dir.glob("*"):
             try:
-                newest = max((f.stat().st_mtime for f in job_logs.iterdir()), default=0.0)
+                # An empty folder is as old as itself: a run makes it, then opens its log.
+                newest = max(
+                    (f.stat().st_mtime for f in job_logs.iterdir()),
+                    default=job_logs.stat().st_mtime,
+                )
             except OSError:
                 continue
             if newest < cutoff:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -301,5 +302,26 @@ def test_work_directories_and_old_logs_stay_bounded(tmp_path: Path, results: Res
         assert executor.prune_logs(3600) == 0  # logs are kept for the retention
         assert executor.prune_logs(0) == 6
         assert list((tmp_path / "logs").iterdir()) == []
+    finally:
+        executor.close()
+
+
+def test_pruning_spares_the_log_folder_of_a_run_about_to_write_its_first_line(
+    tmp_path: Path, results: Results
+) -> None:
+    """A run makes its job's log folder, then opens its log in it: a prune in between (the
+    stack prunes once right after it starts, as runs start) must see a new folder, not an
+    empty one as old as the epoch. Removing it failed the run as ``error``."""
+    executor = LocalExecutor(tmp_path, results)
+    try:
+        fresh = tmp_path / "logs" / "starting"
+        fresh.mkdir(parents=True)
+        old = tmp_path / "logs" / "old"
+        old.mkdir()
+        (old / "attempt-1.log").write_text("done\n")
+        past = time.time() - 7200
+        os.utime(old / "attempt-1.log", (past, past))
+        assert executor.prune_logs(3600) == 1
+        assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["starting"]
     finally:
         executor.close()
