@@ -110,7 +110,9 @@ class RunStarter:
         """The claim of ``job``'s current attempt by this runner, for its activation to write
         (:meth:`JobStore.activate`): the run id and the log location, which names the runner
         (its folder). :meth:`start_claimed` then starts it, with no write before the run."""
-        request = self.request_for(job)
+        return self._claim_of(self.request_for(job))
+
+    def _claim_of(self, request: RunRequest) -> RunClaimed:
         return RunClaimed(request.idempotency_key, self.executor.log_location(request))
 
     def start_claimed(self, job: JobModel, delay_ms: int = 0) -> str | None:
@@ -119,12 +121,13 @@ class RunStarter:
         asked. Returns the run id, or None when it started nothing (another runner's claim,
         a run that already ran, or a start the executor refused: the attempt then fails as
         ``start_failed``)."""
-        mine = self.claim_for(job)
+        request = self.request_for(job, delay_ms)
+        mine = self._claim_of(request)
         if (job.run_id, job.log_location) != (mine.run_id, mine.log_location):
             log.info("run claimed by another runner", extra={"job_id": job.job_id})
             return None
         activated_at = int(job.activated_at) if job.activated_at is not None else None
-        return self._start_claimed_here(self.request_for(job, delay_ms), activated_at)
+        return self._start_claimed_here(request, activated_at)
 
     def _start_claimed_here(self, request: RunRequest, activated_at: int | None) -> str | None:
         """Start a run this runner's claim names.
@@ -286,7 +289,8 @@ class RunStarter:
             return finish()
         queued = head.job
         state = JobState.from_model(queued)
-        claim = self.claim_for(queued)
+        request = self.request_for(queued, state.start_delay_ms)
+        claim = self._claim_of(request)
         try:
             done = finish(hand_off=HandOff(state, claim, slot_limit_for(repo)))
         except HandOffRefused:
@@ -298,7 +302,6 @@ class RunStarter:
         # started. Were the write lost with DynamoDB Local, the job is made active again
         # with the same claim, and the executor never runs the attempt twice.
         try:
-            request = self.request_for(queued, state.start_delay_ms)
             self._start_claimed_here(request, self._clock())
         except Exception:
             log.exception(

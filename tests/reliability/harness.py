@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import boto3
 import httpx
 
 from scheduler.github.signature import sign
@@ -154,6 +155,16 @@ class LocalStackProcess:
         assert pid is not None, "DynamoDB Local is not running"
         os.kill(pid, signal.SIGKILL)
         return pid
+
+    def dynamodb(self) -> Any:
+        """A boto3 client of the stack's DynamoDB Local (to plant or take back items)."""
+        return boto3.client(
+            "dynamodb",
+            endpoint_url=f"http://127.0.0.1:{self.dynamodb_port}",
+            region_name="us-east-1",
+            aws_access_key_id="local",
+            aws_secret_access_key="local",
+        )
 
     def dead_letters(self) -> list[Any]:
         """The dead-letter table's letters, through the operator's CLI."""

@@ -10,7 +10,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import boto3
 import httpx
 from harness import LocalStackProcess, run_command, wait_for
 from processes import pid_alive
@@ -114,13 +113,7 @@ def test_a_finish_lost_with_the_database_is_reported_again_once_it_is_back(
         "timeout_seconds = 600\n[defaults.retry]\nattempts = 1\n"
     )
     stack.start()
-    ddb = boto3.client(
-        "dynamodb",
-        endpoint_url=f"http://127.0.0.1:{stack.dynamodb_port}",
-        region_name="us-east-1",
-        aws_access_key_id="local",
-        aws_secret_access_key="local",
-    )
+    ddb = stack.dynamodb()
     tables = Settings.from_env({}).tables
     try:
         with httpx.Client(timeout=30) as client:

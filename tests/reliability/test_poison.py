@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import boto3
 import httpx
 from harness import LocalStackProcess, run_command, wait_for
 
@@ -43,13 +42,7 @@ def test_poison_items_are_dead_lettered_and_a_repaired_one_replays(tmp_path: Pat
         "timeout_seconds = 600\n"
     )
     stack.start()
-    ddb = boto3.client(
-        "dynamodb",
-        endpoint_url=f"http://127.0.0.1:{stack.dynamodb_port}",
-        region_name="us-east-1",
-        aws_access_key_id="local",
-        aws_secret_access_key="local",
-    )
+    ddb = stack.dynamodb()
     table = Settings.from_env({}).tables.jobs
     try:
         with httpx.Client(timeout=30) as client:
