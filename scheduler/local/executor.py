@@ -16,7 +16,6 @@ import contextlib
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 
 from scheduler.errors import InvalidArgument
 from scheduler.local.checkout import TOKEN_VARIABLE, CheckoutFailed, CommitNotFound, SourceCheckout
+from scheduler.local.process_group import ProcessGroup
 from scheduler.local.procutil import orphan_proof
 from scheduler.local.run_log import LOGS_FOLDER, CappedLog, OutputPump, log_file
 from scheduler.local.run_records import MARKER, TOKEN, RunRecords
@@ -60,7 +60,7 @@ class _Run:
     request: RunRequest
     log_path: Path
     claim: Claim
-    process: subprocess.Popen[bytes] | None = None
+    group: ProcessGroup | None = None  # its command's process group, once spawned
     cancelled: bool = False
     executing: bool = False  # picked up by a pool thread (claiming, starting or running)
     started_at: int | None = None  # when a pool thread picked it up (epoch ms)
@@ -138,8 +138,8 @@ class LocalExecutor:
         if run is None:
             return
         run.cancelled = True
-        if run.process is not None:
-            _kill_group(run.process)
+        if run.group is not None:
+            run.group.stop(KILL_GRACE_SECONDS)
         if run.executing:
             # Between its claim and the process start the run sees the flag and kills what it
             # started; wait for that, so a caller can hand the slot on.
@@ -198,8 +198,8 @@ class LocalExecutor:
             runs = list(self._runs.values())
         for run in runs:
             run.abandoned = run.cancelled = True
-            if run.process is not None and run.process.poll() is None:
-                _kill_group(run.process)
+            if run.group is not None:
+                run.group.stop(KILL_GRACE_SECONDS)
         self._pool.shutdown(wait=True)
 
     def _execute(self, run: _Run) -> None:
@@ -342,7 +342,7 @@ class LocalExecutor:
         try:
             # An argv list: no shell ever sees payload data. It never outlives the scheduler.
             argv, preexec = orphan_proof(request.command, env)
-            run.process = subprocess.Popen(
+            process = subprocess.Popen(
                 argv,
                 cwd=workdir,
                 env=env,
@@ -359,20 +359,20 @@ class LocalExecutor:
             return RunResult(
                 request.job_id, request.attempt, 127, summary=mask(f"cannot start: {exc}")
             )
-        assert run.process.stdout is not None
-        pump = OutputPump(run.process.stdout, output, name=f"output-{request.idempotency_key}")
+        assert process.stdout is not None
+        pump = OutputPump(process.stdout, output, name=f"output-{request.idempotency_key}")
+        run.group = group = ProcessGroup(process)
         if run.cancelled:
-            _kill_group(run.process)
+            group.stop(KILL_GRACE_SECONDS)
         try:
-            exit_code: int | None = run.process.wait(timeout=request.timeout_seconds)
-            timed_out = False
-        except subprocess.TimeoutExpired:
-            _kill_group(run.process)
-            exit_code, timed_out = None, True
+            timed_out = not group.wait(request.timeout_seconds)
+            if timed_out:
+                group.stop(KILL_GRACE_SECONDS)
+            exit_code: int | None = group.reap()
         finally:
             self.records.ended(request.idempotency_key)
             pump.finish(OUTPUT_GRACE_SECONDS)
-        if run.cancelled:
+        if run.cancelled or timed_out:
             exit_code = None
         return RunResult(
             request.job_id,
@@ -382,20 +382,6 @@ class LocalExecutor:
             cancelled=run.cancelled,
             summary=_summary(run.log_path, exit_code, timed_out, run.cancelled, mask),
         )
-
-
-def _kill_group(process: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(KILL_GRACE_SECONDS)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    # Children that left the group's leader behind still get the group's SIGKILL.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
 
 
 def _summary(

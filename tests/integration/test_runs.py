@@ -325,3 +325,31 @@ def test_pruning_spares_the_log_folder_of_a_run_about_to_write_its_first_line(
         assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["starting"]
     finally:
         executor.close()
+
+
+def test_a_group_is_signalled_only_while_its_leader_is_unreaped(
+    executor: LocalExecutor, results: Results, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Signalled after the reap, a group's number may already be another run's (pids wrap
+    within minutes on a busy machine): that run would end as killed, exit code -15 or -9."""
+    late: list[int] = []
+    real = os.killpg
+
+    def killpg(pgid: int, signum: int) -> None:
+        try:  # still our child, exited or not, and not reaped: the number is still ours
+            os.waitid(os.P_PID, pgid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            late.append(signum)
+        real(pgid, signum)
+
+    monkeypatch.setattr(os, "killpg", killpg)
+    timed_out = executor.start(request("slow", command=command(sleep=60), timeout_seconds=1))
+    cancelled = executor.start(request("cancelled", command=command(sleep=60)))
+    time.sleep(0.5)
+    executor.cancel(cancelled)
+    assert executor.wait(timed_out, 30) and executor.wait(cancelled, 30)
+    assert sorted((r.job_id, r.timed_out, r.cancelled) for r in results.items) == [
+        ("cancelled", False, True),
+        ("slow", True, False),
+    ]
+    assert late == []
