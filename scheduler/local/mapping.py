@@ -94,3 +94,6 @@ class PollingConfig:
     retry_max_seconds: float = 10.0
     outage_max_seconds: float = 2.0  # the longest pause while waiting for the database
     discovery_seconds: float = 10.0
+    # Under a heavy flow, a read that found the shard caught up waits this long (read_pacing).
+    busy_pause_seconds: float = 0.04
+    busy_records_per_second: float = 60.0

@@ -30,7 +30,8 @@ stream handler with Lambda-shaped events, with the semantics of Lambda's ESM for
 
 Polling is adaptive: the shard is read again at once while records flow, and the pause between
 empty polls doubles up to ``idle_max_seconds`` when the stream is idle (an empty ``GetRecords``
-is not free on DynamoDB Local).
+is not free on DynamoDB Local). Under a heavy flow a read that found the shard caught up waits
+a moment before the next (:mod:`scheduler.local.read_pacing`): fewer reads, larger batches.
 
 Shards are served one after another in one thread (DynamoDB Local keeps one open shard per
 stream); Lambda would run one invocation per shard concurrently. Within a shard,
@@ -66,6 +67,7 @@ from scheduler.errors import BatchInterrupted, StoreUnavailable
 from scheduler.local.checkpoints import Checkpoint, CheckpointStore, sequence_position
 from scheduler.local.lanes import Batch, Lane, Progress, lane_index, sequence_of
 from scheduler.local.mapping import STREAM_FUNCTION, MappingConfig, PollingConfig
+from scheduler.local.read_pacing import ReadPacer
 from scheduler.settings import Settings
 from scheduler.stream.events import lambda_record
 
@@ -93,6 +95,7 @@ class _Shard:
     progress: Progress = field(default_factory=Progress)  # read, not yet behind the checkpoint
     not_before: float = 0.0  # backoff after a stream API error
     last_read: int = 0  # records the last GetRecords returned, before any filter
+    pacer: ReadPacer = field(default_factory=lambda: ReadPacer(0.0, 0.0))
 
     @property
     def idle(self) -> bool:
@@ -261,6 +264,8 @@ class StreamRunner:
                     delay = min(delay, max(0.0, lane.batches[0].retry_at - now))
                 elif lane.buffer:
                     delay = min(delay, max(0.0, lane.buffer_since + window - now))
+            if shard.pacer.next_read_at > now:
+                delay = min(delay, shard.pacer.next_read_at - now)
         return delay
 
     def step(self) -> bool:
@@ -364,6 +369,9 @@ class StreamRunner:
                 position=mark.sequence_number,
                 finished=mark.finished,
                 lanes=[Lane(n) for n in range(self._mapping.parallelization_factor)],
+                pacer=ReadPacer(
+                    self._polling.busy_pause_seconds, self._polling.busy_records_per_second
+                ),
             )
         # Shards that left the listing were trimmed (24 h retention): nothing more to read.
         listed_ids = {raw["ShardId"] for raw in listed}
@@ -414,9 +422,12 @@ class StreamRunner:
         read = 0
         room = self._mapping.batch_size * len(shard.lanes) - shard.buffered
         blocked = all(lane.batches and not lane.in_flight for lane in shard.lanes)
-        if not shard.exhausted and room > 0 and not blocked:
-            records = self._fetch(shard, min(room, _MAX_GET_RECORDS))
+        if not shard.exhausted and room > 0 and not blocked and shard.pacer.ready(now):
+            asked = min(room, _MAX_GET_RECORDS)
+            records = self._fetch(shard, asked)
             read = len(records or [])
+            if records is not None:
+                shard.pacer.read(self._clock(), shard.last_read, asked)
         now = self._clock()
         size = self._mapping.batch_size
         for lane in shard.lanes:

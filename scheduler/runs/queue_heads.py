@@ -7,6 +7,11 @@ a promise: every hand-off is conditioned on the job being as read, so a job that
 (a promotion, a cancel) only costs that hand-off (refused, the finish is made on its own and
 its record promotes the queue), and the repository's heads are read again. A short lifetime
 bounds how long a newer job of higher priority waits behind the jobs read before it.
+
+A job given out stays pending until its hand-off commits, which under load takes a good part
+of a second: a read made meanwhile skips it until the hand-off is settled (or for the same
+lifetime, should the finish never say), or two finishes would be given the same job and one of
+them refused.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ class QueueHead:
 class _Read:
     at: int
     jobs: deque[JobModel]
+    given: dict[str, int] = field(default_factory=dict)  # job id -> when it was given (ms)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -57,20 +63,40 @@ class QueueHeads:
         with self._guard:
             read = self._by_repo.setdefault(repo, _Read(0, deque()))
         with read.lock:  # one query at a time per repository: the others wait and share it
-            if not read.jobs or self._clock() - read.at > self._max_age_ms:
-                read.at = self._clock()
-                read.jobs = deque(
-                    job
-                    for job in self._reads.queued(
-                        repo, limit=self._read_ahead, page_size=self._read_ahead
-                    )
-                    if job.status == JobStatus.PENDING.value
-                )
+            now = self._clock()
+            if not read.jobs or now - read.at > self._max_age_ms:
+                self._read(repo, read, now)
             if not read.jobs:
                 return None
-            return QueueHead(read.jobs.popleft(), read.at)
+            job = read.jobs.popleft()
+            read.given[job.job_id] = now
+            return QueueHead(job, read.at)
+
+    def _read(self, repo: str, read: _Read, now: int) -> None:
+        read.given = {
+            job_id: at for job_id, at in read.given.items() if now - at <= self._max_age_ms
+        }
+        limit = self._read_ahead + len(read.given)  # the jobs still given out come first
+        read.at = now
+        read.jobs = deque(
+            job
+            for job in self._reads.queued(repo, limit=limit, page_size=limit)
+            if job.status == JobStatus.PENDING.value and job.job_id not in read.given
+        )
+
+    def settled(self, repo: str, job_id: str) -> None:
+        """The hand-off to ``job_id`` is over (made, refused or failed): a read may return it."""
+        with self._guard:
+            read = self._by_repo.get(repo)
+        if read is not None:
+            with read.lock:
+                read.given.pop(job_id, None)
 
     def forget(self, repo: str) -> None:
-        """Read ``repo``'s queue again next time (a head proved stale)."""
+        """Read ``repo``'s queue again next time (a head proved stale); the jobs given out
+        are still skipped."""
         with self._guard:
-            self._by_repo.pop(repo, None)
+            read = self._by_repo.get(repo)
+        if read is not None:
+            with read.lock:
+                read.jobs.clear()

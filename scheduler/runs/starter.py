@@ -297,6 +297,8 @@ class RunStarter:
             log.info("slot not handed on: the queue moved", extra={"job_id": result.job_id})
             heads.forget(repo)
             return finish()
+        finally:
+            heads.settled(repo, queued.job_id)
         self._found_full(repo, head.read_at)
         # Started at once, not one stream round trip later: its record's start finds it
         # started. Were the write lost with DynamoDB Local, the job is made active again

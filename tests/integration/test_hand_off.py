@@ -234,8 +234,9 @@ def test_a_hand_off_the_database_lost_runs_the_next_job_once(
 
 def test_the_queue_is_read_a_few_jobs_ahead_and_each_head_given_once(store: JobStore) -> None:
     """Finishes of one repository share one read of its queue: each is given a different
-    job, oldest first; a head that proved stale, or a read past its lifetime, reads again."""
-    for n in range(6):
+    job, oldest first; a head that proved stale, or a read past its lifetime, reads again, and
+    skips the jobs still given out (their hand-offs are in flight)."""
+    for n in range(10):
         new_job(store, f"q{n}")
     now = [1_000]
     queries: list[str] = []
@@ -253,8 +254,15 @@ def test_the_queue_is_read_a_few_jobs_ahead_and_each_head_given_once(store: JobS
     assert len(queries) == 1 and {h.read_at for h in taken if h is not None} == {1_000}
     heads.forget(REPO)  # q0 was promoted by somebody else, say
     store.activate(store.state("q0"), slot_limit=10)
+    # q1..q3 are still pending: their hand-offs have not committed yet. Given again, two
+    # finishes would race for each and one of them would be refused.
+    now[0] += 500
     again = heads.take(REPO)
-    assert again is not None and again.job.job_id == "q1" and len(queries) == 2
-    now[0] += 2_001  # too old: read again
-    assert (head := heads.take(REPO)) is not None and head.job.job_id == "q1"
+    assert again is not None and again.job.job_id == "q4" and len(queries) == 2
+    heads.settled(REPO, "q2")  # its hand-off was refused, or failed: it may be given again
+    heads.forget(REPO)
+    assert (head := heads.take(REPO)) is not None and head.job.job_id == "q2"
     assert len(queries) == 3
+    now[0] += 2_001  # too old: read again; a job given that long ago is given again
+    assert (head := heads.take(REPO)) is not None and head.job.job_id == "q1"
+    assert len(queries) == 4

@@ -25,7 +25,7 @@ def _record(seq: int) -> dict[str, Any]:
         "eventSource": "aws:dynamodb",
         "awsRegion": "ddblocal",
         "dynamodb": {
-            "ApproximateCreationDateTime": CREATED,
+            "ApproximateCreationDateTime": CREATED.timestamp(),  # records come as sent
             "Keys": {"job_id": {"S": f"j{seq}"}},
             "NewImage": {"job_id": {"S": f"j{seq}"}},
             "SequenceNumber": f"{seq:021d}",

@@ -7,7 +7,9 @@ clearing's REMOVE records are not replayed.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import threading
 import time
 from collections import Counter
@@ -409,3 +411,29 @@ def test_the_runner_loop_survives_an_unexpected_error(
     stop.set()
     thread.join(10)
     assert len(steps) >= 3, steps
+
+
+def test_records_reach_the_function_in_lambdas_json_shape(fresh: Settings) -> None:
+    """As Lambda delivers them: the stream's own JSON (a binary value stays base64 text, the
+    creation time is epoch seconds), which the runner no longer re-parses through botocore."""
+    seen: list[dict[str, Any]] = []
+
+    def handler(event: dict[str, Any], context: Any) -> Any:
+        seen.extend(event["Records"])
+        return {"batchItemFailures": []}
+
+    runner = make_runner(fresh, handler)
+    runner.skip_to_end()
+    client("dynamodb", fresh).put_item(
+        TableName=fresh.tables.jobs,
+        Item={"job_id": {"S": "bytes"}, "blob": {"B": b"\x00\xffraw"}, "n": {"N": "7"}},
+    )
+    runner.drain()
+    (record,) = seen
+    assert json.loads(json.dumps(record)) == record  # plain JSON all through
+    data = record["dynamodb"]
+    assert data["NewImage"]["blob"] == {"B": base64.b64encode(b"\x00\xffraw").decode()}
+    assert data["NewImage"]["n"] == {"N": "7"}
+    assert isinstance(data["ApproximateCreationDateTime"], int | float)
+    assert abs(data["ApproximateCreationDateTime"] - time.time()) < 120
+    assert record["eventName"] == "INSERT" and record["eventSourceARN"] == runner.stream_arn
