@@ -10,6 +10,7 @@ from typing import Any
 import boto3
 import botocore.session
 from botocore.config import Config
+from botocore.exceptions import ResponseStreamingError
 from botocore.model import Shape
 from botocore.parsers import JSONParser, ResponseParserFactory
 
@@ -54,7 +55,10 @@ class _RecordsAsSent(JSONParser):  # type: ignore[misc]  # botocore has no types
     def parse(self, response: dict[str, Any], shape: Shape | None) -> dict[str, Any]:
         if shape is None or shape.name != "GetRecordsOutput" or response["status_code"] >= 300:
             return dict(super().parse(response, shape))
-        parsed = dict(json.loads(response["body"] or b"{}"))
+        try:
+            parsed = dict(json.loads(response["body"] or b"{}"))
+        except ValueError as exc:  # a BotoCoreError that botocore retries, as a cut-off read
+            raise ResponseStreamingError(error=f"unreadable GetRecords answer: {exc}") from exc
         headers = response["headers"]
         parsed["ResponseMetadata"] = {
             "RequestId": headers.get("x-amzn-requestid", ""),

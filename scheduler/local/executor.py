@@ -359,19 +359,24 @@ class LocalExecutor:
             return RunResult(
                 request.job_id, request.attempt, 127, summary=mask(f"cannot start: {exc}")
             )
-        assert process.stdout is not None
-        pump = OutputPump(process.stdout, output, name=f"output-{request.idempotency_key}")
         run.group = group = ProcessGroup(process)
-        if run.cancelled:
-            group.stop(KILL_GRACE_SECONDS)
+        pump: OutputPump | None = None
+        timed_out = False
         try:
+            assert process.stdout is not None
+            pump = OutputPump(process.stdout, output, name=f"output-{request.idempotency_key}")
+            if run.cancelled:
+                group.stop(KILL_GRACE_SECONDS)
             timed_out = not group.wait(request.timeout_seconds)
             if timed_out:
                 group.stop(KILL_GRACE_SECONDS)
-            exit_code: int | None = group.reap()
         finally:
-            self.records.ended(request.idempotency_key)
-            pump.finish(OUTPUT_GRACE_SECONDS)
+            if not group.wait(0):  # an error above: nothing of the run outlives it
+                group.stop(KILL_GRACE_SECONDS)
+            exit_code: int | None = group.reap()
+            self.records.ended(request.idempotency_key)  # only once nothing of it is left
+            if pump is not None:
+                pump.finish(OUTPUT_GRACE_SECONDS)
         if run.cancelled or timed_out:
             exit_code = None
         return RunResult(

@@ -5,9 +5,9 @@ process to start may get it, and a run's command, started in a session of its ow
 its group id too. A signal sent to the old group by number then stops someone else's run.
 
 So the leader is waited for without being reaped (through a pidfd, which polls readable once the
-process has exited), the group is signalled only before the reap (under a lock), and the reap
-itself starts with a SIGKILL to whatever the leader left behind in its group: a run's
-background processes never outlive it.
+process has exited, else by polling ``waitid`` with ``WNOWAIT``), the group is signalled only
+before the reap (under a lock), and the reap itself starts with a SIGKILL to whatever the leader
+left behind in its group: a run's background processes never outlive it.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import threading
 import time
 import weakref
 
-_POLL_SECONDS = 0.05  # without pidfds (not Linux): how often an exit is looked for
+_POLL_SECONDS = 0.05  # without a pidfd: how often an exit is looked for
+_HAS_WAITID = hasattr(os, "waitid") and hasattr(os, "WNOWAIT")
 
 
 class ProcessGroup:
@@ -35,9 +36,8 @@ class ProcessGroup:
         self._lock = threading.Lock()
         self._exit_code: int | None = None
         self._reaped = False
-        self._pidfd: int | None = None
-        if hasattr(os, "pidfd_open"):
-            self._pidfd = os.pidfd_open(process.pid)
+        self._pidfd = _open_pidfd(process.pid)
+        if self._pidfd is not None:
             # Closed with the object, never under a thread still polling it.
             weakref.finalize(self, os.close, self._pidfd)
 
@@ -64,8 +64,14 @@ class ProcessGroup:
         with self._lock:
             if self._reaped:
                 return True
-            found = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-            return found is not None
+            if _HAS_WAITID:
+                found = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+                return found is not None
+            # No way to look without reaping (macOS before Python 3.13): reaped here, so the
+            # group is never signalled after, and what the leader left behind is not killed.
+            self._exit_code = self._process.poll()
+            self._reaped = self._exit_code is not None
+            return self._reaped
 
     def signal(self, signum: int) -> None:
         """Send ``signum`` to the group, unless the leader was reaped (then it is gone)."""
@@ -91,6 +97,14 @@ class ProcessGroup:
                 self._reaped = True
             assert self._exit_code is not None
             return self._exit_code
+
+
+def _open_pidfd(pid: int) -> int | None:
+    """A pidfd of ``pid`` (Linux 5.3 and later), or None: then the exit is polled for."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):  # not Linux, an old kernel, a seccomp filter, no fds
+        return None
 
 
 def _signal_group(pgid: int, signum: int) -> None:

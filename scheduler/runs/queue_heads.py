@@ -38,7 +38,8 @@ class QueueHead:
 class _Read:
     at: int
     jobs: deque[JobModel]
-    given: dict[str, int] = field(default_factory=dict)  # job id -> when it was given (ms)
+    # job id -> when it was given (ms); under QueueHeads._guard, not this read's lock
+    given: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -69,27 +70,30 @@ class QueueHeads:
             if not read.jobs:
                 return None
             job = read.jobs.popleft()
-            read.given[job.job_id] = now
+            with self._guard:
+                read.given[job.job_id] = now
             return QueueHead(job, read.at)
 
     def _read(self, repo: str, read: _Read, now: int) -> None:
-        read.given = {
-            job_id: at for job_id, at in read.given.items() if now - at <= self._max_age_ms
-        }
-        limit = self._read_ahead + len(read.given)  # the jobs still given out come first
+        with self._guard:
+            read.given = {
+                job_id: at for job_id, at in read.given.items() if now - at <= self._max_age_ms
+            }
+            given = set(read.given)
+        limit = self._read_ahead + len(given)  # the jobs still given out come first
         read.at = now
         read.jobs = deque(
             job
             for job in self._reads.queued(repo, limit=limit, page_size=limit)
-            if job.status == JobStatus.PENDING.value and job.job_id not in read.given
+            if job.status == JobStatus.PENDING.value and job.job_id not in given
         )
 
     def settled(self, repo: str, job_id: str) -> None:
-        """The hand-off to ``job_id`` is over (made, refused or failed): a read may return it."""
+        """The hand-off to ``job_id`` is over (made, refused or failed): a read may return it.
+        Never waits for a query in flight."""
         with self._guard:
             read = self._by_repo.get(repo)
-        if read is not None:
-            with read.lock:
+            if read is not None:
                 read.given.pop(job_id, None)
 
     def forget(self, repo: str) -> None:

@@ -292,13 +292,15 @@ class RunStarter:
         request = self.request_for(queued, state.start_delay_ms)
         claim = self._claim_of(request)
         try:
-            done = finish(hand_off=HandOff(state, claim, slot_limit_for(repo)))
+            done: JobStatus | None = finish(hand_off=HandOff(state, claim, slot_limit_for(repo)))
         except HandOffRefused:
+            done = None
+        finally:
+            heads.settled(repo, queued.job_id)  # before a lone finish: others may take it
+        if done is None:
             log.info("slot not handed on: the queue moved", extra={"job_id": result.job_id})
             heads.forget(repo)
             return finish()
-        finally:
-            heads.settled(repo, queued.job_id)
         self._found_full(repo, head.read_at)
         # Started at once, not one stream round trip later: its record's start finds it
         # started. Were the write lost with DynamoDB Local, the job is made active again

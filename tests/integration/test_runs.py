@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -17,6 +18,7 @@ import pytest
 from scheduler.db.models import RepoModel
 from scheduler.db.store import JobState, JobStore, NewJob
 from scheduler.errors import JobNotFound
+from scheduler.local import executor as executor_module
 from scheduler.local.executor import LocalExecutor, run_id_for
 from scheduler.runs.executor import RunRequest, RunResult
 from scheduler.runs.reaper import Reaper
@@ -353,3 +355,28 @@ def test_a_group_is_signalled_only_while_its_leader_is_unreaped(
         ("slow", True, False),
     ]
     assert late == []
+
+
+def test_an_error_after_the_spawn_leaves_nothing_of_the_run_running(
+    executor: LocalExecutor, results: Results, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run fails as an executor error, and its process is killed and reaped before its
+    run record goes (which would otherwise be what finds it after a restart)."""
+    groups: list[int] = []
+
+    class Recorded(executor_module.ProcessGroup):
+        def __init__(self, process: Any) -> None:
+            super().__init__(process)
+            groups.append(process.pid)
+
+    def no_thread(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(executor_module, "ProcessGroup", Recorded)
+    monkeypatch.setattr(executor_module, "OutputPump", no_thread)
+    run_id = executor.start(request(command=command(sleep=60)))
+    assert executor.wait(run_id, 30)
+    assert results.items[0].summary == "executor error"
+    (pid,) = groups
+    assert not psutil.pid_exists(pid)
+    assert executor.records.kill_leftovers() == []  # no run record left behind

@@ -16,6 +16,7 @@ import time
 import psutil
 import pytest
 
+from scheduler.local import process_group
 from scheduler.local.process_group import ProcessGroup
 
 
@@ -100,3 +101,33 @@ def test_stop_kills_a_leader_that_ignores_sigterm() -> None:
     group = ProcessGroup(process)
     group.stop(grace_seconds=0.3)
     assert group.reap() == -signal.SIGKILL
+
+
+def test_without_a_pidfd_the_exit_is_still_awaited_unreaped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A kernel or a seccomp filter that refuses pidfds: ``waitid`` is polled instead."""
+
+    def refused(pid: int) -> int:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "pidfd_open", refused)
+    process = spawn("sh", "-c", "sleep 60 & echo $!")
+    assert process.stdout is not None
+    straggler = int(process.stdout.readline())
+    group = ProcessGroup(process)
+    assert group.wait(10)
+    assert psutil.Process(process.pid).status() == psutil.STATUS_ZOMBIE  # not reaped
+    assert group.reap() == 0
+    assert gone(straggler, within=10)
+
+
+def test_where_nothing_can_look_without_reaping_no_signal_follows_the_reap(
+    monkeypatch: pytest.MonkeyPatch, signals: list[tuple[int, int]]
+) -> None:
+    monkeypatch.setattr(os, "pidfd_open", lambda pid: (_ for _ in ()).throw(OSError(38, "no")))
+    monkeypatch.setattr(process_group, "_HAS_WAITID", False)
+    group = ProcessGroup(spawn("sh", "-c", "exit 5"))
+    assert group.wait(10)  # reaped by the look itself
+    group.signal(signal.SIGTERM)
+    assert signals == [] and group.reap() == 5
