@@ -30,6 +30,7 @@ from scheduler.runs.logs import LogReader, RunLogs
 from scheduler.runs.masking import Masker, masker_for
 from scheduler.runs.operations import Operations
 from scheduler.runs.reaper import Reaper
+from scheduler.runs.reservations import Reservations
 from scheduler.runs.starter import RunStarter
 from scheduler.settings import Settings
 from scheduler.stream.decide import TransitionObserver
@@ -132,6 +133,7 @@ def build_core(
     store = JobStore.from_settings(settings)
     # One clock and indexes that follow each write locally; on AWS the margin covers both.
     full_repos = FullRepos(margin_ms=0 if claim_on_activation else 1_000)
+    reservations = Reservations()  # jobs being activated here: hand-offs and promotions
     runs: RunStarter | None = None
     cancel_run: Callable[[str], None] | None = None
     if executor is not None:
@@ -155,6 +157,7 @@ def build_core(
             if claim_on_activation
             else None,
             found_full=full_repos.found_full,
+            reservations=reservations,
         )
         cancel_run = made.cancel
 
@@ -186,6 +189,7 @@ def build_core(
         stop_run=cancel_run,
         observers=observers,
         full_repos=full_repos,
+        reservations=reservations,
     )
     return Core(
         settings=settings,

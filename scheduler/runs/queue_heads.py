@@ -9,9 +9,9 @@ its record promotes the queue), and the repository's heads are read again. A sho
 bounds how long a newer job of higher priority waits behind the jobs read before it.
 
 A job given out stays pending until its hand-off commits, which under load takes a good part
-of a second: a read made meanwhile skips it until the hand-off is settled (or for the same
-lifetime, should the finish never say), or two finishes would be given the same job and one of
-them refused.
+of a second: it is reserved (:mod:`scheduler.runs.reservations`, shared with the dispatcher's
+promotions) until the hand-off is settled, and a read skips the jobs reserved, or two writers
+would activate the same job and one of them be refused.
 """
 
 from __future__ import annotations
@@ -23,9 +23,12 @@ from dataclasses import dataclass, field
 from scheduler.db.models import JobModel
 from scheduler.db.reads import JobReads
 from scheduler.db.store import Clock, system_clock
+from scheduler.runs.reservations import Reservations
 from state_machines import JobStatus
 
 __all__ = ["QueueHead", "QueueHeads"]
+
+_MAX_SKIPPED = 16  # reserved jobs a read looks past, at most (about one per runner and lane)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,8 +41,6 @@ class QueueHead:
 class _Read:
     at: int
     jobs: deque[JobModel]
-    # job id -> when it was given (ms); under QueueHeads._guard, not this read's lock
-    given: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -48,11 +49,13 @@ class QueueHeads:
         self,
         reads: JobReads,
         *,
+        reservations: Reservations | None = None,
         read_ahead: int = 4,
         max_age_ms: int = 2_000,
         clock: Clock = system_clock,
     ) -> None:
         self._reads = reads
+        self._reservations = reservations or Reservations(ttl_ms=max_age_ms, clock=clock)
         self._read_ahead = read_ahead
         self._max_age_ms = max_age_ms
         self._clock = clock
@@ -60,41 +63,33 @@ class QueueHeads:
         self._guard = threading.Lock()
 
     def take(self, repo: str) -> QueueHead | None:
-        """The next queued job of ``repo`` that no other finish was given, if it has one."""
+        """The next queued job of ``repo`` that no other finish or promotion holds, reserved
+        for the caller until :meth:`settled`; None if it has none."""
         with self._guard:
             read = self._by_repo.setdefault(repo, _Read(0, deque()))
         with read.lock:  # one query at a time per repository: the others wait and share it
             now = self._clock()
             if not read.jobs or now - read.at > self._max_age_ms:
                 self._read(repo, read, now)
-            if not read.jobs:
-                return None
-            job = read.jobs.popleft()
-            with self._guard:
-                read.given[job.job_id] = now
-            return QueueHead(job, read.at)
+            while read.jobs:
+                job = read.jobs.popleft()
+                if self._reservations.reserve(job.job_id):
+                    return QueueHead(job, read.at)
+            return None
 
     def _read(self, repo: str, read: _Read, now: int) -> None:
-        with self._guard:
-            read.given = {
-                job_id: at for job_id, at in read.given.items() if now - at <= self._max_age_ms
-            }
-            given = set(read.given)
-        limit = self._read_ahead + len(given)  # the jobs still given out come first
+        held = self._reservations.held()
+        limit = self._read_ahead + min(len(held), _MAX_SKIPPED)  # the held ones come first
         read.at = now
         read.jobs = deque(
             job
             for job in self._reads.queued(repo, limit=limit, page_size=limit)
-            if job.status == JobStatus.PENDING.value and job.job_id not in given
+            if job.status == JobStatus.PENDING.value and job.job_id not in held
         )
 
     def settled(self, repo: str, job_id: str) -> None:
-        """The hand-off to ``job_id`` is over (made, refused or failed): a read may return it.
-        Never waits for a query in flight."""
-        with self._guard:
-            read = self._by_repo.get(repo)
-            if read is not None:
-                read.given.pop(job_id, None)
+        """The hand-off to ``job_id`` is over (made, refused or failed): it is free again."""
+        self._reservations.release(job_id)
 
     def forget(self, repo: str) -> None:
         """Read ``repo``'s queue again next time (a head proved stale); the jobs given out

@@ -28,6 +28,7 @@ from scheduler.runs.executor import (
     StartRefused,
 )
 from scheduler.runs.queue_heads import QueueHeads
+from scheduler.runs.reservations import Reservations
 from state_machines import START_FAILED, TIMED_OUT, JobStatus, TransitionConflict, Trigger
 
 log = logging.getLogger(__name__)
@@ -69,19 +70,23 @@ class RunStarter:
         source_for: SourceFor | None = None,
         hand_off_for: SlotLimitFor | None = None,
         found_full: Callable[[str, int], None] = lambda _repo, _at: None,
+        reservations: Reservations | None = None,
         actor: str = "executor",
         clock: Clock = system_clock,
     ) -> None:
         """``hand_off_for`` (a runtime whose activations claim runs for this runner): a
         finish hands its slot to the head of its repository's queue in its own write, and
         tells ``found_full`` that the repository was full when its queue was read (see
-        :mod:`scheduler.stream.full_repos`)."""
+        :mod:`scheduler.stream.full_repos`); the job it hands on is held in ``reservations``
+        (shared with the dispatcher's promotions) while the write is in flight."""
         self._store = store
         self.executor = executor
         self._command_for = command_for
         self._source_for = source_for or (lambda _repo: Source(checkout=False))
         self._hand_off = (
-            (QueueHeads(store.reads, clock=clock), hand_off_for) if hand_off_for else None
+            (QueueHeads(store.reads, reservations=reservations, clock=clock), hand_off_for)
+            if hand_off_for
+            else None
         )
         self._found_full = found_full
         self._actor = actor
@@ -288,10 +293,10 @@ class RunStarter:
         if head is None:
             return finish()
         queued = head.job
-        state = JobState.from_model(queued)
-        request = self.request_for(queued, state.start_delay_ms)
-        claim = self._claim_of(request)
         try:
+            state = JobState.from_model(queued)
+            request = self.request_for(queued, state.start_delay_ms)
+            claim = self._claim_of(request)
             done: JobStatus | None = finish(hand_off=HandOff(state, claim, slot_limit_for(repo)))
         except HandOffRefused:
             done = None

@@ -47,6 +47,7 @@ from scheduler.errors import (
     RepositoryFull,
     RunNotStoppable,
 )
+from scheduler.runs.reservations import Reservations
 from scheduler.stream.decide import (
     NO_AUTOMATIC_RETRY,
     Action,
@@ -168,6 +169,7 @@ class Dispatcher:
         supersede_for: SupersedeFor = lambda _repo: "off",
         observers: Iterable[TransitionObserver] = (),
         full_repos: FullRepos | None = None,
+        reservations: Reservations | None = None,
         promote_page: int = 5,
         promote_max: int = 25,
         actor: str = ACTOR,
@@ -177,6 +179,7 @@ class Dispatcher:
         self._clock = clock
         # Shared by the batches and lanes of this process (and its runner's hand-offs).
         self._full = full_repos or FullRepos(clock=clock)
+        self._reservations = reservations or Reservations(clock=clock)
         self._promotion_locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._slot_limit_for = slot_limit_for
@@ -441,8 +444,14 @@ class Dispatcher:
     def _activate_claiming(self, job: JobState, image: JobModel, slot_limit: int) -> None:
         """Activate ``job`` (``image`` is its pending item); with a claiming starter the
         activation also claims the run for this runner."""
-        claim = self._claiming.claim_for(image) if self._claiming is not None else None
-        self._store.activate(job, slot_limit=slot_limit, actor=self._actor, claim=claim)
+        if not self._reservations.reserve(job.job_id):
+            # A hand-off (or another lane) is activating it right now: that write decides.
+            raise TransitionConflict(job.job_id, Trigger.ACTIVATE.value, "being activated here")
+        try:
+            claim = self._claiming.claim_for(image) if self._claiming is not None else None
+            self._store.activate(job, slot_limit=slot_limit, actor=self._actor, claim=claim)
+        finally:
+            self._reservations.release(job.job_id)
 
     def promote(self, repo: str) -> int:
         """Activate the oldest queued jobs of ``repo`` while it has free slots.

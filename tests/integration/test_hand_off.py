@@ -24,6 +24,7 @@ from scheduler.errors import HandOffRefused
 from scheduler.local.executor import LocalExecutor
 from scheduler.runs.executor import RunResult
 from scheduler.runs.queue_heads import QueueHeads
+from scheduler.runs.reservations import Reservations
 from scheduler.runs.starter import RunStarter
 from scheduler.stream.dispatcher import Dispatcher
 from scheduler.stream.full_repos import FullRepos
@@ -266,3 +267,31 @@ def test_the_queue_is_read_a_few_jobs_ahead_and_each_head_given_once(store: JobS
     now[0] += 2_001  # too old: read again; a job given that long ago is given again
     assert (head := heads.take(REPO)) is not None and head.job.job_id == "q1"
     assert len(queries) == 4
+
+
+def test_hand_offs_and_promotions_skip_the_jobs_the_other_is_activating(store: JobStore) -> None:
+    """Both read the same queue head: a job one of them is activating is left to it, instead
+    of a second activation that could only be refused."""
+    for n in range(3):
+        new_job(store, f"r{n}")
+    writes: list[str] = []
+    activate = store.activate
+
+    def counted(job: JobState, **kwargs: Any) -> JobState:
+        writes.append(job.job_id)
+        return activate(job, **kwargs)
+
+    store.activate = counted  # type: ignore[method-assign]
+    reservations = Reservations()
+    heads = QueueHeads(store.reads, reservations=reservations)
+    held = heads.take(REPO)  # a finish's hand-off to r0 is in flight
+    assert held is not None and held.job.job_id == "r0"
+    dispatcher = Dispatcher(store, slot_limit_for=lambda _repo: 10, reservations=reservations)
+    assert dispatcher.promote(REPO) == 2
+    assert writes == ["r1", "r2"]  # no write for r0, which stays its hand-off's
+    assert store.get("r0").status == JobStatus.PENDING.value
+    heads.settled(REPO, "r0")
+    new_job(store, "r3")
+    assert reservations.reserve("r0")  # now a promotion is activating r0
+    heads.forget(REPO)
+    assert (head := heads.take(REPO)) is not None and head.job.job_id == "r3"
