@@ -7,6 +7,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,6 +61,19 @@ def clear_table(ddb: object, name: str, key: str) -> None:
             ddb.batch_write_item(  # type: ignore[attr-defined]
                 RequestItems={name: [{"DeleteRequest": {"Key": item}} for item in batch]}
             )
+
+
+def counting_queue_reads(store: JobStore) -> list[str]:
+    """The repositories whose queue ``store`` reads (``JobReads.queued``), in order."""
+    calls: list[str] = []
+    queued = store.reads.queued
+
+    def counted(repo: str, **kwargs: Any) -> Any:
+        calls.append(repo)
+        return queued(repo, **kwargs)
+
+    store.reads.queued = counted  # type: ignore[method-assign]
+    return calls
 
 
 @pytest.fixture

@@ -34,8 +34,7 @@ class ProcessGroup:
     def __init__(self, process: subprocess.Popen[bytes]) -> None:
         self._process = process
         self._lock = threading.Lock()
-        self._exit_code: int | None = None
-        self._reaped = False
+        self._exit_code: int | None = None  # set once the leader is reaped
         self._pidfd = _open_pidfd(process.pid)
         if self._pidfd is not None:
             # Closed with the object, never under a thread still polling it.
@@ -44,6 +43,10 @@ class ProcessGroup:
     @property
     def pid(self) -> int:
         return self._process.pid
+
+    @property
+    def _reaped(self) -> bool:
+        return self._exit_code is not None
 
     def wait(self, timeout: float | None) -> bool:
         """Whether the leader has exited, waiting up to ``timeout`` seconds; it stays unreaped."""
@@ -70,7 +73,6 @@ class ProcessGroup:
             # No way to look without reaping (macOS before Python 3.13): reaped here, so the
             # group is never signalled after, and what the leader left behind is not killed.
             self._exit_code = self._process.poll()
-            self._reaped = self._exit_code is not None
             return self._reaped
 
     def signal(self, signum: int) -> None:
@@ -94,7 +96,6 @@ class ProcessGroup:
             if not self._reaped:
                 _signal_group(self.pid, signal.SIGKILL)
                 self._exit_code = self._process.wait()
-                self._reaped = True
             assert self._exit_code is not None
             return self._exit_code
 

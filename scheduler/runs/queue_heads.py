@@ -87,7 +87,7 @@ class QueueHeads:
             if job.status == JobStatus.PENDING.value and job.job_id not in held
         )
 
-    def settled(self, repo: str, job_id: str) -> None:
+    def settled(self, job_id: str) -> None:
         """The hand-off to ``job_id`` is over (made, refused or failed): it is free again."""
         self._reservations.release(job_id)
 

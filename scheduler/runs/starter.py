@@ -301,7 +301,7 @@ class RunStarter:
         except HandOffRefused:
             done = None
         finally:
-            heads.settled(repo, queued.job_id)  # before a lone finish: others may take it
+            heads.settled(queued.job_id)  # before a lone finish: others may take it
         if done is None:
             log.info("slot not handed on: the queue moved", extra={"job_id": result.job_id})
             heads.forget(repo)

@@ -14,6 +14,7 @@ from scheduler.errors import BatchInterrupted, StoreUnavailable
 from scheduler.stream.dispatcher import Dispatcher
 from scheduler.stream.events import StreamEvent, StreamRecord
 from state_machines import Trigger
+from tests.conftest import counting_queue_reads
 
 REPO = "org/batched"
 
@@ -42,23 +43,11 @@ def setup_repo(store: JobStore, limit: int, jobs: int) -> list[str]:
     return ids
 
 
-def counting(store: JobStore) -> list[str]:
-    calls: list[str] = []
-    queued = store.reads.queued
-
-    def wrapper(repo: str, **kwargs: Any) -> Any:
-        calls.append(repo)
-        return queued(repo, **kwargs)
-
-    store.reads.queued = wrapper  # type: ignore[method-assign]
-    return calls
-
-
 def test_finishes_of_one_repository_promote_once_per_batch(store: JobStore) -> None:
     ids = setup_repo(store, limit=3, jobs=7)
     event = cast(StreamEvent, {"Records": [finish(store, j) for j in ids[:3]]})
     dispatcher = Dispatcher(store, slot_limit_for=lambda _repo: 3)
-    calls = counting(store)
+    calls = counting_queue_reads(store)
 
     assert dispatcher.handle_event(event) == {"batchItemFailures": []}
     assert calls == [REPO]  # one read of the queue for three finishes

@@ -29,6 +29,7 @@ from scheduler.runs.starter import RunStarter
 from scheduler.stream.dispatcher import Dispatcher
 from scheduler.stream.full_repos import FullRepos
 from state_machines import JobStatus, Trigger
+from tests.conftest import counting_queue_reads
 
 REPO = "o/hand-off"
 
@@ -240,14 +241,7 @@ def test_the_queue_is_read_a_few_jobs_ahead_and_each_head_given_once(store: JobS
     for n in range(10):
         new_job(store, f"q{n}")
     now = [1_000]
-    queries: list[str] = []
-    queued = store.reads.queued
-
-    def counted(repo: str, **kwargs: Any) -> Any:
-        queries.append(repo)
-        return queued(repo, **kwargs)
-
-    store.reads.queued = counted  # type: ignore[method-assign]
+    queries = counting_queue_reads(store)
     heads = QueueHeads(store.reads, read_ahead=4, max_age_ms=2_000, clock=lambda: now[0])
     with ThreadPoolExecutor(4) as pool:
         taken = list(pool.map(lambda _n: heads.take(REPO), range(4)))
@@ -260,7 +254,7 @@ def test_the_queue_is_read_a_few_jobs_ahead_and_each_head_given_once(store: JobS
     now[0] += 500
     again = heads.take(REPO)
     assert again is not None and again.job.job_id == "q4" and len(queries) == 2
-    heads.settled(REPO, "q2")  # its hand-off was refused, or failed: it may be given again
+    heads.settled("q2")  # its hand-off was refused, or failed: it may be given again
     heads.forget(REPO)
     assert (head := heads.take(REPO)) is not None and head.job.job_id == "q2"
     assert len(queries) == 3
@@ -290,7 +284,7 @@ def test_hand_offs_and_promotions_skip_the_jobs_the_other_is_activating(store: J
     assert dispatcher.promote(REPO) == 2
     assert writes == ["r1", "r2"]  # no write for r0, which stays its hand-off's
     assert store.get("r0").status == JobStatus.PENDING.value
-    heads.settled(REPO, "r0")
+    heads.settled("r0")
     new_job(store, "r3")
     assert reservations.reserve("r0")  # now a promotion is activating r0
     heads.forget(REPO)
