@@ -21,6 +21,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
+import re
 import secrets
 from collections.abc import Mapping
 from enum import StrEnum
@@ -35,6 +37,7 @@ __all__ = [
     "SESSION_MAX_AGE_SECONDS",
     "Access",
     "ApiAuth",
+    "host_name",
     "is_loopback_host",
 ]
 
@@ -42,7 +45,9 @@ SESSION_COOKIE = "scheduler_session"
 SESSION_MAX_AGE_SECONDS = 12 * 3600
 _SESSION_DOMAIN = b"scheduler.dashboard.session.v1\x00"
 _CSRF_DOMAIN = b"scheduler.dashboard.csrf.v1\x00"
-_LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+_HOST_HEADER = re.compile(
+    r"(?:\[(?P<address>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9._-]+))(?::[0-9]{1,5})?"
+)
 
 
 class Access(StrEnum):
@@ -54,9 +59,28 @@ class Access(StrEnum):
 
 
 def is_loopback_host(host: str) -> bool:
-    """Whether ``host`` (a name or address, with or without brackets) is this machine."""
-    name = host.strip().strip("[]").lower()
-    return name in _LOOPBACK_NAMES or name.startswith("127.") or name.endswith(".localhost")
+    """Whether ``host`` (a name or address, with or without brackets) is this machine:
+    a loopback address, ``localhost`` or a name under ``.localhost`` (which resolvers and
+    browsers keep on this machine, RFC 6761). A name that merely starts like a loopback
+    address (``127.0.0.1.nip.io``) is anybody's."""
+    name = host.strip().lower()
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    if name == "localhost" or (name.endswith(".localhost") and len(name) > len(".localhost")):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def host_name(header: str) -> str:
+    """The name or address a ``Host`` header names, its port and brackets dropped; ``""`` for
+    anything that is not ``name[:port]`` or ``[address][:port]`` (``a@b``, spaces, paths)."""
+    found = _HOST_HEADER.fullmatch(header.strip())
+    if found is None:
+        return ""
+    return found.group("address") or found.group("name")
 
 
 def _b64(data: bytes) -> str:
@@ -138,7 +162,7 @@ class ApiAuth:
         """Raise :class:`Unauthorized` unless the request may use a protected route."""
         if self._token is None:
             host = headers.get("host")
-            if host is not None and not is_loopback_host(urlsplit(f"//{host}").hostname or ""):
+            if host is not None and not is_loopback_host(host_name(host)):
                 # No token: only this machine's own names (see the module's docstring).
                 raise Unauthorized(f"host {host[:100]!r} is not served without an API token")
             return

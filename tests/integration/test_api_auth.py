@@ -154,6 +154,54 @@ def test_without_a_token_only_loopback_hosts_are_served(settings: Settings, tabl
         server.stop()
 
 
+# Names that are this machine's (any port), and names a DNS-rebinding page can be served from.
+LOOPBACK_HOSTS = [
+    "127.0.0.1",
+    "127.0.0.1:8080",
+    "127.1.2.3",
+    "[::1]",
+    "[::1]:8080",
+    "localhost",
+    "LOCALHOST:1",
+    "app.localhost",
+    "app.localhost:8080",
+]
+REBOUND_HOSTS = [
+    "evil.example",
+    "127.evil.example",
+    "127.0.0.1.nip.io",
+    "127.0.0.1.nip.io:8080",
+    "localhost.evil.example",
+    "evil-localhost",
+    "[::1].evil.example",
+    "0x7f.0.0.1",
+    "2130706433",
+    "127.0.0.1@evil.example",
+    "evil.example@127.0.0.1",
+]
+
+
+def test_without_a_token_a_rebound_name_that_looks_like_loopback_is_refused(
+    settings: Settings, tables: object
+) -> None:
+    server = serve(settings, None)
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            for host in LOOPBACK_HOSTS:
+                for path in (f"/repos/{REPO}/jobs", "/"):
+                    answer = client.get(path, headers={"Host": host})
+                    assert answer.status_code == 200, (host, path, answer.status_code)
+            for host in REBOUND_HOSTS:
+                for path in (f"/repos/{REPO}/jobs", "/jobs/j1/log", "/ui/part/repos", "/"):
+                    answer = client.get(path, headers={"Host": host})
+                    assert answer.status_code == 401, (host, path, answer.status_code)
+    finally:
+        server.stop()
+    # What `scheduler up --host` takes: a bare address or name.
+    assert all(map(auth_module.is_loopback_host, ["127.0.0.1", "::1", "[::1]", "localhost"]))
+    assert not any(map(auth_module.is_loopback_host, ["0.0.0.0", "::", "127.evil.example"]))
+
+
 def test_scheduler_up_refuses_a_public_host_without_a_token(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCHEDULER_")}
     env["GITHUB_WEBHOOK_SECRET"] = SECRET
