@@ -31,6 +31,7 @@ another ``Origin`` is refused (:meth:`ApiAuth.check_csrf`).
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping
@@ -140,9 +141,24 @@ def _form(request: Request) -> dict[str, str]:
     return dict(parse_qsl(text, max_num_fields=20))
 
 
+_NEXT_PATH = re.compile(r"/[\x21-\x7e]*")
+_MAX_NEXT = 2048
+
+
 def _safe_next(target: str | None) -> str:
-    """Where to go after the token form: a path of this site only (no open redirect)."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """Where to go after the token form: a path of this site only, else ``/``.
+
+    It goes into a ``Location`` header, so it is printable ASCII without spaces (a CR or LF
+    would add headers of its own) and an absolute path: one leading ``/`` and no ``//`` or
+    backslash anywhere (browsers drop TAB, CR and LF from a URL and read a backslash as ``/``,
+    so ``/<TAB>/evil.example`` would be ``//evil.example``: another site)."""
+    if (
+        not target
+        or len(target) > _MAX_NEXT
+        or not _NEXT_PATH.fullmatch(target)
+        or "//" in target
+        or "\\" in target
+    ):
         return "/"
     return target
 

@@ -4,10 +4,12 @@ input, filters and pagination, ETag 304s, the live log tail, retry and cancel wi
 from __future__ import annotations
 
 import re
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -319,3 +321,66 @@ def test_a_lost_race_is_a_message_not_an_error_page(site: Site) -> None:
     shown = site.get(late.headers["location"])
     assert shown.status_code == 200 and "nothing was done" in shown.text
     assert site.core.queries.job("race").attempt == 2  # one retry, not two
+
+
+def raw_exchange(site: Site, request: bytes) -> tuple[int, list[tuple[str, str]]]:
+    """Send ``request`` as bytes and read the answer's status and header lines as sent (a
+    client library would refuse or fold what is checked here)."""
+    url = site.client.base_url
+    assert url.host and url.port
+    with socket.create_connection((url.host, url.port), timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head = data.partition(b"\r\n\r\n")[0].decode("latin-1")
+    status_line, *lines = head.split("\r\n")
+    fields = [line.partition(":") for line in lines]
+    return int(status_line.split()[1]), [(k.lower(), v.strip()) for k, _, v in fields]
+
+
+HOSTILE_NEXT = [
+    "/\r\nSet-Cookie: injected=1",
+    "/\nSet-Cookie: injected=1",
+    "/\rSet-Cookie: injected=1",
+    "/\t/evil.example",
+    "/\x0b/evil.example",
+    "/ /evil.example",
+    "/\x00",
+    "/\x7f",
+    "/caf\u00e9",
+    "/\u2028",
+    "//evil.example",
+    "/a//evil.example",
+    "/\\evil.example",
+    "\\/evil.example",
+    "https://evil.example/",
+    "javascript:alert(1)",
+    "evil.example",
+    "",
+]
+
+
+@pytest.mark.parametrize("target", HOSTILE_NEXT, ids=repr)
+def test_the_login_form_sends_a_hostile_next_home_and_never_into_a_header(
+    site: Site, target: str
+) -> None:
+    body = urlencode({"next": target, "token": "x"}).encode()
+    status, fields = raw_exchange(
+        site,
+        b"POST /ui/login HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body),
+    )
+    assert status == 303
+    assert [v for k, v in fields if k == "location"] == ["/"], fields
+    assert "set-cookie" not in dict(fields) and "injected=1" not in repr(fields)
+
+
+def test_the_login_form_keeps_a_next_that_is_a_path_of_this_site(site: Site) -> None:
+    for target in ("/", "/ui/repos/octo-org/api?status=failed&branch=a%2F%2Fb", "/ui/jobs/a:b"):
+        answer = site.client.post("/ui/login", data={"next": target})
+        assert answer.status_code == 303 and answer.headers["location"] == target

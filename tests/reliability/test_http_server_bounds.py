@@ -28,7 +28,8 @@ from typing import Any
 import psutil
 import pytest
 
-from scheduler.api.app import ServerLimits, create_app
+from scheduler.api.app import Application, Request, Response, Router, ServerLimits, create_app
+from scheduler.api.auth import Access
 from scheduler.config import parse_config
 from scheduler.db.models import JobModel
 from scheduler.github.signature import sign
@@ -413,3 +414,36 @@ def test_control_characters_in_a_path_cannot_forge_log_lines(
     logged = [line for line in lines if "RED" in line]
     assert logged and all(c.isprintable() for line in logged for c in line), logged
     assert "\\x1b[31mRED" in logged[0]
+
+
+# -- what the server sends ---------------------------------------------------------------------
+
+
+def test_a_header_value_with_cr_or_lf_is_never_sent(caplog: pytest.LogCaptureFixture) -> None:
+    """Defence in depth: whatever a route puts in a header, no line of its own reaches the
+    client (the route's answer goes out without that header, and the bug is logged); neither
+    does another control character, nor what latin-1 cannot carry (which failed the answer)."""
+
+    def echo(request: Request) -> Response:
+        value = request.query.get("v", "")
+        return Response(200, {"ok": True}, {"x-echo": value, "x-kept": "yes"})
+
+    router = Router()
+    router.add("GET", "/echo", echo, access=Access.PUBLIC)
+    app = Application(router, max_body_bytes=0)
+    caplog.set_level(logging.ERROR, logger="scheduler.local.http_server")
+    with LocalHTTPServer(app) as server:
+        hostile = ("%0d%0aSet-Cookie:%20injected=1", "%0aSet-Cookie:%20injected=1", "a%0db")
+        for value in (*hostile, "a%00b", "a%0bb", "%e2%80%a8"):
+            with connect(server) as sock:
+                sock.sendall(f"GET /echo?v={value} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                status, headers, body = read_answer(sock)
+            assert (status, body) == (200, {"ok": True}), (value, headers)
+            assert "set-cookie" not in headers and "x-echo" not in headers, (value, headers)
+            assert headers["x-kept"] == "yes"
+        with connect(server) as sock:
+            sock.sendall(b"GET /echo?v=plain HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert read_answer(sock)[1]["x-echo"] == "plain"
+    refused = [r.getMessage() for r in caplog.records if r.name == "scheduler.local.http_server"]
+    assert len(refused) == 6 and all("x-echo" in line for line in refused), refused
+    assert not any("injected" in line for line in refused)  # the value is not logged
