@@ -43,6 +43,7 @@ from scheduler.errors import (
     Unauthorized,
     WebhookRejected,
 )
+from scheduler.github.clone_urls import github_host
 from scheduler.github.delivery import WebhookService, webhook_secret
 from scheduler.settings import (
     DEFAULT_HTTP_BODY_BUDGET_BYTES,
@@ -405,6 +406,7 @@ def create_app(
         secret=secret,
         clock=clock,
         guard_window_ms=settings.retention_days * DAY_MS,
+        github_host=github_host(settings.github_api_url),
     )
 
     def receive(request: Request) -> Response:

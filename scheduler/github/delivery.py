@@ -38,6 +38,7 @@ from scheduler.db.store import (
     TriggerGuard,
 )
 from scheduler.errors import ConfigurationError, JobExists, TriggerSeen
+from scheduler.github.clone_urls import DEFAULT_GITHUB_HOST
 from scheduler.github.payload import BuildRequest, Ignored, Ping, interpret, parse_delivery
 from scheduler.github.signature import SIGNATURE_HEADER, verify_signature
 from scheduler.settings import Settings
@@ -97,19 +98,22 @@ class WebhookService:
         secret: bytes | None,
         clock: Clock,
         guard_window_ms: int = 30 * DAY_MS,
+        github_host: str = DEFAULT_GITHUB_HOST,
     ) -> None:
         self._store = store
         self._config = config
         self._secret = secret
         self._clock = clock
         self._guard_window_ms = guard_window_ms
+        # The only host a payload's clone URL may name (the token's host; see clone_urls).
+        self._github_host = github_host
 
     def receive(self, headers: Mapping[str, str], body: bytes) -> WebhookAnswer:
         # The signature first: an unauthenticated caller learns nothing about what we accept.
         if self._secret is not None:
             verify_signature(self._secret, body, headers.get(SIGNATURE_HEADER))
         delivery = parse_delivery(headers, body)
-        wanted = interpret(delivery)
+        wanted = interpret(delivery, github_host=self._github_host)
         if isinstance(wanted, Ping):
             return WebhookAnswer(200, {"reason": "pong"})
         if isinstance(wanted, BuildRequest):

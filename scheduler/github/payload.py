@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
 from scheduler.errors import UnsupportedMediaType, WebhookRejected
+from scheduler.github.clone_urls import DEFAULT_GITHUB_HOST, allowed_clone_url
 from scheduler.repo_name import canonical_repo
 
 __all__ = [
@@ -142,9 +143,6 @@ REF_MAX_BYTES = 1024
 REF_COMPONENT_MAX_BYTES = 255
 LOGIN_MAX_BYTES = 100
 PR_NUMBER_MAX = 2**31 - 1
-CLONE_URL_MAX_CHARS = 512
-# https://host[:port]/path with no user info, query, fragment, space or control character.
-_SAFE_CLONE_URL = re.compile(r"https://[A-Za-z0-9.-]+(:[0-9]{1,5})?/[A-Za-z0-9._~/%+-]+")
 # C0 controls (NUL included) and DEL: never in a git ref or a GitHub login, and a NUL cannot be
 # passed to a run as an environment variable.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -187,8 +185,8 @@ class BuildRequest:
     tag: str | None = None
     base_branch: str | None = None
     rebuild: bool = False
-    # The repository's https clone URL (the base repository's for a pull request, where GitHub
-    # keeps refs/pull/N/head); None when the payload has no usable one.
+    # The repository's https clone URL on the GitHub host (the base repository's for a pull
+    # request, where GitHub keeps refs/pull/N/head); None when the payload names no such URL.
     clone_url: str | None = None
 
     @property
@@ -290,19 +288,25 @@ def _reject_constant(name: str) -> Any:
 # -- payloads ---------------------------------------------------------------------------------
 
 
-def interpret(delivery: Delivery) -> BuildRequest | Ping | Ignored:
-    """What ``delivery`` asks for. Raises :class:`WebhookRejected` for fields of wrong types."""
+def interpret(
+    delivery: Delivery, *, github_host: str = DEFAULT_GITHUB_HOST
+) -> BuildRequest | Ping | Ignored:
+    """What ``delivery`` asks for. Raises :class:`WebhookRejected` for fields of wrong types.
+
+    ``github_host`` is the only host a payload's clone URL may name (see
+    :func:`scheduler.github.clone_urls.github_host`).
+    """
     if delivery.event == "ping":
         zen = delivery.payload.get("zen")
         return Ping(zen if isinstance(zen, str) else None)
     if delivery.event == "push":
-        return _push(delivery)
+        return _push(delivery, github_host)
     if delivery.event == "pull_request":
-        return _pull_request(delivery)
+        return _pull_request(delivery, github_host)
     return Ignored(f"event {delivery.event} makes no job")
 
 
-def _push(delivery: Delivery) -> BuildRequest | Ignored:
+def _push(delivery: Delivery, github_host: str) -> BuildRequest | Ignored:
     payload = delivery.payload
     repo = _repo(payload)
     ref = _ref(_field(payload, "ref", str), "ref")
@@ -328,11 +332,11 @@ def _push(delivery: Delivery) -> BuildRequest | Ignored:
         tag=tag,
         trigger=ref,
         sender=_sender(payload),
-        clone_url=_clone_url(payload),
+        clone_url=_clone_url(payload, repo, github_host),
     )
 
 
-def _pull_request(delivery: Delivery) -> BuildRequest | Ignored:
+def _pull_request(delivery: Delivery, github_host: str) -> BuildRequest | Ignored:
     payload = delivery.payload
     action = _field(payload, "action", str)
     repo = _repo(payload)
@@ -366,7 +370,7 @@ def _pull_request(delivery: Delivery) -> BuildRequest | Ignored:
         # Reopening a pull request asks for a build even if its head did not move (the commit
         # built when it was opened is otherwise held by the trigger guard for the window).
         rebuild=action == "reopened",
-        clone_url=_clone_url(payload),
+        clone_url=_clone_url(payload, repo, github_host),
     )
 
 
@@ -379,16 +383,17 @@ def _repo(payload: Mapping[str, Any]) -> str:
     return repo
 
 
-def _clone_url(payload: Mapping[str, Any]) -> str | None:
-    """``repository.clone_url`` if it is a plain https URL, else None.
+def _clone_url(payload: Mapping[str, Any], repo: str, github_host: str) -> str | None:
+    """``repository.clone_url`` if it is ``https://<github_host>/<repo>(.git)``, else None.
 
-    Even a signed payload only ever names where to fetch over https: never a local path, a
-    ``file://`` or ``ext::`` URL, or one carrying credentials (an operator's ``clone_url``
-    is how anything else is configured).
+    Even a signed payload never names where to fetch from: not another host (which would be
+    sent the git token when it asks for one), a local path, a ``file://`` or ``ext::`` URL, or
+    one carrying credentials. Anything but the repository's own GitHub URL needs the
+    operator's ``clone_url``; without one, its runs fail saying so.
     """
     repository = _field(payload, "repository", dict)
     url = _optional(repository, "clone_url", str, "repository.clone_url")
-    if url is None or len(url) > CLONE_URL_MAX_CHARS or _SAFE_CLONE_URL.fullmatch(url) is None:
+    if url is None or not allowed_clone_url(url, repo, github_host):
         return None
     return url
 

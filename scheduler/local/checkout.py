@@ -12,8 +12,9 @@ mirror (``refs/scheduler/<sha>``), so no garbage collection can take objects a w
 
 Credentials never come from a payload: ``SCHEDULER_GIT_TOKEN`` (the operator's) is handed to git
 by a credential helper that reads it from git's environment, so it is on no command line, in no
-URL, log or job item. Git never prompts (a missing credential fails the fetch) and runs no
-transport but https, ssh, git and local files (never ``ext::``).
+URL, log or job item, and that answers only for https to the GitHub host. Git never prompts (a
+missing credential fails the fetch) and runs no transport but https, ssh, git and local files
+(never ``ext::``).
 """
 
 from __future__ import annotations
@@ -41,9 +42,18 @@ LOCAL_TIMEOUT_SECONDS = 120
 _SHA = re.compile(r"[0-9a-f]{40}")
 # Git's own answer when the remote is reachable but has no such commit.
 _NOT_THERE = re.compile(r"not our ref|couldn't find remote ref|no such remote ref", re.I)
+HOST_VARIABLE = "SCHEDULER_GIT_HOST"
+# Git describes what it wants a credential for on stdin (``protocol=https``, ``host=github.com``,
+# one ``key=value`` a line, a blank line or EOF to end). The helper answers only for https to
+# the GitHub host (any case; a port is part of ``host`` and must match too): a clone URL on any
+# other host, an operator's or one planted in a job, never gets the token, whoever asks for it.
 _HELPER = (
-    '!f() { test "$1" = get || exit 0; echo username=x-access-token;'
-    ' echo "password=$SCHEDULER_GIT_TOKEN"; }; f'
+    '!f() { test "$1" = get || exit 0; p= h=;'
+    ' while IFS== read -r k v; do test -n "$k" || break;'
+    ' case "$k" in protocol) p=$v;; host) h=$v;; esac; done;'
+    ' test "$p" = https || exit 0;'
+    ' test "$(printf %s "$h" | tr A-Z a-z)" = "$SCHEDULER_GIT_HOST" || exit 0;'
+    ' echo username=x-access-token; echo "password=$SCHEDULER_GIT_TOKEN"; }; f'
 )
 
 
@@ -57,16 +67,23 @@ class CommitNotFound(DomainError):
 
 
 class SourceCheckout:
-    def __init__(self, folder: Path, *, token: str | None = None) -> None:
+    def __init__(
+        self, folder: Path, *, token: str | None = None, github_host: str = "github.com"
+    ) -> None:
         self._mirrors = folder / "mirrors"
         self._token = token or None
+        # The only host the token is given to (see scheduler.github.clone_urls.github_host).
+        self._github_host = github_host.lower()
 
     def prepare(self, repo: str, clone_url: str | None, sha: str, workdir: Path) -> None:
         """Make ``workdir`` a fresh work tree of ``repo`` at ``sha``, fetched from ``clone_url``."""
         if not clone_url:
+            # The webhook keeps a payload's clone URL only when it is the repository's own on
+            # the GitHub host (scheduler.github.clone_urls): anything else lands here.
             raise CommitNotFound(
-                f"no clone URL for {repo}: the payload has no https clone_url; set clone_url"
-                " in the repository configuration (or checkout = false)"
+                f"clone URL not allowed: configure clone_url for this repository ({repo}; a"
+                f" payload's clone_url is used only if it is https://{self._github_host}/{repo}"
+                "), or set checkout = false"
             )
         if _SHA.fullmatch(sha) is None:
             raise CommitNotFound(f"{sha!r} is not a commit sha")
@@ -138,6 +155,7 @@ class SourceCheckout:
         if self._token:
             settings["credential.helper"] = _HELPER
             env[TOKEN_VARIABLE] = self._token
+            env[HOST_VARIABLE] = self._github_host
         env.update(GIT_TERMINAL_PROMPT="0", GIT_ASKPASS="true", GIT_CONFIG_NOSYSTEM="1")
         env["GIT_CONFIG_COUNT"] = str(len(settings))
         for index, (key, value) in enumerate(settings.items()):

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from scheduler.errors import InvalidArgument
+from scheduler.github.clone_urls import DEFAULT_GITHUB_HOST
 from scheduler.local.checkout import TOKEN_VARIABLE, CheckoutFailed, CommitNotFound, SourceCheckout
 from scheduler.local.process_group import ProcessGroup
 from scheduler.local.procutil import orphan_proof
@@ -80,6 +81,7 @@ class LocalExecutor:
         keep_failed_workdirs: int = 10,
         log_max_bytes: int = DEFAULT_LOG_MAX_BYTES,
         mask_for: Callable[[str], Masker] = lambda _repo: NO_MASK,
+        github_host: str = DEFAULT_GITHUB_HOST,
     ) -> None:
         self._work_dir = work_dir
         self._on_finished = on_finished
@@ -96,7 +98,10 @@ class LocalExecutor:
         self._base_env = {key: source[key] for key in PASSED_THROUGH if key in source}
         self._log_max_bytes = log_max_bytes
         self._mask_for = mask_for  # secrets kept out of the summary stored on the job
-        self._checkout = SourceCheckout(work_dir, token=source.get(TOKEN_VARIABLE))
+        # The git token goes to the GitHub host only (github_host: see SourceCheckout).
+        self._checkout = SourceCheckout(
+            work_dir, token=source.get(TOKEN_VARIABLE), github_host=github_host
+        )
 
     def log_location(self, request: RunRequest) -> str:
         return str(self.log_path(request))

@@ -26,6 +26,7 @@ from scheduler.config import RepositoryConfig, load_config
 from scheduler.db import clients
 from scheduler.db.tables import ensure_tables
 from scheduler.errors import ConfigurationError, StoreUnavailable
+from scheduler.github.clone_urls import github_host
 from scheduler.github.delivery import webhook_secret
 from scheduler.local.dynamodb_local import DynamoDBLocal, port_in_use
 from scheduler.local.executor import LocalExecutor
@@ -324,6 +325,7 @@ def compose(
             max_parallel=options.max_parallel_runs,
             log_max_bytes=settings.log_max_bytes,
             mask_for=mask_for_settings(settings, config),
+            github_host=github_host(settings.github_api_url),
         )
 
     return build_core(

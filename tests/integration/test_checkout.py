@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from credential_trap import CredentialTrap, credential_trap
 from git_origin import Origin, commit, git, make_origin
 
 from scheduler.local.checkout import CheckoutFailed, CommitNotFound, SourceCheckout
@@ -99,7 +101,7 @@ def test_a_removed_remote_is_the_infrastructures_failure(origin: Origin, tmp_pat
 
 
 def test_no_clone_url_says_how_to_configure_one(tmp_path: Path) -> None:
-    with pytest.raises(CommitNotFound, match="set clone_url"):
+    with pytest.raises(CommitNotFound, match="clone URL not allowed: configure clone_url"):
         SourceCheckout(tmp_path).prepare("octo/app", None, "1" * 40, tmp_path / "work")
 
 
@@ -142,3 +144,73 @@ def test_git_gets_the_token_from_the_credential_helper(tmp_path: Path) -> None:
         check=True,
     )
     assert "username=x-access-token\npassword=tok-123" in asked.stdout
+
+
+# -- the token goes to the GitHub host only ------------------------------------------------------
+
+
+@pytest.fixture
+def trap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[CredentialTrap]:
+    with credential_trap(tmp_path / "trap") as made:
+        monkeypatch.setenv("HOME", str(made.home))  # git (HOME is passed on) trusts the trap
+        yield made
+
+
+def test_the_token_is_never_sent_to_a_host_that_is_not_github(
+    trap: CredentialTrap, tmp_path: Path
+) -> None:
+    """A clone URL on another host (an operator's, or one planted in a job) that answers 401
+    gets no token: the credential helper answers for the GitHub host only."""
+    checkout = SourceCheckout(tmp_path / "runner", token="tok-123", github_host="github.com")
+    with pytest.raises(CheckoutFailed):
+        checkout.prepare("octo/app", trap.url("x.git"), "1" * 40, tmp_path / "w")
+    assert trap.seen, "git never reached the server"
+    assert trap.tokens() == []
+
+
+def test_the_token_is_sent_to_the_github_host_over_https(
+    trap: CredentialTrap, tmp_path: Path
+) -> None:
+    # The same server named as the (Enterprise) GitHub host: now it is asked and answered.
+    checkout = SourceCheckout(tmp_path / "runner", token="tok-123", github_host=trap.host)
+    with pytest.raises(CheckoutFailed):
+        checkout.prepare("octo/app", trap.url("x.git"), "1" * 40, tmp_path / "w")
+    assert "tok-123" in trap.tokens()
+
+
+@pytest.mark.parametrize(
+    "asked",
+    [
+        "protocol=https\nhost=attacker.example\n",
+        "protocol=http\nhost=github.com\n",
+        "protocol=https\nhost=github.com.attacker.example\n",
+        "protocol=https\nhost=github.com:8443\n",
+        "host=github.com\n",
+    ],
+)
+def test_the_credential_helper_answers_nothing_for_another_host(asked: str, tmp_path: Path) -> None:
+    env = SourceCheckout(tmp_path, token="tok-123", github_host="github.com")._environment()
+    result = subprocess.run(
+        ["git", "credential", "fill"],
+        input=asked + "\n",
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    # Nothing from the helper: git falls back to GIT_ASKPASS=true, an empty answer.
+    assert "tok-123" not in result.stdout + result.stderr
+    assert "x-access-token" not in result.stdout
+
+
+def test_the_credential_helper_matches_the_host_in_any_case(tmp_path: Path) -> None:
+    env = SourceCheckout(tmp_path, token="tok-123", github_host="ghe.example")._environment()
+    asked = subprocess.run(
+        ["git", "credential", "fill"],
+        input="protocol=https\nhost=GHE.Example\n\n",
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "password=tok-123" in asked.stdout

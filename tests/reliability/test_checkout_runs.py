@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+from credential_trap import credential_trap
 from git_origin import make_origin
 from harness import LocalStackProcess, wait_for
 
@@ -106,3 +107,41 @@ def test_runs_check_out_the_jobs_commit(tmp_path: Path) -> None:
     # Work trees of passed runs are removed: only the failed ones are kept to look into.
     left = {p.parent.parent.name for p in (tmp_path / "data").rglob("attempt-*/.git")}
     assert left.isdisjoint(pushes), left
+
+
+def test_a_payloads_clone_url_on_another_host_is_never_fetched(tmp_path: Path) -> None:
+    """A signed push naming ``https://<another host>/x.git`` as its clone URL: the stack holds
+    a git token and the host asks for credentials (401), yet it is never even asked; the job
+    fails as ``error`` saying to configure ``clone_url``. Its sibling with one configured runs."""
+    origin = make_origin(tmp_path / "origin")
+    with credential_trap(tmp_path / "trap") as trap:
+        stack = LocalStackProcess(
+            tmp_path,
+            config=(
+                '[defaults]\ncommand = ["true"]\ntimeout_seconds = 60\n'
+                f'[repos."octo/configured"]\nclone_url = "{origin.path}"\n'
+            ),
+            env={"SCHEDULER_GIT_TOKEN": "tok-trap-123", "HOME": str(trap.home)},
+        )
+        stack.start()
+        try:
+            with httpx.Client(timeout=30) as client:
+                jobs = {}
+                for repo in ("octo/app", "octo/configured"):
+                    push = {
+                        "ref": "refs/heads/main",
+                        "after": origin.first,
+                        "repository": {"full_name": repo, "clone_url": trap.url("x.git")},
+                    }
+                    answer = stack.post_delivery(client, "push", f"evil-{repo[5:]}", push)
+                    assert answer.status_code == 202, answer.text
+                    jobs[repo] = str(answer.json()["job_id"])
+                job = ended(stack, client, jobs["octo/app"])
+                assert (job["status"], job["reason"]) == ("failed", "error"), job
+                assert "clone URL not allowed" in str(job["detail"]), job
+                assert "configure clone_url" in str(job["detail"]), job
+                assert ended(stack, client, jobs["octo/configured"])["status"] == "passed"
+        finally:
+            stack.stop()
+        assert trap.tokens() == []
+        assert trap.seen == []  # not even asked: the payload's URL never reached git

@@ -10,6 +10,7 @@ from urllib.parse import urlencode
 import pytest
 
 from scheduler.errors import SignatureInvalid, UnsupportedMediaType, WebhookRejected
+from scheduler.github.clone_urls import github_host
 from scheduler.github.payload import (
     BuildRequest,
     Delivery,
@@ -170,23 +171,71 @@ def test_pull_request_actions_that_build(action: str) -> None:
     ("url", "kept"),
     [
         ("https://github.com/Codertocat/Hello-World.git", True),
-        ("https://ghe.example.com:8443/org/repo.git", True),
+        ("https://github.com/Codertocat/Hello-World", True),
+        ("https://GitHub.com/codertocat/hello-world.git", True),  # both are case-insensitive
+        # A signed payload naming another host would have the checkout log in there.
+        ("https://attacker.example/x.git", False),
+        ("https://attacker.example/Codertocat/Hello-World.git", False),
+        ("https://github.com.attacker.example/Codertocat/Hello-World.git", False),
+        ("https://github.com:8443/Codertocat/Hello-World.git", False),
+        ("https://ghe.example.com:8443/org/repo.git", False),  # not the configured host
+        ("https://github.com/Codertocat/Other.git", False),  # not the payload's repository
+        ("https://github.com/Codertocat/Hello-World/../../o/r.git", False),
+        ("http://github.com/Codertocat/Hello-World.git", False),
         ("/srv/git/app.git", False),  # a local path: only an operator may name one
         ("file:///etc", False),
         ("ext::sh -c touch% /tmp/pwned", False),
-        ("ssh://git@github.com/o/r.git", False),
-        ("https://user:token@github.com/o/r.git", False),  # no credentials from a payload
-        ("https://github.com/o/r.git?x=1", False),
-        ("https://github.com/o/r.git\n", False),
+        ("ssh://git@github.com/Codertocat/Hello-World.git", False),
+        ("https://user:token@github.com/Codertocat/Hello-World.git", False),
+        ("https://github.com/Codertocat/Hello-World.git?x=1", False),
+        ("https://github.com/Codertocat/Hello-World.git\n", False),
         ("https://github.com/" + "a" * 600, False),
     ],
 )
-def test_only_a_plain_https_clone_url_is_taken_from_a_payload(url: str, kept: bool) -> None:
+def test_only_the_repositorys_own_github_url_is_taken_from_a_payload(url: str, kept: bool) -> None:
     body = payload("push.branch")
     body["repository"] = {**body["repository"], "clone_url": url}
     result = interpret(delivery("push", body))
     assert isinstance(result, BuildRequest)
     assert result.clone_url == (url if kept else None)
+
+
+def test_a_pull_requests_clone_url_is_its_base_repositorys_on_github() -> None:
+    body = payload("pull_request.opened")
+    result = interpret(delivery("pull_request", body))
+    assert isinstance(result, BuildRequest)
+    assert result.clone_url == "https://github.com/Codertocat/Hello-World.git"
+    body["repository"] = {**body["repository"], "clone_url": "https://attacker.example/x.git"}
+    result = interpret(delivery("pull_request", body))
+    assert isinstance(result, BuildRequest) and result.clone_url is None
+
+
+def test_an_enterprise_payloads_clone_url_is_taken_on_the_configured_host() -> None:
+    body = payload("push.branch")
+    body["repository"] = {
+        **body["repository"],
+        "clone_url": "https://ghe.example/Codertocat/Hello-World.git",
+    }
+    on_ghe = interpret(delivery("push", body), github_host="ghe.example")
+    on_github = interpret(delivery("push", body))
+    assert isinstance(on_ghe, BuildRequest) and isinstance(on_github, BuildRequest)
+    assert on_ghe.clone_url == "https://ghe.example/Codertocat/Hello-World.git"
+    assert on_github.clone_url is None
+
+
+@pytest.mark.parametrize(
+    ("api_url", "host"),
+    [
+        ("https://api.github.com", "github.com"),
+        ("https://api.github.com/", "github.com"),
+        ("https://ghe.example/api/v3", "ghe.example"),
+        ("https://GHE.example:8443/api/v3/", "ghe.example:8443"),
+        ("https://api.acme.ghe.com", "acme.ghe.com"),
+        ("http://127.0.0.1:9999", "127.0.0.1:9999"),
+    ],
+)
+def test_the_github_host_is_derived_from_the_api_url(api_url: str, host: str) -> None:
+    assert github_host(api_url) == host
 
 
 def test_a_clone_url_of_the_wrong_type_is_refused() -> None:
