@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -20,6 +21,10 @@ from tests.conftest import ROOT
 from tests.reliability.harness import SCHEDULER, SECRET, LocalStackProcess
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's, installed by `make test` (never skipped)
+# How long a page may take to show what it must (Playwright's waits and expect()): generous, so
+# that a loaded machine only makes a test slower. How fast the pages are is bench/dashboard.py's.
+PATIENCE_MS = 60_000
+playwright_api.expect.set_options(timeout=PATIENCE_MS)
 
 TOKEN = "browser-test-token-0123456789abcdef"
 SHOTS = ROOT / ".screenshots"
@@ -31,7 +36,7 @@ concurrency = 4
 timeout_seconds = 120
 
 [repos."web/tail"]
-command = ["sh", "-c", "for i in $(seq 1 40); do echo \\"line $i of the run\\"; sleep 0.25; done"]
+command = ["sh", "-c", "for i in $(seq 1 240); do echo \\"line $i of the run\\"; sleep 0.25; done"]
 
 [repos."web/fail"]
 command = ["sh", "-c", "echo 'this build fails'; exit 3"]
@@ -91,6 +96,7 @@ def browser() -> Iterator[object]:
 def page(browser: object, stack: LocalStackProcess) -> Iterator[object]:
     """A signed-in page (through the token form)."""
     context = browser.new_context(base_url=stack.url, viewport={"width": 1280, "height": 800})  # type: ignore[attr-defined]
+    context.set_default_timeout(PATIENCE_MS)
     tab = context.new_page()
     tab.goto("/")
     tab.fill("#token", TOKEN)
@@ -112,8 +118,8 @@ def send(stack: LocalStackProcess, repo: str, branch: str = "main") -> str:
 
 
 def wait_status(stack: LocalStackProcess, job_id: str, *statuses: str) -> None:
-    deadline = time.monotonic() + 30
-    with httpx.Client(timeout=10, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+    deadline = time.monotonic() + 120
+    with httpx.Client(timeout=30, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
         while time.monotonic() < deadline:
             if client.get(f"{stack.url}/jobs/{job_id}").json()["status"] in statuses:
                 return
@@ -136,6 +142,7 @@ def shoot(tab: object, name: str) -> None:
 
 def test_the_token_prompt_refuses_a_wrong_token(browser: object, stack: LocalStackProcess) -> None:
     context = browser.new_context(base_url=stack.url)  # type: ignore[attr-defined]
+    context.set_default_timeout(PATIENCE_MS)
     tab = context.new_page()
     try:
         answer = tab.goto("/ui/repos/web/tail")
@@ -156,22 +163,18 @@ def test_the_token_prompt_refuses_a_wrong_token(browser: object, stack: LocalSta
         context.close()
 
 
-def test_a_job_appears_within_a_second_and_its_log_grows(
+def test_a_job_appears_without_a_reload_and_its_log_grows(
     page: object, stack: LocalStackProcess
 ) -> None:
     tab = page
     send(stack, "web/tail")  # the repository exists
     tab.goto("/ui/repos/web/tail")  # type: ignore[attr-defined]
     mark(tab)
-    time.sleep(1.0)  # the page is idle and polling
+    polled = tab.wait_for_event("request", lambda r: "/ui/part/" in r.url)  # type: ignore[attr-defined]
+    assert polled.method == "GET"  # the page is idle and polling
     job_id = send(stack, "web/tail")
-    sent = time.monotonic()
-    tab.wait_for_selector(f'tr[data-job-id="{job_id}"]', timeout=5000)  # type: ignore[attr-defined]
-    seen = time.monotonic() - sent
-    print(f"\ndashboard: the job showed {seen:.2f} s after its delivery")
-    # One poll (0.7 s) and a render: under a second here; the bound leaves room for a loaded
-    # CI machine, and a page that only a reload would update never passes it.
-    assert seen < 2.5, f"the job showed {seen:.2f} s after its delivery"
+    # The row comes with a poll, not a reload (how soon: bench/dashboard.py; about a second).
+    tab.wait_for_selector(f'tr[data-job-id="{job_id}"]')  # type: ignore[attr-defined]
     assert not_reloaded(tab)
     shoot(tab, "jobs")
     tab.set_viewport_size({"width": 390, "height": 844})  # type: ignore[attr-defined]
@@ -182,11 +185,12 @@ def test_a_job_appears_within_a_second_and_its_log_grows(
     tab.wait_for_selector("#log")  # type: ignore[attr-defined]
     mark(tab)
     log = tab.locator("#log")  # type: ignore[attr-defined]
-    playwright_api.expect(log).to_contain_text("line 3 of the run", timeout=10_000)
+    playwright_api.expect(log).to_contain_text("line 3 of the run")
     before = len(log.inner_text())
-    time.sleep(1.5)
-    after = len(log.inner_text())
-    assert after > before, "the log tail did not grow"
+    # The run writes a line every 0.25 s for a minute: the tail grows while the page is open.
+    tab.wait_for_function(  # type: ignore[attr-defined]
+        "n => document.getElementById('log').innerText.length > n", arg=before
+    )
     assert not_reloaded(tab)
     assert tab.locator(".job-fields .status").first.inner_text() == "active"  # type: ignore[attr-defined]
     shoot(tab, "job")
@@ -248,14 +252,14 @@ def test_the_log_follows_a_retry_without_a_reload(page: object, stack: LocalStac
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    playwright_api.expect(log).to_contain_text("attempt 2 line 3", timeout=10_000)
+    playwright_api.expect(log).to_contain_text("attempt 2 line 3")
     assert "first attempt fails" not in log.inner_text()
     assert log.get_attribute("aria-label") == "Output of attempt 2"
     attempts = tab.locator("nav.attempts")  # type: ignore[attr-defined]
     playwright_api.expect(attempts).to_be_visible()
     assert attempts.locator("a[aria-current=page]").inner_text() == "attempt 2"
     assert attempts.locator("a").all_inner_texts() == ["attempt 2", "attempt 1"]
-    playwright_api.expect(state).to_have_text("Attempt 2 is over.", timeout=15_000)
+    playwright_api.expect(state).to_have_text("Attempt 2 is over.")
     assert log.inner_text() == "".join(f"attempt 2 line {n}\n" for n in range(1, 9))
     assert "attempt 2" in tab.locator(".job-head").inner_text()  # type: ignore[attr-defined]
     assert not_reloaded(tab)
@@ -267,33 +271,91 @@ def test_the_log_follows_a_retry_without_a_reload(page: object, stack: LocalStac
     pinned.close()
 
 
+# Written into each tab before the page's script: the tab's own record, in the order the tab saw
+# them, of the fragment polls it sent (when, with which ETag) and of the other tabs' words on the
+# channel it heard (the `at` the sender stamped its poll with). One thread runs a tab's script, so
+# this order is the order the page's script saw things in, however late its timers fire.
+SHARED_POLLS_LOG = """
+(() => {
+  const seen = (window.__seen = []);
+  const fetched = window.fetch;
+  window.fetch = function (url, init) {
+    if (String(url).includes("/ui/part/")) {
+      const headers = (init && init.headers) || {};
+      seen.push({kind: "poll", url: String(url), at: Date.now(),
+                 etag: headers["If-None-Match"] || null});
+    }
+    return fetched.apply(this, arguments);
+  };
+  const Channel = window.BroadcastChannel;
+  if (typeof Channel !== "function") return;
+  window.BroadcastChannel = class extends Channel {
+    constructor(name) {
+      super(name);
+      this.addEventListener("message", (event) => {
+        const m = event.data || {};
+        seen.push({kind: "heard", url: m.url, at: m.at, etag: m.etag, html: "html" in m});
+      });
+    }
+  };
+})();
+"""
+
+
+def polls_within_a_period_of_a_heard_one(seen: list[dict[str, Any]], period_ms: int) -> list[str]:
+    """The polls a tab sent less than a period after another tab's poll of the same fragment and
+    state it had heard of (each with the poll it had heard of): what shared polls never do."""
+    heard: dict[tuple[str, str], int] = {}  # (fragment, ETag) -> the latest poll heard of
+    early = []
+    for event in seen:
+        key = (event["url"], event["etag"])
+        if event["kind"] == "heard":
+            heard[key] = max(heard.get(key, event["at"]), event["at"])
+        elif key in heard and event["at"] - heard[key] < period_ms:
+            early.append(f"{event} {event['at'] - heard[key]} ms after a poll heard of")
+    return early
+
+
 def test_tabs_on_one_page_share_their_polls(page: object, stack: LocalStackProcess) -> None:
-    """Two tabs on one jobs page: about one poll per period between them, both kept live."""
+    """Two tabs on one jobs page: a tab never polls within a period of a poll it heard the other
+    tab send (judged from the polls' own timestamps, in the order each tab saw them), they do
+    hear each other, and both stay live. How many polls per second that saves is a figure of
+    bench/dashboard.py (its idle-tabs case)."""
     tab = page
-    send(stack, "web/shared")
+    wait_status(stack, send(stack, "web/shared"), "passed")  # the page's state holds still
+    tab.context.add_init_script(SHARED_POLLS_LOG)  # type: ignore[attr-defined]
     other = tab.context.new_page()  # type: ignore[attr-defined]
-    polls: list[str] = []
     for each in (tab, other):
-        each.on(  # type: ignore[attr-defined]
-            "request",
-            lambda request: polls.append(request.url) if "/ui/part/" in request.url else None,
-        )
         each.goto("/ui/repos/web/shared")  # type: ignore[attr-defined]
     mark(tab)
-    tab.wait_for_timeout(1000)  # type: ignore[attr-defined]  # (events arrive while waiting)
-    polls.clear()
-    seconds = 3.5
-    tab.wait_for_timeout(seconds * 1000)  # type: ignore[attr-defined]
-    period = POLL_MS / 1000
-    alone = 2 * seconds / period
-    print(f"\ndashboard: 2 tabs polled {len(polls)} times in {seconds} s (alone: {alone:.0f})")
-    assert len(polls) <= 1.5 * seconds / period, polls  # not two polls per period
+
+    def seen(each: object) -> list[dict[str, Any]]:
+        return list(each.evaluate("window.__seen"))  # type: ignore[attr-defined]
+
+    def heard(each: object) -> int:
+        return sum(e["kind"] == "heard" and not e["html"] for e in seen(each))
+
+    # Enough polls heard of for sharing to have been tried a few times, however long it takes
+    # (one tab may do all the polling: the other hears of each poll and never needs its own).
+    deadline = time.monotonic() + PATIENCE_MS / 1000
+    while heard(tab) + heard(other) < 6:
+        assert time.monotonic() < deadline, (seen(tab), seen(other))
+        tab.wait_for_timeout(200)  # type: ignore[attr-defined]  # (events arrive while waiting)
+    logs = {"first tab": seen(tab), "second tab": seen(other)}
+    for name, log in logs.items():
+        # One state throughout (no job moved): every poll and word is about the same ETag.
+        assert len({(e["url"], e["etag"]) for e in log}) == 1, (name, log)
+        early = polls_within_a_period_of_a_heard_one(log, POLL_MS)
+        assert not early, f"the {name} polled though the other tab had just polled: {early}"
+    print(
+        "\ndashboard: 2 tabs sent "
+        + ", ".join(f"{sum(e['kind'] == 'poll' for e in log)}" for log in logs.values())
+        + " polls, sharing them"
+    )
+
     job_id = send(stack, "web/shared")
-    sent = time.monotonic()
-    for each in (tab, other):
-        each.wait_for_selector(f'tr[data-job-id="{job_id}"]', timeout=5000)  # type: ignore[attr-defined]
-    seen = time.monotonic() - sent
-    assert seen < 2.5, f"the job showed in both tabs {seen:.2f} s after its delivery"
+    for each in (tab, other):  # both kept live (how soon: bench/dashboard.py)
+        each.wait_for_selector(f'tr[data-job-id="{job_id}"]')  # type: ignore[attr-defined]
     assert not_reloaded(tab)
     other.close()
 
