@@ -11,8 +11,10 @@ so there is neither a scan nor a window between check and write:
    is written on condition that it does not exist (or is older than the retention window).
    A *different* delivery asking to build the same commit for the same trigger fails that
    condition, and is answered 200 with the job id the guard item names. A reopened pull
-   request is the exception: it asks to build its head again, so its key also names its
-   delivery (:attr:`~scheduler.github.payload.BuildRequest.rebuild`).
+   request is the exception: it asks to build its head again, so its key also names that
+   reopening, by fields of the signed body (the action and ``pull_request.updated_at``:
+   :attr:`~scheduler.github.payload.BuildRequest.rebuild`). Never by the delivery header,
+   which is not signed: a replay of one body under fresh delivery ids finds the same job.
 
 The third item of the transaction is the repository's counters item. The transaction itself
 is :meth:`scheduler.db.store.JobStore.create` with a :class:`~scheduler.db.store.TriggerGuard`: the

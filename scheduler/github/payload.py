@@ -143,6 +143,8 @@ REF_MAX_BYTES = 1024
 REF_COMPONENT_MAX_BYTES = 255
 LOGIN_MAX_BYTES = 100
 PR_NUMBER_MAX = 2**31 - 1
+# A timestamp ("2019-05-15T15:20:33Z"); it only reaches a hash, but stays bounded text anyway.
+UPDATED_AT_MAX_BYTES = 64
 # C0 controls (NUL included) and DEL: never in a git ref or a GitHub login, and a NUL cannot be
 # passed to a run as an environment variable.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -170,7 +172,9 @@ class BuildRequest:
     ``trigger`` names what caused the build: ``ref`` for a push, ``pr#N`` for a pull request.
     Two deliveries with the same repository, event, trigger and sha ask for the same build,
     unless one is a ``rebuild``: a request to build that commit again (a reopened pull request),
-    which only a redelivery of the same delivery repeats.
+    named by fields of the signed body, so only another such event asks again. Never by the
+    ``X-GitHub-Delivery`` header: it is not signed, and a replay of one signed body under fresh
+    delivery ids would otherwise make a job each time.
     """
 
     delivery_id: str
@@ -184,7 +188,9 @@ class BuildRequest:
     sender: str | None = None
     tag: str | None = None
     base_branch: str | None = None
-    rebuild: bool = False
+    # What asks to build the commit again, from the signed body: ``reopened@<updated_at>``
+    # for a reopened pull request (each close and reopen moves ``pull_request.updated_at``).
+    rebuild: str | None = None
     # The repository's https clone URL on the GitHub host (the base repository's for a pull
     # request, where GitHub keeps refs/pull/N/head); None when the payload names no such URL.
     clone_url: str | None = None
@@ -197,12 +203,14 @@ class BuildRequest:
     def trigger_key(self) -> str:
         """A fixed-size key naming (repository, event, trigger, sha), for the second guard.
 
-        A rebuild's key names its delivery too, so no earlier job of the commit holds it; a
-        redelivery (same delivery id) still finds its job by the job id first.
+        A rebuild's key names the rebuild too (the action and the pull request's
+        ``updated_at``), so no earlier job of the commit holds it, while a replay of the same
+        body under any delivery id finds the job it made; a redelivery (same delivery id)
+        finds its job by the job id first.
         """
         parts = [self.repo.lower(), self.event, self.trigger, self.sha]
-        if self.rebuild:
-            parts.append(f"delivery:{self.delivery_id}")
+        if self.rebuild is not None:
+            parts.append(f"rebuild:{self.rebuild}")
         identity = "\n".join(parts)
         return hashlib.sha256(identity.encode()).hexdigest()
 
@@ -369,9 +377,19 @@ def _pull_request(delivery: Delivery, github_host: str) -> BuildRequest | Ignore
         sender=_sender(payload),
         # Reopening a pull request asks for a build even if its head did not move (the commit
         # built when it was opened is otherwise held by the trigger guard for the window).
-        rebuild=action == "reopened",
+        rebuild=_reopening(pull) if action == "reopened" else None,
         clone_url=_clone_url(payload, repo, github_host),
     )
+
+
+def _reopening(pull: Mapping[str, Any]) -> str | None:
+    """What names one reopening of a pull request in its signed body: ``pull_request.updated_at``
+    (GitHub moves it at every close and reopen). Without it (never so from GitHub) the reopen
+    is no rebuild: it is held by the guard like any other delivery of the same head."""
+    updated_at = _optional(pull, "updated_at", str, "pull_request.updated_at")
+    if not updated_at:
+        return None
+    return "reopened@" + _text(updated_at, "pull_request.updated_at", UPDATED_AT_MAX_BYTES)
 
 
 def _repo(payload: Mapping[str, Any]) -> str:

@@ -210,34 +210,43 @@ def test_long_and_non_ascii_refs_within_the_limits_still_build(
 # -- a reopened pull request builds again (issue 10, defect 10) -------------------------------
 
 
-def build_request(event: str, name: str, delivery_id: str) -> BuildRequest:
-    wanted = interpret(Delivery(event=event, delivery_id=delivery_id, payload=event_body(name)))
+def build_request(event: str, name: str, delivery_id: str, **pull_request: Any) -> BuildRequest:
+    body = event_body(name)
+    if pull_request:
+        body["pull_request"] = {**body["pull_request"], **pull_request}
+    wanted = interpret(Delivery(event=event, delivery_id=delivery_id, payload=body))
     assert isinstance(wanted, BuildRequest)
     return wanted
 
 
-def test_a_reopened_pull_request_has_a_trigger_key_of_its_own_delivery() -> None:
+LATER = "2019-05-16T09:00:00Z"  # pull_request.updated_at of a later close and reopen
+
+
+def test_a_reopened_pull_request_has_a_trigger_key_of_its_own_reopening() -> None:
     opened = build_request("pull_request", "pull_request.opened", "p1")
     reopened = build_request("pull_request", "pull_request.reopened", "p2")
-    again = build_request("pull_request", "pull_request.reopened", "p3")
+    later = build_request("pull_request", "pull_request.reopened", "p3", updated_at=LATER)
     # The same PR and head sha: what the trigger names is unchanged ...
     assert (reopened.trigger, reopened.sha) == (opened.trigger, opened.sha)
-    # ... but a reopen asks for a build of its own, each time it happens.
-    assert len({opened.trigger_key, reopened.trigger_key, again.trigger_key}) == 3
-    # A redelivery of one reopen (same X-GitHub-Delivery) is the same request.
-    assert build_request("pull_request", "pull_request.reopened", "p2") == reopened
+    # ... but a reopen asks for a build of its own, each time it happens ...
+    assert len({opened.trigger_key, reopened.trigger_key, later.trigger_key}) == 3
+    # ... and only then: the same signed body under a fresh X-GitHub-Delivery (which is not
+    # signed) is the same reopening, so the same build.
+    replayed = build_request("pull_request", "pull_request.reopened", "p9")
+    assert replayed.trigger_key == reopened.trigger_key
     # Other actions keep the guard of (PR, sha): another delivery of them is the same build.
     assert build_request("pull_request", "pull_request.opened", "p4").trigger_key == (
         opened.trigger_key
     )
 
 
-def test_a_reopened_pull_request_with_an_unchanged_head_builds_again_and_its_redelivery_finds_it(
+def test_a_reopened_pull_request_with_an_unchanged_head_builds_again_and_its_replay_finds_it(
     server: LocalHTTPServer, tables: TableNames
 ) -> None:
-    def send(name: str, delivery_id: str) -> Answer:
-        body = json.dumps(event_body(name)).encode()
-        return deliver(server, "pull_request", body, delivery=delivery_id)
+    def send(name: str, delivery_id: str, **pull_request: Any) -> Answer:
+        body = event_body(name)
+        body["pull_request"] = {**body["pull_request"], **pull_request}
+        return deliver(server, "pull_request", json.dumps(body).encode(), delivery=delivery_id)
 
     opened = send("pull_request.opened", "pr-open-1")
     assert (opened.status, opened.body) == (202, {"job_id": "gh-pr-open-1"})
@@ -248,8 +257,12 @@ def test_a_reopened_pull_request_with_an_unchanged_head_builds_again_and_its_red
     # GitHub's redelivery of the reopen reuses its delivery id: the same job, nothing new.
     again = send("pull_request.reopened", "pr-reopen-1")
     assert (again.status, again.body["job_id"]) == (200, "gh-pr-reopen-1")
-    # Closed and reopened once more: another build.
-    assert send("pull_request.reopened", "pr-reopen-2").status == 202
+    # A replay of the same signed body with made-up delivery ids: the same job every time.
+    for n in range(3):
+        replay = send("pull_request.reopened", f"replayed-{n}")
+        assert (replay.status, replay.body["job_id"]) == (200, "gh-pr-reopen-1"), replay
+    # Closed and reopened once more (GitHub moves updated_at): another build.
+    assert send("pull_request.reopened", "pr-reopen-2", updated_at=LATER).status == 202
     jobs = sorted(job.job_id for job in JobModel.scan(consistent_read=True))
     assert jobs == ["gh-pr-open-1", "gh-pr-reopen-1", "gh-pr-reopen-2"]
     [counters] = [r for r in RepoModel.scan(consistent_read=True) if "/" in r.repo]

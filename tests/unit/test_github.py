@@ -300,3 +300,15 @@ def test_job_id_and_trigger_key_are_deterministic() -> None:
     assert first.trigger_key == again.trigger_key  # same repo, event, ref and sha
     other_ref = interpret(delivery("push", {**payload("push.branch"), "ref": "refs/heads/other"}))
     assert isinstance(other_ref, BuildRequest) and other_ref.trigger_key != first.trigger_key
+
+
+def test_a_reopen_is_named_by_its_signed_updated_at_never_by_its_delivery_id() -> None:
+    body = payload("pull_request.reopened")
+    first = interpret(delivery("pull_request", body))
+    replayed = interpret(Delivery(event="pull_request", delivery_id="fresh-id", payload=body))
+    assert isinstance(first, BuildRequest) and isinstance(replayed, BuildRequest)
+    assert first.rebuild == "reopened@" + body["pull_request"]["updated_at"]
+    assert replayed.trigger_key == first.trigger_key
+    body["pull_request"]["updated_at"] = 5
+    with pytest.raises(WebhookRejected, match=r"pull_request\.updated_at"):
+        interpret(delivery("pull_request", body))
