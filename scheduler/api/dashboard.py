@@ -460,7 +460,9 @@ class Dashboard:
     # -- vendored files -----------------------------------------------------------------------
 
     def static(self, request: Request) -> Response:
-        found = static_file(request.param("name"))
+        # The name as sent: the shipped names need no percent-encoding, and any other name,
+        # valid UTF-8 once decoded or not, is simply not one of them (404).
+        found = static_file(request.params.get("name", ""))
         if found is None:
             raise RouteNotFound(request.path)
         data, media_type, etag = found

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections.abc import Mapping
 from functools import cache
 from importlib import resources
+from pathlib import PurePosixPath
+from types import MappingProxyType
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
@@ -73,14 +76,23 @@ def etag_of(*parts: str) -> str:
     return f'"{digest[:32]}"'
 
 
-@cache
+def _shipped() -> dict[str, tuple[bytes, str, str]]:
+    """The files the package ships under ``static/``, read once: the route serves these names
+    and no other, so a request never reaches the file system (a 300-character name was an
+    ``OSError``) and nothing is remembered of the names asked for."""
+    shipped: dict[str, tuple[bytes, str, str]] = {}
+    for entry in resources.files("scheduler.api").joinpath("static").iterdir():
+        suffix = PurePosixPath(entry.name).suffix
+        if entry.is_file() and suffix in STATIC_TYPES and not entry.name.startswith("."):
+            data = entry.read_bytes()
+            etag = etag_of(data.decode("utf-8", "replace"))
+            shipped[entry.name] = (data, STATIC_TYPES[suffix], etag)
+    return shipped
+
+
+_STATIC: Mapping[str, tuple[bytes, str, str]] = MappingProxyType(_shipped())
+
+
 def static_file(name: str) -> tuple[bytes, str, str] | None:
     """A vendored file under ``static/``: its bytes, media type and ETag (None: no such file)."""
-    suffix = name[name.rfind(".") :] if "." in name else ""
-    if suffix not in STATIC_TYPES or "/" in name or name.startswith("."):
-        return None
-    resource = resources.files("scheduler.api").joinpath("static", name)
-    if not resource.is_file():
-        return None
-    data = resource.read_bytes()
-    return data, STATIC_TYPES[suffix], etag_of(data.decode("utf-8", "replace"))
+    return _STATIC.get(name)

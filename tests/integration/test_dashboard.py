@@ -3,9 +3,11 @@ input, filters and pagination, ETag 304s, the live log tail, retry and cancel wi
 
 from __future__ import annotations
 
+import gc
 import re
 import socket
 import time
+import tracemalloc
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -384,3 +386,60 @@ def test_the_login_form_keeps_a_next_that_is_a_path_of_this_site(site: Site) -> 
     for target in ("/", "/ui/repos/octo-org/api?status=failed&branch=a%2F%2Fb", "/ui/jobs/a:b"):
         answer = site.client.post("/ui/login", data={"next": target})
         assert answer.status_code == 303 and answer.headers["location"] == target
+
+
+SHIPPED_STATIC = {
+    "dashboard.js": "text/javascript; charset=utf-8",
+    "dashboard.css": "text/css; charset=utf-8",
+}
+HOSTILE_STATIC = [
+    "a" * 300 + ".js",  # answered 500 (File name too long)
+    "a" * 300,
+    "x" * 5000 + ".css",
+    "..%2Fviews.py",
+    "%2e%2e%2fapp.py",
+    "%2e%2e",
+    "__init__.py",
+    "dashboard.js%00",
+    "dashboard.js%2F",
+    "dashboard.js%20",
+    "dashboard.js.",
+    ".dashboard.js",
+    "DASHBOARD.JS",
+    "%ff.js",
+    "a%2Fb.css",
+    "missing.js",
+]
+
+
+def test_the_static_route_serves_the_shipped_files_and_404_for_any_other_name(
+    site: Site,
+) -> None:
+    for name, media_type in SHIPPED_STATIC.items():
+        shipped = site.get(f"/ui/static/{name}")
+        assert shipped.status_code == 200 and shipped.headers["content-type"] == media_type
+        again = site.get(f"/ui/static/{name}", headers={"If-None-Match": shipped.headers["etag"]})
+        assert again.status_code == 304
+    for name in HOSTILE_STATIC:
+        assert site.get(f"/ui/static/{name}").status_code == 404, name
+
+
+def test_the_static_route_remembers_nothing_of_the_names_it_is_asked_for(site: Site) -> None:
+    names = [f"{n:05d}{'n' * 240}.js" for n in range(1200)]
+    # Warm-up: the connection, the route, the error answer, and the bounded caches on the way
+    # (urllib.parse keeps the last 128 URLs it split, client and server side).
+    for name in names[:200]:
+        assert site.get(f"/ui/static/{name}").status_code == 404
+    held: list[int] = []
+    tracemalloc.start()
+    try:
+        for batch in (names[200:700], names[700:]):
+            for name in batch:
+                assert site.get(f"/ui/static/{name}").status_code == 404
+            gc.collect()
+            held.append(tracemalloc.get_traced_memory()[0])
+    finally:
+        tracemalloc.stop()
+    # What the first batch leaves may be bounded (buffers, free lists); a second batch of as
+    # many new names must leave nothing more. A cache of 500 names would hold about 170 KB.
+    assert held[1] - held[0] < 50_000, f"{held[1] - held[0]} bytes more after 500 more names"
