@@ -6,7 +6,18 @@ DDB_DIR := .dynamodb-local
 
 .PHONY: setup test reliability soak up lint clean sam sam-build sam-validate lambda-ric
 
-setup: $(BIN)/.installed dynamodb-local
+setup: $(BIN)/.installed dynamodb-local bubblewrap
+
+# Every run executes in a bubblewrap sandbox (Debian's bubblewrap, installed with apt-get).
+.PHONY: bubblewrap
+bubblewrap:
+	@command -v bwrap >/dev/null 2>&1 || { \
+		echo "installing Debian's bubblewrap for the runs' sandbox (apt-get)" >&2; \
+		SUDO=$$(test "$$(id -u)" -eq 0 || echo sudo); \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+			bubblewrap >/dev/null && command -v bwrap >/dev/null; \
+	} || { echo "error: could not install bubblewrap with apt-get (try: sudo apt-get install bubblewrap)" >&2; exit 1; }
 
 $(BIN)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: '$(PYTHON)' not found: install Python 3.11+" >&2; exit 1; }

@@ -95,12 +95,15 @@ def write_config(path: Path, effects: Path, repos: Sequence[str] = (REPO,)) -> N
         f'\n[repos."{repo}"]\ncommand = {argv}\nconcurrency = {CONCURRENCY}\n' for repo in repos
     )
     path.write_text(
-        f'[defaults]\ncheckout = false\ncommand = ["true"]\ntimeout_seconds = 60\n{sections}'
+        f'[defaults]\ncheckout = false\ncommand = ["true"]\ntimeout_seconds = 60\n'
+        # Runs are sandboxed (as by default): the folder they record starts in is shared.
+        f"sandbox_paths = {json.dumps([str(effects.parent)])}\n{sections}"
     )
 
 
 def start_stack(tmp: Path, repos: Sequence[str] = (REPO,)) -> Stack:
-    effects = tmp / "effects.log"
+    effects = tmp / "effects" / "effects.log"
+    effects.parent.mkdir(exist_ok=True)
     config = tmp / "scheduler.toml"
     write_config(config, effects, repos)
     env = {

@@ -18,6 +18,12 @@ runs and with which limits. Key names are fixed by DESIGN.md::
     supersede = "off"                            # "queued": a new push (PR head) cancels the
                                                  # branch's (PR's) older queued jobs; "all":
                                                  # its older running ones too (runs stopped)
+    fork_pull_requests = "approve"               # fork PRs wait for `scheduler approve`;
+                                                 # "run": built at once; "skip": never built
+    secrets = ["NPM_TOKEN"]                      # handed to runs (never to a fork's run)
+    sandbox = "on"                               # each run in a namespace sandbox (bubblewrap)
+    network = true                               # a sandboxed run may use the network
+    sandbox_paths = ["/srv/ci-cache"]            # host folders shared read-write with runs
 
     [defaults.retry]
     attempts = 1
@@ -34,6 +40,7 @@ accept every repository, build every branch with ``make test``.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -46,9 +53,11 @@ from scheduler.repo_name import canonical_repo
 
 __all__ = [
     "DEFAULT_CONFIG",
+    "ForkMode",
     "RepoPolicy",
     "RepositoryConfig",
     "RetryPolicy",
+    "SandboxMode",
     "SupersedeMode",
     "load_config",
     "parse_config",
@@ -59,6 +68,15 @@ MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
 SupersedeMode = Literal["off", "queued", "all"]
 """Which older jobs of a branch (or pull request) a newer job cancels as ``superseded``."""
 SUPERSEDE_MODES: tuple[SupersedeMode, ...] = ("off", "queued", "all")
+
+ForkMode = Literal["approve", "run", "skip"]
+"""What a pull request from a fork gets: held for an operator's approval, built, or ignored."""
+FORK_MODES: tuple[ForkMode, ...] = ("approve", "run", "skip")
+
+SandboxMode = Literal["on", "off"]
+SANDBOX_MODES: tuple[SandboxMode, ...] = ("on", "off")
+# Secrets a run may receive are named like environment variables.
+_SECRET_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,127}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +120,16 @@ class RepoPolicy:
     mask_env: tuple[str, ...] = ()
     # What a newer job of a branch or pull request cancels of its older jobs.
     supersede: SupersedeMode = "off"
+    # Pull requests whose head is another repository: hostile code until an operator says.
+    fork_pull_requests: ForkMode = "approve"
+    # Names of secrets a run gets as environment variables (never a fork's run).
+    secrets: tuple[str, ...] = ()
+    # Every run in a sandbox of its own; "off" runs commands as the scheduler's user can.
+    sandbox: SandboxMode = "on"
+    # Whether a sandboxed run may use the network (builds fetch dependencies).
+    network: bool = True
+    # Host folders a sandboxed run may read and write (shared build caches), absolute paths.
+    sandbox_paths: tuple[str, ...] = ()
 
     def builds_branch(self, branch: str) -> bool:
         return any(fnmatchcase(branch, pattern) for pattern in self.branches)
@@ -184,27 +212,39 @@ class _Parser:
         changes: dict[str, Any] = {}
         for key, value in table.items():
             path = f"{prefix}.{key}"
-            if key == "command":
-                changes[key] = self.command(value, path)
-            elif key in ("branches", "tags"):
-                changes[key] = self.patterns(value, path)
-            elif key == "mask_env":
-                changes[key] = self.strings(value, path, allow_empty=True)
-            elif key == "timeout_seconds":
-                changes[key] = self.integer(value, path, 1, MAX_TIMEOUT_SECONDS)
-            elif key == "concurrency":
-                changes[key] = self.integer(value, path, 1, 1000)
-            elif key == "priority":
-                changes[key] = self.integer(value, path, 0, 9999)
-            elif key in ("status_context", "clone_url"):
-                changes[key] = self.text(value, path)
-            elif key == "checkout":
-                changes[key] = self.boolean(value, path)
-            elif key == "supersede":
-                changes[key] = self.supersede(value, path)
-            else:  # retry
+            if key == "retry":
                 changes[key] = self.retry(self.table(value, path), base.retry, path)
+            else:
+                changes[key] = self.policy_value(key, value, path)
         return replace(base, **changes)
+
+    def policy_value(self, key: str, value: object, path: str) -> Any:
+        """One key of a repository's policy (``retry`` apart), validated."""
+        match key:
+            case "command":
+                return self.command(value, path)
+            case "branches" | "tags" | "mask_env":
+                return self.strings(value, path, allow_empty=True)
+            case "secrets":
+                return self.secret_names(value, path)
+            case "sandbox_paths":
+                return self.absolute_paths(value, path)
+            case "timeout_seconds":
+                return self.integer(value, path, 1, MAX_TIMEOUT_SECONDS)
+            case "concurrency":
+                return self.integer(value, path, 1, 1000)
+            case "priority":
+                return self.integer(value, path, 0, 9999)
+            case "status_context" | "clone_url":
+                return self.text(value, path)
+            case "checkout" | "network":
+                return self.boolean(value, path)
+            case "supersede":
+                return self.choice(value, path, SUPERSEDE_MODES)
+            case "fork_pull_requests":
+                return self.choice(value, path, FORK_MODES)
+            case _:  # sandbox
+                return self.choice(value, path, SANDBOX_MODES)
 
     def retry(self, table: dict[str, Any], base: RetryPolicy, prefix: str) -> RetryPolicy:
         self.no_unknown_keys(table, {"attempts", "on", "backoff_seconds"}, prefix)
@@ -260,12 +300,26 @@ class _Parser:
             raise self.fail(path, f"must be true or false, not {_toml_type(value)}")
         return value
 
-    def supersede(self, value: object, path: str) -> SupersedeMode:
-        if value not in SUPERSEDE_MODES:
+    def choice(self, value: object, path: str, allowed: tuple[str, ...]) -> Any:
+        if value not in allowed:
             shown = repr(value) if isinstance(value, str) else _toml_type(value)
-            allowed = ", ".join(f'"{mode}"' for mode in SUPERSEDE_MODES)
-            raise self.fail(path, f"must be one of {allowed}, not {shown}")
+            names = ", ".join(f'"{mode}"' for mode in allowed)
+            raise self.fail(path, f"must be one of {names}, not {shown}")
         return value
+
+    def absolute_paths(self, value: object, path: str) -> tuple[str, ...]:
+        paths = self.strings(value, path, allow_empty=True)
+        for index, folder in enumerate(paths):
+            if not folder.startswith("/") or "\0" in folder:
+                raise self.fail(f"{path}[{index}]", f"{folder!r} is not an absolute path")
+        return paths
+
+    def secret_names(self, value: object, path: str) -> tuple[str, ...]:
+        names = self.strings(value, path, allow_empty=True)
+        for index, name in enumerate(names):
+            if not _SECRET_NAME.fullmatch(name):
+                raise self.fail(f"{path}[{index}]", f"{name!r} is not an environment variable name")
+        return names
 
     def text(self, value: object, path: str) -> str:
         if not isinstance(value, str) or not value.strip():

@@ -197,7 +197,8 @@ class Settings:
     def for_stack(self, stack: StackInfo) -> Settings:
         """These settings pointed at a running local stack (read from its stack file): its
         endpoint, region and tables, and its configuration unless one is set here. Always the
-        dummy credentials: real AWS credentials are never sent to a local emulator."""
+        stack's own key (or dummy credentials): real AWS credentials are never sent to a local
+        emulator."""
         known = {
             name: stack.tables[name]
             for name in TableNames.__dataclass_fields__
@@ -208,8 +209,8 @@ class Settings:
             dynamodb_endpoint=stack.dynamodb_endpoint,
             region=stack.region or self.region,
             tables=TableNames(**known),
-            access_key_id=LOCAL_CREDENTIALS[0],
-            secret_access_key=LOCAL_CREDENTIALS[1],
+            access_key_id=stack.access_key_id or LOCAL_CREDENTIALS[0],
+            secret_access_key=stack.access_key_id or LOCAL_CREDENTIALS[1],
             session_token=None,
             config_path=self.config_path or (Path(stack.config) if stack.config else None),
         )

@@ -2,8 +2,9 @@
 
 ``scheduler up`` writes ``<data dir>/stack.json`` once the stack is ready (a temporary file
 renamed into place, so a reader never sees half of one) and removes it on a clean stop. A
-SIGKILL leaves it behind: the pid in it tells a running stack from a stale file. The file holds
-no secret (the webhook secret stays in the environment of whoever signs deliveries).
+SIGKILL leaves it behind: the pid in it tells a running stack from a stale file. It is readable
+by its owner only: it holds the access key of the stack's DynamoDB Local, without which the
+tables cannot be seen (the webhook secret stays in the environment of whoever signs deliveries).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class StackInfo:
     tables: dict[str, str] = field(default_factory=dict)  # TableNames' fields -> names
     config: str | None = None  # absolute path of the repository configuration, if any
     started_at: float = 0.0  # epoch seconds
+    # The key the stack's own DynamoDB Local keeps its tables under (None: a shared database).
+    access_key_id: str | None = field(default=None, repr=False)
 
     def running(self) -> bool:
         return pid_alive(self.pid)

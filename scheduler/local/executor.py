@@ -32,6 +32,7 @@ from scheduler.local.process_group import ProcessGroup
 from scheduler.local.procutil import orphan_proof
 from scheduler.local.run_log import LOGS_FOLDER, CappedLog, OutputPump, log_file
 from scheduler.local.run_records import MARKER, TOKEN, RunRecords
+from scheduler.local.sandbox import Bubblewrap
 from scheduler.runs.executor import Claim, OnFinished, RunRequest, RunResult, RunStatus
 from scheduler.runs.masking import NO_MASK, Masker
 from scheduler.settings import DEFAULT_LOG_MAX_BYTES
@@ -81,8 +82,11 @@ class LocalExecutor:
         keep_failed_workdirs: int = 10,
         log_max_bytes: int = DEFAULT_LOG_MAX_BYTES,
         mask_for: Callable[[str], Masker] = lambda _repo: NO_MASK,
+        sandbox: Bubblewrap | None = None,
         github_host: str = DEFAULT_GITHUB_HOST,
     ) -> None:
+        """``sandbox``: what runs whose request asks for one execute in (None: a request that
+        asks for one fails as ``error``, never runs unsandboxed)."""
         self._work_dir = work_dir
         self._on_finished = on_finished
         self._pool = ThreadPoolExecutor(max_parallel, thread_name_prefix="run")
@@ -102,6 +106,7 @@ class LocalExecutor:
         self._checkout = SourceCheckout(
             work_dir, token=source.get(TOKEN_VARIABLE), github_host=github_host
         )
+        self._sandbox = sandbox
 
     def log_location(self, request: RunRequest) -> str:
         return str(self.log_path(request))
@@ -328,6 +333,26 @@ class LocalExecutor:
         log.info("checked out", extra={"job_id": request.job_id, "seconds": round(took, 3)})
         return None
 
+    def _isolated(self, request: RunRequest, workdir: Path, env: dict[str, str]) -> list[str]:
+        """The command as it is spawned: inside the sandbox when its repository asks for one.
+        The sandbox's process gets ``env`` alone, so nothing of the scheduler's reaches it."""
+        if not request.sandbox:
+            return list(request.command)
+        if self._sandbox is None:
+            raise OSError(1, "this runner has no sandbox and the repository requires one")
+        if os.sep not in request.command[0]:
+            # Looked up here as the child would: a missing command fails as before (127).
+            found = shutil.which(request.command[0], path=env.get("PATH", os.defpath))
+            if found is None:
+                raise FileNotFoundError(2, "No such file or directory", request.command[0])
+        return self._sandbox.wrap(
+            request.command,
+            workdir=workdir,
+            env=env,
+            network=request.network,
+            shared=request.sandbox_paths,
+        )
+
     def _run_process(self, run: _Run) -> RunResult:
         request = run.request
         workdir = self.workdir(request)
@@ -346,7 +371,7 @@ class LocalExecutor:
         env[TOKEN] = token
         try:
             # An argv list: no shell ever sees payload data. It never outlives the scheduler.
-            argv, preexec = orphan_proof(request.command, env)
+            argv, preexec = orphan_proof(self._isolated(request, workdir, env), env)
             process = subprocess.Popen(
                 argv,
                 cwd=workdir,

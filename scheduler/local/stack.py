@@ -28,12 +28,13 @@ from scheduler.db.tables import ensure_tables
 from scheduler.errors import ConfigurationError, StoreUnavailable
 from scheduler.github.clone_urls import github_host
 from scheduler.github.delivery import webhook_secret
-from scheduler.local.dynamodb_local import DynamoDBLocal, port_in_use
+from scheduler.local.dynamodb_local import DynamoDBLocal, port_in_use, stack_access_key
 from scheduler.local.executor import LocalExecutor
 from scheduler.local.http_server import LocalHTTPServer
 from scheduler.local.log_reader import LocalLogReader
 from scheduler.local.mapping import PollingConfig
 from scheduler.local.run_log import RUNS_FOLDER, logs_dir_in
+from scheduler.local.sandbox import Bubblewrap, find_sandbox
 from scheduler.local.stream_runner import StreamRunner
 from scheduler.runs.executor import OnFinished
 from scheduler.runs.reaper import Reaper
@@ -94,6 +95,7 @@ class LocalStack:
                 " SCHEDULER_API_TOKEN, or serve on loopback (--host 127.0.0.1)"
             )
         config = load_config(self.settings.config_path)
+        sandbox_for(config, self.options.data_dir)  # runs that need a sandbox need one here
         self._refuse_a_second_stack()
         if port_in_use(self.options.port, self.options.host):
             raise ConfigurationError(
@@ -139,23 +141,31 @@ class LocalStack:
                 tables=asdict(settings.tables),
                 config=str(config.resolve()) if config is not None else None,
                 started_at=time.time(),
+                access_key_id=settings.access_key_id if self._dynamodb is not None else None,
             ),
         )
 
     def start(self) -> LocalStack:
         config = self.config = self.preflight()
         data_dir = self.options.data_dir.resolve()
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        data_dir.chmod(0o700)  # its database, logs and stack file are nobody else's
         settings = self.settings
         if settings.dynamodb_endpoint is None:
+            key = stack_access_key(data_dir / "dynamodb", settings.region)
             self._dynamodb = DynamoDBLocal(
                 settings.dynamodb_local_dir,
                 port=self.options.dynamodb_port or None,
                 data_dir=data_dir / "dynamodb",
                 heap_mb=self.options.dynamodb_heap_mb,
                 log_path=data_dir / "dynamodb-local.log",
+                access_key=key,
             )
-            settings = settings.for_local(self._dynamodb.start())
+            settings = replace(
+                settings.for_local(self._dynamodb.start()),
+                access_key_id=key,
+                secret_access_key=key,
+            )
         self.settings = settings
         if self._dynamodb is not None:
             server = self._dynamodb
@@ -317,6 +327,7 @@ def compose(
     files under the data directory (read by the log route from there)."""
     runs_dir = options.data_dir.resolve() / RUNS_FOLDER
     config = config if config is not None else load_config(settings.config_path)
+    sandbox = sandbox_for(config, options.data_dir)
 
     def executor(finished: OnFinished) -> LocalExecutor:
         return LocalExecutor(
@@ -325,6 +336,7 @@ def compose(
             max_parallel=options.max_parallel_runs,
             log_max_bytes=settings.log_max_bytes,
             mask_for=mask_for_settings(settings, config),
+            sandbox=sandbox,
             github_host=github_host(settings.github_api_url),
         )
 
@@ -339,10 +351,41 @@ def compose(
     )
 
 
+def sandbox_for(config: RepositoryConfig, data_dir: Path | None = None) -> Bubblewrap | None:
+    """The sandbox the configuration's runs need, checked to work here (None: none asks for
+    one). No sandbox where one is needed is a :class:`ConfigurationError`: the stack does not
+    start rather than run a pull request's code with the scheduler's rights. Neither does a
+    ``sandbox_paths`` folder that would share the data folder with runs."""
+    policies = [("defaults", config.defaults), *config.repos.items()]
+    data = data_dir.resolve() if data_dir is not None else None
+    for name, policy in policies:
+        for folder in policy.sandbox_paths:
+            shared = Path(folder).resolve()
+            if data is not None and (
+                shared == data or shared in data.parents or data in shared.parents
+            ):
+                raise ConfigurationError(
+                    f"{config.source}: {name}: sandbox_paths {folder!r} would share the"
+                    f" scheduler's data folder {data} with runs"
+                )
+    unsandboxed = [name for name, policy in policies if policy.sandbox == "off"]
+    if unsandboxed:
+        log.warning(
+            'runs are NOT sandboxed for %s (sandbox = "off"): their commands can read the'
+            " scheduler's data and reach its database",
+            ", ".join(unsandboxed),
+        )
+    if all(policy.sandbox == "off" for _name, policy in policies):
+        return None
+    return find_sandbox()
+
+
 def serve(
     settings: Settings, options: StackOptions, announce: Callable[[LocalStack], None]
 ) -> None:
     """Run the stack in the foreground until SIGINT or SIGTERM."""
+    # Everything the stack writes (database, logs, work trees, stack file) is its user's only.
+    os.umask(0o077)
     stack = LocalStack(settings, options)
     requested: list[int] = []
 

@@ -22,6 +22,10 @@ class Source:
 
     checkout: bool = True
     clone_url: str | None = None
+    # The configuration's ``sandbox`` and ``network`` keys: how isolated its runs are.
+    sandbox: bool = True
+    network: bool = True
+    sandbox_paths: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +44,11 @@ class RunRequest:
     # Run in a fresh checkout of ``sha`` fetched from ``clone_url`` (False: an empty folder).
     checkout: bool = False
     clone_url: str | None = None
+    # Executed in a sandbox of its own (local runtime); with ``network`` False, offline.
+    sandbox: bool = False
+    network: bool = True
+    # Host folders shared read-write with the sandbox (the configuration's build caches).
+    sandbox_paths: tuple[str, ...] = ()
 
     @property
     def idempotency_key(self) -> str:
@@ -70,6 +79,9 @@ class RunRequest:
             delay_seconds=delay_seconds,
             checkout=source.checkout,
             clone_url=(source.clone_url or job.clone_url) if source.checkout else None,
+            sandbox=source.sandbox,
+            network=source.network,
+            sandbox_paths=source.sandbox_paths,
         )
 
     def environment(self) -> dict[str, str]:

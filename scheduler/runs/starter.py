@@ -82,7 +82,7 @@ class RunStarter:
         self._store = store
         self.executor = executor
         self._command_for = command_for
-        self._source_for = source_for or (lambda _repo: Source(checkout=False))
+        self._source_for = source_for or (lambda _repo: Source(checkout=False, sandbox=False))
         self._hand_off = (
             (QueueHeads(store.reads, reservations=reservations, clock=clock), hand_off_for)
             if hand_off_for

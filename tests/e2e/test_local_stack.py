@@ -48,7 +48,9 @@ def write_config(path: Path, effects: Path) -> None:
         return f'[repos."e2e/{mode}"]\ncommand = {argv}\nconcurrency = 3\n{extra}\n'
 
     path.write_text(
-        '[defaults]\ncheckout = false\ncommand = ["true"]\ntimeout_seconds = 60\n\n'
+        '[defaults]\ncheckout = false\ncommand = ["true"]\ntimeout_seconds = 60\n'
+        # The runs are sandboxed: the folder they record their starts in is shared with them.
+        f"sandbox_paths = {json.dumps([str(effects.parent)])}\n\n"
         "[defaults.retry]\nattempts = 1\n\n"
         + repo("pass")
         + repo("fail")
@@ -103,7 +105,8 @@ class Stack:
 
 
 def start_stack(tmp: Path, port: int) -> Stack:
-    effects = tmp / "effects.log"
+    effects = tmp / "effects" / "effects.log"
+    effects.parent.mkdir(exist_ok=True)
     config = tmp / "scheduler.toml"
     if not config.exists():
         write_config(config, effects)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -14,7 +15,7 @@ import psutil
 import pytest
 
 from scheduler.db.clients import client
-from scheduler.local.dynamodb_local import DynamoDBLocal, DynamoDBLocalError
+from scheduler.local.dynamodb_local import DynamoDBLocal, DynamoDBLocalError, stack_access_key
 from scheduler.settings import Settings
 
 INSTALL_DIR = Settings.from_env({}).dynamodb_local_dir
@@ -90,3 +91,21 @@ def test_no_orphan_jvm_when_the_owner_dies(how: signal.Signals) -> None:
     os.kill(owner.pid, how)
     owner.wait(10)
     assert _gone(jvm_pid), "the JVM outlived the process that started it"
+
+
+def test_a_stack_key_keeps_its_tables_from_every_other_key(tmp_path: Path) -> None:
+    key = stack_access_key(tmp_path / "db", "us-east-1")
+    assert stack_access_key(tmp_path / "db", "us-east-1") == key  # kept: data survives
+    assert oct((tmp_path / "db" / "access-key").stat().st_mode & 0o777) == "0o600"
+    with DynamoDBLocal(INSTALL_DIR, data_dir=tmp_path / "db", heap_mb=256, access_key=key) as db:
+        owner = Settings().for_local(db.endpoint)
+        owner = dataclasses.replace(owner, access_key_id=key, secret_access_key=key)
+        client("dynamodb", owner).create_table(
+            TableName="private",
+            AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "S"}],
+            KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        stranger = client("dynamodb", Settings().for_local(db.endpoint))  # any other key
+        assert stranger.list_tables()["TableNames"] == []
+        assert client("dynamodb", owner).list_tables()["TableNames"] == ["private"]

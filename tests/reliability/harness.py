@@ -63,6 +63,17 @@ def run_command(effects: Path, sleep: float, exit_code: int = 0, *, via_shell: b
     return json.dumps(argv)
 
 
+def shares(folder: Path) -> str:
+    """The TOML line that lets sandboxed runs write ``folder`` (where they record starts)."""
+    return f"sandbox_paths = {json.dumps([str(folder)])}\n"
+
+
+# The chaos suites' runs judge the limit by looking at each other's processes on the host, which
+# a sandbox (a PID namespace per run) hides: they run unsandboxed; tests/integration/
+# test_sandbox.py and the e2e suite prove the sandbox.
+UNSANDBOXED = 'sandbox = "off"\n'
+
+
 @dataclass(frozen=True)
 class Start:
     job_id: str

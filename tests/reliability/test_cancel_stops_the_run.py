@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-from harness import LocalStackProcess, run_command, wait_for
+from harness import UNSANDBOXED, LocalStackProcess, run_command, wait_for
 from processes import pid_alive
 
 
@@ -18,7 +18,7 @@ def test_cancelling_a_running_job_kills_its_tree_before_the_next_job_starts(
     stack.config = (
         '[repos."chaos/cancel"]\ncheckout = false\n'
         f"command = {run_command(stack.effects, 60, via_shell=True)}\n"
-        "concurrency = 1\ntimeout_seconds = 300\n"
+        "concurrency = 1\ntimeout_seconds = 300\n" + UNSANDBOXED
     )
     stack.start()
     try:

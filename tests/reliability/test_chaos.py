@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from harness import LocalStackProcess, kill_leftovers, run_command, wait_for
+from harness import UNSANDBOXED, LocalStackProcess, kill_leftovers, run_command, wait_for
 from processes import pid_alive
 from test_database_faults import deliver_until_accepted
 
@@ -41,7 +41,8 @@ EXPECTED = {PASS: ("passed", None), FAIL: ("failed", "exit_code"), HANG: ("faile
 def config(effects: Path) -> str:
     return (
         f"[defaults]\ncheckout = false\ncommand = {run_command(effects, 0.3)}\n"
-        "concurrency = 4\ntimeout_seconds = 600\n"
+        + UNSANDBOXED
+        + "concurrency = 4\ntimeout_seconds = 600\n"
         f'[repos."{FAIL}"]\ncommand = {run_command(effects, 0.2, 1)}\n'
         f'[repos."{FAIL}".retry]\nattempts = 2\non = ["exit_code"]\n'
         f'[repos."{HANG}"]\ncommand = {run_command(effects, 600, via_shell=True)}\n'

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 from credential_trap import credential_trap
 from git_origin import make_origin
-from harness import LocalStackProcess, wait_for
+from harness import LocalStackProcess, shares, wait_for
 
 # The command: write what the work tree is (HEAD, a.txt, b.txt if any) to a file named after the
 # job, and fail unless HEAD is the job's sha.
@@ -58,6 +58,7 @@ def test_runs_check_out_the_jobs_commit(tmp_path: Path) -> None:
     stack = LocalStackProcess(tmp_path, config="")
     stack.config = (
         f"[defaults]\ncommand = {probe}\ntimeout_seconds = 120\nconcurrency = 2\n"
+        f"{shares(seen)}"
         f'[repos."octo/app"]\nclone_url = "{origin.path}"\n'
         f'[repos."octo/gone"]\nclone_url = "{tmp_path / "no-such-remote"}"\n'
     )

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from harness import LocalStackProcess, run_command, wait_for
+from harness import UNSANDBOXED, LocalStackProcess, run_command, wait_for
 from processes import pid_alive
 
 from scheduler.settings import Settings
@@ -47,7 +47,8 @@ def test_dynamodb_local_killed_under_load_is_restarted_and_every_job_runs_once(
     stack = LocalStackProcess(tmp_path, config="")
     stack.config = (
         f"[defaults]\ncheckout = false\ncommand = {run_command(stack.effects, 1.5)}\n"
-        "concurrency = 2\ntimeout_seconds = 600\n[defaults.retry]\nattempts = 1\n"
+        + UNSANDBOXED
+        + "concurrency = 2\ntimeout_seconds = 600\n[defaults.retry]\nattempts = 1\n"
     )
     stack.start()
     try:
@@ -110,7 +111,8 @@ def test_a_finish_lost_with_the_database_is_reported_again_once_it_is_back(
     stack = LocalStackProcess(tmp_path, config="")
     stack.config = (
         f"[defaults]\ncheckout = false\ncommand = {run_command(stack.effects, 1.0, 3)}\n"
-        "timeout_seconds = 600\n[defaults.retry]\nattempts = 1\n"
+        + UNSANDBOXED
+        + "timeout_seconds = 600\n[defaults.retry]\nattempts = 1\n"
     )
     stack.start()
     ddb = stack.dynamodb()

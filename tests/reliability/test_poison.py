@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from harness import LocalStackProcess, run_command, wait_for
+from harness import UNSANDBOXED, LocalStackProcess, run_command, wait_for
 
 from scheduler.settings import Settings
 
@@ -38,7 +38,8 @@ def test_poison_items_are_dead_lettered_and_a_repaired_one_replays(tmp_path: Pat
     stack = LocalStackProcess(tmp_path, config="")
     stack.config = (
         f"[defaults]\ncheckout = false\ncommand = {run_command(stack.effects, 0.1)}\n"
-        "concurrency = 4\n"
+        + UNSANDBOXED
+        + "concurrency = 4\n"
         "timeout_seconds = 600\n"
     )
     stack.start()

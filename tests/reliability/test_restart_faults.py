@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
-from harness import LocalStackProcess, kill_leftovers, run_command, wait_for
+from harness import UNSANDBOXED, LocalStackProcess, kill_leftovers, run_command, wait_for
 from processes import pid_alive
 
 from scheduler.db.store import JobStore, NewJob
@@ -35,7 +35,8 @@ def test_kill_9_of_the_stack_mid_run_then_restart_kills_the_orphans_and_passes_e
     stack = LocalStackProcess(tmp_path, config="")
     stack.config = (
         f"[defaults]\ncheckout = false\ncommand = {run_command(stack.effects, 4, via_shell=True)}\n"
-        "concurrency = 4\ntimeout_seconds = 600\n[defaults.retry]\nattempts = 1\n"
+        + UNSANDBOXED
+        + "concurrency = 4\ntimeout_seconds = 600\n[defaults.retry]\nattempts = 1\n"
     )
     stack.start()
     orphans: list[int] = []
@@ -82,7 +83,8 @@ def test_more_active_jobs_than_runners_are_never_timed_out_for_waiting(tmp_path:
     )
     stack.config = (
         f"[defaults]\ncheckout = false\ncommand = {run_command(stack.effects, 2)}\n"
-        "concurrency = 3\ntimeout_seconds = 4\n[defaults.retry]\nattempts = 1\n"
+        + UNSANDBOXED
+        + "concurrency = 3\ntimeout_seconds = 4\n[defaults.retry]\nattempts = 1\n"
     )
     stack.start()
     try:

@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
-from harness import LocalStackProcess, kill_leftovers, run_command, wait_for
+from harness import UNSANDBOXED, LocalStackProcess, kill_leftovers, run_command, wait_for
 from processes import pid_alive
 from test_database_faults import deliver_until_accepted
 
@@ -67,7 +67,8 @@ def test_storm_through_a_database_crash_and_a_stack_crash_keeps_the_books(
     stack = LocalStackProcess(tmp_path, config="")
     stack.config = (
         f"[defaults]\ncheckout = false\ncommand = {run_command(stack.effects, 1, via_shell=True)}\n"
-        "concurrency = 3\ntimeout_seconds = 600\n[defaults.retry]\nattempts = 1\n"
+        + UNSANDBOXED
+        + "concurrency = 3\ntimeout_seconds = 600\n[defaults.retry]\nattempts = 1\n"
     )
     stack.start()
     storm = Storm(stack)
