@@ -6,6 +6,7 @@ import os
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -19,18 +20,24 @@ def test_a_child_dies_when_the_thread_that_started_it_ends() -> None:
     def start() -> None:
         argv, preexec = orphan_proof(["sleep", "30"], os.environ)
         assert preexec is None and argv[:3] == [procutil._SETPRIV, "--pdeathsig", "TERM"]
-        started.append(subprocess.Popen(argv, preexec_fn=preexec))  # noqa: PLW1509
+        child = subprocess.Popen(argv, preexec_fn=preexec)  # noqa: PLW1509
+        started.append(child)
         # A pool thread outlives its spawn (it waits for the process): setpriv has set the
         # signal by then. (Within the first millisecond it may not have: the run records'
-        # token finds such a process at the next start, see test_run_records.)
-        time.sleep(0.3)
+        # token finds such a process at the next start, see test_run_records.) Here the thread
+        # ends once setpriv has set it and become `sleep`, however long a busy machine takes.
+        deadline = time.monotonic() + 60
+        command = "\0".join(argv[-2:]).encode() + b"\0"  # /usr/bin/sleep 30
+        while Path(f"/proc/{child.pid}/cmdline").read_bytes() != command:
+            assert time.monotonic() < deadline, "setpriv never ran the command"
+            time.sleep(0.02)
 
     thread = threading.Thread(target=start)
     thread.start()
     thread.join()
     (child,) = started
     # The kernel sends SIGTERM as the starting thread exits: no `sleep 30` survives it.
-    assert child.wait(timeout=10) == -15
+    assert child.wait(timeout=60) == -15
 
 
 def test_a_missing_command_fails_at_the_start_as_before() -> None:
