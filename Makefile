@@ -45,6 +45,16 @@ chromium:
 test: setup chromium
 	$(BIN)/python -m pytest
 
+# The same suite while a CPU hog keeps every core busy (tests/cpu_hog.py, one busy loop per
+# core): a verdict that depends on the machine's speed shows here. The hog is stopped however
+# pytest ends, and pytest's exit status is the target's.
+.PHONY: test-under-load
+test-under-load: setup chromium
+	@$(BIN)/python tests/cpu_hog.py & hog=$$!; \
+	trap 'kill $$hog 2>/dev/null; wait $$hog 2>/dev/null' EXIT INT TERM; \
+	status=0; $(BIN)/python -m pytest || status=$$?; \
+	exit $$status
+
 # The reliability suite at full size (2,000-delivery chaos, 10,000+ hostile requests); prints
 # its figures. `make test` runs the same scenarios CI-sized.
 reliability: setup
