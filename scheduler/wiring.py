@@ -150,6 +150,7 @@ def build_core(
                 sandbox=policy.sandbox == "on",
                 network=policy.network,
                 sandbox_paths=policy.sandbox_paths,
+                secrets=policy.secrets,
             )
 
         made = executor(finished)

@@ -34,7 +34,7 @@ from scheduler.local.run_log import LOGS_FOLDER, CappedLog, OutputPump, log_file
 from scheduler.local.run_records import MARKER, TOKEN, RunRecords
 from scheduler.local.sandbox import Bubblewrap
 from scheduler.runs.executor import Claim, OnFinished, RunRequest, RunResult, RunStatus
-from scheduler.runs.masking import NO_MASK, Masker
+from scheduler.runs.masking import NO_MASK, SECRET_PREFIX, Masker
 from scheduler.settings import DEFAULT_LOG_MAX_BYTES
 from state_machines import START_FAILED
 
@@ -107,6 +107,12 @@ class LocalExecutor:
             work_dir, token=source.get(TOKEN_VARIABLE), github_host=github_host
         )
         self._sandbox = sandbox
+        # The values a repository's ``secrets`` key names: SCHEDULER_SECRET_<NAME>.
+        self._secrets = {
+            key.removeprefix(SECRET_PREFIX): value
+            for key, value in source.items()
+            if key.startswith(SECRET_PREFIX) and value
+        }
 
     def log_location(self, request: RunRequest) -> str:
         return str(self.log_path(request))
@@ -369,6 +375,14 @@ class LocalExecutor:
         token = self.records.starting(request.idempotency_key)
         env = {**self._base_env, **request.environment(), MARKER: request.idempotency_key}
         env[TOKEN] = token
+        missing = [name for name in request.secrets if name not in self._secrets]
+        if missing:
+            self.records.ended(request.idempotency_key)
+            note = f"secret {missing[0]} is not set (no {SECRET_PREFIX}{missing[0]} here)"
+            output.write(f"[scheduler: cannot start: {note}]\n".encode())
+            output.close()
+            return RunResult(request.job_id, request.attempt, None, summary=note, reason="error")
+        env.update({name: self._secrets[name] for name in request.secrets})
         try:
             # An argv list: no shell ever sees payload data. It never outlives the scheduler.
             argv, preexec = orphan_proof(self._isolated(request, workdir, env), env)

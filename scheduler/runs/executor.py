@@ -26,6 +26,7 @@ class Source:
     sandbox: bool = True
     network: bool = True
     sandbox_paths: tuple[str, ...] = ()
+    secrets: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +50,8 @@ class RunRequest:
     network: bool = True
     # Host folders shared read-write with the sandbox (the configuration's build caches).
     sandbox_paths: tuple[str, ...] = ()
+    # Names of the secrets the run gets as environment variables (none for a fork's run).
+    secrets: tuple[str, ...] = ()
 
     @property
     def idempotency_key(self) -> str:
@@ -82,6 +85,8 @@ class RunRequest:
             sandbox=source.sandbox,
             network=source.network,
             sandbox_paths=source.sandbox_paths,
+            # A fork's pull request is someone else's code: it never gets the secrets.
+            secrets=() if getattr(job, "fork", False) else source.secrets,
         )
 
     def environment(self) -> dict[str, str]:

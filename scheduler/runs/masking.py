@@ -16,6 +16,7 @@ __all__ = [
     "MASK",
     "MIN_MASKED_CHARS",
     "NO_MASK",
+    "SECRET_PREFIX",
     "Masker",
     "masker_for",
     "secret_values",
@@ -29,14 +30,20 @@ ALWAYS_MASKED = (
     "SCHEDULER_API_TOKEN",
     "SCHEDULER_GITHUB_TOKEN",
     "SCHEDULER_CURSOR_SECRET",
+    "SCHEDULER_GIT_TOKEN",
 )
+# Locally, the secrets a repository's ``secrets`` key hands to its runs are the scheduler's
+# environment variables ``SCHEDULER_SECRET_<NAME>``; every one of them is always masked.
+SECRET_PREFIX = "SCHEDULER_SECRET_"
 # Shorter values are left alone: masking "1" or "on" would mask ordinary text, not a secret.
 MIN_MASKED_CHARS = 4
 
 
 def secret_values(names: Iterable[str], environ: Mapping[str, str]) -> tuple[str, ...]:
-    """The values of the set variables among ``names`` and :data:`ALWAYS_MASKED`."""
-    wanted = dict.fromkeys([*ALWAYS_MASKED, *names])
+    """The values of the set variables among ``names``, :data:`ALWAYS_MASKED` and the run
+    secrets (:data:`SECRET_PREFIX`)."""
+    run_secrets = [name for name in environ if name.startswith(SECRET_PREFIX)]
+    wanted = dict.fromkeys([*ALWAYS_MASKED, *run_secrets, *names])
     return tuple(environ[name] for name in wanted if environ.get(name))
 
 

@@ -25,6 +25,7 @@ from scheduler.local.run_records import MARKER
 from scheduler.local.sandbox import SANDBOX_HOME, Bubblewrap, find_sandbox
 from scheduler.local.stack import sandbox_for
 from scheduler.runs.executor import RunRequest, RunResult
+from scheduler.runs.masking import masker_for
 
 SECRET = "webhook-secret-value-that-must-never-leak-0123456789"
 GIT_TOKEN = "ghp_tokenvaluethatmustneverleak0123456789"
@@ -240,3 +241,32 @@ def test_no_bubblewrap_refuses_a_configuration_that_needs_it(
 def test_the_probe_sandbox_runs_a_plain_command(sandbox: Bubblewrap, tmp_path: Path) -> None:
     argv = sandbox.wrap(["true"], workdir=tmp_path, env={"PATH": "/usr/bin:/bin"}, network=True)
     assert subprocess.run(argv, check=False).returncode == 0
+
+
+def test_a_run_gets_the_secrets_its_repository_names_and_they_are_masked(
+    tmp_path: Path, sandbox: Bubblewrap
+) -> None:
+    results = Results()
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "SCHEDULER_SECRET_NPM_TOKEN": "npm-secret-value-0123456789",
+        "SCHEDULER_SECRET_DEPLOY_KEY": "deploy-secret-value-0123456789",
+    }
+    ex = LocalExecutor(
+        tmp_path,
+        results,
+        base_env=env,
+        sandbox=sandbox,
+        mask_for=masker_for(lambda _repo: (), environ=env),
+    )
+    try:
+        show = ("sh", "-c", 'echo "npm=$NPM_TOKEN deploy=${DEPLOY_KEY:-unset}"')
+        result, log = run(ex, results, request("secret", show, secrets=("NPM_TOKEN",)))
+        # The run has the one it is given, not the other; what is shown of it is masked.
+        assert result.passed and "npm=npm-secret-value-0123456789 deploy=unset" in log
+        assert "npm-secret" not in result.summary and "npm=***" in result.summary
+        missing, log = run(ex, results, request("missing", show, secrets=("NOT_SET",)))
+        assert not missing.passed and missing.reason == "error"
+        assert "secret NOT_SET is not set" in missing.summary and "npm=" not in log
+    finally:
+        ex.close()
