@@ -220,7 +220,8 @@ def test_no_wait_returns_at_once_with_the_job_id(up: Up) -> None:
     result = deliver(up, "t/hang", "--no-wait", "--json")
     assert result.returncode == 0, result.stderr
     job_id = json.loads(result.stdout)["job_id"]
-    assert time.monotonic() - started < 20  # the command sleeps 60 s
+    # Not the run's 60 s: a wait would take that long; a busy machine may take seconds.
+    assert time.monotonic() - started < 45
     shown = up.cli("show", job_id, "--json")
     assert json.loads(shown.stdout)["status"] in ("pending", "active")
     assert up.cli("cancel", job_id).returncode == 0
