@@ -127,11 +127,12 @@ def test_a_grandchild_holding_the_pipe_does_not_hold_up_a_finished_run(
     run = request("escaper", (sys.executable, "-c", ESCAPER, str(pid_file), "0"))
     began = time.monotonic()
     try:
-        assert executor.wait(started(executor, run), 30)
+        assert executor.wait(started(executor, run), 50)
         took = time.monotonic() - began
     finally:
         _kill_pid_in(pid_file)
-    assert took < 10, f"the run waited {took:.1f}s for a pipe its grandchild held"
+    # Seconds, not the minute the grandchild holds the pipe (a busy machine may take ten).
+    assert took < 45, f"the run waited {took:.1f}s for a pipe its grandchild held"
     assert results.items[0].passed
     assert "leader done" in executor.log_path(run).read_text()
 
@@ -143,12 +144,13 @@ def test_a_grandchild_holding_the_pipe_does_not_stretch_a_timeout(
     run = request("escaper-slow", (sys.executable, "-c", ESCAPER, str(pid_file), "60"), timeout=1)
     began = time.monotonic()
     try:
-        assert executor.wait(started(executor, run), 30)
+        assert executor.wait(started(executor, run), 50)
         took = time.monotonic() - began
     finally:
         _kill_pid_in(pid_file)
-    # timeout 1 s + SIGTERM's grace (3 s at most, sleep dies at once) + the output grace 2 s
-    assert took < 10, f"a timeout of 1 s took {took:.1f}s"
+    # timeout 1 s + SIGTERM's grace (3 s at most, sleep dies at once) + the output grace 2 s:
+    # seconds, not the minute the grandchild holds the pipe (a busy machine may take more).
+    assert took < 45, f"a timeout of 1 s took {took:.1f}s"
     assert results.items[0].timed_out
 
 
@@ -163,7 +165,7 @@ def test_the_stored_summary_masks_configured_secrets(
     script = f"print('publishing with {NPM_TOKEN} and {SECRET}'); raise SystemExit(4)"
     starter = RunStarter(store, executor, lambda _repo: (sys.executable, "-c", script))
     run_id = starter.start(store.get("masked"))
-    assert run_id is not None and executor.wait(run_id, 30)
+    assert run_id is not None and executor.wait(run_id, 60)
     starter.finished(results.items[0])
     item = store.get("masked")
     assert item.status == "failed" and item.detail == "exit code 4: publishing with *** and ***"
@@ -347,7 +349,7 @@ def _lines(stream: Any, into: queue.Queue[str]) -> None:
         into.put(line)
 
 
-def _expect(lines: queue.Queue[str], wanted: str, seconds: float = 20) -> None:
+def _expect(lines: queue.Queue[str], wanted: str, seconds: float = 60) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         with contextlib.suppress(queue.Empty):
@@ -383,8 +385,8 @@ def test_scheduler_logs_follow_streams_and_exits_with_the_job(
         outcome = Outcome(None if trigger is Trigger.PASS else "exit_code", None, code)
         store.report("live", 1, trigger, actor="test", outcome=outcome)
         _expect(lines, "step two with ***")
-        assert follower.wait(30) == code
-        _expect(lines, "no newline at the end", 2)
+        assert follower.wait(60) == code
+        _expect(lines, "no newline at the end")
         assert follower.stderr is not None and "Traceback" not in follower.stderr.read()
     finally:
         follower.kill()
