@@ -196,7 +196,8 @@ def show_job(job_id: JobArgument, as_json: JsonOption = False) -> None:
     tail = run_log_tail(ctx, job) if job.status == "failed" else []
     now = now_ms()
     data = {**job.to_dict(), **({"log_tail": tail} if tail else {})}
-    show(data, as_json, lambda: render.job_view(job, now, log_tail=tail))
+    shown = [cli_logs.for_terminal(line) for line in tail]  # a run's output: never obeyed
+    show(data, as_json, lambda: render.job_view(job, now, log_tail=shown))
 
 
 def run_log_tail(ctx: Context, job: JobDetail) -> list[str]:
@@ -240,7 +241,8 @@ def logs(
         job, text = use_case.read(job_id, attempt)
         number = use_case.target(job, attempt).attempt
         data = {"job_id": job.job_id, "attempt": number, "status": job.status, "log": text}
-        typer.echo(json.dumps(data, sort_keys=True) if as_json else text, nl=as_json)
+        shown = json.dumps(data, sort_keys=True) if as_json else cli_logs.for_terminal(text)
+        typer.echo(shown, nl=as_json)
         return
     pieces: list[str] = []
 
@@ -248,7 +250,7 @@ def logs(
         if as_json:
             pieces.append(text)
             return
-        typer.echo(text, nl=False)
+        typer.echo(cli_logs.for_terminal(text), nl=False)
         sys.stdout.flush()
 
     job = use_case.follow(job_id, attempt, write)
@@ -630,7 +632,7 @@ def send_test_delivery(  # noqa: PLR0917 - typer maps options to parameters
     elif tail:
         cut = f" (last {len(tail)} lines)" if len(tail) == log_lines else ""
         typer.echo(f"log of attempt {job['attempt']}{cut}:")
-        typer.echo("\n".join(f"  {line}" for line in tail))
+        typer.echo(cli_logs.for_terminal("\n".join(f"  {line}" for line in tail)))
     if job["status"] != "passed":
         raise typer.Exit(1)
 

@@ -8,7 +8,10 @@ CodeBuild build's CloudWatch Logs stream.
 
 from __future__ import annotations
 
+import re
+import sys
 from pathlib import Path
+from typing import TextIO
 
 from scheduler.config import load_config
 from scheduler.db.queries import JobDetail, Queries
@@ -19,7 +22,20 @@ from scheduler.settings import Settings
 from scheduler.wiring import mask_for_settings
 from state_machines import JobStatus
 
-__all__ = ["JobLogFiles", "exit_code_of", "log_reader", "run_logs"]
+__all__ = [
+    "JobLogFiles",
+    "escape_controls",
+    "exit_code_of",
+    "for_terminal",
+    "log_reader",
+    "run_logs",
+]
+
+# C0 and C1 control characters and DEL, but newline and tab. A run's output is the run's, not
+# the operator's: written to a terminal as is, ESC sequences would be obeyed (OSC 52 sets the
+# clipboard, others retitle the window or hide lines), and so would CR, backspace and the 8-bit
+# CSI (U+009B).
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 class JobLogFiles:
@@ -54,3 +70,15 @@ def exit_code_of(job: JobDetail, attempt: int | None) -> int:
     """``--follow``'s exit status: 0 if the (followed attempt of the) job passed, else 1."""
     passed = job.status == JobStatus.PASSED.value
     return 0 if passed and (attempt is None or attempt == job.attempt) else 1
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with each control character but newline and tab shown as ``\\xNN``."""
+    return _CONTROL.sub(lambda found: f"\\x{ord(found.group()):02x}", text)
+
+
+def for_terminal(text: str, stream: TextIO | None = None) -> str:
+    """``text`` (a run's output) as it may be written to ``stream`` (stdout by default):
+    control characters escaped on a terminal, unchanged into a pipe or a file."""
+    out = sys.stdout if stream is None else stream
+    return escape_controls(text) if out.isatty() else text

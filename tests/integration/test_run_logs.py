@@ -8,6 +8,7 @@ import contextlib
 import http.client
 import json
 import os
+import pty
 import queue
 import signal
 import subprocess
@@ -342,6 +343,66 @@ def test_scheduler_show_prints_the_last_lines_of_a_failed_run(logged: Path) -> N
     assert after.split("history")[0].split() == ["hello", "token", "***", "bye"]
     data = json.loads(cli(logged, "show", "one", "--json").stdout)
     assert data["log_tail"] == ["hello", "token ***", "bye"]
+
+
+# A run that writes the operator's clipboard (OSC 52), colours, moves the cursor back, rings
+# the bell and sends an 8-bit CSI: on a terminal each is shown, never obeyed.
+HOSTILE_LOG = (
+    "start\tok\n\x1b]52;c;ZXZpbA==\x07\x1b[31mred\x1b[0m\nsecret\rhidden\x08\x9b2J\x00\x7f end\n"
+)
+HOSTILE_SHOWN = (
+    "start\tok\n"
+    "\\x1b]52;c;ZXZpbA==\\x07\\x1b[31mred\\x1b[0m\n"
+    "secret\\x0dhidden\\x08\\x9b2J\\x00\\x7f end\n"
+)
+
+
+def cli_on_terminal(data_dir: Path, *args: str) -> tuple[int, str]:
+    """Run with stdout on a pseudo-terminal: the exit code and what the terminal received
+    (its ``\\r\\n`` line ends, the terminal's own, made ``\\n`` again)."""
+    leader, follower = pty.openpty()
+    try:
+        process = subprocess.run(
+            [str(SCRIPT), *args],
+            stdout=follower,
+            stderr=subprocess.DEVNULL,
+            env=cli_env(data_dir, TERM="xterm-256color", COLUMNS="200"),
+            timeout=60,
+            check=False,
+        )
+        os.close(follower)
+        output = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the other end is closed and drained
+                break
+            if not chunk:
+                break
+            output += chunk
+    finally:
+        os.close(leader)
+    return process.returncode, output.decode("utf-8", "replace").replace("\r\n", "\n")
+
+
+def test_scheduler_logs_shows_control_characters_escaped_on_a_terminal_only(
+    store: JobStore, tmp_path: Path
+) -> None:
+    failed_job(store, tmp_path, "esc", HOSTILE_LOG)
+    code, shown = cli_on_terminal(tmp_path, "logs", "esc")
+    assert code == 0
+    assert shown == HOSTILE_SHOWN, repr(shown)
+    # The failed run's tail in `scheduler show` too.
+    code, shown = cli_on_terminal(tmp_path, "show", "esc")
+    assert code == 0 and "\x1b]52" not in shown and "\x07" not in shown, repr(shown)
+    assert "\\x1b]52;c;ZXZpbA==\\x07" in shown, repr(shown)
+    # Into a pipe nothing is escaped (click drops colour codes there, as it always has), and
+    # as JSON the text is what the run wrote.
+    piped = cli(tmp_path, "logs", "esc")
+    assert piped.returncode == 0 and "\\x" not in piped.stdout, repr(piped.stdout)
+    assert "\x1b]52;c;ZXZpbA==\x07" in piped.stdout and "\x9b2J\x00\x7f end" in piped.stdout
+    code, shown = cli_on_terminal(tmp_path, "logs", "esc", "--json")
+    assert code == 0 and json.loads(shown)["log"] == HOSTILE_LOG
 
 
 def _lines(stream: Any, into: queue.Queue[str]) -> None:
