@@ -64,7 +64,8 @@ reliability: setup
 soak: setup
 	$(BIN)/python bench/soak.py --jobs 20000
 
-# The local stack in the foreground (Ctrl-C stops it). Needs GITHUB_WEBHOOK_SECRET.
+# The local stack in the foreground (Ctrl-C stops it). Needs GITHUB_WEBHOOK_SECRET (at least 32
+# characters, e.g. GITHUB_WEBHOOK_SECRET=change-me-to-a-random-secret-of-32-chars-or-more).
 up: setup
 	SCHEDULER_CONFIG="$${SCHEDULER_CONFIG:-scheduler.local.toml}" $(BIN)/scheduler up
 

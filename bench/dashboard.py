@@ -59,7 +59,9 @@ SMALL, LARGE = "bench/dash-small", "bench/dash-large"
 def page_latency(small: int, large: int, samples: int) -> dict[str, list[float]]:
     """Seconds per GET, by case: the jobs page and the JSON listing of each repository."""
     with dynamodb_local(heap_mb=1024) as server:
-        settings = bench_settings(server.endpoint, webhook_secret="bench-dashboard-secret-0123")
+        settings = bench_settings(
+            server.endpoint, webhook_secret="bench-dashboard-webhook-secret-0123456789"
+        )
         ddb = settings_client("dynamodb", settings, max_pool_connections=16)
         for repo, count in ((SMALL, small), (LARGE, large)):
             seconds = load(ddb, settings, repo, count)

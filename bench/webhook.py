@@ -59,7 +59,7 @@ from scheduler.settings import Settings, TableNames
 
 MODES = ("http", "raw")
 REPOS = 50
-SECRET = "bench-webhook-secret"
+SECRET = "bench-webhook-secret-0123456789abcdef"
 TARGET_RATE = 0.6
 TARGET_P99 = 2.0
 PUSH: dict[str, Any] = json.loads(

@@ -31,6 +31,10 @@ DEFAULT_HTTP_REQUEST_TIMEOUT_SECONDS = 10.0
 DEFAULT_HTTP_BODY_BUDGET_BYTES = 64 * 1024 * 1024
 # A local run's log keeps at most this many bytes per attempt (its head and its tail).
 DEFAULT_LOG_MAX_BYTES = 5 * 1024 * 1024
+# The webhook's HMAC key: anybody who guesses it can queue builds, so a short or example value
+# is refused at start-up (GitHub suggests a random string with high entropy; 32 characters of
+# hex are 128 bits, e.g. `openssl rand -hex 32` gives 64).
+WEBHOOK_SECRET_MIN_CHARS = 32
 _TRUE = {"1", "true", "yes", "on"}
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from scheduler.errors import ConfigurationError
-from scheduler.settings import Settings
+from scheduler.settings import WEBHOOK_SECRET_MIN_CHARS, Settings
 
 __all__ = ["SECRET_ARNS", "resolve_secrets"]
 
@@ -40,6 +40,12 @@ def resolve_secrets(settings: Settings, environ: Mapping[str, str], client: Any)
         except BotoCoreError as exc:
             raise ConfigurationError(f"cannot read secret {arn} ({variable}): {exc}") from None
         value = str(secret.get("SecretString") or "").strip()
+        if field_name == "webhook_secret" and len(value) < WEBHOOK_SECRET_MIN_CHARS:
+            # Anybody who guesses the webhook's key can queue builds (the value is never shown).
+            raise ConfigurationError(
+                f"secret {arn} ({variable}) is {len(value)} characters long: a webhook secret"
+                f" needs at least {WEBHOOK_SECRET_MIN_CHARS} characters"
+            )
         if value:
             values[field_name] = value
     return replace(

@@ -43,7 +43,7 @@ from scheduler.errors import ConfigurationError, JobExists, TriggerSeen
 from scheduler.github.clone_urls import DEFAULT_GITHUB_HOST
 from scheduler.github.payload import BuildRequest, Ignored, Ping, interpret, parse_delivery
 from scheduler.github.signature import SIGNATURE_HEADER, verify_signature
-from scheduler.settings import Settings
+from scheduler.settings import WEBHOOK_SECRET_MIN_CHARS, Settings
 
 __all__ = [
     "TRIGGER_PREFIX",
@@ -71,6 +71,13 @@ def webhook_secret(settings: Settings) -> bytes | None:
     default: anybody who can reach the endpoint could otherwise queue builds.
     """
     if settings.webhook_secret:
+        if len(settings.webhook_secret) < WEBHOOK_SECRET_MIN_CHARS:
+            # The length only, never the value: this line is printed and logged.
+            raise ConfigurationError(
+                f"GITHUB_WEBHOOK_SECRET is {len(settings.webhook_secret)} characters long: use"
+                f" at least {WEBHOOK_SECRET_MIN_CHARS} characters (e.g. `openssl rand -hex 32`)"
+                " and set the same secret in GitHub's webhook settings"
+            )
         return settings.webhook_secret.encode("utf-8")
     if not settings.allow_unsigned_webhooks:
         raise ConfigurationError(

@@ -20,7 +20,7 @@ from scheduler.local.dynamodb_local import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEDULER = str(ROOT / ".venv" / "bin" / "scheduler")
-SECRET = "finds-stack-secret-0123456789"
+SECRET = "finds-stack-webhook-secret-0123456789"
 
 
 def command(code: str) -> str:
@@ -283,3 +283,14 @@ def test_a_second_stack_on_the_same_folder_is_refused(up: Up) -> None:
     line = one_error_line(result, "a local stack is already running from .scheduler")
     assert f"(pid {up.process.pid if up.process else 0}, http://127.0.0.1:{up.port})" in line
     assert json.loads(up.stack_file.read_text())["pid"] == (up.process.pid if up.process else 0)
+
+
+def test_up_refuses_a_webhook_secret_shorter_than_32_characters(tmp_path: Path) -> None:
+    """A guessable secret lets anyone sign deliveries: ``scheduler up`` says so and exits 2
+    before starting anything; the secret itself is never shown."""
+    short = "change-me-to-a-long-secret"  # the README's example before issue 24
+    args = ("up", "--port", str(free_port()), "--dynamodb-port", str(free_port()))
+    result = cli(tmp_path, *args, GITHUB_WEBHOOK_SECRET=short)
+    line = one_error_line(result, "GITHUB_WEBHOOK_SECRET", "at least 32 characters")
+    assert short not in line
+    assert not (tmp_path / ".scheduler" / "stack.json").exists()

@@ -25,7 +25,7 @@ from scheduler.github.signature import sign
 from scheduler.local.dynamodb_local import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-SECRET = "e2e-secret-0123456789"
+SECRET = "e2e-webhook-secret-0123456789abcdef"
 SCHEDULER = str(ROOT / ".venv" / "bin" / "scheduler")
 
 # The command every job runs: record (job, attempt) in a shared file — the side effect the test

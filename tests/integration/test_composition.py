@@ -29,7 +29,7 @@ from scheduler.local.stack import compose as compose_local
 from scheduler.settings import DEFAULT_TEMPLATE, Settings
 from scheduler.wiring import Core
 
-SECRET = "composition-secret-0123456789"
+SECRET = "composition-webhook-secret-0123456789"
 CONFIG = """
 accept = ["octo-org/*"]
 

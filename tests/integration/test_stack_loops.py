@@ -38,7 +38,9 @@ def test_the_reaper_loop_survives_an_unexpected_error(
         reaper_interval_seconds=0.05,
         sweep_interval_seconds=0.05,
     )
-    stack = LocalStack(replace(settings, webhook_secret="loops-secret-0123456789"), options)
+    stack = LocalStack(
+        replace(settings, webhook_secret="loops-webhook-secret-0123456789abcdef"), options
+    )
     with stack:
         deadline = time.monotonic() + 20
         while len(calls) < 3 and time.monotonic() < deadline:
@@ -68,7 +70,9 @@ def test_the_stream_runs_only_once_recovery_is_done(
     monkeypatch.setattr(Reaper, "recover", slow_recover)
     monkeypatch.setattr(StreamRunner, "run", run)
     options = StackOptions(port=free_port(), data_dir=tmp_path / "data")
-    stack = LocalStack(replace(settings, webhook_secret="loops-secret-0123456789"), options)
+    stack = LocalStack(
+        replace(settings, webhook_secret="loops-webhook-secret-0123456789abcdef"), options
+    )
     with stack:
         deadline = time.monotonic() + 10
         while "recovery starts" not in order and time.monotonic() < deadline:

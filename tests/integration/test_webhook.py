@@ -30,7 +30,7 @@ from scheduler.local.http_server import LocalHTTPServer
 from scheduler.settings import Settings, TableNames
 
 EVENTS = Path(__file__).resolve().parents[1] / "events"
-SECRET = "s3cr3t-webhook-key-for-tests"
+SECRET = "s3cr3t-webhook-key-for-the-webhook-tests"
 REPO = "codertocat/hello-world"  # the canonical form of the payloads' Codertocat/Hello-World
 SMALL_LIMIT = 64 * 1024  # the Lambda transport's oversized case needs no 25 MB string
 
@@ -655,6 +655,10 @@ def test_start_up_refuses_a_missing_secret_and_a_bad_configuration(
 
     with pytest.raises(ConfigurationError, match="GITHUB_WEBHOOK_SECRET is not set"):
         create_app(replace(settings, webhook_secret=None))
+    # A short (guessable) key is refused too, and its value is never shown.
+    with pytest.raises(ConfigurationError, match="31 characters long: use at least 32") as short:
+        create_app(replace(settings, webhook_secret="k" * 31))
+    assert "k" * 31 not in str(short.value)
     bad = tmp_path / "repos.toml"
     bad.write_text("[defaults]\nconcurrency = 'two'\n")
     with pytest.raises(ConfigurationError, match=r"key 'defaults\.concurrency'"):

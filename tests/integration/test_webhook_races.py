@@ -22,7 +22,7 @@ from scheduler.local.http_server import LocalHTTPServer
 from scheduler.settings import Settings, TableNames
 
 EVENTS = Path(__file__).resolve().parents[1] / "events"
-SECRET = b"race-secret"
+SECRET = b"race-webhook-secret-0123456789abcdef"
 PUSH: dict[str, Any] = json.loads((EVENTS / "push.branch.json").read_text())
 
 

@@ -28,7 +28,7 @@ from scheduler.local.dynamodb_local import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEDULER = str(ROOT / ".venv" / "bin" / "scheduler")
-SECRET = "reliability-secret-0123456789"
+SECRET = "reliability-webhook-secret-0123456789"
 
 # A run: note the start (job, attempt, pid, which other runs are alive right now: zombies
 # count as gone), leave a pid

@@ -16,7 +16,7 @@ from scheduler.runs.operations import Operations
 from scheduler.stream.dispatcher import Dispatcher
 from state_machines import TransitionConflict
 
-SECRET = b"rebuild-secret-0123456789"
+SECRET = b"rebuild-webhook-secret-0123456789"
 
 
 def _push(service: WebhookService, delivery: str, sha: str) -> tuple[int, dict[str, Any]]:
