@@ -99,12 +99,15 @@ def test_a_slow_item_keeps_its_order_while_other_items_overtake_it(fresh: Settin
     recorder = Recorder(fresh, limit=50)
     log = Log()
     slow_started = threading.Event()
+    release = threading.Event()
 
     def handler(event: dict[str, Any], context: Any) -> Any:
         records = event["Records"]
         if any(key_of(r) == "slow" for r in records) and not slow_started.is_set():
             slow_started.set()
-            time.sleep(3.0)  # the first batch holding the slow item's records
+            # The first batch holding the slow item's records takes until the other lanes are
+            # done (not a fixed 3 s a busy machine may need for them).
+            release.wait(120)
         response = recorder(event, context)
         log.add(records)
         return response
@@ -125,10 +128,13 @@ def test_a_slow_item_keeps_its_order_while_other_items_overtake_it(fresh: Settin
         recorder.store.create(new_job(job_id, repo=f"org/{job_id}"))
 
     with running(runner):
-        wait_for(lambda: all(status(j) == "active" for j in others), "others done", 30)
-        # The other lanes finished while the slow item's lane was still in its first batch.
-        assert not log.of("slow"), "the other lanes waited for the slow item"
-        wait_for(lambda: status("slow") == "active" and len(log.of("slow")) >= 7, "slow", 30)
+        try:
+            wait_for(lambda: all(status(j) == "active" for j in others), "others done", 120)
+            # The other lanes finished while the slow item's lane was still in its first batch.
+            assert not log.of("slow"), "the other lanes waited for the slow item"
+        finally:
+            release.set()
+        wait_for(lambda: status("slow") == "active" and len(log.of("slow")) >= 7, "slow", 120)
     runner.drain()
 
     slow = log.of("slow")
@@ -165,7 +171,7 @@ def test_the_checkpoint_never_passes_an_unfinished_record(fresh: Settings) -> No
     for job_id in others + same_lane:
         recorder.store.create(new_job(job_id, repo=f"org/{job_id}"))
 
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120
     while not all(status(j) == "active" for j in others):  # step by hand: no orderly stop
         assert time.monotonic() < deadline, "the other lanes did not finish"
         first.step()
@@ -208,9 +214,9 @@ def test_a_failing_item_blocks_only_its_own_lane(fresh: Settings) -> None:  # no
         log.add([r for r in event["Records"] if r["dynamodb"]["SequenceNumber"] not in failed])
         return response
 
-    slow_retries = PollingConfig(idle_max_seconds=0.02, retry_base_seconds=1.0)
+    slow_retries = PollingConfig(idle_max_seconds=0.02, retry_base_seconds=2.0)
     runner = make_runner(fresh, handler, mapping=LANES)
-    runner._polling = slow_retries  # retries after ~1, 2, 4 s: long enough to watch
+    runner._polling = slow_retries  # retries after ~2, 4, 8 s: long enough to watch, loaded
     runner.skip_to_end()
     ddb = client("dynamodb", fresh)
     ddb.put_item(  # a job item that cannot be read as a job: fails every time
@@ -222,16 +228,15 @@ def test_a_failing_item_blocks_only_its_own_lane(fresh: Settings) -> None:  # no
         recorder.store.create(new_job(job_id, repo=f"org/{job_id}"))
 
     letters = DeadLetterStore(ddb, fresh.tables.dead_letters)
-    started = time.monotonic()
     with running(runner):
-        wait_for(lambda: all(status(j) == "active" for j in others), "other lanes", 30)
-        others_done = time.monotonic() - started
+        wait_for(lambda: all(status(j) == "active" for j in others), "other lanes", 120)
+        # Done before the poison's lane is dead-lettered (after ~14 s of retries): the other
+        # lanes did not wait for them.
         assert letters.list() == [], "the other lanes waited for the failing item's retries"
-        wait_for(lambda: len(letters.list()) == 1, "the dead letter", 30)
-        wait_for(lambda: all(status(j) == "active" for j in same_lane), "its lane", 30)
+        wait_for(lambda: len(letters.list()) == 1, "the dead letter", 120)
+        wait_for(lambda: all(status(j) == "active" for j in same_lane), "its lane", 120)
     runner.drain()
 
-    assert others_done < 5.0, others_done  # the poison's lane is dead-lettered after ~7 s
     (letter,) = letters.list()
     assert [key_of(r) for r in letter.records] == ["poison"]  # bisected down to the poison
     assert letter.attempts == LANES.max_retry_attempts + 1
