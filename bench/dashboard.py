@@ -16,10 +16,15 @@ with the first tabs hidden behind another page. Printed by case: the CPU of the 
 and of DynamoDB Local, the fragment polls answered per second, and the CPU per poll over the
 no-browser figure.
 
+**A new job shows.** One visible tab on a jobs page of a fresh stack; each sample delivers a push
+and times, from its 202, until the job's row is in the page (a poll and a render, no reload).
+Printed: p50/p90/p99 and the largest. The browser tests only check that the row comes; how soon
+is this figure (``POLL_MS`` + ``FRESH_MS`` at most on an idle machine: under a second).
+
 Run from the project root (about two minutes; the browser is Debian's ``/usr/bin/chromium``)::
 
     .venv/bin/python bench/dashboard.py [--small 1000] [--large 50000] [--samples 200]
-        [--tabs 5] [--idle-seconds 20]
+        [--tabs 5] [--idle-seconds 20] [--show-samples 20]
 """
 
 from __future__ import annotations
@@ -174,6 +179,32 @@ def idle_tabs(count: int, seconds: float) -> dict[str, dict[str, float]]:
     return results
 
 
+def job_shows(samples: int) -> list[float]:
+    """Seconds from each delivery's 202 until its row is in an open jobs page (one tab)."""
+    from playwright.sync_api import sync_playwright
+
+    seen: list[float] = []
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-show-") as folder,
+        local_stack(Path(folder)) as stack,
+        httpx.Client(timeout=30) as client,
+        sync_playwright() as driver,
+    ):
+        deliver(client, stack.url)  # the repository exists
+        browser = driver.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
+        try:
+            tab = browser.new_page()
+            tab.goto(f"{stack.url}/ui/repos/{REPO}")
+            for _ in range(samples):
+                job_id, _, _ = deliver(client, stack.url)
+                sent = time.monotonic()
+                tab.wait_for_selector(f'tr[data-job-id="{job_id}"]', timeout=60_000)
+                seen.append(time.monotonic() - sent)
+        finally:
+            browser.close()
+    return seen
+
+
 def polls_logged(log_path: Path) -> int:
     """The fragment requests the stack has logged so far (one line each)."""
     with open(log_path, "rb") as handle:
@@ -187,6 +218,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--samples", type=int, default=200, help="GETs per case")
     parser.add_argument("--tabs", type=int, default=5, help="open tabs for the idle figure")
     parser.add_argument("--idle-seconds", type=float, default=20.0)
+    parser.add_argument("--show-samples", type=int, default=20, help="deliveries watched")
     parser.add_argument("--idle-only", action="store_true", help="only the idle-tabs figures")
     parser.add_argument("--pages-only", action="store_true", help="only the page latencies")
     return parser.parse_args(argv)
@@ -234,6 +266,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"   {case}: CPU per poll (ms) "
                     + ", ".join(f"{name} {value:.2f}" for name, value in per_poll.items())
                 )
+        shows = job_shows(args.show_samples)
+        print(f"\n== a new job shows in an open jobs page, after its 202 (ms; {len(shows)} jobs)")
+        print(f"   {summary(ms(shows))}")
     else:
         print(f"\n(no {CHROMIUM}: the idle-tabs figure needs Debian's chromium)")
     return 0
