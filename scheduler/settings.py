@@ -121,6 +121,10 @@ class Settings:
     github_api_url: str = "https://api.github.com"
     # AWS runs: the CodeBuild project that builds a job (unset: runs are not started).
     codebuild_project: str | None = None
+    # AWS: the project of builds that get run secrets, and the Secrets Manager name prefix of
+    # those secrets (the run secret NAME is the secret <prefix>NAME).
+    codebuild_secrets_project: str | None = None
+    run_secrets_prefix: str = "scheduler/run-secrets/"
     # AWS: the stream mapping's on-failure queue (the template's StreamDeadLetterQueueUrl
     # output): ``scheduler dlq`` reads and replays it when no local stack is meant.
     stream_dlq_url: str | None = None
@@ -182,6 +186,9 @@ class Settings:
             github_token=env.get("SCHEDULER_GITHUB_TOKEN") or env.get("GITHUB_TOKEN") or None,
             github_api_url=env.get("SCHEDULER_GITHUB_API_URL", "https://api.github.com"),
             codebuild_project=env.get("SCHEDULER_CODEBUILD_PROJECT") or None,
+            codebuild_secrets_project=env.get("SCHEDULER_CODEBUILD_SECRETS_PROJECT") or None,
+            run_secrets_prefix=env.get("SCHEDULER_RUN_SECRETS_PREFIX")
+            or "scheduler/run-secrets/",
             stream_dlq_url=env.get("SCHEDULER_STREAM_DLQ_URL") or None,
             tracing=env.get("SCHEDULER_TRACING")
             or ("xray" if env.get("AWS_LAMBDA_FUNCTION_NAME") else None),

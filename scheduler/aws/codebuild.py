@@ -23,6 +23,13 @@ Faults, and why each is handled where it is:
 - A cancel (or timeout) that lands while ``StartBuild`` is in flight names only the claim:
   nothing is stopped then, and the starter stops the build once it has its id. ``StopBuild``
   refused for a build that already ended is the answer, not an outage (see :meth:`cancel`).
+
+Secrets: a build whose repository names ``secrets`` runs in a second project
+(:class:`SecretsProject`) whose role alone may read the run secrets in Secrets Manager; the
+``StartBuild`` request names them (type ``SECRETS_MANAGER``), so their values are in neither
+the job item nor the request. Every other build, a fork's pull request above all, runs in the
+project whose role cannot read any secret: a build can use its role's credentials, so a
+secret it is not given must be one its role cannot read.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import logging
 import math
 import shlex
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
@@ -99,15 +107,27 @@ def source_override(request: RunRequest) -> dict[str, str]:
     }
 
 
+@dataclass(frozen=True)
+class SecretsProject:
+    """The project of builds that get secrets, and where their secrets are kept: the run
+    secret ``NAME`` is the Secrets Manager secret ``<prefix>NAME``."""
+
+    project: str
+    prefix: str
+
+
 class CodeBuildExecutor:
-    def __init__(self, client: Any, project_name: str) -> None:
+    def __init__(
+        self, client: Any, project_name: str, *, secrets: SecretsProject | None = None
+    ) -> None:
         self._client = client
         self._project = project_name
+        self._secrets = secrets
 
     def start_build_kwargs(self, request: RunRequest) -> dict[str, Any]:
         minutes = math.ceil(request.timeout_seconds / 60)
         kwargs: dict[str, Any] = {
-            "projectName": self._project,
+            "projectName": self._project_for(request),
             "sourceVersion": request.sha,
             "idempotencyToken": request.idempotency_key,
             "timeoutInMinutesOverride": max(MIN_TIMEOUT_MINUTES, min(minutes, MAX_TIMEOUT_MINUTES)),
@@ -115,7 +135,8 @@ class CodeBuildExecutor:
             "environmentVariablesOverride": [
                 {"name": name, "value": value, "type": "PLAINTEXT"}
                 for name, value in sorted(request.environment().items())
-            ],
+            ]
+            + self._secret_variables(request),
         }
         if request.checkout:
             kwargs.update(source_override(request))
@@ -126,6 +147,25 @@ class CodeBuildExecutor:
                 f"      - {json_quote(shlex.join(request.command))}\n"
             )
         return kwargs
+
+    def _project_for(self, request: RunRequest) -> str:
+        if not request.secrets:
+            return self._project
+        if self._secrets is None:
+            raise StartRefused(
+                f"{request.repo} names secrets and this deployment has no project for builds"
+                " with secrets (SCHEDULER_CODEBUILD_SECRETS_PROJECT)"
+            )
+        return self._secrets.project
+
+    def _secret_variables(self, request: RunRequest) -> list[dict[str, str]]:
+        if not request.secrets or self._secrets is None:
+            return []
+        prefix = self._secrets.prefix
+        return [
+            {"name": name, "value": f"{prefix}{name}", "type": "SECRETS_MANAGER"}
+            for name in request.secrets
+        ]
 
     def start(self, request: RunRequest, claim: RunClaim = UNCLAIMED) -> str | None:
         """One build for the attempt: ``StartBuild`` with the token ``job_id#attempt``.

@@ -14,7 +14,7 @@ from typing import Any
 from scheduler.api.app import HttpApiEvent, HttpApiResponse
 from scheduler.aws.build_logs import CloudWatchLogReader
 from scheduler.aws.clients import aws_client
-from scheduler.aws.codebuild import CodeBuildExecutor, result_from_event
+from scheduler.aws.codebuild import CodeBuildExecutor, SecretsProject, result_from_event
 from scheduler.aws.secrets import SECRET_ARNS, resolve_secrets
 from scheduler.runs.executor import OnFinished
 from scheduler.settings import Settings
@@ -34,10 +34,15 @@ def compose(
     log_reader: CloudWatchLogReader | None = None
     if project:
         client = codebuild_client or aws_client("codebuild", settings)
+        secrets = (
+            SecretsProject(settings.codebuild_secrets_project, settings.run_secrets_prefix)
+            if settings.codebuild_secrets_project
+            else None
+        )
 
         def executor(_finished: OnFinished) -> CodeBuildExecutor:
             # A build reports through EventBridge (build_completed), not a callback.
-            return CodeBuildExecutor(client, project)
+            return CodeBuildExecutor(client, project, secrets=secrets)
 
         log_reader = CloudWatchLogReader(logs_client or aws_client("logs", settings), client)
 

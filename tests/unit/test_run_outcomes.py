@@ -9,7 +9,12 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from scheduler.aws.codebuild import CodeBuildExecutor, result_from_event, source_override
+from scheduler.aws.codebuild import (
+    CodeBuildExecutor,
+    SecretsProject,
+    result_from_event,
+    source_override,
+)
 from scheduler.github.statuses import StatusUpdate, status_for
 from scheduler.runs.executor import RunRequest, RunResult, StartRefused
 from scheduler.runs.starter import outcome_of
@@ -173,3 +178,30 @@ def test_a_build_with_no_https_clone_url_is_refused(url: str | None) -> None:
 def test_checkout_false_builds_the_projects_own_source() -> None:
     kwargs = CodeBuildExecutor(None, "ci-project").start_build_kwargs(REQUEST)
     assert "sourceLocationOverride" not in kwargs and kwargs["sourceVersion"] == "f" * 40
+
+
+SECRETS = SecretsProject("ci-secrets", "stack/run-secrets/")
+
+
+def test_a_build_with_secrets_runs_in_the_secrets_project_and_names_them_only() -> None:
+    request = replace(REQUEST, secrets=("NPM_TOKEN",))
+    kwargs = CodeBuildExecutor(None, "ci-project", secrets=SECRETS).start_build_kwargs(request)
+    assert kwargs["projectName"] == "ci-secrets"
+    secret_vars = [v for v in kwargs["environmentVariablesOverride"] if v["name"] == "NPM_TOKEN"]
+    # The request names the secret; CodeBuild reads its value with the project's role.
+    assert secret_vars == [
+        {"name": "NPM_TOKEN", "value": "stack/run-secrets/NPM_TOKEN", "type": "SECRETS_MANAGER"}
+    ]
+
+
+def test_a_build_without_secrets_runs_where_no_secret_can_be_read() -> None:
+    kwargs = CodeBuildExecutor(None, "ci-project", secrets=SECRETS).start_build_kwargs(REQUEST)
+    assert kwargs["projectName"] == "ci-project"
+    assert all(v["type"] == "PLAINTEXT" for v in kwargs["environmentVariablesOverride"])
+
+
+def test_secrets_without_a_secrets_project_are_refused() -> None:
+    with pytest.raises(StartRefused, match="no project for builds with secrets"):
+        CodeBuildExecutor(None, "ci-project").start_build_kwargs(
+            replace(REQUEST, secrets=("NPM_TOKEN",))
+        )
