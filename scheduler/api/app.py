@@ -30,6 +30,7 @@ from urllib.parse import parse_qsl, unquote
 
 from scheduler import tracing
 from scheduler.api.auth import Access, ApiAuth
+from scheduler.api.headers import sendable
 from scheduler.config import RepositoryConfig, load_config
 from scheduler.db import models
 from scheduler.db.store import DAY_MS, Clock, JobStore, system_clock
@@ -314,7 +315,8 @@ class Application:
             response = Response.error(exc)
         else:
             response = self.handle(request)
-        headers = {"content-type": response.content_type, **response.headers}
+        # The same guard as the local server's: no header value can split the answer.
+        headers = dict(sendable({"content-type": response.content_type, **response.headers}))
         answer: HttpApiResponse = {
             "statusCode": response.status,
             "headers": headers,

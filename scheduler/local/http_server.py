@@ -35,7 +35,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 from scheduler.api.app import Application, Request, Response, ServerLimits
+from scheduler.api.headers import sendable
 from scheduler.errors import (
     DomainError,
     HeadersTooLarge,
@@ -275,7 +276,7 @@ def _raw_answer(response: Response) -> bytes:
         f"HTTP/1.1 {response.status} {BaseHTTPRequestHandler.responses[response.status][0]}",
         f"Content-Type: {response.content_type}",
         f"Content-Length: {len(body)}",
-        *(f"{name}: {value}" for name, value in _sendable(response.headers)),
+        *(f"{name}: {value}" for name, value in sendable(response.headers)),
         "Connection: close",
     ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
@@ -382,7 +383,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(response.status)
         self.send_header("Content-Type", response.content_type)
         self.send_header("Content-Length", str(len(payload)))
-        for name, value in _sendable(response.headers):
+        for name, value in sendable(response.headers):
             self.send_header(name, value)
         if self.close_connection:
             self.send_header("Connection", "close")
@@ -416,32 +417,6 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 _DIGITS = re.compile(r"[0-9]{1,18}")
-# RFC 9110: a field name is a token; a value holds no control character but TAB. A CR or LF
-# would end the line and let what follows be read as a header of its own (response splitting).
-_FIELD_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_FIELD_VALUE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*")
-
-
-def _sendable(headers: Mapping[str, str]) -> Iterator[tuple[str, str]]:
-    """``headers`` without any that could break the answer's header lines (or that latin-1,
-    the header encoding, cannot carry). A route that lets such input into a header is a bug:
-    the header is dropped and logged by name only (its value is the input), and the rest of
-    the answer goes out."""
-    for name, value in headers.items():
-        if _FIELD_NAME.fullmatch(name) and _FIELD_VALUE.fullmatch(value) and _latin1(value):
-            yield name, value
-        else:
-            log.error("response header %s dropped: not a valid field", _printable(name, 100))
-
-
-def _latin1(text: str) -> bool:
-    try:
-        text.encode("latin-1")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _printable(text: str | None, limit: int = 300) -> str:
     """``text`` for a log line: control characters escaped (a request cannot forge or colour
     log lines), cut at ``limit``."""
