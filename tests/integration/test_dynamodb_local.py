@@ -21,7 +21,7 @@ from scheduler.settings import Settings
 INSTALL_DIR = Settings.from_env({}).dynamodb_local_dir
 
 
-def _gone(pid: int, within: float = 10.0) -> bool:
+def _gone(pid: int, within: float = 60.0) -> bool:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         try:

@@ -36,7 +36,7 @@ def spawn(processes: list[subprocess.Popen[bytes]], token: str) -> subprocess.Po
 
 
 def gone(process: subprocess.Popen[bytes]) -> bool:
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
             return True
