@@ -438,7 +438,7 @@ def test_a_header_value_with_cr_or_lf_is_never_sent(caplog: pytest.LogCaptureFix
     router = Router()
     router.add("GET", "/echo", echo, access=Access.PUBLIC)
     app = Application(router, max_body_bytes=0)
-    caplog.set_level(logging.ERROR, logger="scheduler.local.http_server")
+    caplog.set_level(logging.ERROR, logger="scheduler.api.headers")
     with LocalHTTPServer(app) as server:
         hostile = ("%0d%0aSet-Cookie:%20injected=1", "%0aSet-Cookie:%20injected=1", "a%0db")
         for value in (*hostile, "a%00b", "a%0bb", "%e2%80%a8"):
@@ -451,6 +451,6 @@ def test_a_header_value_with_cr_or_lf_is_never_sent(caplog: pytest.LogCaptureFix
         with connect(server) as sock:
             sock.sendall(b"GET /echo?v=plain HTTP/1.1\r\nHost: x\r\n\r\n")
             assert read_answer(sock)[1]["x-echo"] == "plain"
-    refused = [r.getMessage() for r in caplog.records if r.name == "scheduler.local.http_server"]
+    refused = [r.getMessage() for r in caplog.records if r.name == "scheduler.api.headers"]
     assert len(refused) == 6 and all("x-echo" in line for line in refused), refused
     assert not any("injected" in line for line in refused)  # the value is not logged
