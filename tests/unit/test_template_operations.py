@@ -72,3 +72,26 @@ def test_the_local_runner_tables_are_not_deployed() -> None:
     assert tables == {"JobsTable", "ReposTable"}
     local = load_template(DEFAULT_TEMPLATE.parent / "local-tables.yaml")["Resources"]
     assert set(local) == {"RunnerStateTable", "DeadLetterTable"}
+
+
+def test_the_public_functions_have_reserved_concurrency_from_parameters() -> None:
+    """A flood of unsigned requests to a public function URL takes at most its reservation of
+    the account's concurrency: the stream function (unreserved) is never starved by it."""
+    parameters = TEMPLATE["Parameters"]
+    public = {n for n in FUNCTIONS if "FunctionUrlConfig" in RESOURCES[n]["Properties"]}
+    assert public == {"WebhookFunction", "ApiFunction"}
+    defaults = {}
+    for function in public:
+        reserved = RESOURCES[function]["Properties"]["ReservedConcurrentExecutions"]
+        # 0 in the parameter means "no reservation" (an account whose quota is too small for
+        # one), never Lambda's 0, which would throttle every request.
+        condition, value, no_value = reserved["Fn::If"]
+        assert no_value == {"Ref": "AWS::NoValue"}
+        parameter = parameters[value["Ref"]]
+        assert parameter["Type"] == "Number" and parameter["MinValue"] == 0
+        assert TEMPLATE["Conditions"][condition] == {
+            "Fn::Not": [{"Fn::Equals": [{"Ref": value["Ref"]}, 0]}]
+        }
+        defaults[function] = parameter["Default"]
+    assert defaults == {"WebhookFunction": 20, "ApiFunction": 10}
+    assert "ReservedConcurrentExecutions" not in RESOURCES["StreamFunction"]["Properties"]
