@@ -18,11 +18,12 @@ from state_machines.job import (
     plan,
     triggers_from,
 )
-from state_machines.states import TERMINAL_STATUSES, JobStatus, Trigger
+from state_machines.states import INITIAL_STATUSES, TERMINAL_STATUSES, JobStatus, Trigger
 
 __all__ = [
     "INFRASTRUCTURE_REASONS",
     "INFRASTRUCTURE_RETRIES",
+    "INITIAL_STATUSES",
     "RUNNER_LOST",
     "START_FAILED",
     "TERMINAL_STATUSES",

@@ -26,13 +26,15 @@ INFRASTRUCTURE_REASONS = frozenset({RUNNER_LOST, START_FAILED})
 INFRASTRUCTURE_RETRIES = 3
 
 TRANSITION_TABLE: list[dict[str, object]] = [
+    # An operator lets a fork's pull request run: it joins the queue like any new job.
+    {"trigger": Trigger.APPROVE, "source": JobStatus.WAITING, "dest": JobStatus.PENDING},
     {"trigger": Trigger.ACTIVATE, "source": JobStatus.PENDING, "dest": JobStatus.ACTIVE},
     {"trigger": Trigger.PASS, "source": JobStatus.ACTIVE, "dest": JobStatus.PASSED},
     {"trigger": Trigger.FAIL, "source": JobStatus.ACTIVE, "dest": JobStatus.FAILED},
     {"trigger": Trigger.TIME_OUT, "source": JobStatus.ACTIVE, "dest": JobStatus.FAILED},
     {
         "trigger": Trigger.CANCEL,
-        "source": [JobStatus.PENDING, JobStatus.ACTIVE],
+        "source": [JobStatus.WAITING, JobStatus.PENDING, JobStatus.ACTIVE],
         "dest": JobStatus.CANCELLED,
     },
     # An operator may rebuild a cancelled job too (a new attempt of the same commit).

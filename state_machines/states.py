@@ -6,6 +6,8 @@ from enum import StrEnum
 
 
 class JobStatus(StrEnum):
+    # A fork's pull request awaiting an operator's approval: not queued, holds no slot.
+    WAITING = "waiting"
     PENDING = "pending"
     ACTIVE = "active"
     PASSED = "passed"
@@ -18,9 +20,12 @@ class JobStatus(StrEnum):
 
 
 TERMINAL_STATUSES = frozenset({JobStatus.PASSED, JobStatus.FAILED, JobStatus.CANCELLED})
+# What a job is created in: pending (queued to run), or waiting when it needs an approval.
+INITIAL_STATUSES = frozenset({JobStatus.PENDING, JobStatus.WAITING})
 
 
 class Trigger(StrEnum):
+    APPROVE = "approve"
     ACTIVATE = "activate"
     PASS = "pass"
     FAIL = "fail"

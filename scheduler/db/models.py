@@ -79,6 +79,18 @@ class QueuedByAgeIndex(GlobalSecondaryIndex["JobModel"]):
     queue_key = UnicodeAttribute(range_key=True)
 
 
+class WaitingIndex(GlobalSecondaryIndex["JobModel"]):
+    """Sparse: only waiting jobs (forks' pull requests awaiting approval) carry `waiting_repo`;
+    oldest first. A new head of a pull request finds its older waiting jobs here (supersede)."""
+
+    class Meta:
+        index_name = "waiting"
+        projection = AllProjection()
+
+    waiting_repo = UnicodeAttribute(hash_key=True)
+    received_at = NumberAttribute(range_key=True)
+
+
 class ActiveByDeadlineIndex(GlobalSecondaryIndex["JobModel"]):
     """Sparse: only active jobs carry `deadline_shard`; ordered by deadline for the reaper."""
 
@@ -108,6 +120,9 @@ class JobModel(Model):
     clone_url = UnicodeAttribute(null=True)  # the payload's https clone URL
     sender = UnicodeAttribute(null=True)
     delivery_id = UnicodeAttribute(null=True)
+    # A pull request from a fork (its head repository is not the base one, or was deleted):
+    # someone else's code, which waits for approval by default and never gets secrets.
+    fork = BooleanAttribute(null=True)
 
     status = UnicodeAttribute()
     attempt = NumberAttribute(default=1)
@@ -139,6 +154,7 @@ class JobModel(Model):
     queue_repo = UnicodeAttribute(null=True)
     queue_shard = UnicodeAttribute(null=True)
     queue_key = UnicodeAttribute(null=True)
+    waiting_repo = UnicodeAttribute(null=True)
     deadline_shard = UnicodeAttribute(null=True)
     deadline_at = NumberAttribute(null=True)
     expires_at = TTLAttribute(null=True)
@@ -146,6 +162,7 @@ class JobModel(Model):
     by_repo = ByRepoIndex()
     queued = QueuedIndex()
     queued_by_age = QueuedByAgeIndex()
+    waiting = WaitingIndex()
     active_by_deadline = ActiveByDeadlineIndex()
 
 
@@ -165,6 +182,7 @@ class RepoModel(Model):
     repo = UnicodeAttribute(hash_key=True)
     running = NumberAttribute(default=0)
     slot_limit = NumberAttribute(null=True)
+    n_waiting = NumberAttribute(default=0)
     n_pending = NumberAttribute(default=0)
     n_active = NumberAttribute(default=0)
     n_passed = NumberAttribute(default=0)

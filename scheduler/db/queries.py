@@ -379,6 +379,7 @@ class JobDetail(JobSummary):
     log_location: str | None
     expires_at: int | None  # epoch seconds (the TTL), as DynamoDB wants it
     history: tuple[HistoryItem, ...]
+    fork: bool = False  # a pull request from a fork (it waits for approval by default)
 
     @classmethod
     def from_model(cls, job: JobModel) -> JobDetail:
@@ -386,6 +387,7 @@ class JobDetail(JobSummary):
         return cls(
             **cls._fields_from(job),
             delivery_id=job.delivery_id,
+            fork=bool(job.fork),
             version=int(job.version),
             priority=int(job.priority or 0),
             timeout_seconds=int(job.timeout_seconds),

@@ -126,19 +126,23 @@ class JobReads:
         lane: Condition,
         *,
         with_active: bool,
+        with_pending: bool = True,
+        with_waiting: bool = False,
         limit: int = 2000,
         page_size: int = 200,
     ) -> list[JobModel]:
-        """The pending (and with ``with_active`` the active) jobs of ``repo`` that match ``lane``.
+        """The pending, active and waiting jobs of ``repo`` (as asked) that match ``lane``.
 
         ``lane`` is a filter (event, branch or pull request). Pending jobs come from the sparse
         ``queued`` index keyed by the repository, so only that repository's queue is read;
         active jobs from the sparse ``active_by_deadline`` index, which holds only active jobs
-        (at most the sum of the repositories' concurrency limits). Eventually consistent on
-        AWS: a caller's conditional write is what decides.
+        (at most the sum of the repositories' concurrency limits); waiting jobs (forks' pull
+        requests awaiting approval) from the sparse ``waiting`` index keyed by the repository.
+        Eventually consistent on AWS: a caller's conditional write is what decides.
         """
-        found = list(
-            self._query(
+        found: list[JobModel] = []
+        if with_pending:
+            found += self._query(
                 repo,
                 index="queued",
                 what=f"queue of {repo}",
@@ -146,7 +150,15 @@ class JobReads:
                 page_size=page_size,
                 filter_condition=lane,
             )
-        )
+        if with_waiting:
+            found += self._query(
+                repo,
+                index="waiting",
+                what=f"waiting jobs of {repo}",
+                limit=limit,
+                page_size=page_size,
+                filter_condition=lane,
+            )
         if with_active:
             found += self._query(
                 ACTIVE_SHARD,

@@ -62,7 +62,14 @@ from scheduler.errors import (
     TriggerSeen,
 )
 from scheduler.settings import Settings
-from state_machines import JobStatus, TransitionConflict, TransitionPlan, Trigger, plan
+from state_machines import (
+    INITIAL_STATUSES,
+    JobStatus,
+    TransitionConflict,
+    TransitionPlan,
+    Trigger,
+    plan,
+)
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +110,9 @@ class NewJob:
     priority: int = 0
     trace_id: str | None = None
     clone_url: str | None = None
+    # A fork's pull request; ``status`` is waiting when it must be approved before it queues.
+    fork: bool = False
+    status: JobStatus = JobStatus.PENDING
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,12 +259,14 @@ class JobStore:
         now: int | None = None,
         guard: TriggerGuard | None = None,
     ) -> JobState:
-        """Write a new pending job and count it, all or nothing.
+        """Write a new job (pending, or waiting for approval) and count it, all or nothing.
 
         Raises :class:`JobExists` if the job (its delivery) is already there. With ``guard``,
         the same transaction also claims the trigger (repository, event, ref or PR, sha): if
         another job holds it, nothing is written and :class:`TriggerSeen` names that job.
         """
+        if new.status not in INITIAL_STATUSES:
+            raise ValueError(f"a job cannot be created {new.status}")
         now = self._clock() if now is None else now
         job = self._new_item(new, now, actor)
         guard_item = TRIGGER_PREFIX + guard.key if guard else None
@@ -280,7 +292,7 @@ class JobStore:
             tx.update(
                 RepoModel(new.repo),
                 actions=[
-                    RepoModel.n_pending.add(1),
+                    getattr(RepoModel, count_attribute(new.status)).add(1),
                     RepoModel.last_job_id.set(new.job_id),
                     RepoModel.last_received_at.set(now),
                 ],
@@ -298,7 +310,7 @@ class JobStore:
         return JobState(
             job_id=new.job_id,
             repo=new.repo,
-            status=JobStatus.PENDING,
+            status=new.status,
             version=0,
             attempt=1,
             timeout_seconds=new.timeout_seconds,
@@ -308,6 +320,9 @@ class JobStore:
 
     @staticmethod
     def _new_item(new: NewJob, now: int, actor: str) -> JobModel:
+        # A pending job joins the queue's sparse indexes; a waiting one only the index of
+        # waiting jobs (it is not queued: nothing promotes it until it is approved).
+        queued = new.status is JobStatus.PENDING
         return JobModel(
             new.job_id,
             repo=new.repo,
@@ -319,7 +334,8 @@ class JobStore:
             clone_url=new.clone_url,
             sender=new.sender,
             delivery_id=new.delivery_id,
-            status=JobStatus.PENDING.value,
+            fork=new.fork,
+            status=new.status.value,
             attempt=1,
             version=0,
             priority=new.priority,
@@ -327,14 +343,13 @@ class JobStore:
             received_at=now,
             updated_at=now,
             history=[
-                _entry(
-                    source=None, dest=JobStatus.PENDING, at=now, actor=actor, attempt=1, reason=None
-                )
+                _entry(source=None, dest=new.status, at=now, actor=actor, attempt=1, reason=None)
             ],
             trace_id=new.trace_id,
-            queue_repo=new.repo,
-            queue_shard=QUEUED_SHARD,
-            queue_key=queue_key(new.priority, now, new.job_id),
+            queue_repo=new.repo if queued else None,
+            queue_shard=QUEUED_SHARD if queued else None,
+            queue_key=queue_key(new.priority, now, new.job_id) if queued else None,
+            waiting_repo=None if queued else new.repo,
         )
 
     def _guard_owner(self, guard_item: str, job_id: str) -> str:
@@ -723,8 +738,9 @@ class JobStore:
                 JobModel.queue_shard.remove(),
                 JobModel.queue_key.remove(),
             ]
-        elif step.dest is JobStatus.PENDING:  # retry: a new attempt, queued again
+        elif step.dest is JobStatus.PENDING:  # a retry (a new attempt) or an approval: queued
             actions += [
+                JobModel.waiting_repo.remove(),
                 JobModel.attempt.set(attempt),
                 # A retry's backoff travels with the job as data: the run of this attempt
                 # starts no earlier than this, and its activation deadline includes the wait.
@@ -752,6 +768,7 @@ class JobStore:
             actions += [
                 JobModel.finished_at.set(now),
                 JobModel.expires_at.set(expires),
+                JobModel.waiting_repo.remove(),
                 JobModel.deadline_shard.remove(),
                 JobModel.deadline_at.remove(),
                 JobModel.queue_repo.remove(),

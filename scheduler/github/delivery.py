@@ -44,6 +44,7 @@ from scheduler.github.clone_urls import DEFAULT_GITHUB_HOST
 from scheduler.github.payload import BuildRequest, Ignored, Ping, interpret, parse_delivery
 from scheduler.github.signature import SIGNATURE_HEADER, verify_signature
 from scheduler.settings import WEBHOOK_SECRET_MIN_CHARS, Settings
+from state_machines import JobStatus
 
 __all__ = [
     "TRIGGER_PREFIX",
@@ -148,10 +149,18 @@ class WebhookService:
         branch = build.base_branch if build.pr_number is not None else build.branch
         if branch is not None and not policy.builds_branch(branch):
             return Ignored(f"branch {branch} is not built by the configuration")
+        if build.fork and policy.fork_pull_requests == "skip":
+            return Ignored(
+                f"pull request #{build.pr_number} is from a fork, and the configuration skips"
+                ' those (fork_pull_requests = "skip")'
+            )
         return build
 
     def _create(self, build: BuildRequest) -> WebhookAnswer:
         policy = self._config.policy(build.repo)
+        # A fork's pull request is someone else's code: by default it waits for an operator's
+        # approval (`scheduler approve`) before it is queued at all.
+        waits = build.fork and policy.fork_pull_requests == "approve"
         new = NewJob(
             job_id=build.job_id,
             repo=build.repo,
@@ -166,6 +175,8 @@ class WebhookService:
             delivery_id=build.delivery_id,
             priority=policy.priority,
             trace_id=tracing.current_trace_id(),
+            fork=build.fork,
+            status=JobStatus.WAITING if waits else JobStatus.PENDING,
         )
         fields = {"job_id": new.job_id, "repo": new.repo, "delivery_id": new.delivery_id}
         try:
@@ -188,7 +199,10 @@ class WebhookService:
                     "reason": "this commit is already queued for this trigger",
                 },
             )
-        log.info("job created", extra=fields)
+        log.info("job created", extra={**fields, "status": new.status.value})
+        if waits:
+            reason = "pull request from a fork: waiting for approval (scheduler approve JOB_ID)"
+            return WebhookAnswer(202, {"job_id": new.job_id, "reason": reason})
         return WebhookAnswer(202, {"job_id": new.job_id})
 
 
@@ -201,7 +215,8 @@ def create_guarded(
     actor: str = "webhook",
     guard_window_ms: int = 30 * DAY_MS,
 ) -> JobState:
-    """Write a new pending job, count it and claim its trigger, all or nothing.
+    """Write a new job (as ``new`` says: pending or waiting), count it and claim its trigger,
+    all or nothing.
 
     Raises :class:`TriggerSeen` when another job holds the trigger, :class:`JobExists` when the
     job (this delivery) is already there.

@@ -1,8 +1,9 @@
 """GitHub commit statuses for job transitions.
 
-``POST /repos/{owner}/{repo}/statuses/{sha}`` with ``pending`` when a job is queued and when
-it starts, ``success`` / ``failure`` / ``error`` when it finishes. Notifying is best effort:
-it runs on a small thread pool, retries with backoff, and never blocks or fails a job.
+``POST /repos/{owner}/{repo}/statuses/{sha}`` with ``pending`` when a job waits for approval
+(a fork's pull request), when it is queued and when it starts, ``success`` / ``failure`` /
+``error`` when it finishes. Notifying is best effort: it runs on a small thread pool, retries
+with backoff, and never blocks or fails a job.
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ def _shorten(text: str) -> str:
 def _status_for(
     source: JobStatus | None, dest: JobStatus, *, attempt: int, reason: str | None
 ) -> tuple[State, str] | None:
+    if dest is JobStatus.WAITING:
+        return "pending", "waiting for approval"
     if dest is JobStatus.PENDING:
         return "pending", "Queued" if attempt == 1 else f"Queued (attempt {attempt})"
     if dest is JobStatus.ACTIVE:

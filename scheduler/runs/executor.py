@@ -52,6 +52,8 @@ class RunRequest:
     sandbox_paths: tuple[str, ...] = ()
     # Names of the secrets the run gets as environment variables (none for a fork's run).
     secrets: tuple[str, ...] = ()
+    # A fork's pull request (the job's ``fork``): someone else's code, approved or not.
+    fork: bool = False
 
     @property
     def idempotency_key(self) -> str:
@@ -85,6 +87,7 @@ class RunRequest:
             sandbox=source.sandbox,
             network=source.network,
             sandbox_paths=source.sandbox_paths,
+            fork=bool(job.fork),
             # A fork's pull request is someone else's code: it never gets the secrets.
             secrets=() if getattr(job, "fork", False) else source.secrets,
         )

@@ -1,4 +1,5 @@
-"""Operator use cases: retry a failed job, retry all failed jobs of a repository, cancel a job.
+"""Operator use cases: retry a failed job, retry all failed jobs of a repository, cancel a job,
+approve a fork's pull request waiting for approval.
 
 Each one reads the job consistently and carries out one conditional transition through
 :class:`JobStore`, so racing operators (or an operator racing the stream processor) cannot
@@ -110,7 +111,7 @@ class Operations:
         self._actor = actor
 
     def _move(self, job: JobState, trigger: Trigger, outcome: Outcome | None = None) -> Changed:
-        # Neither retry nor cancel takes a slot, so a full repository cannot be the answer.
+        # Neither retry, approve nor cancel takes a slot: a full repository is no answer.
         moved = self._store.transition(job, trigger, actor=self._actor, outcome=outcome)
         return Changed(
             job_id=job.job_id,
@@ -126,8 +127,16 @@ class Operations:
         job = self._store.state(validate_job_id(job_id))
         return self._move(job, Trigger.RETRY)
 
+    def approve(self, job_id: str) -> Changed:
+        """``waiting -> pending``: a fork's pull request joins the queue (its run then starts
+        like any other's). Refused (exit 1) unless the job is waiting: of two operators who
+        approve at once, one wins and the other gets :class:`TransitionConflict` (or
+        :class:`InvalidTransition` if it read the job after the first approval)."""
+        job = self._store.state(validate_job_id(job_id))
+        return self._move(job, Trigger.APPROVE)
+
     def cancel(self, job_id: str) -> Changed:
-        """``pending | active -> cancelled``; refused (exit 1) for a finished job."""
+        """``waiting | pending | active -> cancelled``; refused (exit 1) for a finished job."""
         job = self._store.state(validate_job_id(job_id))
         return self._move(job, Trigger.CANCEL, Outcome(reason=CANCEL_REASON))
 

@@ -19,7 +19,12 @@ from scheduler.db.models import JobModel
 from scheduler.db.store import JobState
 from scheduler.errors import MalformedStreamRecord
 from scheduler.stream.events import StreamRecord
-from state_machines import INFRASTRUCTURE_REASONS, INFRASTRUCTURE_RETRIES, JobStatus
+from state_machines import (
+    INFRASTRUCTURE_REASONS,
+    INFRASTRUCTURE_RETRIES,
+    INITIAL_STATUSES,
+    JobStatus,
+)
 
 __all__ = [
     "NO_AUTOMATIC_RETRY",
@@ -127,7 +132,8 @@ class SupersedeOlder:
     """A new job: cancel its lane's older jobs that ``mode`` covers, as ``superseded``.
 
     "queued" covers pending jobs, "all" active ones too (their runs are stopped by their
-    cancel's own stream record, before their slots are handed on).
+    cancel's own stream record, before their slots are handed on). A pull request's jobs
+    waiting for approval are covered in every mode, "off" included.
     """
 
     job: JobState
@@ -192,14 +198,20 @@ def decide(
     to release when a job is cancelled. ``lost_attempts`` counts the job's attempts that failed
     for the infrastructure (this one included): those are retried on their own budget and do
     not use up the repository's retry policy. ``supersede`` is the repository's mode and
-    ``lane`` the new image's: only a new job (not a retry) supersedes, before it is activated.
+    ``lane`` the new image's: only a new job (not a retry) supersedes, before it is activated;
+    a new job of a pull request always does (its lane's jobs waiting for approval are stale).
+    A new job waiting for approval is neither queued nor run until it is approved.
     ``handed_on``: the finish passed its slot to the head of the queue itself (nothing to
     promote).
     """
-    if dest is JobStatus.PENDING and source in (None, JobStatus.FAILED, JobStatus.CANCELLED):
-        if source is None and supersede != "off" and lane is not None:
-            return [SupersedeOlder(job, lane, supersede), Activate(job)]
-        return [Activate(job)]  # a new job, or a retry: queue or run it
+    if source is None and dest in INITIAL_STATUSES:
+        older: list[Action] = []
+        if lane is not None and (supersede != "off" or lane.pr_number is not None):
+            older.append(SupersedeOlder(job, lane, supersede))
+        # A new job is queued (or run); one waiting for approval stays where it is.
+        return [*older, Activate(job)] if dest is JobStatus.PENDING else older
+    if dest is JobStatus.PENDING:
+        return [Activate(job)]  # a retry, or an approval: queue or run it
     if dest is JobStatus.ACTIVE and source is JobStatus.PENDING:
         return [StartRun(job, delay_ms=job.start_delay_ms)]
     if dest is JobStatus.CANCELLED:
@@ -208,7 +220,7 @@ def decide(
             # The slot was kept by the cancel: stop the run first, then free it, then offer
             # it to the queue, so the repository's limit holds while the run winds down.
             return [StopRun(job, run_id), ReleaseSlot(job), PromoteQueued(job.repo), *release]
-        return release  # pending -> cancelled: no slot was held
+        return release  # pending (or waiting) -> cancelled: no slot was held
     if source is JobStatus.ACTIVE and dest.is_terminal:
         # The finishing transaction already released the slot (hand it to the queue), or
         # handed it on itself.

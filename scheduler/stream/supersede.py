@@ -5,6 +5,9 @@ action), before the new job is activated. "Older" is the job order ``(received_a
 a total order, so of two racing pushes exactly one is the newer, and a job never cancels a
 newer one.
 
+A job waiting for approval (a fork's pull request) is superseded by any newer job of its pull
+request whatever the mode: its commit was never approved, and nobody should approve a stale head.
+
 Both ends of a race are covered: the newer job's record cancels the older jobs it can see,
 and a job whose own record finds a newer job of its lane already there cancels itself (the
 newer job's record may have been processed before this one was written).
@@ -37,9 +40,9 @@ log = logging.getLogger(__name__)
 SUPERSEDED = "superseded"
 ACTOR = "supersede"  # the history's actor is ``supersede:<newer job id>``
 _ELIGIBLE: dict[SupersedeMode, frozenset[JobStatus]] = {
-    "off": frozenset(),
-    "queued": frozenset({JobStatus.PENDING}),
-    "all": frozenset({JobStatus.PENDING, JobStatus.ACTIVE}),
+    "off": frozenset({JobStatus.WAITING}),
+    "queued": frozenset({JobStatus.WAITING, JobStatus.PENDING}),
+    "all": frozenset({JobStatus.WAITING, JobStatus.PENDING, JobStatus.ACTIVE}),
 }
 _ATTEMPTS = 3  # re-reads after a lost race (a stale index entry, a job that moved on)
 
@@ -67,11 +70,18 @@ class Superseder:
         """Cancel ``lane``'s jobs older than ``job`` (and ``job`` itself if a newer one is
         there) that ``mode`` covers; returns how many were cancelled now."""
         eligible = _ELIGIBLE[mode]
+        if lane.pr_number is None:
+            eligible -= {JobStatus.WAITING}  # only a pull request's jobs can wait
         if not eligible:
             return 0
         condition = lane_condition(lane)
         found = self._store.reads.unfinished_in_lane(
-            lane.repo, condition, with_active=JobStatus.ACTIVE in eligible
+            lane.repo,
+            condition,
+            with_active=JobStatus.ACTIVE in eligible,
+            with_pending=JobStatus.PENDING in eligible,
+            # Only a pull request's jobs can wait for approval.
+            with_waiting=lane.pr_number is not None,
         )
         # Keyed by id: a job read from both indexes (it moved in between) is one candidate.
         older = {m.job_id: JobState.from_model(m) for m in found if order(m) < order(job)}

@@ -164,6 +164,7 @@ def test_stats_come_from_the_counters(
     make_job("d")
     stats = queries.stats(REPO).to_dict()
     assert stats["counts"] == {
+        "waiting": 0,
         "pending": 1,
         "active": 1,
         "passed": 1,

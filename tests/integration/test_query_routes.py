@@ -263,6 +263,7 @@ def test_stats_of_a_repository(transport: Transport, seeded: JobStore) -> None:
     assert answer.status == 200
     assert answer.body == Queries().stats(REPO).to_dict()
     assert answer.body["counts"] == {
+        "waiting": 0,
         "pending": 1,
         "active": 1,
         "passed": 1,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -44,8 +45,10 @@ def raw_item(job_id: str) -> dict[str, Any]:
 
 def reach(store: JobStore, job_id: str, status: JobStatus) -> JobState:
     """A job driven to ``status`` through legal transitions."""
-    job = store.create(new_job(job_id))
+    waits = status is JobStatus.WAITING
+    job = store.create(replace(new_job(job_id), status=status) if waits else new_job(job_id))
     path = {
+        JobStatus.WAITING: [],
         JobStatus.PENDING: [],
         JobStatus.ACTIVE: [Trigger.ACTIVATE],
         JobStatus.PASSED: [Trigger.ACTIVATE, Trigger.PASS],
@@ -156,6 +159,54 @@ def test_cancelling_a_pending_job_moves_counts_but_no_slot(store: JobStore) -> N
     }
 
 
+def waiting_count(repo: str = REPO) -> int:
+    return int(RepoModel.get(repo, consistent_read=True).n_waiting or 0)
+
+
+def test_a_job_created_waiting_is_counted_but_not_queued(store: JobStore) -> None:
+    job = store.create(
+        replace(new_job("j1"), event="pull_request", fork=True, status=JobStatus.WAITING)
+    )
+    item = raw_item("j1")
+    assert (job.status, job.version, job.attempt) == (JobStatus.WAITING, 0, 1)
+    assert (item["status"], item["fork"], item["waiting_repo"]) == ("waiting", True, REPO)
+    # Out of the queue's sparse indexes: neither promotion nor the sweeper can pick it.
+    assert not {"queue_repo", "queue_shard", "queue_key", "deadline_shard"} & set(item)
+    assert [(h.get("from"), h["to"]) for h in item["history"]] == [(None, "waiting")]
+    assert waiting_count() == 1 and counters()["n_pending"] == 0 and counters()["running"] == 0
+    assert list(store.reads.queued(REPO, limit=10, page_size=10)) == []
+    with pytest.raises(ValueError, match="cannot be created active"):
+        store.create(replace(new_job("j2"), status=JobStatus.ACTIVE))
+
+
+def test_approving_a_waiting_job_queues_it_in_the_same_attempt(store: JobStore) -> None:
+    job = reach(store, "j1", JobStatus.WAITING)
+    approved = store.transition(job, Trigger.APPROVE, actor="operator")
+    assert (approved.status, approved.attempt, approved.version) == (JobStatus.PENDING, 1, 1)
+    item = raw_item("j1")
+    assert "waiting_repo" not in item and item["queue_repo"] == REPO
+    assert item["queue_shard"] == "queued"
+    assert [(h.get("from"), h["to"], h["actor"]) for h in item["history"]] == [
+        (None, "waiting", "webhook"),
+        ("waiting", "pending", "operator"),
+    ]
+    assert waiting_count() == 0 and counters()["n_pending"] == 1 and counters()["running"] == 0
+    assert [m.job_id for m in store.reads.queued(REPO, limit=10, page_size=10)] == ["j1"]
+    with pytest.raises(TransitionConflict):
+        store.transition(job, Trigger.APPROVE, actor="operator")  # a second, stale approval
+    with pytest.raises(InvalidTransition):
+        store.transition(approved, Trigger.APPROVE, actor="operator")
+
+
+def test_cancelling_a_waiting_job_moves_counts_but_no_slot(store: JobStore) -> None:
+    job = reach(store, "j1", JobStatus.WAITING)
+    done = store.transition(job, Trigger.CANCEL, actor="operator")
+    assert done.status is JobStatus.CANCELLED
+    item = raw_item("j1")
+    assert "waiting_repo" not in item and "queue_repo" not in item and "expires_at" in item
+    assert waiting_count() == 0 and counters()["n_cancelled"] == 1 and counters()["running"] == 0
+
+
 def test_retry_starts_a_new_attempt_and_keeps_history(store: JobStore) -> None:
     failed = store.transition(
         reach(store, "j1", JobStatus.ACTIVE),
@@ -184,6 +235,8 @@ ILLEGAL = [
     if not (
         (status, trigger)
         in {
+            (JobStatus.WAITING, Trigger.APPROVE),
+            (JobStatus.WAITING, Trigger.CANCEL),
             (JobStatus.PENDING, Trigger.ACTIVATE),
             (JobStatus.PENDING, Trigger.CANCEL),
             (JobStatus.FAILED, Trigger.RETRY),

@@ -312,3 +312,53 @@ def test_a_reopen_is_named_by_its_signed_updated_at_never_by_its_delivery_id() -
     body["pull_request"]["updated_at"] = 5
     with pytest.raises(WebhookRejected, match=r"pull_request\.updated_at"):
         interpret(delivery("pull_request", body))
+
+
+# -- pull requests from forks ------------------------------------------------------------------
+
+
+def from_fork(body: dict[str, Any], head_repo: Any) -> dict[str, Any]:
+    """``body`` with its pull request's head repository replaced by ``head_repo``."""
+    pull = body["pull_request"]
+    return {**body, "pull_request": {**pull, "head": {**pull["head"], "repo": head_repo}}}
+
+
+@pytest.mark.parametrize("action", ["opened", "synchronize", "reopened"])
+def test_a_pull_request_from_its_own_repository_is_no_fork(action: str) -> None:
+    result = interpret(delivery("pull_request", payload(f"pull_request.{action}")))
+    assert isinstance(result, BuildRequest) and result.fork is False
+
+
+@pytest.mark.parametrize(
+    ("head_repo", "fork"),
+    [
+        ({"full_name": "Codertocat/Hello-World"}, False),
+        ({"full_name": "codertocat/HELLO-world"}, False),  # GitHub's names ignore case
+        ({"full_name": "Mallory/Hello-World"}, True),
+        ({"full_name": "Codertocat/Hello-World-fork"}, True),
+        (None, True),  # the fork was deleted: GitHub sends head.repo null
+        ({"id": 1}, True),  # a head repository without a name is not shown to be the base
+    ],
+)
+def test_a_pull_request_is_from_a_fork_when_its_head_repository_is_another(
+    head_repo: Any, fork: bool
+) -> None:
+    body = from_fork(payload("pull_request.opened"), head_repo)
+    result = interpret(delivery("pull_request", body))
+    assert isinstance(result, BuildRequest) and result.fork is fork
+    # The fork changes nothing else: the same build of the base repository's PR ref.
+    assert (result.repo, result.ref, result.pr_number) == (
+        "codertocat/hello-world",
+        "refs/pull/2/head",
+        2,
+    )
+
+
+def test_a_push_is_never_a_fork_and_a_head_repository_of_the_wrong_type_is_refused() -> None:
+    pushed = interpret(delivery("push", payload("push.branch")))
+    assert isinstance(pushed, BuildRequest) and pushed.fork is False
+    with pytest.raises(WebhookRejected, match=r"pull_request\.head\.repo\b"):
+        interpret(delivery("pull_request", from_fork(payload("pull_request.opened"), "x/y")))
+    named = from_fork(payload("pull_request.opened"), {"full_name": 7})
+    with pytest.raises(WebhookRejected, match=r"pull_request\.head\.repo\.full_name"):
+        interpret(delivery("pull_request", named))

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from state_machines import (
+    INITIAL_STATUSES,
     TIMED_OUT,
     InvalidTransition,
     JobStatus,
@@ -19,6 +20,8 @@ from state_machines import (
 )
 
 LEGAL = {
+    (JobStatus.WAITING, Trigger.APPROVE): JobStatus.PENDING,
+    (JobStatus.WAITING, Trigger.CANCEL): JobStatus.CANCELLED,
     (JobStatus.PENDING, Trigger.ACTIVATE): JobStatus.ACTIVE,
     (JobStatus.ACTIVE, Trigger.PASS): JobStatus.PASSED,
     (JobStatus.ACTIVE, Trigger.FAIL): JobStatus.FAILED,
@@ -54,6 +57,9 @@ def test_slots_are_taken_on_activation_and_freed_when_leaving_active() -> None:
     deltas = {pair: plan(*pair).slot_delta for pair in LEGAL}
     assert deltas[(JobStatus.PENDING, Trigger.ACTIVATE)] == 1
     assert deltas[(JobStatus.PENDING, Trigger.CANCEL)] == 0
+    # A fork's pull request waiting for approval never holds a slot, approved or cancelled.
+    assert deltas[(JobStatus.WAITING, Trigger.APPROVE)] == 0
+    assert deltas[(JobStatus.WAITING, Trigger.CANCEL)] == 0
     assert deltas[(JobStatus.FAILED, Trigger.RETRY)] == 0
     assert deltas[(JobStatus.CANCELLED, Trigger.RETRY)] == 0
     for trigger in (Trigger.PASS, Trigger.FAIL, Trigger.TIME_OUT):
@@ -79,6 +85,17 @@ def test_terminal_statuses_only_allow_retry_of_failed_and_cancelled() -> None:
     assert triggers_from(JobStatus.CANCELLED) == [Trigger.RETRY]
     assert triggers_from(JobStatus.FAILED) == [Trigger.RETRY]
     assert JobStatus.PASSED.is_terminal and not JobStatus.ACTIVE.is_terminal
+
+
+def test_a_waiting_job_is_approved_into_the_queue_or_cancelled_and_nothing_else() -> None:
+    assert triggers_from(JobStatus.WAITING) == [Trigger.APPROVE, Trigger.CANCEL]
+    approve = plan(JobStatus.WAITING, Trigger.APPROVE)
+    # The same attempt: approval is no retry, and it names no failure reason.
+    assert not approve.next_attempt and approve.reason is None and not approve.holds_slot
+    # Approval only comes from waiting: a second approval (a race lost) is refused.
+    assert [status for status in JobStatus if may(status, Trigger.APPROVE)] == [JobStatus.WAITING]
+    assert not JobStatus.WAITING.is_terminal
+    assert {JobStatus.PENDING, JobStatus.WAITING} == INITIAL_STATUSES
 
 
 def test_strings_are_accepted_and_unknown_names_rejected() -> None:
