@@ -173,8 +173,8 @@ class LocalStackProcess:
             "dynamodb",
             endpoint_url=f"http://127.0.0.1:{self.dynamodb_port}",
             region_name="us-east-1",
-            aws_access_key_id="local",
-            aws_secret_access_key="local",
+            aws_access_key_id=self.access_key(),
+            aws_secret_access_key=self.access_key(),
         )
 
     def dead_letters(self) -> list[Any]:
@@ -192,9 +192,18 @@ class LocalStackProcess:
                 self.process.kill()
                 self.process.wait(10)
 
+    def access_key(self) -> str:
+        """The key the stack keeps its tables under (its DynamoDB Local shows any other key an
+        empty database): made at its first start, kept in its data folder."""
+        return (self.workdir / "data" / "dynamodb" / "access-key").read_text().strip()
+
     def env_for_cli(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("SCHEDULER_", "AWS_"))}
-        env.update(SCHEDULER_DYNAMODB_ENDPOINT=f"http://127.0.0.1:{self.dynamodb_port}")
+        env.update(
+            SCHEDULER_DYNAMODB_ENDPOINT=f"http://127.0.0.1:{self.dynamodb_port}",
+            AWS_ACCESS_KEY_ID=self.access_key(),
+            AWS_SECRET_ACCESS_KEY=self.access_key(),
+        )
         return env
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
