@@ -158,6 +158,7 @@ class MakeJob:
     """Creates a job through ``JobStore.create`` and drives it to a status by legal steps."""
 
     PATHS: dict[str, list[str]] = {
+        "waiting": [],  # created so: a fork's pull request awaiting approval
         "pending": [],
         "active": ["activate"],
         "passed": ["activate", "pass"],
@@ -178,7 +179,9 @@ class MakeJob:
         event: str = "push",
     ) -> object:
         from scheduler.db.store import JobState, NewJob, Outcome
+        from state_machines import JobStatus
 
+        waits = str(status) == "waiting"
         job = self.store.create(
             NewJob(
                 job_id=job_id,
@@ -191,6 +194,8 @@ class MakeJob:
                 pr_number=7 if event == "pull_request" else None,
                 sender="octocat",
                 delivery_id=job_id,
+                fork=waits,
+                status=JobStatus.WAITING if waits else JobStatus.PENDING,
             )
         )
         for trigger in self.PATHS[str(status)]:

@@ -23,8 +23,9 @@ Measured (``bench/dashboard.py``): a poll that reads costs about 1 ms of Python 
 ``POLL_MS + FRESH_MS`` (and a few ms between tabs, and the request) after its transaction:
 under a second.
 
-Retry and cancel are the operator's guarded transitions (:class:`Operations`): a lost race
-comes back to the page as a message. Their forms carry a CSRF token and a request from
+Retry, cancel and approve (a fork's pull request waiting for approval) are the operator's
+guarded transitions (:class:`Operations`), offered where the state machine allows them: a lost
+race comes back to the page as a message. Their forms carry a CSRF token and a request from
 another ``Origin`` is refused (:meth:`ApiAuth.check_csrf`).
 """
 
@@ -46,7 +47,7 @@ from scheduler.db.store import Clock, StoreContended, system_clock
 from scheduler.errors import DomainError, InvalidArgument, JobNotFound, RouteNotFound
 from scheduler.runs.logs import RunLogs
 from scheduler.runs.operations import Operations
-from state_machines import InvalidTransition, JobStatus, TransitionConflict
+from state_machines import InvalidTransition, JobStatus, TransitionConflict, Trigger, may
 
 __all__ = ["POLL_MS", "Dashboard"]
 
@@ -62,6 +63,7 @@ PAGE_SIZE = 25
 MESSAGES = {
     "retried": ("ok", "Retry requested: a new attempt is queued."),
     "cancelled": ("ok", "Cancel requested."),
+    "approved": ("ok", "Approved: the job is queued and runs without secrets."),
     "conflict": ("warn", "Someone else changed this job first; nothing was done. See below."),
     "refused": ("warn", "Not possible in the job's current status; nothing was done."),
     "busy": ("warn", "The database is busy; nothing was done. Try again."),
@@ -205,6 +207,7 @@ class Dashboard:
             ("GET", "/ui/jobs/{job_id}"): self.job_page,
             ("POST", "/ui/jobs/{job_id}/retry"): self.retry,
             ("POST", "/ui/jobs/{job_id}/cancel"): self.cancel,
+            ("POST", "/ui/jobs/{job_id}/approve"): self.approve,
         }
         for (method, pattern), handler in pages.items():
             router.add(
@@ -371,8 +374,10 @@ class Dashboard:
             "job": job,
             "repo_url": repo_path(job.repo),
             "job_url": job_path(job.job_id),
-            "can_retry": status in (JobStatus.FAILED, JobStatus.CANCELLED),
-            "can_cancel": status in (JobStatus.PENDING, JobStatus.ACTIVE),
+            # The buttons the state machine allows from the job's status (one description).
+            "can_retry": may(status, Trigger.RETRY),
+            "can_cancel": may(status, Trigger.CANCEL),
+            "can_approve": may(status, Trigger.APPROVE),
             "buttons": self._operations is not None,
         }
 
@@ -438,12 +443,19 @@ class Dashboard:
     def cancel(self, request: Request) -> Response:
         return self._act(request, "cancelled")
 
+    def approve(self, request: Request) -> Response:
+        return self._act(request, "approved")
+
     def _act(self, request: Request, done: str) -> Response:
         self._auth.check_csrf(request.headers, _form(request).get("csrf"))
         job_id = request.param("job_id")
         if self._operations is None:
             raise InvalidArgument("this server cannot change jobs")
-        operation = self._operations.retry if done == "retried" else self._operations.cancel
+        operation = {
+            "retried": self._operations.retry,
+            "cancelled": self._operations.cancel,
+            "approved": self._operations.approve,
+        }[done]
         try:
             changed = operation(job_id)
             log.info("dashboard: %s", done, extra={"job_id": job_id, "attempt": changed.attempt})

@@ -167,7 +167,8 @@ def tables_create(as_json: JsonOption = False) -> None:
 def status(  # noqa: PLR0917 - typer maps options to parameters
     repo: RepoArgument,
     status: Annotated[
-        str | None, typer.Option("--status", help="pending, active, passed, failed, cancelled.")
+        str | None,
+        typer.Option("--status", help="waiting, pending, active, passed, failed, cancelled."),
     ] = None,
     branch: Annotated[str | None, typer.Option("--branch", help="Only this branch.")] = None,
     event: Annotated[
@@ -343,9 +344,17 @@ def retry_all(repo: str, since: str | None, as_json: bool) -> None:
         raise typer.Exit(1)
 
 
+@app.command("approve")
+def approve(job_id: JobArgument, as_json: JsonOption = False) -> None:
+    """Approve a fork's pull request waiting for approval: it is queued and runs (without
+    secrets). Exits 1 if the job is not waiting (already approved, cancelled, not found)."""
+    changed = context().operations().approve(job_id)
+    emit(changed.to_dict(), as_json, render.changed_line(changed, "approved"))
+
+
 @app.command("cancel")
 def cancel(job_id: JobArgument, as_json: JsonOption = False) -> None:
-    """Cancel a pending or active job (an active job's slot is freed at once)."""
+    """Cancel a waiting, pending or active job (an active job's slot is freed at once)."""
     changed = context().operations().cancel(job_id)
     emit(changed.to_dict(), as_json, render.changed_line(changed, "cancelled"))
 

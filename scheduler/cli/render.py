@@ -22,6 +22,7 @@ from scheduler.runs.operations import BulkOutcome, Changed, RetrySummary
 from state_machines import JobStatus
 
 STATUS_STYLES: dict[str, str] = {
+    JobStatus.WAITING.value: "blue",
     JobStatus.PENDING.value: "yellow",
     JobStatus.ACTIVE.value: "cyan",
     JobStatus.PASSED.value: "green",
@@ -171,6 +172,7 @@ def job_view(job: JobDetail, now: int, log_tail: Sequence[str] = ()) -> Renderab
         ("status", status_text(job.status)),
         ("attempt", str(job.attempt)),
         ("event", job.event + (f" #{job.pr_number}" if job.pr_number is not None else "")),
+        *([("fork", "yes: a pull request from a fork (never gets secrets)")] if job.fork else []),
         ("ref", job.ref or EMPTY),
         ("commit", job.sha),
         ("sender", job.sender or EMPTY),

@@ -73,6 +73,16 @@ def test_read_routes_refuse_a_missing_or_wrong_token_and_take_the_right_one(
     assert right.status_code == (404 if path.endswith("/log") else 200), right.text
 
 
+@pytest.mark.parametrize("action", ["retry", "cancel", "approve"])
+def test_the_dashboards_buttons_need_the_token_before_anything_else(
+    client: httpx.Client, action: str
+) -> None:
+    refused = client.post(f"/ui/jobs/j1/{action}", data={"csrf": "x"})
+    assert refused.status_code == 401 and 'name="token"' in refused.text
+    wrong = client.post(f"/ui/jobs/j1/{action}", data={"csrf": "x"}, headers=bearer("nope"))
+    assert wrong.status_code == 401
+
+
 def test_webhook_and_health_need_no_token(client: httpx.Client) -> None:
     assert client.get("/healthz").status_code == 200
     answer = deliver(

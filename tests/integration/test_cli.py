@@ -133,6 +133,7 @@ def test_show_one_job_with_history(seeded: JobStore) -> None:
 def test_stats_of_a_repository(seeded: JobStore) -> None:
     stats = run_json("stats", REPO)
     assert stats["counts"] == {
+        "waiting": 0,
         "pending": 1,
         "active": 1,
         "passed": 1,
@@ -191,6 +192,32 @@ def test_cancel(seeded: JobStore) -> None:
     refused(run("cancel", "old-passed"), 1, "cannot cancel a job that is passed")
     refused(run("cancel", "queued"), 1, "cannot cancel a job that is cancelled")
     refused(run("cancel", "no-such-job"), 1, "not found")
+
+
+def test_approve_a_fork_pull_request_waiting_for_approval(seeded: JobStore, make_job: Any) -> None:
+    make_job("fork", "waiting", event="pull_request")
+    waiting = run_json("status", REPO, "--status", "waiting")
+    assert [job["job_id"] for job in waiting["jobs"]] == ["fork"]
+    assert run_json("stats", REPO)["counts"]["waiting"] == 1
+    assert run_json("show", "fork")["fork"] is True
+    assert run_json("approve", "fork") == {
+        "job_id": "fork",
+        "repo": REPO,
+        "previous_status": "waiting",
+        "status": "pending",
+        "attempt": 1,
+    }
+    stats = run_json("stats", REPO)
+    assert (stats["counts"]["waiting"], stats["counts"]["pending"]) == (0, 2)
+    refused(run("approve", "fork"), 1, "cannot approve a job that is pending")
+    refused(run("approve", "old-passed"), 1, "cannot approve a job that is passed")
+    refused(run("approve", "no-such-job"), 1, "not found")
+    make_job("fork-2", "waiting", event="pull_request")
+    human = run("approve", "fork-2")
+    assert human.returncode == 0 and "approved job fork-2" in human.stdout
+    assert "waiting -> pending, attempt 1" in human.stdout
+    make_job("fork-3", "waiting", event="pull_request")
+    assert run_json("cancel", "fork-3")["previous_status"] == "waiting"
 
 
 def test_unreachable_endpoint_and_missing_table_are_configuration_errors(

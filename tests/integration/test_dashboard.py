@@ -98,6 +98,7 @@ def test_repositories_page_shows_counts_slots_and_the_last_job(site: Site) -> No
     api = next(row for row in rows if ">octo-org/api</a>" in row)
     counts = re.findall(r'<td data-label="(\w+)" class="num[^"]*">(\d+)</td>', api)
     assert counts == [
+        ("waiting", "0"),
         ("pending", "0"),
         ("active", "1"),
         ("passed", "1"),
@@ -311,6 +312,33 @@ def test_retry_and_cancel_need_the_form_token(site: Site) -> None:
     cancelled = site.client.post("/ui/jobs/f1/cancel", data={"csrf": csrf_of(shown.text)})
     assert cancelled.headers["location"] == "/ui/jobs/f1?done=cancelled"
     assert site.core.queries.job("f1").status == "cancelled"
+
+
+def test_approve_is_offered_only_for_a_waiting_job_and_needs_the_form_token(site: Site) -> None:
+    site.make_job("fork", "waiting", event="pull_request")
+    page = site.get("/ui/jobs/fork")
+    assert "status-waiting" in page.text and "(from a fork)" in page.text
+    assert ">Approve</button>" in page.text and ">Cancel</button>" in page.text
+    assert ">Retry</button>" not in page.text
+    token = csrf_of(page.text)
+    assert site.client.post("/ui/jobs/fork/approve", data={}).status_code == 403
+    cross = site.client.post(
+        "/ui/jobs/fork/approve", data={"csrf": token}, headers={"Origin": "https://evil.example"}
+    )
+    assert cross.status_code == 403 and site.core.queries.job("fork").status == "waiting"
+
+    done = site.client.post("/ui/jobs/fork/approve", data={"csrf": token})
+    assert done.status_code == 303 and done.headers["location"] == "/ui/jobs/fork?done=approved"
+    job = site.core.queries.job("fork")
+    assert (job.status, job.attempt) == ("pending", 1)
+    shown = site.get(done.headers["location"])
+    assert "Approved" in shown.text and ">Approve</button>" not in shown.text
+    # The page a second operator still had open: refused, nothing done.
+    late = site.client.post("/ui/jobs/fork/approve", data={"csrf": token})
+    assert late.headers["location"] == "/ui/jobs/fork?done=refused"
+    assert [h.dest for h in site.core.queries.job("fork").history] == ["waiting", "pending"]
+    site.make_job("other", "pending")
+    assert ">Approve</button>" not in site.get("/ui/jobs/other").text
 
 
 def test_a_lost_race_is_a_message_not_an_error_page(site: Site) -> None:
