@@ -242,6 +242,7 @@ JOB_ATTRIBUTES = {
     "clone_url",  # the https URL a checkout fetches from (validated, never a path)
     "sender",
     "delivery_id",
+    "fork",  # a pull request from a fork: waits for approval, never gets secrets
     "trigger_key",  # a hash of (repo, event, ref or PR, sha): released if cancelled
     "status",
     "attempt",
