@@ -166,6 +166,7 @@ def function_environment(logical_id: str, settings: Settings) -> dict[str, str]:
         "ReposTable": settings.tables.repos,
         "RepositoryConfigFile": "scheduler.local.toml",
         "BuildProject": PROJECT,
+        "SecretsBuildProject": f"{PROJECT}-secrets",
         "WebhookSecret": WEBHOOK_SECRET_ARN,
         "CursorSecret": CURSOR_SECRET_ARN,
         "ApiTokenSecret": API_TOKEN_SECRET_ARN,
@@ -184,6 +185,8 @@ def function_environment(logical_id: str, settings: Settings) -> dict[str, str]:
             continue
         if isinstance(value, dict) and set(value) == {"Ref"}:
             env[name] = refs[value["Ref"]]
+        elif isinstance(value, dict) and set(value) == {"Fn::Sub"}:
+            env[name] = value["Fn::Sub"].replace("${AWS::StackName}", "boot-test")
         else:
             assert isinstance(value, str | int), (name, value)
             env[name] = str(value)

@@ -94,7 +94,10 @@ def grants(template: dict[str, Any], role: str) -> list[tuple[str, str]]:
 
 def test_inline_policies_name_their_resources_and_actions(transformed: dict[str, Any]) -> None:
     roles = of_type(transformed, "AWS::IAM::Role")
-    assert set(roles) == {f"{function}Role" for function in FUNCTIONS} | {"BuildRole"}
+    assert set(roles) == {f"{function}Role" for function in FUNCTIONS} | {
+        "BuildRole",
+        "SecretsBuildRole",
+    }
     # Policies live on the roles only (inline or AWS::IAM::RolePolicy): nothing else grants.
     kinds = {
         r["Type"] for r in transformed["Resources"].values() if r["Type"].startswith("AWS::IAM")
@@ -113,9 +116,34 @@ def test_inline_policies_name_their_resources_and_actions(transformed: dict[str,
                 # DynamoDBStreamReadPolicy scopes it.
                 assert statement["Resource"] == LIST_STREAMS, (name, statement)
                 continue
+            if name == "SecretsBuildRole" and actions == ["secretsmanager:GetSecretValue"]:
+                # A secret's ARN ends in a random suffix: the stack's run secrets by their
+                # name prefix, and nothing else.
+                assert statement["Resource"]["Fn::Sub"].endswith(
+                    ":secret:${AWS::StackName}/run-secrets/*"
+                ), statement
+                continue
             # A log stream is named by its writer (Lambda, CodeBuild): the group's ARN (which
             # ends in ":*") is the narrowest resource, and names no other group.
             assert "*" not in json.dumps(statement["Resource"]), (name, statement)
+
+
+def test_only_the_secrets_project_may_read_run_secrets(transformed: dict[str, Any]) -> None:
+    """A build can use its role: the project a fork's pull request (or any repository without
+    secrets) builds in must not be able to read a secret it is not given."""
+    resources = transformed["Resources"]
+    assert resources["BuildProject"]["Properties"]["ServiceRole"] == {
+        "Fn::GetAtt": ["BuildRole", "Arn"]
+    }
+    assert resources["SecretsBuildProject"]["Properties"]["ServiceRole"] == {
+        "Fn::GetAtt": ["SecretsBuildRole", "Arn"]
+    }
+    build_actions = {
+        action
+        for statement in statements(transformed, "BuildRole")
+        for action in listed(statement["Action"])
+    }
+    assert not any(action.startswith("secretsmanager:") for action in build_actions)
 
 
 def test_no_role_holds_a_managed_policy(transformed: dict[str, Any]) -> None:
