@@ -36,6 +36,7 @@ from scheduler.settings import Settings
 from scheduler.stream.decide import TransitionObserver
 from scheduler.stream.dispatcher import Dispatcher
 from scheduler.stream.full_repos import FullRepos
+from scheduler.stream.reconciler import Reconciler
 from scheduler.stream.sweeper import QueueSweeper
 
 __all__ = ["Core", "ExecutorFactory", "build_core", "mask_for_settings"]
@@ -62,8 +63,16 @@ class Core:
 
     @cached_property
     def sweeper(self) -> QueueSweeper:
-        """Re-drives stalled queues (beside the reaper, on the same schedule or slower)."""
-        return QueueSweeper(self.store.reads, self.dispatcher.promote)
+        """Re-drives stalled queues (a part of the reconciliation)."""
+        return QueueSweeper(self.store, self.dispatcher.promote)
+
+    @cached_property
+    def reconciler(self) -> Reconciler:
+        """The backstop beside the reaper on both runtimes (the reaper's function on AWS, the
+        stack's reaper loop locally): frees held slots once their runs are known stopped
+        (asked of this runtime's executor) and sweeps stalled queues."""
+        executor = self.runs.executor if self.runs is not None else None
+        return Reconciler(self.store, self.dispatcher.promote, self.sweeper, executor)
 
     @cached_property
     def webhook_app(self) -> Application:

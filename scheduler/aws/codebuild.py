@@ -211,6 +211,28 @@ class CodeBuildExecutor:
                 raise
             log.info("build not stopped: %s", describe(exc), extra={"run_id": run_id})
 
+    def stopped(self, run_id: str) -> bool:
+        """Whether build ``run_id`` ended, asked of CodeBuild (``BatchGetBuilds``): StopBuild
+        only asks, and the build runs until CodeBuild reports it no longer ``IN_PROGRESS``.
+
+        A build CodeBuild does not know never ran. A claim whose build id was never recorded
+        names no build (what :meth:`cancel` does not stop either); it counts as stopped.
+        When CodeBuild refuses to tell, the build is not known stopped: asked again later.
+        """
+        if not is_build_id(run_id):
+            return True
+        try:
+            response = self._client.batch_get_builds(ids=[run_id])
+        except (ClientError, BotoCoreError) as exc:
+            if is_retryable(exc):
+                raise
+            log.warning("CodeBuild cannot tell whether a build ended: %s", describe(exc))
+            return False
+        for build in response.get("builds") or []:
+            if build.get("id") == run_id:
+                return bool(build.get("buildStatus") != "IN_PROGRESS")
+        return True
+
     def status(self, key: str) -> RunStatus:
         """CodeBuild keeps the record; this executor keeps none (the reaper decides alone)."""
         return RunStatus.UNKNOWN

@@ -90,7 +90,7 @@ def build_completed(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 
 def reap(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """Scheduled: time out active jobs past their deadline and stop their builds; promote
-    queued jobs of repositories whose queue stalled (a lost promotion, a raised limit)."""
+    """Scheduled: time out active jobs past their deadline and stop their builds; reconcile
+    what lost stream records owed (held slots of stopped builds, stalled queues)."""
     the_core = core()
-    return {"timed_out": the_core.reaper.reap_once(), "promoted": the_core.sweeper.sweep_once()}
+    return {"timed_out": the_core.reaper.reap_once(), **the_core.reconciler.run_once().to_dict()}

@@ -26,8 +26,12 @@ from scheduler.settings import Settings
 # Every active job carries this value in its `deadline_shard`, so the reaper finds overdue jobs
 # with one query on the sparse `active_by_deadline` index (no scan).
 ACTIVE_SHARD = "active"
-# Likewise every pending job carries this in its `queue_shard` (the `queued_by_age` index).
+# Likewise every pending job carries this in its `queue_shard` (the `queued_by_age` index),
+# and so does the counters item of a repository that may have queued jobs (`with_queue`).
 QUEUED_SHARD = "queued"
+# And every job that finished but still holds its slot (a cancelled run not yet known stopped)
+# carries this in its `held_shard` (the `held_slots` index of the reconciliation).
+HELD_SHARD = "held"
 
 
 class HistoryEntry(MapAttribute[str, Any]):
@@ -102,6 +106,18 @@ class ActiveByDeadlineIndex(GlobalSecondaryIndex["JobModel"]):
     deadline_at = NumberAttribute(range_key=True)
 
 
+class HeldSlotsIndex(GlobalSecondaryIndex["JobModel"]):
+    """Sparse: only finished jobs that still hold a slot carry `held_shard` (a cancelled run
+    not yet known stopped), oldest finish first: the reconciliation frees them from here."""
+
+    class Meta:
+        index_name = "held_slots"
+        projection = AllProjection()
+
+    held_shard = UnicodeAttribute(hash_key=True)
+    finished_at = NumberAttribute(range_key=True)
+
+
 class JobModel(Model):
     class Meta:
         table_name = "scheduler-jobs"
@@ -145,6 +161,7 @@ class JobModel(Model):
     start_delay_ms = NumberAttribute(null=True)
     # A cancelled job whose run may still be stopping keeps its slot until this is removed.
     slot_held = BooleanAttribute(null=True)
+    held_shard = UnicodeAttribute(null=True)  # set with slot_held: the `held_slots` index
     # The trigger guard this job claimed (repos table key suffix), released if it is cancelled.
     trigger_key = UnicodeAttribute(null=True)
     # The X-Ray trace of the delivery that made the job: its later work joins that trace.
@@ -164,6 +181,23 @@ class JobModel(Model):
     queued_by_age = QueuedByAgeIndex()
     waiting = WaitingIndex()
     active_by_deadline = ActiveByDeadlineIndex()
+    held_slots = HeldSlotsIndex()
+
+
+class WithQueueIndex(GlobalSecondaryIndex["RepoModel"]):
+    """Sparse: the counters items of repositories that may have queued jobs, by name.
+
+    The transaction that queues a job marks its repository (`queue_shard`); the sweeper clears
+    the mark once the repository's pending count is 0. The sweeper visits the repositories
+    with queued work from here, so its cost grows with them, never with the jobs queued.
+    """
+
+    class Meta:
+        index_name = "with_queue"
+        projection = IncludeProjection(["n_pending"])
+
+    queue_shard = UnicodeAttribute(hash_key=True)
+    repo = UnicodeAttribute(range_key=True)
 
 
 class RepoModel(Model):
@@ -190,6 +224,9 @@ class RepoModel(Model):
     n_cancelled = NumberAttribute(default=0)
     last_job_id = UnicodeAttribute(null=True)
     last_received_at = NumberAttribute(null=True)
+    queue_shard = UnicodeAttribute(null=True)  # QUEUED_SHARD while it may have queued jobs
+
+    with_queue = WithQueueIndex()
 
 
 MODELS: tuple[type[Model], ...] = (JobModel, RepoModel)

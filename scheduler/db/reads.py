@@ -14,7 +14,7 @@ from pynamodb.connection import Connection
 from pynamodb.exceptions import PynamoDBException, TableError
 from pynamodb.expressions.condition import Condition
 
-from scheduler.db.models import ACTIVE_SHARD, QUEUED_SHARD, JobModel, RepoModel
+from scheduler.db.models import ACTIVE_SHARD, HELD_SHARD, QUEUED_SHARD, JobModel, RepoModel
 from scheduler.errors import JobNotFound, StoreUnavailable
 
 __all__ = ["JobReads", "cause", "job_table"]
@@ -106,19 +106,46 @@ class JobReads:
             raise StoreUnavailable(f"cannot read {what}: {exc}") from exc
         return dict(found.get("Item", {}).get(name, {}))
 
-    def queued_repos(self, *, limit: int) -> list[str]:
-        """Repositories with queued jobs, the one with the oldest (most urgent) job first.
+    def repos_with_queue(
+        self, *, after: str | None, limit: int
+    ) -> tuple[list[tuple[str, int]], str | None]:
+        """Repositories marked as having queued work, by name after ``after``, at most ``limit``.
 
-        One query of the sparse ``queued_by_age`` index (keys and repository only), reading at
-        most ``limit`` queued jobs: a repository with a long queue does not hide the others
-        for long, since promotion empties the head of the index.
+        One query of the repos table's sparse ``with_queue`` index; each repository comes
+        with its pending count as the index has it (eventually consistent on AWS: a caller's
+        conditional write decides). Returns them and where the next page starts (None: this
+        was the last page).
         """
-        repos: dict[str, None] = {}
-        for item in self._items(
-            QUEUED_SHARD, index="queued_by_age", what="queue", limit=limit, page_size=limit
-        ):
-            repos.setdefault(item["queue_repo"]["S"], None)
-        return list(repos)
+        condition = "queue_shard = :queued" + (" AND #repo > :after" if after else "")
+        values: dict[str, Any] = {":queued": {"S": QUEUED_SHARD}}
+        if after:
+            values[":after"] = {"S": after}
+        try:
+            page = self._connection.client.query(
+                TableName=RepoModel.Meta.table_name,
+                IndexName="with_queue",
+                KeyConditionExpression=condition,
+                ExpressionAttributeValues=values,
+                **({"ExpressionAttributeNames": {"#repo": "repo"}} if after else {}),
+                Limit=limit,
+            )
+        except (BotoCoreError, ClientError) as exc:
+            raise StoreUnavailable(f"cannot read the repositories with queued jobs: {exc}") from exc
+        found = [
+            (item["repo"]["S"], int(item.get("n_pending", {}).get("N", "0")))
+            for item in page.get("Items", [])
+        ]
+        more = page.get("LastEvaluatedKey")
+        return found, (more["repo"]["S"] if more else None)
+
+    def held_slots(self, *, limit: int) -> list[JobModel]:
+        """Finished jobs that still hold a slot (cancelled runs not yet known stopped), oldest
+        finish first: the sparse ``held_slots`` index holds exactly those."""
+        return list(
+            self._query(
+                HELD_SHARD, index="held_slots", what="held slots", limit=limit, page_size=limit
+            )
+        )
 
     def unfinished_in_lane(
         self,

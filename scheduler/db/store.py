@@ -46,6 +46,7 @@ from pynamodb.transactions import TransactWrite
 
 from scheduler.db.models import (
     ACTIVE_SHARD,
+    HELD_SHARD,
     QUEUED_SHARD,
     HistoryEntry,
     JobModel,
@@ -270,6 +271,7 @@ class JobStore:
         now = self._clock() if now is None else now
         job = self._new_item(new, now, actor)
         guard_item = TRIGGER_PREFIX + guard.key if guard else None
+        queued = new.status is JobStatus.PENDING
         if guard is not None:
             job.trigger_key = guard.key
 
@@ -288,13 +290,16 @@ class JobStore:
                     condition=RepoModel.repo.does_not_exist()
                     | (RepoModel.last_received_at < now - guard.window_ms),
                 )
-            # The repository's counters, moved with the job and never apart from it.
+            # The repository's counters, moved with the job and never apart from it; a queued
+            # job marks its repository as one with queued work (the sweeper's index), in the
+            # same write, so no lost stream record can hide the job from the sweeper.
             tx.update(
                 RepoModel(new.repo),
                 actions=[
                     getattr(RepoModel, count_attribute(new.status)).add(1),
                     RepoModel.last_job_id.set(new.job_id),
                     RepoModel.last_received_at.set(now),
+                    *([RepoModel.queue_shard.set(QUEUED_SHARD)] if queued else []),
                 ],
             )
 
@@ -639,13 +644,14 @@ class JobStore:
 
         One transaction: the job's ``slot_held`` mark goes (condition: it is there, the job is
         still cancelled) and the repository's slot counter moves with it. Raises
-        :class:`TransitionConflict` if the slot was released already (a redelivered record).
+        :class:`TransitionConflict` if the slot was released already (a redelivered record,
+        or the cancel's record and the reconciliation both freeing it).
         """
 
         def build(tx: TransactWrite) -> None:
             tx.update(
                 JobModel(job.job_id),
-                actions=[JobModel.slot_held.remove()],
+                actions=[JobModel.slot_held.remove(), JobModel.held_shard.remove()],
                 condition=(JobModel.status == JobStatus.CANCELLED.value)
                 & JobModel.slot_held.exists(),
             )
@@ -657,6 +663,29 @@ class JobStore:
                 raise TransitionConflict(job.job_id, "release slot", "already released")
             raise StoreUnavailable(f"release of the slot of job {job.job_id} cancelled: {reasons}")
         log.info("slot released", extra={"job_id": job.job_id, "repo": job.repo})
+
+    def clear_queue_mark(self, repo: str) -> bool:
+        """Take ``repo`` out of the repositories with queued work, if it has no pending job.
+
+        Conditioned on its pending count being 0: a job queued meanwhile (its transaction sets
+        the mark and moves the count together) keeps the mark. True if it was cleared.
+        """
+        try:
+            self._connection.client.update_item(
+                TableName=RepoModel.Meta.table_name,
+                Key={"repo": {"S": repo}},
+                UpdateExpression="REMOVE queue_shard",
+                ConditionExpression="attribute_exists(repo)"
+                " AND (attribute_not_exists(n_pending) OR n_pending <= :none)",
+                ExpressionAttributeValues={":none": {"N": "0"}},
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                return False  # a job is queued (again): the mark stays
+            raise StoreUnavailable(f"cannot clear the queue mark of {repo}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StoreUnavailable(f"cannot clear the queue mark of {repo}: {exc}") from exc
+        return True
 
     def release_trigger(self, job_id: str, trigger_key: str) -> None:
         """Let a new delivery of a cancelled job's commit build again: its trigger guard is
@@ -782,7 +811,9 @@ class JobStore:
             if outcome.exit_code is not None:
                 actions.append(JobModel.exit_code.set(outcome.exit_code))
             if step.holds_slot:
-                actions.append(JobModel.slot_held.set(True))
+                # Until its run is known stopped; the sparse `held_slots` index lets the
+                # reconciliation find it if the record that frees the slot is lost.
+                actions += [JobModel.slot_held.set(True), JobModel.held_shard.set(HELD_SHARD)]
         return actions
 
     @staticmethod
@@ -799,6 +830,9 @@ class JobStore:
         actions: list[Action] = [
             getattr(RepoModel, name).add(delta) for name, delta in deltas.items() if delta
         ]
+        if any(step.dest is JobStatus.PENDING for step in steps):
+            # A job joins the queue (a retry, an approval): its repository has queued work.
+            actions.append(RepoModel.queue_shard.set(QUEUED_SHARD))
         condition: Condition | None = None
         if any(step.slot_delta > 0 for step in steps):
             assert slot_limit is not None

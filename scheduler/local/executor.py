@@ -161,6 +161,11 @@ class LocalExecutor:
             # started; wait for that, so a caller can hand the slot on.
             run.done.wait(KILL_GRACE_SECONDS + 5)
 
+    def stopped(self, run_id: str) -> bool:
+        """Its process tree is gone: it ended here, or it never began (what a previous runner
+        left behind was killed by the stack's recovery at start-up)."""
+        return self.status(run_id) in (RunStatus.GONE, RunStatus.UNSTARTED)
+
     def started_at(self, key: str) -> int | None:
         """When a runner took the run of ``key`` (epoch ms): its timeout counts from there.
         None if it is not running here."""

@@ -51,7 +51,9 @@ class StackOptions:
     data_dir: Path = Path(".scheduler")
     max_parallel_runs: int = 4
     reaper_interval_seconds: float = 2.0
-    sweep_interval_seconds: float = 10.0  # stalled queues: a lost promotion, a raised limit
+    # The reconciliation: held slots of stopped runs, stalled queues (a lost record, a raised
+    # limit).
+    sweep_interval_seconds: float = 10.0
     # Idle polling: at most this long between empty GetRecords (latency vs idle CPU).
     idle_poll_seconds: float = 0.15
     dynamodb_heap_mb: int = 256
@@ -213,8 +215,8 @@ class LocalStack:
     def _reap(self, seconds: float, core: Core) -> None:
         """First recover what a previous run of the stack left (until the store answers),
         then judge overdue jobs every ``seconds`` (every active job once DynamoDB Local was
-        restarted) and sweep stalled queues every ``sweep_interval_seconds`` (at once after
-        recovery: a raised limit takes effect)."""
+        restarted) and reconcile (held slots, stalled queues) every ``sweep_interval_seconds``
+        (at once after recovery: a raised limit takes effect)."""
         while not self._stop.is_set():
             try:
                 self._recover(core.reaper)
@@ -235,7 +237,7 @@ class LocalStack:
                     self._recover_lost_writes(core.reaper)
                     restarts_seen = restarts
                 if time.monotonic() >= next_sweep:
-                    core.sweeper.sweep_once()
+                    core.reconciler.run_once()
                     next_sweep = time.monotonic() + self.options.sweep_interval_seconds
                 if time.monotonic() >= next_prune and self._executor is not None:
                     # Run logs go with their jobs (the items' retention).

@@ -213,6 +213,11 @@ class Executor(Protocol):
     def cancel(self, run_id: str) -> None:
         """Stop the run (no-op if it already ended)."""
 
+    def stopped(self, run_id: str) -> bool:
+        """Whether run ``run_id`` is known to have ended (or never to have begun), so that its
+        slot may move on; False while it may still run (or when that cannot be told now).
+        Errors that may pass are raised (the caller asks again later)."""
+
     def log_location(self, request: RunRequest) -> str | None:
         """Where the run's output can be read (a path or a URL), if known before it starts."""
 

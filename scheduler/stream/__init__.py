@@ -14,7 +14,9 @@ from scheduler.stream.decide import (
 )
 from scheduler.stream.dispatcher import RETRY_ACTOR, Dispatcher, RunHook
 from scheduler.stream.events import PartialBatchResponse, StreamEvent, StreamRecord
+from scheduler.stream.reconciler import Reconciled, Reconciler, RunStops
 from scheduler.stream.supersede import Superseder
+from scheduler.stream.sweeper import QueueSweeper
 
 __all__ = [
     "RETRY_ACTOR",
@@ -23,8 +25,12 @@ __all__ = [
     "Dispatcher",
     "PartialBatchResponse",
     "PromoteQueued",
+    "QueueSweeper",
+    "Reconciled",
+    "Reconciler",
     "RetryFailed",
     "RunHook",
+    "RunStops",
     "StartRun",
     "StreamEvent",
     "StreamRecord",

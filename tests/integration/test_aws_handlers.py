@@ -117,7 +117,12 @@ def test_the_scheduled_reaper_times_out_and_stops_the_build(runtime: Any) -> Non
             {"ids": ["ci-project:b3"]},
         )
         stub.add_response("stop_build", {"build": {"id": "ci-project:b3"}}, {"id": "ci-project:b3"})
-        assert handlers.reap({}, None) == {"timed_out": ["aws-3"], "promoted": {}}
+        assert handlers.reap({}, None) == {
+            "timed_out": ["aws-3"],
+            "promoted": {},
+            "released": [],
+            "stopping": [],
+        }
         stub.assert_no_pending_responses()
     assert runtime.store.get("aws-3").reason == "timed_out"
 
@@ -154,5 +159,10 @@ def test_the_scheduled_reaper_also_promotes_a_stalled_queue(runtime: Any) -> Non
     )
     # The first finishes; the stream record that would have promoted the second is lost.
     runtime.store.transition(first, Trigger.PASS, actor="runner")
-    assert handlers.reap({}, None) == {"timed_out": [], "promoted": {first.repo: 1}}
+    assert handlers.reap({}, None) == {
+        "timed_out": [],
+        "promoted": {first.repo: 1},
+        "released": [],
+        "stopping": [],
+    }
     assert runtime.store.get("aws-stall-2").status == "active"

@@ -231,7 +231,12 @@ def test_a_lost_completion_event_is_recovered_by_the_reaper_and_the_job_passes(
             {"builds": [build("ci-project:b-lost", "SUCCEEDED", "cb-lost")]},
             {"ids": ["ci-project:b-lost"]},
         )
-        assert handlers.reap({}, None) == {"timed_out": [], "promoted": {}}
+        assert handlers.reap({}, None) == {
+            "timed_out": [],
+            "promoted": {},
+            "released": [],
+            "stopping": [],
+        }
         stub.assert_no_pending_responses()  # and no StopBuild
     job = runtime.store.get("cb-lost")
     assert (job.status, job.exit_code) == ("passed", 0)
@@ -252,7 +257,12 @@ def test_an_in_progress_build_past_its_deadline_is_timed_out_and_stopped(runtime
         stub.add_response(
             "stop_build", {"build": {"id": "ci-project:b-slow"}}, {"id": "ci-project:b-slow"}
         )
-        assert handlers.reap({}, None) == {"timed_out": ["cb-slow"], "promoted": {}}
+        assert handlers.reap({}, None) == {
+            "timed_out": ["cb-slow"],
+            "promoted": {},
+            "released": [],
+            "stopping": [],
+        }
         stub.assert_no_pending_responses()
     job = runtime.store.get("cb-slow")
     assert (job.status, job.reason) == ("failed", TIMED_OUT)
@@ -270,14 +280,24 @@ def test_a_throttled_build_lookup_leaves_the_job_for_the_next_round(runtime: Cor
             400,
             expected_params={"ids": ["ci-project:b-unsure"]},
         )
-        assert handlers.reap({}, None) == {"timed_out": [], "promoted": {}}
+        assert handlers.reap({}, None) == {
+            "timed_out": [],
+            "promoted": {},
+            "released": [],
+            "stopping": [],
+        }
         assert runtime.store.get("cb-unsure").status == "active"
         stub.add_response(
             "batch_get_builds",
             {"builds": [build("ci-project:b-unsure", "FAILED", "cb-unsure")]},
             {"ids": ["ci-project:b-unsure"]},
         )
-        assert handlers.reap({}, None) == {"timed_out": [], "promoted": {}}
+        assert handlers.reap({}, None) == {
+            "timed_out": [],
+            "promoted": {},
+            "released": [],
+            "stopping": [],
+        }
         stub.assert_no_pending_responses()
     job = runtime.store.get("cb-unsure")
     assert (job.status, job.reason, job.exit_code) == ("failed", "exit_code", 1)

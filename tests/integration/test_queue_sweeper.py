@@ -21,7 +21,7 @@ from state_machines import Trigger
 def sweeper(settings: Settings, limit: int) -> QueueSweeper:
     store = JobStore.from_settings(settings)
     dispatcher = Dispatcher(store, slot_limit_for=lambda _repo: limit)
-    return QueueSweeper(store.reads, dispatcher.promote)
+    return QueueSweeper(store, dispatcher.promote)
 
 
 def queue(store: JobStore, repo: str, count: int, prefix: str) -> list[JobState]:
@@ -97,6 +97,21 @@ def test_racing_sweepers_never_overfill_a_repository(store: JobStore, settings: 
     assert Counter(statuses([j.job_id for j in jobs])) == {"active": 3, "pending": 9}
     repo = RepoModel.get("org/race", consistent_read=True)
     assert repo.running == 3
+
+
+def test_a_long_queue_does_not_starve_another_repository(
+    store: JobStore, settings: Settings
+) -> None:
+    """Issue 23: R1 (concurrency 1) has 101 jobs queued, all older than R2's one job, whose
+    INSERT record was lost: R2 is visited within a bounded number of rounds all the same."""
+    busy = queue(store, "org/busy", 102, "busy")
+    store.activate(busy[0], slot_limit=1)
+    queue(store, "org/quiet", 1, "quiet")
+    one = sweeper(settings, limit=1)
+    for _ in range(2):
+        one.sweep_once()
+    assert statuses(["quiet00"]) == ["active"]
+    assert Counter(statuses([j.job_id for j in busy])) == {"active": 1, "pending": 101}
 
 
 def test_tables_made_before_the_queue_index_get_it(settings: Settings) -> None:

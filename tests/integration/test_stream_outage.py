@@ -150,7 +150,7 @@ def test_records_in_flight_when_the_database_dies_are_processed_once_it_is_back(
     # As the stack does beside its stream runner: DynamoDB Local can lose a write it had
     # acknowledged the moment before it was killed (an activation whose record was done),
     # and the sweeper promotes such a job again from its queue.
-    sweeper = QueueSweeper(recorder.store.reads, recorder.dispatcher.promote)
+    sweeper = QueueSweeper(recorder.store, recorder.dispatcher.promote)
 
     def all_active() -> bool:
         if all(status(j) == "active" for j in others):

@@ -87,6 +87,9 @@ class Executor:
     def cancel(self, run_id: str) -> None:
         pass
 
+    def stopped(self, run_id: str) -> bool:
+        return True
+
     def log_location(self, request: RunRequest) -> str | None:
         return None
 
