@@ -37,6 +37,7 @@ from scheduler.db.queries import JobDetail, Queries
 from scheduler.db.store import JobStore
 from scheduler.db.tables import ensure_tables
 from scheduler.errors import ConfigurationError, DomainError, InvalidArgument, StoreUnavailable
+from scheduler.runs.doctor import Doctor
 from scheduler.runs.operations import BulkItem, Operations
 from scheduler.settings import Settings
 from scheduler.stream.dead_letters import DeadLetterQueue, Replayed, dead_letter_job_ids
@@ -269,6 +270,31 @@ def stats(repo: RepoArgument, as_json: JsonOption = False) -> None:
     result = context().queries.stats(repo)
     now = now_ms()
     show(result.to_dict(), as_json, lambda: render.stats_view(result, now))
+
+
+@app.command("doctor")
+def doctor(
+    stranded_after: Annotated[
+        str,
+        typer.Option(
+            "--stranded-after",
+            metavar="AGE",
+            help="How long a job may wait before it counts as stranded (30s, 5m, 1h).",
+        ),
+    ] = "5m",
+    as_json: JsonOption = False,
+) -> None:
+    """Compare every repository's counters with its jobs; list drift and stranded jobs
+    (queued with a free slot, finished but holding a slot, active past the deadline).
+
+    Exits 0 when healthy, 1 when it found problems.
+    """
+    threshold = render.parse_age(stranded_after, "--stranded-after")
+    diagnosis = Doctor(context().queries, clock=now_ms, stranded_after_ms=threshold).diagnose()
+    now = now_ms()
+    show(diagnosis.to_dict(), as_json, lambda: render.doctor_view(diagnosis, now))
+    if not diagnosis.healthy:
+        raise typer.Exit(1)
 
 
 ProgressCallbacks = tuple[Callable[[int], None], Callable[[BulkItem], None]]

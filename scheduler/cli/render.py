@@ -18,6 +18,7 @@ from rich.text import Text
 
 from scheduler.db.queries import JobDetail, JobPage, JobSummary, RepoStats
 from scheduler.errors import InvalidArgument
+from scheduler.runs.doctor import Diagnosis
 from scheduler.runs.operations import BulkOutcome, Changed, RetrySummary
 from state_machines import JobStatus
 
@@ -75,6 +76,14 @@ def timestamp(at: int | None) -> str:
     if at is None:
         return EMPTY
     return datetime.fromtimestamp(at / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def parse_age(text: str, option: str) -> int:
+    """An age option (``30s``, ``5m``, ``1h``, ``1d``, ``1w``) in milliseconds."""
+    match = _SINCE_RELATIVE.match(text.strip())
+    if not match:
+        raise InvalidArgument(f"{option} must be an age like 30s, 5m, 1h, got {text!r}")
+    return int(match.group(1)) * _SINCE_UNITS_MS[match.group(2)]
 
 
 def parse_since(text: str, now: int) -> int:
@@ -251,3 +260,38 @@ def summary_view(summary: RetrySummary) -> RenderableType:
         )
     )
     return Group(*lines)
+
+
+def doctor_view(diagnosis: Diagnosis, now: int) -> RenderableType:
+    """What ``scheduler doctor`` found: a verdict line, then the drift and the stranded jobs."""
+    checked = f"{diagnosis.repositories} repositories, {diagnosis.jobs} jobs checked"
+    parts: list[RenderableType] = []
+    if diagnosis.healthy:
+        parts.append(Text(f"healthy: {checked}", style="green"))
+    else:
+        problems = len(diagnosis.drift) + len(diagnosis.stranded)
+        parts.append(Text(f"{problems} problems: {checked}", style="bold red"))
+    if diagnosis.drift:
+        drift = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, title_justify="left")
+        for name in ("repository", "counter", "recorded", "actual"):
+            drift.add_column(name, justify="right" if name in ("recorded", "actual") else "left")
+        for item in diagnosis.drift:
+            drift.add_row(item.repo, item.counter, str(item.recorded), str(item.actual))
+        parts += [Text(""), Text("counters that differ from the jobs", style="bold"), drift]
+    if diagnosis.stranded:
+        stranded = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+        for name in ("job", "repository", "status", "problem", "since"):
+            stranded.add_column(name)
+        for job in diagnosis.stranded:
+            stranded.add_row(
+                job.job_id,
+                job.repo,
+                status_text(job.status),
+                job.problem.replace("_", " "),
+                relative(job.since, now),
+            )
+        parts += [Text(""), Text("stranded jobs", style="bold"), stranded]
+    if diagnosis.busy:
+        busy = ", ".join(diagnosis.busy)
+        parts += [Text(""), Text(f"not judged (busy while read, run again): {busy}")]
+    return Group(*parts)

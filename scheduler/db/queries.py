@@ -595,6 +595,33 @@ class Queries:
             }
         return [_repo_stats(item, statuses.get(item.last_job_id or "")) for item in items]
 
+    def counters_items(self) -> Iterator[RepoModel]:
+        """Every repository's counters item, read consistently (``scheduler doctor``).
+
+        A scan of the ``repos`` table (one item per repository, the trigger guards filtered
+        out), never of the jobs table.
+        """
+        with _reading("repositories"):
+            yield from RepoModel.scan(
+                filter_condition=~RepoModel.repo.startswith(TRIGGER_PREFIX),
+                consistent_read=True,
+                page_size=500,
+            )
+
+    def counters_item(self, repo: str) -> RepoModel | None:
+        """One repository's counters item, read consistently; None if it has none."""
+        with _reading(f"stats of {repo}"):
+            try:
+                return RepoModel.get(repo, consistent_read=True)
+            except DoesNotExist:
+                return None
+
+    def all_jobs(self, repo: str) -> Iterator[JobModel]:
+        """Every job of ``repo`` (the ``by_repo`` index, page by page), for ``scheduler
+        doctor``: a query per repository, never a scan of the jobs table."""
+        with _reading(f"jobs of {repo}"):
+            yield from JobModel.by_repo.query(repo, page_size=500)
+
     def repository_version(self, repo: str) -> str:
         """What changes whenever a job of ``repo`` is created or changes status: its counters
         item (moved in the same transactions). One small read, for "has anything changed"."""
