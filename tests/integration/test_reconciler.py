@@ -232,3 +232,40 @@ def test_the_local_stack_reconciles_a_lost_cancel_record_after_the_process_is_go
     assert second.released == ["local-a"] and second.promoted == {REPO: 1}
     assert job("local-b").status == "active" and job("local-a").slot_held is None
     assert running() == 1
+
+
+def test_a_round_costs_requests_by_the_repositories_with_work_not_by_history(
+    aws: tuple[Core, CodeBuildStandIn],
+) -> None:
+    """10 repositories with a running job and one queued, 40 with only finished jobs: a round
+    reads two sparse indexes and, per repository with work, its queue and its slot count."""
+    core, _builds = aws
+    store = core.store
+    for n in range(40):
+        idle = store.activate(
+            store.create(NewJob(f"idle{n}", f"octo-org/idle{n}", "push", "e" * 40, 600)),
+            slot_limit=1,
+        )
+        store.transition(idle, Trigger.PASS, actor="runner")
+    busy = [f"octo-org/busy{n}" for n in range(10)]
+    for n, repo in enumerate(busy):
+        first = store.create(NewJob(f"busy{n}-a", repo, "push", "e" * 40, 600))
+        store.activate(first, slot_limit=1)
+        new_job(core, f"busy{n}-b", repo)
+    calls: list[str] = []
+    store.connection.client.meta.events.register(
+        "before-call.dynamodb", lambda model, **_: calls.append(model.name)
+    )
+
+    for round_ in range(3):
+        calls.clear()
+        assert core.reconciler.run_once().to_dict() == {
+            "released": [],
+            "stopping": [],
+            "promoted": {},
+        }
+        # held_slots + with_queue, then a queue read and a counters read per busy repository;
+        # the first round also takes the idle ones out of the index (their queues emptied).
+        cleared = 40 if round_ == 0 else 0
+        assert len(calls) == 2 + 2 * len(busy) + cleared, calls
+        assert calls.count("UpdateItem") == cleared
