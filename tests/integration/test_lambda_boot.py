@@ -405,7 +405,12 @@ def test_every_function_boots_under_the_runtime_client_and_does_its_job(
 
     # The scheduled reaper: nothing overdue, nothing stalled.
     scheduled = {"detail-type": "Scheduled Event", "source": "aws.events", "detail": {}}
-    assert reaper.invoke(scheduled) == {"timed_out": [], "promoted": {}}
+    assert reaper.invoke(scheduled) == {
+        "timed_out": [],
+        "promoted": {},
+        "released": [],
+        "stopping": [],
+    }
 
     for name, function in functions.items():
         print(f"{name}: booted and imported its handler in {function.boot_seconds():.2f} s")
