@@ -29,7 +29,8 @@ PROBE = (
 def deliver_pull_request(
     stack: LocalStackProcess, client: httpx.Client, repo: str, sha: str
 ) -> str:
-    pull = {"number": 7, "head": {"sha": sha, "ref": "feature"}, "base": {"ref": "main"}}
+    head = {"sha": sha, "ref": "feature", "repo": {"full_name": repo}}  # not a fork
+    pull = {"number": 7, "head": head, "base": {"ref": "main"}}
     payload = {
         "action": "opened",
         "number": 7,

@@ -92,6 +92,9 @@ EVENTS = Path(__file__).resolve().parents[1] / "events"
 CONFIG = (
     '[defaults]\ncheckout = false\ncommand = ["true"]\nbranches = ["*"]\ntags = ["*"]\n'
     "concurrency = 4\ntimeout_seconds = 60\n"
+    # The sample pull requests are renamed onto these repositories while their head stays
+    # Codertocat's: forks, built at once here (the approval gate has tests of its own).
+    'fork_pull_requests = "run"\n'
 )
 SIGNED_REPOS = ("hostile/signed-a", "hostile/signed-b", "Hostile/Signed-C")
 HEADERS_REPO = "hostile/headers"

@@ -55,8 +55,10 @@ def test_kill_9_of_the_stack_mid_run_then_restart_kills_the_orphans_and_passes_e
             assert all(pid_alive(pid) for pid in orphans)  # PDEATHSIG did not reach them
             began = time.monotonic()
             stack.start()
-            wait_for("the orphans to be killed", lambda: not any(map(pid_alive, orphans)), 20)
-            assert time.monotonic() - began < 20  # promptly, not at their 10-minute deadline
+            # At the restart, not at their 10-minute deadline (a loaded machine may take a
+            # minute or two to start the stack; the deadline is far beyond that).
+            wait_for("the orphans to be killed", lambda: not any(map(pid_alive, orphans)), 180)
+            assert time.monotonic() - began < 180
             # ``failed`` is no end here: a lost attempt fails as runner_lost, then is retried.
             wait_for(
                 "every job to pass", lambda: _all_done(stack, client, ids, ("passed",)), 90, 0.5
