@@ -10,13 +10,13 @@ import base64
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
+from test_runs import Results
 
 from scheduler.config import parse_config
 from scheduler.errors import ConfigurationError
@@ -68,16 +68,6 @@ print('env-dump', base64.b64encode(blob.encode('latin-1')).decode())
 @pytest.fixture(scope="module")
 def sandbox() -> Bubblewrap:
     return find_sandbox()
-
-
-class Results:
-    def __init__(self) -> None:
-        self.items: list[RunResult] = []
-        self.event = threading.Event()
-
-    def __call__(self, result: RunResult) -> None:
-        self.items.append(result)
-        self.event.set()
 
 
 @pytest.fixture
