@@ -88,7 +88,9 @@ def repositories(count: int) -> tuple[str, ...]:
     return (REPO,) if count <= 1 else tuple(f"{REPO}-{n:02d}" for n in range(count))
 
 
-def write_config(path: Path, effects: Path, repos: Sequence[str] = (REPO,)) -> None:
+def write_config(
+    path: Path, effects: Path, repos: Sequence[str] = (REPO,), *, sandbox: bool = True
+) -> None:
     script = 'echo "$SCHEDULER_JOB_ID" "$(date +%s.%N)" >> "$1"'
     argv = json.dumps(["sh", "-c", script, "sh", str(effects)])
     sections = "".join(
@@ -97,15 +99,16 @@ def write_config(path: Path, effects: Path, repos: Sequence[str] = (REPO,)) -> N
     path.write_text(
         f'[defaults]\ncheckout = false\ncommand = ["true"]\ntimeout_seconds = 60\n'
         # Runs are sandboxed (as by default): the folder they record starts in is shared.
-        f"sandbox_paths = {json.dumps([str(effects.parent)])}\n{sections}"
+        f"sandbox_paths = {json.dumps([str(effects.parent)])}\n"
+        f'sandbox = "{"on" if sandbox else "off"}"\n{sections}'
     )
 
 
-def start_stack(tmp: Path, repos: Sequence[str] = (REPO,)) -> Stack:
+def start_stack(tmp: Path, repos: Sequence[str] = (REPO,), *, sandbox: bool = True) -> Stack:
     effects = tmp / "effects" / "effects.log"
     effects.parent.mkdir(exist_ok=True)
     config = tmp / "scheduler.toml"
-    write_config(config, effects, repos)
+    write_config(config, effects, repos, sandbox=sandbox)
     env = {
         key: value
         for key, value in os.environ.items()
@@ -147,10 +150,12 @@ def start_stack(tmp: Path, repos: Sequence[str] = (REPO,)) -> Stack:
 
 
 @contextmanager
-def local_stack(tmp: Path, repos: Sequence[str] = (REPO,)) -> Iterator[Stack]:
+def local_stack(
+    tmp: Path, repos: Sequence[str] = (REPO,), *, sandbox: bool = True
+) -> Iterator[Stack]:
     """``scheduler up`` in ``tmp`` for the ``with`` body: stopped with SIGINT after it (exit code
     in ``exit_code``), killed if the body fails, with the tail of its log on stderr."""
-    stack = start_stack(tmp, repos)
+    stack = start_stack(tmp, repos, sandbox=sandbox)
     try:
         yield stack
     except BaseException:
@@ -451,6 +456,7 @@ def measure(
     warmup: int = 10,
     idle_seconds: float = 20.0,
     on_phase: Callable[[Phase], None] = lambda _: None,
+    sandbox: bool = True,
 ) -> Pipeline:
     """One stack in a temporary folder: warm-up, the steady phase, the burst, idle usage.
 
@@ -459,7 +465,7 @@ def measure(
     began = time.perf_counter()
     with (
         tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp,
-        local_stack(Path(tmp), repos) as stack,
+        local_stack(Path(tmp), repos, sandbox=sandbox) as stack,
     ):
         print(
             f"stack up in {time.perf_counter() - began:.1f} s at {stack.url}"
@@ -510,6 +516,9 @@ def main() -> None:
     parser.add_argument("--repos", type=int, default=1, help="repositories the jobs go to in turn")
     parser.add_argument("--warmup", type=int, default=10, help="uncounted jobs first")
     parser.add_argument("--idle-seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--unsandboxed", action="store_true", help='runs with sandbox = "off" (its cost)'
+    )
     args = parser.parse_args()
 
     result = measure(
@@ -522,6 +531,7 @@ def main() -> None:
         warmup=args.warmup,
         idle_seconds=args.idle_seconds,
         on_phase=print_phase,
+        sandbox=not args.unsandboxed,
     )
     print(f"\n== idle after the load ({args.idle_seconds:g} s), process tree of scheduler up")
     for name, cpu, rss in result.usage:
