@@ -75,12 +75,14 @@ class Bubblewrap:
         ]
         if not network:
             args.append("--unshare-net")
+        # The sandbox's own folders first: what is bound later may live below them (a
+        # checkout under /tmp, its virtualenv included) and must not be hidden by them.
+        args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/home"]
+        args += ["--dir", SANDBOX_HOME, "--tmpfs", "/run"]
         for path in SYSTEM_PATHS:
             args += _read_only(path)
         for path in self.read_only:
             args += ["--ro-bind-try", path, path]
-        args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/home"]
-        args += ["--dir", SANDBOX_HOME, "--tmpfs", "/run"]
         work = str(workdir.resolve())
         args += ["--bind", work, work]
         for folder in shared:

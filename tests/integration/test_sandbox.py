@@ -260,3 +260,21 @@ def test_a_run_gets_the_secrets_its_repository_names_and_they_are_masked(
         assert "secret NOT_SET is not set" in missing.summary and "npm=" not in log
     finally:
         ex.close()
+
+
+def test_read_only_folders_under_tmp_are_not_hidden_by_the_sandboxs_own_tmp(
+    sandbox: Bubblewrap, tmp_path: Path
+) -> None:
+    """A checkout under /tmp (its virtualenv with it) runs its commands in the sandbox: the
+    sandbox's own /tmp is mounted before the folders bound below it (a fresh clone in CI)."""
+    prefix = tmp_path / "venv" / "bin"
+    prefix.mkdir(parents=True)
+    tool = prefix / "tool"
+    tool.write_text("#!/bin/sh\necho tool ran\n")
+    tool.chmod(0o755)
+    work = tmp_path / "work"
+    work.mkdir()
+    boxed = Bubblewrap(sandbox.program, read_only=(str(tmp_path / "venv"),))
+    argv = boxed.wrap([str(tool)], workdir=work, env={"PATH": "/usr/bin:/bin"}, network=True)
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    assert result.returncode == 0 and result.stdout == "tool ran\n", result.stderr
