@@ -30,6 +30,7 @@ from typing import Any
 
 from scheduler import tracing
 from scheduler.config import RepositoryConfig
+from scheduler.db.models import JobModel
 from scheduler.db.store import (
     DAY_MS,
     TRIGGER_PREFIX,
@@ -37,14 +38,22 @@ from scheduler.db.store import (
     JobState,
     JobStore,
     NewJob,
+    Outcome,
     TriggerGuard,
 )
 from scheduler.errors import ConfigurationError, JobExists, TriggerSeen
 from scheduler.github.clone_urls import DEFAULT_GITHUB_HOST
-from scheduler.github.payload import BuildRequest, Ignored, Ping, interpret, parse_delivery
+from scheduler.github.payload import (
+    BuildRequest,
+    ClosedPullRequest,
+    Ignored,
+    Ping,
+    interpret,
+    parse_delivery,
+)
 from scheduler.github.signature import SIGNATURE_HEADER, verify_signature
 from scheduler.settings import WEBHOOK_SECRET_MIN_CHARS, Settings
-from state_machines import JobStatus
+from state_machines import JobStatus, TransitionConflict, Trigger
 
 __all__ = [
     "TRIGGER_PREFIX",
@@ -128,6 +137,8 @@ class WebhookService:
             return WebhookAnswer(200, {"reason": "pong"})
         if isinstance(wanted, BuildRequest):
             wanted = self._filter(wanted)
+        if isinstance(wanted, ClosedPullRequest):
+            self._withdraw_waiting(wanted)
         if isinstance(wanted, Ignored):
             log.info(
                 "delivery ignored",
@@ -135,6 +146,35 @@ class WebhookService:
             )
             return WebhookAnswer(202, {"reason": wanted.reason})
         return self._create(wanted)
+
+    def _withdraw_waiting(self, closed: ClosedPullRequest) -> None:
+        """Cancel the closed pull request's jobs that wait for approval (nobody will give it
+        now): one guarded cancel each, so a redelivery, or an approval that won, changes
+        nothing. Its approved or running jobs are left alone, as a close never stopped them."""
+        waiting = self._store.reads.unfinished_in_lane(
+            closed.repo,
+            JobModel.pr_number == closed.pr_number,
+            with_active=False,
+            with_pending=False,
+            with_waiting=True,
+        )
+        for model in waiting:
+            try:
+                self._store.transition(
+                    JobState.from_model(model),
+                    Trigger.CANCEL,
+                    actor="webhook",
+                    outcome=Outcome(
+                        reason="cancelled",
+                        detail=f"pull request #{closed.pr_number} was closed unapproved",
+                    ),
+                )
+            except TransitionConflict:
+                continue  # approved, superseded or cancelled meanwhile
+            log.info(
+                "waiting job withdrawn",
+                extra={"job_id": model.job_id, "repo": closed.repo, "pr": closed.pr_number},
+            )
 
     def _filter(self, build: BuildRequest) -> BuildRequest | Ignored:
         """The repository configuration's say: accepted repository, built branch or tag."""

@@ -26,6 +26,7 @@ __all__ = [
     "EVENT_HEADER",
     "KNOWN_EVENTS",
     "BuildRequest",
+    "ClosedPullRequest",
     "Delivery",
     "Ignored",
     "Ping",
@@ -230,6 +231,15 @@ class Ignored:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class ClosedPullRequest(Ignored):
+    """A pull request was closed: it makes no job, and its jobs waiting for an approval
+    nobody will give now are withdrawn."""
+
+    repo: str = ""
+    pr_number: int = 0
+
+
 def job_id_for(delivery_id: str) -> str:
     """The job id of a delivery: a redelivery (same ``X-GitHub-Delivery``) finds its job."""
     return JOB_ID_PREFIX + delivery_id
@@ -359,6 +369,8 @@ def _pull_request(delivery: Delivery, github_host: str) -> BuildRequest | Ignore
         raise WebhookRejected(
             f"field 'number' must be a positive integer (at most {PR_NUMBER_MAX})"
         )
+    if action == "closed":
+        return ClosedPullRequest("pull_request action 'closed' makes no job", repo, number)
     if action not in BUILD_ACTIONS:
         return Ignored(f"pull_request action {_quote(action)} makes no job")
     head = _field(pull, "head", dict, "pull_request.head")

@@ -350,3 +350,22 @@ def test_counters_equal_the_items_after_every_fork_path(ticking_store: JobStore)
     }
     assert [r.job_id for r in stack.started] == [approved]
     assert_counters_match_items()
+
+
+def test_closing_a_pull_request_withdraws_its_waiting_jobs_only(approve_stack: Stack) -> None:
+    stack = approve_stack
+    waiting = stack.created(pull_request(sha="a", number=2))
+    approved = stack.created(pull_request(sha="b", number=3))
+    stack.operations.approve(approved)
+    other = stack.created(pull_request(sha="c", number=4))
+    for _ in range(2):  # GitHub may deliver the close twice: the second changes nothing
+        for number in (2, 3):
+            status, answer = stack.deliver(pull_request("closed", number=number))
+            assert status == 202 and "makes no job" in answer["reason"]
+    withdrawn = item(waiting)
+    assert (withdrawn.status, withdrawn.reason) == ("cancelled", "cancelled")
+    assert "closed unapproved" in (withdrawn.detail or "")
+    assert [h.dest for h in withdrawn.history] == ["waiting", "cancelled"]
+    # An approved job is the operator's decision, and another pull request's job is not this one.
+    assert item(approved).status == "pending" and item(other).status == "waiting"
+    assert_counters_match_items()
