@@ -167,34 +167,28 @@ class JobReads:
         requests awaiting approval) from the sparse ``waiting`` index keyed by the repository.
         Eventually consistent on AWS: a caller's conditional write is what decides.
         """
-        found: list[JobModel] = []
-        if with_pending:
-            found += self._query(
-                repo,
-                index="queued",
-                what=f"queue of {repo}",
-                limit=limit,
-                page_size=page_size,
-                filter_condition=lane,
-            )
-        if with_waiting:
-            found += self._query(
-                repo,
-                index="waiting",
-                what=f"waiting jobs of {repo}",
-                limit=limit,
-                page_size=page_size,
-                filter_condition=lane,
-            )
-        if with_active:
-            found += self._query(
+        sources = (
+            (with_pending, repo, "queued", f"queue of {repo}", lane),
+            (with_waiting, repo, "waiting", f"waiting jobs of {repo}", lane),
+            (
+                with_active,
                 ACTIVE_SHARD,
-                index="active_by_deadline",
-                what=f"active jobs of {repo}",
-                limit=limit,
-                page_size=page_size,
-                filter_condition=(JobModel.repo == repo) & lane,
-            )
+                "active_by_deadline",
+                f"active jobs of {repo}",
+                (JobModel.repo == repo) & lane,
+            ),
+        )
+        found: list[JobModel] = []
+        for asked, key, index, what, condition in sources:
+            if asked:
+                found += self._query(
+                    key,
+                    index=index,
+                    what=what,
+                    limit=limit,
+                    page_size=page_size,
+                    filter_condition=condition,
+                )
         return found
 
     def in_lane_since(
