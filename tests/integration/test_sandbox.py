@@ -6,6 +6,7 @@ what it could read, write or reach.
 
 from __future__ import annotations
 
+import ast
 import base64
 import socket
 import subprocess
@@ -127,8 +128,11 @@ def test_a_hostile_run_finds_no_secret_and_none_of_the_scheduler(
         assert base64.b64encode(secret.encode()).decode()[:20] not in log
     assert "planted False" in log  # the data folder (stack file, database) is not there
     assert f"home {SANDBOX_HOME} []" in log
-    # /tmp is the sandbox's own: nothing of the machine's, only the way to the work tree.
-    assert "tmp ['pytest-of-" in log or "tmp []" in log
+    # /tmp is the sandbox's own: nothing of the machine's, only the ways to what is bound
+    # (the work tree; the scheduler's Python when it lives there, as in a fresh clone).
+    seen_in_tmp = set(ast.literal_eval(log.split("\ntmp ", 1)[1].split("\n", 1)[0]))
+    bound = [data_dir, Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()]
+    assert seen_in_tmp <= {b.parts[2] for b in bound if b.parts[:2] == ("/", "tmp")}, log
     # Above the work tree, only the folders that lead to it: no stack file, no database.
     assert "ls " + str(data_dir) + " ['runs']" in log, log
     assert "cannot write /usr/planted-by-run" in log
