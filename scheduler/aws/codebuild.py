@@ -107,6 +107,10 @@ def source_override(request: RunRequest) -> dict[str, str]:
     }
 
 
+class _CannotTell(Exception):
+    """CodeBuild refused to describe a build (asking again as is cannot help)."""
+
+
 @dataclass(frozen=True)
 class SecretsProject:
     """The project of builds that get secrets, and where their secrets are kept: the run
@@ -222,16 +226,11 @@ class CodeBuildExecutor:
         if not is_build_id(run_id):
             return True
         try:
-            response = self._client.batch_get_builds(ids=[run_id])
-        except (ClientError, BotoCoreError) as exc:
-            if is_retryable(exc):
-                raise
-            log.warning("CodeBuild cannot tell whether a build ended: %s", describe(exc))
+            build = self._build(run_id)
+        except _CannotTell as exc:
+            log.warning("CodeBuild cannot tell whether a build ended: %s", exc)
             return False
-        for build in response.get("builds") or []:
-            if build.get("id") == run_id:
-                return bool(build.get("buildStatus") != "IN_PROGRESS")
-        return True
+        return build is None or build.get("buildStatus") != "IN_PROGRESS"
 
     def status(self, key: str) -> RunStatus:
         """CodeBuild keeps the record; this executor keeps none (the reaper decides alone)."""
@@ -252,16 +251,23 @@ class CodeBuildExecutor:
         if not is_build_id(run_id):
             return None  # an idempotency key (``job_id#attempt``): no build recorded
         try:
+            build = self._build(run_id)
+        except _CannotTell as exc:
+            log.warning("CodeBuild cannot tell how a build ended: %s", exc)
+            return None
+        return result_from_build(build) if build is not None else None
+
+    def _build(self, run_id: str) -> Mapping[str, Any] | None:
+        """Build ``run_id`` as ``BatchGetBuilds`` describes it (None: CodeBuild does not know
+        it). Errors that may pass are raised as they are; a refusal is :class:`_CannotTell`."""
+        try:
             response = self._client.batch_get_builds(ids=[run_id])
         except (ClientError, BotoCoreError) as exc:
             if is_retryable(exc):
                 raise
-            log.warning("CodeBuild cannot tell how a build ended: %s", describe(exc))
-            return None
-        for build in response.get("builds") or []:
-            if build.get("id") == run_id:
-                return result_from_build(build)
-        return None
+            raise _CannotTell(describe(exc)) from exc
+        builds = response.get("builds") or []
+        return next((build for build in builds if build.get("id") == run_id), None)
 
     def log_location(self, request: RunRequest) -> str | None:
         return None  # known only once the build exists: the console shows the run id

@@ -670,40 +670,47 @@ class JobStore:
         Conditioned on its pending count being 0: a job queued meanwhile (its transaction sets
         the mark and moves the count together) keeps the mark. True if it was cleared.
         """
-        try:
-            self._connection.client.update_item(
-                TableName=RepoModel.Meta.table_name,
-                Key={"repo": {"S": repo}},
-                UpdateExpression="REMOVE queue_shard",
-                ConditionExpression="attribute_exists(repo)"
-                " AND (attribute_not_exists(n_pending) OR n_pending <= :none)",
-                ExpressionAttributeValues={":none": {"N": "0"}},
-            )
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                return False  # a job is queued (again): the mark stays
-            raise StoreUnavailable(f"cannot clear the queue mark of {repo}: {exc}") from exc
-        except BotoCoreError as exc:
-            raise StoreUnavailable(f"cannot clear the queue mark of {repo}: {exc}") from exc
-        return True
+        # Refused: a job is queued (again), and the mark stays.
+        return self._update_repos_item(
+            repo,
+            "REMOVE queue_shard",
+            "attribute_exists(repo) AND (attribute_not_exists(n_pending) OR n_pending <= :none)",
+            {":none": {"N": "0"}},
+            what=f"clear the queue mark of {repo}",
+        )
 
     def release_trigger(self, job_id: str, trigger_key: str) -> None:
         """Let a new delivery of a cancelled job's commit build again: its trigger guard is
         expired if this job still holds it (else it changes nothing)."""
+        # Refused: another job holds it now, or it is gone, and there is nothing to release.
+        self._update_repos_item(
+            TRIGGER_PREFIX + trigger_key,
+            "SET last_received_at = :expired",
+            "last_job_id = :job",
+            {":expired": {"N": "0"}, ":job": {"S": job_id}},
+            what=f"release the trigger of job {job_id}",
+        )
+
+    def _update_repos_item(
+        self, key: str, update: str, condition: str, values: dict[str, Any], *, what: str
+    ) -> bool:
+        """One conditional UpdateItem of a repos-table item; False if its condition refused it.
+        Anything else that fails is :class:`StoreUnavailable` (``what`` names the write)."""
         try:
             self._connection.client.update_item(
                 TableName=RepoModel.Meta.table_name,
-                Key={"repo": {"S": TRIGGER_PREFIX + trigger_key}},
-                UpdateExpression="SET last_received_at = :expired",
-                ConditionExpression="last_job_id = :job",
-                ExpressionAttributeValues={":expired": {"N": "0"}, ":job": {"S": job_id}},
+                Key={"repo": {"S": key}},
+                UpdateExpression=update,
+                ConditionExpression=condition,
+                ExpressionAttributeValues=values,
             )
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                return  # another job holds it now, or it is gone: nothing to release
-            raise StoreUnavailable(f"cannot release the trigger of job {job_id}: {exc}") from exc
+                return False
+            raise StoreUnavailable(f"cannot {what}: {exc}") from exc
         except BotoCoreError as exc:
-            raise StoreUnavailable(f"cannot release the trigger of job {job_id}: {exc}") from exc
+            raise StoreUnavailable(f"cannot {what}: {exc}") from exc
+        return True
 
     def _update_job(
         self,

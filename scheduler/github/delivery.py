@@ -137,7 +137,7 @@ class WebhookService:
             return WebhookAnswer(200, {"reason": "pong"})
         if isinstance(wanted, BuildRequest):
             wanted = self._filter(wanted)
-        if isinstance(wanted, ClosedPullRequest):
+        if isinstance(wanted, ClosedPullRequest) and self._config.accepts(wanted.repo):
             self._withdraw_waiting(wanted)
         if isinstance(wanted, Ignored):
             log.info(

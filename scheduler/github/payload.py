@@ -394,23 +394,22 @@ def _pull_request(delivery: Delivery, github_host: str) -> BuildRequest | Ignore
         # built when it was opened is otherwise held by the trigger guard for the window).
         rebuild=_reopening(pull) if action == "reopened" else None,
         clone_url=_clone_url(payload, repo, github_host),
-        fork=_from_fork(payload, head),
+        fork=_from_fork(head, repo),
     )
 
 
-def _from_fork(payload: Mapping[str, Any], head: Mapping[str, Any]) -> bool:
+def _from_fork(head: Mapping[str, Any], repo: str) -> bool:
     """Whether the pull request's head lives in another repository than its base.
 
     GitHub compares names case-insensitively. ``pull_request.head.repo`` is null once the fork
     is deleted, and a head repository without a name cannot be shown to be the base: both
     count as a fork, the side that never runs unapproved code.
     """
-    base = _field(_field(payload, "repository", dict), "full_name", str, "repository.full_name")
     head_repo = _optional(head, "repo", dict, "pull_request.head.repo")
     if head_repo is None:
         return True
     name = _optional(head_repo, "full_name", str, "pull_request.head.repo.full_name")
-    return name is None or name.casefold() != base.casefold()
+    return name is None or name.casefold() != repo.casefold()
 
 
 def _reopening(pull: Mapping[str, Any]) -> str | None:

@@ -16,6 +16,7 @@ with it: killing the run's process group kills every process the command started
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -108,8 +109,10 @@ class Bubblewrap:
             raise SandboxUnavailable(f"bubblewrap cannot make a sandbox here: {reason}")
 
 
+@functools.cache
 def find_sandbox() -> Bubblewrap:
-    """The machine's sandbox, checked to work; :class:`SandboxUnavailable` otherwise."""
+    """The machine's sandbox, checked to work (once per process; a failure is not kept, so
+    the next call checks again); :class:`SandboxUnavailable` otherwise."""
     program = shutil.which("bwrap")
     if program is None:
         raise SandboxUnavailable(

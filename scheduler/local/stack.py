@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from scheduler import stack_file
 from scheduler.api.auth import is_loopback_host
-from scheduler.config import RepositoryConfig, load_config
+from scheduler.config import RepoPolicy, RepositoryConfig, load_config
 from scheduler.db import clients
 from scheduler.db.tables import ensure_tables
 from scheduler.errors import ConfigurationError, StoreUnavailable
@@ -98,6 +98,13 @@ class LocalStack:
             )
         config = load_config(self.settings.config_path)
         sandbox_for(config, self.options.data_dir)  # runs that need a sandbox need one here
+        unsandboxed = [name for name, policy in _policies(config) if policy.sandbox == "off"]
+        if unsandboxed:
+            log.warning(
+                'runs are NOT sandboxed for %s (sandbox = "off"): their commands can read the'
+                " scheduler's data and reach its database",
+                ", ".join(unsandboxed),
+            )
         self._refuse_a_second_stack()
         if port_in_use(self.options.port, self.options.host):
             raise ConfigurationError(
@@ -358,7 +365,7 @@ def sandbox_for(config: RepositoryConfig, data_dir: Path | None = None) -> Bubbl
     one). No sandbox where one is needed is a :class:`ConfigurationError`: the stack does not
     start rather than run a pull request's code with the scheduler's rights. Neither does a
     ``sandbox_paths`` folder that would share the data folder with runs."""
-    policies = [("defaults", config.defaults), *config.repos.items()]
+    policies = _policies(config)
     data = data_dir.resolve() if data_dir is not None else None
     for name, policy in policies:
         for folder in policy.sandbox_paths:
@@ -370,16 +377,13 @@ def sandbox_for(config: RepositoryConfig, data_dir: Path | None = None) -> Bubbl
                     f"{config.source}: {name}: sandbox_paths {folder!r} would share the"
                     f" scheduler's data folder {data} with runs"
                 )
-    unsandboxed = [name for name, policy in policies if policy.sandbox == "off"]
-    if unsandboxed:
-        log.warning(
-            'runs are NOT sandboxed for %s (sandbox = "off"): their commands can read the'
-            " scheduler's data and reach its database",
-            ", ".join(unsandboxed),
-        )
     if all(policy.sandbox == "off" for _name, policy in policies):
         return None
     return find_sandbox()
+
+
+def _policies(config: RepositoryConfig) -> list[tuple[str, RepoPolicy]]:
+    return [("defaults", config.defaults), *config.repos.items()]
 
 
 def serve(

@@ -89,7 +89,7 @@ class RunRequest:
             sandbox_paths=source.sandbox_paths,
             fork=bool(job.fork),
             # A fork's pull request is someone else's code: it never gets the secrets.
-            secrets=() if getattr(job, "fork", False) else source.secrets,
+            secrets=() if job.fork else source.secrets,
         )
 
     def environment(self) -> dict[str, str]:

@@ -226,6 +226,7 @@ def test_no_bubblewrap_refuses_a_configuration_that_needs_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("PATH", "/nonexistent")
+    find_sandbox.cache_clear()  # the machine's sandbox is probed once per process
     with pytest.raises(ConfigurationError, match="bubblewrap is not installed"):
         sandbox_for(parse_config(""))
     # An explicit opt-out needs none (and is logged as a warning at every start).
