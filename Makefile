@@ -108,7 +108,7 @@ sam-validate: sam
 $(addprefix build-,$(LAMBDA_FUNCTIONS)):
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile \
 		--target "$(ARTIFACTS_DIR)" $(LAMBDA_TARGET) -r infra/lambda-requirements.txt
-	cp -R scheduler state_machines scheduler.local.toml "$(ARTIFACTS_DIR)/"
+	cp -RL scheduler state_machines scheduler.local.toml "$(ARTIFACTS_DIR)/"
 	find "$(ARTIFACTS_DIR)" -name __pycache__ -type d -prune -exec rm -rf {} +
 
 clean:

@@ -13,11 +13,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from scheduler import resources
 from scheduler.errors import ConfigurationError
 from scheduler.stack_file import StackInfo
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_TEMPLATE = PROJECT_ROOT / "infra" / "template.yaml"
+# Shipped in the package (a link to infra/template.yaml in the checkout): found when installed.
+DEFAULT_TEMPLATE = resources.path_of(resources.TEMPLATE)
+# The checkout's DynamoDB Local (`make setup`); elsewhere the user's cache (see from_env).
 DEFAULT_DYNAMODB_LOCAL_DIR = PROJECT_ROOT / ".dynamodb-local"
 # Where `scheduler up` keeps its data and its stack file, relative to the folder it runs in.
 DEFAULT_DATA_DIR = Path(".scheduler")
@@ -64,6 +67,18 @@ def _positive_seconds(env: Mapping[str, str], name: str, default: float) -> floa
     if not 0 < seconds < float("inf"):
         raise ConfigurationError(f"{name} must be a positive number of seconds, not {value!r}")
     return seconds
+
+
+def _dynamodb_local_dir(env: Mapping[str, str]) -> Path:
+    """SCHEDULER_DYNAMODB_LOCAL_DIR; else the checkout's `.dynamodb-local/` when present; else
+    the user's cache (XDG_CACHE_HOME or ~/.cache), where the first `scheduler up` installs it."""
+    if env.get("SCHEDULER_DYNAMODB_LOCAL_DIR"):
+        return Path(env["SCHEDULER_DYNAMODB_LOCAL_DIR"])
+    if DEFAULT_DYNAMODB_LOCAL_DIR.is_dir():
+        return DEFAULT_DYNAMODB_LOCAL_DIR
+    home = Path(env["HOME"]) if env.get("HOME") else Path.home()
+    cache = Path(env["XDG_CACHE_HOME"]) if env.get("XDG_CACHE_HOME") else home / ".cache"
+    return cache / "dynamo-scheduler" / "dynamodb-local"
 
 
 @dataclass(frozen=True)
@@ -165,9 +180,7 @@ class Settings:
             api_token=env.get("SCHEDULER_API_TOKEN") or None,
             config_path=Path(config) if config else None,
             template_path=Path(env.get("SCHEDULER_TEMPLATE", str(DEFAULT_TEMPLATE))),
-            dynamodb_local_dir=Path(
-                env.get("SCHEDULER_DYNAMODB_LOCAL_DIR", str(DEFAULT_DYNAMODB_LOCAL_DIR))
-            ),
+            dynamodb_local_dir=_dynamodb_local_dir(env),
             data_dir=Path(env.get("SCHEDULER_DATA_DIR") or DEFAULT_DATA_DIR),
             retention_days=_int(env, "SCHEDULER_RETENTION_DAYS", "30"),
             start_grace_seconds=_int(env, "SCHEDULER_START_GRACE_SECONDS", "60"),

@@ -1,4 +1,7 @@
-"""Reads table definitions out of the SAM template (the one source of truth for tables)."""
+"""Reads table definitions out of the SAM template (the one source of truth for tables).
+
+The template is package data (``scheduler.resources``), so an installed ``scheduler`` finds it.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from cfn_flip import load_yaml  # a YAML loader that understands !Ref, !Sub, !GetAtt, ...
 
+from scheduler.db.cfn_yaml import load_cfn_yaml
 from scheduler.errors import ConfigurationError
 
 # Logical ids in the template, by the role each table plays.
@@ -41,7 +44,7 @@ class TableDefinition:
 
 def load_template(path: Path) -> dict[str, Any]:
     try:
-        document = load_yaml(path.read_text(encoding="utf-8"))
+        document = load_cfn_yaml(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigurationError(f"cannot read template {path}: {exc}") from exc
     if not isinstance(document, dict) or not isinstance(document.get("Resources"), dict):
