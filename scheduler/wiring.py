@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from scheduler import tracing
+from scheduler import metrics, tracing
 from scheduler.api.app import Application, Router, create_app, create_query_app
 from scheduler.api.auth import ApiAuth
 from scheduler.api.dashboard import MAX_FORM_BYTES, Dashboard
@@ -195,6 +195,7 @@ def build_core(
             )
         )
 
+    observers.append(metrics.observe_transition)  # counts and timings (scheduler.metrics)
     dispatcher = Dispatcher(
         store,
         slot_limit_for=lambda repo: config.policy(repo).concurrency,

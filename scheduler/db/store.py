@@ -44,6 +44,7 @@ from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
 from pynamodb.transactions import TransactWrite
 
+from scheduler import metrics
 from scheduler.db.models import (
     ACTIVE_SHARD,
     HELD_SHARD,
@@ -728,6 +729,7 @@ class JobStore:
             )
         except PynamoDBException as exc:
             if exc.cause_response_code == "ConditionalCheckFailedException":
+                metrics.refused("condition")
                 raise refused from None
             raise StoreUnavailable(f"{what} failed: {cause(exc)}") from exc
 
@@ -868,6 +870,9 @@ class JobStore:
                 if exc.cause_response_code != "TransactionCanceledException":
                     raise StoreUnavailable(f"{what} of job {job_id} failed: {cause(exc)}") from exc
                 codes = [reason.code if reason else "None" for reason in exc.cancellation_reasons]
+                metrics.refused(
+                    "transaction_conflict" if _TRANSACTION_CONFLICT in codes else "condition"
+                )
                 if _TRANSACTION_CONFLICT not in codes:
                     return codes
                 log.warning(

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from scheduler import stack_file
 from scheduler.api.auth import is_loopback_host
+from scheduler.api.metrics_route import scheduler_metrics
 from scheduler.config import RepoPolicy, RepositoryConfig, load_config
 from scheduler.db import clients
 from scheduler.db.tables import ensure_tables
@@ -199,6 +200,7 @@ class LocalStack:
         self._spawn("stream-runner", lambda: self._stream(runner))
         self._spawn("reaper", lambda: self._reap(self.options.reaper_interval_seconds, core))
         app = core.http_app
+        scheduler_metrics(core.store, lambda: asdict(runner.stats))(app.router)  # GET /metrics
         self._http = LocalHTTPServer(app, self.options.host, self.options.port).start()
         self._write_stack_file()
         return self

@@ -15,6 +15,7 @@ from typing import Any
 import boto3
 import pytest
 
+from scheduler import metrics
 from scheduler.api.app import Request
 from scheduler.aws import handlers
 from scheduler.aws.clients import aws_client
@@ -82,7 +83,8 @@ def test_both_runtimes_dispatch_with_the_same_observers_and_policies(
     aws_core, local_core = both
     for core in both:
         # Commit statuses are wired in both (the AWS dispatcher once had none).
-        assert [type(o) for o in core.dispatcher.observers] == [CommitStatusObserver]
+        assert [type(o) for o in core.dispatcher.observers[:1]] == [CommitStatusObserver]
+        assert core.dispatcher.observers[1:] == (metrics.observe_transition,)  # both runtimes
         assert core.dispatcher.observers == core.observers
         assert core.dispatcher.runs_started
     assert aws_core.config == local_core.config

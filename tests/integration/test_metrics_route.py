@@ -1,0 +1,152 @@
+"""Issue 27: ``GET /metrics`` of a local stack (composed in-process on DynamoDB Local, served
+over loopback) during a burst: the queue of a repository with one slot rises, then drains; the
+start latencies, transitions and refused writes are counted; the token guards the route."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from scheduler import metrics
+from scheduler.github.signature import sign
+from scheduler.local.dynamodb_local import free_port
+from scheduler.local.stack import LocalStack, StackOptions
+from scheduler.settings import Settings, TableNames
+
+SECRET = "metrics-webhook-secret-0123456789abcdef"
+TOKEN = "metrics-api-token-0123456789"
+REPO = "metrics/burst"
+BURST = 8
+
+
+def scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    answer = httpx.get(f"{url}/metrics", headers={"authorization": f"Bearer {TOKEN}"}, timeout=10)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"].startswith("text/plain; version=")
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(answer.text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return samples
+
+
+def value(
+    samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str
+) -> float:
+    for found, number in samples.get(name, []):
+        if all(found.get(k) == v for k, v in labels.items()):
+            return number
+    return 0.0
+
+
+def deliver(url: str, number: int) -> str:
+    body = json.dumps(
+        {
+            "ref": "refs/heads/main",
+            "after": f"{number:040x}",
+            "repository": {"full_name": REPO},
+            "sender": {"login": "octocat"},
+        }
+    ).encode()
+    answer = httpx.post(
+        f"{url}/webhook",
+        content=body,
+        headers={
+            "content-type": "application/json",
+            "x-github-event": "push",
+            "x-github-delivery": f"metrics-burst-{number}",
+            "x-hub-signature-256": sign(SECRET.encode(), body),
+        },
+        timeout=10,
+    )
+    assert answer.status_code == 202, answer.text
+    return str(answer.json()["job_id"])
+
+
+@pytest.fixture
+def stack(settings: Settings, tables: TableNames, tmp_path: Path) -> Iterator[LocalStack]:
+    config = tmp_path / "scheduler.toml"
+    config.write_text(
+        '[defaults]\ncommand = ["sleep", "0.4"]\nconcurrency = 1\ncheckout = false\n'
+        'sandbox = "off"\n'
+    )
+    metrics.RECORDER.reset()
+    options = StackOptions(port=free_port(), data_dir=tmp_path / "data")
+    local = LocalStack(
+        replace(settings, webhook_secret=SECRET, api_token=TOKEN, config_path=config), options
+    )
+    with local:
+        yield local
+
+
+def test_a_scrape_during_a_burst_shows_the_queue_rising_and_draining(stack: LocalStack) -> None:
+    url = stack.url
+    before = scrape(url)
+    assert value(before, "scheduler_gauges_up") == 1.0
+    assert value(before, "scheduler_queue_depth", repo=REPO) == 0.0
+
+    depths: list[tuple[float, float, float]] = []  # (seconds, queue depth, slots in use)
+    done = threading.Event()
+    started = time.monotonic()
+
+    def watch() -> None:
+        while not done.is_set():
+            samples = scrape(url)
+            depths.append(
+                (
+                    round(time.monotonic() - started, 2),
+                    value(samples, "scheduler_queue_depth", repo=REPO),
+                    value(samples, "scheduler_slots_in_use", repo=REPO),
+                )
+            )
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    job_ids = [deliver(url, n) for n in range(1, BURST + 1)]
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        samples = scrape(url)
+        if value(samples, "scheduler_job_transitions_total", status="passed") >= BURST:
+            break
+        time.sleep(0.2)
+    time.sleep(0.3)  # one more scrape of the watcher after the last finish
+    done.set()
+    watcher.join(10)
+    print(f"\nqueue depth, slots in use over time ({BURST} jobs, 1 slot): {depths}")
+
+    after = scrape(url)
+    assert len(set(job_ids)) == BURST
+    assert value(after, "scheduler_job_transitions_total", status="passed") == BURST, after
+    peak = max(depth for _t, depth, _s in depths)
+    assert peak >= BURST // 2, depths  # one slot: most of the burst waits in the queue
+    peak_at = next(i for i, (_t, depth, _s) in enumerate(depths) if depth == peak)
+    assert any(depth < peak for _t, depth, _s in depths[peak_at:]), depths  # and drains
+    assert value(after, "scheduler_queue_depth", repo=REPO) == 0.0
+    assert max(slots for _t, _d, slots in depths) == 1.0  # never more than the limit
+    assert value(after, "scheduler_slot_limit", repo=REPO) == 1.0
+    assert value(after, "scheduler_jobs", repo=REPO, status="passed") == BURST
+    assert value(after, "scheduler_queued_jobs") == 0.0
+    # Every job waited from its arrival to its start; the later ones behind the earlier runs.
+    assert value(after, "scheduler_start_latency_seconds_count") == BURST
+    waited = value(after, "scheduler_start_latency_seconds_sum")
+    assert waited >= 0.4 * (BURST - 1) * BURST / 2 * 0.8, waited  # ~ sum of waits behind 0.4 s runs
+    assert value(after, "scheduler_stream_lag_seconds_count") >= BURST * 3  # new, active, passed
+    # A full repository's activations are refused by the slot counter's condition.
+    assert value(after, "scheduler_refused_writes_total", kind="condition") >= 1
+    assert value(after, "scheduler_stream_records_read_total") >= BURST * 3
+    assert value(after, "scheduler_stream_records_dead_lettered_total") == 0.0
+
+
+def test_the_route_needs_the_token_when_one_is_set(stack: LocalStack) -> None:
+    answer = httpx.get(f"{stack.url}/metrics", timeout=10)
+    assert answer.status_code == 401, answer.text
+    assert "scheduler_" not in answer.text

@@ -1,0 +1,154 @@
+"""Issue 27: the process's metrics recorder, the transition observer, the scrape-time gauges'
+pure parts and their Prometheus rendering (no server)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from scheduler import metrics
+from scheduler.api.metrics_route import SchedulerCollector
+from scheduler.db.models import HistoryEntry, JobModel
+from scheduler.metrics_gauges import QueueGauges, RepoGauge, head_age
+from scheduler.stream.decide import Transition
+from state_machines import JobStatus
+
+T0 = 1_700_000_000_000  # epoch ms
+
+
+def job(status: str, history: list[tuple[str, int]], **fields: int) -> JobModel:
+    model = JobModel(
+        "job-1",
+        repo="o/r",
+        event="push",
+        sha="a" * 40,
+        status=status,
+        timeout_seconds=60,
+        received_at=T0,
+        **fields,
+    )
+    model.history = [HistoryEntry(dest=d, at=a, actor="t", attempt=1) for d, a in history]
+    return model
+
+
+def transition(source: JobStatus | None, dest: JobStatus, image: JobModel) -> Transition:
+    return Transition(source, dest, None, "1", image)  # type: ignore[arg-type]
+
+
+def test_counters_and_histograms_accumulate_and_drain_gives_what_is_new() -> None:
+    recorder = metrics.Recorder(keep_samples=True)
+    recorder.count("x", status="passed")
+    recorder.count("x", 2, status="passed")
+    recorder.count("x", status="failed")
+    recorder.observe("h", 0.2)
+    recorder.observe("h", 4000.0)  # beyond the last bound: +Inf
+    recorder.observe("h", -1.0)  # clocks apart: never negative
+    snap = recorder.snapshot()
+    assert snap.counters[("x", (("status", "passed"),))] == 3
+    histogram = snap.histograms["h"]
+    assert histogram.count == 3 and histogram.counts[-1] == 1 and histogram.total == 4000.2
+    assert histogram.cumulative()[-1] == 3
+    assert histogram.cumulative()[metrics.LATENCY_BUCKETS.index(0.25)] == 2
+
+    deltas, samples = recorder.drain()
+    assert deltas == {("x", (("status", "passed"),)): 3, ("x", (("status", "failed"),)): 1}
+    assert samples == {"h": [0.2, 4000.0, 0.0]}
+    recorder.count("x", status="failed")
+    assert recorder.drain() == ({("x", (("status", "failed"),)): 1}, {})
+    # The cumulative view is untouched by draining.
+    assert recorder.snapshot().counters[("x", (("status", "failed"),))] == 2
+
+
+def test_samples_are_kept_only_when_asked_and_bounded() -> None:
+    local = metrics.Recorder()
+    local.observe("h", 1.0)
+    assert local.drain() == ({}, {})
+    assert local.snapshot().histograms["h"].count == 1
+    lambda_recorder = metrics.Recorder(keep_samples=True)
+    for _ in range(metrics.MAX_SAMPLES + 50):
+        lambda_recorder.observe("h", 1.0)
+    assert len(lambda_recorder.drain()[1]["h"]) == metrics.MAX_SAMPLES
+
+
+def test_an_activation_observes_the_wait_since_the_job_last_joined_the_queue() -> None:
+    recorder = metrics.Recorder(keep_samples=True)
+    now = (T0 + 10_000) / 1000
+    # First attempt: queued at arrival, activated 1.5 s later.
+    first = job(
+        "active",
+        [("pending", T0), ("active", T0 + 1500)],
+        activated_at=T0 + 1500,
+        updated_at=T0 + 1500,
+    )
+    metrics.observe_transition(
+        transition(JobStatus.PENDING, JobStatus.ACTIVE, first), recorder=recorder, now=lambda: now
+    )
+    # A retry: queued again at +5 s, activated at +5.25 s (not 5.25 s after its arrival).
+    retried = job(
+        "active",
+        [("pending", T0), ("active", T0 + 1500), ("failed", T0 + 4000), ("pending", T0 + 5000),
+         ("active", T0 + 5250)],
+        activated_at=T0 + 5250,
+        updated_at=T0 + 5250,
+    )  # fmt: skip
+    metrics.observe_transition(
+        transition(JobStatus.PENDING, JobStatus.ACTIVE, retried), recorder=recorder, now=lambda: now
+    )
+    new = job("pending", [("pending", T0)], updated_at=T0)
+    metrics.observe_transition(
+        transition(None, JobStatus.PENDING, new), recorder=recorder, now=lambda: now
+    )
+    deltas, samples = recorder.drain()
+    assert samples[metrics.START_LATENCY] == [1.5, 0.25]
+    assert samples[metrics.STREAM_LAG] == [8.5, 4.75, 10.0]  # now minus each write
+    assert deltas[(metrics.TRANSITIONS, (("status", "active"),))] == 2
+    assert deltas[(metrics.TRANSITIONS, (("status", "pending"),))] == 1
+
+
+def test_refusals_are_counted_by_kind() -> None:
+    recorder = metrics.Recorder()
+    metrics.refused("condition", recorder)
+    metrics.refused("transaction_conflict", recorder)
+    metrics.refused("condition", recorder)
+    counters = recorder.snapshot().counters
+    assert counters[(metrics.REFUSED, (("kind", "condition"),))] == 2
+    assert counters[(metrics.REFUSED, (("kind", "transaction_conflict"),))] == 1
+
+
+def test_the_head_of_the_queue_is_aged_from_its_key() -> None:
+    items = [{"queue_key": {"S": f"0000#{T0:013d}#job-1"}}]
+    assert head_age(items, T0 + 61_000) == 61.0
+    assert head_age([], T0) is None
+
+
+def test_the_collector_renders_prometheus_text() -> None:
+    recorder = metrics.Recorder()
+    recorder.count(metrics.TRANSITIONS, status="passed")
+    recorder.observe(metrics.START_LATENCY, 0.3)
+    gauges = QueueGauges(
+        [RepoGauge("o/r", 3, 2, 2, {"pending": 3, "active": 2}), RepoGauge("o/s", 1, 0, None)],
+        oldest_queued_age_seconds=12.5,
+        truncated=False,
+    )
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(
+        SchedulerCollector(recorder, lambda: gauges, lambda: {"records_dead_lettered": 2})
+    )
+    text = generate_latest(registry).decode()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("scheduler_job_transitions_total", (("status", "passed"),))] == 1
+    assert samples[("scheduler_start_latency_seconds_count", ())] == 1
+    assert samples[("scheduler_start_latency_seconds_bucket", (("le", "0.5"),))] == 1
+    assert samples[("scheduler_start_latency_seconds_bucket", (("le", "0.25"),))] == 0
+    assert samples[("scheduler_queue_depth", (("repo", "o/r"),))] == 3
+    assert samples[("scheduler_slots_in_use", (("repo", "o/r"),))] == 2
+    assert ("scheduler_slot_limit", (("repo", "o/s"),)) not in samples  # no limit known yet
+    assert samples[("scheduler_jobs", (("repo", "o/r"), ("status", "active")))] == 2
+    assert samples[("scheduler_queued_jobs", ())] == 4
+    assert samples[("scheduler_oldest_queued_age_seconds", ())] == 12.5
+    assert samples[("scheduler_stream_records_dead_lettered_total", ())] == 2
+    assert samples[("scheduler_gauges_up", ())] == 1
