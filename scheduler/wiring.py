@@ -70,9 +70,16 @@ class Core:
     def reconciler(self) -> Reconciler:
         """The backstop beside the reaper on both runtimes (the reaper's function on AWS, the
         stack's reaper loop locally): frees held slots once their runs are known stopped
-        (asked of this runtime's executor) and sweeps stalled queues."""
+        (asked of this runtime's executor), makes the retries lost failure records owed and
+        sweeps stalled queues."""
         executor = self.runs.executor if self.runs is not None else None
-        return Reconciler(self.store, self.dispatcher.promote, self.sweeper, executor)
+        return Reconciler(
+            self.store,
+            self.dispatcher.promote,
+            self.sweeper,
+            executor,
+            redrive=self.dispatcher.redrive_failed,
+        )
 
     @cached_property
     def webhook_app(self) -> Application:

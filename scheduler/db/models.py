@@ -32,6 +32,10 @@ QUEUED_SHARD = "queued"
 # And every job that finished but still holds its slot (a cancelled run not yet known stopped)
 # carries this in its `held_shard` (the `held_slots` index of the reconciliation).
 HELD_SHARD = "held"
+# And every failed job whose verdict on an automatic retry may still be owed (its finish's
+# record decides it; if that record is lost, the reconciliation does) carries this in the same
+# `held_shard`: one sparse index of finished jobs that still owe something.
+RETRY_SHARD = "retry"
 
 
 class HistoryEntry(MapAttribute[str, Any]):
@@ -107,8 +111,9 @@ class ActiveByDeadlineIndex(GlobalSecondaryIndex["JobModel"]):
 
 
 class HeldSlotsIndex(GlobalSecondaryIndex["JobModel"]):
-    """Sparse: only finished jobs that still hold a slot carry `held_shard` (a cancelled run
-    not yet known stopped), oldest finish first: the reconciliation frees them from here."""
+    """Sparse: only finished jobs that still owe something carry `held_shard`, oldest finish
+    first: a slot (HELD_SHARD, a cancelled run not yet known stopped) or the verdict on an
+    automatic retry (RETRY_SHARD, a failure). The reconciliation settles both from here."""
 
     class Meta:
         index_name = "held_slots"
@@ -161,7 +166,9 @@ class JobModel(Model):
     start_delay_ms = NumberAttribute(null=True)
     # A cancelled job whose run may still be stopping keeps its slot until this is removed.
     slot_held = BooleanAttribute(null=True)
-    held_shard = UnicodeAttribute(null=True)  # set with slot_held: the `held_slots` index
+    # The `held_slots` index: HELD_SHARD with slot_held, RETRY_SHARD on a failure until its
+    # retry (or the reconciliation's verdict that none is owed) takes it off.
+    held_shard = UnicodeAttribute(null=True)
     # The trigger guard this job claimed (repos table key suffix), released if it is cancelled.
     trigger_key = UnicodeAttribute(null=True)
     # The X-Ray trace of the delivery that made the job: its later work joins that trace.

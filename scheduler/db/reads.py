@@ -14,7 +14,14 @@ from pynamodb.connection import Connection
 from pynamodb.exceptions import PynamoDBException, TableError
 from pynamodb.expressions.condition import Condition
 
-from scheduler.db.models import ACTIVE_SHARD, HELD_SHARD, QUEUED_SHARD, JobModel, RepoModel
+from scheduler.db.models import (
+    ACTIVE_SHARD,
+    HELD_SHARD,
+    QUEUED_SHARD,
+    RETRY_SHARD,
+    JobModel,
+    RepoModel,
+)
 from scheduler.errors import JobNotFound, StoreUnavailable
 
 __all__ = ["JobReads", "cause", "job_table"]
@@ -144,6 +151,21 @@ class JobReads:
         return list(
             self._query(
                 HELD_SHARD, index="held_slots", what="held slots", limit=limit, page_size=limit
+            )
+        )
+
+    def owed_verdicts(self, before: int, *, limit: int) -> list[JobModel]:
+        """Failed jobs that finished before ``before`` and may still owe an automatic retry
+        (their finish's record was lost, or owed none), oldest first: the ``held_slots``
+        index's RETRY_SHARD part holds exactly those."""
+        return list(
+            self._query(
+                RETRY_SHARD,
+                index="held_slots",
+                what="failures owing a retry verdict",
+                limit=limit,
+                page_size=limit,
+                range_key_condition=JobModel.finished_at < before,
             )
         )
 

@@ -49,6 +49,7 @@ from scheduler.db.models import (
     ACTIVE_SHARD,
     HELD_SHARD,
     QUEUED_SHARD,
+    RETRY_SHARD,
     HistoryEntry,
     JobModel,
     RepoModel,
@@ -665,6 +666,24 @@ class JobStore:
             raise StoreUnavailable(f"release of the slot of job {job.job_id} cancelled: {reasons}")
         log.info("slot released", extra={"job_id": job.job_id, "repo": job.repo})
 
+    def settle_retry_verdict(self, job: JobState) -> None:
+        """Take a failure that owes no automatic retry out of the reconciliation's index.
+
+        Conditioned on the job being still the failure read (status and version) and marked:
+        a retry made meanwhile removed the mark and moved the version. Not a transition: the
+        version stays, and its stream record (no status change) calls for nothing. Raises
+        :class:`TransitionConflict` if the job moved or was settled already.
+        """
+        self._update_job(
+            job.job_id,
+            actions=[JobModel.held_shard.remove()],
+            condition=(JobModel.status == JobStatus.FAILED.value)
+            & (JobModel.version == job.version)
+            & (JobModel.held_shard == RETRY_SHARD),
+            refused=TransitionConflict(job.job_id, "settle retry verdict"),
+            what=f"retry verdict of job {job.job_id}",
+        )
+
     def clear_queue_mark(self, repo: str) -> bool:
         """Take ``repo`` out of the repositories with queued work, if it has no pending job.
 
@@ -777,6 +796,10 @@ class JobStore:
                 JobModel.queue_key.remove(),
             ]
         elif step.dest is JobStatus.PENDING:  # a retry (a new attempt) or an approval: queued
+            if step.source is JobStatus.FAILED:
+                # A failure's retry, made: no verdict is owed any more (a cancelled job's
+                # mark is its held slot, which a retry waits for, see _transition).
+                actions.append(JobModel.held_shard.remove())
             actions += [
                 JobModel.waiting_repo.remove(),
                 JobModel.attempt.set(attempt),
@@ -823,6 +846,11 @@ class JobStore:
                 # Until its run is known stopped; the sparse `held_slots` index lets the
                 # reconciliation find it if the record that frees the slot is lost.
                 actions += [JobModel.slot_held.set(True), JobModel.held_shard.set(HELD_SHARD)]
+            elif step.dest is JobStatus.FAILED:
+                # A failure may owe an automatic retry, which its record makes; if the record
+                # is lost, the reconciliation finds the failure here and makes it instead.
+                # The retry takes the mark off (or the reconciliation, when none is owed).
+                actions.append(JobModel.held_shard.set(RETRY_SHARD))
         return actions
 
     @staticmethod

@@ -42,6 +42,7 @@ __all__ = [
     "TransitionObserver",
     "decide",
     "lane_of",
+    "lost_attempts_of",
     "read_transition",
 ]
 
@@ -235,6 +236,15 @@ def decide(
                 actions.append(RetryFailed(job, delay_ms=delay_ms))
         return actions
     return []
+
+
+def lost_attempts_of(image: JobModel) -> int:
+    """How many of a job's attempts failed for the infrastructure (its history says)."""
+    return sum(
+        1
+        for entry in image.history or []
+        if entry.dest == JobStatus.FAILED.value and entry.reason in INFRASTRUCTURE_REASONS
+    )
 
 
 def read_transition(record: StreamRecord) -> Transition | None:

@@ -63,12 +63,13 @@ from scheduler.stream.decide import (
     TransitionObserver,
     decide,
     lane_of,
+    lost_attempts_of,
     read_transition,
 )
 from scheduler.stream.events import PartialBatchResponse, StreamEvent, StreamRecord
 from scheduler.stream.full_repos import FullRepos
 from scheduler.stream.supersede import Superseder
-from state_machines import INFRASTRUCTURE_REASONS, JobStatus, TransitionConflict, Trigger
+from state_machines import JobStatus, TransitionConflict, Trigger
 
 __all__ = ["ACTOR", "RETRY_ACTOR", "Dispatcher", "RunHook"]
 
@@ -317,11 +318,7 @@ class Dispatcher:
             retry=self._retry_policy_for(job.repo),
             run_id=transition.image.run_id,
             trigger_key=transition.image.trigger_key,
-            lost_attempts=sum(
-                1
-                for entry in transition.image.history or []
-                if entry.dest == JobStatus.FAILED.value and entry.reason in INFRASTRUCTURE_REASONS
-            ),
+            lost_attempts=lost_attempts_of(transition.image),
             supersede=self._supersede_for(job.repo) if transition.source is None else "off",
             lane=lane_of(transition.image) if transition.source is None else None,
             handed_on=transition.handed_on,
@@ -415,6 +412,33 @@ class Dispatcher:
         self._stop_run(run_id)
         log.info("run stopped", extra={"job_id": job.job_id, "run_id": run_id})
         return "stopped"
+
+    def redrive_failed(self, image: JobModel) -> str:
+        """Make what a failure's own record owed if it is lost: the automatic retry the policy
+        gives (the same conditional ``failed -> pending`` the record makes, so the two race
+        to one retry), or, when none is owed, take the failure out of the reconciliation's
+        index. ``image`` is the failed item as read. Returns ``retried``, ``settled`` or
+        ``already_done`` (it moved: the record, an operator or another round got there)."""
+        job = JobState.from_model(image)
+        owed = [
+            action
+            for action in decide(
+                JobStatus.ACTIVE,
+                JobStatus.FAILED,
+                job,
+                reason=image.reason,
+                retry=self._retry_policy_for(job.repo),
+                lost_attempts=lost_attempts_of(image),
+            )
+            if isinstance(action, RetryFailed)
+        ]
+        if owed:
+            return self._retry(job, owed[0].delay_ms)
+        try:
+            self._store.settle_retry_verdict(job)
+        except TransitionConflict:
+            return "already_done"
+        return "settled"
 
     def _retry(self, job: JobState, delay_ms: int) -> str:
         try:

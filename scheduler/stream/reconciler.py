@@ -10,8 +10,13 @@ the local stack's reaper loop) and redoes what such a record owed:
    runs not yet known stopped) is asked of the executor: a run known stopped (or one never
    claimed) has its slot freed and its repository promoted; a run that may still go is asked
    to stop again, and its slot stays until a later round finds it stopped;
-2. the :class:`~scheduler.stream.sweeper.QueueSweeper` visits the repositories with queued
-   work and promotes their oldest jobs into free slots.
+2. every failure older than a grace left for its own record (the same index's RETRY_SHARD
+   part: failures whose verdict on an automatic retry may be owed) is judged again with the
+   repository's retry policy, by the same pure ``decide``: the retry it owed is made (the
+   same conditional ``failed -> pending`` its record makes), or, when none is owed, the
+   failure leaves the index;
+3. the :class:`~scheduler.stream.sweeper.QueueSweeper` visits the repositories with queued
+   work and promotes their oldest jobs into free slots (a retried job among them).
 
 Everything it does is a conditional write that the stream's own handling of the same record
 would make (a slot is freed once, a job activated once), so it may race the stream and itself.
@@ -25,11 +30,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from scheduler.db.models import JobModel
-from scheduler.db.store import JobState, JobStore
+from scheduler.db.store import Clock, JobState, JobStore, system_clock
 from scheduler.stream.sweeper import QueueSweeper
 from state_machines import TransitionConflict
 
-__all__ = ["Reconciled", "Reconciler", "RunStops"]
+__all__ = ["Reconciled", "Reconciler", "Redrive", "RunStops"]
 
 log = logging.getLogger(__name__)
 
@@ -42,25 +47,45 @@ class RunStops(Protocol):
     def cancel(self, run_id: str) -> None: ...
 
 
+Redrive = Callable[[JobModel], str]
+"""Makes what a failure's lost record owed (``Dispatcher.redrive_failed``): ``retried``,
+``settled`` (none owed) or ``already_done``."""
+
+RETRY_GRACE_MS = 60_000
+"""How long a failure is left to its own record before the reconciliation judges it: the
+stream's normal delay, many times over (a retry made by both loses one conditional write)."""
+
+
 @dataclass
 class Reconciled:
-    """What one round did: slots freed, stops asked again (not yet confirmed), promotions."""
+    """What one round did: slots freed, stops asked again (not yet confirmed), retries made
+    for lost failure records, failures found to owe none, promotions."""
 
     released: list[str] = field(default_factory=list)
     stopping: list[str] = field(default_factory=list)
+    retried: list[str] = field(default_factory=list)
+    settled: list[str] = field(default_factory=list)
     promoted: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"released": self.released, "stopping": self.stopping, "promoted": self.promoted}
+        return {
+            "released": self.released,
+            "stopping": self.stopping,
+            "retried": self.retried,
+            "settled": self.settled,
+            "promoted": self.promoted,
+        }
 
 
 class Reconciler:
     """Every slot a repository counts belongs to an active job or to a finished one whose run
-    is not yet known stopped, and every repository with queued jobs and a free slot has its
-    oldest queued jobs promoted within a bounded number of rounds, whatever records were lost.
+    is not yet known stopped, every failure that its policy retries has its retry made, and
+    every repository with queued jobs and a free slot has its oldest queued jobs promoted
+    within a bounded number of rounds, whatever records were lost.
 
     ``stops`` is the executor (None in a process that runs nothing: held slots then stay for
     the engine's own reconciliation, as nothing here can tell that their runs stopped).
+    ``redrive`` judges failures (None: they are left to the stream).
     """
 
     def __init__(
@@ -70,13 +95,19 @@ class Reconciler:
         sweeper: QueueSweeper,
         stops: RunStops | None,
         *,
+        redrive: Redrive | None = None,
         held_per_round: int = 100,
+        retry_grace_ms: int = RETRY_GRACE_MS,
+        clock: Clock = system_clock,
     ) -> None:
         self._store = store
         self._promote = promote
         self._sweeper = sweeper
-        self._stops = stops
+        self.stops = stops
+        self._redrive = redrive
         self._held_per_round = held_per_round
+        self._retry_grace_ms = retry_grace_ms
+        self._clock = clock
 
     def run_once(self) -> Reconciled:
         """One round: free the slots whose runs are known stopped, then sweep the queues."""
@@ -94,26 +125,47 @@ class Reconciler:
             count = self._promote(repo)
             if count:
                 done.promoted[repo] = count
+        if self._redrive is not None:
+            self._judge_failures(done)
         for repo, count in self._sweeper.sweep_once().items():
             done.promoted[repo] = done.promoted.get(repo, 0) + count
-        if done.released or done.stopping:
+        if done.released or done.stopping or done.retried:
             log.warning(
-                "held slots reconciled",
-                extra={"released": done.released, "stopping": done.stopping},
+                "held slots and owed retries reconciled",
+                extra={
+                    "released": done.released,
+                    "stopping": done.stopping,
+                    "retried": done.retried,
+                },
             )
         return done
+
+    def _judge_failures(self, done: Reconciled) -> None:
+        """Make the retries lost failure records owed; settle the failures that owe none."""
+        assert self._redrive is not None
+        before = self._clock() - self._retry_grace_ms
+        for job in self._store.reads.owed_verdicts(before, limit=self._held_per_round):
+            try:
+                verdict = self._redrive(job)
+            except Exception:
+                log.exception("cannot judge a failure", extra={"job_id": job.job_id})
+                continue  # the next round asks again: the mark stays
+            if verdict == "retried":
+                done.retried.append(job.job_id)
+            elif verdict == "settled":
+                done.settled.append(job.job_id)
 
     def _settle_held(self, job: JobModel) -> str:
         """Free ``job``'s slot if its run is known stopped, else ask for the stop again."""
         run_id = job.run_id
         if run_id is not None:
-            if self._stops is None:
+            if self.stops is None:
                 return "unknown"
             try:
-                if not self._stops.stopped(run_id):
+                if not self.stops.stopped(run_id):
                     # StopBuild only asks (and may have been throttled or lost with the cancel's
                     # record): ask again; the slot moves in a later round, once it is stopped.
-                    self._stops.cancel(run_id)
+                    self.stops.cancel(run_id)
                     log.info("stop asked again", extra={"job_id": job.job_id, "run_id": run_id})
                     return "stopping"
             except Exception:

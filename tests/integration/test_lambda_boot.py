@@ -410,6 +410,8 @@ def test_every_function_boots_under_the_runtime_client_and_does_its_job(
         "promoted": {},
         "released": [],
         "stopping": [],
+        "retried": [],
+        "settled": [],
     }
 
     for name, function in functions.items():

@@ -18,13 +18,14 @@ from stream_records import image, record
 
 from scheduler.aws import handlers
 from scheduler.db.models import JobModel, RepoModel
-from scheduler.db.store import NewJob
+from scheduler.db.store import NewJob, Outcome, system_clock
 from scheduler.local.executor import LocalExecutor
 from scheduler.local.stack import StackOptions
 from scheduler.local.stack import compose as compose_local
 from scheduler.runs.executor import RunStatus
 from scheduler.runs.operations import Operations
 from scheduler.settings import Settings
+from scheduler.stream.reconciler import Reconciler
 from scheduler.wiring import Core
 from state_machines import Trigger
 
@@ -39,7 +40,10 @@ def aws(
     """The AWS runtime's core (what every Lambda function builds), concurrency 1, its
     CodeBuild client a stand-in whose StopBuild needs asking twice."""
     config = tmp_path / "repos.toml"
-    config.write_text('[defaults]\nconcurrency = 1\ncommand = ["make", "test"]\ncheckout = false\n')
+    config.write_text(
+        '[defaults]\nconcurrency = 1\ncommand = ["make", "test"]\ncheckout = false\n'
+        '[defaults.retry]\nattempts = 2\non = ["timed_out"]\n'
+    )
     monkeypatch.setenv("SCHEDULER_CODEBUILD_PROJECT", "ci-project")
     monkeypatch.setenv("SCHEDULER_CONFIG", str(config))
     handlers.core.cache_clear()
@@ -131,6 +135,92 @@ def test_a_lost_retry_record_still_runs_the_new_attempt(
     assert (job("retry-a").status, int(job("retry-a").attempt)) == ("active", 2)
     assert builds.in_progress() == ["ci-project:retry-a-2"]
     assert running() == 1
+
+
+def later_reconciler(core: Core, by_ms: int) -> Reconciler:
+    """The core's reconciliation, its clock ``by_ms`` ahead (past the grace it leaves the
+    stream for a finish's own record), made as the composition makes it."""
+    made = core.reconciler
+    return Reconciler(
+        core.store,
+        core.dispatcher.promote,
+        core.sweeper,
+        made.stops,
+        redrive=core.dispatcher.redrive_failed,
+        clock=lambda: system_clock() + by_ms,
+    )
+
+
+def test_a_lost_failure_record_that_owed_a_retry_is_retried_by_the_reconciliation(
+    aws: tuple[Core, CodeBuildStandIn],
+) -> None:
+    """The policy retries ``timed_out`` (2 attempts): the ``active -> failed`` record is
+    dropped, and the reconciliation makes the retry the record owed, once."""
+    core, builds = aws
+    submitted(core, "owed-a")
+    builds.builds["ci-project:owed-a-1"] = "TIMED_OUT"
+    core.store.transition(core.store.state("owed-a"), Trigger.TIME_OUT, actor="reaper")
+    assert running() == 0  # its record (retry owed) is dropped
+
+    early = core.reconciler.run_once()  # within the grace left for the stream: untouched
+    assert early.retried == [] and job("owed-a").status == "failed"
+
+    later = later_reconciler(core, 120_000)
+    first = later.run_once()
+    assert first.retried == ["owed-a"]
+    assert (job("owed-a").status, int(job("owed-a").attempt)) == ("active", 2)
+    assert later.run_once().retried == []  # retried once, the mark went with the retry
+    assert job("owed-a").held_shard is None
+
+
+def test_a_failure_that_owed_no_retry_is_settled_once_and_left_alone(
+    aws: tuple[Core, CodeBuildStandIn],
+) -> None:
+    """A failure the policy does not retry (exit code; or a second timeout, attempts used up)
+    is only taken out of the index: it is not retried, and not read again."""
+    core, _builds = aws
+    submitted(core, "done-a")
+    core.store.transition(
+        core.store.state("done-a"), Trigger.FAIL, actor="runner", outcome=Outcome("exit_code")
+    )
+    later = later_reconciler(core, 120_000)
+    first = later.run_once()
+    assert first.retried == [] and first.settled == ["done-a"]
+    assert job("done-a").status == "failed" and job("done-a").held_shard is None
+    assert later.run_once().settled == []
+
+
+def test_a_retry_made_by_the_stream_and_a_reconciliation_race_to_one_attempt(
+    aws: tuple[Core, CodeBuildStandIn],
+) -> None:
+    core, _builds = aws
+    submitted(core, "both-a")
+    active = image("both-a")
+    core.store.transition(core.store.state("both-a"), Trigger.TIME_OUT, actor="reaper")
+    failed = record("both-a", active)
+    later = later_reconciler(core, 120_000)
+    barrier = threading.Barrier(2)
+    outcomes: list[object] = []
+
+    def stream() -> None:
+        barrier.wait()
+        outcomes.append(
+            core.dispatcher.handle_event({"Records": [failed]}, time_left_ms=lambda: 60_000)
+        )
+
+    def reconcile() -> None:
+        barrier.wait()
+        outcomes.append(later.run_once().retried)
+
+    threads = [threading.Thread(target=stream), threading.Thread(target=reconcile)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(outcomes) == 2
+    state = job("both-a")
+    assert (state.status, int(state.attempt)) in {("pending", 2), ("active", 2)}
+    assert [e.dest for e in state.history].count("pending") == 2  # created, retried once
 
 
 def test_racing_reconciliations_and_the_cancel_record_free_each_slot_once(
@@ -262,10 +352,13 @@ def test_a_round_costs_requests_by_the_repositories_with_work_not_by_history(
         assert core.reconciler.run_once().to_dict() == {
             "released": [],
             "stopping": [],
+            "retried": [],
+            "settled": [],
             "promoted": {},
         }
-        # held_slots + with_queue, then a queue read and a counters read per busy repository;
-        # the first round also takes the idle ones out of the index (their queues emptied).
+        # held_slots (slots, then failures) + with_queue, then a queue read and a counters
+        # read per busy repository; the first round also takes the idle ones out of the index
+        # (their queues emptied).
         cleared = 40 if round_ == 0 else 0
-        assert len(calls) == 2 + 2 * len(busy) + cleared, calls
+        assert len(calls) == 3 + 2 * len(busy) + cleared, calls
         assert calls.count("UpdateItem") == cleared
