@@ -47,10 +47,14 @@ app = typer.Typer(
     help="Idempotent CI/CD job scheduler on DynamoDB Streams.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
 )
 tables_app = typer.Typer(help="Manage the scheduler's DynamoDB tables.", no_args_is_help=True)
 app.add_typer(tables_app, name="tables")
+dynamodb_local_app = typer.Typer(
+    help="The DynamoDB Local the local stack runs (installed on first use).",
+    no_args_is_help=True,
+)
+app.add_typer(dynamodb_local_app, name="dynamodb-local")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 RepoArgument = Annotated[str, typer.Argument(metavar="OWNER/REPO", show_default=False)]
@@ -104,12 +108,26 @@ class Invocation:
 INVOCATION = Invocation()
 
 
+def print_version(wanted: bool) -> None:
+    if wanted:
+        from importlib.metadata import version
+
+        typer.echo(f"scheduler {version('dynamo-scheduler')}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def global_options(
     verbose: Annotated[
         bool,
         typer.Option(
             "--verbose", "-v", help="Say on stderr which DynamoDB and URL are used, and why."
+        ),
+    ] = False,
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=print_version, is_eager=True, help="Print the version, exit."
         ),
     ] = False,
 ) -> None:
@@ -162,6 +180,19 @@ def tables_create(as_json: JsonOption = False) -> None:
         as_json,
         "created: " + ", ".join(created) if created else "all tables exist",
     )
+
+
+@dynamodb_local_app.command("install")
+def dynamodb_local_install(as_json: JsonOption = False) -> None:
+    """Download the pinned DynamoDB Local (checked against its lock's sha512) where
+    ``scheduler up`` looks for it: SCHEDULER_DYNAMODB_LOCAL_DIR, the checkout's
+    .dynamodb-local/, else the user's cache. Does nothing when it is there."""
+    from scheduler.local.dynamodb_local_install import ensure_installed
+
+    where = Settings.from_env().dynamodb_local_dir
+    installed = ensure_installed(where, quiet=as_json)
+    state = "installed" if installed else "already installed"
+    emit({"dir": str(where), "installed": installed}, as_json, f"DynamoDB Local {state} in {where}")
 
 
 @app.command("status")
@@ -246,21 +277,22 @@ def logs(
         shown = json.dumps(data, sort_keys=True) if as_json else cli_logs.for_terminal(text)
         typer.echo(shown, nl=as_json)
         return
-    pieces: list[str] = []
+
+    def json_line(line: str) -> None:
+        typer.echo(line)
+        sys.stdout.flush()  # each object as it comes, into a pipe too
 
     def write(text: str) -> None:
-        if as_json:
-            pieces.append(text)
-            return
         typer.echo(cli_logs.for_terminal(text), nl=False)
         sys.stdout.flush()
 
-    job = use_case.follow(job_id, attempt, write)
+    first = use_case.target(ctx.queries.job(job_id), attempt).attempt
+    lines = cli_logs.JsonLines(job_id, first, json_line)
+    job = use_case.follow(job_id, attempt, lines.write if as_json else write)
     number = use_case.target(job, attempt).attempt
     code = cli_logs.exit_code_of(job, number if attempt else None)
-    data = {"job_id": job.job_id, "attempt": number, "status": job.status, "exit_code": code}
     if as_json:
-        typer.echo(json.dumps({**data, "log": "".join(pieces)}, sort_keys=True))
+        lines.end(job.status, code)
     raise typer.Exit(code)
 
 

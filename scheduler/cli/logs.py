@@ -8,10 +8,12 @@ CodeBuild build's CloudWatch Logs stream.
 
 from __future__ import annotations
 
+import json
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from scheduler.config import load_config
 from scheduler.db.queries import JobDetail, Queries
@@ -24,6 +26,7 @@ from state_machines import JobStatus
 
 __all__ = [
     "JobLogFiles",
+    "JsonLines",
     "escape_controls",
     "exit_code_of",
     "for_terminal",
@@ -82,3 +85,50 @@ def for_terminal(text: str, stream: TextIO | None = None) -> str:
     control characters escaped on a terminal, unchanged into a pipe or a file."""
     out = sys.stdout if stream is None else stream
     return escape_controls(text) if out.isatty() else text
+
+
+# The marker RunLogs.follow writes when it goes on to an automatic retry's attempt.
+_NEXT_ATTEMPT = re.compile(r"\[scheduler: attempt (\d+)\]")
+# A line longer than this is written in pieces rather than held (as the text follow does).
+_MAX_HELD_CHARS = 64 * 1024
+
+
+class JsonLines:
+    """``logs --follow --json``: one JSON object per output line, written as it comes.
+
+    ``{"event": "line", "job_id", "attempt", "line"}`` for each line of the run's output
+    (without its newline), ``{"event": "attempt", ...}`` when an automatic retry's attempt
+    starts, and last ``{"event": "end", "job_id", "attempt", "status", "exit_code"}``.
+    """
+
+    def __init__(self, job_id: str, attempt: int, out: Callable[[str], None]) -> None:
+        self.job_id = job_id
+        self.attempt = attempt
+        self._out = out
+        self._held = ""
+
+    def write(self, text: str) -> None:
+        *lines, self._held = (self._held + text).split("\n")
+        for line in lines:
+            self._line(line)
+        if len(self._held) > _MAX_HELD_CHARS:
+            self._line(self._held)
+            self._held = ""
+
+    def end(self, status: str, exit_code: int) -> None:
+        if self._held:
+            self._line(self._held)
+            self._held = ""
+        self._emit("end", status=status, exit_code=exit_code)
+
+    def _line(self, line: str) -> None:
+        marker = _NEXT_ATTEMPT.fullmatch(line)
+        if marker is not None and int(marker.group(1)) > self.attempt:
+            self.attempt = int(marker.group(1))
+            self._emit("attempt")
+            return
+        self._emit("line", line=line)
+
+    def _emit(self, event: str, **fields: Any) -> None:
+        data = {"event": event, "job_id": self.job_id, "attempt": self.attempt, **fields}
+        self._out(json.dumps(data, sort_keys=True))

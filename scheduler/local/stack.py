@@ -30,6 +30,7 @@ from scheduler.errors import ConfigurationError, StoreUnavailable
 from scheduler.github.clone_urls import github_host
 from scheduler.github.delivery import webhook_secret
 from scheduler.local.dynamodb_local import DynamoDBLocal, port_in_use, stack_access_key
+from scheduler.local.dynamodb_local_install import ensure_installed
 from scheduler.local.executor import LocalExecutor
 from scheduler.local.http_server import LocalHTTPServer
 from scheduler.local.log_reader import LocalLogReader
@@ -163,6 +164,7 @@ class LocalStack:
         settings = self.settings
         if settings.dynamodb_endpoint is None:
             key = stack_access_key(data_dir / "dynamodb", settings.region)
+            ensure_installed(settings.dynamodb_local_dir)  # first use: one progress line
             self._dynamodb = DynamoDBLocal(
                 settings.dynamodb_local_dir,
                 port=self.options.dynamodb_port or None,
