@@ -8,6 +8,11 @@ caller claims the key in DynamoDB first (``JobStore.claim_run``).
 Database trouble never decides a run's fate: a claim that meets an unavailable store is tried
 again until it is decided, and an outcome is kept on disk (:mod:`scheduler.local.run_records`)
 and reported until the store takes it, across restarts.
+
+Nor does a full disk: an outcome that cannot be written is held in memory and reported all the
+same (a finished command is never run again for want of its record), a run that cannot be
+started for the disk fails at once as ``start_failed`` (retried), and output lost from a log is
+said so in it (:class:`~scheduler.local.run_log.CappedLog`).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from scheduler.disk_space import DISK, DiskSpace, disk_condition
 from scheduler.errors import InvalidArgument
 from scheduler.github.clone_urls import DEFAULT_GITHUB_HOST
 from scheduler.local.checkout import TOKEN_VARIABLE, CheckoutFailed, CommitNotFound, SourceCheckout
@@ -84,6 +90,7 @@ class LocalExecutor:
         mask_for: Callable[[str], Masker] = lambda _repo: NO_MASK,
         sandbox: Bubblewrap | None = None,
         github_host: str = DEFAULT_GITHUB_HOST,
+        disk: DiskSpace = DISK,
     ) -> None:
         """``sandbox``: what runs whose request asks for one execute in (None: a request that
         asks for one fails as ``error``, never runs unsandboxed)."""
@@ -93,7 +100,11 @@ class LocalExecutor:
         self._runs: dict[str, _Run] = {}
         self._lock = threading.Lock()
         self._closing = threading.Event()
-        self.records = RunRecords(work_dir)
+        self._disk = disk
+        self.records = RunRecords(work_dir, disk)
+        # Logs whose end a full disk refused, written when space is back.
+        self._unfinished_logs: list[tuple[RunRequest, CappedLog]] = []
+        disk.on_space_back(self.finish_logs)
         # Work directories of the last failed runs, kept to look into; every other one is
         # removed when its run ends (disk stays bounded however many jobs run).
         self._kept: deque[Path] = deque()
@@ -234,9 +245,17 @@ class LocalExecutor:
                 return
             try:
                 result = self._run_process(run)
-            except Exception:
-                log.exception("run failed to execute", extra={"job_id": request.job_id})
-                result = RunResult(request.job_id, request.attempt, None, summary="executor error")
+            except Exception as exc:
+                if run.group is None and self._disk.failed(exc, "run"):
+                    result = self._not_started(request, exc)  # nothing of it was spawned
+                else:
+                    log.exception(
+                        "run failed to execute",
+                        extra={"job_id": request.job_id, "attempt": request.attempt},
+                    )
+                    result = RunResult(
+                        request.job_id, request.attempt, None, summary="executor error"
+                    )
             if not run.abandoned:
                 result = replace(
                     result,
@@ -245,15 +264,65 @@ class LocalExecutor:
                     ended_at=time.time_ns() // 1_000_000,
                 )
                 run.finished = True
+                # Held in memory if the disk refuses it: reported all the same.
                 self.records.keep_result(request.idempotency_key, result)
                 self.report(request.idempotency_key, result)
                 self._clean_up(request, result)
+        except Exception:
+            # A pool thread's exception would vanish in its future: never without a line.
+            log.exception(
+                "run's outcome not handled",
+                extra={"job_id": request.job_id, "attempt": request.attempt},
+            )
         finally:
             run.done.set()
             with self._lock:
                 # Forgotten once ended (memory stays bounded): another start of the same key
                 # is refused by its claim in DynamoDB.
                 self._runs.pop(request.idempotency_key, None)
+
+    def _not_started(self, request: RunRequest, exc: BaseException) -> RunResult:
+        """The run could not be started for the disk: ``start_failed`` (retried as
+        infrastructure), reported now rather than found by the reaper."""
+        note = f"cannot start: disk {disk_condition(exc)}"
+        log.warning(
+            "run not started: the disk refused its records",
+            extra={"job_id": request.job_id, "attempt": request.attempt},
+        )
+        return RunResult(request.job_id, request.attempt, None, summary=note, reason=START_FAILED)
+
+    def finish_logs(self) -> int:
+        """Write the ends of logs a full disk refused; returns how many still wait."""
+        with self._lock:
+            waiting, self._unfinished_logs = self._unfinished_logs, []
+        left = []
+        for request, output in waiting:
+            if output.finish_pending():
+                log.info(
+                    "run log completed once space was back",
+                    extra={"job_id": request.job_id, "attempt": request.attempt},
+                )
+            else:
+                left.append((request, output))
+        with self._lock:
+            self._unfinished_logs.extend(left)
+            return len(self._unfinished_logs)
+
+    def _log_ended(self, request: RunRequest, output: CappedLog) -> None:
+        """Say (once, with its job and attempt) that the log lost output or waits for space."""
+        if output.lost_bytes or not output.complete:
+            log.warning(
+                "run log lost output to the disk",
+                extra={
+                    "job_id": request.job_id,
+                    "attempt": request.attempt,
+                    "lost_bytes": output.lost_bytes,
+                    "waiting_bytes": len(output.pending),
+                },
+            )
+        if not output.complete:
+            with self._lock:
+                self._unfinished_logs.append((request, output))
 
     def _claim(self, run: _Run) -> bool:
         """The claim, tried again while the store cannot answer (it is never a job's failure)."""
@@ -364,20 +433,35 @@ class LocalExecutor:
             shared=request.sandbox_paths,
         )
 
+    def _ready(self, request: RunRequest, workdir: Path, output: CappedLog) -> str | RunResult:
+        """The attempt's folder made and its record written: the token its processes carry,
+        or the result of a run that cannot be started (then its log is closed)."""
+        refused = self._prepare(request, workdir, output)
+        if refused is not None:
+            output.close()
+            return refused
+        try:
+            # Recorded before the spawn: a stack killed at any moment leaves no untracked
+            # process. Without that record nothing is spawned.
+            return self.records.starting(request.idempotency_key)
+        except OSError as exc:
+            if disk_condition(exc) is None:
+                raise
+            output.write(f"[scheduler: cannot start: disk {disk_condition(exc)}]\n".encode())
+            output.close()
+            return self._not_started(request, exc)
+
     def _run_process(self, run: _Run) -> RunResult:
         request = run.request
         workdir = self.workdir(request)
         run.log_path.parent.mkdir(parents=True, exist_ok=True)
         # The output goes through a pipe drained by a thread of its own into a capped log
         # (head and tail); the pump ends with the process group, whatever holds the pipe.
-        output = CappedLog(run.log_path, self._log_max_bytes)
-        refused = self._prepare(request, workdir, output)
-        if refused is not None:
-            output.close()
-            return refused
+        output = CappedLog(run.log_path, self._log_max_bytes, disk=self._disk)
+        token = self._ready(request, workdir, output)
+        if isinstance(token, RunResult):
+            return token
         mask = self._mask_for(request.repo)
-        # Recorded before the spawn: a stack killed at any moment leaves no untracked process.
-        token = self.records.starting(request.idempotency_key)
         env = {**self._base_env, **request.environment(), MARKER: request.idempotency_key}
         env[TOKEN] = token
         missing = [name for name in request.secrets if name not in self._secrets]
@@ -426,6 +510,7 @@ class LocalExecutor:
             self.records.ended(request.idempotency_key)  # only once nothing of it is left
             if pump is not None:
                 pump.finish(OUTPUT_GRACE_SECONDS)
+            self._log_ended(request, output)
         if run.cancelled or timed_out:
             exit_code = None
         return RunResult(

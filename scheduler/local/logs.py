@@ -3,6 +3,10 @@
 Modules log ``log.info("job transition", extra={"job_id": ..., "repo": ...})``; the stock
 formatter drops those fields, so an operator would read "job transition" with no job id. The
 formatter here appends every extra field as ``key=value`` after the message, in a stable order.
+
+A record whose exception is a disk condition (ENOSPC, EDQUOT, EROFS; :mod:`scheduler.disk_space`)
+is not printed with its traceback, again and again: it is handed to the process's disk
+condition, which logs one line when the condition begins and one when space is back.
 """
 
 from __future__ import annotations
@@ -11,7 +15,15 @@ import logging
 import sys
 from typing import IO, Any
 
-__all__ = ["FIELD_ORDER", "StructuredFormatter", "configure_logging", "extra_fields"]
+from scheduler.disk_space import DISK, DiskSpace
+
+__all__ = [
+    "FIELD_ORDER",
+    "DiskConditionFilter",
+    "StructuredFormatter",
+    "configure_logging",
+    "extra_fields",
+]
 
 #: Fields printed first, in this order; any other extra field follows, sorted by name.
 FIELD_ORDER = ("job_id", "repo", "attempt", "transition", "actor")
@@ -76,6 +88,25 @@ class StructuredFormatter(logging.Formatter):
         return f"{line} {pairs}" if pairs else line
 
 
+class DiskConditionFilter(logging.Filter):
+    """Drops records whose exception is a disk condition, after noting it in ``disk`` (which
+    logs the condition's transitions, once each)."""
+
+    def __init__(self, disk: DiskSpace = DISK) -> None:
+        super().__init__()
+        self._disk = disk
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None:
+            return True
+        try:
+            where = f"{record.name}: {record.getMessage()}"
+        except Exception:  # a bad message must not turn the condition into a traceback
+            where = record.name
+        return not self._disk.failed(exc, where)
+
+
 class _StructuredHandler(logging.StreamHandler[IO[str]]):
     """The handler configure_logging installs; its class is how a second call finds it."""
 
@@ -93,5 +124,6 @@ def configure_logging(level: int = logging.INFO, stream: IO[str] | None = None) 
             existing.close()
     handler = _StructuredHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(StructuredFormatter())
+    handler.addFilter(DiskConditionFilter())
     root.addHandler(handler)
     root.setLevel(level)

@@ -15,6 +15,10 @@ Two small records per run, under the executor's folder:
   by a timeout. A reported outcome is kept for the job's retention, as its log is: DynamoDB
   Local can lose a write it acknowledged just before it was killed, and a finish it lost is
   then reported again as the run ended (:meth:`RunRecords.outcome`), not guessed.
+
+An outcome that cannot be written (a full disk) is never dropped: it is held in memory, answered
+by :meth:`RunRecords.outcome` and reported as usual, and written (to ``results/`` or, once
+reported, ``reported/``) when space is back.
 """
 
 from __future__ import annotations
@@ -25,10 +29,12 @@ import logging
 import os
 import secrets
 import signal
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
 
+from scheduler.disk_space import DISK, DiskSpace, disk_condition
 from scheduler.runs.executor import RunResult
 
 __all__ = ["MARKER", "RunRecords"]
@@ -47,24 +53,39 @@ def _file_name(key: str) -> str:
 
 
 class RunRecords:
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, disk: DiskSpace = DISK) -> None:
         self._procs = folder / "procs"
         self._results = folder / "results"
         self._reported = folder / "reported"
         for records in (self._procs, self._results, self._reported):
             records.mkdir(parents=True, exist_ok=True)
+        self._disk = disk
+        self._lock = threading.Lock()
+        # Outcomes not on disk yet: key -> (outcome, reported already).
+        self._held: dict[str, tuple[RunResult, bool]] = {}
+        disk.watch(folder)
+        disk.on_space_back(self.flush)
 
     # -- process groups ----------------------------------------------------------------------
 
     def starting(self, key: str) -> str:
         """Record a run about to be spawned; returns the token its processes must carry."""
         token = secrets.token_hex(16)
-        _write_atomically(self._procs / _file_name(key), {"key": key, "token": token})
+        try:
+            _write_atomically(self._procs / _file_name(key), {"key": key, "token": token})
+        except OSError as exc:
+            self._disk.failed(exc, "run records")
+            raise
         return token
 
     def ended(self, key: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        try:
             (self._procs / _file_name(key)).unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # a read-only disk: the record's token is carried by nobody now
+            if not self._disk.failed(exc, "run records"):
+                raise
 
     def kill_leftovers(self) -> list[str]:
         """Kill what is left of runs of a previous runner; return their keys."""
@@ -91,18 +112,78 @@ class RunRecords:
 
     # -- outcomes ----------------------------------------------------------------------------
 
-    def keep_result(self, key: str, result: RunResult) -> None:
-        _write_atomically(self._results / _file_name(key), {"key": key, **asdict(result)})
+    def keep_result(self, key: str, result: RunResult) -> bool:
+        """Write the outcome before it is reported; True if it is on disk. If it cannot be
+        written it is held in memory (logged once, with its job and attempt) until
+        :meth:`flush` writes it."""
+        try:
+            _write_atomically(self._results / _file_name(key), {"key": key, **asdict(result)})
+        except OSError as exc:
+            with self._lock:
+                self._held[key] = (result, False)
+            self._disk.failed(exc, "run records")
+            log.warning(
+                "run outcome not written to disk: held in memory until it can be",
+                extra={
+                    "job_id": result.job_id,
+                    "attempt": result.attempt,
+                    "error": disk_condition(exc) or str(exc),
+                },
+            )
+            return False
+        return True
 
     def result_reported(self, key: str) -> None:
         """The store has the outcome: it is kept aside (see :meth:`outcome`), never reported
         again at start-up."""
+        with self._lock:
+            held = self._held.get(key)
+            if held is not None:
+                self._held[key] = (held[0], True)
+                return
         name = _file_name(key)
-        with contextlib.suppress(FileNotFoundError):
+        try:
             os.replace(self._results / name, self._reported / name)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # left in results/: reported again at start-up, a moot report
+            if not self._disk.failed(exc, "run records"):
+                log.warning("reported outcome not moved aside: %s", exc, extra={"run_id": key})
+
+    @property
+    def held(self) -> int:
+        """How many outcomes are in memory only."""
+        return len(self._held)
+
+    def flush(self) -> int:
+        """Write the outcomes held in memory (reported ones straight to ``reported/``);
+        returns how many are still held. Stops at the first write that fails."""
+        with self._lock:
+            held = list(self._held.items())
+        for key, (result, reported) in held:
+            folder = self._reported if reported else self._results
+            try:
+                _write_atomically(folder / _file_name(key), {"key": key, **asdict(result)})
+            except OSError as exc:
+                if not self._disk.failed(exc, "run records"):
+                    log.warning("held run outcome not written: %s", exc, extra={"run_id": key})
+                break
+            with self._lock:
+                now = self._held.get(key)
+                if now is not None and now[1] != reported:  # reported meanwhile: move it aside
+                    name = _file_name(key)
+                    with contextlib.suppress(OSError):
+                        os.replace(self._results / name, self._reported / name)
+                self._held.pop(key, None)
+            log.info(
+                "held run outcome written to disk",
+                extra={"job_id": result.job_id, "attempt": result.attempt, "reported": reported},
+            )
+        return len(self._held)
 
     def unreported_results(self) -> list[tuple[str, RunResult]]:
-        found = []
+        with self._lock:
+            found = [(key, result) for key, (result, done) in self._held.items() if not done]
         for path in sorted(self._results.glob("*.json")):
             result = _result_in(path)
             if result is None:
@@ -114,6 +195,9 @@ class RunRecords:
     def outcome(self, key: str) -> RunResult | None:
         """How the run of ``key`` ended here, reported or not; None if it never ended here
         (or its record is past the retention)."""
+        held = self._held.get(key)
+        if held is not None:
+            return held[0]
         name = _file_name(key)
         for folder in (self._results, self._reported):
             found = _result_in(folder / name)
@@ -161,10 +245,14 @@ def _result_in(path: Path) -> tuple[str, RunResult] | None:
 
 def _write_atomically(path: Path, data: dict[str, object]) -> None:
     temporary = path.with_suffix(".tmp")
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(data, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump(data, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError:
+        temporary.unlink(missing_ok=True)  # a part written is no record
+        raise
     os.replace(temporary, path)
 
 
