@@ -34,6 +34,7 @@ from scheduler.api.headers import sendable
 from scheduler.config import RepositoryConfig, load_config
 from scheduler.db import models
 from scheduler.db.store import DAY_MS, Clock, JobStore, system_clock
+from scheduler.disk_space import DISK
 from scheduler.errors import (
     DomainError,
     InvalidArgument,
@@ -356,7 +357,9 @@ def request_from_lambda(event: HttpApiEvent, max_body_bytes: int) -> Request:
 
 
 def _healthz(_: Request) -> Response:
-    return Response(200, {"status": "ok"})
+    """200 while the process answers; ``disk`` names its disk condition (``ok``, ``full``,
+    ``over_quota``, ``read_only``) so a probe sees a full disk the process lives through."""
+    return Response(200, {"status": "ok", "disk": DISK.condition})
 
 
 def create_query_app(

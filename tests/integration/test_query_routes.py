@@ -297,4 +297,4 @@ def test_unknown_paths_are_404_and_wrong_methods_405(transport: Transport) -> No
     else:
         refused(answer, 405)
         assert answer.headers["allow"] == "POST"
-    assert transport.send("GET", "/healthz").body == {"status": "ok"}
+    assert transport.send("GET", "/healthz").body == {"status": "ok", "disk": "ok"}

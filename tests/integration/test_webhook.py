@@ -412,7 +412,7 @@ def test_tags_build_where_configured(transport: Transport) -> None:
 
 def test_healthz(transport: Transport) -> None:
     answer = transport.send("GET", "/healthz", {}, b"")
-    assert (answer.status, answer.body) == (200, {"status": "ok"})
+    assert (answer.status, answer.body) == (200, {"status": "ok", "disk": "ok"})
 
 
 # -- bad input: a 4xx with an error message, nothing written ----------------------------------

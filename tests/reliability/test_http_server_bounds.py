@@ -263,7 +263,8 @@ def test_keep_alive_requests_each_get_the_whole_deadline(
             for _ in range(10):
                 connection.request("GET", "/healthz")
                 response = connection.getresponse()
-                assert (response.status, json.loads(response.read())) == (200, {"status": "ok"})
+                answer = (response.status, json.loads(response.read()))
+                assert answer == (200, {"status": "ok", "disk": "ok"})
                 time.sleep(0.5)
         finally:
             connection.close()
