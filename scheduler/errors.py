@@ -31,6 +31,7 @@ __all__ = [
     "MalformedStreamRecord",
     "MethodNotAllowed",
     "PayloadTooLarge",
+    "PipelineFileError",
     "RepoNotFound",
     "RepositoryFull",
     "RequestTimeout",
@@ -283,3 +284,24 @@ class MalformedStreamRecord(DomainError):
     def __init__(self, sequence_number: str, detail: str) -> None:
         super().__init__(f"stream record {sequence_number}: {detail}")
         self.sequence_number = sequence_number
+
+
+class PipelineFileError(DomainError):
+    """A repository's pipeline file (``.scheduler/pipeline.yml``) breaks a rule.
+
+    The pipeline fails at once with ``reason`` and the 1-based ``line`` it was found on (None
+    when the file as a whole is at fault: too large, not UTF-8); no step is created for it.
+    It is the repository's error, not the operator's, hence 422 rather than a configuration 500.
+    """
+
+    http_status = 422
+    exit_code = 2
+
+    def __init__(
+        self, reason: str, line: int | None, source: str = ".scheduler/pipeline.yml"
+    ) -> None:
+        where = f"{source}:{line}" if line is not None else source
+        super().__init__(f"{where}: {reason}")
+        self.reason = reason
+        self.line = line
+        self.source = source

@@ -1,0 +1,40 @@
+"""Pipelines from the repository: the file parsed and checked, its steps, fan-in (pure, no I/O)."""
+
+from scheduler.pipelines.conditions import Condition, parse_condition
+from scheduler.pipelines.decide import Decision, RunFacts, Verdict, decide, verdict
+from scheduler.pipelines.matrix import expand, variant_count, variant_key
+from scheduler.pipelines.model import (
+    DEFAULT_STEP_KEY,
+    ENDED_STATUSES,
+    PIPELINE_FILE,
+    EndStatus,
+    Pipeline,
+    Step,
+    StepStatus,
+    one_step_pipeline,
+)
+from scheduler.pipelines.spec import MAX_FILE_BYTES, MAX_STEPS, parse_pipeline
+
+__all__ = [
+    "DEFAULT_STEP_KEY",
+    "ENDED_STATUSES",
+    "MAX_FILE_BYTES",
+    "MAX_STEPS",
+    "PIPELINE_FILE",
+    "Condition",
+    "Decision",
+    "EndStatus",
+    "Pipeline",
+    "RunFacts",
+    "Step",
+    "StepStatus",
+    "Verdict",
+    "decide",
+    "expand",
+    "one_step_pipeline",
+    "parse_condition",
+    "parse_pipeline",
+    "variant_count",
+    "variant_key",
+    "verdict",
+]
