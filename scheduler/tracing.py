@@ -1,4 +1,5 @@
-"""Tracing with AWS X-Ray (``SCHEDULER_TRACING=xray``; on by default on Lambda, off locally).
+"""Tracing: ``SCHEDULER_TRACING=xray`` (AWS X-Ray; on by default on Lambda, off locally),
+``otlp`` (OpenTelemetry over OTLP/HTTP, :mod:`scheduler.tracing_otlp`) or ``off``.
 
 One trace follows a job: the webhook request that made it opens the trace, its id is stored on
 the job (``trace_id``), and every later piece of work on the job (each stream record's
@@ -12,6 +13,8 @@ Locally the scheduler opens segments itself and sends them to the daemon address
 trace id. Segments carry ids, names and annotations only: never a payload, a header or a secret.
 
 When tracing is off every function here is a no-op (the SDK is not even configured).
+With ``otlp`` the same units of work and spans go to an OpenTelemetry collector instead, one
+trace per job all the same (see :mod:`scheduler.tracing_otlp`); its SDK is imported only then.
 """
 
 from __future__ import annotations
@@ -20,18 +23,27 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["configure", "current_trace_id", "enabled", "span", "work"]
+if TYPE_CHECKING:
+    from scheduler.tracing_otlp import OtlpTracer
+
+__all__ = ["MODES", "configure", "current_trace_id", "enabled", "flush", "span", "work"]
 
 log = logging.getLogger(__name__)
 
 SERVICE = "scheduler"
-_state: dict[str, Any] = {"recorder": None, "lambda": False}
+MODES = ("xray", "otlp", "off")
+_state: dict[str, Any] = {"recorder": None, "lambda": False, "otlp": None}
 
 
 def configure(mode: str | None) -> bool:
-    """Turn tracing on (``"xray"``) or off (anything else); True if on. Idempotent."""
+    """Turn tracing on (``"xray"``, ``"otlp"``) or off (anything else); True if on.
+    Idempotent."""
+    if mode == "otlp":
+        return _configure_otlp()
+    if mode not in (None, *MODES):
+        log.warning("unknown SCHEDULER_TRACING %r: tracing is off (use xray, otlp or off)", mode)
     if mode != "xray":
         return False
     if _state["recorder"] is not None:
@@ -54,12 +66,34 @@ def configure(mode: str | None) -> bool:
     return True
 
 
+def _configure_otlp() -> bool:
+    if _state["otlp"] is None:
+        from scheduler.tracing_otlp import OtlpTracer
+
+        _state["otlp"] = OtlpTracer(SERVICE)
+        log.info("tracing with OpenTelemetry (OTLP/HTTP)")
+    return True
+
+
+def _otlp() -> OtlpTracer | None:
+    tracer: OtlpTracer | None = _state["otlp"]
+    return tracer
+
+
 def enabled() -> bool:
-    return _state["recorder"] is not None
+    return _state["recorder"] is not None or _state["otlp"] is not None
+
+
+def flush() -> None:
+    """Send the spans still buffered (a Lambda invocation's end: its sandbox may freeze)."""
+    if (tracer := _otlp()) is not None:
+        tracer.flush()
 
 
 def current_trace_id() -> str | None:
     """The trace id of the work under way (to store on a new job), or None."""
+    if (tracer := _otlp()) is not None:
+        return tracer.current_trace_id()
     recorder = _state["recorder"]
     if recorder is None:
         return None
@@ -71,6 +105,10 @@ def current_trace_id() -> str | None:
 def work(name: str, *, trace_id: str | None = None, **annotations: str | int) -> Iterator[None]:
     """A unit of work (a request, a stream record): a segment in trace ``trace_id`` (a new
     trace if None) locally, a subsegment of the invocation's segment on Lambda."""
+    if (tracer := _otlp()) is not None:
+        with tracer.work(name, trace_id, annotations):
+            yield
+        return
     recorder = _state["recorder"]
     if recorder is None:
         yield
@@ -93,6 +131,10 @@ def work(name: str, *, trace_id: str | None = None, **annotations: str | int) ->
 @contextlib.contextmanager
 def span(name: str, **annotations: str | int | None) -> Iterator[None]:
     """A subsegment of the work under way, with annotations (no-op outside any work)."""
+    if (tracer := _otlp()) is not None:
+        with tracer.span(name, annotations):
+            yield
+        return
     recorder = _state["recorder"]
     if recorder is None or recorder.get_trace_entity() is None:
         yield
