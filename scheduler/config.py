@@ -33,37 +33,45 @@ runs and with which limits. Key names are fixed by DESIGN.md::
     command = ["./ci.sh"]
     clone_url = "/srv/git/api.git"               # fetched from (default: the payload's https URL)
 
-A bad file is one :class:`ConfigurationError` naming the file and the key (unknown keys too,
-so a typo never silently means "default"). Without a file the built-in default applies:
-accept every repository, build every branch with ``make test``.
+Keys, types, ranges and choices are the JSON Schema ``config_schema.json`` (package data,
+validated by :mod:`scheduler.config_schema`). A bad file is one :class:`ConfigurationError`
+naming the file, the key and the first problem (unknown keys too, so a typo never silently means
+"default"; ``retry.on = ["timeout"]`` is refused, not a retry that never happens);
+``scheduler config check FILE`` lists every problem with its line. Without a file the built-in
+default applies: accept every repository, build every branch with ``make test``.
 """
 
 from __future__ import annotations
 
-import re
+import json
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Literal
 
+from scheduler.config_schema import Problem, validate
 from scheduler.errors import ConfigurationError
 from scheduler.repo_name import canonical_repo
 
 __all__ = [
     "DEFAULT_CONFIG",
+    "FORK_MODES",
+    "RETRY_REASONS",
+    "SANDBOX_MODES",
+    "SUPERSEDE_MODES",
     "ForkMode",
+    "Problem",
     "RepoPolicy",
     "RepositoryConfig",
     "RetryPolicy",
     "SandboxMode",
     "SupersedeMode",
+    "check_document",
     "load_config",
     "parse_config",
 ]
-
-MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
 
 SupersedeMode = Literal["off", "queued", "all"]
 """Which older jobs of a branch (or pull request) a newer job cancels as ``superseded``."""
@@ -75,8 +83,9 @@ FORK_MODES: tuple[ForkMode, ...] = ("approve", "run", "skip")
 
 SandboxMode = Literal["on", "off"]
 SANDBOX_MODES: tuple[SandboxMode, ...] = ("on", "off")
-# Secrets a run may receive are named like environment variables.
-_SECRET_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,127}")
+# The failure reasons ``retry.on`` may name (``runner_lost`` and ``start_failed`` are retried
+# anyway, apart from the policy); ``cancelled`` and ``superseded`` end no job as failed.
+RETRY_REASONS = ("exit_code", "timed_out", "error", "runner_lost", "start_failed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,170 +181,60 @@ def load_config(path: Path | None) -> RepositoryConfig:
 
 
 def parse_config(text: str, *, source: str = "<string>") -> RepositoryConfig:
+    """The configuration in ``text``; a bad file is one :class:`ConfigurationError` naming its
+    first problem (``scheduler config check`` lists them all, with their lines)."""
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(f"{source}: invalid TOML: {exc}") from exc
-    return _Parser(source).config(document)
+    problems = check_document(document)
+    if problems:
+        first = problems[0]
+        more = len(problems) - 1
+        tail = f" (and {more} more: `scheduler config check` lists them)" if more else ""
+        raise ConfigurationError(f"{source}: key '{first.key}': {first.message}{tail}")
+    return _build(document, source)
 
 
-class _Parser:
-    """Validates a parsed TOML document; every error names the file and the dotted key."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def fail(self, key: str, message: str) -> ConfigurationError:
-        return ConfigurationError(f"{self.source}: key '{key}': {message}")
-
-    def config(self, document: dict[str, Any]) -> RepositoryConfig:
-        self.no_unknown_keys(document, {"accept", "defaults", "repos"}, "")
-        accept = None
-        if "accept" in document:
-            accept = self.patterns(document["accept"], "accept")
-        defaults_table = self.table(document.get("defaults", {}), "defaults")
-        defaults = self.policy(defaults_table, RepoPolicy(), "defaults")
-        repos: dict[str, RepoPolicy] = {}
-        for name, overrides in self.table(document.get("repos", {}), "repos").items():
-            key = f'repos."{name}"'
+def check_document(document: Mapping[str, Any]) -> list[Problem]:
+    """Every problem of a parsed file: the schema's (``config_schema.json``: keys, types,
+    ranges, choices), then what a schema cannot say (a repository listed twice)."""
+    problems = validate(document)
+    repos = document.get("repos")
+    if isinstance(repos, dict):
+        seen: set[str] = set()
+        for name in repos:
             repo = canonical_repo(name)
-            if repo is None:
-                raise self.fail(key, "repository names are OWNER/NAME")
-            if repo in repos:
-                raise self.fail(key, "repository listed twice (names are case-insensitive)")
-            repos[repo] = self.policy(self.table(overrides, key), defaults, key)
-        return RepositoryConfig(accept=accept, defaults=defaults, repos=repos, source=self.source)
-
-    def policy(self, table: dict[str, Any], base: RepoPolicy, prefix: str) -> RepoPolicy:
-        known = {f.name for f in fields(RepoPolicy)}
-        self.no_unknown_keys(table, known, prefix)
-        changes: dict[str, Any] = {}
-        for key, value in table.items():
-            path = f"{prefix}.{key}"
-            if key == "retry":
-                changes[key] = self.retry(self.table(value, path), base.retry, path)
-            else:
-                changes[key] = self.policy_value(key, value, path)
-        return replace(base, **changes)
-
-    def policy_value(self, key: str, value: object, path: str) -> Any:
-        """One key of a repository's policy (``retry`` apart), validated."""
-        match key:
-            case "command":
-                return self.command(value, path)
-            case "branches" | "tags" | "mask_env":
-                return self.strings(value, path, allow_empty=True)
-            case "secrets":
-                return self.secret_names(value, path)
-            case "sandbox_paths":
-                return self.absolute_paths(value, path)
-            case "timeout_seconds":
-                return self.integer(value, path, 1, MAX_TIMEOUT_SECONDS)
-            case "concurrency":
-                return self.integer(value, path, 1, 1000)
-            case "priority":
-                return self.integer(value, path, 0, 9999)
-            case "status_context" | "clone_url":
-                return self.text(value, path)
-            case "checkout" | "network":
-                return self.boolean(value, path)
-            case "supersede":
-                return self.choice(value, path, SUPERSEDE_MODES)
-            case "fork_pull_requests":
-                return self.choice(value, path, FORK_MODES)
-            case _:  # sandbox
-                return self.choice(value, path, SANDBOX_MODES)
-
-    def retry(self, table: dict[str, Any], base: RetryPolicy, prefix: str) -> RetryPolicy:
-        self.no_unknown_keys(table, {"attempts", "on", "backoff_seconds"}, prefix)
-        changes: dict[str, Any] = {}
-        if "attempts" in table:
-            changes["attempts"] = self.integer(table["attempts"], f"{prefix}.attempts", 1, 100)
-        if "on" in table:
-            changes["on"] = self.strings(table["on"], f"{prefix}.on", allow_empty=True)
-        if "backoff_seconds" in table:
-            changes["backoff_seconds"] = self.integer(
-                table["backoff_seconds"], f"{prefix}.backoff_seconds", 0, 3600
-            )
-        return replace(base, **changes)
-
-    def no_unknown_keys(self, table: Mapping[str, Any], known: set[str], prefix: str) -> None:
-        for key in table:
-            if key not in known:
-                path = f"{prefix}.{key}" if prefix else key
-                raise self.fail(path, f"unknown key (known: {', '.join(sorted(known))})")
-
-    def table(self, value: object, path: str) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            raise self.fail(path, f"must be a table, not {_toml_type(value)}")
-        return value
-
-    def command(self, value: object, path: str) -> tuple[str, ...]:
-        if isinstance(value, str):
-            raise self.fail(path, 'must be an argv list such as ["make", "test"], not a string')
-        return self.strings(value, path, allow_empty=False)
-
-    def patterns(self, value: object, path: str) -> tuple[str, ...]:
-        return self.strings(value, path, allow_empty=True)
-
-    def strings(self, value: object, path: str, *, allow_empty: bool) -> tuple[str, ...]:
-        if not isinstance(value, list):
-            raise self.fail(path, f"must be an array of strings, not {_toml_type(value)}")
-        if not value and not allow_empty:
-            raise self.fail(path, "must not be empty")
-        for index, item in enumerate(value):
-            if not isinstance(item, str) or not item:
-                raise self.fail(f"{path}[{index}]", "must be a non-empty string")
-        return tuple(value)
-
-    def integer(self, value: object, path: str, low: int, high: int) -> int:
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise self.fail(path, f"must be an integer, not {_toml_type(value)}")
-        if not low <= value <= high:
-            raise self.fail(path, f"must be between {low} and {high}, not {value}")
-        return value
-
-    def boolean(self, value: object, path: str) -> bool:
-        if not isinstance(value, bool):
-            raise self.fail(path, f"must be true or false, not {_toml_type(value)}")
-        return value
-
-    def choice(self, value: object, path: str, allowed: tuple[str, ...]) -> Any:
-        if value not in allowed:
-            shown = repr(value) if isinstance(value, str) else _toml_type(value)
-            names = ", ".join(f'"{mode}"' for mode in allowed)
-            raise self.fail(path, f"must be one of {names}, not {shown}")
-        return value
-
-    def absolute_paths(self, value: object, path: str) -> tuple[str, ...]:
-        paths = self.strings(value, path, allow_empty=True)
-        for index, folder in enumerate(paths):
-            if not folder.startswith("/") or "\0" in folder:
-                raise self.fail(f"{path}[{index}]", f"{folder!r} is not an absolute path")
-        return paths
-
-    def secret_names(self, value: object, path: str) -> tuple[str, ...]:
-        names = self.strings(value, path, allow_empty=True)
-        for index, name in enumerate(names):
-            if not _SECRET_NAME.fullmatch(name):
-                raise self.fail(f"{path}[{index}]", f"{name!r} is not an environment variable name")
-        return names
-
-    def text(self, value: object, path: str) -> str:
-        if not isinstance(value, str) or not value.strip():
-            raise self.fail(path, "must be a non-empty string")
-        return value
+            if repo is not None and repo in seen:
+                problems.append(
+                    Problem(
+                        ("repos", name),
+                        f"repos.{json.dumps(name, ensure_ascii=False)}",
+                        "repository listed twice (names are case-insensitive)",
+                    )
+                )
+            seen.add(repo or name)
+    return problems
 
 
-def _toml_type(value: object) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "a table"
-    return type(value).__name__
+def _build(document: Mapping[str, Any], source: str) -> RepositoryConfig:
+    """The configuration of a document already checked (nothing here can fail)."""
+    accept = tuple(document["accept"]) if "accept" in document else None
+    defaults = _policy(document.get("defaults", {}), RepoPolicy())
+    repos = {
+        str(canonical_repo(name)): _policy(overrides, defaults)
+        for name, overrides in document.get("repos", {}).items()
+    }
+    return RepositoryConfig(accept=accept, defaults=defaults, repos=repos, source=source)
+
+
+def _policy(table: Mapping[str, Any], base: RepoPolicy) -> RepoPolicy:
+    changes = {key: _frozen(value) for key, value in table.items() if key != "retry"}
+    if "retry" in table:
+        retry = {key: _frozen(value) for key, value in table["retry"].items()}
+        changes["retry"] = replace(base.retry, **retry)
+    return replace(base, **changes)
+
+
+def _frozen(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
