@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, Literal, NoReturn
 
 import typer
 from botocore.exceptions import BotoCoreError, ClientError
@@ -600,13 +600,17 @@ def up(  # noqa: PLR0917 - typer maps options to parameters
     max_runs: Annotated[
         int, typer.Option("--max-runs", min=1, max=256, help="Commands run at once, in all.")
     ] = 4,
+    log_format: Annotated[
+        Literal["logfmt", "json"],
+        typer.Option("--log-format", help="Log lines as key=value text or one JSON object each."),
+    ] = "logfmt",
     as_json: JsonOption = False,
 ) -> None:
     """Start the whole local stack in the foreground; Ctrl-C stops it cleanly."""
     from scheduler.local.logs import configure_logging
     from scheduler.local.stack import LocalStack, StackOptions, serve
 
-    configure_logging()
+    configure_logging(log_format=log_format)
     settings = Settings.from_env()
     if config is not None:
         settings = replace(settings, config_path=config)

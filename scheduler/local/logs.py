@@ -111,7 +111,9 @@ class _StructuredHandler(logging.StreamHandler[IO[str]]):
     """The handler configure_logging installs; its class is how a second call finds it."""
 
 
-def configure_logging(level: int = logging.INFO, stream: IO[str] | None = None) -> None:
+def configure_logging(
+    level: int = logging.INFO, stream: IO[str] | None = None, *, log_format: str = "logfmt"
+) -> None:
     """Send the root logger's records to ``stream`` (default: stderr) as structured lines.
 
     Idempotent: a second call replaces the handler a first call installed rather than adding
@@ -123,7 +125,12 @@ def configure_logging(level: int = logging.INFO, stream: IO[str] | None = None) 
             root.removeHandler(existing)
             existing.close()
     handler = _StructuredHandler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(StructuredFormatter())
+    if log_format == "json":  # one JSON object per line (scheduler up --log-format json)
+        from scheduler.local.log_json import JsonFormatter  # it builds on this module
+
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(StructuredFormatter())
     handler.addFilter(DiskConditionFilter())
     root.addHandler(handler)
     root.setLevel(level)
