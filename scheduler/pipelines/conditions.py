@@ -209,7 +209,7 @@ _TOKEN = re.compile(
 
 @dataclass(frozen=True, slots=True)
 class _Token:
-    kind: Literal["status", "name", "text", "op", "end"]
+    kind: Literal["status", "name", "text", "op", "end", "bad"]
     value: str
     column: int  # 1-based, for the error
 
@@ -236,8 +236,9 @@ class _Parser:
                 return
             match = _TOKEN.match(self.text, index)
             if match is None or match.end() == index:
-                shown = self.text[index : index + 10]
-                raise self.fail(f"unexpected {shown!r}", index + 1)
+                # Reported when the parser reaches it, so an earlier error is named first.
+                yield _Token("bad", self.text[index : index + 10], index + 1)
+                return
             column = match.start(match.lastgroup or 0) + 1
             if match.group("status") is not None:
                 yield _Token("status", match.group("key"), column)
@@ -257,6 +258,8 @@ class _Parser:
 
     def take(self) -> _Token:
         token = self.current
+        if token.kind == "bad":
+            raise self.fail(f"unexpected {token.value!r}", token.column)
         self.position += 1
         return token
 
@@ -315,6 +318,8 @@ class _Parser:
         left = self.operand()
         operator = self.current
         if not (operator.kind == "op" and operator.value in ("==", "!=")):
+            if operator.kind == "bad":
+                raise self.fail(f"unexpected {operator.value!r}", operator.column)
             raise self.fail(
                 f"a value is not a condition: compare it with == or != (found {self._shown()})",
                 operator.column,
