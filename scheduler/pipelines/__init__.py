@@ -13,6 +13,12 @@ from scheduler.pipelines.model import (
     StepStatus,
     one_step_pipeline,
 )
+from scheduler.pipelines.record import (
+    StepRecord,
+    pipeline_from_records,
+    step_from_record,
+    step_record,
+)
 from scheduler.pipelines.spec import MAX_FILE_BYTES, MAX_STEPS, parse_pipeline
 
 __all__ = [
@@ -27,6 +33,7 @@ __all__ = [
     "Pipeline",
     "RunFacts",
     "Step",
+    "StepRecord",
     "StepStatus",
     "Verdict",
     "decide",
@@ -34,6 +41,9 @@ __all__ = [
     "one_step_pipeline",
     "parse_condition",
     "parse_pipeline",
+    "pipeline_from_records",
+    "step_from_record",
+    "step_record",
     "variant_count",
     "variant_key",
     "verdict",

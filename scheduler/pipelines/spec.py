@@ -63,8 +63,10 @@ _GROUP = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}")
 _SAFE = yaml.constructor.SafeConstructor()
 _PLAIN_TAGS = frozenset(
     f"tag:yaml.org,2002:{name}"
-    for name in ("str", "int", "float", "bool", "null", "map", "seq", "timestamp")
+    for name in ("str", "int", "float", "bool", "null", "map", "seq", "timestamp", "merge")
 )
+_MERGE = "tag:yaml.org,2002:merge"
+MAX_MERGE_DEPTH = 8
 _STR = "tag:yaml.org,2002:str"
 _INT = "tag:yaml.org,2002:int"
 _NULL = "tag:yaml.org,2002:null"
@@ -189,7 +191,7 @@ class _Reader:
         if not isinstance(node, yaml.MappingNode):
             raise self.fail(f"{what} must be a mapping, not {_kind(node)}", node)
         seen: set[str] = set()
-        for key_node, value_node in node.value:
+        for key_node, value_node in self.pairs(node, what):
             name = self.name(key_node, what)
             if known and name not in known:
                 raise self.fail(
@@ -199,6 +201,33 @@ class _Reader:
                 raise self.fail(f"{what}: {name!r} appears twice", key_node)
             seen.add(name)
             yield name, key_node, value_node
+
+    def pairs(
+        self, node: yaml.MappingNode, what: str, depth: int = 0
+    ) -> list[tuple[yaml.Node, yaml.Node]]:
+        """A mapping's pairs with YAML merge keys (``<<: *defaults``) applied: what is written
+        in the mapping wins over what is merged, and the first merged mapping over later ones."""
+        written: list[tuple[yaml.Node, yaml.Node]] = []
+        merged: list[tuple[yaml.Node, yaml.Node]] = []
+        for key_node, value_node in node.value:
+            if key_node.tag != _MERGE:
+                written.append((key_node, value_node))
+                continue
+            sources = (
+                value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+            )
+            for source in sources:
+                if not isinstance(source, yaml.MappingNode):
+                    raise self.fail(f"{what}: '<<' merges mappings, not {_kind(source)}", source)
+                if depth >= MAX_MERGE_DEPTH:
+                    raise self.fail(f"{what}: merges nested deeper than {MAX_MERGE_DEPTH}", source)
+                merged.extend(self.pairs(source, what, depth + 1))
+        names = {str(key.value) for key, _ in written}
+        for key_node, value_node in merged:
+            if str(key_node.value) not in names:
+                names.add(str(key_node.value))
+                written.append((key_node, value_node))
+        return written
 
     def name(self, node: yaml.Node, what: str) -> str:
         if not isinstance(node, yaml.ScalarNode) or node.tag == _NULL or not node.value:
@@ -289,8 +318,7 @@ class _Reader:
     def step_key(self, node: yaml.Node) -> yaml.Node:
         if not isinstance(node, yaml.MappingNode):
             raise self.fail(f"a step must be a mapping, not {_kind(node)}", node)
-        pairs: list[tuple[yaml.Node, yaml.Node]] = node.value
-        for key_node, value_node in pairs:
+        for key_node, value_node in self.pairs(node, "a step"):
             if isinstance(key_node, yaml.ScalarNode) and key_node.value == "key":
                 return value_node
         raise self.fail("a step must have a 'key'", node)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import textwrap
 from pathlib import Path
+from random import Random
 
 import pytest
 import yaml
@@ -22,6 +24,9 @@ from scheduler.pipelines import (
     decide,
     one_step_pipeline,
     parse_pipeline,
+    pipeline_from_records,
+    step_from_record,
+    step_record,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -534,3 +539,87 @@ def test_a_file_parses_exactly_when_its_needs_have_no_cycle(graph: dict[str, lis
             assert set(step.needs) == set(graph[step.key])
             assert set(step.needs) <= seen  # every need comes first
             seen.add(step.key)
+
+
+# -- merge keys ---------------------------------------------------------------------------------
+
+
+def test_merge_keys_share_fields_and_what_is_written_wins() -> None:
+    pipeline = parse(
+        """\
+        steps:
+          - &defaults
+            key: base
+            command: make base
+            timeout_seconds: 300
+            env: &env {REGION: eu, LEVEL: base}
+          - <<: *defaults
+            key: other
+            env:
+              <<: *env
+              LEVEL: other
+          - <<: [{timeout_seconds: 60}, *defaults]
+            key: third
+        """
+    )
+    other = pipeline.step("other")
+    assert other.command == ("sh", "-c", "make base")
+    assert other.timeout_seconds == 300
+    assert other.environment() == {"REGION": "eu", "LEVEL": "other"}
+    # The first merged mapping wins over later ones.
+    assert pipeline.step("third").timeout_seconds == 60
+
+
+def test_a_merge_of_a_non_mapping_or_a_merge_loop_is_a_file_error() -> None:
+    with pytest.raises(PipelineFileError, match="'<<' merges mappings, not a string") as caught:
+        parse("steps:\n  - key: a\n    command: x\n    <<: nothing\n")
+    assert caught.value.line == 4
+    with pytest.raises(PipelineFileError, match="merges nested deeper than 8"):
+        parse("steps:\n  - &a\n    key: a\n    command: x\n    env: &e {<<: *e}\n")
+
+
+# -- stored and read back -----------------------------------------------------------------------
+
+
+def test_each_step_round_trips_through_plain_data() -> None:
+    pipeline = parse(
+        """\
+        env: {CI: "1"}
+        steps:
+          - key: test
+            command: [make, test]
+            matrix: {python: ["3.11", "3.12"]}
+            retry: {attempts: 2, on: [exit_code]}
+            timeout_seconds: 60
+          - key: deploy
+            command: ./deploy
+            needs: test
+            if: branch == "main" && status.test != "failed"
+            concurrency_group: deploy
+        """
+    )
+    records = [json.loads(json.dumps(step_record(step))) for step in pipeline.steps]
+    assert [step_from_record(record) for record in records] == list(pipeline.steps)
+    assert records[2]["if"] == 'branch == "main" && status.test != "failed"'
+    assert records[0]["retry"] == {"attempts": 2, "on": ["exit_code"], "backoff_seconds": 0}
+    assert pipeline_from_records(records) == pipeline
+    # In any order (a query returns them by key), the pipeline is the same set in need order.
+    again = pipeline_from_records(reversed(records))
+    assert set(again.steps) == set(pipeline.steps)
+    assert again.keys.index("deploy") == 2
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(graphs(), st.randoms(use_true_random=False))
+def test_any_acyclic_pipeline_round_trips(graph: dict[str, list[str]], random: Random) -> None:
+    if has_cycle(graph):
+        return
+    text = yaml.safe_dump(
+        {"steps": [{"key": k, "command": ["true"], "needs": n} for k, n in graph.items()]}
+    )
+    pipeline = parse_pipeline(text)
+    records = [step_record(step) for step in pipeline.steps]
+    assert pipeline_from_records(records) == pipeline
+    random.shuffle(records)
+    shuffled = pipeline_from_records(records)
+    assert set(shuffled.steps) == set(pipeline.steps)
