@@ -14,6 +14,7 @@ leaves the gauges (Prometheus then stops its series): its totals live in its cou
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,16 +51,29 @@ class QueueGauges:
         return sum(r.pending for r in self.repos)
 
 
-def read_gauges(store: JobStore, now_ms: int, *, max_repos: int = 200) -> QueueGauges:
-    """The gauges now (see the module docstring for what is read)."""
+def read_gauges(
+    store: JobStore, now_ms: int, *, max_repos: int = 200, counters: bool = True
+) -> QueueGauges:
+    """The gauges now (see the module docstring for what is read).
+
+    Without ``counters`` no counters item is read: queue depths come from the ``with_queue``
+    index's projection and slots in use from the jobs holding them (what the reaper's role
+    may read on AWS); limits and counts by status are then unknown.
+    """
     marked, more = store.reads.repos_with_queue(after=None, limit=max_repos)
     names = dict.fromkeys(repo for repo, _pending in marked)
     holding = [*store.reads.active(limit=max_repos * 8), *store.reads.held_slots(limit=max_repos)]
     for job in holding:
         names.setdefault(job.repo)
     truncated = more is not None or len(names) > max_repos
-    items = _counters(store, list(names)[:max_repos])
-    repos = [_gauge(name, items.get(name, {})) for name in list(names)[:max_repos]]
+    shown = list(names)[:max_repos]
+    if counters:
+        items = _counters(store, shown)
+        repos = [_gauge(name, items.get(name, {})) for name in shown]
+    else:
+        pending = dict(marked)
+        held = Counter(job.repo for job in holding)
+        repos = [RepoGauge(name, max(0, pending.get(name, 0)), held[name], None) for name in shown]
     return QueueGauges(repos, _head_age(store, now_ms), truncated)
 
 

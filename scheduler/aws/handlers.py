@@ -15,6 +15,7 @@ from scheduler.api.app import HttpApiEvent, HttpApiResponse
 from scheduler.aws.build_logs import CloudWatchLogReader
 from scheduler.aws.clients import aws_client
 from scheduler.aws.codebuild import CodeBuildExecutor, SecretsProject, result_from_event
+from scheduler.aws.emf import per_invocation, store_gauges
 from scheduler.aws.secrets import SECRET_ARNS, resolve_secrets
 from scheduler.runs.executor import OnFinished
 from scheduler.settings import Settings
@@ -58,17 +59,20 @@ def core() -> Core:
     return compose(settings)
 
 
+@per_invocation()  # one CloudWatch embedded-metric-format line
 def webhook(event: HttpApiEvent, context: Any) -> HttpApiResponse:
     """The public Function URL (payload format 2.0): POST /webhook and GET /healthz only;
     anything else is a 404 (the read routes live behind the authenticated ``api`` URL)."""
     return core().webhook_app.handle_lambda(event)
 
 
+@per_invocation()  # one CloudWatch embedded-metric-format line
 def api(event: HttpApiEvent, context: Any) -> HttpApiResponse:
     """The read routes behind a Function URL with IAM authentication (SigV4-signed calls)."""
     return core().query_app.handle_lambda(event)
 
 
+@per_invocation()  # one CloudWatch embedded-metric-format line
 def stream(event: dict[str, Any], context: Any) -> PartialBatchResponse:
     """DynamoDB stream batch of the jobs table -> partial batch response (by sequence number).
 
@@ -79,6 +83,7 @@ def stream(event: dict[str, Any], context: Any) -> PartialBatchResponse:
     return core().dispatcher.handle_event(event, time_left_ms=time_left or (lambda: 0))
 
 
+@per_invocation()  # one CloudWatch embedded-metric-format line
 def build_completed(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """EventBridge "CodeBuild Build State Change": report the run through its guarded transition."""
     result = result_from_event(event)
@@ -89,6 +94,7 @@ def build_completed(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return {"reported": done is not None, "job_id": result.job_id}
 
 
+@per_invocation(store_gauges(lambda: core().store))  # and the queue's gauges
 def reap(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Scheduled: time out active jobs past their deadline and stop their builds; reconcile
     what lost stream records owed (held slots of stopped builds, stalled queues)."""

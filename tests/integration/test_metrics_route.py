@@ -16,10 +16,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from scheduler import metrics
+from scheduler.aws.emf import store_gauges
+from scheduler.db.store import JobStore
 from scheduler.github.signature import sign
 from scheduler.local.dynamodb_local import free_port
 from scheduler.local.stack import LocalStack, StackOptions
+from scheduler.metrics_gauges import read_gauges
 from scheduler.settings import Settings, TableNames
+from tests.conftest import MakeJob
 
 SECRET = "metrics-webhook-secret-0123456789abcdef"
 TOKEN = "metrics-api-token-0123456789"
@@ -150,3 +154,32 @@ def test_the_route_needs_the_token_when_one_is_set(stack: LocalStack) -> None:
     answer = httpx.get(f"{stack.url}/metrics", timeout=10)
     assert answer.status_code == 401, answer.text
     assert "scheduler_" not in answer.text
+
+
+def test_the_gauges_come_from_sparse_indexes_with_or_without_counters_items(
+    make_job: MakeJob, ticking_store: JobStore
+) -> None:
+    for n in range(3):
+        make_job(f"gauge-q{n}", "pending", repo="gauges/queued")
+    make_job("gauge-a", "active", repo="gauges/busy")
+    make_job("gauge-p", "passed", repo="gauges/idle")  # marked until the sweeper clears it
+    now_ms = int(time.time() * 1000) + 5_000
+    full = read_gauges(ticking_store, now_ms)
+    by_repo = {r.repo: r for r in full.repos}
+    idle = by_repo.pop("gauges/idle")
+    assert (idle.pending, idle.running) == (0, 0)
+    assert set(by_repo) == {"gauges/queued", "gauges/busy"}
+    assert (by_repo["gauges/queued"].pending, by_repo["gauges/busy"].running) == (3, 1)
+    assert by_repo["gauges/busy"].slot_limit == 100 and by_repo["gauges/busy"].jobs["active"] == 1
+    assert full.queued == 3 and not full.truncated
+    assert full.oldest_queued_age_seconds is not None and full.oldest_queued_age_seconds >= 5
+    # The reaper's view on AWS (no BatchGetItem in its role): the same depths and slots.
+    lean = store_gauges(lambda: ticking_store, clock=lambda: now_ms / 1000)()
+    assert {(r.repo, r.pending, r.running) for r in lean.repos} == {
+        ("gauges/queued", 3, 0),
+        ("gauges/busy", 0, 1),
+        ("gauges/idle", 0, 0),
+    }
+    assert lean.oldest_queued_age_seconds == full.oldest_queued_age_seconds
+    capped = read_gauges(ticking_store, now_ms, max_repos=1)
+    assert len(capped.repos) == 1 and capped.truncated

@@ -3,11 +3,17 @@ pure parts and their Prometheus rendering (no server)."""
 
 from __future__ import annotations
 
+import io
+import json
+from typing import Any
+
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from scheduler import metrics
 from scheduler.api.metrics_route import SchedulerCollector
+from scheduler.aws.emf import per_invocation
 from scheduler.db.models import HistoryEntry, JobModel
 from scheduler.metrics_gauges import QueueGauges, RepoGauge, head_age
 from scheduler.stream.decide import Transition
@@ -152,3 +158,76 @@ def test_the_collector_renders_prometheus_text() -> None:
     assert samples[("scheduler_oldest_queued_age_seconds", ())] == 12.5
     assert samples[("scheduler_stream_records_dead_lettered_total", ())] == 2
     assert samples[("scheduler_gauges_up", ())] == 1
+
+
+def test_an_invocation_prints_one_emf_line_with_its_metrics_and_units() -> None:
+    recorder = metrics.RECORDER
+    recorder.reset()
+    recorder.count(metrics.TRANSITIONS, status="passed")
+    recorder.count(metrics.TRANSITIONS, 2, status="active")
+    metrics.refused("transaction_conflict")
+    out = io.StringIO()
+    gauges = QueueGauges([RepoGauge("o/r", 3, 2, None), RepoGauge("o/s", 0, 1, None)], 42.0, False)
+
+    @per_invocation(lambda: gauges, out=out, clock=lambda: T0 / 1000)
+    def handler(event: dict[str, Any], context: Any) -> str:
+        recorder.observe(metrics.START_LATENCY, 1.25)
+        return "answer"
+
+    context = type("Context", (), {"function_name": "stack-ReaperFunction-abc"})()
+    assert handler({}, context) == "answer"
+    (line,) = out.getvalue().splitlines()
+    found = json.loads(line)
+    directive = found["_aws"]["CloudWatchMetrics"][0]
+    assert found["_aws"]["Timestamp"] == T0
+    assert directive["Namespace"] == "Scheduler" and directive["Dimensions"] == [["FunctionName"]]
+    units = {m["Name"]: m["Unit"] for m in directive["Metrics"]}
+    assert units == {
+        "JobsActive": "Count",
+        "JobsPassed": "Count",
+        "RefusedTransactionConflict": "Count",
+        "StartLatency": "Seconds",
+        "QueuedJobs": "Count",
+        "SlotsInUse": "Count",
+        "OldestQueuedAge": "Seconds",
+    }
+    assert found["FunctionName"] == "stack-ReaperFunction-abc"
+    assert (found["JobsActive"], found["JobsPassed"], found["RefusedTransactionConflict"]) == (
+        2,
+        1,
+        1,
+    )
+    assert found["StartLatency"] == [1.25]
+    assert (found["QueuedJobs"], found["SlotsInUse"], found["OldestQueuedAge"]) == (3, 3, 42.0)
+    assert found["queue_depth_by_repo"] == {"o/r": 3}
+    # Every name a directive lists is a key of the line (else CloudWatch rejects the line).
+    assert all(m["Name"] in found for m in directive["Metrics"])
+
+    handler({}, context)  # only what the next invocation recorded: the latency
+    second = json.loads(out.getvalue().splitlines()[1])
+    assert "JobsPassed" not in second and second["StartLatency"] == [1.25]
+    recorder.reset()
+    recorder.keep_samples = False
+
+
+def test_an_invocation_that_records_nothing_prints_nothing_and_a_failure_still_reports() -> None:
+    metrics.RECORDER.reset()
+    out = io.StringIO()
+
+    @per_invocation(out=out)
+    def quiet(event: Any, context: Any) -> None:
+        return None
+
+    @per_invocation(out=out)
+    def failing(event: Any, context: Any) -> None:
+        metrics.refused("condition")
+        raise RuntimeError("the invocation failed")
+
+    quiet({}, None)
+    assert out.getvalue() == ""
+    with pytest.raises(RuntimeError):
+        failing({}, None)
+    found = json.loads(out.getvalue())
+    assert found["RefusedCondition"] == 1 and found["FunctionName"] == "failing"
+    metrics.RECORDER.reset()
+    metrics.RECORDER.keep_samples = False
