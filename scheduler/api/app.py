@@ -29,6 +29,7 @@ from typing import Any, NotRequired, TypedDict
 from urllib.parse import parse_qsl, unquote
 
 from scheduler import tracing
+from scheduler.api import openapi
 from scheduler.api.auth import Access, ApiAuth
 from scheduler.api.headers import sendable
 from scheduler.config import RepositoryConfig, load_config
@@ -185,6 +186,7 @@ _PARAM = re.compile(r"\{([a-z_]+)\}")
 
 @dataclass(frozen=True, slots=True)
 class Route:
+    pattern: str  # as registered (``/jobs/{job_id}``): what ``/openapi.json`` describes
     regex: re.Pattern[str]
     method: str
     handler: Handler
@@ -215,7 +217,14 @@ class Router:
             re.escape(part) if index % 2 == 0 else f"(?P<{part}>[^/]+)"
             for index, part in enumerate(parts)
         )
-        self._routes.append(Route(re.compile(regex), method.upper(), handler, access, challenge))
+        self._routes.append(
+            Route(pattern, re.compile(regex), method.upper(), handler, access, challenge)
+        )
+
+    @property
+    def routes(self) -> tuple[Route, ...]:
+        """Every route, in the order they were added."""
+        return tuple(self._routes)
 
     def match(self, method: str, path: str) -> tuple[Route, dict[str, str]]:
         """The route for ``method path`` and its parameters; 404 or 405 as typed errors."""
@@ -362,6 +371,12 @@ def _healthz(_: Request) -> Response:
     return Response(200, {"status": "ok", "disk": DISK.condition})
 
 
+def _openapi(_: Request) -> Response:
+    """The OpenAPI 3.1 description of every route (``scheduler/api/openapi.json``)."""
+    text = openapi.document_text()
+    return Response(200, {}, {"cache-control": "no-cache"}, text_body=text, media_type="application/json")
+
+
 def create_query_app(
     settings: Settings,
     routes: Iterable[Callable[[Router], None]],
@@ -373,6 +388,7 @@ def create_query_app(
     webhook: what AWS serves behind a URL of its own, apart from the public webhook."""
     router = Router()
     router.add("GET", "/healthz", _healthz, access=Access.PUBLIC)
+    router.add("GET", "/openapi.json", _openapi, access=Access.PUBLIC)
     for register in routes:
         register(router)
     return Application(
@@ -422,6 +438,7 @@ def create_app(
     # Authenticated by its signature alone (GitHub sends no token).
     router.add("POST", "/webhook", receive, access=Access.PUBLIC)
     router.add("GET", "/healthz", _healthz, access=Access.PUBLIC)
+    router.add("GET", "/openapi.json", _openapi, access=Access.PUBLIC)
     for register in extra_routes:
         register(router)
     return Application(

