@@ -9,7 +9,7 @@ The file::
         command: make lint        # a string runs as ``sh -c``; a list is an argv
       - key: test
         command: [make, test]
-        matrix: {python: ["3.11", "3.12"]}   # one step per value, PYTHON... as env: python=3.11
+        matrix: {python: ["3.11", "3.12"]}   # a step per value; its env has python=3.11
         needs: [lint]
         timeout_seconds: 900
         retry: 2                  # attempts; or {attempts: 2, on: [exit_code], backoff_seconds: 5}

@@ -637,3 +637,11 @@ def test_any_acyclic_pipeline_round_trips(graph: dict[str, list[str]], random: R
     random.shuffle(records)
     shuffled = pipeline_from_records(records)
     assert set(shuffled.steps) == set(pipeline.steps)
+
+
+def test_the_example_in_the_modules_docstring_is_a_valid_file() -> None:
+    assert spec.__doc__ is not None
+    example = spec.__doc__.split("The file::", 1)[1].split("\n\nThe YAML", 1)[0]
+    pipeline = parse_pipeline(textwrap.dedent(example))
+    assert pipeline.keys == ("lint", "test[python=3.11]", "test[python=3.12]", "deploy")
+    assert pipeline.step("deploy").needs == ("test[python=3.11]", "test[python=3.12]")
