@@ -5,6 +5,10 @@ start latencies, transitions and refused writes are counted; the token guards th
 from __future__ import annotations
 
 import json
+import os
+import random
+import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -19,16 +23,17 @@ from scheduler import metrics
 from scheduler.aws.emf import store_gauges
 from scheduler.db.store import JobStore
 from scheduler.github.signature import sign
-from scheduler.local.dynamodb_local import free_port
+from scheduler.local.dynamodb_local import free_port, port_in_use
 from scheduler.local.stack import LocalStack, StackOptions
 from scheduler.metrics_gauges import read_gauges
 from scheduler.settings import Settings, TableNames
-from tests.conftest import MakeJob
+from tests.conftest import ROOT, MakeJob
 
 SECRET = "metrics-webhook-secret-0123456789abcdef"
 TOKEN = "metrics-api-token-0123456789"
 REPO = "metrics/burst"
 BURST = 8
+SCHEDULER = str(ROOT / ".venv" / "bin" / "scheduler")
 
 
 def scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -183,3 +188,61 @@ def test_the_gauges_come_from_sparse_indexes_with_or_without_counters_items(
     assert lean.oldest_queued_age_seconds == full.oldest_queued_age_seconds
     capped = read_gauges(ticking_store, now_ms, max_repos=1)
     assert len(capped.repos) == 1 and capped.truncated
+
+
+def ports_in_range(count: int, first: int = 18500, last: int = 18599) -> list[int]:
+    """Free loopback ports from this task's range (other suites' stacks use other ranges)."""
+    found = [p for p in range(first, last + 1) if not port_in_use(p, "127.0.0.1")]
+    assert len(found) >= count, "no free port in 18500-18599"
+    return random.sample(found, count)
+
+
+def test_a_real_scheduler_up_serves_metrics_and_logs_json_lines(tmp_path: Path) -> None:
+    """``scheduler up --log-format json`` as a user starts it (its own DynamoDB Local): every
+    line it logs is one JSON object, and ``/metrics`` counts the jobs it ran."""
+    http_port, dynamodb_port = ports_in_range(2)
+    config = tmp_path / "scheduler.toml"
+    config.write_text('[defaults]\ncheckout = false\ncommand = ["true"]\nconcurrency = 1\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SCHEDULER_", "AWS_"))}
+    env.update(GITHUB_WEBHOOK_SECRET=SECRET, SCHEDULER_API_TOKEN=TOKEN)
+    log_file = tmp_path / "stack.log"
+    up = [
+        *("up", "--port", str(http_port), "--dynamodb-port", str(dynamodb_port)),
+        *("--config", str(config), "--data-dir", str(tmp_path / "data")),
+        *("--log-format", "json", "--json"),
+    ]
+    with log_file.open("a") as stderr:
+        process = subprocess.Popen(
+            [SCHEDULER, *up],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            cwd=tmp_path,
+        )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert line, log_file.read_text()[-3000:]
+        url = json.loads(line)["url"]
+        assert url == f"http://127.0.0.1:{http_port}"
+        for n in (1, 2, 3):
+            deliver(url, 100 + n)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            samples = scrape(url)
+            if value(samples, "scheduler_job_transitions_total", status="passed") == 3:
+                break
+            time.sleep(0.2)
+        assert value(samples, "scheduler_job_transitions_total", status="passed") == 3, samples
+        assert value(samples, "scheduler_start_latency_seconds_count") == 3
+        assert value(samples, "scheduler_queued_jobs") == 0.0
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(60)
+    assert process.returncode == 0, log_file.read_text()[-3000:]
+    lines = [line for line in log_file.read_text().splitlines() if line.strip()]
+    assert lines
+    parsed = [json.loads(line) for line in lines]  # every line is one JSON object
+    assert all({"time", "level", "logger", "message"} <= set(p) for p in parsed)
+    assert any(p["message"] == "stream runner started" for p in parsed), parsed
