@@ -374,7 +374,9 @@ def _healthz(_: Request) -> Response:
 def _openapi(_: Request) -> Response:
     """The OpenAPI 3.1 description of every route (``scheduler/api/openapi.json``)."""
     text = openapi.document_text()
-    return Response(200, {}, {"cache-control": "no-cache"}, text_body=text, media_type="application/json")
+    return Response(
+        200, {}, {"cache-control": "no-cache"}, text_body=text, media_type="application/json"
+    )
 
 
 def create_query_app(
