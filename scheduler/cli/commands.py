@@ -269,6 +269,10 @@ def logs(
 
     Locally it is read from the stack's log files, on AWS from the CodeBuild build's
     CloudWatch Logs stream (the current attempt's). Exits 1 for an unknown job or attempt.
+
+    With --follow --json: one JSON object per output line as it comes ("event": "line"), one
+    when an automatic retry's attempt starts ("attempt") and one at the end ("end", with the
+    status and exit code).
     """
     ctx = context()
     use_case = cli_logs.run_logs(ctx.settings, ctx.queries)
