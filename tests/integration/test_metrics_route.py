@@ -9,11 +9,11 @@ import os
 import random
 import signal
 import subprocess
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -81,10 +81,19 @@ def deliver(url: str, number: int) -> str:
 
 
 @pytest.fixture
-def stack(settings: Settings, tables: TableNames, tmp_path: Path) -> Iterator[LocalStack]:
+def gate(tmp_path: Path) -> Path:
+    """Runs wait until this file exists: the test decides when the queue may drain."""
+    return tmp_path / "gate"
+
+
+@pytest.fixture
+def stack(
+    settings: Settings, tables: TableNames, tmp_path: Path, gate: Path
+) -> Iterator[LocalStack]:
+    command = ["sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.05; done; sleep 0.05"]
     config = tmp_path / "scheduler.toml"
     config.write_text(
-        '[defaults]\ncommand = ["sleep", "0.4"]\nconcurrency = 1\ncheckout = false\n'
+        f"[defaults]\ncommand = {json.dumps(command)}\nconcurrency = 1\ncheckout = false\n"
         'sandbox = "off"\n'
     )
     metrics.RECORDER.reset()
@@ -94,60 +103,58 @@ def stack(settings: Settings, tables: TableNames, tmp_path: Path) -> Iterator[Lo
     )
     with local:
         yield local
+    gate.touch()
 
 
-def test_a_scrape_during_a_burst_shows_the_queue_rising_and_draining(stack: LocalStack) -> None:
+def test_a_scrape_during_a_burst_shows_the_queue_rising_and_draining(
+    stack: LocalStack, gate: Path
+) -> None:
     url = stack.url
     before = scrape(url)
     assert value(before, "scheduler_gauges_up") == 1.0
     assert value(before, "scheduler_queue_depth", repo=REPO) == 0.0
 
-    depths: list[tuple[float, float, float]] = []  # (seconds, queue depth, slots in use)
-    done = threading.Event()
+    seen: list[tuple[float, float, float]] = []  # (seconds, queue depth, slots in use)
     started = time.monotonic()
 
-    def watch() -> None:
-        while not done.is_set():
+    def watch_until(done: Callable[[dict[str, Any]], bool], seconds: float) -> dict[str, Any]:
+        deadline = time.monotonic() + seconds
+        while True:
             samples = scrape(url)
-            depths.append(
-                (
-                    round(time.monotonic() - started, 2),
-                    value(samples, "scheduler_queue_depth", repo=REPO),
-                    value(samples, "scheduler_slots_in_use", repo=REPO),
-                )
-            )
-            time.sleep(0.1)
+            depth = value(samples, "scheduler_queue_depth", repo=REPO)
+            slots = value(samples, "scheduler_slots_in_use", repo=REPO)
+            seen.append((round(time.monotonic() - started, 2), depth, slots))
+            if done(samples) or time.monotonic() > deadline:
+                return samples
+            time.sleep(0.05)
 
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    job_ids = [deliver(url, n) for n in range(1, BURST + 1)]
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        samples = scrape(url)
-        if value(samples, "scheduler_job_transitions_total", status="passed") >= BURST:
-            break
-        time.sleep(0.2)
-    time.sleep(0.3)  # one more scrape of the watcher after the last finish
-    done.set()
-    watcher.join(10)
-    print(f"\nqueue depth, slots in use over time ({BURST} jobs, 1 slot): {depths}")
+    job_ids = []
+    for n in range(1, BURST + 1):  # the queue rises as the burst arrives
+        job_ids.append(deliver(url, n))
+        watch_until(lambda _s: True, 0)
+    watch_until(lambda s: value(s, "scheduler_queue_depth", repo=REPO) == BURST - 1, 30)
+    rising = len(seen)
+    time.sleep(0.5)  # every queued job waits this long at least
+    gate.touch()  # the runs end: the queue drains, one slot at a time
+    after = watch_until(
+        lambda s: value(s, "scheduler_job_transitions_total", status="passed") == BURST, 60
+    )
+    print(f"\nqueue depth, slots in use over time ({BURST} jobs, 1 slot): {seen}")
 
-    after = scrape(url)
     assert len(set(job_ids)) == BURST
-    assert value(after, "scheduler_job_transitions_total", status="passed") == BURST, after
-    peak = max(depth for _t, depth, _s in depths)
-    assert peak >= BURST // 2, depths  # one slot: most of the burst waits in the queue
-    peak_at = next(i for i, (_t, depth, _s) in enumerate(depths) if depth == peak)
-    assert any(depth < peak for _t, depth, _s in depths[peak_at:]), depths  # and drains
-    assert value(after, "scheduler_queue_depth", repo=REPO) == 0.0
-    assert max(slots for _t, _d, slots in depths) == 1.0  # never more than the limit
+    assert value(after, "scheduler_job_transitions_total", status="passed") == BURST, seen
+    depths = [depth for _t, depth, _s in seen]
+    assert max(depths[:rising]) == BURST - 1, seen  # all but the running one queued
+    assert depths[:rising] == sorted(depths[:rising]), seen  # rising while they arrive
+    assert depths[rising:] == sorted(depths[rising:], reverse=True), seen  # then draining
+    assert depths[-1] == 0.0 and value(after, "scheduler_queued_jobs") == 0.0
+    assert max(slots for _t, _d, slots in seen) == 1.0  # never more than the limit
     assert value(after, "scheduler_slot_limit", repo=REPO) == 1.0
     assert value(after, "scheduler_jobs", repo=REPO, status="passed") == BURST
-    assert value(after, "scheduler_queued_jobs") == 0.0
-    # Every job waited from its arrival to its start; the later ones behind the earlier runs.
+    # Every job waited from its arrival to its start: the queued ones through the held gate.
     assert value(after, "scheduler_start_latency_seconds_count") == BURST
     waited = value(after, "scheduler_start_latency_seconds_sum")
-    assert waited >= 0.4 * (BURST - 1) * BURST / 2 * 0.8, waited  # ~ sum of waits behind 0.4 s runs
+    assert waited >= 0.5 * (BURST - 1), waited
     assert value(after, "scheduler_stream_lag_seconds_count") >= BURST * 3  # new, active, passed
     # A full repository's activations are refused by the slot counter's condition.
     assert value(after, "scheduler_refused_writes_total", kind="condition") >= 1
