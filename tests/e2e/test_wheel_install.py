@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from scheduler.local.dynamodb_local import port_in_use
 
@@ -30,6 +31,7 @@ def run(argv: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: 
     return done.stdout
 
 
+@pytest.mark.timeout(900)  # pip builds and installs: about 1-2 minutes on a loaded machine
 def test_the_installed_wheel_starts_a_stack_from_an_empty_folder(tmp_path: Path) -> None:
     started = time.monotonic()
     wheels = tmp_path / "wheels"
