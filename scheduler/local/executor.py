@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from scheduler.disk_space import DISK, DiskSpace, disk_condition
+from scheduler.disk_space import DISK, OK, DiskSpace, disk_condition
 from scheduler.errors import InvalidArgument
 from scheduler.github.clone_urls import DEFAULT_GITHUB_HOST
 from scheduler.local.checkout import TOKEN_VARIABLE, CheckoutFailed, CommitNotFound, SourceCheckout
@@ -56,6 +56,10 @@ RETRY_MAX_SECONDS = 5.0  # the longest wait between two tries of a claim or a re
 # How long the output may go on after the run's process ended (or was killed): what still
 # holds the pipe then (a grandchild that left the process group) is no longer read.
 OUTPUT_GRACE_SECONDS = 2.0
+# How long a run waits for space before it is begun while the disk is known full (then it is
+# tried, and fails as start_failed if the disk still refuses it), and how often it looks.
+SPACE_WAIT_SECONDS = 60.0
+SPACE_POLL_SECONDS = 0.25
 
 
 def run_id_for(request: RunRequest) -> str:
@@ -236,6 +240,7 @@ class LocalExecutor:
 
     def _execute(self, run: _Run) -> None:
         request = run.request
+        self._wait_for_space(run)
         run.started_at = time.time_ns() // 1_000_000  # a runner has it: its time runs
         run.executing = True
         try:
@@ -280,6 +285,21 @@ class LocalExecutor:
                 # Forgotten once ended (memory stays bounded): another start of the same key
                 # is refused by its claim in DynamoDB.
                 self._runs.pop(request.idempotency_key, None)
+
+    def _wait_for_space(self, run: _Run) -> None:
+        """A run is not begun while the disk is known full (for up to
+        :data:`SPACE_WAIT_SECONDS`): it would only fail to start and spend one of its job's
+        infrastructure retries. It waits as a run waiting for a runner does (not its time)."""
+        if self._disk.condition == OK:
+            return
+        log.info(
+            "run waits for disk space",
+            extra={"job_id": run.request.job_id, "attempt": run.request.attempt},
+        )
+        deadline = time.monotonic() + SPACE_WAIT_SECONDS
+        while self._disk.condition != OK and time.monotonic() < deadline and not run.cancelled:
+            if self._closing.wait(SPACE_POLL_SECONDS):
+                return
 
     def _not_started(self, request: RunRequest, exc: BaseException) -> RunResult:
         """The run could not be started for the disk: ``start_failed`` (retried as
@@ -326,28 +346,50 @@ class LocalExecutor:
 
     def _claim(self, run: _Run) -> bool:
         """The claim, tried again while the store cannot answer (it is never a job's failure)."""
-        return bool(self._until_done(run.claim, "claim", run.request.job_id, run))
+        request = run.request
+        return bool(self._until_done(run.claim, "claim", request.job_id, request.attempt, run))
 
     def report(self, key: str, result: RunResult) -> bool:
         """Hand ``result`` to the owner until it is taken (or the executor closes: the record
         on disk is reported after the restart). True once reported."""
         reported = self._until_done(
-            lambda: self._on_finished(result) or True, "report", result.job_id, None
+            lambda: self._on_finished(result) or True, "report", result.job_id, result.attempt
         )
         if reported:
             self.records.result_reported(key)
         return bool(reported)
 
     def _until_done(
-        self, attempt: Callable[[], bool], what: str, job_id: str, run: _Run | None
+        self,
+        attempt: Callable[[], bool],
+        what: str,
+        job_id: str,
+        number: int,
+        run: _Run | None = None,
     ) -> bool | None:
-        delay = 0.2
+        """``attempt()`` until it answers; its first failure is logged (with the job and the
+        attempt), the tries after it only once they succeed: a store down for a minute is one
+        line per run, not one per try."""
+        fields: dict[str, object] = {"job_id": job_id, "attempt": number}
+        delay, failures = 0.2, 0
         while True:
             try:
-                return attempt()
+                done = attempt()
             except Exception as exc:
-                log.warning("%s failed, trying again: %s", what, exc, extra={"job_id": job_id})
+                failures += 1
+                if failures == 1:
+                    log.warning(
+                        "%s failed, trying again until it is taken: %s", what, exc, extra=fields
+                    )
+                else:
+                    log.debug("%s failed again: %s", what, exc, extra=fields)
+            else:
+                if failures:
+                    log.info("%s taken after %d tries", what, failures + 1, extra=fields)
+                return done
             if self._closing.wait(delay) or (run is not None and run.cancelled):
+                if failures and what == "report":
+                    log.warning("report not taken before the runner closed", extra=fields)
                 return None
             delay = min(delay * 2, RETRY_MAX_SECONDS)
 

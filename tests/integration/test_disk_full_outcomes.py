@@ -235,3 +235,30 @@ def test_a_log_that_lost_output_says_so_to_its_readers(
     assert text.rstrip().endswith("line 29")
     lost = [r for r in caplog.records if r.getMessage() == "run log lost output to the disk"]
     assert [(r.job_id, r.attempt) for r in lost] == [("full-3", 1)]  # type: ignore[attr-defined]
+
+
+def test_a_run_waits_while_the_disk_is_known_full_and_starts_when_space_is_back(
+    store: JobStore, tmp_path: Path
+) -> None:
+    """Begun on a full disk it would only fail to start and spend one of the job's
+    infrastructure retries: it waits (as for a runner: not its time), then runs once."""
+    space = DiskSpace(probe_seconds=3600)  # space comes back when the test says so
+    starts = tmp_path / "starts"
+    starts.mkdir()
+    outage = Outage(refusals=0)
+    executor, starter = runner(store, tmp_path, space, outage, command(starts))
+    active_job(store, "full-4")
+    try:
+        assert space.failed(OSError(errno.ENOSPC, "No space left on device"), "a writer")
+        starter.start(store.get("full-4"))
+        time.sleep(1.0)
+        assert executor.status("full-4#1") is RunStatus.WAITING  # the reaper defers it
+        assert not (starts / "full-4-1").exists()
+        assert space.space_back()
+        assert outage.done.wait(30)
+        job = store.get("full-4")
+        assert (job.status, job.attempt) == (JobStatus.PASSED.value, 1)
+        assert (starts / "full-4-1").read_text() == "started\n"
+    finally:
+        executor.close()
+        space.close()
