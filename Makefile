@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DDB_DIR := .dynamodb-local
 
-.PHONY: setup test reliability soak up lint clean sam sam-build sam-validate lambda-ric
+.PHONY: setup test reliability soak up lint lock clean sam sam-build sam-validate lambda-ric
 
 setup: $(BIN)/.installed dynamodb-local bubblewrap
 
@@ -19,12 +19,34 @@ bubblewrap:
 			bubblewrap >/dev/null && command -v bwrap >/dev/null; \
 	} || { echo "error: could not install bubblewrap with apt-get (try: sudo apt-get install bubblewrap)" >&2; exit 1; }
 
-$(BIN)/.installed: pyproject.toml
+# Every package, transitive ones included, at the version and hashes of the lock; then the
+# project itself without dependencies; `pip check` then catches a lock older than pyproject.toml.
+LOCK := requirements.lock
+
+$(BIN)/.installed: pyproject.toml $(LOCK)
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: '$(PYTHON)' not found: install Python 3.11+" >&2; exit 1; }
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "error: Python 3.11+ is required (found $$($(PYTHON) --version))" >&2; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]' \
-		|| { echo "error: could not install Python packages (network or package index unreachable?)" >&2; exit 1; }
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r $(LOCK) \
+		|| { echo "error: could not install $(LOCK) (network or package index unreachable, or a hash differs?)" >&2; exit 1; }
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e . \
+		|| { echo "error: could not install the project (network or package index unreachable?)" >&2; exit 1; }
+	@$(BIN)/python -m pip check >/dev/null \
+		|| { $(BIN)/python -m pip check >&2; echo "error: $(LOCK) does not satisfy pyproject.toml: run 'make lock'" >&2; exit 1; }
+	@touch $@
+
+# Remakes the lock from pyproject.toml (pip-tools in a venv of its own), keeping every pin the
+# ranges still allow; `make lock UPGRADE=1` takes the newest releases instead.
+LOCK_VENV := .venv-lock
+lock: $(LOCK_VENV)/.installed
+	$(LOCK_VENV)/bin/pip-compile --quiet --generate-hashes --extra dev --strip-extras \
+		--no-emit-index-url --no-emit-find-links $(if $(UPGRADE),--upgrade) \
+		--output-file $(LOCK) pyproject.toml
+
+$(LOCK_VENV)/.installed:
+	@test -x $(LOCK_VENV)/bin/python || $(PYTHON) -m venv $(LOCK_VENV)
+	@$(LOCK_VENV)/bin/python -m pip install --quiet --disable-pip-version-check pip-tools==7.6.2 \
+		|| { echo "error: could not install pip-tools" >&2; exit 1; }
 	@touch $@
 
 .PHONY: dynamodb-local
@@ -112,4 +134,4 @@ $(addprefix build-,$(LAMBDA_FUNCTIONS)):
 	find "$(ARTIFACTS_DIR)" -name __pycache__ -type d -prune -exec rm -rf {} +
 
 clean:
-	rm -rf $(VENV) $(SAM_VENV) .aws-sam $(DDB_DIR) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(SAM_VENV) $(LOCK_VENV) .aws-sam $(DDB_DIR) .pytest_cache .mypy_cache .ruff_cache .hypothesis
