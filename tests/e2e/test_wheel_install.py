@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -31,6 +32,20 @@ def run(argv: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: 
     return done.stdout
 
 
+def lock_pins_text(text: str) -> dict[str, str]:
+    """``name==version`` lines (a lock's, or pip freeze's) by normalised name."""
+    pins = {}
+    for line in text.splitlines():
+        name, found, version = line.split(" ")[0].partition("==")
+        if found and name[:1].isalnum():
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = version
+    return pins
+
+
+def lock_pins(lock: Path) -> dict[str, str]:
+    return lock_pins_text(lock.read_text())
+
+
 @pytest.mark.timeout(900)  # pip builds and installs: about 1-2 minutes on a loaded machine
 def test_the_installed_wheel_starts_a_stack_from_an_empty_folder(tmp_path: Path) -> None:
     started = time.monotonic()
@@ -39,8 +54,21 @@ def test_the_installed_wheel_starts_a_stack_from_an_empty_folder(tmp_path: Path)
     (wheel,) = wheels.glob("dynamo_scheduler-*.whl")
     venv = tmp_path / "venv"
     run([sys.executable, "-m", "venv", str(venv)], tmp_path)
-    # The wheel's own dependency pins, resolved by pip as pipx would.
-    run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", str(wheel)], tmp_path)
+    # The dependencies at the versions of the project's lock (its hashes stripped: the wheel
+    # itself is not in it), else as the wheel's own requirements say, as pipx would.
+    lock = ROOT / "requirements.lock"
+    pins = lock_pins(lock) if lock.exists() else {}
+    (tmp_path / "pins.txt").write_text("".join(f"{n}=={v}\n" for n, v in pins.items()))
+    python = str(venv / "bin" / "python")
+    run(
+        [python, "-m", "pip", "install", "-q", "-c", str(tmp_path / "pins.txt"), str(wheel)],
+        tmp_path,
+    )
+    frozen = run([python, "-m", "pip", "freeze"], tmp_path)
+    installed = lock_pins_text(frozen)
+    assert "boto3" in installed and "pyyaml" in installed and "cfn-flip" not in installed
+    if pins:
+        assert {name: pins.get(name) for name in installed} == installed
     built = time.monotonic() - started
 
     cache = tmp_path / "xdg-cache"
