@@ -45,7 +45,7 @@ from scheduler.api.views import etag_of, render, static_file
 from scheduler.db.queries import JobDetail, Queries, RepoStats
 from scheduler.db.store import Clock, StoreContended, system_clock
 from scheduler.errors import DomainError, InvalidArgument, JobNotFound, RouteNotFound
-from scheduler.runs.logs import RunLogs
+from scheduler.runs.logs import RunLogs, lost_output
 from scheduler.runs.operations import Operations
 from state_machines import InvalidTransition, JobStatus, TransitionConflict, Trigger, may
 
@@ -395,6 +395,7 @@ class Dashboard:
             **self._job_context(request, job),
             etag=self._job_etag(job),
             log=log_page,
+            lost_output=lost_output(log_page.text),
             # Without ?attempt= the log follows the job's current attempt (a retry's too).
             follow=not pinned,
             attempts=list(range(job.attempt, 0, -1)),

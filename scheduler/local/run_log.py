@@ -29,6 +29,7 @@ from typing import IO
 
 from scheduler.disk_space import DISK, DiskSpace, disk_condition
 from scheduler.errors import InvalidArgument
+from scheduler.runs.logs import LOST_OUTPUT_NOTE
 
 __all__ = [
     "LOGS_FOLDER",
@@ -48,7 +49,7 @@ POLL_SECONDS = 0.1
 ALIGN_BYTES = 4096  # the kept tail starts at a line when one starts this close to its cut
 RETRY_SECONDS = 0.5  # while writes fail, output is dropped without trying for this long
 PENDING_MAX_BYTES = 256 * 1024  # the most of a run's end held in memory for a full disk
-LOST_NOTE = "bytes of output lost here"
+LOST_NOTE = LOST_OUTPUT_NOTE  # the words readers look for (the dashboard says so above the log)
 
 
 def loss_marker(lost: int, condition: str, began: float, ended: float) -> str:

@@ -20,6 +20,7 @@ from scheduler.runs.masking import NO_MASK, Masker
 from state_machines import JobStatus
 
 __all__ = [
+    "LOST_OUTPUT_NOTE",
     "READ_LIMIT_BYTES",
     "TAIL_LINES",
     "LogChunk",
@@ -28,6 +29,7 @@ __all__ = [
     "LogTarget",
     "RunLogs",
     "last_lines",
+    "lost_output",
     "parse_attempt",
 ]
 
@@ -36,6 +38,10 @@ TAIL_LINES = 10
 CARRY_MAX_BYTES = 64 * 1024  # a follower holds back at most this much of an unfinished line
 MAX_ATTEMPT = 10_000
 PAGE_BYTES = 256 * 1024  # new output one page of a live tail (the dashboard) reads at most
+# The words of the marker a runner writes where a log lost output (a full disk): "[scheduler:
+# N bytes of output lost here: the disk was full from T1 to T2]". Readers show it as is; the
+# dashboard also says so above the log.
+LOST_OUTPUT_NOTE = "bytes of output lost here"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +98,11 @@ def last_lines(data: bytes, count: int = TAIL_LINES) -> list[str]:
     """The last ``count`` non-blank lines of ``data``, decoded leniently (pure)."""
     lines = data.decode("utf-8", "replace").splitlines()
     return [line.rstrip() for line in lines if line.strip()][-count:]
+
+
+def lost_output(text: str) -> bool:
+    """Whether ``text`` (a log's) holds the marker of output lost to the disk (pure)."""
+    return f" {LOST_OUTPUT_NOTE}: " in text and "[scheduler: " in text
 
 
 def is_over(job: JobDetail, attempt: int) -> bool:

@@ -12,9 +12,11 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import IO
 
+import httpx
 import pytest
 
 from scheduler.db.queries import Queries
@@ -22,12 +24,16 @@ from scheduler.db.store import JobState, JobStore, NewJob
 from scheduler.disk_space import DiskSpace
 from scheduler.local import run_log, run_records
 from scheduler.local.executor import LocalExecutor
+from scheduler.local.http_server import LocalHTTPServer
 from scheduler.local.log_reader import LocalLogReader
-from scheduler.local.run_log import LOST_NOTE
+from scheduler.local.run_log import LOST_NOTE, log_file, loss_marker
 from scheduler.runs.executor import RunResult, RunStatus
 from scheduler.runs.logs import RunLogs
 from scheduler.runs.starter import RunStarter
+from scheduler.settings import Settings
+from scheduler.wiring import build_core
 from state_machines import START_FAILED, JobStatus
+from tests.conftest import MakeJob
 
 # Each start appends a line to a file outside the runner's folder: the side effect counted.
 RECORDER = (
@@ -262,3 +268,31 @@ def test_a_run_waits_while_the_disk_is_known_full_and_starts_when_space_is_back(
     finally:
         executor.close()
         space.close()
+
+
+def test_the_dashboard_says_above_the_log_that_it_lost_output(
+    settings: Settings, ticking_store: JobStore, tmp_path: Path
+) -> None:
+    MakeJob(ticking_store)("lossy", "passed")
+    MakeJob(ticking_store)("whole", "passed")
+    marker = loss_marker(4096, "full", 1_765_000_000.0, 1_765_000_015.0)
+    for job_id, text in (("lossy", f"a\n[scheduler: {marker}]\nb\n"), ("whole", "a\nb\n")):
+        path = log_file(tmp_path / "logs", job_id, 1)
+        path.parent.mkdir(parents=True)
+        path.write_text(text)
+    core = build_core(
+        replace(settings, webhook_secret="s" * 32, api_token=None, config_path=None),
+        executor=None,
+        log_reader=LocalLogReader(tmp_path / "logs"),
+    )
+    server = LocalHTTPServer(core.http_app).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            lossy = client.get("/ui/jobs/lossy")
+            whole = client.get("/ui/jobs/whole")
+    finally:
+        server.stop()
+    assert lossy.status_code == whole.status_code == 200
+    assert "This log lost output while the disk was full" in lossy.text
+    assert f"4096 {LOST_NOTE}: the disk was full from 2025-12-06T05:46:40Z" in lossy.text
+    assert "This log lost output" not in whole.text
