@@ -81,6 +81,21 @@ def _dynamodb_local_dir(env: Mapping[str, str]) -> Path:
     return cache / "dynamo-scheduler" / "dynamodb-local"
 
 
+def _private_key_file(env: Mapping[str, str]) -> str | None:
+    """The GitHub App's private key from SCHEDULER_GITHUB_APP_PRIVATE_KEY_FILE (never the key
+    itself in the environment); an unreadable file stops the process, naming the path only."""
+    name = env.get("SCHEDULER_GITHUB_APP_PRIVATE_KEY_FILE")
+    if not name:
+        return None
+    try:
+        return Path(name).read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        problem = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not a PEM file"
+        raise ConfigurationError(
+            f"SCHEDULER_GITHUB_APP_PRIVATE_KEY_FILE {name}: {problem}"
+        ) from None
+
+
 @dataclass(frozen=True)
 class TableNames:
     jobs: str = "scheduler-jobs"
@@ -136,6 +151,13 @@ class Settings:
     # Commit statuses: posted only when a token is configured.
     github_token: str | None = field(default=None, repr=False)
     github_api_url: str = "https://api.github.com"
+    # GitHub App mode (beside the token): the App's id and its private key (PEM), read from
+    # SCHEDULER_GITHUB_APP_PRIVATE_KEY_FILE locally, from Secrets Manager on AWS.
+    github_app_id: str | None = None
+    github_app_private_key: str | None = field(default=None, repr=False)
+    # The dashboard's address as GitHub should link to it (a check run's details_url); unset:
+    # the local server's own address.
+    dashboard_url: str | None = None
     # AWS runs: the CodeBuild project that builds a job (unset: runs are not started).
     codebuild_project: str | None = None
     # AWS: the project of builds that get run secrets, and the Secrets Manager name prefix of
@@ -204,6 +226,9 @@ class Settings:
             log_max_bytes=_positive_int(env, "SCHEDULER_LOG_MAX_BYTES", DEFAULT_LOG_MAX_BYTES),
             github_token=env.get("SCHEDULER_GITHUB_TOKEN") or env.get("GITHUB_TOKEN") or None,
             github_api_url=env.get("SCHEDULER_GITHUB_API_URL", "https://api.github.com"),
+            github_app_id=env.get("SCHEDULER_GITHUB_APP_ID") or None,
+            github_app_private_key=_private_key_file(env),
+            dashboard_url=env.get("SCHEDULER_DASHBOARD_URL") or None,
             codebuild_project=env.get("SCHEDULER_CODEBUILD_PROJECT") or None,
             codebuild_secrets_project=env.get("SCHEDULER_CODEBUILD_SECRETS_PROJECT") or None,
             run_secrets_prefix=env.get("SCHEDULER_RUN_SECRETS_PREFIX")

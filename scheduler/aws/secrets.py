@@ -21,6 +21,7 @@ SECRET_ARNS = {
     "SCHEDULER_GITHUB_TOKEN_ARN": "github_token",
     "SCHEDULER_CURSOR_SECRET_ARN": "cursor_secret",
     "SCHEDULER_API_TOKEN_ARN": "api_token",
+    "SCHEDULER_GITHUB_APP_PRIVATE_KEY_ARN": "github_app_private_key",
 }
 """Environment variable holding a secret's ARN -> the settings field its value fills."""
 
@@ -54,4 +55,7 @@ def resolve_secrets(settings: Settings, environ: Mapping[str, str], client: Any)
         github_token=values.get("github_token", settings.github_token),
         cursor_secret=values.get("cursor_secret", settings.cursor_secret),
         api_token=values.get("api_token", settings.api_token),
+        github_app_private_key=values.get(
+            "github_app_private_key", settings.github_app_private_key
+        ),
     )

@@ -27,12 +27,12 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from scheduler.errors import DomainError
 
-__all__ = ["TOKEN_VARIABLE", "CheckoutFailed", "CommitNotFound", "SourceCheckout"]
+__all__ = ["TOKEN_VARIABLE", "CheckoutFailed", "CommitNotFound", "SourceCheckout", "TokenSource"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,10 @@ _HELPER = (
 )
 
 
+TokenSource = Callable[[str], "str | None"]
+"""Repository -> the password git is given for it (a GitHub App's installation token)."""
+
+
 class CheckoutFailed(DomainError):
     """The commit could not be fetched (remote unreachable, refused, timed out): the
     infrastructure's failure, retried as ``start_failed``."""
@@ -68,10 +72,18 @@ class CommitNotFound(DomainError):
 
 class SourceCheckout:
     def __init__(
-        self, folder: Path, *, token: str | None = None, github_host: str = "github.com"
+        self,
+        folder: Path,
+        *,
+        token: str | None = None,
+        github_host: str = "github.com",
+        token_for: TokenSource | None = None,
     ) -> None:
         self._mirrors = folder / "mirrors"
         self._token = token or None
+        # A GitHub App's short-lived token of the repository's installation, asked per fetch
+        # (it is renewed before it expires); it wins over the operator's fixed token.
+        self._token_for = token_for
         # The only host the token is given to (see scheduler.github.clone_urls.github_host).
         self._github_host = github_host.lower()
 
@@ -89,14 +101,22 @@ class SourceCheckout:
             raise CommitNotFound(f"{sha!r} is not a commit sha")
         mirror = self._mirrors / _mirror_name(repo)
         with self._locked(mirror):
-            self._fetch(mirror, clone_url, sha)
+            self._fetch(mirror, clone_url, sha, self._token_of(repo))
             shutil.rmtree(workdir, ignore_errors=True)  # what a lost earlier start left
             workdir.parent.mkdir(parents=True, exist_ok=True)
             clone = ["clone", "--quiet", "--shared", "--no-checkout", str(mirror), str(workdir)]
             self._git("clone", clone)
         self._git("checkout", ["-C", str(workdir), "checkout", "--quiet", "--detach", sha])
 
-    def _fetch(self, mirror: Path, url: str, sha: str) -> None:
+    def _token_of(self, repo: str) -> str | None:
+        if self._token_for is None:
+            return self._token
+        try:
+            return self._token_for(repo) or self._token
+        except DomainError as exc:  # GitHub unreachable or the App not installed: retried
+            raise CheckoutFailed(f"no GitHub App token for {repo}: {exc}") from None
+
+    def _fetch(self, mirror: Path, url: str, sha: str, token: str | None = None) -> None:
         if not mirror.exists():
             partial = mirror.with_name(mirror.name + ".new")
             shutil.rmtree(partial, ignore_errors=True)
@@ -105,11 +125,12 @@ class SourceCheckout:
         if self._has(mirror, sha):
             return
         fetch = ["-C", str(mirror), "fetch", "--quiet", "--no-tags", "--", url]
-        result = self._run([*fetch, f"+{sha}:refs/scheduler/{sha}"], FETCH_TIMEOUT_SECONDS)
+        refspec = f"+{sha}:refs/scheduler/{sha}"
+        result = self._run([*fetch, refspec], FETCH_TIMEOUT_SECONDS, token)
         if result.returncode == 0 and self._has(mirror, sha):
             return
         reason = _last_line(result.stderr)
-        if _NOT_THERE.search(result.stderr) and self._reachable(url):
+        if _NOT_THERE.search(result.stderr) and self._reachable(url, token):
             raise CommitNotFound(f"commit {sha} is not in {_shown(url)}: {reason}")
         raise CheckoutFailed(f"cannot fetch {sha} from {_shown(url)}: {reason}")
 
@@ -117,19 +138,21 @@ class SourceCheckout:
         check = ["-C", str(mirror), "cat-file", "-e", f"{sha}^{{commit}}"]
         return self._run(check, LOCAL_TIMEOUT_SECONDS).returncode == 0
 
-    def _reachable(self, url: str) -> bool:
-        return self._run(["ls-remote", "--heads", "--", url], 60).returncode == 0
+    def _reachable(self, url: str, token: str | None = None) -> bool:
+        return self._run(["ls-remote", "--heads", "--", url], 60, token).returncode == 0
 
     def _git(self, what: str, args: Sequence[str]) -> None:
         result = self._run(args, LOCAL_TIMEOUT_SECONDS)
         if result.returncode != 0:
             raise CheckoutFailed(f"git {what}: {_last_line(result.stderr)}")
 
-    def _run(self, args: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    def _run(
+        self, args: Sequence[str], timeout: float, token: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         try:
             return subprocess.run(
                 ["git", *args],
-                env=self._environment(),
+                env=self._environment(token),
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
                 text=True,
@@ -141,7 +164,8 @@ class SourceCheckout:
         except OSError as exc:
             raise CheckoutFailed(f"cannot run git: {exc}") from exc
 
-    def _environment(self) -> dict[str, str]:
+    def _environment(self, token: str | None = None) -> dict[str, str]:
+        token = token or self._token
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
         settings = {
             "protocol.allow": "never",
@@ -152,9 +176,9 @@ class SourceCheckout:
             "gc.auto": "0",
             "advice.detachedHead": "false",
         }
-        if self._token:
+        if token:
             settings["credential.helper"] = _HELPER
-            env[TOKEN_VARIABLE] = self._token
+            env[TOKEN_VARIABLE] = token
             env[HOST_VARIABLE] = self._github_host
         env.update(GIT_TERMINAL_PROMPT="0", GIT_ASKPASS="true", GIT_CONFIG_NOSYSTEM="1")
         env["GIT_CONFIG_COUNT"] = str(len(settings))
