@@ -100,6 +100,17 @@ class DiskSpace:
         with self._lock:
             self._callbacks.append(callback)
 
+    def unwatch(self, folder: Path) -> None:
+        with self._lock:
+            if folder in self._folders:
+                self._folders.remove(folder)
+
+    def forget(self, callback: Callable[[], object]) -> None:
+        """No longer call ``callback`` (its owner closed)."""
+        with self._lock:
+            if callback in self._callbacks:
+                self._callbacks.remove(callback)
+
     def failed(self, exc: BaseException, where: str) -> bool:
         """Note a failed write; True if it was a disk condition (then it is taken care of)."""
         condition = disk_condition(exc)

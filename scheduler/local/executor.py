@@ -237,6 +237,9 @@ class LocalExecutor:
             if run.group is not None:
                 run.group.stop(KILL_GRACE_SECONDS)
         self._pool.shutdown(wait=True)
+        # Outcomes the disk refused and the store did not take: a last try to keep them.
+        self.records.close()
+        self._disk.forget(self.finish_logs)
 
     def _execute(self, run: _Run) -> None:
         request = run.request

@@ -59,6 +59,7 @@ class RunRecords:
         self._reported = folder / "reported"
         for records in (self._procs, self._results, self._reported):
             records.mkdir(parents=True, exist_ok=True)
+        self._folder = folder
         self._disk = disk
         self._lock = threading.Lock()
         # Outcomes not on disk yet: key -> (outcome, reported already).
@@ -149,6 +150,21 @@ class RunRecords:
         except OSError as exc:  # left in results/: reported again at start-up, a moot report
             if not self._disk.failed(exc, "run records"):
                 log.warning("reported outcome not moved aside: %s", exc, extra={"run_id": key})
+
+    def close(self) -> None:
+        """A last :meth:`flush`; an outcome still held (neither reported nor on disk) is lost
+        with this process, and said so with its job and attempt. Space back is no longer
+        watched for it."""
+        self.flush()
+        self._disk.forget(self.flush)
+        self._disk.unwatch(self._folder)
+        with self._lock:
+            lost = [result for result, reported in self._held.values() if not reported]
+        for result in lost:
+            log.warning(
+                "run outcome lost: not reported and not on disk when the runner closed",
+                extra={"job_id": result.job_id, "attempt": result.attempt},
+            )
 
     @property
     def held(self) -> int:

@@ -8,6 +8,7 @@ filesystem (tests/reliability/test_disk_full.py)."""
 from __future__ import annotations
 
 import errno
+import logging
 import sys
 import threading
 import time
@@ -125,6 +126,7 @@ def test_an_outcome_the_disk_refuses_is_reported_and_its_command_never_runs_agai
     space: DiskSpace,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO)
     starts = tmp_path / "starts"
     starts.mkdir()
     outage = Outage(refusals=3)
@@ -149,6 +151,9 @@ def test_an_outcome_the_disk_refuses_is_reported_and_its_command_never_runs_agai
         held = [r for r in caplog.records if "held in memory" in r.getMessage()]
         assert [(r.job_id, r.attempt) for r in held] == [("full-1", 1)]  # type: ignore[attr-defined]
         assert not any(r.exc_info for r in caplog.records)
+        # Three refused reports: one line when the first failed, one when it was taken.
+        said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("report")]
+        assert len(said) == 2 and said[1] == "report taken after 4 tries", said
         assert space.condition == "full"
         seam.full = False
         assert space.space_back()

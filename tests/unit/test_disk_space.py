@@ -270,3 +270,19 @@ def test_a_failed_record_write_leaves_no_partial_file(
     with pytest.raises(OSError):
         run_records._write_atomically(tmp_path / "x.json", {"key": "k"})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_outcome_still_held_when_the_runner_closes_is_said_lost(
+    tmp_path: Path,
+    refusing_records: Disk,
+    space: DiskSpace,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    records = RunRecords(tmp_path, space)
+    refusing_records.full = True
+    records.keep_result("gh-5#2", RunResult("gh-5", 2, 0, summary="exit code 0"))
+    records.keep_result("gh-6#1", RunResult("gh-6", 1, 0, summary="exit code 0"))
+    records.result_reported("gh-6#1")  # the store has this one: nothing is lost with it
+    records.close()
+    lost = [r for r in caplog.records if r.getMessage().startswith("run outcome lost")]
+    assert [(r.job_id, r.attempt) for r in lost] == [("gh-5", 2)]  # type: ignore[attr-defined]
