@@ -6,7 +6,7 @@ DDB_DIR := .dynamodb-local
 
 .PHONY: setup test reliability soak up lint lock clean sam sam-build sam-validate lambda-ric
 
-setup: $(BIN)/.installed dynamodb-local bubblewrap
+setup: $(BIN)/.installed dynamodb-local bubblewrap webhook-examples
 
 # Every run executes in a bubblewrap sandbox (Debian's bubblewrap, installed with apt-get).
 .PHONY: bubblewrap
@@ -53,6 +53,18 @@ $(LOCK_VENV)/.installed:
 dynamodb-local:
 	@infra/install-dynamodb-local.sh $(DDB_DIR)
 
+# GitHub's webhook payload samples for the GitHub App tests: the npm package pinned by the lock
+# in tests/github-webhook-examples, installed beside it (node_modules/ is git-ignored).
+WEBHOOK_EXAMPLES := tests/github-webhook-examples
+.PHONY: webhook-examples
+webhook-examples: $(WEBHOOK_EXAMPLES)/node_modules/.installed
+
+$(WEBHOOK_EXAMPLES)/node_modules/.installed: $(WEBHOOK_EXAMPLES)/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "error: 'npm' not found: install Node.js and npm (e.g. apt-get install nodejs npm)" >&2; exit 1; }
+	@cd $(WEBHOOK_EXAMPLES) && npm ci --no-audit --no-fund --loglevel=error >/dev/null \
+		|| { echo "error: could not install @octokit/webhooks-examples from the npm registry (network?)" >&2; exit 1; }
+	@touch $@
+
 # The dashboard's browser tests drive Debian's chromium, headless (never `playwright install`).
 .PHONY: chromium
 chromium:
@@ -65,7 +77,42 @@ chromium:
 	} || { echo "error: could not install chromium with apt-get (try: sudo apt-get install chromium)" >&2; exit 1; }
 
 test: setup chromium
+	@$(MAKE) --no-print-directory test-py312
 	$(BIN)/python -m pytest
+
+# The unit tier on Python 3.12 too (Lambda's runtime), in a venv of its own from the same lock.
+# Its interpreter: a python3.12 on PATH or under pyenv, else one that uv installs into .python/
+# (uv downloads it from GitHub, which some machines cannot reach); with none, the tier is
+# skipped with a line saying why.
+PY312_VENV := .venv-py312
+.PHONY: test-py312
+test-py312: $(BIN)/.installed
+	@py=""; \
+	for candidate in python3.12 $(HOME)/.pyenv/versions/3.12*/bin/python3.12 $(CURDIR)/.python/*/bin/python3.12; do \
+		if "$$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' >/dev/null 2>&1; then \
+			py=$$candidate; break; \
+		fi; \
+	done; \
+	if [ -z "$$py" ]; then \
+		$(MAKE) --no-print-directory $(LOCK_VENV)/.installed && \
+		$(LOCK_VENV)/bin/python -m pip install --quiet --disable-pip-version-check uv==0.13.8 >/dev/null 2>&1 && \
+		UV_PYTHON_INSTALL_DIR=$(CURDIR)/.python $(LOCK_VENV)/bin/uv python install --quiet 3.12 >/dev/null 2>&1 && \
+		py=$$(UV_PYTHON_INSTALL_DIR=$(CURDIR)/.python $(LOCK_VENV)/bin/uv python find --no-project 3.12); \
+	fi; \
+	if [ -z "$$py" ]; then \
+		echo "test-py312: skipped: no Python 3.12 on this machine, and uv could not install one" >&2; \
+		exit 0; \
+	fi; \
+	test -x $(PY312_VENV)/bin/python || "$$py" -m venv $(PY312_VENV) || exit 1; \
+	if [ ! -f $(PY312_VENV)/.installed ] || [ $(LOCK) -nt $(PY312_VENV)/.installed ] \
+			|| [ pyproject.toml -nt $(PY312_VENV)/.installed ]; then \
+		$(PY312_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes -r $(LOCK) \
+		&& $(PY312_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e . \
+		&& touch $(PY312_VENV)/.installed \
+		|| { echo "error: could not install $(LOCK) on Python 3.12" >&2; exit 1; }; \
+	fi; \
+	echo "the unit tier on $$($(PY312_VENV)/bin/python --version):" >&2; \
+	$(PY312_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/unit
 
 # The same suite while a CPU hog keeps every core busy (tests/cpu_hog.py, one busy loop per
 # core): a verdict that depends on the machine's speed shows here. The hog is stopped however
@@ -134,4 +181,4 @@ $(addprefix build-,$(LAMBDA_FUNCTIONS)):
 	find "$(ARTIFACTS_DIR)" -name __pycache__ -type d -prune -exec rm -rf {} +
 
 clean:
-	rm -rf $(VENV) $(SAM_VENV) $(LOCK_VENV) .aws-sam $(DDB_DIR) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(SAM_VENV) $(LOCK_VENV) $(PY312_VENV) .python .aws-sam $(DDB_DIR) .pytest_cache .mypy_cache .ruff_cache .hypothesis
