@@ -13,13 +13,11 @@ with its dotted key (``repos."a/b".retry.on[0]``) and a message for a person; th
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
-from importlib import resources
 from typing import Any
 
 __all__ = ["PathPart", "Problem", "schema", "validate"]
@@ -39,7 +37,9 @@ class Problem:
 
 @cache
 def schema() -> Mapping[str, Any]:
-    """The schema, read once from the package."""
+    """The schema, read once from the package (when a file is first validated)."""
+    from importlib import resources
+
     text = resources.files("scheduler").joinpath("config_schema.json").read_text("utf-8")
     loaded: dict[str, Any] = json.loads(text)
     return loaded
@@ -170,6 +170,8 @@ def _near(value: object, choices: Iterable[object]) -> str:
     """``, did you mean 'x'?`` for a near miss of a string (a typo), else nothing."""
     if not isinstance(value, str):
         return ""
+    import difflib  # only for a bad file: kept out of every Lambda cold start
+
     close = difflib.get_close_matches(value, [c for c in choices if isinstance(c, str)], n=1)
     return f", did you mean {close[0]!r}?" if close else ""
 
