@@ -6,7 +6,7 @@ DDB_DIR := .dynamodb-local
 
 .PHONY: setup test reliability soak up lint lock clean sam sam-build sam-validate lambda-ric
 
-setup: $(BIN)/.installed dynamodb-local bubblewrap
+setup: $(BIN)/.installed dynamodb-local bubblewrap webhook-examples
 
 # Every run executes in a bubblewrap sandbox (Debian's bubblewrap, installed with apt-get).
 .PHONY: bubblewrap
@@ -52,6 +52,18 @@ $(LOCK_VENV)/.installed:
 .PHONY: dynamodb-local
 dynamodb-local:
 	@infra/install-dynamodb-local.sh $(DDB_DIR)
+
+# GitHub's webhook payload samples for the GitHub App tests: the npm package pinned by the lock
+# in tests/github-webhook-examples, installed beside it (node_modules/ is git-ignored).
+WEBHOOK_EXAMPLES := tests/github-webhook-examples
+.PHONY: webhook-examples
+webhook-examples: $(WEBHOOK_EXAMPLES)/node_modules/.installed
+
+$(WEBHOOK_EXAMPLES)/node_modules/.installed: $(WEBHOOK_EXAMPLES)/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "error: 'npm' not found: install Node.js and npm (e.g. apt-get install nodejs npm)" >&2; exit 1; }
+	@cd $(WEBHOOK_EXAMPLES) && npm ci --no-audit --no-fund --loglevel=error >/dev/null \
+		|| { echo "error: could not install @octokit/webhooks-examples from the npm registry (network?)" >&2; exit 1; }
+	@touch $@
 
 # The dashboard's browser tests drive Debian's chromium, headless (never `playwright install`).
 .PHONY: chromium

@@ -252,3 +252,9 @@ def mask_for_settings(settings: Settings, config: RepositoryConfig) -> Callable[
             settings.api_token,
         ),
     )
+
+
+# GitHub App mode (SCHEDULER_GITHUB_APP_ID): check runs observed on both runtimes.
+from scheduler.github.app_mode import with_github_app  # noqa: E402
+
+build_core = with_github_app(build_core)

@@ -46,6 +46,7 @@ from scheduler.errors import (
     Unauthorized,
     WebhookRejected,
 )
+from scheduler.github.app_mode import app_requests_for
 from scheduler.github.clone_urls import github_host
 from scheduler.github.delivery import WebhookService, webhook_secret
 from scheduler.settings import (
@@ -430,6 +431,7 @@ def create_app(
         clock=clock,
         guard_window_ms=settings.retention_days * DAY_MS,
         github_host=github_host(settings.github_api_url),
+        app=app_requests_for(settings, store, config),  # GitHub App mode, else None
     )
 
     def receive(request: Request) -> Response:

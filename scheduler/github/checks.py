@@ -273,7 +273,7 @@ class CheckRuns:
     ) -> None:
         self._api = api
         self._auth = auth
-        self._log_tail = log_tail
+        self.log_tail = log_tail  # job id -> its log's last lines, masked
         self._ids: dict[str, int] = {}
 
     def current(self, key: str) -> int | None:
@@ -310,10 +310,10 @@ class CheckRuns:
         )
 
     def _text(self, state: CheckState) -> str | None:
-        if self._log_tail is None:
+        if self.log_tail is None:
             return None
         try:
-            lines = self._log_tail(state.job_id)
+            lines = self.log_tail(state.job_id)
         except Exception:  # no log is no reason to lose the conclusion
             log.warning("no log tail for the check run", extra={"job_id": state.job_id})
             return None

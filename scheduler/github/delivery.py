@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from scheduler import tracing
 from scheduler.config import RepositoryConfig
@@ -42,6 +42,7 @@ from scheduler.db.store import (
     TriggerGuard,
 )
 from scheduler.errors import ConfigurationError, JobExists, TriggerSeen
+from scheduler.github.app_events import CheckRunRequest, CheckSuiteRequest, InstallationChange
 from scheduler.github.clone_urls import DEFAULT_GITHUB_HOST
 from scheduler.github.payload import (
     BuildRequest,
@@ -106,6 +107,16 @@ def webhook_secret(settings: Settings) -> bytes | None:
     return None
 
 
+class AppRequestHandler(Protocol):
+    """A GitHub App's own deliveries (scheduler.github.app_mode.AppRequests)."""
+
+    def handle(
+        self, request: CheckRunRequest | CheckSuiteRequest | InstallationChange
+    ) -> WebhookAnswer: ...
+
+    def uninstalled(self, repo: str) -> bool: ...
+
+
 class WebhookService:
     """Turns one delivery (lower-case headers and the raw body) into at most one job."""
 
@@ -118,8 +129,11 @@ class WebhookService:
         clock: Clock,
         guard_window_ms: int = 30 * DAY_MS,
         github_host: str = DEFAULT_GITHUB_HOST,
+        app: AppRequestHandler | None = None,
     ) -> None:
         self._store = store
+        # GitHub App mode: its check run, check suite and installation deliveries are acted on.
+        self._app = app
         self._config = config
         self._secret = secret
         self._clock = clock
@@ -132,9 +146,14 @@ class WebhookService:
         if self._secret is not None:
             verify_signature(self._secret, body, headers.get(SIGNATURE_HEADER))
         delivery = parse_delivery(headers, body)
-        wanted = interpret(delivery, github_host=self._github_host)
+        wanted = interpret(
+            delivery, github_host=self._github_host, app_events=self._app is not None
+        )
         if isinstance(wanted, Ping):
             return WebhookAnswer(200, {"reason": "pong"})
+        if isinstance(wanted, CheckRunRequest | CheckSuiteRequest | InstallationChange):
+            assert self._app is not None  # read only in App mode
+            return self._app.handle(wanted)
         if isinstance(wanted, BuildRequest):
             wanted = self._filter(wanted)
         if isinstance(wanted, ClosedPullRequest) and self._config.accepts(wanted.repo):
@@ -180,6 +199,8 @@ class WebhookService:
         """The repository configuration's say: accepted repository, built branch or tag."""
         if not self._config.accepts(build.repo):
             return Ignored(f"repository {build.repo} is not accepted by the configuration")
+        if self._app is not None and self._app.uninstalled(build.repo):
+            return Ignored(f"the GitHub App was uninstalled from {build.repo}")
         policy = self._config.policy(build.repo)
         if build.tag is not None:
             if not policy.builds_tag(build.tag):

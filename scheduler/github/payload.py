@@ -14,12 +14,15 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs
 
 from scheduler.errors import UnsupportedMediaType, WebhookRejected
 from scheduler.github.clone_urls import DEFAULT_GITHUB_HOST, allowed_clone_url
 from scheduler.repo_name import canonical_repo
+
+if TYPE_CHECKING:
+    from scheduler.github.app_events import AppRequest
 
 __all__ = [
     "DELIVERY_HEADER",
@@ -40,6 +43,10 @@ DELIVERY_HEADER = "x-github-delivery"
 JOB_ID_PREFIX = "gh-"
 ZERO_SHA = "0" * 40
 BUILD_ACTIONS = frozenset({"opened", "synchronize", "reopened"})
+# A GitHub App's own events (read only in App mode: scheduler.github.app_events).
+APP_EVENT_NAMES = frozenset(
+    {"installation", "installation_repositories", "check_suite", "check_run"}
+)
 
 # Webhook events GitHub documents. A delivery naming one we do not build is answered 202 with
 # a reason; a name outside this list is not a GitHub event at all and is refused (400).
@@ -310,13 +317,19 @@ def _reject_constant(name: str) -> Any:
 
 
 def interpret(
-    delivery: Delivery, *, github_host: str = DEFAULT_GITHUB_HOST
-) -> BuildRequest | Ping | Ignored:
+    delivery: Delivery, *, github_host: str = DEFAULT_GITHUB_HOST, app_events: bool = False
+) -> BuildRequest | Ping | Ignored | AppRequest:
     """What ``delivery`` asks for. Raises :class:`WebhookRejected` for fields of wrong types.
 
     ``github_host`` is the only host a payload's clone URL may name (see
-    :func:`scheduler.github.clone_urls.github_host`).
+    :func:`scheduler.github.clone_urls.github_host`). ``app_events``: a GitHub App is
+    configured, so its own events (check runs, check suites, installations) are read too;
+    without one they make nothing, as before.
     """
+    if app_events and delivery.event in APP_EVENT_NAMES:
+        from scheduler.github.app_events import interpret_app_event  # it builds on this module
+
+        return interpret_app_event(delivery)
     if delivery.event == "ping":
         zen = delivery.payload.get("zen")
         return Ping(zen if isinstance(zen, str) else None)

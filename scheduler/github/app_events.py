@@ -1,0 +1,169 @@
+"""A GitHub App's own deliveries, pure: ``installation``, ``installation_repositories``,
+``check_suite`` and ``check_run`` payloads made typed requests (or :class:`Ignored`).
+
+Like :mod:`scheduler.github.payload`, nothing here does I/O: a field of the wrong type is a
+:class:`~scheduler.errors.WebhookRejected` (400), an action we do not act on an ``Ignored``
+with its reason (202). What the requests *do* (re-run, approve, cancel, the set of installed
+repositories) is :mod:`scheduler.github.app_mode`'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from scheduler.errors import WebhookRejected
+from scheduler.github.checks import job_of
+from scheduler.github.payload import (
+    APP_EVENT_NAMES,
+    Delivery,
+    Ignored,
+    _field,
+    _optional,
+    _repo,
+    _sender,
+    _sha,
+    _text,
+)
+from scheduler.repo_name import canonical_repo
+
+__all__ = [
+    "APP_EVENTS",
+    "CheckRunRequest",
+    "CheckSuiteRequest",
+    "InstallationChange",
+    "interpret_app_event",
+]
+
+APP_EVENTS = APP_EVENT_NAMES
+_IDENTIFIER_MAX = 20  # GitHub's limit on an action's identifier
+_EXTERNAL_ID_MAX = 200
+
+
+@dataclass(frozen=True, slots=True)
+class CheckRunRequest:
+    """``check_run`` ``rerequested`` (GitHub's Re-run) or ``requested_action`` (a button)."""
+
+    delivery_id: str
+    repo: str
+    action: str  # "rerequested" | "requested_action"
+    check_run_id: int
+    job_id: str
+    sender: str | None
+    installation_id: int | None
+    identifier: str | None = None  # the button pressed (requested_action)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckSuiteRequest:
+    """``check_suite`` ``rerequested``: re-run the failed jobs of the suite's commit."""
+
+    delivery_id: str
+    repo: str
+    head_sha: str
+    sender: str | None
+    installation_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class InstallationChange:
+    """Repositories the App was given (``added``) or lost (``removed``) on an installation."""
+
+    delivery_id: str
+    installation_id: int
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+
+
+AppRequest = CheckRunRequest | CheckSuiteRequest | InstallationChange
+
+
+def interpret_app_event(delivery: Delivery) -> AppRequest | Ignored:
+    payload = delivery.payload
+    action = _field(payload, "action", str)
+    if delivery.event == "check_run":
+        return _check_run(delivery, action)
+    if delivery.event == "check_suite":
+        if action != "rerequested":
+            return Ignored(f"check_suite action {action!r} makes no job (push and pull_request do)")
+        suite = _field(payload, "check_suite", dict)
+        return CheckSuiteRequest(
+            delivery_id=delivery.delivery_id,
+            repo=_repo(payload),
+            head_sha=_sha(_field(suite, "head_sha", str, "check_suite.head_sha"), "head_sha"),
+            sender=_sender(payload),
+            installation_id=_installation(payload),
+        )
+    return _installation_change(delivery, action)
+
+
+def _check_run(delivery: Delivery, action: str) -> CheckRunRequest | Ignored:
+    payload = delivery.payload
+    if action not in ("rerequested", "requested_action"):
+        return Ignored(f"check_run action {action!r} asks nothing of the scheduler")
+    run = _field(payload, "check_run", dict)
+    check_run_id = _field(run, "id", int, "check_run.id")
+    external = _optional(run, "external_id", str, "check_run.external_id") or ""
+    if not external:
+        return Ignored("check_run is not one of the scheduler's (no external_id)")
+    _text(external, "check_run.external_id", _EXTERNAL_ID_MAX)
+    identifier = None
+    if action == "requested_action":
+        requested = _field(payload, "requested_action", dict)
+        identifier = _text(
+            _field(requested, "identifier", str, "requested_action.identifier"),
+            "requested_action.identifier",
+            _IDENTIFIER_MAX,
+        )
+    return CheckRunRequest(
+        delivery_id=delivery.delivery_id,
+        repo=_repo(payload),
+        action=action,
+        check_run_id=check_run_id,
+        job_id=job_of(external),
+        sender=_sender(payload),
+        installation_id=_installation(payload),
+        identifier=identifier,
+    )
+
+
+def _installation_change(delivery: Delivery, action: str) -> InstallationChange | Ignored:
+    payload = delivery.payload
+    installation = _field(payload, "installation", dict)
+    installation_id = _field(installation, "id", int, "installation.id")
+    if delivery.event == "installation":
+        listed = _repos(payload, "repositories")
+        if action in ("created", "unsuspend", "new_permissions_accepted"):
+            return InstallationChange(delivery.delivery_id, installation_id, added=listed)
+        if action in ("deleted", "suspend"):
+            return InstallationChange(delivery.delivery_id, installation_id, removed=listed)
+        return Ignored(f"installation action {action!r} changes nothing here")
+    return InstallationChange(
+        delivery.delivery_id,
+        installation_id,
+        added=_repos(payload, "repositories_added"),
+        removed=_repos(payload, "repositories_removed"),
+    )
+
+
+def _repos(payload: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    listed = payload.get(key) or []
+    if not isinstance(listed, list):
+        raise WebhookRejected(f"field '{key}' must be an array")
+    names = []
+    for entry in listed:
+        if not isinstance(entry, dict) or not isinstance(entry.get("full_name"), str):
+            raise WebhookRejected(f"every entry of '{key}' needs a full_name")
+        name = canonical_repo(entry["full_name"])
+        if name is None:
+            raise WebhookRejected(f"'{key}' names {entry['full_name'][:60]!r}, not OWNER/NAME")
+        names.append(name)
+    return tuple(names)
+
+
+def _installation(payload: Mapping[str, Any]) -> int | None:
+    installation = _optional(payload, "installation", dict)
+    if installation is None:
+        return None
+    return _optional(installation, "id", int, "installation.id")

@@ -1,0 +1,347 @@
+"""GitHub App mode: one App per process (credentials, check runs, their send queue) and what
+its own deliveries do.
+
+Made from :class:`~scheduler.settings.Settings` when ``SCHEDULER_GITHUB_APP_ID`` and the key
+are set, once per process (:func:`github_app`), so the stream's check runs and the webhook's
+re-run requests share one token cache and one queue. :func:`attach` adds the check run
+observer to a core; :func:`app_requests_for` gives the webhook what it needs to honour
+GitHub's Re-run buttons and the check runs' Approve and run / Cancel buttons.
+
+Each request is honoured only for a sender with write permission on the repository (asked of
+``GET /repos/{repo}/collaborators/{login}/permission``, cached for a minute); a refusal says
+why on the check run. Each goes through the store's guarded transitions
+(:class:`~scheduler.runs.operations.Operations`), so a double click, a redelivery or five
+concurrent deliveries make one new attempt: the others lose the conditional write.
+
+The repositories an installation gains or loses are kept in memory per process (never in the
+store): an uninstalled repository's deliveries are not built by this process.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from scheduler.config import RepositoryConfig
+from scheduler.db.queries import JobFilter, Queries
+from scheduler.db.store import JobStore
+from scheduler.errors import DomainError, JobNotFound
+from scheduler.github.api import GitHubApi
+from scheduler.github.app_auth import AppAuth
+from scheduler.github.app_events import CheckRunRequest, CheckSuiteRequest, InstallationChange
+from scheduler.github.checks import (
+    APPROVE_ACTION,
+    CANCEL_ACTION,
+    CheckRunObserver,
+    CheckRuns,
+    CheckState,
+    external_id,
+    merge,
+)
+from scheduler.github.delivery import WebhookAnswer
+from scheduler.github.rate_limits import SendQueue
+from scheduler.runs.operations import Operations
+from scheduler.settings import Settings
+from state_machines import InvalidTransition, JobStatus, TransitionConflict
+
+if TYPE_CHECKING:
+    from scheduler.wiring import Core
+
+__all__ = [
+    "AppRequests",
+    "GitHubApp",
+    "Permissions",
+    "app_requests_for",
+    "attach",
+    "github_app",
+]
+
+log = logging.getLogger(__name__)
+
+WRITE_PERMISSIONS = frozenset({"admin", "maintain", "write"})
+PERMISSION_TTL_SECONDS = 60.0
+LOG_TAIL_LINES = 400
+ACTOR = "github"
+
+
+class Permissions:
+    """Whether a GitHub user may write to a repository, asked of GitHub, cached briefly."""
+
+    def __init__(
+        self,
+        api: GitHubApi,
+        auth: AppAuth,
+        *,
+        ttl_seconds: float = PERMISSION_TTL_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._api = api
+        self._auth = auth
+        self._ttl = ttl_seconds
+        self._clock = clock
+        self._known: dict[tuple[str, str], tuple[str, float]] = {}
+        self._lock = threading.Lock()
+
+    def permission(self, repo: str, login: str) -> str:
+        key = (repo.lower(), login.lower())
+        with self._lock:
+            known = self._known.get(key)
+        if known is not None and known[1] > self._clock():
+            return known[0]
+        answer = self._api.request(
+            "GET",
+            f"/repos/{repo}/collaborators/{login}/permission",
+            authorization=self._auth.authorization_for(repo),
+        )
+        found = answer.get("permission") if isinstance(answer, dict) else None
+        permission = found if isinstance(found, str) else "none"
+        with self._lock:
+            self._known[key] = (permission, self._clock() + self._ttl)
+        return permission
+
+    def may_write(self, repo: str, login: str | None) -> bool:
+        return login is not None and self.permission(repo, login) in WRITE_PERMISSIONS
+
+
+@dataclass
+class InstalledRepos:
+    """What installations gave and took away, as this process heard (in memory)."""
+
+    removed: set[str] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def apply(self, change: InstallationChange, auth: AppAuth) -> None:
+        with self.lock:
+            for repo in change.added:
+                self.removed.discard(repo.lower())
+                auth.remember(repo, change.installation_id)
+            for repo in change.removed:
+                self.removed.add(repo.lower())
+                auth.forget(repo)
+
+    def uninstalled(self, repo: str) -> bool:
+        with self.lock:
+            return repo.lower() in self.removed
+
+
+@dataclass
+class GitHubApp:
+    api: GitHubApi
+    auth: AppAuth
+    checks: CheckRuns
+    queue: SendQueue[str, CheckState]
+    permissions: Permissions
+    installed: InstalledRepos
+    dashboard_url: str
+
+    def observer(
+        self,
+        name_for: Callable[[str], str],
+        mask_for: Callable[[str], Callable[[str], str]] | None = None,
+    ) -> CheckRunObserver:
+        return CheckRunObserver(self.queue, name_for, self.dashboard_url, mask_for)
+
+    def close(self) -> None:
+        self.queue.close()
+
+
+_APPS: dict[tuple[str, str, str], GitHubApp] = {}
+_APPS_LOCK = threading.Lock()
+
+
+def github_app(settings: Settings) -> GitHubApp | None:
+    """This process's App for ``settings`` (made once), or None when App mode is off."""
+    if not settings.github_app_id or not settings.github_app_private_key:
+        return None
+    dashboard = settings.dashboard_url or f"http://{settings.http_host}:{settings.http_port}"
+    key = (settings.github_app_id, settings.github_api_url, dashboard)
+    with _APPS_LOCK:
+        made = _APPS.get(key)
+        if made is not None:
+            return made
+        api = GitHubApi(settings.github_api_url)
+        auth = AppAuth(settings.github_app_id, settings.github_app_private_key, api)
+        checks = CheckRuns(api, auth)
+        # On Lambda each update is sent before the invocation returns (a frozen sandbox's
+        # thread would lose it); elsewhere one worker sends, merging a second's changes.
+        queue: SendQueue[str, CheckState] = SendQueue(
+            checks.send,
+            merge,
+            window_seconds=0.0 if settings.on_lambda else 1.0,
+            background=not settings.on_lambda,
+        )
+        made = GitHubApp(
+            api=api,
+            auth=auth,
+            checks=checks,
+            queue=queue,
+            permissions=Permissions(api, auth),
+            installed=InstalledRepos(),
+            dashboard_url=dashboard.rstrip("/"),
+        )
+        _APPS[key] = made
+        return made
+
+
+def attach(core: Core) -> None:
+    """Add the App's check runs to ``core`` (nothing when App mode is off)."""
+    app = github_app(core.settings)
+    if app is None:
+        return
+    from scheduler.wiring import mask_for_settings  # the composition root imports this module
+
+    logs = core.logs
+    if logs is not None:
+        app.checks.log_tail = lambda job_id: logs.tail(core.queries.job(job_id), LOG_TAIL_LINES)
+    observer = app.observer(
+        lambda repo: core.config.policy(repo).status_context,
+        mask_for_settings(core.settings, core.config),
+    )
+    core.dispatcher.observers = (*core.dispatcher.observers, observer)
+    core.observers = (*core.observers, observer)
+
+
+def with_github_app(build: Callable[..., Core]) -> Callable[..., Core]:
+    """``build_core`` that also attaches the App (the composition root's one hook)."""
+
+    def built(*args: Any, **kwargs: Any) -> Core:
+        core = build(*args, **kwargs)
+        attach(core)
+        return core
+
+    built.__doc__ = build.__doc__
+    built.__wrapped__ = build  # type: ignore[attr-defined]
+    return built
+
+
+# -- the App's deliveries ------------------------------------------------------------------------
+
+
+class AppRequests:
+    """What the App's own deliveries do: re-runs, approvals, cancels, installations."""
+
+    def __init__(
+        self, app: GitHubApp, store: JobStore, queries: Queries, config: RepositoryConfig
+    ) -> None:
+        self._app = app
+        self._store = store
+        self._queries = queries
+        self._config = config
+
+    def uninstalled(self, repo: str) -> bool:
+        return self._app.installed.uninstalled(repo)
+
+    def handle(
+        self, request: CheckRunRequest | CheckSuiteRequest | InstallationChange
+    ) -> WebhookAnswer:
+        if isinstance(request, InstallationChange):
+            self._app.installed.apply(request, self._app.auth)
+            log.info(
+                "installation changed",
+                extra={
+                    "installation_id": request.installation_id,
+                    "added": len(request.added),
+                    "removed": len(request.removed),
+                },
+            )
+            return WebhookAnswer(
+                202,
+                {
+                    "reason": "installation updated",
+                    "added": list(request.added),
+                    "removed": list(request.removed),
+                },
+            )
+        if request.installation_id is not None:
+            self._app.auth.remember(request.repo, request.installation_id)
+        if not self._config.accepts(request.repo) or self.uninstalled(request.repo):
+            return WebhookAnswer(202, {"reason": f"repository {request.repo} is not built here"})
+        if not self._may_write(request.repo, request.sender):
+            return self._refuse(request)
+        if isinstance(request, CheckSuiteRequest):
+            return self._rerun_suite(request)
+        return self._check_run(request)
+
+    def _may_write(self, repo: str, login: str | None) -> bool:
+        try:
+            return self._app.permissions.may_write(repo, login)
+        except DomainError as exc:  # GitHub unreachable: no permission is assumed
+            log.warning("permission not known", extra={"repo": repo, "problem": str(exc)})
+            return False
+
+    def _refuse(self, request: CheckRunRequest | CheckSuiteRequest) -> WebhookAnswer:
+        who = f"@{request.sender}" if request.sender else "The sender"
+        reason = (
+            f"{who} has no write permission on {request.repo}: only people who may push to it"
+            " can re-run, approve or cancel its checks"
+        )
+        if isinstance(request, CheckRunRequest):
+            try:
+                self._app.checks.update(
+                    request.repo,
+                    request.check_run_id,
+                    {"output": {"title": "Request refused", "summary": reason}},
+                )
+            except DomainError as exc:  # the refusal stands even if GitHub does not hear why
+                log.warning("refusal not shown", extra={"repo": request.repo, "problem": str(exc)})
+        log.info("app request refused", extra={"repo": request.repo, "sender": request.sender})
+        return WebhookAnswer(202, {"reason": reason})
+
+    def _check_run(self, request: CheckRunRequest) -> WebhookAnswer:
+        operations = Operations(self._store, self._queries, actor=ACTOR)
+        job_id = request.job_id
+        try:
+            if request.action == "rerequested":
+                current = self._app.checks.current(external_id(job_id))
+                if current is not None and current != request.check_run_id:
+                    # An older check run of the job: it was re-run already.
+                    return WebhookAnswer(200, {"job_id": job_id, "reason": "already re-run"})
+                changed = operations.retry(job_id)
+            elif request.identifier == APPROVE_ACTION:
+                changed = operations.approve(job_id)
+            elif request.identifier == CANCEL_ACTION:
+                changed = operations.cancel(job_id)
+            else:
+                return WebhookAnswer(202, {"reason": f"unknown action {request.identifier!r}"})
+        except JobNotFound:
+            return WebhookAnswer(202, {"reason": f"job {job_id} does not exist"})
+        except (TransitionConflict, InvalidTransition) as lost:
+            # A double click, a redelivery or a concurrent delivery did it first (or the job
+            # is not in a state the button applies to): nothing more is done.
+            return WebhookAnswer(200, {"job_id": job_id, "reason": str(lost)})
+        log.info(
+            "app request honoured",
+            extra={"job_id": job_id, "action": request.action, "sender": request.sender},
+        )
+        return WebhookAnswer(
+            202, {"job_id": job_id, "status": changed.status, "attempt": changed.attempt}
+        )
+
+    def _rerun_suite(self, request: CheckSuiteRequest) -> WebhookAnswer:
+        operations = Operations(self._store, self._queries, actor=ACTOR)
+        failed = [
+            job.job_id
+            for job in self._queries.iter_jobs(request.repo, JobFilter(status=JobStatus.FAILED))
+            if job.sha == request.head_sha
+        ]
+        retried = []
+        for job_id in failed:
+            try:
+                retried.append(operations.retry(job_id).job_id)
+            except (TransitionConflict, InvalidTransition, JobNotFound):
+                continue  # re-run meanwhile
+        return WebhookAnswer(202 if retried else 200, {"retried": retried})
+
+
+def app_requests_for(
+    settings: Settings, store: JobStore, config: RepositoryConfig
+) -> AppRequests | None:
+    """The webhook's handler of the App's deliveries (None when App mode is off)."""
+    app = github_app(settings)
+    if app is None:
+        return None
+    return AppRequests(app, store, Queries.from_settings(settings), config)

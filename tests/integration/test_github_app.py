@@ -1,0 +1,322 @@
+"""GitHub App deliveries through the real webhook route (loopback HTTP, DynamoDB Local), with
+GitHub's own payload samples (npm @octokit/webhooks-examples, installed by `make setup`) and the
+GitHub API stand-in checking every request the App makes.
+
+The re-run race: five concurrent ``check_run.rerequested`` deliveries for one failed job make
+exactly one new attempt; a sender without write permission changes nothing and is told why on
+the check run.
+"""
+
+from __future__ import annotations
+
+import copy
+import http.client
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from github_api_stand_in import GitHubStandIn
+
+from scheduler.api.app import create_app
+from scheduler.db.store import JobStore
+from scheduler.github.app_events import (
+    CheckRunRequest,
+    CheckSuiteRequest,
+    InstallationChange,
+    interpret_app_event,
+)
+from scheduler.github.app_mode import github_app
+from scheduler.github.payload import Delivery, Ignored, interpret
+from scheduler.github.signature import sign
+from scheduler.local.http_server import LocalHTTPServer
+from scheduler.settings import Settings
+from state_machines import JobStatus
+
+EXAMPLES = (
+    Path(__file__).resolve().parents[1]
+    / "github-webhook-examples/node_modules/@octokit/webhooks-examples/api.github.com/index.json"
+)
+SECRET = "github-app-webhook-secret-0123456789abcdef"
+REPO = "octo-org/api"  # make_job's repository
+STAND_IN_PORT = 18731
+HTTP_PORT = 18732
+
+
+def samples() -> dict[str, list[dict[str, Any]]]:
+    """GitHub's payload samples by event (read from the installed npm package)."""
+    assert EXAMPLES.is_file(), f"{EXAMPLES} missing: run `make webhook-examples`"
+    index = json.loads(EXAMPLES.read_text())
+    return {entry["name"]: entry["examples"] for entry in index}
+
+
+SAMPLES = samples()
+
+
+def sample(event: str, action: str) -> dict[str, Any]:
+    found = next(s for s in SAMPLES[event] if s.get("action") == action)
+    return copy.deepcopy(found)
+
+
+def for_job(body: dict[str, Any], job_id: str, sender: str, check_run_id: int) -> bytes:
+    """A sample made to name our repository, job (its external id), check run and sender."""
+    body["repository"]["full_name"] = REPO
+    body["check_run"]["external_id"] = job_id
+    body["check_run"]["id"] = check_run_id
+    body["sender"]["login"] = sender
+    body["installation"]["id"] = 55
+    return json.dumps(body).encode()
+
+
+@pytest.fixture(scope="module")
+def github() -> Iterator[GitHubStandIn]:
+    with GitHubStandIn(port=STAND_IN_PORT) as stand_in:
+        stand_in.install(REPO, 55)
+        yield stand_in
+
+
+@pytest.fixture(scope="module")
+def app_settings(settings: Settings, github: GitHubStandIn) -> Settings:
+    return replace(
+        settings,
+        webhook_secret=SECRET,
+        github_app_id=str(github.app_id),
+        github_app_private_key=github.private_key_pem,
+        github_api_url=github.url,
+        dashboard_url="https://ci.example.com",
+    )
+
+
+@pytest.fixture(scope="module")
+def server(app_settings: Settings) -> Iterator[LocalHTTPServer]:
+    with LocalHTTPServer(create_app(app_settings), port=HTTP_PORT) as running:
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def no_bad_requests(github: GitHubStandIn) -> Iterator[None]:
+    github.problems.clear()
+    yield
+    assert github.problems == []
+
+
+def post(server: LocalHTTPServer, event: str, body: bytes, delivery: str | None = None) -> Any:
+    connection = http.client.HTTPConnection(*server.address, timeout=30)
+    headers = {
+        "Content-Type": "application/json",
+        "X-GitHub-Event": event,
+        "X-GitHub-Delivery": delivery or str(uuid.uuid4()),
+        "X-Hub-Signature-256": sign(SECRET.encode(), body),
+    }
+    connection.request("POST", "/webhook", body, headers)
+    response = connection.getresponse()
+    return response.status, json.loads(response.read())
+
+
+def check_run_on_github(github: GitHubStandIn, job_id: str) -> int:
+    """A check run of the job as the App made it (through the stand-in's own route)."""
+    app_auth = github_app_for(github).auth
+    created = github_app_for(github).api.request(
+        "POST",
+        f"/repos/{REPO}/check-runs",
+        authorization=app_auth.authorization_for(REPO),
+        json={
+            "name": "ci/scheduler",
+            "head_sha": "c0ffee" + "0" * 34,
+            "status": "completed",
+            "conclusion": "failure",
+            "external_id": job_id,
+            "details_url": f"https://ci.example.com/ui/jobs/{job_id}",
+            "output": {"title": "Failed", "summary": "exit code 1"},
+        },
+    )
+    return int(created["id"])
+
+
+_APP_SETTINGS: dict[str, Settings] = {}
+
+
+def github_app_for(github: GitHubStandIn) -> Any:
+    found = github_app(_APP_SETTINGS["settings"])
+    assert found is not None
+    return found
+
+
+@pytest.fixture(autouse=True)
+def _remember_settings(app_settings: Settings) -> None:
+    _APP_SETTINGS["settings"] = app_settings
+
+
+# -- GitHub's samples, read in App mode ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "event", ["check_run", "check_suite", "installation", "installation_repositories"]
+)
+def test_every_sample_of_the_apps_events_is_read(event: str) -> None:
+    kinds = set()
+    for number, body in enumerate(SAMPLES[event]):
+        delivery = Delivery(event=event, delivery_id=f"d-{number}", payload=body)
+        wanted = interpret(delivery, app_events=True)
+        kinds.add(type(wanted).__name__)
+        assert isinstance(
+            wanted, CheckRunRequest | CheckSuiteRequest | InstallationChange | Ignored
+        )
+        # Without App mode they make nothing, as before.
+        assert isinstance(interpret(delivery), Ignored)
+    expected = {
+        "check_run": {"Ignored"},  # the samples carry no external id: not the scheduler's
+        "check_suite": {"CheckSuiteRequest", "Ignored"},
+        "installation": {"InstallationChange"},  # every action of the samples is one
+        "installation_repositories": {"InstallationChange"},
+    }
+    assert kinds == expected[event]
+
+
+def test_a_rerequested_sample_names_the_job_by_its_external_id() -> None:
+    body = json.loads(for_job(sample("check_run", "rerequested"), "gh-abc", "octocat", 99))
+    wanted = interpret_app_event(Delivery("check_run", "d-1", body))
+    assert wanted == CheckRunRequest(
+        delivery_id="d-1",
+        repo=REPO,
+        action="rerequested",
+        check_run_id=99,
+        job_id="gh-abc",
+        sender="octocat",
+        installation_id=55,
+    )
+    body = json.loads(for_job(sample("check_run", "requested_action"), "gh-abc#lint", "o", 9))
+    action = interpret_app_event(Delivery("check_run", "d-2", body))
+    assert isinstance(action, CheckRunRequest) and action.job_id == "gh-abc"
+    assert action.identifier == "lgtm|26764"
+
+
+# -- the re-run race ------------------------------------------------------------------------------
+
+
+def test_five_concurrent_rerequests_make_exactly_one_new_attempt(
+    server: LocalHTTPServer, github: GitHubStandIn, make_job: Any, store: JobStore
+) -> None:
+    job_id = f"gh-race-{uuid.uuid4().hex[:8]}"
+    make_job(job_id, "failed")
+    github.grant(REPO, "writer", "write")
+    check_run = check_run_on_github(github, job_id)
+    barrier = threading.Barrier(5)
+    answers: list[tuple[int, dict[str, Any]]] = []
+
+    def click() -> None:
+        body = for_job(sample("check_run", "rerequested"), job_id, "writer", check_run)
+        barrier.wait()
+        answers.append(post(server, "check_run", body))  # each a delivery of its own
+
+    threads = [threading.Thread(target=click) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    job = store.state(job_id)
+    assert (job.status, job.attempt) == (JobStatus.PENDING, 2)
+    statuses = sorted(status for status, _ in answers)
+    assert statuses == [200, 200, 200, 200, 202], answers
+    (won,) = [body for status, body in answers if status == 202]
+    assert won == {"job_id": job_id, "status": "pending", "attempt": 2}
+    # A redelivery of one of them later: still the one attempt.
+    body = for_job(sample("check_run", "rerequested"), job_id, "writer", check_run)
+    assert post(server, "check_run", body)[0] == 200
+    assert store.state(job_id).attempt == 2
+    # GitHub was asked the sender's permission once (cached briefly), with the App's token.
+    asked = github.requests("GET", f"/repos/{REPO}/collaborators/writer/permission")
+    assert 1 <= len(asked) <= 5
+    assert all(s.headers["authorization"].startswith("token ") for s in asked)
+
+
+def test_a_rerequest_without_write_permission_changes_nothing_and_says_why(
+    server: LocalHTTPServer, github: GitHubStandIn, make_job: Any, store: JobStore
+) -> None:
+    job_id = f"gh-read-{uuid.uuid4().hex[:8]}"
+    make_job(job_id, "failed")
+    github.grant(REPO, "reader", "read")
+    check_run = check_run_on_github(github, job_id)
+    body = for_job(sample("check_run", "rerequested"), job_id, "reader", check_run)
+    status, answer = post(server, "check_run", body)
+    assert status == 202 and "@reader has no write permission" in answer["reason"]
+    job = store.state(job_id)
+    assert (job.status, job.attempt) == (JobStatus.FAILED, 1)
+    refused = github.check_runs[check_run]
+    assert refused.fields["output"]["title"] == "Request refused"
+    assert "@reader has no write permission on octo-org/api" in refused.fields["output"]["summary"]
+    assert refused.fields["conclusion"] == "failure"  # the result itself is not touched
+
+
+# -- the buttons ----------------------------------------------------------------------------------
+
+
+def test_approve_and_run_then_cancel_each_happen_once(
+    server: LocalHTTPServer, github: GitHubStandIn, make_job: Any, store: JobStore
+) -> None:
+    job_id = f"gh-fork-{uuid.uuid4().hex[:8]}"
+    make_job(job_id, "waiting")
+    github.grant(REPO, "maintainer", "maintain")
+    check_run = check_run_on_github(github, job_id)
+
+    def press(identifier: str) -> tuple[int, dict[str, Any]]:
+        body = sample("check_run", "requested_action")
+        body["requested_action"]["identifier"] = identifier
+        return post(server, "check_run", for_job(body, job_id, "maintainer", check_run))  # type: ignore[no-any-return]
+
+    assert press("approve") == (202, {"job_id": job_id, "status": "pending", "attempt": 1})
+    assert press("approve")[0] == 200  # a double click: nothing more
+    assert store.state(job_id).status is JobStatus.PENDING
+    assert press("cancel")[1]["status"] == "cancelled"
+    assert press("cancel")[0] == 200
+    assert store.state(job_id).status is JobStatus.CANCELLED
+
+
+def test_a_check_suite_rerequest_reruns_the_failed_jobs_of_its_commit(
+    server: LocalHTTPServer, github: GitHubStandIn, make_job: Any, store: JobStore
+) -> None:
+    failed = f"gh-suite-{uuid.uuid4().hex[:8]}"
+    passed = f"gh-suite-{uuid.uuid4().hex[:8]}"
+    make_job(failed, "failed")
+    make_job(passed, "passed")
+    github.grant(REPO, "suite-writer", "admin")
+    body = sample("check_suite", "rerequested")
+    body["repository"]["full_name"] = REPO
+    body["check_suite"]["head_sha"] = "c0ffee" + "0" * 34
+    body["sender"]["login"] = "suite-writer"
+    body["installation"]["id"] = 55
+    status, answer = post(server, "check_suite", json.dumps(body).encode())
+    assert status == 202 and failed in answer["retried"] and passed not in answer["retried"]
+    assert store.state(failed).attempt == 2
+    assert store.state(passed).status is JobStatus.PASSED
+
+
+# -- installations --------------------------------------------------------------------------------
+
+
+def test_an_uninstalled_repository_stops_being_built_until_added_again(
+    server: LocalHTTPServer, github: GitHubStandIn
+) -> None:
+    push = json.loads((Path(__file__).parents[1] / "events/push.branch.json").read_text())
+    push["repository"]["full_name"] = "octo-org/leaving"
+
+    def push_once() -> tuple[int, dict[str, Any]]:
+        push["after"] = uuid.uuid4().hex + "0" * 8
+        return post(server, "push", json.dumps(push).encode())  # type: ignore[no-any-return]
+
+    removed = sample("installation_repositories", "removed")
+    removed["repositories_removed"] = [{"full_name": "octo-org/leaving"}]
+    removed["repositories_added"] = []
+    status, answer = post(server, "installation_repositories", json.dumps(removed).encode())
+    assert status == 202 and answer["removed"] == ["octo-org/leaving"]
+    status, answer = push_once()
+    assert status == 202 and "uninstalled" in answer["reason"] and "job_id" not in answer
+    added = sample("installation_repositories", "added")
+    added["repositories_added"] = [{"full_name": "octo-org/leaving"}]
+    assert post(server, "installation_repositories", json.dumps(added).encode())[0] == 202
+    status, answer = push_once()
+    assert status == 202 and "job_id" in answer
