@@ -30,6 +30,7 @@ from typer._click import exceptions as click_errors  # typer vendors click (pinn
 from scheduler.cli import logs as cli_logs
 from scheduler.cli import render
 from scheduler.cli.config_check import config_app
+from scheduler.cli.github_app import github_app
 from scheduler.cli.target import Target, resolve, webhook_target
 from scheduler.db import clients, models
 from scheduler.db.dead_letters import DeadLetter, DeadLetterStore
@@ -52,6 +53,7 @@ app = typer.Typer(
 tables_app = typer.Typer(help="Manage the scheduler's DynamoDB tables.", no_args_is_help=True)
 app.add_typer(tables_app, name="tables")
 app.add_typer(config_app, name="config")
+app.add_typer(github_app, name="github")
 dynamodb_local_app = typer.Typer(
     help="The DynamoDB Local the local stack runs (installed on first use).",
     no_args_is_help=True,
