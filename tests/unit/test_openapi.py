@@ -12,6 +12,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+from openapi_spec_validator import OpenAPIV31SpecValidator
 
 from scheduler.api.app import Application
 from scheduler.api.auth import Access
@@ -72,6 +73,7 @@ def test_each_operation_asks_for_what_its_route_asks(core: Core) -> None:
 def test_the_document_is_openapi_3_1_with_sound_schemas_and_references() -> None:
     doc = document()
     assert doc["openapi"] == "3.1.0" and doc["info"]["version"]
+    OpenAPIV31SpecValidator(doc).validate()  # the specification's own schema and rules
     ids = [operation["operationId"] for _, _, operation in operations()]
     assert len(ids) == len(set(ids))
     for schema in doc["components"]["schemas"].values():
