@@ -127,7 +127,7 @@ class _Walk:
         elif expected == "boolean":
             self.fail(path, key, f"must be true or false, not {_toml_type(value)}")
         elif rule.get("minLength", 0) > 0 or "pattern" in rule:
-            self.fail(path, key, "must be a non-empty string")
+            self.fail(path, key, f"must be a non-empty string, not {_toml_type(value)}")
         else:
             self.fail(path, key, f"must be a string, not {_toml_type(value)}")
         return False

@@ -109,7 +109,7 @@ BAD_FILES: list[tuple[str, str, int, str]] = [
     ("[defaults]\ncheckout = 'yes'", "defaults.checkout", 2, "true or false, not a string"),
     ("[defaults]\nnetwork = 1", "defaults.network", 2, "true or false, not a number"),
     ("[defaults]\nretry = 1", "defaults.retry", 2, "must be a table"),
-    ("[defaults]\nstatus_context = 5", "defaults.status_context", 2, "non-empty string"),
+    ("[defaults]\nstatus_context = 5", "defaults.status_context", 2, "string, not a number"),
     # ranges, emptiness, patterns
     ("[defaults]\ntimeout_seconds = 0", "defaults.timeout_seconds", 2, "between 1 and 604800"),
     ("[defaults]\nconcurrency = 1001", "defaults.concurrency", 2, "between 1 and 1000, not 1001"),
