@@ -33,7 +33,13 @@ from pathlib import Path
 from scheduler.disk_space import DISK, OK, DiskSpace, disk_condition
 from scheduler.errors import InvalidArgument
 from scheduler.github.clone_urls import DEFAULT_GITHUB_HOST
-from scheduler.local.checkout import TOKEN_VARIABLE, CheckoutFailed, CommitNotFound, SourceCheckout
+from scheduler.local.checkout import (
+    TOKEN_VARIABLE,
+    CheckoutFailed,
+    CommitNotFound,
+    SourceCheckout,
+    TokenSource,
+)
 from scheduler.local.process_group import ProcessGroup
 from scheduler.local.procutil import orphan_proof
 from scheduler.local.run_log import LOGS_FOLDER, CappedLog, OutputPump, log_file
@@ -95,6 +101,7 @@ class LocalExecutor:
         sandbox: Bubblewrap | None = None,
         github_host: str = DEFAULT_GITHUB_HOST,
         disk: DiskSpace = DISK,
+        git_token_for: TokenSource | None = None,
     ) -> None:
         """``sandbox``: what runs whose request asks for one execute in (None: a request that
         asks for one fails as ``error``, never runs unsandboxed)."""
@@ -118,8 +125,12 @@ class LocalExecutor:
         self._log_max_bytes = log_max_bytes
         self._mask_for = mask_for  # secrets kept out of the summary stored on the job
         # The git token goes to the GitHub host only (github_host: see SourceCheckout).
+        # A GitHub App's installation token per repository (git_token_for) wins over it.
         self._checkout = SourceCheckout(
-            work_dir, token=source.get(TOKEN_VARIABLE), github_host=github_host
+            work_dir,
+            token=source.get(TOKEN_VARIABLE),
+            github_host=github_host,
+            token_for=git_token_for,
         )
         self._sandbox = sandbox
         # The values a repository's ``secrets`` key names: SCHEDULER_SECRET_<NAME>.

@@ -27,6 +27,7 @@ from scheduler.config import RepoPolicy, RepositoryConfig, load_config
 from scheduler.db import clients
 from scheduler.db.tables import ensure_tables
 from scheduler.errors import ConfigurationError, StoreUnavailable
+from scheduler.github.app_mode import github_app
 from scheduler.github.clone_urls import github_host
 from scheduler.github.delivery import webhook_secret
 from scheduler.local.dynamodb_local import DynamoDBLocal, port_in_use, stack_access_key
@@ -351,6 +352,8 @@ def compose(
             mask_for=mask_for_settings(settings, config),
             sandbox=sandbox,
             github_host=github_host(settings.github_api_url),
+            # GitHub App mode: git fetches with the repository's installation token.
+            git_token_for=app.auth.token_for if (app := github_app(settings)) else None,
         )
 
     return build_core(
