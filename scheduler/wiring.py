@@ -152,6 +152,7 @@ def build_core(
     reservations = Reservations()  # jobs being activated here: hand-offs and promotions
     runs: RunStarter | None = None
     cancel_run: Callable[[str], None] | None = None
+    run_stopped: Callable[[str], bool] | None = None
     if executor is not None:
 
         def finished(result: RunResult) -> None:  # the executor is made before the starter
@@ -183,6 +184,7 @@ def build_core(
             reservations=reservations,
         )
         cancel_run = made.cancel
+        run_stopped = made.stopped
 
     notifier: GitHubNotifier | None = None
     observers: list[TransitionObserver] = []
@@ -211,6 +213,7 @@ def build_core(
         start_run=runs.start if runs is not None else None,
         claiming_starter=runs if claim_on_activation else None,
         stop_run=cancel_run,
+        run_stopped=run_stopped,
         observers=observers,
         full_repos=full_repos,
         reservations=reservations,
@@ -226,7 +229,10 @@ def build_core(
             cancel_run=cancel_run,
             status_of=runs.executor.status if runs is not None else None,
             restart=runs.start if runs is not None else None,
-            restart_claimed=runs.start_claimed if runs is not None else None,
+            # Only a runtime whose activations claim runs has claims that name a runner.
+            restart_claimed=runs.start_claimed
+            if runs is not None and claim_on_activation
+            else None,
             settle=runs.settle if runs is not None else None,
             started_at=runs.executor.started_at if runs is not None else None,
             start_grace_seconds=settings.start_grace_seconds,

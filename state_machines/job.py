@@ -45,6 +45,11 @@ TRANSITION_TABLE: list[dict[str, object]] = [
     },
 ]
 
+HOLDS_SLOT = frozenset({(JobStatus.ACTIVE, Trigger.CANCEL), (JobStatus.ACTIVE, Trigger.TIME_OUT)})
+"""Transitions out of ``active`` whose run may still go (the scheduler stops it): the job keeps
+its slot until the run is known stopped. A run that ended by itself (a pass, a failure, a
+timeout the run reported) frees its slot in its finishing write."""
+
 MACHINE = Machine(
     model=None,
     states=list(JobStatus),
@@ -61,9 +66,9 @@ class TransitionPlan:
 
     ``slot_delta`` is +1 when the job takes one of its repository's slots, -1 when it frees
     one; ``holds_slot`` is true when the job leaves ``active`` but keeps its slot until its run
-    is known to be stopped (a cancel: the next job must not start while the cancelled run still
-    runs); ``next_attempt`` is true when the job starts a new attempt; ``reason`` is the fixed
-    failure reason a trigger implies (``timed_out``).
+    is known to be stopped (a cancel, the reaper's timeout: the next job must not start while
+    the old run still runs); ``next_attempt`` is true when the job starts a new attempt;
+    ``reason`` is the fixed failure reason a trigger implies (``timed_out``).
     """
 
     trigger: Trigger
@@ -82,7 +87,7 @@ def _compile() -> dict[tuple[JobStatus, Trigger], TransitionPlan]:
         for source_name, transitions in event.transitions.items():
             source = JobStatus[source_name]  # Enum states are named by member name
             dest = JobStatus[str(transitions[0].dest)]
-            holds_slot = source is JobStatus.ACTIVE and trigger is Trigger.CANCEL
+            holds_slot = (source, trigger) in HOLDS_SLOT
             slot_delta = (dest is JobStatus.ACTIVE) - (
                 source is JobStatus.ACTIVE and not holds_slot
             )

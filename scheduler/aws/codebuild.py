@@ -20,9 +20,19 @@ Faults, and why each is handled where it is:
   which is retried automatically.
 - A completion event lost: the reaper asks :meth:`CodeBuildExecutor.result_of`
   (``BatchGetBuilds``) before it times a run out, and a finished build is reported as usual.
-- A cancel (or timeout) that lands while ``StartBuild`` is in flight names only the claim:
-  nothing is stopped then, and the starter stops the build once it has its id. ``StopBuild``
-  refused for a build that already ended is the answer, not an outage (see :meth:`cancel`).
+- A cancel (or timeout) that lands while ``StartBuild`` is in flight names only the claim
+  (``job_id#attempt``), and the starter stops the build once it has its id. If the starter
+  died between CodeBuild's answer and recording the id, nobody would: so a stop of a claim
+  finds its build among the project's newest builds (``ListBuildsForProject``, newest first,
+  then ``BatchGetBuilds``) by the environment every build of ours carries
+  (``SCHEDULER_JOB_ID``, ``SCHEDULER_ATTEMPT``), and stops that; the claim counts as stopped
+  only if no such build is among them (:data:`CLAIM_LOOKUP_PAGES`). Chosen over a second
+  write before ``StartBuild``: the claim already is that write, and the build's own
+  environment is the one record that cannot be lost between the two.
+- ``StopBuild`` only asks: a stop counts once ``BatchGetBuilds`` no longer reports the build
+  ``IN_PROGRESS`` (:meth:`stopped`); until then the slot stays held, and the reconciliation
+  asks again each round. ``StopBuild`` refused for a build that already ended is the answer,
+  not an outage (see :meth:`cancel`).
 
 Secrets: a build whose repository names ``secrets`` runs in a second project
 (:class:`SecretsProject`) whose role alone may read the run secrets in Secrets Manager; the
@@ -38,8 +48,10 @@ import json
 import logging
 import math
 import shlex
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
@@ -80,6 +92,19 @@ RETRYABLE_CODES = frozenset(
     }
 )
 """Error codes of a CodeBuild call that may pass: the same call is tried again later."""
+
+CLAIM_LOOKUP_PAGES = 3
+"""Pages of ``ListBuildsForProject`` (100 build ids each, newest first) searched for the build
+of a claim that recorded no build id: a build started after its claim is among the project's
+newest unless hundreds started after it (a stop is asked again each round meanwhile)."""
+
+QUEUED_PHASES = frozenset({"SUBMITTED", "QUEUED"})
+"""A build in these phases waits in CodeBuild's queue: it has not started, and its job's
+timeout does not run (CodeBuild's own build timeout does not count queue time either)."""
+
+LOOKUP_MEMO_SECONDS = 2.0
+"""How long one ``BatchGetBuilds`` answer serves the reaper's questions about a build (what it
+does, when it really started, how it ended): one request per judgement, not three."""
 
 NOT_STOPPABLE_CODES = frozenset({"InvalidInputException", "ResourceNotFoundException"})
 """``StopBuild``'s answers for an id that names no build it can stop (ended, or unknown)."""
@@ -122,11 +147,18 @@ class SecretsProject:
 
 class CodeBuildExecutor:
     def __init__(
-        self, client: Any, project_name: str, *, secrets: SecretsProject | None = None
+        self,
+        client: Any,
+        project_name: str,
+        *,
+        secrets: SecretsProject | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
         self._project = project_name
         self._secrets = secrets
+        self._monotonic = monotonic
+        self._seen: dict[str, tuple[float, Mapping[str, Any] | None]] = {}
 
     def start_build_kwargs(self, request: RunRequest) -> dict[str, Any]:
         minutes = math.ceil(request.timeout_seconds / 60)
@@ -206,8 +238,19 @@ class CodeBuildExecutor:
         may pass (throttled, a 5xx, no connection) are raised: the record is tried again.
         """
         if not is_build_id(run_id):
-            log.info("no build recorded for this run: nothing to stop", extra={"run_id": run_id})
-            return
+            try:
+                build = self._build_of_claim(run_id)
+            except _CannotTell as exc:
+                log.warning("cannot look for the build of a claim: %s", exc)
+                return
+            if build is None or build.get("buildStatus") != "IN_PROGRESS":
+                log.info("no build runs for this claim: nothing to stop", extra={"run_id": run_id})
+                return
+            run_id = str(build["id"])
+            log.warning(
+                "stopping the build of a claim that recorded none", extra={"run_id": run_id}
+            )
+        self._seen.pop(run_id, None)
         try:
             self._client.stop_build(id=run_id)
         except ClientError as exc:
@@ -220,25 +263,60 @@ class CodeBuildExecutor:
         only asks, and the build runs until CodeBuild reports it no longer ``IN_PROGRESS``.
 
         A build CodeBuild does not know never ran. A claim whose build id was never recorded
-        names no build (what :meth:`cancel` does not stop either); it counts as stopped.
-        When CodeBuild refuses to tell, the build is not known stopped: asked again later.
+        is looked for among the project's newest builds (see the module's faults); it counts
+        as stopped if none of them is its build. When CodeBuild refuses to tell, the build is
+        not known stopped: asked again later.
         """
-        if not is_build_id(run_id):
-            return True
         try:
-            build = self._build(run_id)
+            build = self._build(run_id) if is_build_id(run_id) else self._build_of_claim(run_id)
         except _CannotTell as exc:
             log.warning("CodeBuild cannot tell whether a build ended: %s", exc)
             return False
         return build is None or build.get("buildStatus") != "IN_PROGRESS"
 
-    def status(self, key: str) -> RunStatus:
-        """CodeBuild keeps the record; this executor keeps none (the reaper decides alone)."""
-        return RunStatus.UNKNOWN
+    def status(self, run_id: str) -> RunStatus:
+        """What CodeBuild says of the run ``run_id`` (a build id, or a claim that recorded
+        none): WAITING while the build is queued (its timeout has not begun), RUNNING once it
+        left the queue, UNSTARTED for a claim with no build (its start never succeeded).
+        UNKNOWN for a build that ended (the reaper asks how: :meth:`result_of`), one
+        CodeBuild does not know, or when CodeBuild cannot tell now."""
+        try:
+            build = self._recent(run_id)
+        except (ClientError, BotoCoreError, _CannotTell) as exc:
+            log.warning("CodeBuild cannot tell how a run goes: %s", exc)
+            return RunStatus.UNKNOWN
+        if build is None:
+            return RunStatus.UNKNOWN if is_build_id(run_id) else RunStatus.UNSTARTED
+        if build.get("buildStatus") != "IN_PROGRESS":
+            return RunStatus.UNKNOWN
+        return (
+            RunStatus.WAITING if build.get("currentPhase") in QUEUED_PHASES else RunStatus.RUNNING
+        )
 
-    def started_at(self, key: str) -> int | None:
-        """Unknown here: a build's claim is written when it starts (``JobStore.claim_run``)."""
+    def started_at(self, run_id: str) -> int | None:
+        """When the build of ``run_id`` really started (epoch ms): the start of its first
+        phase after CodeBuild's queue. None while it is queued, or when it cannot be told."""
+        try:
+            build = self._recent(run_id)
+        except (ClientError, BotoCoreError, _CannotTell):
+            return None
+        for phase in (build or {}).get("phases") or []:
+            if phase.get("phaseType") not in QUEUED_PHASES and phase.get("startTime"):
+                return _epoch_ms(phase["startTime"])
         return None
+
+    def _recent(self, run_id: str) -> Mapping[str, Any] | None:
+        """The build of ``run_id`` as CodeBuild described it within the last moments (one
+        answer serves a judgement's questions; :meth:`stopped` always asks afresh)."""
+        now = self._monotonic()
+        seen = self._seen.get(run_id)
+        if seen is not None and now - seen[0] < LOOKUP_MEMO_SECONDS:
+            return seen[1]
+        build = self._build(run_id) if is_build_id(run_id) else self._build_of_claim(run_id)
+        if len(self._seen) > 1000:
+            self._seen.clear()
+        self._seen[run_id] = (now, build)
+        return build
 
     def result_of(self, run_id: str) -> RunResult | None:
         """How build ``run_id`` ended, asked of CodeBuild (``BatchGetBuilds``): the reaper asks
@@ -251,7 +329,7 @@ class CodeBuildExecutor:
         if not is_build_id(run_id):
             return None  # an idempotency key (``job_id#attempt``): no build recorded
         try:
-            build = self._build(run_id)
+            build = self._recent(run_id)
         except _CannotTell as exc:
             log.warning("CodeBuild cannot tell how a build ended: %s", exc)
             return None
@@ -269,8 +347,49 @@ class CodeBuildExecutor:
         builds = response.get("builds") or []
         return next((build for build in builds if build.get("id") == run_id), None)
 
+    def _build_of_claim(self, key: str) -> Mapping[str, Any] | None:
+        """The build started for the claim ``key`` (``job_id#attempt``) among the newest
+        builds of this deployment's projects, or None. Errors that may pass are raised; a
+        refusal is :class:`_CannotTell`."""
+        job_id, _, attempt = key.rpartition("#")
+        wanted = {"SCHEDULER_JOB_ID": job_id, "SCHEDULER_ATTEMPT": attempt}
+        projects = [self._project] + ([self._secrets.project] if self._secrets else [])
+        for project in projects:
+            token: str | None = None
+            for _ in range(CLAIM_LOOKUP_PAGES):
+                try:
+                    page = self._client.list_builds_for_project(
+                        projectName=project,
+                        sortOrder="DESCENDING",
+                        **({"nextToken": token} if token else {}),
+                    )
+                    ids = list(page.get("ids") or [])
+                    builds = self._client.batch_get_builds(ids=ids)["builds"] if ids else []
+                except (ClientError, BotoCoreError) as exc:
+                    if is_retryable(exc):
+                        raise
+                    raise _CannotTell(describe(exc)) from exc
+                for build in builds:
+                    variables = (build.get("environment") or {}).get("environmentVariables")
+                    values = {item.get("name"): item.get("value") for item in variables or []}
+                    if all(values.get(name) == value for name, value in wanted.items()):
+                        return dict(build)
+                token = page.get("nextToken")
+                if not token:
+                    break
+        return None
+
     def log_location(self, request: RunRequest) -> str | None:
         return None  # known only once the build exists: the console shows the run id
+
+
+def _epoch_ms(value: object) -> int | None:
+    """A CodeBuild time (boto3 parses them into ``datetime``) as epoch milliseconds."""
+    if isinstance(value, datetime):
+        return int(value.timestamp() * 1000)
+    if isinstance(value, int | float):
+        return int(value * 1000)
+    return None
 
 
 def json_quote(text: str) -> str:

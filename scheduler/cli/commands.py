@@ -505,7 +505,8 @@ def replayed_line(result: Replayed) -> str:
     if not result.ok:
         return f"{letter.dead_letter_id}: still failing at record {result.failed_records[0]}"
     again = " (again)" if letter.replayed_at is not None else ""
-    return f"replayed {letter.dead_letter_id}{again}: {len(letter.records)} records"
+    notes = "".join(f"\n  {note}" for note in result.notes)
+    return f"replayed {letter.dead_letter_id}{again}: {len(letter.records)} records{notes}"
 
 
 def stream_handler(settings: Settings) -> StreamHandler:
@@ -513,7 +514,8 @@ def stream_handler(settings: Settings) -> StreamHandler:
     retry policies (``scheduler.wiring``), so a replay never activates past a limit.
 
     Runs are not started from a CLI process: a replayed activation record is only logged (the
-    job is active already; the reaper times out a run that never reports).
+    job is active already; the reaper times out a run that never reports). Nor stopped: a
+    replayed cancel leaves the stop and the slot to the engine's reconciliation.
     """
     from scheduler.wiring import build_core
 

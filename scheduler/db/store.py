@@ -472,8 +472,9 @@ class JobStore:
             steps.append(next_step)
             slot_limit = hand_off.slot_limit
         repo_actions, repo_condition = self._repo_changes(steps, slot_limit)
-        if step.source is JobStatus.CANCELLED:
-            # Rebuilding a cancelled job waits until its old run is stopped and its slot freed.
+        if step.next_attempt:
+            # Rebuilding a cancelled or timed-out job waits until its old run is stopped and
+            # its slot freed.
             job_condition &= JobModel.slot_held.does_not_exist()
 
         def build(tx: TransactWrite) -> None:
@@ -642,20 +643,23 @@ class JobStore:
         return replace(job, version=job.version + 1)
 
     def release_slot(self, job: JobState) -> None:
-        """Free the slot a cancelled job kept while its run was being stopped.
+        """Free the slot a cancelled (or timed-out) job kept while its run was being stopped.
 
         One transaction: the job's ``slot_held`` mark goes (condition: it is there, the job is
-        still cancelled) and the repository's slot counter moves with it. Raises
-        :class:`TransitionConflict` if the slot was released already (a redelivered record,
-        or the cancel's record and the reconciliation both freeing it).
+        still in the status read) and the repository's slot counter moves with it. A failure
+        keeps its place in the index, now as one whose retry verdict is owed (its record's
+        retry waited for the slot). Raises :class:`TransitionConflict` if the slot was
+        released already (a redelivered record, or the record and the reconciliation both
+        freeing it).
         """
+        failed = job.status is JobStatus.FAILED
+        shard = JobModel.held_shard.set(RETRY_SHARD) if failed else JobModel.held_shard.remove()
 
         def build(tx: TransactWrite) -> None:
             tx.update(
                 JobModel(job.job_id),
-                actions=[JobModel.slot_held.remove(), JobModel.held_shard.remove()],
-                condition=(JobModel.status == JobStatus.CANCELLED.value)
-                & JobModel.slot_held.exists(),
+                actions=[JobModel.slot_held.remove(), shard],
+                condition=(JobModel.status == job.status.value) & JobModel.slot_held.exists(),
             )
             tx.update(RepoModel(job.repo), actions=[RepoModel.running.add(-1)])
 

@@ -15,8 +15,13 @@ never blamed on the job:
   DynamoDB Local lost when it was killed) is reported now, as the executor tells it
   (``settle``), neither timed out nor failed as lost;
 - a claimed run this runtime no longer has and cannot tell the end of (lost with a previous
-  runner) fails as ``runner_lost``, which is retried automatically;
-- only a run that really runs past its deadline is ``timed_out`` and stopped.
+  runner) fails as ``runner_lost``, which is retried automatically; a claim the executor
+  never made a run of (a StartBuild that kept failing) fails as ``start_failed``, likewise;
+- a run's timeout counts from when it really started, as the executor tells (a runner took
+  it; a build left CodeBuild's queue): a build still queued is waiting, not late;
+- only a run that really runs past its deadline is ``timed_out`` and stopped; its job keeps
+  its slot until the run is known stopped (the timeout's record, or the reconciliation, asks
+  the executor and asks again), so the next job never starts beside a build still going.
 
 :meth:`Reaper.recover` applies the same judgement to every active job at once, at start-up
 and after the database restarted (writes it lost), so runs lost in a restart are recognised at
@@ -31,7 +36,7 @@ from collections.abc import Callable
 from scheduler.db.models import JobModel
 from scheduler.db.store import Clock, JobState, JobStore, Outcome, system_clock
 from scheduler.runs.executor import RunStatus
-from state_machines import RUNNER_LOST, TIMED_OUT, GuardRefused, Trigger
+from state_machines import RUNNER_LOST, START_FAILED, TIMED_OUT, GuardRefused, Trigger
 
 __all__ = ["RUNNER_LOST", "Reaper"]
 
@@ -102,7 +107,10 @@ class Reaper:
     def _judge(self, job: JobModel, now: int, *, overdue: bool) -> str:
         state = JobState.from_model(job)
         key = f"{job.job_id}#{state.attempt}"
-        status = self._status_of(key) if self._status_of is not None else RunStatus.UNKNOWN
+        # The executor is asked of the run the job names (a CodeBuild build id once recorded;
+        # locally the run id is the key itself), else of the attempt's key.
+        run = job.run_id or key
+        status = self._status_of(run) if self._status_of is not None else RunStatus.UNKNOWN
         try:
             if status is RunStatus.FINISHING:
                 return "left"  # its outcome is on its way: the report decides, not the clock
@@ -119,9 +127,13 @@ class Reaper:
                 # It ran here and ended: as it ended, if the executor kept that (its report was
                 # lost with the database); else it was lost with its runner.
                 return self._settle_or(job, lambda: self._lost(job, state))
+            if status is RunStatus.UNSTARTED and job.run_id == key:
+                # Claimed, and the executor has no run of it (no build was ever made for the
+                # claim): its start kept failing, which is not the job's time running out.
+                return self._never_started(job, state)
             if status is RunStatus.UNSTARTED:
                 return self._lost(job, state)
-            if overdue and status is RunStatus.RUNNING and self._runs_on(job, state, key, now):
+            if overdue and status is RunStatus.RUNNING and self._runs_on(job, state, run, now):
                 return "deferred"
             if overdue:
                 return self._settle_or(job, lambda: self._time_out(job, state))
@@ -141,12 +153,14 @@ class Reaper:
             return self._time_out(job, state)
         return "left"
 
-    def _runs_on(self, job: JobModel, state: JobState, key: str, now: int) -> bool:
-        """Whether a run claimed by its activation is within its timeout, counted from when a
-        runner took it (no write marked that moment): then its deadline moves there."""
-        began = self._started_at(key) if self._started_at is not None else None
-        if began is None or job.started_at is not None:
-            return False  # claimed when it started: the claim set the deadline from there
+    def _runs_on(self, job: JobModel, state: JobState, run: str, now: int) -> bool:
+        """Whether a run is within its timeout counted from when it really started, as the
+        executor tells (a runner took it; a build left CodeBuild's queue), which no write
+        marked: then its deadline moves there. A claim's own time (``started_at``) counts
+        only when the executor knows no later start."""
+        began = self._started_at(run) if self._started_at is not None else None
+        if began is None or (job.started_at is not None and began <= int(job.started_at)):
+            return False  # it started when it was claimed: the claim set the deadline
         until = began + state.timeout_seconds * 1000 + self._grace_ms
         if now >= until:
             return False
@@ -180,6 +194,16 @@ class Reaper:
         )
         log.warning("run lost with its runner", extra={"job_id": job.job_id, "run_id": job.run_id})
         return RUNNER_LOST
+
+    def _never_started(self, job: JobModel, state: JobState) -> str:
+        self._store.transition(
+            state,
+            Trigger.FAIL,
+            actor=ACTOR,
+            outcome=Outcome(reason=START_FAILED, detail="the run's start never succeeded"),
+        )
+        log.warning("run never started", extra={"job_id": job.job_id, "run_id": job.run_id})
+        return START_FAILED
 
     def _settle_or(self, job: JobModel, otherwise: Callable[[], str]) -> str:
         """Report how the run ended if the executor can tell (its own report was lost), else

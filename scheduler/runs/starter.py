@@ -53,7 +53,9 @@ def outcome_of(result: RunResult) -> tuple[Trigger, Outcome]:
     if result.reason is not None:
         return Trigger.FAIL, Outcome(reason=result.reason, detail=result.summary or None)
     if result.timed_out:
-        return Trigger.TIME_OUT, Outcome(reason=TIMED_OUT, detail=result.summary or None)
+        # The run reports its own timeout: it ended, so its slot is free now (the reaper's
+        # TIME_OUT is for a run that may still go, and keeps the slot until it is stopped).
+        return Trigger.FAIL, Outcome(reason=TIMED_OUT, detail=result.summary or None)
     if result.cancelled:
         return Trigger.CANCEL, Outcome(reason="cancelled", detail=result.summary or None)
     reason = "exit_code" if result.exit_code is not None else "error"

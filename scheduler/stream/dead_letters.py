@@ -6,13 +6,18 @@ the handler takes is a conditional write on the status and version its record sh
 already applied (by an earlier replay, or overtaken by later changes of its job) loses its
 condition and changes nothing: replaying twice is harmless. A letter is marked replayed only when
 the handler reported no failed record; one that still fails stays as it was.
+
+Every letter can be replayed from a CLI process, which runs and stops nothing: a record whose
+run must be stopped first (a cancel, the reaper's timeout) leaves the stop and the slot to the
+engine's reconciliation (the job stays in the ``held_slots`` index until its run is known
+stopped), and the replay's answer says so in its ``notes``.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from scheduler.db.dead_letters import DeadLetter, DeadLetterSource, Handler
@@ -32,17 +37,24 @@ def dead_letter_job_ids(letter: DeadLetter) -> list[str]:
 
 
 class _ErrorLog(logging.Handler):
-    """Keeps what the handler logs at ERROR during a replay (its per-record failures).
+    """Keeps what the handler logs at ERROR during a replay (its per-record failures), and the
+    notes it leaves for the operator (``replay_note``: work left to the engine).
 
     The dispatcher logs a failed record with its traceback; captured here, it becomes one line
     of the replay's answer instead of a traceback on stderr.
     """
 
     def __init__(self) -> None:
-        super().__init__(logging.ERROR)
+        super().__init__(logging.WARNING)
         self.messages: list[str] = []
+        self.notes: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
+        note = getattr(record, "replay_note", None)
+        if isinstance(note, str):
+            self.notes.append(note)
+        if record.levelno < logging.ERROR:
+            return
         exc = record.exc_info[1] if record.exc_info else None
         text = f"{type(exc).__name__}: {exc}" if exc else record.getMessage()
         self.messages.append(" ".join(text.split()))  # one line, whatever the cause says
@@ -56,6 +68,9 @@ class Replayed:
     failed_records: list[str]
     errors: list[str]
     replayed_at: int
+    # What the replay left to the engine: a cancelled (or timed-out) run's stop and its slot,
+    # which a CLI process cannot stop; the engine's reconciliation settles them.
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -71,6 +86,7 @@ class Replayed:
             "previously_replayed_at": self.letter.replayed_at,
             "failed_records": self.failed_records,
             "errors": self.errors,
+            "notes": self.notes,
         }
 
 
@@ -131,7 +147,7 @@ class DeadLetterQueue:
             scheduler_log.removeHandler(errors)
         failures = response.get("batchItemFailures") if isinstance(response, dict) else None
         failed = [str(f.get("itemIdentifier")) for f in failures or [] if isinstance(f, dict)]
-        return Replayed(letter, failed, errors.messages, at)
+        return Replayed(letter, failed, errors.messages, at, errors.notes)
 
     def replay_all(self, letters: Sequence[DeadLetter], handler: Handler) -> ReplaySummary:
         """Replay those of ``letters`` not replayed yet; the others count as skipped."""

@@ -84,7 +84,9 @@ class RetryFailed:
 
 @dataclass(frozen=True, slots=True)
 class StopRun:
-    """The job was cancelled while active: stop its run (the whole process tree, the build).
+    """The job left ``active`` while its run may still go (a cancel, the reaper's timeout):
+    stop its run (the whole process tree, the build). Its slot moves only once the run is
+    known stopped: the actions after it wait for that (or for the reconciliation).
 
     ``run_id`` is None when no run was claimed yet: nothing can start any more (a claim needs
     an active job), so there is nothing to stop.
@@ -96,7 +98,7 @@ class StopRun:
 
 @dataclass(frozen=True, slots=True)
 class ReleaseSlot:
-    """The cancelled job's run is stopped: free the slot it kept meanwhile."""
+    """The job's run is stopped: free the slot it kept meanwhile (a cancel, a timeout)."""
 
     job: JobState
 
@@ -192,6 +194,7 @@ def decide(
     supersede: SupersedeMode = "off",
     lane: Lane | None = None,
     handed_on: bool = False,
+    slot_held: bool = False,
 ) -> list[Action]:
     """Every action the transition ``source -> dest`` of ``job`` calls for (pure, no I/O).
 
@@ -203,7 +206,8 @@ def decide(
     a new job of a pull request always does (its lane's jobs waiting for approval are stale).
     A new job waiting for approval is neither queued nor run until it is approved.
     ``handed_on``: the finish passed its slot to the head of the queue itself (nothing to
-    promote).
+    promote). ``slot_held``: the finish kept its slot while its run may still go (the
+    reaper's timeout): the run is stopped first, then the slot freed, as for a cancel.
     """
     if source is None and dest in INITIAL_STATUSES:
         older: list[Action] = []
@@ -224,8 +228,10 @@ def decide(
         return release  # pending (or waiting) -> cancelled: no slot was held
     if source is JobStatus.ACTIVE and dest.is_terminal:
         # The finishing transaction already released the slot (hand it to the queue), or
-        # handed it on itself.
+        # handed it on itself, or kept it until its run is stopped (a timeout).
         actions: list[Action] = [] if handed_on else [PromoteQueued(job.repo)]
+        if slot_held:
+            actions = [StopRun(job, run_id), ReleaseSlot(job), *actions]
         if dest is JobStatus.FAILED:
             if reason in INFRASTRUCTURE_REASONS:
                 if lost_attempts <= INFRASTRUCTURE_RETRIES:

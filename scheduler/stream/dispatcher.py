@@ -45,7 +45,6 @@ from scheduler.errors import (
     BatchInterrupted,
     MalformedStreamRecord,
     RepositoryFull,
-    RunNotStoppable,
 )
 from scheduler.runs.reservations import Reservations
 from scheduler.stream.decide import (
@@ -108,7 +107,13 @@ class ClaimingStarter(Protocol):
 
 
 StopHook = Callable[[str], None]
-"""Stops a run by its id and returns once it is stopped (or known to be gone)."""
+"""Asks a run to stop, by its id (CodeBuild's StopBuild only asks; a local stop waits)."""
+
+StoppedHook = Callable[[str], bool]
+"""Whether a run is known stopped (``Executor.stopped``): a slot moves only then."""
+
+_AFTER_STOP = (ReleaseSlot, PromoteQueued, RetryFailed)
+"""What a record's stop must be confirmed for: the slot, and what takes it next."""
 
 RetryPolicyFor = Callable[[str], RetryPolicy]
 """The automatic retry policy of a repository."""
@@ -166,6 +171,7 @@ class Dispatcher:
         start_run: RunHook | None = None,
         claiming_starter: ClaimingStarter | None = None,
         stop_run: StopHook | None = None,
+        run_stopped: StoppedHook | None = None,
         retry_policy_for: RetryPolicyFor = lambda _repo: NO_AUTOMATIC_RETRY,
         supersede_for: SupersedeFor = lambda _repo: "off",
         observers: Iterable[TransitionObserver] = (),
@@ -187,6 +193,7 @@ class Dispatcher:
         self._start_run = start_run or _log_activation
         self._claiming = claiming_starter
         self._stop_run = stop_run
+        self._run_stopped = run_stopped
         self._retry_policy_for = retry_policy_for
         self._supersede_for = supersede_for
         self._superseder = Superseder(store)
@@ -322,13 +329,20 @@ class Dispatcher:
             supersede=self._supersede_for(job.repo) if transition.source is None else "off",
             lane=lane_of(transition.image) if transition.source is None else None,
             handed_on=transition.handed_on,
+            slot_held=bool(transition.image.slot_held),
         )
         if promotions is not None and any(isinstance(a, _TAKES_SLOTS) for a in actions):
             # A new job may take a slot: the queue's older jobs get theirs first, as if the
             # owed promotion had run with its own record.
             promotions.flush(self, job.repo)
         outcomes = []
+        stopping = False
         for action in actions:
+            if stopping and isinstance(action, _AFTER_STOP):
+                # The run is not known stopped yet: its slot stays held, and the
+                # reconciliation frees it (and makes what follows) once it is.
+                outcomes.append("left_to_reconciliation")
+                continue
             if promotions is not None and isinstance(action, PromoteQueued):
                 promotions.owe(action.repo)
                 outcomes.append("promotion_owed")
@@ -338,6 +352,7 @@ class Dispatcher:
                 continue
             with tracing.span(type(action).__name__, job_id=job.job_id):
                 outcomes.append(self.execute(action, transition.image))
+            stopping = stopping or outcomes[-1] == "stopping"
         for observe in self.observers:
             try:
                 observe(transition)
@@ -406,10 +421,24 @@ class Dispatcher:
         if run_id is None:
             return "nothing_to_stop"
         if self._stop_run is None:
-            # This process cannot stop runs (a CLI replay): fail the record rather than free a
-            # slot whose run may still be going; the engine's own stream processor will stop it.
-            raise RunNotStoppable(job.job_id, run_id)
+            # This process cannot stop runs (a CLI replay): the slot stays held, and the
+            # engine's reconciliation (which has the executor) stops the run, frees the slot
+            # once the run is known stopped, and makes what followed (the queue, a retry).
+            log.warning(
+                "stop left to the engine's reconciliation",
+                extra={
+                    "job_id": job.job_id,
+                    "run_id": run_id,
+                    "replay_note": f"job {job.job_id}: its run's stop and its slot are left to"
+                    " the engine's reconciliation (held_slots)",
+                },
+            )
+            return "stopping"
         self._stop_run(run_id)
+        if self._run_stopped is not None and not self._run_stopped(run_id):
+            # Asked, not yet done (CodeBuild stops a build asynchronously): the slot waits.
+            log.info("run stopping", extra={"job_id": job.job_id, "run_id": run_id})
+            return "stopping"
         log.info("run stopped", extra={"job_id": job.job_id, "run_id": run_id})
         return "stopped"
 

@@ -1,15 +1,17 @@
 """The backstop that needs no stream record: works from the items, never the stream, never a scan.
 
-The stream is the fast path: the record of a cancel stops the run and frees the slot the
-cancel kept, the record of a finish (or of a retry) promotes the queue. The event source
-mapping on AWS gives a record up after its retries, so each of those can be lost. The
-reconciliation runs on the reaper's schedule on both runtimes (the reaper's Lambda function,
-the local stack's reaper loop) and redoes what such a record owed:
+The stream is the fast path: the record of a cancel (or of the reaper's timeout) stops the
+run and frees the slot it kept once the run is known stopped, the record of a finish (or of a
+retry) promotes the queue. The event source mapping on AWS gives a record up after its
+retries, so each of those can be lost. The reconciliation runs on the reaper's schedule on
+both runtimes (the reaper's Lambda function, the local stack's reaper loop) and redoes what
+such a record owed:
 
 1. every finished job that still holds a slot (the sparse ``held_slots`` index: cancelled
-   runs not yet known stopped) is asked of the executor: a run known stopped (or one never
-   claimed) has its slot freed and its repository promoted; a run that may still go is asked
-   to stop again, and its slot stays until a later round finds it stopped;
+   runs, and runs the reaper timed out, not yet known stopped) is asked of the executor: a
+   run known stopped (or one never claimed) has its slot freed and its repository promoted;
+   a run that may still go is asked to stop again, and its slot stays until a later round
+   finds it stopped;
 2. every failure older than a grace left for its own record (the same index's RETRY_SHARD
    part: failures whose verdict on an automatic retry may be owed) is judged again with the
    repository's retry policy, by the same pure ``decide``: the retry it owed is made (the

@@ -117,14 +117,25 @@ def test_the_scheduled_reaper_times_out_and_stops_the_build(runtime: Any) -> Non
             {"ids": ["ci-project:b3"]},
         )
         stub.add_response("stop_build", {"build": {"id": "ci-project:b3"}}, {"id": "ci-project:b3"})
+        # It keeps its slot until CodeBuild reports the build ended: the reconciliation of the
+        # same round finds it still going and asks again.
+        stub.add_response(
+            "batch_get_builds",
+            {"builds": [{"id": "ci-project:b3", "buildStatus": "IN_PROGRESS"}]},
+            {"ids": ["ci-project:b3"]},
+        )
+        stub.add_response("stop_build", {"build": {"id": "ci-project:b3"}}, {"id": "ci-project:b3"})
         assert handlers.reap({}, None) == {
             "timed_out": ["aws-3"],
             "promoted": {},
             "released": [],
-            "stopping": [],
+            "stopping": ["aws-3"],
+            "retried": [],
+            "settled": [],
         }
         stub.assert_no_pending_responses()
     assert runtime.store.get("aws-3").reason == "timed_out"
+    assert runtime.queries.stats("octo-org/api").running == 1
 
 
 def test_a_cancel_stops_the_build_before_the_slot_is_freed(runtime: Any) -> None:
@@ -142,12 +153,23 @@ def test_a_cancel_stops_the_build_before_the_slot_is_freed(runtime: Any) -> None
     event = lambda_event(before, after)
     with Stubber(runtime.runs.executor._client) as stub:
         stub.add_response("stop_build", {"build": {"id": "ci-project:b4"}}, {"id": "ci-project:b4"})
+        # StopBuild only asks: the slot is freed once BatchGetBuilds reports the build ended.
+        stub.add_response(
+            "batch_get_builds",
+            {"builds": [{"id": "ci-project:b4", "buildStatus": "STOPPED"}]},
+            {"ids": ["ci-project:b4"]},
+        )
         assert handlers.stream(event, None) == {"batchItemFailures": []}
         stub.assert_no_pending_responses()
     assert not runtime.store.get("aws-4").slot_held
     assert runtime.queries.stats("octo-org/api").running == 0
     with Stubber(runtime.runs.executor._client) as stub:
         stub.add_response("stop_build", {"build": {"id": "ci-project:b4"}}, {"id": "ci-project:b4"})
+        stub.add_response(
+            "batch_get_builds",
+            {"builds": [{"id": "ci-project:b4", "buildStatus": "STOPPED"}]},
+            {"ids": ["ci-project:b4"]},
+        )
         assert handlers.stream(event, None) == {"batchItemFailures": []}  # the redelivery
     assert runtime.queries.stats("octo-org/api").running == 0
 
@@ -164,5 +186,7 @@ def test_the_scheduled_reaper_also_promotes_a_stalled_queue(runtime: Any) -> Non
         "promoted": {first.repo: 1},
         "released": [],
         "stopping": [],
+        "retried": [],
+        "settled": [],
     }
     assert runtime.store.get("aws-stall-2").status == "active"

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import boto3
 import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
@@ -236,6 +237,8 @@ def test_a_lost_completion_event_is_recovered_by_the_reaper_and_the_job_passes(
             "promoted": {},
             "released": [],
             "stopping": [],
+            "retried": [],
+            "settled": [],
         }
         stub.assert_no_pending_responses()  # and no StopBuild
     job = runtime.store.get("cb-lost")
@@ -257,15 +260,28 @@ def test_an_in_progress_build_past_its_deadline_is_timed_out_and_stopped(runtime
         stub.add_response(
             "stop_build", {"build": {"id": "ci-project:b-slow"}}, {"id": "ci-project:b-slow"}
         )
+        # The timed-out job keeps its slot until CodeBuild reports the build ended: the
+        # reconciliation of the same round asks, finds it still going, and asks again.
+        stub.add_response(
+            "batch_get_builds",
+            {"builds": [build("ci-project:b-slow", "IN_PROGRESS", "cb-slow")]},
+            {"ids": ["ci-project:b-slow"]},
+        )
+        stub.add_response(
+            "stop_build", {"build": {"id": "ci-project:b-slow"}}, {"id": "ci-project:b-slow"}
+        )
         assert handlers.reap({}, None) == {
             "timed_out": ["cb-slow"],
             "promoted": {},
             "released": [],
-            "stopping": [],
+            "stopping": ["cb-slow"],
+            "retried": [],
+            "settled": [],
         }
         stub.assert_no_pending_responses()
     job = runtime.store.get("cb-slow")
-    assert (job.status, job.reason) == ("failed", TIMED_OUT)
+    assert (job.status, job.reason, job.slot_held) == ("failed", TIMED_OUT, True)
+    assert runtime.queries.stats(REPO).running == 1
 
 
 def test_a_throttled_build_lookup_leaves_the_job_for_the_next_round(runtime: Core) -> None:
@@ -285,6 +301,8 @@ def test_a_throttled_build_lookup_leaves_the_job_for_the_next_round(runtime: Cor
             "promoted": {},
             "released": [],
             "stopping": [],
+            "retried": [],
+            "settled": [],
         }
         assert runtime.store.get("cb-unsure").status == "active"
         stub.add_response(
@@ -297,6 +315,8 @@ def test_a_throttled_build_lookup_leaves_the_job_for_the_next_round(runtime: Cor
             "promoted": {},
             "released": [],
             "stopping": [],
+            "retried": [],
+            "settled": [],
         }
         stub.assert_no_pending_responses()
     job = runtime.store.get("cb-unsure")
@@ -347,7 +367,25 @@ def test_a_cancel_while_start_build_is_in_flight_stops_the_build_once_its_id_is_
         claimed = store.get("cb-race")
         assert claimed.run_id == "cb-race#1"
         Operations(store, runtime.queries).cancel("cb-race")
-        answer = handlers.stream(lambda_event(claimed, store.get("cb-race")), None)
+        # The cancel's record (another invocation, its own client) looks for a build of the
+        # claim among the project's newest, to stop it, then to know it stopped: none yet.
+        other = boto3.client(
+            "codebuild", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
+        )
+        executor: Any = runtime.runs.executor if runtime.runs is not None else None
+        executor._client = other
+        try:
+            with Stubber(other) as lookups:
+                for _ in range(2):
+                    lookups.add_response(
+                        "list_builds_for_project",
+                        {},  # no build: CodeBuild leaves ``ids`` out of an empty page
+                        {"projectName": "ci-project", "sortOrder": "DESCENDING"},
+                    )
+                answer = handlers.stream(lambda_event(claimed, store.get("cb-race")), None)
+                lookups.assert_no_pending_responses()
+        finally:
+            executor._client = client
         assert answer == no_failures()
 
     with Stubber(client) as stub:
@@ -384,6 +422,11 @@ def test_a_cancel_of_a_build_that_already_ended_frees_the_slot(runtime: Core) ->
             "Build ci-project:b-ended is not in progress",
             400,
             expected_params={"id": "ci-project:b-ended"},
+        )
+        stub.add_response(
+            "batch_get_builds",
+            {"builds": [build("ci-project:b-ended", "SUCCEEDED", "cb-ended")]},
+            {"ids": ["ci-project:b-ended"]},
         )
         assert handlers.stream(lambda_event(before, after), None) == no_failures()
         stub.assert_no_pending_responses()

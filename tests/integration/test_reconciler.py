@@ -5,6 +5,8 @@ effect late, and the scheduled reaper function runs in rounds. DynamoDB is Dynam
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 import threading
 import time
@@ -17,6 +19,8 @@ from codebuild_stand_in import CodeBuildStandIn
 from stream_records import image, record
 
 from scheduler.aws import handlers
+from scheduler.aws.codebuild import LOOKUP_MEMO_SECONDS
+from scheduler.db.dead_letters import DeadLetter, DeadLetterStore
 from scheduler.db.models import JobModel, RepoModel
 from scheduler.db.store import NewJob, Outcome, system_clock
 from scheduler.local.executor import LocalExecutor
@@ -28,6 +32,7 @@ from scheduler.settings import Settings
 from scheduler.stream.reconciler import Reconciler
 from scheduler.wiring import Core
 from state_machines import Trigger
+from tests.conftest import stream_env
 
 REPO = "octo-org/lost"
 ROUNDS = 5
@@ -158,8 +163,11 @@ def test_a_lost_failure_record_that_owed_a_retry_is_retried_by_the_reconciliatio
     dropped, and the reconciliation makes the retry the record owed, once."""
     core, builds = aws
     submitted(core, "owed-a")
-    builds.builds["ci-project:owed-a-1"] = "TIMED_OUT"
-    core.store.transition(core.store.state("owed-a"), Trigger.TIME_OUT, actor="reaper")
+    builds.builds["ci-project:owed-a-1"] = "TIMED_OUT"  # and its completion event reports it
+    timed_out = Outcome(reason="timed_out")
+    core.store.transition(
+        core.store.state("owed-a"), Trigger.FAIL, actor="runner", outcome=timed_out
+    )
     assert running() == 0  # its record (retry owed) is dropped
 
     early = core.reconciler.run_once()  # within the grace left for the stream: untouched
@@ -196,7 +204,9 @@ def test_a_retry_made_by_the_stream_and_a_reconciliation_race_to_one_attempt(
     core, _builds = aws
     submitted(core, "both-a")
     active = image("both-a")
-    core.store.transition(core.store.state("both-a"), Trigger.TIME_OUT, actor="reaper")
+    core.store.transition(
+        core.store.state("both-a"), Trigger.FAIL, actor="runner", outcome=Outcome("timed_out")
+    )
     failed = record("both-a", active)
     later = later_reconciler(core, 120_000)
     barrier = threading.Barrier(2)
@@ -284,7 +294,7 @@ def local(settings: Settings, tables: Any, tmp_path: Path) -> Iterator[Core]:
     config = tmp_path / "repos.toml"
     command = [sys.executable, "-c", "import time; time.sleep(120)"]
     config.write_text(
-        "[defaults]\nconcurrency = 1\ncheckout = false\nsandbox = \"off\"\n"
+        '[defaults]\nconcurrency = 1\ncheckout = false\nsandbox = "off"\n'
         f"command = {command!r}\n".replace("'", '"')
     )
     env = {
@@ -362,3 +372,224 @@ def test_a_round_costs_requests_by_the_repositories_with_work_not_by_history(
         cleared = 40 if round_ == 0 else 0
         assert len(calls) == 3 + 2 * len(busy) + cleared, calls
         assert calls.count("UpdateItem") == cleared
+
+
+def test_a_delivered_cancel_record_keeps_the_slot_until_codebuild_reports_the_build_ended(
+    aws: tuple[Core, CodeBuildStandIn],
+) -> None:
+    """StopBuild only asks (the stand-in stops on the second request): the cancel's record
+    asks once and leaves the slot held; the reconciliation asks again, then frees it."""
+    core, builds = aws
+    submitted(core, "stop-a")
+    submitted(core, "stop-b")
+    before = image("stop-a")
+    Operations(core.store, core.queries).cancel("stop-a")
+    deliver(core, "stop-a", before)
+
+    assert builds.in_progress() == ["ci-project:stop-a-1"]
+    assert job("stop-a").slot_held and running() == 1
+    assert job("stop-b").status == "pending"
+
+    scheduled_rounds(core, builds, "stop-b")
+
+    assert builds.builds["ci-project:stop-a-1"] == "STOPPED"
+    assert job("stop-b").status == "active" and running() == 1
+    assert builds.in_progress() == ["ci-project:stop-b-1"]
+
+
+def test_a_timeout_whose_stop_build_is_throttled_never_lets_the_next_build_start(
+    aws: tuple[Core, CodeBuildStandIn],
+) -> None:
+    """Issue 23, item 3: the reaper times A out while StopBuild is throttled three times; the
+    slot stays A's until CodeBuild reports A's build ended, so B's build never runs beside it."""
+    core, builds = aws
+    submitted(core, "late-a")
+    submitted(core, "late-b")
+    builds.begin("ci-project:late-a-1", system_clock() - 700_000)  # its timeout is up
+    core.store.defer_deadline(core.store.state("late-a"), system_clock() - 1)
+    builds.throttle_stops = 3
+
+    assert handlers.reap({}, None)["timed_out"] == ["late-a"]  # its record is dropped
+    assert job("late-a").status == "failed" and job("late-a").slot_held
+    assert running() == 1 and job("late-b").status == "pending"
+
+    scheduled_rounds(core, builds, "late-b")
+
+    assert builds.stops["ci-project:late-a-1"] >= 4  # throttled three times, then it took
+    assert builds.builds["ci-project:late-a-1"] == "STOPPED"
+    assert job("late-b").status == "active" and job("late-a").slot_held is None
+    assert job("late-a").held_shard == "retry"  # its retry verdict is owed next
+    assert builds.in_progress() == ["ci-project:late-b-1"]
+
+
+def test_the_timeout_record_stops_the_build_before_the_slot_and_the_retry_move_on(
+    aws: tuple[Core, CodeBuildStandIn],
+) -> None:
+    """The record of a reaper's timeout stops the build, frees the slot once it ended, and makes
+    the policy's retry (timed_out, 2 attempts), which keeps its place in the queue: ahead of
+    B, received later."""
+    core, builds = aws
+    submitted(core, "tor-a")
+    submitted(core, "tor-b")
+    before = image("tor-a")
+    builds.begin("ci-project:tor-a-1", system_clock() - 700_000)  # its timeout is up
+    core.store.defer_deadline(core.store.state("tor-a"), system_clock() - 1)
+    assert handlers.reap({}, None)["timed_out"] == ["tor-a"]
+    deliver(core, "tor-a", before)
+
+    assert builds.builds["ci-project:tor-a-1"] == "STOPPED"
+    assert job("tor-a").slot_held is None and job("tor-a").held_shard is None
+    assert (job("tor-a").status, int(job("tor-a").attempt)) == ("active", 2)
+    assert job("tor-b").status == "pending" and running() == 1
+    assert builds.in_progress() == []  # A's second build starts with its activation's record
+
+
+def test_a_build_whose_id_was_never_recorded_is_found_and_stopped_before_its_slot_moves(
+    aws: tuple[Core, CodeBuildStandIn],
+) -> None:
+    """CodeBuild starts A's build but its answer is lost (the process died before recording the
+    build id) and the record is given up; A is cancelled: its stop finds the build by the
+    environment it carries and stops it before B may start."""
+    core, builds = aws
+    new_job(core, "lost-a")
+    pending = image("lost-a")
+    deliver(core, "lost-a")
+    builds.lose_start_answers = 1
+    answer = core.dispatcher.handle_event(
+        {"Records": [record("lost-a", pending)]}, time_left_ms=lambda: 0
+    )
+    assert answer["batchItemFailures"]  # the mapping would try again; it gives up instead
+    assert job("lost-a").run_id == "lost-a#1"  # the claim: no build id recorded
+    assert builds.in_progress() == ["ci-project:lost-a-1"]
+    submitted(core, "lost-b")
+
+    before = image("lost-a")
+    Operations(core.store, core.queries).cancel("lost-a")
+    deliver(core, "lost-a", before)
+
+    assert builds.stops["ci-project:lost-a-1"] == 1  # found by its environment, asked once
+    assert job("lost-a").slot_held and job("lost-b").status == "pending"
+
+    scheduled_rounds(core, builds, "lost-b")
+
+    assert builds.builds["ci-project:lost-a-1"] == "STOPPED"
+    assert job("lost-b").status == "active"
+    assert builds.in_progress() == ["ci-project:lost-b-1"]  # B's build only: A's stopped first
+
+
+def overdue(core: Core, job_id: str) -> None:
+    """Move ``job_id``'s deadline into the past (as if its timeout ran out)."""
+    core.store.defer_deadline(core.store.state(job_id), system_clock() - 1)
+
+
+def test_a_build_waiting_in_codebuilds_queue_is_not_timed_out_its_deadline_counts_from_its_start(
+    aws: tuple[Core, CodeBuildStandIn],
+) -> None:
+    """Issue 23, item 3: CodeBuild's own queue time does not count against the job's timeout;
+    the deadline counts from when the build left the queue (its PROVISIONING phase)."""
+    core, builds = aws
+    builds.queue_builds = True
+    submitted(core, "queued-a")
+    build_id = "ci-project:queued-a-1"
+    assert builds.in_progress() == [build_id]
+
+    overdue(core, "queued-a")
+    assert handlers.reap({}, None)["timed_out"] == []  # queued at CodeBuild: waiting
+    assert job("queued-a").status == "active"
+    assert int(job("queued-a").deadline_at) > system_clock() + 590_000  # its whole timeout
+
+    builds.begin(build_id)  # it starts now
+    overdue(core, "queued-a")
+    time.sleep(LOOKUP_MEMO_SECONDS)  # a fresh look at the build
+    assert handlers.reap({}, None)["timed_out"] == []  # 600 s from its real start
+    deadline = int(job("queued-a").deadline_at)
+    assert system_clock() + 590_000 < deadline <= system_clock() + 600_000 + 60_000
+
+    builds.begin(build_id, system_clock() - 700_000)  # it really started 700 s ago
+    overdue(core, "queued-a")
+    time.sleep(LOOKUP_MEMO_SECONDS)
+    assert handlers.reap({}, None)["timed_out"] == ["queued-a"]
+    assert (job("queued-a").status, job("queued-a").reason) == ("failed", "timed_out")
+
+
+def test_a_claim_whose_start_build_kept_failing_ends_start_failed_not_timed_out(
+    aws: tuple[Core, CodeBuildStandIn],
+) -> None:
+    """Issue 23, item 6: StartBuild throttled until the record is given up; at the deadline
+    the claim has no build (CodeBuild has none with its environment): ``start_failed``, an
+    infrastructure failure, retried automatically, not the job's ``timed_out``."""
+    core, builds = aws
+    new_job(core, "never-a")
+    pending = image("never-a")
+    deliver(core, "never-a")
+    builds.throttle_starts = 100
+    answer = core.dispatcher.handle_event(
+        {"Records": [record("never-a", pending)]}, time_left_ms=lambda: 0
+    )
+    assert answer["batchItemFailures"]  # and given up by the mapping
+    assert job("never-a").run_id == "never-a#1" and builds.in_progress() == []
+
+    before = image("never-a")
+    overdue(core, "never-a")
+    assert handlers.reap({}, None)["timed_out"] == []
+    assert (job("never-a").status, job("never-a").reason) == ("failed", "start_failed")
+    assert running() == 0  # no build: nothing to stop, the slot is free
+    builds.throttle_starts = 0
+    deliver(core, "never-a", before)  # the failure's record retries it (infrastructure)
+    assert (job("never-a").status, int(job("never-a").attempt)) == ("active", 2)
+
+
+def test_dlq_replay_of_a_cancel_letter_succeeds_and_leaves_the_stop_to_the_reconciliation(
+    aws: tuple[Core, CodeBuildStandIn], settings: Settings
+) -> None:
+    """Issue 23, item 1: a dropped cancel record's letter could not be replayed (the CLI's
+    dispatcher has no executor: RunNotStoppable). Now the replay succeeds, says the stop and the
+    slot are the engine's reconciliation's, and the next rounds settle them."""
+    core, builds = aws
+    submitted(core, "dlq-a")
+    submitted(core, "dlq-b")
+    before = image("dlq-a")
+    Operations(core.store, core.queries).cancel("dlq-a")
+    letter = DeadLetter(
+        dead_letter_id="0001-cancel",
+        condition="RetryAttemptsExhausted",
+        stream_arn="arn:aws:dynamodb:us-east-1:1:table/jobs/stream/x",
+        shard_id="shard-1",
+        start_sequence_number="1",
+        end_sequence_number="1",
+        batch_size=1,
+        approximate_arrival_of_first_record=None,
+        approximate_arrival_of_last_record=None,
+        attempts=4,
+        error="ThrottlingException",
+        failed_at=system_clock(),
+        records=[dict(record("dlq-a", before))],
+    )
+    DeadLetterStore.from_settings(settings).put(letter)
+
+    replayed = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("scheduler")),
+            "dlq",
+            "replay",
+            "0001-cancel",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**stream_env(settings), "SCHEDULER_CONFIG": str(core.settings.config_path)},
+        check=False,
+    )
+    assert replayed.returncode == 0, replayed.stderr
+    answer = json.loads(replayed.stdout)
+    assert answer["replayed"] is True and answer["failed_records"] == []
+    assert len(answer["notes"]) == 1 and "reconciliation" in answer["notes"][0]
+    assert job("dlq-a").slot_held and running() == 1  # nothing stopped from the CLI
+    assert builds.in_progress() == ["ci-project:dlq-a-1"]
+
+    scheduled_rounds(core, builds, "dlq-b")
+
+    assert builds.builds["ci-project:dlq-a-1"] == "STOPPED"
+    assert job("dlq-a").slot_held is None and job("dlq-b").status == "active"
+    assert builds.in_progress() == ["ci-project:dlq-b-1"]

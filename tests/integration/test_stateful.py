@@ -154,7 +154,7 @@ class Reference:
         if dest == "active":
             repo.running += 1
             repo.limit = slot_limit
-        elif source == "active" and trigger == "cancel":
+        elif source == "active" and trigger in ("cancel", "time_out"):
             job.slot_held = True  # released once the run is stopped (release_slot)
         elif source == "active":
             repo.running -= 1
@@ -369,11 +369,16 @@ class JobStoreMachine(RuleBasedStateMachine):
         """An operator retries a failed job: a new attempt, pending again."""
         self._transition_rule(data, Trigger.RETRY, actor)
 
-    @precondition(lambda self: any(j.status == "cancelled" for j in self.ref.jobs.values()))
+    @precondition(
+        lambda self: any(j.status in ("cancelled", "failed") for j in self.ref.jobs.values())
+    )
     @rule(data=st.data())
     def release_slot(self, data: st.DataObject) -> None:
-        """The stream stopped a cancelled run: its slot is freed, once; a repeat changes nothing."""
-        cancelled = sorted(j for j, job in self.ref.jobs.items() if job.status == "cancelled")
+        """The stream stopped a cancelled (or timed-out) run: its slot is freed, once; a repeat
+        changes nothing."""
+        cancelled = sorted(
+            j for j, job in self.ref.jobs.items() if job.status in ("cancelled", "failed")
+        )
         job_id = data.draw(st.sampled_from(cancelled), label="job")
         held = self.snapshots[job_id][-1]
         if self.ref.release_slot(job_id):

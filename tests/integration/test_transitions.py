@@ -132,14 +132,16 @@ def test_finishing_an_active_job_frees_its_slot(
         assert item["reason"] == TIMED_OUT
     if outcome and outcome.exit_code is not None:
         assert (item["exit_code"], item["detail"]) == (3, "boom")
-    if trigger is Trigger.CANCEL:
-        # A cancel keeps the slot until the run is stopped; releasing it is a second,
-        # once-only write (a repeat is a TransitionConflict and changes nothing).
+    if trigger in (Trigger.CANCEL, Trigger.TIME_OUT):
+        # A cancel, and the reaper's timeout, keep the slot until the run is stopped;
+        # releasing it is a second, once-only write (a repeat is a TransitionConflict and
+        # changes nothing). A failure then waits for the reconciliation's retry verdict.
         assert counters()["running"] == 1 and item["slot_held"] is True
         store.release_slot(done)
         with pytest.raises(TransitionConflict):
             store.release_slot(done)
         assert "slot_held" not in raw_item("j1")
+        assert raw_item("j1").get("held_shard") == ("retry" if dest is JobStatus.FAILED else None)
     assert counters()["running"] == 0 and counters()["n_active"] == 0
     assert counters()[f"n_{dest.value}"] == 1
 

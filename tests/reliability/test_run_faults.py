@@ -41,6 +41,7 @@ def test_a_retry_backoff_longer_than_the_timeout_is_not_reaped_before_it_starts(
     store = JobStore.from_settings(settings, start_grace_seconds=0)  # type: ignore[arg-type]
     first = _active(store, "backoff", timeout=2)
     failed = store.transition(first, Trigger.TIME_OUT, actor="reaper")
+    store.release_slot(failed)  # its run known stopped: the timeout kept the slot until then
     retried = store.transition(failed, Trigger.RETRY, actor="retry-policy", start_delay_ms=10_000)
     second = store.activate(retried, slot_limit=10)
     item = store.get("backoff")

@@ -38,7 +38,7 @@ REQUEST = RunRequest(
     [
         (RunResult("j", 1, 0), Trigger.PASS, None, 0),
         (RunResult("j", 1, 3, summary="exit code 3"), Trigger.FAIL, "exit_code", 3),
-        (RunResult("j", 1, None, timed_out=True), Trigger.TIME_OUT, TIMED_OUT, None),
+        (RunResult("j", 1, None, timed_out=True), Trigger.FAIL, TIMED_OUT, None),
         (RunResult("j", 1, None, cancelled=True), Trigger.CANCEL, "cancelled", None),
         (RunResult("j", 1, None), Trigger.FAIL, "error", None),
     ],
