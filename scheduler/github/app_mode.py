@@ -203,6 +203,13 @@ def attach(core: Core) -> None:
     )
     core.dispatcher.observers = (*core.dispatcher.observers, observer)
     core.observers = (*core.observers, observer)
+    closing = core.close
+
+    def close() -> None:  # what is still queued for GitHub is sent before the core goes
+        closing()
+        app.queue.flush()
+
+    core.close = close  # type: ignore[method-assign]
 
 
 def with_github_app(build: Callable[..., Core]) -> Callable[..., Core]:

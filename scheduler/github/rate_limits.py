@@ -135,6 +135,7 @@ class SendQueue(Generic[K, U]):
         self._blocked_until = 0.0
         self._changed = threading.Condition()
         self._closed = False
+        self._flushing = False
         self.sent = 0  # requests made (tests and figures)
         self._worker: threading.Thread | None = None
         if background:
@@ -238,7 +239,7 @@ class SendQueue(Generic[K, U]):
 
     def _run(self) -> None:
         while True:
-            if self.pump(force=self._closed):
+            if self.pump(force=self._closed or self._flushing):
                 continue
             with self._changed:
                 # Closing: what GitHub still refuses (a rate limit) is given up, with a line.
@@ -254,6 +255,23 @@ class SendQueue(Generic[K, U]):
             return min(self._blocked_until - now, 5.0)
         dues = [lane.entries[0].due for lane in self._lanes.values() if lane.entries]
         return min(max(min(dues) - now, 0.01), 5.0) if dues else 5.0
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Send what is waiting now (merge windows cut short); True if nothing is left.
+        What a rate limit holds stays queued."""
+        if self._worker is None:
+            self.pump(force=True)
+            return self.pending() == 0
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            self._flushing = True
+            self._changed.notify_all()
+            while self._lanes and time.monotonic() < deadline:
+                if self._clock() < self._blocked_until:
+                    break
+                self._changed.wait(timeout=min(0.05, max(deadline - time.monotonic(), 0)))
+            self._flushing = False
+            return not self._lanes
 
     def close(self, timeout: float = 5.0) -> None:
         """Send what is left (without waiting out the merge windows), then stop the worker."""

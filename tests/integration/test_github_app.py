@@ -320,3 +320,63 @@ def test_an_uninstalled_repository_stops_being_built_until_added_again(
     assert post(server, "installation_repositories", json.dumps(added).encode())[0] == 202
     status, answer = push_once()
     assert status == 202 and "job_id" in answer
+
+
+# -- both runtimes: the check run observer is wired by the composition root -----------------------
+
+
+def test_both_runtimes_send_check_runs_from_their_dispatcher(
+    settings: Settings, github: GitHubStandIn, make_job: Any, store: JobStore, tmp_path: Path
+) -> None:
+    import boto3
+
+    from scheduler.aws import handlers
+    from scheduler.db.models import JobModel
+    from scheduler.db.store import JobState
+    from scheduler.github.checks import CheckRunObserver
+    from scheduler.local.executor import LocalExecutor
+    from scheduler.local.stack import StackOptions
+    from scheduler.local.stack import compose as compose_local
+    from scheduler.stream.decide import Transition
+
+    key = tmp_path / "app.pem"
+    key.write_text(github.private_key_pem)
+    common = Settings.from_env(
+        {
+            "SCHEDULER_DYNAMODB_ENDPOINT": settings.dynamodb_endpoint or "",
+            "SCHEDULER_JOBS_TABLE": settings.tables.jobs,
+            "SCHEDULER_REPOS_TABLE": settings.tables.repos,
+            "GITHUB_WEBHOOK_SECRET": SECRET,
+            "SCHEDULER_GITHUB_APP_ID": str(github.app_id),
+            "SCHEDULER_GITHUB_APP_PRIVATE_KEY_FILE": str(key),
+            "SCHEDULER_GITHUB_API_URL": github.url,
+            "SCHEDULER_DASHBOARD_URL": "https://both.example.com",
+            "SCHEDULER_CODEBUILD_PROJECT": "ci-project",
+        }
+    )
+    codebuild = boto3.session.Session().client(
+        "codebuild", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
+    )
+    cores = [
+        handlers.compose(common, codebuild_client=codebuild),
+        compose_local(common, StackOptions(data_dir=tmp_path / "data")),
+    ]
+    job_id = f"gh-both-{uuid.uuid4().hex[:8]}"
+    make_job(job_id, "failed")
+    model = JobModel.get(job_id, consistent_read=True)
+    try:
+        for core in cores:
+            observers = [o for o in core.dispatcher.observers if isinstance(o, CheckRunObserver)]
+            assert len(observers) == 1 and core.observers == core.dispatcher.observers
+        cores[0].dispatcher.observers[-1](
+            Transition(JobStatus.ACTIVE, JobStatus.FAILED, JobState.from_model(model), "1", model)
+        )
+    finally:
+        for core in cores:
+            core.close()  # sends what is queued
+            if core.runs is not None and isinstance(core.runs.executor, LocalExecutor):
+                core.runs.executor.close()
+    (run,) = [r for r in github.runs_of(REPO) if r.fields.get("external_id") == job_id]
+    assert run.fields["status"] == "completed" and run.fields["conclusion"] == "failure"
+    assert run.fields["details_url"] == f"https://both.example.com/ui/jobs/{job_id}"
+    assert run.fields["name"] == "ci/scheduler"
