@@ -16,13 +16,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-
-import jwt
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from typing import TYPE_CHECKING
 
 from scheduler.errors import ConfigurationError
 from scheduler.github.api import GitHubApi, GitHubApiError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 __all__ = [
     "JWT_SECONDS",
@@ -39,6 +39,10 @@ REFRESH_MARGIN_SECONDS = 5 * 60  # a token is renewed this long before it expire
 
 def load_private_key(pem: str) -> RSAPrivateKey:
     """The App's RSA key from its PEM text; a readable error (never the key) otherwise."""
+    # Imported in App mode only: PyJWT and cryptography cost a cold start ~70 ms.
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
     try:
         key = load_pem_private_key(pem.encode("ascii"), password=None)
     except (ValueError, TypeError, UnicodeEncodeError) as exc:
@@ -96,6 +100,8 @@ class AppAuth:
             issued = int(now) - JWT_BACKDATE_SECONDS
             expires = int(now) + JWT_SECONDS
             claims = {"iat": issued, "exp": expires, "iss": self.app_id}
+            import jwt  # App mode only (see load_private_key)
+
             token = jwt.encode(claims, self._key, algorithm="RS256")
             self._jwt = (token, float(expires))
             return token

@@ -198,3 +198,18 @@ def test_git_is_given_the_installation_token_for_the_github_host_only(
     # A repository the App is not installed on: the fetch fails as the infrastructure's.
     with pytest.raises(CheckoutFailed, match="no GitHub App token for someone/else"):
         on_github.prepare("someone/else", "https://github.com/someone/else", "1" * 40, tmp_path)
+
+
+def test_without_app_mode_no_process_imports_pyjwt_or_cryptography() -> None:
+    """They cost a Lambda cold start ~70 ms: imported only once an App key is loaded."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, scheduler.wiring, scheduler.aws.handlers;"
+        " print(sorted(m for m in ('jwt', 'cryptography') if m in sys.modules))"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert found == "[]"
