@@ -302,6 +302,9 @@ class AppRequests:
         operations = Operations(self._store, self._queries, actor=ACTOR)
         job_id = request.job_id
         try:
+            # A check run acts on its own repository's jobs only, whatever its external id says.
+            if self._store.state(job_id).repo.lower() != request.repo.lower():
+                return WebhookAnswer(202, {"reason": f"job {job_id} is not of {request.repo}"})
             if request.action == "rerequested":
                 current = self._app.checks.current(external_id(job_id))
                 if current is not None and current != request.check_run_id:

@@ -380,3 +380,48 @@ def test_both_runtimes_send_check_runs_from_their_dispatcher(
     assert run.fields["status"] == "completed" and run.fields["conclusion"] == "failure"
     assert run.fields["details_url"] == f"https://both.example.com/ui/jobs/{job_id}"
     assert run.fields["name"] == "ci/scheduler"
+
+
+# -- bad input ---------------------------------------------------------------------------------
+
+
+def test_a_check_run_acts_on_its_own_repositorys_jobs_only(
+    server: LocalHTTPServer, github: GitHubStandIn, make_job: Any, store: JobStore
+) -> None:
+    job_id = f"gh-other-{uuid.uuid4().hex[:8]}"
+    make_job(job_id, "failed", repo="octo-org/other")
+    github.grant(REPO, "writer", "write")
+    body = for_job(sample("check_run", "rerequested"), job_id, "writer", 1)
+    status, answer = post(server, "check_run", body)
+    assert status == 202 and "is not of octo-org/api" in answer["reason"]
+    assert store.state(job_id).attempt == 1
+
+
+@pytest.mark.parametrize(
+    ("event", "change", "message"),
+    [
+        ("check_run", lambda b: b["check_run"].update(id="7"), "'check_run.id' must be an integer"),
+        ("check_run", lambda b: b.pop("check_run"), "missing field 'check_run'"),
+        (
+            "check_run",
+            lambda b: b["check_run"].update(external_id="x" * 300),
+            "'check_run.external_id' is 300 bytes",
+        ),
+        ("installation", lambda b: b.pop("installation"), "missing field 'installation'"),
+        (
+            "installation_repositories",
+            lambda b: b.update(repositories_added=[{"full_name": "no-slash"}]),
+            "not OWNER/NAME",
+        ),
+    ],
+)
+def test_malformed_app_deliveries_are_refused_with_a_message(
+    server: LocalHTTPServer, event: str, change: Any, message: str
+) -> None:
+    action = {"check_run": "rerequested", "installation": "created"}.get(event, "added")
+    body = sample(event, action)
+    if event == "check_run":
+        body["check_run"]["external_id"] = "gh-x"
+    change(body)
+    status, answer = post(server, event, json.dumps(body).encode())
+    assert status == 400 and message in answer["error"], answer
