@@ -53,6 +53,8 @@ class CheckRunRequest:
     sender: str | None
     installation_id: int | None
     identifier: str | None = None  # the button pressed (requested_action)
+    head_sha: str | None = None
+    name: str | None = None  # the check run's name (the job's status context)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +118,8 @@ def _check_run(delivery: Delivery, action: str) -> CheckRunRequest | Ignored:
             "requested_action.identifier",
             _IDENTIFIER_MAX,
         )
+    head_sha = _optional(run, "head_sha", str, "check_run.head_sha")
+    name = _optional(run, "name", str, "check_run.name")
     return CheckRunRequest(
         delivery_id=delivery.delivery_id,
         repo=_repo(payload),
@@ -125,6 +129,8 @@ def _check_run(delivery: Delivery, action: str) -> CheckRunRequest | Ignored:
         sender=_sender(payload),
         installation_id=_installation(payload),
         identifier=identifier,
+        head_sha=_sha(head_sha, "check_run.head_sha") if head_sha else None,
+        name=_text(name, "check_run.name", _EXTERNAL_ID_MAX) if name else None,
     )
 
 

@@ -306,7 +306,7 @@ class AppRequests:
             if self._store.state(job_id).repo.lower() != request.repo.lower():
                 return WebhookAnswer(202, {"reason": f"job {job_id} is not of {request.repo}"})
             if request.action == "rerequested":
-                current = self._app.checks.current(external_id(job_id))
+                current = self._current_check_run(request)
                 if current is not None and current != request.check_run_id:
                     # An older check run of the job: it was re-run already.
                     return WebhookAnswer(200, {"job_id": job_id, "reason": "already re-run"})
@@ -330,6 +330,20 @@ class AppRequests:
         return WebhookAnswer(
             202, {"job_id": job_id, "status": changed.status, "attempt": changed.attempt}
         )
+
+    def _current_check_run(self, request: CheckRunRequest) -> int | None:
+        """The job's newest check run: known here if this process made it, else asked of
+        GitHub (the webhook and the stream are different processes on AWS). A Re-run of an
+        older one (a redelivery after the re-run began) then changes nothing."""
+        known = self._app.checks.current(external_id(request.job_id))
+        if known is not None or request.head_sha is None or request.name is None:
+            return known
+        try:
+            return self._app.checks.newest(
+                request.repo, request.head_sha, request.name, request.job_id
+            )
+        except DomainError:  # not known: the guarded retry still makes at most one attempt
+            return None
 
     def _rerun_suite(self, request: CheckSuiteRequest) -> WebhookAnswer:
         operations = Operations(self._store, self._queries, actor=ACTOR)

@@ -279,6 +279,11 @@ class CheckRuns:
     def current(self, key: str) -> int | None:
         return self._ids.get(key)
 
+    def newest(self, repo: str, sha: str, name: str, job_id: str) -> int | None:
+        """The job's newest check run as GitHub has it (this process may not have made it)."""
+        probe = CheckState(repo, sha, job_id, 1, name, "queued", "", "")
+        return self._find(probe, self._auth.authorization_for(repo))
+
     def send(self, key: str, state: CheckState) -> None:
         authorization = self._auth.authorization_for(state.repo)
         text = self._text(state) if state.with_log else None

@@ -43,6 +43,7 @@ EXAMPLES = (
 )
 SECRET = "github-app-webhook-secret-0123456789abcdef"
 REPO = "octo-org/api"  # make_job's repository
+SHA = "c0ffee" + "0" * 34  # make_job's commit
 STAND_IN_PORT = 18731
 HTTP_PORT = 18732
 
@@ -67,6 +68,8 @@ def for_job(body: dict[str, Any], job_id: str, sender: str, check_run_id: int) -
     body["repository"]["full_name"] = REPO
     body["check_run"]["external_id"] = job_id
     body["check_run"]["id"] = check_run_id
+    body["check_run"]["head_sha"] = SHA
+    body["check_run"]["name"] = "ci/scheduler"
     body["sender"]["login"] = sender
     body["installation"]["id"] = 55
     return json.dumps(body).encode()
@@ -188,6 +191,8 @@ def test_a_rerequested_sample_names_the_job_by_its_external_id() -> None:
         job_id="gh-abc",
         sender="octocat",
         installation_id=55,
+        head_sha=SHA,
+        name="ci/scheduler",
     )
     body = json.loads(for_job(sample("check_run", "requested_action"), "gh-abc#lint", "o", 9))
     action = interpret_app_event(Delivery("check_run", "d-2", body))
@@ -425,3 +430,26 @@ def test_malformed_app_deliveries_are_refused_with_a_message(
     change(body)
     status, answer = post(server, event, json.dumps(body).encode())
     assert status == 400 and message in answer["error"], answer
+
+
+def test_a_rerun_of_an_older_check_run_of_the_job_changes_nothing(
+    server: LocalHTTPServer, github: GitHubStandIn, make_job: Any, store: JobStore
+) -> None:
+    """A redelivery that comes after its re-run began (GitHub has the job's newer check run):
+    asked of GitHub, as the webhook may not be the process that made it."""
+    job_id = f"gh-stale-{uuid.uuid4().hex[:8]}"
+    make_job(job_id, "failed")
+    github.grant(REPO, "writer", "write")
+    older = check_run_on_github(github, job_id)
+    newer = check_run_on_github(github, job_id)
+    status, answer = post(
+        server, "check_run", for_job(sample("check_run", "rerequested"), job_id, "writer", older)
+    )
+    assert (status, answer["reason"]) == (200, "already re-run")
+    assert store.state(job_id).attempt == 1
+    status, answer = post(
+        server, "check_run", for_job(sample("check_run", "rerequested"), job_id, "writer", newer)
+    )
+    assert status == 202 and answer["attempt"] == 2
+    listed = github.requests("GET", f"/repos/{REPO}/commits/{SHA}/check-runs")
+    assert listed and listed[-1].query == {"check_name": ["ci/scheduler"], "filter": ["all"]}
