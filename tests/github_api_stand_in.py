@@ -84,6 +84,7 @@ class GitHubStandIn:
         self.seen: list[Seen] = []
         self.problems: list[str] = []
         self._limits: list[tuple[int, dict[str, str], str]] = []
+        self._spent: int | None = None  # the reset (epoch s) a success announces, once
         self._lock = threading.Lock()
         self._next_id = 1000
         self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
@@ -120,6 +121,10 @@ class GitHubStandIn:
     ) -> None:
         """Answer the next ``count`` requests with a rate limit (then serve as usual)."""
         self._limits.extend([(status, headers or {}, message)] * count)
+
+    def spend_window(self, reset_in_seconds: int) -> None:
+        """The next successful answer says it was the window's last request."""
+        self._spent = int(self.clock()) + reset_in_seconds
 
     def requests(self, method: str | None = None, prefix: str = "") -> list[Seen]:
         return [
@@ -196,6 +201,13 @@ class GitHubStandIn:
                     stand_in.seen.append(seen)
                     limit = stand_in._limits.pop(0) if stand_in._limits else None
                 status, answer, extra = stand_in._answer(seen, limit)
+                if status < 400 and stand_in._spent is not None:
+                    extra = {
+                        **extra,
+                        "x-ratelimit-remaining": "0",
+                        "x-ratelimit-reset": str(stand_in._spent),
+                    }
+                    stand_in._spent = None
                 data = json.dumps(answer).encode() if answer is not None else b""
                 self.send_response(status)
                 self.send_header("content-type", "application/json")

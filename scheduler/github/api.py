@@ -55,6 +55,8 @@ class GitHubApi:
             },
         )
         self._clock = clock
+        # When a successful answer spent the window's last request: no request before this.
+        self._exhausted_until = 0.0
 
     def request(
         self,
@@ -85,12 +87,18 @@ class GitHubApi:
             if wait is not None:
                 raise RateLimited(wait, f"GitHub {method} {path}: HTTP {response.status_code}")
             raise GitHubApiError(method, path, response.status_code, message)
+        if wait is not None:  # done, but the next one would be refused until the reset
+            self._exhausted_until = max(self._exhausted_until, self._clock() + wait)
         if not response.content:
             return None
         try:
             return response.json()
         except ValueError:
             raise GitHubApiError(method, path, response.status_code, "not JSON") from None
+
+    def pause_seconds(self) -> float:
+        """Seconds to wait before the next request (the primary window is spent), else 0."""
+        return max(0.0, self._exhausted_until - self._clock())
 
     def close(self) -> None:
         self._client.close()

@@ -173,6 +173,7 @@ def github_app(settings: Settings) -> GitHubApp | None:
             merge,
             window_seconds=0.0 if settings.on_lambda else 1.0,
             background=not settings.on_lambda,
+            pause=api.pause_seconds,
         )
         made = GitHubApp(
             api=api,

@@ -123,8 +123,11 @@ class SendQueue(Generic[K, U]):
         backoff_seconds: float = 1.0,
         background: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        pause: Callable[[], float] | None = None,
     ) -> None:
         self._send = send
+        # After a send: seconds GitHub's window still asks to wait (its last request spent).
+        self._pause = pause
         self._merge = merge
         self._window = window_seconds
         self._attempts = attempts
@@ -224,7 +227,10 @@ class SendQueue(Generic[K, U]):
                 )
             else:
                 entry.due = self._clock() + self._backoff * 2 ** (entry.tries - 1)
+        paused = self._pause() if self._pause is not None and outcome == "sent" else 0.0
         with self._changed:
+            if paused > 0:
+                self._blocked_until = max(self._blocked_until, self._clock() + paused)
             lane = self._lanes[key]
             lane.in_flight = False
             if outcome == "sent":

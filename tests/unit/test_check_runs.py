@@ -170,7 +170,7 @@ def sender(
         api, AppAuth(str(github.app_id), github.private_key_pem, api), log_tail=log_tail
     )
     queue: SendQueue[str, CheckState] = SendQueue(
-        runs.send, merge, window_seconds=1.0, background=False, clock=clock
+        runs.send, merge, window_seconds=1.0, background=False, clock=clock, pause=api.pause_seconds
     )
     observer = CheckRunObserver(queue, lambda _repo: "ci/scheduler", DASHBOARD)
     return runs, queue, observer
@@ -299,3 +299,22 @@ def test_a_process_that_did_not_create_the_check_run_finds_it(github: GitHubStan
     (run,) = github.runs_of(REPO)
     assert run.fields["status"] == "in_progress"
     assert [m for m, _ in check_requests(github)] == ["POST", "GET", "PATCH"]
+
+
+def test_a_spent_window_holds_the_next_request_until_its_reset(github: GitHubStandIn) -> None:
+    """x-ratelimit-remaining: 0 on a success: the next request would be refused, so the queue
+    waits for x-ratelimit-reset before asking again."""
+    clock = Clock()
+    _, queue, observe = sender(github, clock)
+    observe(transition(None, P))
+    clock.now += 2
+    queue.pump()  # the installation token, then the check run
+    github.spend_window(90)
+    observe(transition(P, A, started_at=T0))
+    clock.now += 2
+    assert queue.pump() == 1  # its answer spends the window
+    assert 85 <= queue.blocked_for() <= 92
+    observe(transition(A, OK, started_at=T0, finished_at=T0 + 1))
+    clock.now += 2
+    asked = len(github.seen)
+    assert queue.pump() == 0 and len(github.seen) == asked  # nothing asked of GitHub
