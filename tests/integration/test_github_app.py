@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from github_api_stand_in import GitHubStandIn
 
@@ -56,6 +57,9 @@ def samples() -> dict[str, list[dict[str, Any]]]:
 
 
 SAMPLES = samples()
+ANSWER_SCHEMA: dict[str, Any] = json.loads(
+    (Path(__file__).resolve().parents[2] / "scheduler/api/openapi.json").read_text()
+)["components"]["schemas"]["WebhookAnswer"]
 
 
 def sample(event: str, action: str) -> dict[str, Any]:
@@ -117,7 +121,11 @@ def post(server: LocalHTTPServer, event: str, body: bytes, delivery: str | None 
     }
     connection.request("POST", "/webhook", body, headers)
     response = connection.getresponse()
-    return response.status, json.loads(response.read())
+    answer = json.loads(response.read())
+    if response.status in (200, 202):  # as GET /openapi.json describes it, fields named
+        jsonschema.validate(answer, ANSWER_SCHEMA)
+        assert set(answer) <= set(ANSWER_SCHEMA["properties"]), answer
+    return response.status, answer
 
 
 def check_run_on_github(github: GitHubStandIn, job_id: str) -> int:
