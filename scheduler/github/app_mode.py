@@ -44,11 +44,13 @@ from scheduler.github.checks import (
 )
 from scheduler.github.delivery import WebhookAnswer
 from scheduler.github.rate_limits import SendQueue
+from scheduler.github.statuses import CommitStatusObserver, GitHubNotifier
 from scheduler.runs.operations import Operations
 from scheduler.settings import Settings
 from state_machines import InvalidTransition, JobStatus, TransitionConflict
 
 if TYPE_CHECKING:
+    from scheduler.stream.decide import TransitionObserver
     from scheduler.wiring import Core
 
 __all__ = [
@@ -202,8 +204,24 @@ def attach(core: Core) -> None:
         lambda repo: core.config.policy(repo).status_context,
         mask_for_settings(core.settings, core.config),
     )
-    core.dispatcher.observers = (*core.dispatcher.observers, observer)
-    core.observers = (*core.observers, observer)
+    added: tuple[TransitionObserver, ...] = (observer,)
+    if core.notifier is None:
+        # No personal token: commit statuses are posted with the installation token too.
+        core.notifier = GitHubNotifier(
+            "",
+            api_url=core.settings.github_api_url,
+            max_workers=0 if core.settings.on_lambda else 2,
+            authorization_for=app.auth.authorization_for,
+        )
+        statuses = CommitStatusObserver(
+            core.notifier,
+            lambda repo: core.config.policy(repo).status_context,
+            f"{app.dashboard_url}/ui/jobs/{{job_id}}",
+            mask_for=mask_for_settings(core.settings, core.config),
+        )
+        added = (statuses, observer)
+    core.dispatcher.observers = (*core.dispatcher.observers, *added)
+    core.observers = (*core.observers, *added)
     closing = core.close
 
     def close() -> None:  # what is still queued for GitHub is sent before the core goes

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Literal
 import httpx
 
 from scheduler import tracing
+from scheduler.errors import DomainError
 from state_machines import TIMED_OUT, JobStatus
 
 if TYPE_CHECKING:
@@ -114,16 +115,20 @@ class GitHubNotifier:
         max_workers: int = 2,
         sleep: Callable[[float], None] = time.sleep,
         client: httpx.Client | None = None,
+        authorization_for: Callable[[str], str] | None = None,
     ) -> None:
+        headers = {
+            "Accept": "application/vnd.github+json",
+            "X-GitHub-Api-Version": "2022-11-28",
+            "User-Agent": "dynamo-scheduler",
+        }
+        if authorization_for is None:
+            headers["Authorization"] = f"Bearer {token}"
+        # GitHub App mode: each repository's installation token (asked per post, renewed
+        # before it expires) instead of one token for all.
+        self._authorization_for = authorization_for
         self._client = client or httpx.Client(
-            base_url=api_url.rstrip("/"),
-            timeout=timeout_seconds,
-            headers={
-                "Authorization": f"Bearer {token}",
-                "Accept": "application/vnd.github+json",
-                "X-GitHub-Api-Version": "2022-11-28",
-                "User-Agent": "dynamo-scheduler",
-            },
+            base_url=api_url.rstrip("/"), timeout=timeout_seconds, headers=headers
         )
         self._attempts = attempts
         self._backoff = backoff_seconds
@@ -150,8 +155,15 @@ class GitHubNotifier:
         path = f"/repos/{update.repo}/statuses/{update.sha}"
         for attempt in range(1, self._attempts + 1):
             try:
-                response = self._client.post(path, json=update.body())
+                headers = (
+                    {"Authorization": self._authorization_for(update.repo)}
+                    if self._authorization_for is not None
+                    else None
+                )
+                response = self._client.post(path, json=update.body(), headers=headers)
             except httpx.HTTPError as exc:
+                problem = type(exc).__name__
+            except DomainError as exc:  # no installation token (GitHub unreachable, not installed)
                 problem = type(exc).__name__
             else:
                 if response.is_success:

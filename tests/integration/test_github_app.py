@@ -347,6 +347,7 @@ def test_both_runtimes_send_check_runs_from_their_dispatcher(
     from scheduler.db.models import JobModel
     from scheduler.db.store import JobState
     from scheduler.github.checks import CheckRunObserver
+    from scheduler.github.statuses import CommitStatusObserver
     from scheduler.local.executor import LocalExecutor
     from scheduler.local.stack import StackOptions
     from scheduler.local.stack import compose as compose_local
@@ -379,11 +380,14 @@ def test_both_runtimes_send_check_runs_from_their_dispatcher(
     model = JobModel.get(job_id, consistent_read=True)
     try:
         for core in cores:
-            observers = [o for o in core.dispatcher.observers if isinstance(o, CheckRunObserver)]
-            assert len(observers) == 1 and core.observers == core.dispatcher.observers
-        cores[0].dispatcher.observers[-1](
-            Transition(JobStatus.ACTIVE, JobStatus.FAILED, JobState.from_model(model), "1", model)
+            kinds = [type(o) for o in core.dispatcher.observers]
+            assert kinds.count(CheckRunObserver) == 1 and kinds.count(CommitStatusObserver) == 1
+            assert core.observers == core.dispatcher.observers
+        failed = Transition(
+            JobStatus.ACTIVE, JobStatus.FAILED, JobState.from_model(model), "1", model
         )
+        for observe in cores[0].dispatcher.observers:
+            observe(failed)
     finally:
         for core in cores:
             core.close()  # sends what is queued
@@ -393,6 +397,11 @@ def test_both_runtimes_send_check_runs_from_their_dispatcher(
     assert run.fields["status"] == "completed" and run.fields["conclusion"] == "failure"
     assert run.fields["details_url"] == f"https://both.example.com/ui/jobs/{job_id}"
     assert run.fields["name"] == "ci/scheduler"
+    # No personal token: the commit status went with the installation token too.
+    (status,) = github.requests("POST", f"/repos/{REPO}/statuses/{SHA}")
+    assert status.headers["authorization"].startswith("token ghs_")
+    assert status.body["state"] == "failure" and status.body["context"] == "ci/scheduler"
+    assert status.body["target_url"] == f"https://both.example.com/ui/jobs/{job_id}"
 
 
 # -- bad input ---------------------------------------------------------------------------------
