@@ -19,12 +19,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import boto3
 import jsonschema
 import pytest
 from github_api_stand_in import GitHubStandIn
 
 from scheduler.api.app import create_app
-from scheduler.db.store import JobStore
+from scheduler.aws import handlers
+from scheduler.db.models import JobModel
+from scheduler.db.store import JobState, JobStore
 from scheduler.github.app_events import (
     CheckRunRequest,
     CheckSuiteRequest,
@@ -32,10 +35,16 @@ from scheduler.github.app_events import (
     interpret_app_event,
 )
 from scheduler.github.app_mode import github_app
+from scheduler.github.checks import CheckRunObserver
 from scheduler.github.payload import Delivery, Ignored, interpret
 from scheduler.github.signature import sign
+from scheduler.github.statuses import CommitStatusObserver
+from scheduler.local.executor import LocalExecutor
 from scheduler.local.http_server import LocalHTTPServer
+from scheduler.local.stack import StackOptions
+from scheduler.local.stack import compose as compose_local
 from scheduler.settings import Settings
+from scheduler.stream.decide import Transition
 from state_machines import JobStatus
 
 EXAMPLES = (
@@ -341,18 +350,6 @@ def test_an_uninstalled_repository_stops_being_built_until_added_again(
 def test_both_runtimes_send_check_runs_from_their_dispatcher(
     settings: Settings, github: GitHubStandIn, make_job: Any, store: JobStore, tmp_path: Path
 ) -> None:
-    import boto3
-
-    from scheduler.aws import handlers
-    from scheduler.db.models import JobModel
-    from scheduler.db.store import JobState
-    from scheduler.github.checks import CheckRunObserver
-    from scheduler.github.statuses import CommitStatusObserver
-    from scheduler.local.executor import LocalExecutor
-    from scheduler.local.stack import StackOptions
-    from scheduler.local.stack import compose as compose_local
-    from scheduler.stream.decide import Transition
-
     key = tmp_path / "app.pem"
     key.write_text(github.private_key_pem)
     common = Settings.from_env(
