@@ -64,6 +64,7 @@ class StackBooks:
     reaper_errors: int = 0
     events_sent: int = 0
     event_retries: int = 0
+    events_duplicated: int = 0
     reaper_answers: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -139,7 +140,9 @@ class AwsStack:
         self.books = StackBooks()
         self.reaper_paused = threading.Event()
         self._events: queue.Queue[dict[str, Any]] = queue.Queue()
-        self.codebuild.on_event = self._events.put
+        self.codebuild.on_event = self._event
+        self.duplicate_events_every = 0  # EventBridge delivers at least once
+        self._events_seen = 0
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(target=self._eventbridge, daemon=True),
@@ -166,6 +169,13 @@ class AwsStack:
         for pool in self.pools:
             pool.stop()
         self.codebuild.close()
+
+    def _event(self, event: dict[str, Any]) -> None:
+        self._events_seen += 1
+        self._events.put(event)
+        if self.duplicate_events_every and self._events_seen % self.duplicate_events_every == 0:
+            self.books.events_duplicated += 1
+            self._events.put(event)
 
     def _eventbridge(self) -> None:
         """EventBridge's rule: each event to the CompletionFunction, retried until taken."""
@@ -343,6 +353,34 @@ class AwsStack:
             f"{len(last)} jobs not settled after {timeout:.0f}s: {last[:10]}\n"
             f"repos (running, limit): {repos}\nreaper: {self.books.reaper_answers[-2:]}\n"
             f"dropped: {[(d.condition, kind_of(d.records[0])) for d in self.mapping.books.dropped]}"
+        )
+
+    def explain(self, job_id: str) -> str:
+        """A job's story for a failed assertion: its transitions, builds and dropped records."""
+        job = self.jobs().get(job_id)
+        if job is None:
+            return f"{job_id}: no item"
+        steps = [
+            f"{h.source}->{h.dest}:{getattr(h, 'trigger', '')}:{getattr(h, 'actor', '')}"
+            f":{getattr(h, 'reason', '') or ''}"
+            for h in job.history
+        ]
+        builds = [
+            (b.attempt_key[1], b.status, round(b.started, 1), b.stop_at is not None)
+            for b in self.codebuild.builds.values()
+            if b.attempt_key[0] == job_id
+        ]
+        starts = {t: n for t, n in self.codebuild.books.start_calls.items() if t.startswith(job_id)}
+        dropped = [
+            (d.condition, kind_of(r))
+            for d in self.mapping.books.dropped
+            for r in d.records
+            if r["dynamodb"]["Keys"]["job_id"]["S"] == job_id
+        ]
+        return (
+            f"{job_id} {job.status} reason={job.reason} attempt={job.attempt} run_id={job.run_id}"
+            f"\n  history {steps}\n  builds {builds} StartBuild calls {starts}"
+            f"\n  dropped {dropped}"
         )
 
     def logs(self, chars: int = 2000) -> str:

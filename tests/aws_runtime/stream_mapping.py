@@ -13,11 +13,13 @@ read from ``infra/template.yaml``), delivering from DynamoDB Local's stream the 
   ``MaximumRecordAgeInSeconds`` (in compressed time, ``time_scale``), go to the on-failure
   destination (recorded as Lambda's SQS message plus the records, for the test) and the lane
   goes on;
-- ``drop_when`` gives records up on purpose, as the mapping does after its retries.
+- ``drop_when`` gives records up on purpose, as the mapping does after its retries;
+  ``duplicate_every`` delivers every n-th batch twice (Lambda delivers at least once).
 """
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -82,6 +84,8 @@ class MappingBooks:
     partial_failures: int = 0
     function_errors: int = 0
     bisections: int = 0
+    duplicates: int = 0
+    longest_invocation: float = 0.0
     dropped: list[Dropped] = field(default_factory=list)
     lane_concurrency_max: int = 0
 
@@ -104,6 +108,8 @@ class EventSourceMapping:
         self.time_scale, self.retry_pause = time_scale, retry_pause
         self.books = MappingBooks()
         self.drop_rules: list[DropRule] = []
+        self.duplicate_every = 0
+        self._delivered_batches = 0
         self._lanes: list[queue.Queue[tuple[float, dict[str, Any]]]] = [
             queue.Queue() for _ in range(config.parallelization_factor)
         ]
@@ -224,9 +230,11 @@ class EventSourceMapping:
                 self.books.batches += 1
                 busy = sum(self._busy)
                 self.books.lane_concurrency_max = max(self.books.lane_concurrency_max, busy)
+            called = time.monotonic()
             try:
                 answer = self.function.invoke({"Records": records}, member=lane)
             except InvocationFailed:
+                self._took(called)
                 self.books.function_errors += 1
                 if self.config.bisect_on_error and len(batch) > 1:
                     # Lambda splits the batch and retries each half; a split is not a retry.
@@ -241,12 +249,14 @@ class EventSourceMapping:
                     return
                 self._stop.wait(self.retry_pause * retries)
                 continue
+            self._took(called)
             failed = {
                 str(item.get("itemIdentifier"))
                 for item in (answer or {}).get("batchItemFailures", [])
             }
             if not failed:
                 self.books.records_delivered += len(batch)
+                self._maybe_again(lane, records)
                 return
             self.books.partial_failures += 1
             sequences = [str(r["dynamodb"]["SequenceNumber"]) for r in records]
@@ -258,6 +268,24 @@ class EventSourceMapping:
                 self._drop(batch, "RetryAttemptsExhausted")
                 return
             self._stop.wait(self.retry_pause * retries)
+
+    def _took(self, called: float) -> None:
+        with self._lock:
+            self.books.longest_invocation = max(
+                self.books.longest_invocation, time.monotonic() - called
+            )
+
+    def _maybe_again(self, lane: int, records: list[dict[str, Any]]) -> None:
+        """At-least-once: every ``duplicate_every``-th batch is delivered a second time."""
+        with self._lock:
+            self._delivered_batches += 1
+            again = self.duplicate_every > 0 and self._delivered_batches % self.duplicate_every == 0
+        if not again:
+            return
+        self.books.duplicates += 1
+        # The first delivery counted; a failure of this one is a redelivery's only.
+        with contextlib.suppress(InvocationFailed):
+            self.function.invoke({"Records": records}, member=lane)
 
     def _give_up_chosen(
         self, batch: list[tuple[float, dict[str, Any]]]
