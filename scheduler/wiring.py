@@ -235,6 +235,7 @@ def build_core(
             else None,
             settle=runs.settle if runs is not None else None,
             started_at=runs.executor.started_at if runs is not None else None,
+            owns_claim=runs.owns_claim if runs is not None and claim_on_activation else None,
             start_grace_seconds=settings.start_grace_seconds,
         ),
         runs=runs,

@@ -88,6 +88,12 @@ def system_clock() -> int:
     return time.time_ns() // 1_000_000
 
 
+class QueueAhead(RepositoryFull):
+    """An activation that must not overtake the queue found older queued jobs of its
+    repository (its pending count was above 1) while a slot was free: the caller promotes the
+    queue, oldest first, instead (this job among them, in its turn)."""
+
+
 class StoreContended(StoreUnavailable):
     """DynamoDB kept cancelling the transaction for concurrent transactions on its items.
 
@@ -374,15 +380,20 @@ class JobStore:
         slot_limit: int,
         actor: str = "scheduler",
         claim: RunClaimed | None = None,
+        alone: bool = False,
     ) -> JobState:
         """``pending -> active`` if the repository has a free slot, else :class:`RepositoryFull`.
 
         With ``claim`` the activation is also the claim of the attempt's run (what
         :meth:`claim_run` writes, in the same write), naming the runner that starts it when
         the activation's record reaches it: one write and one stream record fewer per job.
+        With ``alone`` the job takes a slot only if it is its repository's one pending job
+        (the counters say so in the same write): with others queued, :class:`QueueAhead`, and
+        the caller promotes the queue in its order, so a new job never overtakes older ones
+        whose promotion is owed elsewhere (another invocation, a lost record).
         """
         return self.transition(
-            job, Trigger.ACTIVATE, actor=actor, slot_limit=slot_limit, claim=claim
+            job, Trigger.ACTIVATE, actor=actor, slot_limit=slot_limit, claim=claim, alone=alone
         )
 
     def transition(
@@ -395,6 +406,7 @@ class JobStore:
         slot_limit: int | None = None,
         start_delay_ms: int = 0,
         claim: RunClaimed | None = None,
+        alone: bool = False,
     ) -> JobState:
         """Carry out ``trigger`` on ``job`` as one conditional transaction.
 
@@ -415,6 +427,7 @@ class JobStore:
             slot_limit=slot_limit,
             start_delay_ms=start_delay_ms,
             claim=claim,
+            alone=alone,
         )
 
     def _transition(
@@ -430,6 +443,7 @@ class JobStore:
         claim: RunClaimed | None = None,
         started_at: int | None = None,
         hand_off: HandOff | None = None,
+        alone: bool = False,
     ) -> JobState:
         step = plan(job.status, trigger, job.job_id)
         if step.slot_delta > 0 and slot_limit is None:
@@ -472,6 +486,9 @@ class JobStore:
             steps.append(next_step)
             slot_limit = hand_off.slot_limit
         repo_actions, repo_condition = self._repo_changes(steps, slot_limit)
+        if alone and repo_condition is not None:
+            # Only the repository's one pending job (this one) may take the slot directly.
+            repo_condition &= RepoModel.n_pending.does_not_exist() | (RepoModel.n_pending <= 1)
         if step.next_attempt:
             # Rebuilding a cancelled or timed-out job waits until its old run is stopped and
             # its slot freed.
@@ -479,8 +496,14 @@ class JobStore:
 
         def build(tx: TransactWrite) -> None:
             tx.update(JobModel(job.job_id), actions=job_actions, condition=job_condition)
-            # Same transaction: the repository's counters move with the job, never apart.
-            tx.update(RepoModel(job.repo), actions=repo_actions, condition=repo_condition)
+            # Same transaction: the repository's counters move with the job, never apart. A
+            # refused activation returns the counters: full, or a queue ahead of it?
+            tx.update(
+                RepoModel(job.repo),
+                actions=repo_actions,
+                condition=repo_condition,
+                return_values="ALL_OLD" if alone else None,
+            )
             if hand_off is not None:
                 tx.update(
                     JobModel(hand_off.job.job_id),
@@ -490,9 +513,11 @@ class JobStore:
                     & (JobModel.repo == job.repo),
                 )
 
-        reasons = self._commit(build, job_id=job.job_id, what=str(step.trigger))
+        items: list[dict[str, Any] | None] = []
+        reasons = self._commit(build, job_id=job.job_id, what=str(step.trigger), items=items)
         if reasons is not None:
-            raise _refusal(reasons, job, step, slot_limit, hand_off)
+            counters = items if alone else None
+            raise _refusal(reasons, job, step, slot_limit, hand_off, counters=counters)
         if hand_off is not None:
             log.info(
                 "slot handed on",
@@ -886,9 +911,15 @@ class JobStore:
         return actions, condition
 
     def _commit(
-        self, build: Callable[[TransactWrite], None], *, job_id: str, what: str
+        self,
+        build: Callable[[TransactWrite], None],
+        *,
+        job_id: str,
+        what: str,
+        items: list[dict[str, Any] | None] | None = None,
     ) -> list[str] | None:
-        """Run the transaction; None when it committed, else the cancellation reason codes.
+        """Run the transaction; None when it committed, else the cancellation reason codes
+        (and, into ``items``, the items a refused condition returned, by position).
 
         ``TransactionConflict`` cancellations (another transaction held one of the items) are
         retried with jittered backoff: nothing was decided, so trying again is safe.
@@ -906,6 +937,8 @@ class JobStore:
                     "transaction_conflict" if _TRANSACTION_CONFLICT in codes else "condition"
                 )
                 if _TRANSACTION_CONFLICT not in codes:
+                    if items is not None:
+                        items[:] = [r.raw_item if r else None for r in exc.cancellation_reasons]
                     return codes
                 log.warning(
                     "transaction conflict, retrying",
@@ -923,17 +956,32 @@ def _refusal(
     step: TransitionPlan,
     slot_limit: int | None,
     hand_off: HandOff | None,
+    *,
+    counters: Sequence[dict[str, Any] | None] | None = None,
 ) -> Exception:
     """Why a transition's transaction was cancelled (the reasons follow its items: the job,
-    its repository, the job it hands its slot to)."""
+    its repository, the job it hands its slot to). ``counters``: what the refused items of an
+    activation that must not overtake the queue returned (a free slot then means a queue)."""
     if reasons[0] == _CONDITION_FAILED:
         return TransitionConflict(job.job_id, str(step.trigger))
     if hand_off is not None and _CONDITION_FAILED in reasons[1:]:
         return HandOffRefused(job.job_id, hand_off.job.job_id)
     if reasons[1] == _CONDITION_FAILED and step.slot_delta > 0:
         assert slot_limit is not None
+        if counters is not None and _slot_was_free(counters, slot_limit):
+            return QueueAhead(job.repo, slot_limit)
         return RepositoryFull(job.repo, slot_limit)
     return StoreUnavailable(f"{step.trigger} of job {job.job_id} cancelled: {reasons}")
+
+
+def _slot_was_free(items: Sequence[dict[str, Any] | None], slot_limit: int | None) -> bool:
+    """Whether the repository's counters a refused activation returned (the second item) had
+    a free slot: then its queue, not its limit, refused it."""
+    counters = items[1] if len(items) > 1 else None
+    if counters is None or slot_limit is None:
+        return False
+    running = int(counters.get("running", {}).get("N", "0"))
+    return running < slot_limit
 
 
 def _entry(

@@ -53,6 +53,9 @@ Restart = Callable[[JobModel, int], object]
 StartedAt = Callable[[str], int | None]
 """When the executor's runner took the run of an idempotency key (epoch ms), if it runs."""
 
+OwnsClaim = Callable[[JobModel], bool]
+"""Whether an active job's claim names this runner (``RunStarter.owns_claim``)."""
+
 Settle = Callable[[JobModel], bool]
 """Reports how an active job's run ended if the executor can tell (``RunStarter.settle``);
 True if it had ended, False while it runs or when the executor cannot tell."""
@@ -69,6 +72,7 @@ class Reaper:
         restart_claimed: Restart | None = None,
         settle: Settle | None = None,
         started_at: StartedAt | None = None,
+        owns_claim: OwnsClaim | None = None,
         start_grace_seconds: int = 60,
         clock: Clock = system_clock,
         page_size: int = 50,
@@ -80,6 +84,7 @@ class Reaper:
         self._restart_claimed = restart_claimed
         self._settle = settle
         self._started_at = started_at
+        self._owns_claim = owns_claim
         self._grace_ms = start_grace_seconds * 1000
         self._clock = clock
         self._page_size = page_size
@@ -121,6 +126,10 @@ class Reaper:
             if job.run_id is None:
                 return self._unstarted(job, state, status, now, overdue=overdue)
             if status is RunStatus.UNSTARTED and job.run_id == key and self._restart_claimed:
+                if self._owns_claim is not None and not self._owns_claim(job):
+                    # The claim names another runner's folder (the stack restarted from
+                    # elsewhere): nobody can ever start it, so it is lost with that runner.
+                    return self._lost(job, state)
                 # Claimed, and never started by the runner that holds the claim's key.
                 return self._start_again(job, state, now, self._restart_claimed)
             if status is RunStatus.GONE:

@@ -136,6 +136,13 @@ class RunStarter:
         activated_at = int(job.activated_at) if job.activated_at is not None else None
         return self._start_claimed_here(request, activated_at)
 
+    def owns_claim(self, job: JobModel) -> bool:
+        """Whether ``job``'s claim names this runner (its run id and its log location, which
+        names the runner's folder): a claim naming another folder (the stack restarted from
+        elsewhere) can never be started here."""
+        mine = self._claim_of(self.request_for(job))
+        return (job.run_id, job.log_location) == (mine.run_id, mine.log_location)
+
     def _start_claimed_here(self, request: RunRequest, activated_at: int | None) -> str | None:
         """Start a run this runner's claim names.
 

@@ -40,7 +40,7 @@ from scheduler import tracing
 from scheduler.config import RetryPolicy, SupersedeMode
 from scheduler.db.models import JobModel
 from scheduler.db.outage import is_outage
-from scheduler.db.store import Clock, JobState, JobStore, RunClaimed, system_clock
+from scheduler.db.store import Clock, JobState, JobStore, QueueAhead, RunClaimed, system_clock
 from scheduler.errors import (
     BatchInterrupted,
     MalformedStreamRecord,
@@ -482,7 +482,16 @@ class Dispatcher:
             # Under the repository's promotion lock: a promotion that read this job from the
             # queue activates it first, or finds it gone from the queue.
             with self._promotion_lock(job.repo):
-                self._activate_claiming(job, image, self._slot_limit_for(job.repo))
+                try:
+                    self._activate_claiming(job, image, self._slot_limit_for(job.repo), alone=True)
+                except QueueAhead:
+                    # Other jobs are queued (an older one's promotion may be owed by a record
+                    # elsewhere, or lost): the free slots go to the queue in its order, this
+                    # job in its turn.
+                    if job.job_id in self._promote_ids(job.repo):
+                        return "activated"
+                    log.info("job queued behind older ones", extra={"job_id": job.job_id})
+                    return "queued"
         except TransitionConflict:
             # The job moved since this image was written (a duplicate record, or a promotion
             # got there first): the activation is already decided, so the record is done.
@@ -494,15 +503,20 @@ class Dispatcher:
             return "queued"
         return "activated"
 
-    def _activate_claiming(self, job: JobState, image: JobModel, slot_limit: int) -> None:
+    def _activate_claiming(
+        self, job: JobState, image: JobModel, slot_limit: int, *, alone: bool = False
+    ) -> None:
         """Activate ``job`` (``image`` is its pending item); with a claiming starter the
-        activation also claims the run for this runner."""
+        activation also claims the run for this runner. ``alone``: only if no other job of
+        its repository is queued (:class:`QueueAhead` otherwise)."""
         if not self._reservations.reserve(job.job_id):
             # A hand-off (or another lane) is activating it right now: that write decides.
             raise TransitionConflict(job.job_id, Trigger.ACTIVATE.value, "being activated here")
         try:
             claim = self._claiming.claim_for(image) if self._claiming is not None else None
-            self._store.activate(job, slot_limit=slot_limit, actor=self._actor, claim=claim)
+            self._store.activate(
+                job, slot_limit=slot_limit, actor=self._actor, claim=claim, alone=alone
+            )
         finally:
             self._reservations.release(job.job_id)
 
@@ -523,7 +537,12 @@ class Dispatcher:
             return self._promotion_locks.setdefault(repo, threading.Lock())
 
     def _promote(self, repo: str) -> int:
+        return len(self._promote_ids(repo))
+
+    def _promote_ids(self, repo: str) -> list[str]:
+        """:meth:`_promote`, naming the jobs it activated."""
         limit = self._slot_limit_for(repo)
+        activated: list[str] = []
         promoted = 0
         free: int | None = None  # read once the queue has a candidate
         queued = self._store.reads.queued(
@@ -548,6 +567,7 @@ class Dispatcher:
                 self._full.found_full(repo)
                 break
             promoted += 1
+            activated.append(job.job_id)
         if promoted:
             log.info("queue promoted", extra={"repo": repo, "promoted": promoted})
-        return promoted
+        return activated

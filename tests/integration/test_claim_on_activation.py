@@ -75,6 +75,7 @@ class Runner:
             restart_claimed=self.starter.start_claimed,
             settle=self.starter.settle,
             started_at=self.executor.started_at,
+            owns_claim=self.starter.owns_claim,
             start_grace_seconds=start_grace_seconds,
             clock=system_clock if now is None else lambda: now,
         )
@@ -206,8 +207,8 @@ def test_a_claimed_run_waiting_for_a_runner_is_deferred_not_timed_out(
     runner = Runner(store, tmp_path / "one", starts, sleep=1.5, slots=1)
     try:
         new_job(store, "first", timeout=3600)
-        new_job(store, "second", timeout=5)
         activate(runner, "first")
+        new_job(store, "second", timeout=5)  # after first's record: nothing queued ahead
         activate(runner, "second")
         wait_for(lambda: runner.executor.status("first#1") is RunStatus.RUNNING)
         assert runner.executor.status("second#1") is RunStatus.WAITING
@@ -255,6 +256,29 @@ def test_a_restart_starts_claimed_runs_that_never_spawned_and_fails_lost_ones(
         assert started(starts) == ["waiting#1"]
         # Judged again (a second recovery, a reaper round): nothing more happens.
         assert reaper.recover() == {}
+    finally:
+        runner.executor.close()
+
+
+def test_a_claim_naming_another_folder_after_a_restart_is_lost_not_deferred_forever(
+    store: JobStore, tmp_path: Path, starts: Path
+) -> None:
+    """Issue 23, item 5: the stack died with a claimed run waiting for a runner, and starts
+    again from another folder: the claim names the old folder's log, which no runner here
+    can start. It fails as ``runner_lost`` (retried automatically) at once, instead of being
+    restarted (and started by nobody) at every round."""
+    old = tmp_path / "old"
+    job = new_job(store, "moved")
+    claim = RunClaimed("moved#1", str(log_file(old / LOGS_FOLDER, "moved", 1)))
+    store.activate(job, slot_limit=10, claim=claim)
+
+    runner = Runner(store, tmp_path / "new", starts)
+    try:
+        assert runner.executor.status("moved#1") is RunStatus.UNSTARTED
+        assert not runner.starter.owns_claim(store.get("moved"))
+        assert runner.reaper().recover() == {"moved": "runner_lost"}
+        assert runner.reaper().recover() == {}
+        assert started(starts) == []
     finally:
         runner.executor.close()
 
@@ -325,9 +349,9 @@ def test_a_claimed_run_times_out_from_when_a_runner_took_it(
     runner = Runner(store, tmp_path / "one", starts, sleep=0.5, slots=1, hangs="second")
     try:
         new_job(store, "first", timeout=3600)
-        new_job(store, "second", timeout=30)
-        for job_id in ("first", "second"):
-            activate(runner, job_id)
+        activate(runner, "first")
+        new_job(store, "second", timeout=30)  # after first's record: nothing queued ahead
+        activate(runner, "second")
         wait_for(lambda: runner.executor.status("second#1") is RunStatus.RUNNING)
         began = runner.executor.started_at("second#1")
         assert began is not None

@@ -18,14 +18,20 @@ from typing import Any
 import pytest
 from stream_records import record
 
+from scheduler.db.clients import client
+from scheduler.db.dead_letters import DeadLetterStore
 from scheduler.db.models import RepoModel
 from scheduler.db.store import HandOff, JobState, JobStore, NewJob, RunClaimed
 from scheduler.errors import HandOffRefused
+from scheduler.local.checkpoints import CheckpointStore
 from scheduler.local.executor import LocalExecutor
+from scheduler.local.mapping import MappingConfig, PollingConfig
+from scheduler.local.stream_runner import StreamRunner
 from scheduler.runs.executor import RunResult
 from scheduler.runs.queue_heads import QueueHeads
 from scheduler.runs.reservations import Reservations
 from scheduler.runs.starter import RunStarter
+from scheduler.settings import Settings
 from scheduler.stream.dispatcher import Dispatcher
 from scheduler.stream.full_repos import FullRepos
 from state_machines import JobStatus, Trigger
@@ -154,36 +160,59 @@ def most_at_once(effects: Path) -> int:
 
 
 def test_hand_offs_racing_promotions_run_every_job_once_within_the_limit(
-    store: JobStore, runner: Runner, effects: Path
+    store: JobStore, runner: Runner, effects: Path, settings: Settings, ddb: Any
 ) -> None:
-    """Twenty jobs, three slots. The runs' finishes hand their slots on (and start the next
-    run at once) while other lanes promote the same queue, and the activations' records come
-    twice, late: every job runs once, never more than three at a time, and the counters
-    end where the jobs are."""
+    """Twenty jobs, three slots. Nothing promotes but what the protocol owes: the jobs'
+    records come from the table's real stream (in two lanes, as the mapping's parallelization
+    runs them), each batch again later (a duplicate), and the runs' finishes hand their slots
+    on (starting the next run at once), racing the promotions the other finishes' records
+    owe. No sweeper runs, so a job stranded with free slots fails the deadline: every job
+    runs once, never more than three at a time, and the counters end where the jobs are."""
     ids = [f"j{n:02d}" for n in range(20)]
-    for job_id in ids:
-        new_job(store, job_id)
-    for job_id in ids[:3]:
-        assert runner.dispatcher.handle_record(record(job_id)) == ["activated"]
+    late: list[dict[str, Any]] = []
+    guard = threading.Lock()
+
+    def stream_function(event: dict[str, Any], _context: Any) -> Any:
+        answer = runner.dispatcher.handle_event(event)
+        with guard:
+            late.append(event)  # delivered again later, by the other lane below
+        return answer
+
+    stream = StreamRunner(
+        dynamodb=ddb,
+        streams=client("dynamodbstreams", settings),
+        table_name=settings.tables.jobs,
+        checkpoints=CheckpointStore(ddb, settings.tables.runner_state, "hand-off-race"),
+        dead_letters=DeadLetterStore(ddb, settings.tables.dead_letters),
+        handler=stream_function,
+        mapping=MappingConfig(
+            batch_size=5, report_batch_item_failures=True, parallelization_factor=2
+        ),
+        polling=PollingConfig(idle_min_seconds=0.002, idle_max_seconds=0.02),
+    )
+    stream.skip_to_end()
     stop = threading.Event()
 
-    def promote_and_deliver() -> None:
-        # Other lanes: promotions of the repository, and the activations' records (each
-        # delivered twice), racing with the hand-offs.
+    def redeliver() -> None:
         while not stop.is_set():
-            runner.dispatcher.promote(REPO)
-            for job_id in ids:
-                job = store.get(job_id)
-                if job.status == JobStatus.ACTIVE.value:
-                    runner.starter.start_claimed(job)
-                    runner.starter.start_claimed(job)
-            time.sleep(0.01)
+            with guard:
+                batch = late.pop(0) if late else None
+            if batch is None:
+                time.sleep(0.01)
+                continue
+            time.sleep(0.02)
+            runner.dispatcher.handle_event(batch)
 
+    for job_id in ids:
+        new_job(store, job_id)
     with ThreadPoolExecutor(2) as lanes:
-        racing = [lanes.submit(promote_and_deliver) for _ in range(2)]
+        racing = [lanes.submit(stream.run, stop), lanes.submit(redeliver)]
         deadline = time.monotonic() + 60
         while not all(store.get(j).status == JobStatus.PASSED.value for j in ids):
-            assert time.monotonic() < deadline, [store.get(j).status for j in ids]
+            stranded = [(j, store.get(j).status) for j in ids]
+            assert time.monotonic() < deadline, stranded
+            for lane in racing:
+                assert not lane.done(), lane.result()
             time.sleep(0.1)
         stop.set()
         for lane in racing:
@@ -208,8 +237,8 @@ def test_a_hand_off_the_database_lost_runs_the_next_job_once(
     its run over, the next one pending again although its run ran. Activated again, the
     next job is not run twice: the outcome its run left is reported, as it ended."""
     new_job(store, "first")
-    new_job(store, "next")
     assert runner.dispatcher.handle_record(record("first")) == ["activated"]
+    new_job(store, "next")  # queued behind first (a free slot aside: its record waits)
     first_active, next_pending = store.get("first"), store.get("next")
     repo_before = counters()
     runner.starter.start_claimed(first_active)  # the activation's record

@@ -593,3 +593,42 @@ def test_dlq_replay_of_a_cancel_letter_succeeds_and_leaves_the_stop_to_the_recon
     assert builds.builds["ci-project:dlq-a-1"] == "STOPPED"
     assert job("dlq-a").slot_held is None and job("dlq-b").status == "active"
     assert builds.in_progress() == ["ci-project:dlq-b-1"]
+
+
+def test_a_new_job_never_overtakes_a_queue_whose_promotion_is_owed_by_another_invocation(
+    aws: tuple[Core, CodeBuildStandIn],
+) -> None:
+    """Issue 23, item 4: A finishes; the record that promotes B is in another invocation (not
+    handled yet) when C's INSERT arrives: C's activation finds B queued ahead of it and
+    promotes the queue in its order instead, so B gets the slot and C waits."""
+    core, _builds = aws
+    submitted(core, "ahead-a")
+    submitted(core, "ahead-b")
+    assert job("ahead-b").status == "pending"
+    before = image("ahead-a")
+    core.store.transition(core.store.state("ahead-a"), Trigger.PASS, actor="runner")
+    assert running() == 0  # a free slot, and B queued for it
+
+    new_job(core, "ahead-c")
+    deliver(core, "ahead-c")  # another invocation: C's INSERT first
+
+    assert job("ahead-b").status == "active"
+    assert job("ahead-c").status == "pending"
+    deliver(core, "ahead-a", before)  # the finish's record, late: the slot is taken
+    assert running() == 1 and job("ahead-c").status == "pending"
+
+
+def test_a_new_job_alone_in_its_queue_still_takes_a_free_slot_in_one_write(
+    aws: tuple[Core, CodeBuildStandIn],
+) -> None:
+    """The guard costs nothing when there is no queue: the INSERT's activation is one
+    transaction, as before (no queue read, no counters read)."""
+    core, _builds = aws
+    new_job(core, "alone-a")
+    calls: list[str] = []
+    core.store.connection.client.meta.events.register(
+        "before-call.dynamodb", lambda model, **_: calls.append(model.name)
+    )
+    deliver(core, "alone-a")
+    assert job("alone-a").status == "active"
+    assert calls == ["TransactWriteItems"], calls

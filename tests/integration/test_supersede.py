@@ -97,11 +97,13 @@ def test_off_leaves_every_older_job_alone(ticking_store: JobStore) -> None:
     push(ticking_store, "old-2")
     push(ticking_store, "new")
     outcomes = dispatcher(ticking_store, "off").handle_record(record("new"))
-    assert outcomes == ["activated"]  # no supersede action at all
+    # No supersede action at all; the one slot goes to the oldest queued job (a new job never
+    # overtakes the queue).
+    assert outcomes == ["queued"]
     assert statuses("old-1", "old-2", "new") == {
-        "old-1": "pending",
+        "old-1": "active",
         "old-2": "pending",
-        "new": "active",
+        "new": "pending",
     }
 
 
@@ -138,8 +140,8 @@ def test_a_new_tag_supersedes_nothing(ticking_store: JobStore) -> None:
     push(ticking_store, "main-1")
     push(ticking_store, "v2", tag="v2")
     outcomes = dispatcher(ticking_store, "all", limit=5).handle_record(record("v2"))
-    assert outcomes == ["activated"]
-    assert statuses("v1", "main-1") == {"v1": "pending", "main-1": "pending"}
+    assert outcomes == ["activated"]  # with the older ones, in queue order: none cancelled
+    assert statuses("v1", "main-1") == {"v1": "active", "main-1": "active"}
 
 
 def test_a_new_pull_request_head_supersedes_that_pull_requests_older_jobs(
@@ -158,9 +160,10 @@ def test_a_new_pull_request_head_supersedes_that_pull_requests_older_jobs(
     assert_superseded("pr7-queued", by="pr7-new")
     assert_superseded("pr7-running", by="pr7-new", was="active")
     assert job("pr7-running").slot_held  # kept until its run is known to be stopped
+    # Not superseded: the other lanes' older jobs run, in queue order with the new one.
     assert statuses("pr8", "branch", "pr7-new") == {
-        "pr8": "pending",
-        "branch": "pending",
+        "pr8": "active",
+        "branch": "active",
         "pr7-new": "active",
     }
 

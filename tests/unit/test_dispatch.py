@@ -174,7 +174,9 @@ class FakeStore:
         self.calls: list[tuple[str, int, int]] = []
         self.reads = FakeReads()
 
-    def activate(self, job: JobState, *, slot_limit: int, actor: str, claim: Any = None) -> Any:
+    def activate(
+        self, job: JobState, *, slot_limit: int, actor: str, claim: Any = None, alone: bool = False
+    ) -> Any:
         self.calls.append((job.job_id, job.version, slot_limit))
         outcome = self.outcomes.pop(0)
         if isinstance(outcome, Exception):
