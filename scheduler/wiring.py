@@ -180,7 +180,6 @@ def build_core(
             hand_off_for=(lambda repo: config.policy(repo).concurrency)
             if claim_on_activation
             else None,
-            found_full=full_repos.found_full,
             reservations=reservations,
         )
         cancel_run = made.cancel

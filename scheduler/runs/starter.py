@@ -71,16 +71,16 @@ class RunStarter:
         *,
         source_for: SourceFor | None = None,
         hand_off_for: SlotLimitFor | None = None,
-        found_full: Callable[[str, int], None] = lambda _repo, _at: None,
         reservations: Reservations | None = None,
         actor: str = "executor",
         clock: Clock = system_clock,
     ) -> None:
         """``hand_off_for`` (a runtime whose activations claim runs for this runner): a
-        finish hands its slot to the head of its repository's queue in its own write, and
-        tells ``found_full`` that the repository was full when its queue was read (see
-        :mod:`scheduler.stream.full_repos`); the job it hands on is held in ``reservations``
-        (shared with the dispatcher's promotions) while the write is in flight."""
+        finish hands its slot to the head of its repository's queue in its own write; the job
+        it hands on is held in ``reservations`` (shared with the dispatcher's promotions)
+        while the write is in flight. A hand-off proves nothing about the other slots (the
+        head may be a job whose own record has yet to activate it into a free one), so it
+        never marks the repository full (:mod:`scheduler.stream.full_repos`)."""
         self._store = store
         self.executor = executor
         self._command_for = command_for
@@ -90,7 +90,6 @@ class RunStarter:
             if hand_off_for
             else None
         )
-        self._found_full = found_full
         self._actor = actor
         self._clock = clock
 
@@ -315,7 +314,6 @@ class RunStarter:
             log.info("slot not handed on: the queue moved", extra={"job_id": result.job_id})
             heads.forget(repo)
             return finish()
-        self._found_full(repo, head.read_at)
         # Started at once, not one stream round trip later: its record's start finds it
         # started. Were the write lost with DynamoDB Local, the job is made active again
         # with the same claim, and the executor never runs the attempt twice.

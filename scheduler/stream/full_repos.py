@@ -6,8 +6,10 @@ reads the queue afterwards, and finds the job there. Each activation still check
 count in its own write, so a wrong hint costs a wait for the next promotion (or the sweeper),
 never a slot too many.
 
-Found full: an activation refused for want of a slot, or a finish that handed its slot to
-the head of the queue (its queue was read at that moment: a job that joined before is in it).
+Found full: an activation refused for want of a slot, and nothing else. A finish that hands
+its slot to the head of the queue does not say so: the repository may have free slots (the
+head's own record had yet to activate it into one), and a job skipped on that word would wait
+with a slot free for the sweep (issue 23).
 """
 
 from __future__ import annotations

@@ -111,7 +111,6 @@ class Runner:
             self.executor,
             lambda _repo: ("sh", "-c", script, "sh", str(effects)),
             hand_off_for=lambda _repo: limit,
-            found_full=full.found_full,
         )
         self.dispatcher = Dispatcher(
             store,
@@ -318,3 +317,32 @@ def test_hand_offs_and_promotions_skip_the_jobs_the_other_is_activating(store: J
     assert reservations.reserve("r0")  # now a promotion is activating r0
     heads.forget(REPO)
     assert (head := heads.take(REPO)) is not None and head.job.job_id == "r3"
+
+
+def test_a_hand_off_with_a_slot_to_spare_does_not_mark_the_repository_full(
+    store: JobStore, tmp_path: Path, effects: Path
+) -> None:
+    """Issue 23, item 5: limit 2, one job running; B and C queue while their INSERT records
+    are still in another lane. A's finish hands its slot to B; a slot is still free, so C's
+    record, when it comes, activates C (it was skipped as "queued" when the hand-off marked
+    the repository full, and waited for a sweep that nothing here runs)."""
+    runner = Runner(store, tmp_path / "runs", effects, limit=2)
+    try:
+        new_job(store, "a")
+        assert runner.dispatcher.handle_record(record("a")) == ["activated"]
+        new_job(store, "b")
+        new_job(store, "c")
+        c_insert = record("c")
+        runner.starter.start_claimed(store.get("a"))  # a's activation record: a runs, ends
+        deadline = time.monotonic() + 30
+        while store.get("a").status != JobStatus.PASSED.value:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert store.get("a").history[-1].handed_to == "b"
+        assert counters().running == 1  # b has a's slot; one is free
+
+        assert runner.dispatcher.handle_record(c_insert) == ["activated"]
+        assert store.get("c").status == JobStatus.ACTIVE.value
+        assert counters().running == 2
+    finally:
+        runner.executor.close()
