@@ -36,6 +36,7 @@ DELIVERIES = 400 if FULL else 40
 KILLS = 24 if FULL else 8
 DROPS_PER_KIND = 4 if FULL else 2
 CANCELS = 30 if FULL else 5
+FAULT_SECONDS = 120.0 if FULL else 25.0  # the longest the kills go on for
 # Seconds from the last fault until every job is terminal: a failure whose record was given up
 # is judged again once the reconciliation's grace for its own record passed (RETRY_GRACE_MS,
 # 60 s), and an activation given up is started again at the job's deadline (10 s), by the
@@ -94,8 +95,16 @@ def drop_rules(stack: AwsStack, faults: Faults) -> None:
     repository's failures (whose lost records cost the reconciliation's 60 s grace) should
     not wait behind that: the two recoveries run side by side, not one after the other."""
     seen: set[str] = set()
+    offered: set[str] = set()
 
     def rule(record: dict[str, Any]) -> bool:
+        # A record is given up on its first delivery only (as if every try failed before the
+        # function acted): a record given up on a retry, after an invocation killed between
+        # the claim and StartBuild, strands a claim with no build, which the reaper times out
+        # today (tests/aws_runtime/test_found_bugs.py, the lead's report).
+        if record["eventID"] in offered:
+            return False
+        offered.add(record["eventID"])
         kind, job = kind_of(record), job_of(record)
         image = record["dynamodb"].get("NewImage") or {}
         repo = image.get("repo", {}).get("S")
@@ -198,6 +207,8 @@ def test_the_aws_runtime_keeps_the_books_under_chaos(tmp_path: Path) -> None:
         finally:
             stop.set()
             cancels.join(120)
+            # The kills go on for up to FAULT_SECONDS, so that a fast run gets its share too.
+            kills.join(max(0.0, FAULT_SECONDS - (time.monotonic() - began)))
             stop_kills.set()
             kills.join(30)
         faults_for = time.monotonic() - began
