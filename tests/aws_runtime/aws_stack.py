@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import signal
 import socket
 import subprocess
 import sys
@@ -33,6 +34,7 @@ from stream_mapping import EventSourceMapping, kind_of
 from scheduler.db.models import JobModel, RepoModel
 from scheduler.db.template import load_template
 from scheduler.github.signature import sign
+from scheduler.local.dynamodb_local import DynamoDBLocal
 from scheduler.local.mapping import MappingConfig
 from scheduler.settings import Settings
 
@@ -138,6 +140,7 @@ class AwsStack:
             time_scale=ROUND_SECONDS / 60,
         )
         self.books = StackBooks()
+        self.database: DynamoDBLocal | None = None  # set by aws_stack
         self.reaper_paused = threading.Event()
         self._events: queue.Queue[dict[str, Any]] = queue.Queue()
         self.codebuild.on_event = self._event
@@ -270,15 +273,24 @@ class AwsStack:
         job_id = json.loads(answer.get("body") or "{}").get("job_id", "")
         return code, str(job_id)
 
+    def kill_database(self, down_for: float = 2.0) -> None:
+        """SIGKILL DynamoDB Local (its process group) and start it again on the same port and
+        data folder ``down_for`` seconds later."""
+        assert self.database is not None and self.database.pid is not None
+        os.killpg(self.database.pid, signal.SIGKILL)
+        time.sleep(down_for)
+        self.database.restart()
+
     def deliver_until_accepted(self, repo: str, delivery: str, sha: str) -> str:
-        for _ in range(20):
+        for _ in range(60):
             try:
                 code, job_id = self.deliver(repo, delivery, sha)
             except InvocationFailed:
+                time.sleep(0.5)
                 continue  # GitHub redelivers a delivery that got no answer
             if code in (200, 202) and job_id:
                 return job_id
-            time.sleep(0.2)
+            time.sleep(0.5)  # a 5xx (the database is down): GitHub redelivers later
         raise AssertionError(f"delivery {delivery} never accepted")
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
@@ -399,12 +411,16 @@ def aws_stack(
     *,
     plan: Callable[[str, str, int], tuple[float, str]],
     limits: Callable[[str], int],
+    persistent: bool = False,
     **kwargs: Any,
 ) -> Iterator[AwsStack]:
-    """A started stack on a DynamoDB Local of its own (fresh stream store), stopped after."""
+    """A started stack on a DynamoDB Local of its own (fresh stream store), stopped after;
+    ``persistent``: on disk (``-dbPath``), so that it can be killed and restarted."""
     prefix = f"a{uuid.uuid4().hex[:5]}-"
-    with own_dynamodb(prefix, port=free_port_in_range()) as (_server, settings):
+    data_dir = folder / "dynamodb" if persistent else None
+    with own_dynamodb(prefix, data_dir=data_dir, port=free_port_in_range()) as (server, settings):
         stack = AwsStack(settings, folder, config, plan=plan, limits=limits, **kwargs)
+        stack.database = server
         try:
             stack.start()
             yield stack
