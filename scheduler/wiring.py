@@ -1,7 +1,8 @@
 """The one composition root: builds the core from :class:`Settings` for either runtime.
 
 Both runtimes call :func:`build_core` and differ only in what they pass in: how a run is
-executed (a local process pool, a CodeBuild project, or nothing for a CLI process). Everything
+executed (a local process pool, a CodeBuild project, or nothing for a CLI process), and who
+claims it (:mod:`scheduler.runs.claims`: one small interface, one implementation each). Everything
 else — the repository configuration, the dispatcher with its slot limits, retry policies and
 observers, the webhook service, the run starter, the reaper, the HTTP app — is made here, once,
 so the Lambda functions and ``scheduler up`` cannot drift apart (a test compares their graphs).
@@ -25,6 +26,7 @@ from scheduler.db.queries import Queries
 from scheduler.db.store import JobStore
 from scheduler.errors import ConfigurationError
 from scheduler.github.statuses import CommitStatusObserver, GitHubNotifier
+from scheduler.runs.claims import ClaimAtStart, RunClaims
 from scheduler.runs.executor import Executor, OnFinished, RunResult, Source
 from scheduler.runs.logs import LogReader, RunLogs
 from scheduler.runs.masking import Masker, masker_for
@@ -134,21 +136,21 @@ def build_core(
     executor: ExecutorFactory | None,
     config: RepositoryConfig | None = None,
     log_reader: LogReader | None = None,
-    claim_on_activation: bool = False,
+    claims: RunClaims | None = None,
 ) -> Core:
     """The core for ``settings``; ``executor`` None means this process starts no runs;
     ``log_reader`` is how this runtime reads run output (None: the log route answers 404).
 
-    ``claim_on_activation``: the activation claims the run for this runner, and the run needs
-    no write of its own (see :class:`~scheduler.stream.dispatcher.ClaimingStarter`), for an
-    executor that knows which attempts it ever took (the local one: by their logs).
+    ``claims``: who claims the runtime's runs (:mod:`scheduler.runs.claims`; by default the
+    start does, :class:`ClaimAtStart`), chosen by each runtime's composition.
     """
+    claims = claims if claims is not None else ClaimAtStart()
     config = config if config is not None else load_config(settings.config_path)
     tracing.configure(settings.tracing)
     models.bind(settings)
     store = JobStore.from_settings(settings)
     # One clock and indexes that follow each write locally; on AWS the margin covers both.
-    full_repos = FullRepos(margin_ms=0 if claim_on_activation else 1_000)
+    full_repos = FullRepos(margin_ms=claims.full_margin_ms)
     reservations = Reservations()  # jobs being activated here: hand-offs and promotions
     runs: RunStarter | None = None
     cancel_run: Callable[[str], None] | None = None
@@ -177,9 +179,7 @@ def build_core(
             lambda repo: config.policy(repo).command,
             source_for=source_for,
             # A claimed activation needs no write of its own: a finish can hand its slot on.
-            hand_off_for=(lambda repo: config.policy(repo).concurrency)
-            if claim_on_activation
-            else None,
+            hand_off_for=claims.hand_off_for(lambda repo: config.policy(repo).concurrency),
             reservations=reservations,
         )
         cancel_run = made.cancel
@@ -210,7 +210,7 @@ def build_core(
         retry_policy_for=lambda repo: config.policy(repo).retry,
         supersede_for=lambda repo: config.policy(repo).supersede,
         start_run=runs.start if runs is not None else None,
-        claiming_starter=runs if claim_on_activation else None,
+        claiming_starter=claims.claiming(runs) if runs is not None else None,
         stop_run=cancel_run,
         run_stopped=run_stopped,
         observers=observers,
@@ -228,13 +228,10 @@ def build_core(
             cancel_run=cancel_run,
             status_of=runs.executor.status if runs is not None else None,
             restart=runs.start if runs is not None else None,
-            # Only a runtime whose activations claim runs has claims that name a runner.
-            restart_claimed=runs.start_claimed
-            if runs is not None and claim_on_activation
-            else None,
+            restart_claimed=claims.restart_claimed(runs) if runs is not None else None,
             settle=runs.settle if runs is not None else None,
             started_at=runs.executor.started_at if runs is not None else None,
-            owns_claim=runs.owns_claim if runs is not None and claim_on_activation else None,
+            owns_claim=claims.owns_claim(runs) if runs is not None else None,
             start_grace_seconds=settings.start_grace_seconds,
         ),
         runs=runs,

@@ -39,6 +39,7 @@ from scheduler.local.mapping import PollingConfig
 from scheduler.local.run_log import RUNS_FOLDER, logs_dir_in
 from scheduler.local.sandbox import Bubblewrap, find_sandbox
 from scheduler.local.stream_runner import StreamRunner
+from scheduler.runs.claims import ClaimOnActivation
 from scheduler.runs.executor import OnFinished
 from scheduler.runs.reaper import Reaper
 from scheduler.settings import Settings
@@ -363,7 +364,7 @@ def compose(
         log_reader=LocalLogReader(logs_dir_in(options.data_dir.resolve())),
         # The activation claims the run for this runner (its folder); its record starts it.
         # The runner's logs say which attempts it ever took (see LocalExecutor.status).
-        claim_on_activation=True,
+        claims=ClaimOnActivation(),
     )
 
 

@@ -111,6 +111,20 @@ def test_only_the_executor_differs(both: tuple[Core, Core]) -> None:
         assert core.reaper._cancel_run == core.runs.executor.cancel
 
 
+def test_who_claims_runs_is_each_runtimes_one_choice(both: tuple[Core, Core]) -> None:
+    """The runtimes' one difference in the run lifecycle (scheduler.runs.claims), chosen in
+    each composition: locally the activation claims the run for this runner (hand-offs,
+    claims restarted or found lost by the reaper); on AWS the start claims it."""
+    aws_core, local_core = both
+    assert local_core.runs is not None and aws_core.runs is not None
+    assert local_core.dispatcher._claiming is local_core.runs
+    assert local_core.runs._hand_off is not None
+    assert local_core.reaper._restart_claimed == local_core.runs.start_claimed
+    assert local_core.reaper._owns_claim == local_core.runs.owns_claim
+    assert aws_core.dispatcher._claiming is None and aws_core.runs._hand_off is None
+    assert aws_core.reaper._restart_claimed is None and aws_core.reaper._owns_claim is None
+
+
 def _delivery(repo: str) -> Request:
     body = json.dumps(
         {
