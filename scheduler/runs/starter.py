@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections.abc import Callable, Sequence
@@ -180,12 +181,20 @@ class RunStarter:
         its slot is handed on already.
         """
         try:
-            self._store.record_run_id(
-                request.job_id, request.attempt, request.idempotency_key, run_id
-            )
+            # Refused: another starter of this attempt (the reaper's restart, a late record)
+            # resumed the same claim with the same token and may have recorded the same run
+            # first; the job says whose run it is.
+            with contextlib.suppress(RunAlreadyClaimed):
+                self._store.record_run_id(
+                    request.job_id, request.attempt, request.idempotency_key, run_id
+                )
             job = self._store.get(request.job_id)
-            current = job.status == JobStatus.ACTIVE.value and int(job.attempt) == request.attempt
-        except (RunAlreadyClaimed, JobNotFound):
+            current = (
+                job.status == JobStatus.ACTIVE.value
+                and int(job.attempt) == request.attempt
+                and job.run_id == run_id
+            )
+        except JobNotFound:
             current = False
         if current:
             return

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,6 +33,9 @@ class CodeBuildStandIn:
         self.throttle_stops = 0  # the next this many StopBuild calls are throttled
         self.throttle_starts = 0  # the next this many StartBuild calls are throttled
         self.queue_builds = False  # new builds wait in the QUEUED phase until begin()
+        # Called once, after CodeBuild made the build and before the caller gets the answer
+        # (another starter of the same attempt racing this one).
+        self.before_answer: Callable[[], object] | None = None
         self.lose_start_answers = 0  # the next this many StartBuild answers are lost
         self.builds: dict[str, str] = {}  # build id -> buildStatus
         self.started: Counter[str] = Counter()  # idempotency token -> StartBuild calls
@@ -62,7 +66,11 @@ class CodeBuildStandIn:
             if self.lose_start_answers > 0:
                 self.lose_start_answers -= 1
                 raise ReadTimeoutError(endpoint_url="https://codebuild.stand-in")
-            return {"build": {"id": build_id, "buildStatus": self.builds[build_id]}}
+            answer = {"build": {"id": build_id, "buildStatus": self.builds[build_id]}}
+            meanwhile, self.before_answer = self.before_answer, None
+        if meanwhile is not None:
+            meanwhile()
+        return answer
 
     @staticmethod
     def build_id(token: str) -> str:

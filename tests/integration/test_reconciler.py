@@ -632,3 +632,28 @@ def test_a_new_job_alone_in_its_queue_still_takes_a_free_slot_in_one_write(
     deliver(core, "alone-a")
     assert job("alone-a").status == "active"
     assert calls == ["TransactWriteItems"], calls
+
+
+def test_a_late_start_record_racing_the_reapers_restart_never_stops_the_live_build(
+    aws: tuple[Core, CodeBuildStandIn],
+) -> None:
+    """Issue 23, item 6: a start got no answer (the claim stands, no build id). The reaper's
+    restart and the late StartRun record both resume it with the same token, so CodeBuild
+    gives both the same build; the one that records the id second must not take the build
+    for a stray of an ended attempt and stop it."""
+    core, builds = aws
+    assert core.runs is not None
+    new_job(core, "twice-a")
+    pending = image("twice-a")
+    deliver(core, "twice-a")
+    core.store.claim_run(core.store.state("twice-a"), "twice-a#1")  # a start got no answer
+    restarted: list[object] = []
+    builds.before_answer = lambda: restarted.append(core.runs.start(job("twice-a")))  # type: ignore[union-attr]
+
+    deliver(core, "twice-a", pending)  # the late StartRun record, racing the reaper's restart
+
+    assert restarted == ["ci-project:twice-a-1"]
+    assert builds.started["twice-a#1"] == 2  # one build for both: the same token
+    assert builds.stops["ci-project:twice-a-1"] == 0
+    assert builds.in_progress() == ["ci-project:twice-a-1"]
+    assert (job("twice-a").status, job("twice-a").run_id) == ("active", "ci-project:twice-a-1")
