@@ -5,8 +5,9 @@
 - every package names its public API in ``__all__``, and only names its ``__init__`` has.
 
 That ``state_machines`` imports no AWS library and no ``scheduler`` is proven in
-``test_state_machine.py`` for the static imports of its top-level modules; this file covers what
-that test cannot see (modules in subfolders, ``importlib`` / ``__import__`` calls).
+``tests/unit/state_machines/test_state_machine.py`` for the static imports of its top-level
+modules; this file covers what that test cannot see (modules in subfolders, ``importlib`` /
+``__import__`` calls).
 """
 
 from __future__ import annotations

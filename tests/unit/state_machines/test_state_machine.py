@@ -110,7 +110,7 @@ FORBIDDEN = {"boto3", "botocore", "pynamodb", "aws_xray_sdk", "scheduler"}
 
 
 def test_state_machines_package_is_pure() -> None:
-    package = Path(__file__).resolve().parents[2] / "state_machines"
+    package = Path(__file__).resolve().parents[3] / "state_machines"
     for source in package.glob("*.py"):
         tree = ast.parse(source.read_text())
         for node in ast.walk(tree):
