@@ -29,7 +29,7 @@ from scheduler.github.signature import sign
 from scheduler.local.http_server import LocalHTTPServer
 from scheduler.settings import Settings, TableNames
 
-EVENTS = Path(__file__).resolve().parents[1] / "events"
+EVENTS = Path(__file__).resolve().parents[2] / "events"
 SECRET = "s3cr3t-webhook-key-for-the-webhook-tests"
 REPO = "codertocat/hello-world"  # the canonical form of the payloads' Codertocat/Hello-World
 SMALL_LIMIT = 64 * 1024  # the Lambda transport's oversized case needs no 25 MB string

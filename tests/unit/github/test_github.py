@@ -22,7 +22,7 @@ from scheduler.github.payload import (
 )
 from scheduler.github.signature import sign, verify_signature
 
-EVENTS = Path(__file__).resolve().parents[1] / "events"
+EVENTS = Path(__file__).resolve().parents[2] / "events"
 DELIVERY = "72d3162e-cc78-11e3-81ab-4c9367dc0958"
 
 # https://docs.github.com/en/webhooks/using-webhooks/validating-webhook-deliveries

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from faults import inject_throttling
+
 from scheduler.db.models import JobModel
 from scheduler.db.store import JobStore, NewJob
 from scheduler.errors import BatchInterrupted
 from scheduler.settings import Settings
 from scheduler.stream.dispatcher import Dispatcher
-from tests.integration.faults import inject_throttling
 
 SEQUENCE = "000000000000000000777"
 

@@ -37,7 +37,7 @@ TOKEN = "openapi-responses-api-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 MAX_BODY = 64 * 1024
 REPO = "octo-org/api"
-EVENTS = Path(__file__).resolve().parents[1] / "events"
+EVENTS = Path(__file__).resolve().parents[2] / "events"
 METHODS = {"get", "post", "put", "patch", "delete"}
 
 # A server in its own process (the models are bound per process) whose DynamoDB is not there.
@@ -121,7 +121,7 @@ def down_server_url() -> Iterator[str]:
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
-        cwd=Path(__file__).resolve().parents[2],
+        cwd=Path(__file__).resolve().parents[3],
     )
     try:
         assert process.stdout is not None

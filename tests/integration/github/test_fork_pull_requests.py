@@ -33,7 +33,7 @@ from state_machines import GuardRefused, InvalidTransition, JobStatus, Transitio
 
 pytestmark = pytest.mark.integration
 
-EVENTS = Path(__file__).resolve().parents[1] / "events"
+EVENTS = Path(__file__).resolve().parents[2] / "events"
 REPO = "codertocat/hello-world"  # the canonical form of the payloads' Codertocat/Hello-World
 SOURCE = Source(checkout=False, sandbox=False, secrets=("NPM_TOKEN",))
 

@@ -22,7 +22,6 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-from test_runs import Results
 
 from scheduler.api.app import Application, create_app
 from scheduler.api.query_routes import query_routes
@@ -40,6 +39,7 @@ from scheduler.runs.starter import RunStarter
 from scheduler.settings import Settings
 from scheduler.stream.decide import Transition
 from state_machines import JobStatus, Trigger
+from tests.integration.runs.test_runs import Results
 
 SCRIPT = Path(sys.executable).with_name("scheduler")
 SECRET = "s3cr3t-webhook-key-for-log-tests"

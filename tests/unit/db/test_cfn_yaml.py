@@ -15,7 +15,7 @@ from scheduler.db.cfn_yaml import load_cfn_yaml
 from scheduler.db.template import load_template
 from scheduler.errors import ConfigurationError
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 SAMPLE = """
 Conditions:

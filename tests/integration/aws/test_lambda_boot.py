@@ -30,7 +30,7 @@ from scheduler.db.template import load_template
 from scheduler.github.signature import sign
 from scheduler.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 BUILD = ROOT / ".aws-sam" / "build"
 RIC = ROOT / ".aws-sam" / "ric"
 SECRET = "boot-test-secret-0123456789abcdef"

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-from test_runs import Results
 
 from scheduler.config import parse_config
 from scheduler.errors import ConfigurationError
@@ -27,6 +26,7 @@ from scheduler.local.sandbox import SANDBOX_HOME, Bubblewrap, find_sandbox
 from scheduler.local.stack import sandbox_for
 from scheduler.runs.executor import RunRequest, RunResult
 from scheduler.runs.masking import masker_for
+from tests.integration.runs.test_runs import Results
 
 SECRET = "webhook-secret-value-that-must-never-leak-0123456789"
 GIT_TOKEN = "ghp_tokenvaluethatmustneverleak0123456789"

@@ -30,7 +30,7 @@ from scheduler.pipelines import (
     step_record,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(params=["libyaml", "pure"])

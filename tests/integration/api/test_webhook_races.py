@@ -21,7 +21,7 @@ from scheduler.github.signature import sign
 from scheduler.local.http_server import LocalHTTPServer
 from scheduler.settings import Settings, TableNames
 
-EVENTS = Path(__file__).resolve().parents[1] / "events"
+EVENTS = Path(__file__).resolve().parents[2] / "events"
 SECRET = b"race-webhook-secret-0123456789abcdef"
 PUSH: dict[str, Any] = json.loads((EVENTS / "push.branch.json").read_text())
 

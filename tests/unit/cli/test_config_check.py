@@ -33,7 +33,7 @@ from scheduler.config_schema import schema
 from scheduler.errors import ConfigurationError
 from scheduler.repo_name import canonical_repo
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 EVERY_KEY = """
 accept = ["octo-org/*", "someone/tool"]

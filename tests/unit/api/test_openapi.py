@@ -1,6 +1,6 @@
 """``/openapi.json`` against the routers: every route any runtime serves is described, with the
 access it asks for, and the document is sound OpenAPI 3.1 (its schemas valid JSON Schema, every
-reference found). That every described response is produced is ``tests/integration/
+reference found). That every described response is produced is ``tests/integration/api/
 test_openapi_responses.py`` (it needs DynamoDB Local).
 """
 

@@ -18,7 +18,7 @@ from scheduler.local.dynamodb_local import DynamoDBLocalError, find_jar
 from scheduler.local.dynamodb_local_install import Pin, install, is_installed, pinned
 from scheduler.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def tarball(members: dict[str, bytes]) -> bytes:

@@ -29,7 +29,7 @@ from scheduler.local.stream_runner import StreamRunner
 from scheduler.settings import Settings
 from scheduler.stream.sweeper import QueueSweeper
 from tests.conftest import own_dynamodb
-from tests.integration.test_stream_runner import (
+from tests.integration.local.test_stream_runner import (
     TEMPLATE_MAPPING,
     Recorder,
     activations,

@@ -19,8 +19,8 @@ from scheduler.errors import ConfigurationError
 from scheduler.local.lanes import lane_index
 from scheduler.local.mapping import MappingConfig, PollingConfig
 from scheduler.settings import Settings
-from tests.integration.test_stream_outage import running, wait_for
-from tests.integration.test_stream_runner import (
+from tests.integration.local.test_stream_outage import running, wait_for
+from tests.integration.local.test_stream_runner import (
     TEMPLATE_MAPPING,
     Recorder,
     activations,

@@ -48,7 +48,7 @@ from scheduler.stream.decide import Transition
 from state_machines import JobStatus
 
 EXAMPLES = (
-    Path(__file__).resolve().parents[1]
+    Path(__file__).resolve().parents[2]
     / "github-webhook-examples/node_modules/@octokit/webhooks-examples/api.github.com/index.json"
 )
 SECRET = "github-app-webhook-secret-0123456789abcdef"
@@ -67,7 +67,7 @@ def samples() -> dict[str, list[dict[str, Any]]]:
 
 SAMPLES = samples()
 ANSWER_SCHEMA: dict[str, Any] = json.loads(
-    (Path(__file__).resolve().parents[2] / "scheduler/api/openapi.json").read_text()
+    (Path(__file__).resolve().parents[3] / "scheduler/api/openapi.json").read_text()
 )["components"]["schemas"]["WebhookAnswer"]
 
 
@@ -323,7 +323,7 @@ def test_a_check_suite_rerequest_reruns_the_failed_jobs_of_its_commit(
 def test_an_uninstalled_repository_stops_being_built_until_added_again(
     server: LocalHTTPServer, github: GitHubStandIn
 ) -> None:
-    push = json.loads((Path(__file__).parents[1] / "events/push.branch.json").read_text())
+    push = json.loads((Path(__file__).parents[2] / "events/push.branch.json").read_text())
     push["repository"]["full_name"] = "octo-org/leaving"
 
     def push_once() -> tuple[int, dict[str, Any]]:

@@ -32,7 +32,7 @@ from scheduler.stream.dispatcher import Dispatcher
 from state_machines import JobStatus, TransitionConflict
 
 EVENT = json.loads(
-    (Path(__file__).parents[1] / "events" / "dynamodb_stream.json").read_text(encoding="utf-8")
+    (Path(__file__).parents[2] / "events" / "dynamodb_stream.json").read_text(encoding="utf-8")
 )
 P, A, PASSED, F, C = (
     JobStatus.PENDING,
