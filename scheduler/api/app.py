@@ -43,6 +43,7 @@ from scheduler.errors import (
     PayloadTooLarge,
     RouteNotFound,
     ServerBusy,
+    StoreUnavailable,
     Unauthorized,
     WebhookRejected,
 )
@@ -55,6 +56,7 @@ from scheduler.settings import (
     DEFAULT_HTTP_REQUEST_TIMEOUT_SECONDS,
     Settings,
 )
+from scheduler.store_outage import STORE
 
 __all__ = [
     "Application",
@@ -309,9 +311,16 @@ class Application:
                     return route.challenge(request)
             if len(request.body) > self.max_body_bytes:
                 raise PayloadTooLarge(f"body over the limit of {self.max_body_bytes} bytes")
-            return route.handler(request)
+            response = route.handler(request)
+            if STORE.out and _store_answered(route, response):
+                STORE.answered()
+            return response
         except DomainError as exc:
-            if exc.http_status >= 500:
+            if isinstance(exc, StoreUnavailable):
+                # Expected while the database is out: one line when it starts and one when it
+                # ends (scheduler.store_outage), not an error with a traceback per request.
+                STORE.refused(exc, f"{request.method} {request.path}")
+            elif exc.http_status >= 500:
                 log.error("request failed: %s", exc, extra={"path": request.path})
             return Response.error(exc)
         except Exception:
@@ -364,6 +373,20 @@ def request_from_lambda(event: HttpApiEvent, max_body_bytes: int) -> Request:
         body=body,
         query=dict(parse_qsl(event.get("rawQueryString") or "")),
     )
+
+
+def _store_answered(route: Route, response: Response) -> bool:
+    """Did serving this request take an answer from the database? (ends an outage)
+
+    A read route's success did; so did a webhook that made or found a job. Health, the
+    OpenAPI document, static files and a ping or an ignored event touch no table: their
+    success says nothing about the database.
+    """
+    if response.status >= 400:
+        return False
+    if route.access is not Access.PUBLIC:
+        return True
+    return route.pattern == "/webhook" and "job_id" in response.body
 
 
 def _healthz(_: Request) -> Response:

@@ -43,6 +43,7 @@ from scheduler.runs.claims import ClaimOnActivation
 from scheduler.runs.executor import OnFinished
 from scheduler.runs.reaper import Reaper
 from scheduler.settings import Settings
+from scheduler.store_outage import STORE
 from scheduler.wiring import Core, build_core, mask_for_settings
 
 log = logging.getLogger(__name__)
@@ -233,10 +234,11 @@ class LocalStack:
         while not self._stop.is_set():
             try:
                 self._recover(core.reaper)
+                STORE.answered()
                 self._recovered.set()
                 break
             except StoreUnavailable as exc:
-                log.warning("recovery waits for the store: %s", exc)
+                STORE.failed(exc, "recovery after a restart")  # one line per outage, not per try
                 self._stop.wait(seconds)
             except Exception:
                 log.exception("recovery failed; trying again")
@@ -257,8 +259,9 @@ class LocalStack:
                     self._executor.prune_logs(self.settings.retention_days * 86_400)
                     next_prune = time.monotonic() + 3600
                 core.reaper.reap_once()
+                STORE.answered()
             except StoreUnavailable as exc:
-                log.warning("reaper: store unavailable: %s", exc)
+                STORE.failed(exc, "reaper round")  # one line per outage, not one per round
             except Exception:
                 # Nothing may end this loop but a stop: without it no run is timed out or
                 # recovered, and no stalled queue re-driven, until the stack restarts.

@@ -69,6 +69,7 @@ from scheduler.local.lanes import Batch, Lane, Progress, lane_index, sequence_of
 from scheduler.local.mapping import STREAM_FUNCTION, MappingConfig, PollingConfig
 from scheduler.local.read_pacing import ReadPacer
 from scheduler.settings import Settings
+from scheduler.store_outage import STORE
 from scheduler.stream.events import lambda_record
 
 __all__ = ["RunnerStats", "StreamRunner", "lambda_record"]
@@ -218,7 +219,7 @@ class StreamRunner:
                 try:
                     worked = self.step()
                 except StoreUnavailable as exc:
-                    log.warning("stream runner: store unavailable, backing off: %s", exc)
+                    STORE.failed(exc, "stream runner step")  # one line per outage
                     worked = False
                     self._idle_delay = self._polling.idle_max_seconds
                 except Exception:
@@ -327,7 +328,7 @@ class StreamRunner:
         try:
             table = self._dynamodb.describe_table(TableName=self._table)["Table"]
         except (BotoCoreError, ClientError) as exc:
-            log.warning("cannot describe table %s: %s", self._table, exc)
+            _warn_or_outage(exc, "stream discovery", "cannot describe table %s: %s", self._table)
             return
         arn = table.get("LatestStreamArn")
         if not arn:
@@ -348,10 +349,10 @@ class StreamRunner:
         except ClientError as exc:
             if error_code(exc) == "ResourceNotFoundException":
                 self._stream_arn = None  # gone: look for the table's new stream next time
-            log.warning("cannot describe stream %s: %s", arn, exc)
+            _warn_or_outage(exc, "stream discovery", "cannot describe stream %s: %s", arn)
             return
         except BotoCoreError as exc:
-            log.warning("cannot describe stream %s: %s", arn, exc)
+            _warn_or_outage(exc, "stream discovery", "cannot describe stream %s: %s", arn)
             return
         for raw in listed:
             shard_id = raw["ShardId"]
@@ -496,13 +497,14 @@ class StreamRunner:
                 return None
             if code == "ResourceNotFoundException":
                 self._next_discovery = 0.0
-            log.warning("get_records failed on %s: %s", shard.shard_id, exc)
+            _warn_or_outage(exc, "stream read", "get_records failed on %s: %s", shard.shard_id)
             shard.not_before = self._clock() + self._polling.retry_base_seconds
             return None
         except BotoCoreError as exc:
-            log.warning("get_records failed on %s: %s", shard.shard_id, exc)
+            _warn_or_outage(exc, "stream read", "get_records failed on %s: %s", shard.shard_id)
             shard.not_before = self._clock() + self._polling.retry_base_seconds
             return None
+        STORE.answered()
         assert self._stream_arn is not None
         raw_records = response.get("Records", [])
         records = self._accept(shard, raw_records, self._stream_arn)
@@ -652,7 +654,8 @@ class StreamRunner:
                 batch.records = batch.records[finished:]
         pause = self._outage_pause()
         batch.retry_at = self._clock() + pause
-        log.warning(
+        STORE.failed(exc, "stream batch")  # one line per outage, then only counted
+        log.debug(
             "store unavailable: the batch waits for it",
             extra={"first": batch.first_sequence, "pause_s": round(pause, 2), "error": str(exc)},
         )
@@ -773,3 +776,13 @@ class StreamRunner:
             log.warning("another runner is ahead on shard %s", shard.shard_id)
         if sequence_number is not None:
             shard.checkpoint = sequence_number
+
+
+def _warn_or_outage(exc: BaseException, where: str, message: str, *args: object) -> None:
+    """A failed stream call: the database's outage is noted once (:data:`STORE`); anything
+    else (a missing table or stream, a refused request) is worth its own warning."""
+    missing = isinstance(exc, ClientError) and error_code(exc) == "ResourceNotFoundException"
+    if is_outage(exc) and not missing:
+        STORE.failed(exc, where)
+    else:
+        log.warning(message, *args, exc)
