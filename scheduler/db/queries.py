@@ -39,6 +39,7 @@ from botocore.exceptions import BotoCoreError
 from pynamodb.exceptions import DoesNotExist, PynamoDBException
 from pynamodb.expressions.condition import Condition
 
+from scheduler.db.installations import INSTALLED_PREFIX
 from scheduler.db.models import HistoryEntry, JobModel, RepoModel, count_attribute
 from scheduler.db.store import TRIGGER_PREFIX
 from scheduler.errors import (
@@ -54,6 +55,12 @@ from scheduler.settings import Settings
 from state_machines import JobStatus
 
 log = logging.getLogger(__name__)
+
+# The repos table's items that are not a repository's counters: the webhook's trigger guards
+# and the App's installed repositories (scheduler.db.installations). Scans leave them out.
+_COUNTERS_ONLY = ~RepoModel.repo.startswith(TRIGGER_PREFIX) & ~RepoModel.repo.startswith(
+    INSTALLED_PREFIX
+)
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
@@ -584,9 +591,7 @@ class Queries:
         (the dashboard does), and a sparse index of counters items would make it one query.
         """
         with _reading("repositories"):
-            scan = RepoModel.scan(
-                filter_condition=~RepoModel.repo.startswith(TRIGGER_PREFIX), page_size=500
-            )
+            scan = RepoModel.scan(filter_condition=_COUNTERS_ONLY, page_size=500)
             items = sorted(itertools.islice(scan, limit), key=lambda i: i.repo)
             last_ids = {item.last_job_id for item in items if item.last_job_id}
             statuses = {
@@ -603,7 +608,7 @@ class Queries:
         """
         with _reading("repositories"):
             yield from RepoModel.scan(
-                filter_condition=~RepoModel.repo.startswith(TRIGGER_PREFIX),
+                filter_condition=_COUNTERS_ONLY,
                 consistent_read=True,
                 page_size=500,
             )

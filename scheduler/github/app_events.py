@@ -9,8 +9,10 @@ repositories) is :mod:`scheduler.github.app_mode`'s.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from scheduler.errors import WebhookRejected
@@ -33,12 +35,15 @@ __all__ = [
     "CheckRunRequest",
     "CheckSuiteRequest",
     "InstallationChange",
+    "change_time",
     "interpret_app_event",
 ]
 
 APP_EVENTS = APP_EVENT_NAMES
 _IDENTIFIER_MAX = 20  # GitHub's limit on an action's identifier
 _EXTERNAL_ID_MAX = 200
+# 100 ns ticks from the UUID epoch (1582-10-15) to the Unix epoch.
+_UUID_EPOCH_TICKS = 0x01B21DD213814000
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +81,9 @@ class InstallationChange:
     installation_id: int
     added: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
+    # When the change happened (epoch microseconds; see change_time): what orders changes that
+    # arrive late or again. None when the delivery says nothing of it.
+    order_at: int | None = None
 
 
 AppRequest = CheckRunRequest | CheckSuiteRequest | InstallationChange
@@ -138,19 +146,51 @@ def _installation_change(delivery: Delivery, action: str) -> InstallationChange 
     payload = delivery.payload
     installation = _field(payload, "installation", dict)
     installation_id = _field(installation, "id", int, "installation.id")
+    at = change_time(delivery.delivery_id, installation.get("updated_at"))
     if delivery.event == "installation":
         listed = _repos(payload, "repositories")
         if action in ("created", "unsuspend", "new_permissions_accepted"):
-            return InstallationChange(delivery.delivery_id, installation_id, added=listed)
+            return InstallationChange(
+                delivery.delivery_id, installation_id, added=listed, order_at=at
+            )
         if action in ("deleted", "suspend"):
-            return InstallationChange(delivery.delivery_id, installation_id, removed=listed)
+            return InstallationChange(
+                delivery.delivery_id, installation_id, removed=listed, order_at=at
+            )
         return Ignored(f"installation action {action!r} changes nothing here")
     return InstallationChange(
         delivery.delivery_id,
         installation_id,
         added=_repos(payload, "repositories_added"),
         removed=_repos(payload, "repositories_removed"),
+        order_at=at,
     )
+
+
+def change_time(delivery_id: str, updated_at: object) -> int | None:
+    """When an installation changed, in epoch microseconds (None if the delivery cannot say).
+
+    GitHub's delivery ids are time-based UUIDs (version 1): the time GitHub made the delivery,
+    to a tenth of a microsecond, the same on every redelivery. Else ``installation.updated_at``
+    (epoch seconds or an ISO date in GitHub's samples): whole seconds only.
+    """
+    try:
+        parsed = uuid.UUID(delivery_id)
+    except ValueError:
+        parsed = None
+    if parsed is not None and parsed.version == 1:
+        return (parsed.time - _UUID_EPOCH_TICKS) // 10
+    if isinstance(updated_at, int) and not isinstance(updated_at, bool) and updated_at > 0:
+        return updated_at * 1_000_000
+    if isinstance(updated_at, str):
+        try:
+            when = datetime.fromisoformat(updated_at.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return int(when.timestamp() * 1_000_000)
+    return None
 
 
 def _repos(payload: Mapping[str, Any], key: str) -> tuple[str, ...]:

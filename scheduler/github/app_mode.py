@@ -13,8 +13,10 @@ why on the check run. Each goes through the store's guarded transitions
 (:class:`~scheduler.runs.operations.Operations`), so a double click, a redelivery or five
 concurrent deliveries make one new attempt: the others lose the conditional write.
 
-The repositories an installation gains or loses are kept in memory per process (never in the
-store): an uninstalled repository's deliveries are not built by this process.
+The repositories an installation gains or loses are kept in the repos table
+(:mod:`scheduler.db.installations`), so every process (each function on AWS) sees a change
+whichever process received it, within a few seconds' cache; changes are ordered by their own
+time, so a redelivered or late one cannot undo a newer one.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from scheduler.config import RepositoryConfig
+from scheduler.db.installations import Installations, RepoInstallation
 from scheduler.db.queries import JobFilter, Queries
 from scheduler.db.store import JobStore
 from scheduler.errors import DomainError, JobNotFound
@@ -109,25 +112,52 @@ class Permissions:
         return login is not None and self.permission(repo, login) in WRITE_PERMISSIONS
 
 
-@dataclass
 class InstalledRepos:
-    """What installations gave and took away, as this process heard (in memory)."""
+    """What installations gave and took away, kept for every process (the repos table)."""
 
-    removed: set[str] = field(default_factory=set)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    def __init__(
+        self,
+        installations: Callable[[], Installations],
+        wall_us: Callable[[], int] = lambda: time.time_ns() // 1000,
+    ) -> None:
+        self._make = installations
+        self._made: Installations | None = None
+        self._lock = threading.Lock()
+        self._wall_us = wall_us
 
-    def apply(self, change: InstallationChange, auth: AppAuth) -> None:
-        with self.lock:
-            for repo in change.added:
-                self.removed.discard(repo.lower())
-                auth.remember(repo, change.installation_id)
-            for repo in change.removed:
-                self.removed.add(repo.lower())
-                auth.forget(repo)
+    @property
+    def installations(self) -> Installations:
+        with self._lock:  # made on first use: a process that never asks pays no client
+            if self._made is None:
+                self._made = self._make()
+            return self._made
+
+    def apply(self, change: InstallationChange, auth: AppAuth) -> tuple[list[str], list[str]]:
+        """Keep what ``change`` says of each repository unless a newer change is known;
+        the repositories it added and removed that now stand."""
+        # A delivery that says nothing of its time is ordered by its arrival.
+        at = change.order_at if change.order_at is not None else self._wall_us()
+        added: list[str] = []
+        removed: list[str] = []
+        for repos, installed, kept in (
+            (change.added, True, added),
+            (change.removed, False, removed),
+        ):
+            for repo in repos:
+                if self.installations.record(
+                    RepoInstallation(
+                        repo, installed, change.installation_id, at, change.delivery_id
+                    )
+                ):
+                    kept.append(repo)
+                    if installed:
+                        auth.remember(repo, change.installation_id)
+                    else:
+                        auth.forget(repo)
+        return added, removed
 
     def uninstalled(self, repo: str) -> bool:
-        with self.lock:
-            return repo.lower() in self.removed
+        return self.installations.uninstalled(repo)
 
 
 @dataclass
@@ -183,7 +213,7 @@ def github_app(settings: Settings) -> GitHubApp | None:
             checks=checks,
             queue=queue,
             permissions=Permissions(api, auth),
-            installed=InstalledRepos(),
+            installed=InstalledRepos(lambda: Installations.from_settings(settings)),
             dashboard_url=dashboard.rstrip("/"),
         )
         _APPS[key] = made
@@ -265,23 +295,21 @@ class AppRequests:
         self, request: CheckRunRequest | CheckSuiteRequest | InstallationChange
     ) -> WebhookAnswer:
         if isinstance(request, InstallationChange):
-            self._app.installed.apply(request, self._app.auth)
+            added, removed = self._app.installed.apply(request, self._app.auth)
+            older = len(request.added) + len(request.removed) - len(added) - len(removed)
             log.info(
                 "installation changed",
                 extra={
                     "installation_id": request.installation_id,
-                    "added": len(request.added),
-                    "removed": len(request.removed),
+                    "added": len(added),
+                    "removed": len(removed),
+                    "older": older,
                 },
             )
-            return WebhookAnswer(
-                202,
-                {
-                    "reason": "installation updated",
-                    "added": list(request.added),
-                    "removed": list(request.removed),
-                },
-            )
+            reason = "installation updated"
+            if older:
+                reason += f" ({older} repositories left as a newer change says)"
+            return WebhookAnswer(202, {"reason": reason, "added": added, "removed": removed})
         if request.installation_id is not None:
             self._app.auth.remember(request.repo, request.installation_id)
         if not self._config.accepts(request.repo) or self.uninstalled(request.repo):
