@@ -1,16 +1,24 @@
-"""The job state machine: the transition table and what each transition means (pure).
+"""The job state machine: the lifecycle as one table of rows, each saying what it means (pure).
 
-The table is a `transitions` machine with ``auto_transitions=False``, so the table is the only
-way to move. The machine is built once, with no model bound to it, and each legal
-(status, trigger) pair is compiled into a frozen :class:`TransitionPlan`: deciding is a
-dictionary lookup (~0.6 us, against ~70 us for a machine built per job; see
-``bench/lifecycle.py``), nothing is shared or mutated between threads, and carrying the plan
-out is somebody else's job (``scheduler.db.store`` turns it into one conditional write).
+Each :class:`Row` names a transition (trigger, sources, destination) and everything that
+follows from it, as data: how it moves its repository's slots, whether the job keeps its slot
+until its run is known stopped, whether it starts a new attempt, the failure reason it implies,
+what it writes on the job item besides its status (:class:`Effect`) and what the stream (or the
+reconciliation, when the record is lost) does once it is written (:class:`Reaction`). The store
+turns effects into one conditional write and the stream's ``decide`` turns reactions into
+actions; neither spells out the lifecycle again, so a new state is new rows here.
+
+The table is also a `transitions` machine with ``auto_transitions=False`` (so the table is the
+only way to move), built once with no model bound to it; each legal (status, trigger) pair is
+compiled into a frozen :class:`TransitionPlan`: deciding is a dictionary lookup (~0.6 us,
+against ~70 us for a machine built per job; see ``bench/lifecycle.py``), and nothing is shared
+or mutated between threads.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 from transitions import Machine
 
@@ -25,30 +33,156 @@ START_FAILED = "start_failed"
 INFRASTRUCTURE_REASONS = frozenset({RUNNER_LOST, START_FAILED})
 INFRASTRUCTURE_RETRIES = 3
 
-TRANSITION_TABLE: list[dict[str, object]] = [
-    # An operator lets a fork's pull request run: it joins the queue like any new job.
-    {"trigger": Trigger.APPROVE, "source": JobStatus.WAITING, "dest": JobStatus.PENDING},
-    {"trigger": Trigger.ACTIVATE, "source": JobStatus.PENDING, "dest": JobStatus.ACTIVE},
-    {"trigger": Trigger.PASS, "source": JobStatus.ACTIVE, "dest": JobStatus.PASSED},
-    {"trigger": Trigger.FAIL, "source": JobStatus.ACTIVE, "dest": JobStatus.FAILED},
-    {"trigger": Trigger.TIME_OUT, "source": JobStatus.ACTIVE, "dest": JobStatus.FAILED},
-    {
-        "trigger": Trigger.CANCEL,
-        "source": [JobStatus.WAITING, JobStatus.PENDING, JobStatus.ACTIVE],
-        "dest": JobStatus.CANCELLED,
-    },
-    # An operator may rebuild a cancelled job too (a new attempt of the same commit).
-    {
-        "trigger": Trigger.RETRY,
-        "source": [JobStatus.FAILED, JobStatus.CANCELLED],
-        "dest": JobStatus.PENDING,
-    },
-]
 
-HOLDS_SLOT = frozenset({(JobStatus.ACTIVE, Trigger.CANCEL), (JobStatus.ACTIVE, Trigger.TIME_OUT)})
-"""Transitions out of ``active`` whose run may still go (the scheduler stops it): the job keeps
-its slot until the run is known stopped. A run that ended by itself (a pass, a failure, a
-timeout the run reported) frees its slot in its finishing write."""
+class Effect(StrEnum):
+    """What a transition writes on the job item besides its status, version and history
+    (``scheduler.db.store`` spells each one out as attribute updates)."""
+
+    # Queued (again): attempt and backoff set, in the queue index, the last attempt's results
+    # and times cleared, no longer waiting for approval; its repository has queued work.
+    ENTER_QUEUE = "enter_queue"
+    # Activated: activated_at, a deadline (timeout + start grace) in the deadline index, out
+    # of the queue index.
+    ENTER_ACTIVE = "enter_active"
+    # Finished: finished_at, expiry, the outcome (reason, detail, exit code); out of the
+    # queue, deadline and approval indexes.
+    FINISH = "finish"
+    # The slot is kept until the run is known stopped: slot_held, in the held_slots index
+    # (so the reconciliation finds it if the record that frees it is lost).
+    HOLD_SLOT = "hold_slot"
+    # A verdict on the automatic retry is owed: in the held_slots index's retry part until
+    # the retry (or the verdict that none is owed) takes the mark off.
+    MARK_RETRY = "mark_retry"
+    # The retry is made: the failure's mark comes off.
+    CLEAR_RETRY_MARK = "clear_retry_mark"
+
+
+class Reaction(StrEnum):
+    """What the stream does, in this order, once a transition is written."""
+
+    ACTIVATE = "activate"  # queue the job, or run it if a slot is free
+    START_RUN = "start_run"  # start its run (after the attempt's backoff)
+    STOP_RUN = "stop_run"  # stop its run; what follows waits until it is known stopped
+    RELEASE_SLOT = "release_slot"  # free the slot it kept while its run was stopped
+    PROMOTE_QUEUED = "promote_queued"  # offer the freed slot to the queue (unless handed on)
+    RELEASE_TRIGGER = "release_trigger"  # a new delivery of its commit may build it again
+    RETRY_POLICY = "retry_policy"  # the automatic retry, if the policy's verdict gives one
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One row of the lifecycle: ``trigger`` moves a job from any of ``sources`` to ``dest``."""
+
+    trigger: Trigger
+    sources: tuple[JobStatus, ...]
+    dest: JobStatus
+    slot_delta: int = 0
+    effects: tuple[Effect, ...] = ()
+    reactions: tuple[Reaction, ...] = ()
+    holds_slot: bool = False
+    next_attempt: bool = False
+    reason: str | None = None
+
+
+_QUEUED = (Effect.ENTER_QUEUE,)
+_FINISHED = (Effect.FINISH,)
+
+LIFECYCLE: tuple[Row, ...] = (
+    # An operator lets a fork's pull request run: it joins the queue like any new job.
+    Row(
+        Trigger.APPROVE,
+        (JobStatus.WAITING,),
+        JobStatus.PENDING,
+        effects=_QUEUED,
+        reactions=(Reaction.ACTIVATE,),
+    ),
+    Row(
+        Trigger.ACTIVATE,
+        (JobStatus.PENDING,),
+        JobStatus.ACTIVE,
+        slot_delta=1,
+        effects=(Effect.ENTER_ACTIVE,),
+        reactions=(Reaction.START_RUN,),
+    ),
+    # A run that ended by itself frees its slot in its finishing write.
+    Row(
+        Trigger.PASS,
+        (JobStatus.ACTIVE,),
+        JobStatus.PASSED,
+        slot_delta=-1,
+        effects=_FINISHED,
+        reactions=(Reaction.PROMOTE_QUEUED,),
+    ),
+    Row(
+        Trigger.FAIL,
+        (JobStatus.ACTIVE,),
+        JobStatus.FAILED,
+        slot_delta=-1,
+        effects=(Effect.FINISH, Effect.MARK_RETRY),
+        reactions=(Reaction.PROMOTE_QUEUED, Reaction.RETRY_POLICY),
+    ),
+    # The reaper's timeout: the run may still go, so the job keeps its slot until the run is
+    # known stopped (the next job must not start while the old run still runs).
+    Row(
+        Trigger.TIME_OUT,
+        (JobStatus.ACTIVE,),
+        JobStatus.FAILED,
+        holds_slot=True,
+        reason=TIMED_OUT,
+        effects=(Effect.FINISH, Effect.HOLD_SLOT),
+        reactions=(
+            Reaction.STOP_RUN,
+            Reaction.RELEASE_SLOT,
+            Reaction.PROMOTE_QUEUED,
+            Reaction.RETRY_POLICY,
+        ),
+    ),
+    # A queued job (or one waiting for approval) holds no slot.
+    Row(
+        Trigger.CANCEL,
+        (JobStatus.WAITING, JobStatus.PENDING),
+        JobStatus.CANCELLED,
+        effects=_FINISHED,
+        reactions=(Reaction.RELEASE_TRIGGER,),
+    ),
+    # A cancelled run may still go: as for a timeout, the slot moves once it is stopped.
+    Row(
+        Trigger.CANCEL,
+        (JobStatus.ACTIVE,),
+        JobStatus.CANCELLED,
+        holds_slot=True,
+        effects=(Effect.FINISH, Effect.HOLD_SLOT),
+        reactions=(
+            Reaction.STOP_RUN,
+            Reaction.RELEASE_SLOT,
+            Reaction.PROMOTE_QUEUED,
+            Reaction.RELEASE_TRIGGER,
+        ),
+    ),
+    # A failure's retry (automatic or an operator's): a new attempt, the failure's mark off.
+    Row(
+        Trigger.RETRY,
+        (JobStatus.FAILED,),
+        JobStatus.PENDING,
+        next_attempt=True,
+        effects=(Effect.CLEAR_RETRY_MARK, Effect.ENTER_QUEUE),
+        reactions=(Reaction.ACTIVATE,),
+    ),
+    # An operator may rebuild a cancelled job too (a new attempt of the same commit).
+    Row(
+        Trigger.RETRY,
+        (JobStatus.CANCELLED,),
+        JobStatus.PENDING,
+        next_attempt=True,
+        effects=_QUEUED,
+        reactions=(Reaction.ACTIVATE,),
+    ),
+)
+
+TRANSITION_TABLE: list[dict[str, object]] = [
+    {"trigger": row.trigger, "source": list(row.sources), "dest": row.dest} for row in LIFECYCLE
+]
+"""The lifecycle as `transitions` reads it (trigger, source, dest), derived from the rows."""
 
 MACHINE = Machine(
     model=None,
@@ -62,13 +196,13 @@ MACHINE = Machine(
 
 @dataclass(frozen=True, slots=True)
 class TransitionPlan:
-    """What one legal transition does, as data.
+    """What one legal transition does, as data (its row, for one source).
 
     ``slot_delta`` is +1 when the job takes one of its repository's slots, -1 when it frees
     one; ``holds_slot`` is true when the job leaves ``active`` but keeps its slot until its run
-    is known to be stopped (a cancel, the reaper's timeout: the next job must not start while
-    the old run still runs); ``next_attempt`` is true when the job starts a new attempt;
-    ``reason`` is the fixed failure reason a trigger implies (``timed_out``).
+    is known to be stopped (a cancel, the reaper's timeout); ``next_attempt`` is true when the
+    job starts a new attempt; ``reason`` is the fixed failure reason a trigger implies
+    (``timed_out``); ``effects`` and ``reactions`` are the row's.
     """
 
     trigger: Trigger
@@ -78,32 +212,37 @@ class TransitionPlan:
     next_attempt: bool
     reason: str | None
     holds_slot: bool = False
+    effects: tuple[Effect, ...] = ()
+    reactions: tuple[Reaction, ...] = ()
 
 
 def _compile() -> dict[tuple[JobStatus, Trigger], TransitionPlan]:
     plans: dict[tuple[JobStatus, Trigger], TransitionPlan] = {}
-    for trigger in Trigger:
-        event = MACHINE.events[str(trigger)]
-        for source_name, transitions in event.transitions.items():
-            source = JobStatus[source_name]  # Enum states are named by member name
-            dest = JobStatus[str(transitions[0].dest)]
-            holds_slot = (source, trigger) in HOLDS_SLOT
-            slot_delta = (dest is JobStatus.ACTIVE) - (
-                source is JobStatus.ACTIVE and not holds_slot
-            )
-            plans[(source, trigger)] = TransitionPlan(
-                trigger=trigger,
+    for row in LIFECYCLE:
+        event = MACHINE.events[str(row.trigger)]
+        for source in row.sources:
+            # The machine agrees (Enum states are named by member name), and no pair is
+            # described twice.
+            assert JobStatus[str(event.transitions[source.name][0].dest)] is row.dest
+            assert (source, row.trigger) not in plans, (source, row.trigger)
+            plans[(source, row.trigger)] = TransitionPlan(
+                trigger=row.trigger,
                 source=source,
-                dest=dest,
-                slot_delta=slot_delta,
-                next_attempt=trigger is Trigger.RETRY,
-                reason=TIMED_OUT if trigger is Trigger.TIME_OUT else None,
-                holds_slot=holds_slot,
+                dest=row.dest,
+                slot_delta=row.slot_delta,
+                next_attempt=row.next_attempt,
+                reason=row.reason,
+                holds_slot=row.holds_slot,
+                effects=row.effects,
+                reactions=row.reactions,
             )
     return plans
 
 
 _PLANS = _compile()
+_BY_CHANGE: dict[tuple[JobStatus, JobStatus], list[TransitionPlan]] = {}
+for _plan in _PLANS.values():
+    _BY_CHANGE.setdefault((_plan.source, _plan.dest), []).append(_plan)
 
 
 def may(status: JobStatus | str, trigger: Trigger | str) -> bool:
@@ -123,3 +262,16 @@ def triggers_from(status: JobStatus | str) -> list[Trigger]:
     """The triggers that are legal from ``status``, in table order."""
     current = JobStatus(status)
     return [trigger for (source, trigger) in _PLANS if source is current]
+
+
+def plan_between(source: JobStatus, dest: JobStatus, *, slot_held: bool) -> TransitionPlan | None:
+    """The plan a status change read from the stream was made by; None if no row makes it.
+
+    Two rows may make the same change (``active -> failed``: a failure, or the reaper's
+    timeout); the one whose ``holds_slot`` matches the item's ``slot_held`` is it.
+    """
+    found = _BY_CHANGE.get((source, dest), [])
+    for candidate in found:
+        if candidate.holds_slot == slot_held:
+            return candidate
+    return found[0] if found else None

@@ -35,7 +35,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, assert_never
 
 from botocore.exceptions import BotoCoreError, ClientError
 from pynamodb.connection import Connection
@@ -67,6 +67,7 @@ from scheduler.errors import (
 from scheduler.settings import Settings
 from state_machines import (
     INITIAL_STATUSES,
+    Effect,
     JobStatus,
     TransitionConflict,
     TransitionPlan,
@@ -448,7 +449,7 @@ class JobStore:
         step = plan(job.status, trigger, job.job_id)
         if step.slot_delta > 0 and slot_limit is None:
             raise ValueError("activation needs the repository's slot limit")
-        if claim is not None and step.dest is not JobStatus.ACTIVE:
+        if claim is not None and Effect.ENTER_ACTIVE not in step.effects:
             raise ValueError("only an activation can claim the run")
         now = self._clock()
         outcome = outcome or Outcome(reason=step.reason)
@@ -810,77 +811,103 @@ class JobStore:
             JobModel.updated_at.set(now),
             JobModel.history.set(JobModel.history.append([entry])),
         ]
-        if step.dest is JobStatus.ACTIVE:
-            actions += [
-                JobModel.activated_at.set(now),
-                JobModel.deadline_shard.set(ACTIVE_SHARD),
-                # Until its run starts (``claim_run`` resets the deadline to the timeout), a
-                # job also gets a grace for the start itself: a backlog on the stream or a
-                # full executor must not time out a run that has not begun.
-                JobModel.deadline_at.set(
-                    now + job.timeout_seconds * 1000 + self._start_grace_ms + job.start_delay_ms
-                ),
-                JobModel.queue_repo.remove(),
-                JobModel.queue_shard.remove(),
-                JobModel.queue_key.remove(),
-            ]
-        elif step.dest is JobStatus.PENDING:  # a retry (a new attempt) or an approval: queued
-            if step.source is JobStatus.FAILED:
-                # A failure's retry, made: no verdict is owed any more (a cancelled job's
-                # mark is its held slot, which a retry waits for, see _transition).
-                actions.append(JobModel.held_shard.remove())
-            actions += [
-                JobModel.waiting_repo.remove(),
-                JobModel.attempt.set(attempt),
-                # A retry's backoff travels with the job as data: the run of this attempt
-                # starts no earlier than this, and its activation deadline includes the wait.
-                JobModel.start_delay_ms.set(start_delay_ms),
-                JobModel.queue_repo.set(job.repo),
-                JobModel.queue_shard.set(QUEUED_SHARD),
-                JobModel.queue_key.set(queue_key(job.priority, job.received_at, job.job_id)),
-                *(
-                    attr.remove()
-                    for attr in (
-                        JobModel.expires_at,
-                        JobModel.finished_at,
-                        JobModel.activated_at,
-                        JobModel.started_at,
-                        JobModel.reason,
-                        JobModel.detail,
-                        JobModel.exit_code,
-                        JobModel.run_id,
-                        JobModel.log_location,
-                    )
-                ),
-            ]
-        else:  # a finish: passed, failed or cancelled
-            expires = datetime.fromtimestamp((now + self._retention_ms) / 1000, tz=UTC)
-            actions += [
-                JobModel.finished_at.set(now),
-                JobModel.expires_at.set(expires),
-                JobModel.waiting_repo.remove(),
-                JobModel.deadline_shard.remove(),
-                JobModel.deadline_at.remove(),
-                JobModel.queue_repo.remove(),
-                JobModel.queue_shard.remove(),
-                JobModel.queue_key.remove(),
-            ]
-            if outcome.reason is not None:
-                actions.append(JobModel.reason.set(outcome.reason))
-            if outcome.detail is not None:
-                actions.append(JobModel.detail.set(outcome.detail[:1000]))
-            if outcome.exit_code is not None:
-                actions.append(JobModel.exit_code.set(outcome.exit_code))
-            if step.holds_slot:
+        # What else the transition writes is its row's (state_machines.LIFECYCLE) effects;
+        # this spells each effect out as attribute updates, whatever row names it.
+        for effect in step.effects:
+            actions += self._effect_actions(
+                effect,
+                job=job,
+                now=now,
+                attempt=attempt,
+                outcome=outcome,
+                start_delay_ms=start_delay_ms,
+            )
+        return actions
+
+    def _effect_actions(
+        self,
+        effect: Effect,
+        *,
+        job: JobState,
+        now: int,
+        attempt: int,
+        outcome: Outcome,
+        start_delay_ms: int,
+    ) -> list[Action]:
+        """The attribute updates of one :class:`Effect` of a transition of ``job``."""
+        match effect:
+            case Effect.ENTER_ACTIVE:
+                return [
+                    JobModel.activated_at.set(now),
+                    JobModel.deadline_shard.set(ACTIVE_SHARD),
+                    # Until its run starts (``claim_run`` resets the deadline to the timeout),
+                    # a job also gets a grace for the start itself: a backlog on the stream or
+                    # a full executor must not time out a run that has not begun.
+                    JobModel.deadline_at.set(
+                        now + job.timeout_seconds * 1000 + self._start_grace_ms + job.start_delay_ms
+                    ),
+                    JobModel.queue_repo.remove(),
+                    JobModel.queue_shard.remove(),
+                    JobModel.queue_key.remove(),
+                ]
+            case Effect.ENTER_QUEUE:  # a retry (a new attempt) or an approval: queued
+                return [
+                    JobModel.waiting_repo.remove(),
+                    JobModel.attempt.set(attempt),
+                    # A retry's backoff travels with the job as data: the run of this attempt
+                    # starts no earlier than this, and its activation deadline includes it.
+                    JobModel.start_delay_ms.set(start_delay_ms),
+                    JobModel.queue_repo.set(job.repo),
+                    JobModel.queue_shard.set(QUEUED_SHARD),
+                    JobModel.queue_key.set(queue_key(job.priority, job.received_at, job.job_id)),
+                    *(
+                        attr.remove()
+                        for attr in (
+                            JobModel.expires_at,
+                            JobModel.finished_at,
+                            JobModel.activated_at,
+                            JobModel.started_at,
+                            JobModel.reason,
+                            JobModel.detail,
+                            JobModel.exit_code,
+                            JobModel.run_id,
+                            JobModel.log_location,
+                        )
+                    ),
+                ]
+            case Effect.FINISH:  # passed, failed or cancelled
+                expires = datetime.fromtimestamp((now + self._retention_ms) / 1000, tz=UTC)
+                actions: list[Action] = [
+                    JobModel.finished_at.set(now),
+                    JobModel.expires_at.set(expires),
+                    JobModel.waiting_repo.remove(),
+                    JobModel.deadline_shard.remove(),
+                    JobModel.deadline_at.remove(),
+                    JobModel.queue_repo.remove(),
+                    JobModel.queue_shard.remove(),
+                    JobModel.queue_key.remove(),
+                ]
+                if outcome.reason is not None:
+                    actions.append(JobModel.reason.set(outcome.reason))
+                if outcome.detail is not None:
+                    actions.append(JobModel.detail.set(outcome.detail[:1000]))
+                if outcome.exit_code is not None:
+                    actions.append(JobModel.exit_code.set(outcome.exit_code))
+                return actions
+            case Effect.HOLD_SLOT:
                 # Until its run is known stopped; the sparse `held_slots` index lets the
                 # reconciliation find it if the record that frees the slot is lost.
-                actions += [JobModel.slot_held.set(True), JobModel.held_shard.set(HELD_SHARD)]
-            elif step.dest is JobStatus.FAILED:
+                return [JobModel.slot_held.set(True), JobModel.held_shard.set(HELD_SHARD)]
+            case Effect.MARK_RETRY:
                 # A failure may owe an automatic retry, which its record makes; if the record
                 # is lost, the reconciliation finds the failure here and makes it instead.
-                # The retry takes the mark off (or the reconciliation, when none is owed).
-                actions.append(JobModel.held_shard.set(RETRY_SHARD))
-        return actions
+                return [JobModel.held_shard.set(RETRY_SHARD)]
+            case Effect.CLEAR_RETRY_MARK:
+                # A failure's retry, made: no verdict is owed any more (a cancelled job's
+                # mark is its held slot, which a retry waits for, see _transition).
+                return [JobModel.held_shard.remove()]
+            case _:
+                assert_never(effect)
 
     @staticmethod
     def _repo_changes(
@@ -896,7 +923,7 @@ class JobStore:
         actions: list[Action] = [
             getattr(RepoModel, name).add(delta) for name, delta in deltas.items() if delta
         ]
-        if any(step.dest is JobStatus.PENDING for step in steps):
+        if any(Effect.ENTER_QUEUE in step.effects for step in steps):
             # A job joins the queue (a retry, an approval): its repository has queued work.
             actions.append(RepoModel.queue_shard.set(QUEUED_SHARD))
         condition: Condition | None = None

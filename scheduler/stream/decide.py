@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, assert_never
 
 from pynamodb.exceptions import PynamoDBException
 
@@ -24,6 +24,8 @@ from state_machines import (
     INFRASTRUCTURE_RETRIES,
     INITIAL_STATUSES,
     JobStatus,
+    Reaction,
+    plan_between,
 )
 
 __all__ = [
@@ -209,38 +211,60 @@ def decide(
     promote). ``slot_held``: the finish kept its slot while its run may still go (the
     reaper's timeout): the run is stopped first, then the slot freed, as for a cancel.
     """
-    if source is None and dest in INITIAL_STATUSES:
-        older: list[Action] = []
-        if lane is not None and (supersede != "off" or lane.pr_number is not None):
-            older.append(SupersedeOlder(job, lane, supersede))
-        # A new job is queued (or run); one waiting for approval stays where it is.
-        return [*older, Activate(job)] if dest is JobStatus.PENDING else older
-    if dest is JobStatus.PENDING:
-        return [Activate(job)]  # a retry, or an approval: queue or run it
-    if dest is JobStatus.ACTIVE and source is JobStatus.PENDING:
-        return [StartRun(job, delay_ms=job.start_delay_ms)]
-    if dest is JobStatus.CANCELLED:
-        release: list[Action] = [ReleaseTrigger(job, trigger_key)] if trigger_key else []
-        if source is JobStatus.ACTIVE:
-            # The slot was kept by the cancel: stop the run first, then free it, then offer
-            # it to the queue, so the repository's limit holds while the run winds down.
-            return [StopRun(job, run_id), ReleaseSlot(job), PromoteQueued(job.repo), *release]
-        return release  # pending (or waiting) -> cancelled: no slot was held
-    if source is JobStatus.ACTIVE and dest.is_terminal:
-        # The finishing transaction already released the slot (hand it to the queue), or
-        # handed it on itself, or kept it until its run is stopped (a timeout).
-        actions: list[Action] = [] if handed_on else [PromoteQueued(job.repo)]
-        if slot_held:
-            actions = [StopRun(job, run_id), ReleaseSlot(job), *actions]
-        if dest is JobStatus.FAILED:
-            if reason in INFRASTRUCTURE_REASONS:
-                if lost_attempts <= INFRASTRUCTURE_RETRIES:
-                    actions.append(RetryFailed(job))
-            elif retry.allows(job.attempt - lost_attempts, reason):
-                own_next = job.attempt - lost_attempts + 1
-                delay_ms = round(retry.delay_seconds(own_next) * 1000)
-                actions.append(RetryFailed(job, delay_ms=delay_ms))
-        return actions
+    if source is None:  # a new job: not a transition of the table, its creation
+        return _on_creation(dest, job, supersede, lane)
+    step = plan_between(source, dest, slot_held=slot_held)
+    if step is None:
+        return []  # no row of the lifecycle makes this change
+    # What follows a transition is its row's reactions (state_machines.LIFECYCLE), in order;
+    # each becomes its action (or none, when the record says it is not owed).
+    actions: list[Action] = []
+    for reaction in step.reactions:
+        match reaction:
+            case Reaction.ACTIVATE:  # a retry, or an approval: queue or run it
+                actions.append(Activate(job))
+            case Reaction.START_RUN:
+                actions.append(StartRun(job, delay_ms=job.start_delay_ms))
+            case Reaction.STOP_RUN:
+                # The slot was kept: stop the run first, then free it, then offer it to the
+                # queue, so the repository's limit holds while the run winds down.
+                actions.append(StopRun(job, run_id))
+            case Reaction.RELEASE_SLOT:
+                actions.append(ReleaseSlot(job))
+            case Reaction.PROMOTE_QUEUED:
+                # Not when the finishing transaction handed its slot on itself.
+                actions += [] if handed_on else [PromoteQueued(job.repo)]
+            case Reaction.RELEASE_TRIGGER:
+                actions += [ReleaseTrigger(job, trigger_key)] if trigger_key else []
+            case Reaction.RETRY_POLICY:
+                actions += _retry_verdict(job, reason, retry, lost_attempts)
+            case _:
+                assert_never(reaction)
+    return actions
+
+
+def _on_creation(
+    dest: JobStatus, job: JobState, supersede: SupersedeMode, lane: Lane | None
+) -> list[Action]:
+    if dest not in INITIAL_STATUSES:
+        return []  # no job is created so
+    older: list[Action] = []
+    if lane is not None and (supersede != "off" or lane.pr_number is not None):
+        older.append(SupersedeOlder(job, lane, supersede))
+    # A new job is queued (or run); one waiting for approval stays where it is.
+    return [*older, Activate(job)] if dest is JobStatus.PENDING else older
+
+
+def _retry_verdict(
+    job: JobState, reason: str | None, retry: RetryPolicy, lost_attempts: int
+) -> list[Action]:
+    """The automatic retry a failure gets, if any: a failure of the infrastructure on its own
+    budget, any other as the repository's policy says (with its backoff)."""
+    if reason in INFRASTRUCTURE_REASONS:
+        return [RetryFailed(job)] if lost_attempts <= INFRASTRUCTURE_RETRIES else []
+    if retry.allows(job.attempt - lost_attempts, reason):
+        own_next = job.attempt - lost_attempts + 1
+        return [RetryFailed(job, delay_ms=round(retry.delay_seconds(own_next) * 1000))]
     return []
 
 

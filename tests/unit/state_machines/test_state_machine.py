@@ -10,12 +10,17 @@ import pytest
 
 from state_machines import (
     INITIAL_STATUSES,
+    LIFECYCLE,
     TIMED_OUT,
+    TRANSITION_TABLE,
+    Effect,
     InvalidTransition,
     JobStatus,
+    Reaction,
     Trigger,
     may,
     plan,
+    plan_between,
     triggers_from,
 )
 
@@ -111,7 +116,9 @@ FORBIDDEN = {"boto3", "botocore", "pynamodb", "aws_xray_sdk", "scheduler"}
 
 def test_state_machines_package_is_pure() -> None:
     package = Path(__file__).resolve().parents[3] / "state_machines"
-    for source in package.glob("*.py"):
+    sources = sorted(package.glob("*.py"))
+    assert len(sources) >= 3, package  # the package is found where it is looked for
+    for source in sources:
         tree = ast.parse(source.read_text())
         for node in ast.walk(tree):
             names: list[str] = []
@@ -121,3 +128,50 @@ def test_state_machines_package_is_pure() -> None:
                 names = [node.module]
             for name in names:
                 assert name.split(".")[0] not in FORBIDDEN, f"{source.name} imports {name}"
+
+
+def test_each_row_means_what_its_destination_and_slot_say() -> None:
+    """The rows are the one description: their meaning agrees with itself (a new row that
+    contradicts it, e.g. a finish that writes no outcome, fails here)."""
+    for step in (plan(*pair) for pair in LEGAL):
+        effects = set(step.effects)
+        assert (Effect.ENTER_ACTIVE in effects) == (step.dest is JobStatus.ACTIVE)
+        assert (Effect.ENTER_QUEUE in effects) == (step.dest is JobStatus.PENDING)
+        assert (Effect.FINISH in effects) == step.dest.is_terminal
+        assert (Effect.HOLD_SLOT in effects) == step.holds_slot
+        # A slot is taken on entering active and freed on leaving it, unless kept.
+        leaves = step.source is JobStatus.ACTIVE and not step.holds_slot
+        assert step.slot_delta == (step.dest is JobStatus.ACTIVE) - leaves
+        # A kept slot is released by the stream only after the run is stopped.
+        if step.holds_slot:
+            assert list(step.reactions[:2]) == [Reaction.STOP_RUN, Reaction.RELEASE_SLOT]
+        else:
+            assert Reaction.STOP_RUN not in step.reactions
+        # A failure's verdict is owed (marked) unless its kept slot carries it; the retry of
+        # a failure takes the mark off.
+        assert (Effect.MARK_RETRY in effects) == (
+            step.dest is JobStatus.FAILED and not step.holds_slot
+        )
+        assert (Effect.CLEAR_RETRY_MARK in effects) == (
+            step.source is JobStatus.FAILED and step.next_attempt
+        )
+
+
+def test_the_machine_table_is_derived_from_the_rows() -> None:
+    pairs = {(source, row.trigger) for row in LIFECYCLE for source in row.sources}
+    assert pairs == set(LEGAL)
+    assert [row["trigger"] for row in TRANSITION_TABLE] == [row.trigger for row in LIFECYCLE]
+
+
+def test_a_status_change_is_read_back_to_the_row_that_made_it() -> None:
+    active, failed = JobStatus.ACTIVE, JobStatus.FAILED
+    assert plan_between(active, failed, slot_held=False) == plan(active, Trigger.FAIL)
+    assert plan_between(active, failed, slot_held=True) == plan(active, Trigger.TIME_OUT)
+    # A cancel always keeps the slot; the item's flag does not change which row made it.
+    for held in (False, True):
+        found = plan_between(active, JobStatus.CANCELLED, slot_held=held)
+        assert found == plan(active, Trigger.CANCEL)
+    assert plan_between(JobStatus.PASSED, JobStatus.PENDING, slot_held=False) is None
+    for (source, trigger), dest in LEGAL.items():
+        found = plan_between(source, dest, slot_held=plan(source, trigger).holds_slot)
+        assert found is not None and found.trigger is trigger

@@ -1,0 +1,89 @@
+"""decide reads what follows a transition from the lifecycle's rows, not from its own chain."""
+
+from __future__ import annotations
+
+import pytest
+
+from scheduler.config import RetryPolicy
+from scheduler.db.store import JobState
+from scheduler.stream.decide import (
+    Action,
+    Activate,
+    PromoteQueued,
+    ReleaseSlot,
+    ReleaseTrigger,
+    RetryFailed,
+    StartRun,
+    StopRun,
+    decide,
+)
+from state_machines import LIFECYCLE, JobStatus, Reaction, Row
+
+KIND = {
+    Reaction.ACTIVATE: Activate,
+    Reaction.START_RUN: StartRun,
+    Reaction.STOP_RUN: StopRun,
+    Reaction.RELEASE_SLOT: ReleaseSlot,
+    Reaction.PROMOTE_QUEUED: PromoteQueued,
+    Reaction.RELEASE_TRIGGER: ReleaseTrigger,
+    Reaction.RETRY_POLICY: RetryFailed,
+}
+ROWS = [(row, source) for row in LIFECYCLE for source in row.sources]
+GENEROUS = RetryPolicy(attempts=5, on=("timed_out", "exit_code"), backoff_seconds=2)
+
+
+def job(status: JobStatus) -> JobState:
+    return JobState("j", "o/r", status, 3, 1, 600, 1, 0)
+
+
+def kinds(actions: list[Action]) -> list[type]:
+    return [type(action) for action in actions]
+
+
+@pytest.mark.parametrize(("row", "source"), ROWS, ids=lambda v: str(getattr(v, "trigger", v)))
+def test_every_reaction_of_a_row_becomes_its_action_in_order(row: Row, source: JobStatus) -> None:
+    actions = decide(
+        source,
+        row.dest,
+        job(row.dest),
+        reason=row.reason or "exit_code",
+        retry=GENEROUS,
+        run_id="j#1",
+        trigger_key="k",
+        slot_held=row.holds_slot,
+    )
+    assert kinds(actions) == [KIND[reaction] for reaction in row.reactions]
+
+
+@pytest.mark.parametrize(("row", "source"), ROWS, ids=lambda v: str(getattr(v, "trigger", v)))
+def test_reactions_not_owed_by_the_record_are_left_out(row: Row, source: JobStatus) -> None:
+    # No trigger guard to release, the slot already handed on, no retry policy.
+    actions = decide(source, row.dest, job(row.dest), reason="exit_code", slot_held=row.holds_slot)
+    left_out = {Reaction.RELEASE_TRIGGER, Reaction.PROMOTE_QUEUED, Reaction.RETRY_POLICY}
+    expected = [KIND[r] for r in row.reactions if r not in left_out]
+    handed = decide(
+        source,
+        row.dest,
+        job(row.dest),
+        reason="exit_code",
+        slot_held=row.holds_slot,
+        handed_on=True,
+    )
+    assert kinds(handed) == expected
+    promote = [PromoteQueued] if Reaction.PROMOTE_QUEUED in row.reactions else []
+    assert sorted(kinds(actions), key=str) == sorted(expected + promote, key=str)
+
+
+def test_a_change_no_row_makes_calls_for_nothing() -> None:
+    assert decide(JobStatus.PASSED, JobStatus.PENDING, job(JobStatus.PENDING)) == []
+    assert decide(JobStatus.PENDING, JobStatus.PASSED, job(JobStatus.PASSED)) == []
+    assert decide(None, JobStatus.ACTIVE, job(JobStatus.ACTIVE)) == []
+
+
+def test_a_retry_verdict_carries_the_policys_backoff() -> None:
+    failed = job(JobStatus.FAILED)
+    actions = decide(JobStatus.ACTIVE, JobStatus.FAILED, failed, reason="exit_code", retry=GENEROUS)
+    assert actions == [PromoteQueued("o/r"), RetryFailed(failed, delay_ms=2000)]
+    second = JobState("j", "o/r", JobStatus.FAILED, 3, 2, 600, 1, 0)
+    retried = decide(JobStatus.ACTIVE, JobStatus.FAILED, second, reason="exit_code", retry=GENEROUS)
+    assert retried[-1] == RetryFailed(second, delay_ms=4000)  # doubled
