@@ -6,26 +6,24 @@ claims it (:mod:`scheduler.runs.claims`: one small interface, one implementation
 else — the repository configuration, the dispatcher with its slot limits, retry policies and
 observers, the webhook service, the run starter, the reaper, the HTTP app — is made here, once,
 so the Lambda functions and ``scheduler up`` cannot drift apart (a test compares their graphs).
-Nothing here imports :mod:`scheduler.aws` or :mod:`scheduler.local`.
+Nothing here imports :mod:`scheduler.aws` or :mod:`scheduler.local`; the HTTP app (Jinja2),
+commit statuses and App mode (httpx) are imported where they are first made, so a Lambda
+function loads only what it uses (the reaper serves no HTTP and posts nothing to GitHub).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, wraps
+from typing import TYPE_CHECKING, Any
 
 from scheduler import metrics, tracing
-from scheduler.api.app import Application, Router, create_app, create_query_app
-from scheduler.api.auth import ApiAuth
-from scheduler.api.dashboard import MAX_FORM_BYTES, Dashboard
-from scheduler.api.query_routes import query_routes
 from scheduler.config import RepositoryConfig, load_config
 from scheduler.db import models
 from scheduler.db.queries import Queries
 from scheduler.db.store import JobStore
 from scheduler.errors import ConfigurationError
-from scheduler.github.statuses import CommitStatusObserver, GitHubNotifier
 from scheduler.runs.claims import ClaimAtStart, RunClaims
 from scheduler.runs.executor import Executor, OnFinished, RunResult, Source
 from scheduler.runs.logs import LogReader, RunLogs
@@ -40,6 +38,11 @@ from scheduler.stream.dispatcher import Dispatcher
 from scheduler.stream.full_repos import FullRepos
 from scheduler.stream.reconciler import Reconciler
 from scheduler.stream.sweeper import QueueSweeper
+
+if TYPE_CHECKING:
+    from scheduler.api.app import Application, Router
+    from scheduler.api.auth import ApiAuth
+    from scheduler.github.statuses import GitHubNotifier
 
 __all__ = ["Core", "ExecutorFactory", "build_core", "mask_for_settings"]
 
@@ -86,15 +89,22 @@ class Core:
     @cached_property
     def webhook_app(self) -> Application:
         """The webhook and health routes only: what a public URL may serve (AWS)."""
+        from scheduler.api.app import create_app
+
         return create_app(self.settings, store=self.store, config=self.config)
 
     @cached_property
     def auth(self) -> ApiAuth:
         """Who may use the read routes, the dashboard and its buttons (both apps share it)."""
+        from scheduler.api.auth import ApiAuth
+
         return ApiAuth(self.settings.api_token)
 
     def _read_routes(self) -> list[Callable[[Router], None]]:
         """The read routes and the dashboard (with its retry and cancel buttons)."""
+        from scheduler.api.dashboard import Dashboard
+        from scheduler.api.query_routes import query_routes
+
         logs = self.logs or RunLogs(self.queries, None)
         operations = Operations(self.store, self.queries, actor="dashboard")
         dashboard = Dashboard(self.queries, logs, operations, self.auth)
@@ -109,6 +119,9 @@ class Core:
                 "the API needs a token on AWS: set SCHEDULER_API_TOKEN_ARN (the template's"
                 " ApiTokenSecret) or SCHEDULER_API_TOKEN"
             )
+        from scheduler.api.app import create_query_app
+        from scheduler.api.dashboard import MAX_FORM_BYTES
+
         return create_query_app(
             self.settings, self._read_routes(), auth=self.auth, max_body_bytes=MAX_FORM_BYTES
         )
@@ -117,6 +130,8 @@ class Core:
     def http_app(self) -> Application:
         """The HTTP app (webhook, read routes, dashboard); made on first use, as only some
         processes serve HTTP, and it refuses to be made without a webhook secret."""
+        from scheduler.api.app import create_app
+
         return create_app(
             self.settings,
             store=self.store,
@@ -188,6 +203,8 @@ def build_core(
     notifier: GitHubNotifier | None = None
     observers: list[TransitionObserver] = []
     if settings.github_token:
+        from scheduler.github.statuses import CommitStatusObserver, GitHubNotifier
+
         notifier = GitHubNotifier(
             settings.github_token,
             api_url=settings.github_api_url,
@@ -257,7 +274,21 @@ def mask_for_settings(settings: Settings, config: RepositoryConfig) -> Callable[
     )
 
 
-# GitHub App mode (SCHEDULER_GITHUB_APP_ID): check runs observed on both runtimes.
-from scheduler.github.app_mode import with_github_app  # noqa: E402
+def _with_github_app(build: Callable[..., Core]) -> Callable[..., Core]:
+    """``build_core`` that also attaches the App's check runs (the composition root's one
+    hook); :mod:`scheduler.github.app_mode` (httpx, PyJWT) is imported in App mode only."""
 
-build_core = with_github_app(build_core)
+    @wraps(build)
+    def built(*args: Any, **kwargs: Any) -> Core:
+        core = build(*args, **kwargs)
+        if core.settings.github_app_id:  # else attach() does nothing: not worth its imports
+            from scheduler.github.app_mode import attach
+
+            attach(core)
+        return core
+
+    return built
+
+
+# GitHub App mode (SCHEDULER_GITHUB_APP_ID): check runs observed on both runtimes.
+build_core = _with_github_app(build_core)

@@ -3,15 +3,19 @@
 The core is built once per cold start by :mod:`scheduler.wiring`, the same composition root
 ``scheduler up`` uses; a configuration error (no webhook secret, a bad repository
 configuration) fails loudly rather than serving.
+
+All five functions share this module, so it imports only what every one of them needs: the
+HTTP app (Jinja2 for the dashboard) and GitHub's client (httpx) are imported by the core
+when a function first uses them, never by the reaper or the completion function
+(``bench/cold_imports.py`` measures each function's cold start).
 """
 
 from __future__ import annotations
 
 import os
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from scheduler.api.app import HttpApiEvent, HttpApiResponse
 from scheduler.aws.build_logs import CloudWatchLogReader
 from scheduler.aws.clients import aws_client
 from scheduler.aws.codebuild import CodeBuildExecutor, SecretsProject, result_from_event
@@ -21,6 +25,9 @@ from scheduler.runs.executor import OnFinished
 from scheduler.settings import Settings
 from scheduler.stream.events import PartialBatchResponse
 from scheduler.wiring import Core, ExecutorFactory, build_core
+
+if TYPE_CHECKING:
+    from scheduler.api.app import HttpApiEvent, HttpApiResponse
 
 __all__ = ["api", "build_completed", "compose", "core", "reap", "stream", "webhook"]
 

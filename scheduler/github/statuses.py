@@ -15,13 +15,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-import httpx
-
 from scheduler import tracing
 from scheduler.errors import DomainError
 from state_machines import TIMED_OUT, JobStatus
 
 if TYPE_CHECKING:
+    import httpx
+
     from scheduler.stream.decide import Transition
 
 log = logging.getLogger(__name__)
@@ -117,6 +117,10 @@ class GitHubNotifier:
         client: httpx.Client | None = None,
         authorization_for: Callable[[str], str] | None = None,
     ) -> None:
+        # httpx is imported once a notifier is made (a token is configured), not with this
+        # module: a Lambda function that posts no status does not pay for it at cold start.
+        import httpx
+
         headers = {
             "Accept": "application/vnd.github+json",
             "X-GitHub-Api-Version": "2022-11-28",
@@ -152,6 +156,8 @@ class GitHubNotifier:
             return self._post(update)
 
     def _post(self, update: StatusUpdate) -> bool:
+        import httpx  # loaded by __init__ already: a lookup
+
         path = f"/repos/{update.repo}/statuses/{update.sha}"
         for attempt in range(1, self._attempts + 1):
             try:
