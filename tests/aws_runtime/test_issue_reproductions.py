@@ -140,3 +140,41 @@ def test_the_sweeper_reaches_a_repository_behind_a_long_queue(tmp_path: Path) ->
             f"\nrepro 2: R2's job ran {took:.1f}s ({rounds} reaper rounds) after the sweeps began"
         )
         assert rounds <= ROUNDS + 2, rounds
+
+
+def test_a_throttled_stop_after_a_timeout_keeps_the_slot(tmp_path: Path) -> None:
+    """Reproduction 3: A times out while StopBuild is throttled; B (concurrency 1) may not start
+    before A's build is known stopped. Then the throttle lifts: A stops and B runs."""
+    with aws_stack(
+        tmp_path,
+        config(1, timeout_seconds=3),
+        plan=lambda repo, job, attempt: (120.0 if job.endswith("slow") else 1.0, "SUCCEEDED"),
+        limits=lambda repo: 1,
+    ) as stack:
+        stack.codebuild.throttle("StopBuild")
+        a = stack.deliver_until_accepted("stop/throttled", "a-slow", "a" * 40)
+        wait_for("A's build", lambda: build_of(stack, a) is not None, 30)
+        b = stack.deliver_until_accepted("stop/throttled", "b-fast", "b" * 40)
+        wait_for("A timed out", lambda: status(stack, a) == "failed", 60)
+        # Ten reaper rounds with StopBuild refused: B must stay queued, one build at a time.
+        time.sleep(ROUNDS * ROUND_SECONDS)
+        refused = stack.codebuild.books.throttled["StopBuild"]
+        assert refused >= 1, "the timeout asked for no stop"
+        assert build_of(stack, a).status == "IN_PROGRESS"
+        assert build_of(stack, b) is None, ("B started while A's build ran", stack.explain(a))
+        assert stack.codebuild.books.over_limit == [], stack.codebuild.books.over_limit
+        stack.codebuild.lift("StopBuild")
+        took = wait_for(
+            "B running", lambda: build_of(stack, b) is not None, (ROUNDS + 2) * ROUND_SECONDS + 20
+        )
+        assert build_of(stack, a).status == "STOPPED"
+        stack.wait_settled(lambda repo: 1, 60)
+        assert status(stack, b) == "passed"
+        assert stack.jobs()[a].reason == "timed_out"
+        assert stack.codebuild.books.over_limit == [], stack.codebuild.books.over_limit
+        found = stack.doctor()
+        assert found["healthy"], found
+        print(
+            f"\nrepro 3: StopBuild refused {refused} times; B started {took:.1f}s after the"
+            " throttle lifted; builds over the limit 0"
+        )
