@@ -47,9 +47,6 @@ from scheduler.errors import (
     Unauthorized,
     WebhookRejected,
 )
-from scheduler.github.app_mode import app_requests_for
-from scheduler.github.clone_urls import github_host
-from scheduler.github.delivery import WebhookService, webhook_secret
 from scheduler.settings import (
     DEFAULT_HTTP_BODY_BUDGET_BYTES,
     DEFAULT_HTTP_MAX_CONNECTIONS,
@@ -440,6 +437,12 @@ def create_app(
     configuration file) so that a misconfigured server never starts. Binds the models to the
     settings' tables and endpoint.
     """
+    # GitHub's side is imported here, not with the module: the read routes' Lambda function
+    # (create_query_app) receives no delivery and needs none of it (httpx among it).
+    from scheduler.github.app_mode import app_requests_for
+    from scheduler.github.clone_urls import github_host
+    from scheduler.github.delivery import WebhookService, webhook_secret
+
     secret = webhook_secret(settings)
     config = config if config is not None else load_config(settings.config_path)
     models.bind(settings)

@@ -36,7 +36,7 @@ NOWHERE = {"prometheus_client", "opentelemetry", "aws_xray_sdk", "jwt", "cryptog
 NO_HTTP = {"jinja2", "markupsafe", "httpx", "httpcore", "scheduler.api", "scheduler.github"}
 MUST_NOT_LOAD = {
     "WebhookFunction": NOWHERE | {"jinja2", "markupsafe"},  # serves no page
-    "ApiFunction": NOWHERE,
+    "ApiFunction": NOWHERE | {"httpx", "httpcore", "scheduler.github"},  # receives no delivery
     "StreamFunction": NOWHERE | NO_HTTP,
     "CompletionFunction": NOWHERE | NO_HTTP,
     "ReaperFunction": NOWHERE | NO_HTTP,
