@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -24,7 +25,7 @@ import boto3
 import httpx
 
 from scheduler.github.signature import sign
-from scheduler.local.dynamodb_local import free_port
+from scheduler.local.dynamodb_local import free_port, port_in_use
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEDULER = str(ROOT / ".venv" / "bin" / "scheduler")
@@ -74,6 +75,24 @@ def shares(folder: Path) -> str:
 UNSANDBOXED = 'sandbox = "off"\n'
 
 
+def stack_port() -> int:
+    """A free port: from ``RELIABILITY_PORTS`` (``LOW-HIGH``) when a session must keep to a
+    range of its own, else any the system gives."""
+    span = os.environ.get("RELIABILITY_PORTS")
+    if not span:
+        return free_port()
+    low, high = (int(part) for part in span.split("-"))
+    for port in random.sample(range(low, high + 1), high + 1 - low):
+        if port in _PORTS_GIVEN or port_in_use(port):
+            continue
+        _PORTS_GIVEN.add(port)
+        return port
+    raise AssertionError(f"no free port in RELIABILITY_PORTS={span}")
+
+
+_PORTS_GIVEN: set[int] = set()
+
+
 @dataclass(frozen=True)
 class Start:
     job_id: str
@@ -90,8 +109,8 @@ class LocalStackProcess:
     config: str
     env: dict[str, str] = field(default_factory=dict)
     max_runs: int = 8
-    port: int = field(default_factory=free_port)
-    dynamodb_port: int = field(default_factory=free_port)
+    port: int = field(default_factory=stack_port)
+    dynamodb_port: int = field(default_factory=stack_port)
     process: subprocess.Popen[str] | None = None
     url: str = ""
 
@@ -206,6 +225,12 @@ class LocalStackProcess:
         )
         return env
 
+    def doctor(self, stranded_after: str = "2s") -> tuple[int, dict[str, Any]]:
+        """``scheduler doctor --json`` against the stack: its exit code and its report."""
+        done = self.cli("doctor", "--json", "--stranded-after", stranded_after)
+        assert done.returncode in (0, 1), done.stderr
+        return done.returncode, dict(json.loads(done.stdout))
+
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [SCHEDULER, *args],
@@ -268,6 +293,22 @@ class LocalStackProcess:
                 Start(job_id, int(attempt), int(pid), tuple(filter(None, names.split(","))))
             )
         return found
+
+
+def assert_doctor_reports_nothing(stack: LocalStackProcess, within: float = 15.0) -> None:
+    """The settled stack's ``scheduler doctor --json`` reports nothing: no counter drifts from
+    the items, no job stranded (queued with a free slot, a finished job holding its slot: an
+    unconfirmed stop, active past its deadline), no repository left unread. ``within``: the
+    stack's last moves (a stop being confirmed) may take a moment after the jobs ended."""
+    deadline = time.monotonic() + within
+    while True:
+        code, report = stack.doctor()
+        clean = not report["drift"] and not report["stranded"] and not report["busy"]
+        if clean or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert code == 0 and report["healthy"] and clean, report
+    assert report["repositories"] >= 1 and report["jobs"] >= 1, report  # it looked at something
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float = 0.2) -> Any:

@@ -22,7 +22,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from harness import UNSANDBOXED, LocalStackProcess, kill_leftovers, run_command, wait_for
+from harness import (
+    UNSANDBOXED,
+    LocalStackProcess,
+    assert_doctor_reports_nothing,
+    kill_leftovers,
+    run_command,
+    wait_for,
+)
 from processes import pid_alive
 from test_database_faults import deliver_until_accepted
 
@@ -215,6 +222,7 @@ def test_chaos_keeps_the_books(tmp_path: Path) -> None:
             assert counts == dict(mine), (repo, found)
             assert found["running"] == 0, found
         assert stack.dead_letters() == []
+        assert_doctor_reports_nothing(stack)
         lost = sum(1 for j in jobs.values() if "runner_lost" in str(j["history"]))
         print(
             f"chaos: {DELIVERIES} deliveries, {len(plan.sends)} sends in {sent_in:.0f}s, all ended"

@@ -11,7 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from harness import UNSANDBOXED, LocalStackProcess, run_command, wait_for
+from harness import (
+    UNSANDBOXED,
+    LocalStackProcess,
+    assert_doctor_reports_nothing,
+    run_command,
+    wait_for,
+)
 from processes import pid_alive
 
 from scheduler.settings import Settings
@@ -97,6 +103,7 @@ def test_dynamodb_local_killed_under_load_is_restarted_and_every_job_runs_once(
         assert stack.dead_letters() == []
         log = stack.log_tail(200_000)
         assert log.count(RESTARTED) == 1, log[-3000:]
+        assert_doctor_reports_nothing(stack)
     finally:
         stack.stop()
 
@@ -151,5 +158,6 @@ def test_a_finish_lost_with_the_database_is_reported_again_once_it_is_back(
         assert [(s.job_id, s.attempt) for s in stack.starts()] == [(job_id, 1)]
         assert stats["running"] == 0 and stats["counts"]["failed"] == 1, stats
         assert RECOVERED in stack.log_tail(200_000)
+        assert_doctor_reports_nothing(stack)
     finally:
         stack.stop()

@@ -9,7 +9,14 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
-from harness import UNSANDBOXED, LocalStackProcess, kill_leftovers, run_command, wait_for
+from harness import (
+    UNSANDBOXED,
+    LocalStackProcess,
+    assert_doctor_reports_nothing,
+    kill_leftovers,
+    run_command,
+    wait_for,
+)
 from processes import pid_alive
 
 from scheduler.db.store import JobStore, NewJob
@@ -71,6 +78,7 @@ def test_kill_9_of_the_stack_mid_run_then_restart_kills_the_orphans_and_passes_e
         starts = Counter((s.job_id, s.attempt) for s in stack.starts())
         assert set(starts.values()) == {1}, starts  # no attempt ran twice
         assert sorted(starts) == sorted((job_id, n) for job_id in ids for n in (1, 2))
+        assert_doctor_reports_nothing(stack)
     finally:
         stack.stop()
         kill_leftovers(orphans)
@@ -102,6 +110,7 @@ def test_more_active_jobs_than_runners_are_never_timed_out_for_waiting(tmp_path:
             jobs = [stack.job(client, job_id) for job_id in ids]
         assert [(j["status"], j["attempt"]) for j in jobs] == [("passed", 1)] * 6, jobs
         assert len(stack.starts()) == 6
+        assert_doctor_reports_nothing(stack)
     finally:
         stack.stop()
 

@@ -14,7 +14,14 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
-from harness import UNSANDBOXED, LocalStackProcess, kill_leftovers, run_command, wait_for
+from harness import (
+    UNSANDBOXED,
+    LocalStackProcess,
+    assert_doctor_reports_nothing,
+    kill_leftovers,
+    run_command,
+    wait_for,
+)
 from processes import pid_alive
 from test_database_faults import deliver_until_accepted
 
@@ -124,6 +131,7 @@ def test_storm_through_a_database_crash_and_a_stack_crash_keeps_the_books(
             assert counts["passed"] == per_repo[repo] == sum(counts.values()), stats[repo]
             assert stats[repo]["running"] == 0, stats[repo]
         assert stack.dead_letters() == []
+        assert_doctor_reports_nothing(stack)
     finally:
         stack.stop()
         kill_leftovers([s.pid for s in stack.starts()])
