@@ -171,6 +171,8 @@ class CodeBuildServer:
                 return self._start(body)
             if action == "StopBuild":
                 return self._stop_build(body)
+            if action == "ListBuildsForProject":
+                return self._list_builds(body)
             if action == "BatchGetBuilds":
                 ids = body["ids"]
                 found = [self.builds[i].describe() for i in ids if i in self.builds]
@@ -209,6 +211,23 @@ class CodeBuildServer:
         self.books.builds_of[build.attempt_key] += 1
         self._check(build.repo, now)
         return 200, {"build": build.describe()}
+
+    def _list_builds(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """CodeBuild's ListBuildsForProject: a project's build ids, newest first by default,
+        100 a page, the rest behind ``nextToken`` (here: the offset of the next page)."""
+        if not body.get("projectName"):
+            self.shape_errors.append("ListBuildsForProject without projectName")
+            return 400, {"__type": "InvalidInputException", "message": "bad request"}
+        mine = [b for b in self.builds.values() if b.project == body["projectName"]]
+        mine.sort(
+            key=lambda b: b.started, reverse=body.get("sortOrder", "DESCENDING") != "ASCENDING"
+        )
+        offset = int(body.get("nextToken") or 0)
+        page = [b.id for b in mine[offset : offset + 100]]
+        answer: dict[str, Any] = {"ids": page}
+        if offset + 100 < len(mine):
+            answer["nextToken"] = str(offset + 100)
+        return 200, answer
 
     def _stop_build(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         build = self.builds.get(body.get("id", ""))

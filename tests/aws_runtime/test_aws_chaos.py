@@ -99,9 +99,9 @@ def drop_rules(stack: AwsStack, faults: Faults) -> None:
 
     def rule(record: dict[str, Any]) -> bool:
         # A record is given up on its first delivery only (as if every try failed before the
-        # function acted): a record given up on a retry, after an invocation killed between
-        # the claim and StartBuild, strands a claim with no build, which the reaper times out
-        # today (tests/aws_runtime/test_found_bugs.py, the lead's report).
+        # function acted), so each job's expected attempts stay known: a record given up on a
+        # retry, after an invocation killed between the claim and StartBuild, costs the job a
+        # start_failed attempt (test_issue_reproductions.py holds that case on its own).
         if record["eventID"] in offered:
             return False
         offered.add(record["eventID"])

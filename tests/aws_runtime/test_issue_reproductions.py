@@ -178,3 +178,50 @@ def test_a_throttled_stop_after_a_timeout_keeps_the_slot(tmp_path: Path) -> None
             f"\nrepro 3: StopBuild refused {refused} times; B started {took:.1f}s after the"
             " throttle lifted; builds over the limit 0"
         )
+
+
+def test_a_claim_whose_start_was_lost_fails_as_start_failed_and_is_retried(tmp_path: Path) -> None:
+    """The stream function claims the attempt (run_id = job_id#attempt) and dies in a
+    throttled StartBuild; the mapping then gives the activation record up on its retry. No
+    build exists (the reaper finds none for the claim among the project's builds). At the
+    deadline the attempt fails as start_failed and is retried, never timed_out, which would
+    blame the job for the infrastructure; the retry builds once and passes."""
+    with aws_stack(
+        tmp_path,
+        config(1, timeout_seconds=5),
+        plan=lambda repo, job, attempt: (0.5, "SUCCEEDED"),
+        limits=lambda repo: 1,
+    ) as stack:
+        sightings: list[str] = []
+
+        def second_sighting(record: dict[str, Any]) -> bool:
+            if kind_of(record) != "pending->active":
+                return False
+            sightings.append(job_of(record))
+            return len(sightings) == 2  # its retry, after the killed invocation
+
+        stack.mapping.drop_when(second_sighting)
+        stack.codebuild.throttle("StartBuild")
+        job = stack.deliver_until_accepted("start/lost", "only", "c" * 40)
+        wait_for(
+            "a throttled StartBuild", lambda: stack.codebuild.books.throttled["StartBuild"] > 0, 60
+        )
+        assert stack.stream.kill_busy() == 1
+        wait_for("the retried activation given up", lambda: len(sightings) >= 2, 60)
+        stack.codebuild.lift("StartBuild")
+        assert stack.jobs()[job].run_id == f"{job}#1"  # claimed, no build recorded
+
+        def settled() -> bool:
+            now = stack.jobs()[job]
+            return str(now.status) == "passed" or (
+                str(now.status) == "failed" and now.reason != "start_failed"
+            )
+
+        wait_for("the job to pass on its retry", settled, 120)
+        ended = stack.jobs()[job]
+        assert (str(ended.status), ended.attempt) == ("passed", 2), stack.explain(job)
+        history = stack.explain(job)
+        assert "active->failed::reaper:start_failed" in history, history
+        assert "timed_out" not in history, history
+        assert stack.codebuild.books.builds_of[(job, 1)] == 0, history
+        assert stack.codebuild.books.builds_of[(job, 2)] == 1, history
