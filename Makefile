@@ -124,10 +124,11 @@ test-under-load: setup chromium
 	status=0; $(BIN)/python -m pytest || status=$$?; \
 	exit $$status
 
-# The reliability suite at full size (2,000-delivery chaos, 10,000+ hostile requests); prints
-# its figures. `make test` runs the same scenarios CI-sized.
+# The reliability suites at full size, on both runtimes: `scheduler up` (2,000-delivery chaos,
+# 10,000+ hostile requests) and the AWS functions as AWS runs them (tests/aws_runtime: 400-job
+# chaos with dropped records); prints their figures. `make test` runs the same scenarios CI-sized.
 reliability: setup
-	SCHEDULER_RELIABILITY=full $(BIN)/python -m pytest -s -p no:cacheprovider tests/reliability
+	SCHEDULER_RELIABILITY=full $(BIN)/python -m pytest -s -p no:cacheprovider tests/reliability tests/aws_runtime
 
 # 20,000 jobs through one long-running stack (about half an hour); prints figures per tenth.
 soak: setup
