@@ -17,6 +17,10 @@ values (the variables ``Settings`` reads), so nothing calls AWS: AWS clients are
 used. ``AWS_LAMBDA_FUNCTION_NAME`` is set, so the settings are those of Lambda (X-Ray tracing
 on, as the template's ``Tracing: Active`` asks; ``--tracing off`` to leave the SDK out).
 
+The CLI's packages (click, rich, pygments, typer) are made absent in each probe, as they are
+from a function's artefact (``infra/lambda-requirements.txt``): here httpx would import its
+optional command line with them.
+
 One more run per function under ``python -X importtime`` lists the heavy third-party packages
 it loads (the self import time of each top-level package's modules summed, largest first).
 
@@ -78,8 +82,14 @@ WATCHED = (
     "aws_xray_sdk",
     "yaml",
 )
+# The CLI's packages: in this virtualenv, not in a function's artefact
+# (infra/lambda-requirements.txt). httpx imports its optional command line (click, rich,
+# pygments) when they are installed: each probe makes them absent, as on Lambda.
+NOT_IN_LAMBDA = ("click", "rich", "pygments", "typer")
 PROBE = """
 import sys, time, json
+for name in {absent!r}:
+    sys.modules[name] = None  # an import of it fails, as when not installed
 t0, c0 = time.perf_counter(), time.process_time()
 import importlib
 handlers = importlib.import_module({module!r})
@@ -87,7 +97,7 @@ t1, c1 = time.perf_counter(), time.process_time()
 c = handlers.core()
 {first_use}
 t2, c2 = time.perf_counter(), time.process_time()
-top = sorted({{m.split('.')[0] for m in sys.modules}})
+top = sorted({{m.split('.')[0] for m, mod in sys.modules.items() if mod is not None}})
 print(json.dumps({{
     "import_ms": (t1 - t0) * 1e3, "compose_ms": (t2 - t1) * 1e3,
     "import_cpu_ms": (c1 - c0) * 1e3, "compose_cpu_ms": (c2 - c1) * 1e3, "top": top,
@@ -142,8 +152,8 @@ def _handler(template: Mapping[str, Any], logical_id: str) -> tuple[str, str]:
     return module, function
 
 
-def _probe(module: str, function: str) -> str:
-    return PROBE.format(module=module, first_use=FIRST_USE[function])
+def _probe(module: str, function: str, absent: tuple[str, ...] = NOT_IN_LAMBDA) -> str:
+    return PROBE.format(module=module, first_use=FIRST_USE[function], absent=absent)
 
 
 def _run(
