@@ -1,7 +1,7 @@
 """PynamoDB models of the ``jobs`` and ``repos`` tables.
 
 The SAM template (``infra/template.yaml``) is the one source of the table definitions; these
-models must agree with it, and ``tests/unit/test_template_models.py`` proves they do.
+models must agree with it, and ``tests/unit/db/test_template_models.py`` proves they do.
 
 Times are integer epoch milliseconds: sortable, compact and exact in index keys.
 """
