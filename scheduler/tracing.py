@@ -28,7 +28,16 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from scheduler.tracing_otlp import OtlpTracer
 
-__all__ = ["MODES", "configure", "current_trace_id", "enabled", "flush", "span", "work"]
+__all__ = [
+    "MODES",
+    "configure",
+    "current_trace_id",
+    "enabled",
+    "flush",
+    "span",
+    "trace_httpx",
+    "work",
+]
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +65,9 @@ def configure(mode: str | None) -> bool:
         sampling=False,  # every job is traced: its trace is how an operator follows it
         daemon_address=os.environ.get("AWS_XRAY_DAEMON_ADDRESS", "127.0.0.1:2000"),
     )
-    patch(("botocore", "httpx"))
+    # httpx (GitHub's client) is patched when a client is first made (:func:`trace_httpx`):
+    # a function that never calls GitHub does not import it at cold start.
+    patch(("botocore",))
     # A patched call outside any work is meant to go untraced (IGNORE_ERROR above), but the
     # recorder still logs a warning for each one (sweeps, start-up reads): silence that.
     logging.getLogger("aws_xray_sdk.core.recorder").setLevel(logging.ERROR)
@@ -64,6 +75,17 @@ def configure(mode: str | None) -> bool:
     _state["lambda"] = bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME"))
     log.info("tracing with X-Ray", extra={"daemon": os.environ.get("AWS_XRAY_DAEMON_ADDRESS")})
     return True
+
+
+def trace_httpx() -> None:
+    """Trace GitHub's HTTP calls under X-Ray too; called where an httpx client is made (the
+    import is then paid anyway). Idempotent; nothing when X-Ray is off."""
+    if _state["recorder"] is None or _state.get("httpx"):
+        return
+    from aws_xray_sdk.core import patch
+
+    patch(("httpx",))
+    _state["httpx"] = True
 
 
 def _configure_otlp() -> bool:

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from scheduler import tracing
 from scheduler.errors import DomainError
 from scheduler.github.rate_limits import RateLimited, wait_asked
 
@@ -45,6 +46,7 @@ class GitHubApi:
         client: httpx.Client | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        tracing.trace_httpx()
         self._client = client or httpx.Client(
             base_url=api_url.rstrip("/"),
             timeout=timeout_seconds,

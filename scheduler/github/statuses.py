@@ -131,6 +131,7 @@ class GitHubNotifier:
         # GitHub App mode: each repository's installation token (asked per post, renewed
         # before it expires) instead of one token for all.
         self._authorization_for = authorization_for
+        tracing.trace_httpx()
         self._client = client or httpx.Client(
             base_url=api_url.rstrip("/"), timeout=timeout_seconds, headers=headers
         )

@@ -135,3 +135,15 @@ def test_a_configured_github_token_still_brings_the_status_poster(config: Path) 
     loaded = loaded_modules("StreamFunction", config, SCHEDULER_GITHUB_TOKEN="cold-token")
     assert {"httpx", "scheduler.github.statuses"} <= loaded
     assert sorted({"jinja2", "jwt", "cryptography"} & loaded) == []
+
+
+def test_x_ray_traces_github_only_where_a_github_client_is_made(config: Path) -> None:
+    """The template's default tracing: X-Ray patches botocore at cold start and httpx only
+    when a GitHub client is first made, so the reaper still loads no httpx."""
+    reaper = loaded_modules("ReaperFunction", config, SCHEDULER_TRACING="xray")
+    assert "aws_xray_sdk" in reaper
+    assert sorted({"httpx", "httpcore", "jinja2"} & reaper) == []
+    stream = loaded_modules(
+        "StreamFunction", config, SCHEDULER_TRACING="xray", SCHEDULER_GITHUB_TOKEN="cold-token"
+    )
+    assert {"aws_xray_sdk.ext.httpx", "httpx"} <= stream
