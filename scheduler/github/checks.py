@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from scheduler.github.api import GitHubApi, GitHubApiError
 from scheduler.github.app_auth import AppAuth
 from scheduler.github.rate_limits import SendQueue
+from scheduler.github.statuses import masked_detail
 from state_machines import TIMED_OUT, JobStatus
 
 if TYPE_CHECKING:
@@ -363,9 +364,7 @@ class CheckRunObserver:
 
     def __call__(self, transition: Transition) -> None:
         image = transition.image
-        detail = image.detail
-        if detail and self._mask_for is not None:
-            detail = self._mask_for(image.repo)(detail)
+        detail = masked_detail(transition, self._mask_for)
         details_url = f"{self._details_url}/ui/jobs/{image.job_id}" if self._details_url else None
         state = check_for(
             transition, name=self._name_for(image.repo), details_url=details_url, detail=detail

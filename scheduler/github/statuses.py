@@ -31,6 +31,18 @@ DESCRIPTION_CHARS = 140
 RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
 
 
+MaskFor = Callable[[str], Callable[[str], str]]
+"""Repository -> its secret masker (a failure's detail is run output)."""
+
+
+def masked_detail(transition: Transition, mask_for: MaskFor | None) -> str | None:
+    """The transition's detail as GitHub may show it: its repository's secrets masked."""
+    detail = transition.image.detail
+    if detail and mask_for is not None:
+        return mask_for(transition.image.repo)(detail)
+    return detail
+
+
 @dataclass(frozen=True, slots=True)
 class StatusUpdate:
     repo: str
@@ -214,9 +226,7 @@ class CommitStatusObserver:
 
     def __call__(self, transition: Transition) -> None:
         image = transition.image
-        detail = image.detail
-        if detail and self._mask_for is not None:
-            detail = self._mask_for(image.repo)(detail)
+        detail = masked_detail(transition, self._mask_for)
         found = status_for(
             transition.source,
             transition.dest,
