@@ -629,14 +629,16 @@ class Queries:
 
     def repository_version(self, repo: str) -> str:
         """What changes whenever a job of ``repo`` is created or changes status: its counters
-        item (moved in the same transactions). One small read, for "has anything changed"."""
+        item (moved in the same transactions). One small read, for "has anything changed".
+        The queue mark is left out: the sweeper clears it with no job changing."""
         repo = validate_repo(repo)
         with _reading(f"stats of {repo}"):
             try:
                 item = RepoModel.get(repo, consistent_read=True)
             except DoesNotExist:
                 return "none"
-        return json.dumps(item.serialize(), sort_keys=True, default=str)
+        counters = {k: v for k, v in item.serialize().items() if k != "queue_shard"}
+        return json.dumps(counters, sort_keys=True, default=str)
 
     def stats(self, repo: str) -> RepoStats:
         """Counters of a repository, kept by the transition transactions (no counting here)."""

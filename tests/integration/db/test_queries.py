@@ -177,6 +177,22 @@ def test_stats_come_from_the_counters(
         queries.stats("nobody/none")
 
 
+def test_the_repository_version_moves_with_jobs_not_with_the_sweepers_queue_mark(
+    make_job: MakeJob, ticking_store: JobStore, queries: Queries
+) -> None:
+    """The dashboard's ETag: a job's creation and status change move it; the sweeper clearing
+    a queue mark that no job needs any more does not (a page would render again for nothing)."""
+    make_job("a")
+    queued = queries.repository_version(REPO)
+    ticking_store.transition(ticking_store.state("a"), "cancel", actor="test")
+    cancelled = queries.repository_version(REPO)
+    assert cancelled != queued
+    assert RepoModel.get(REPO).queue_shard is not None  # the mark outlived its job
+    assert ticking_store.clear_queue_mark(REPO)
+    assert RepoModel.get(REPO).queue_shard is None
+    assert queries.repository_version(REPO) == cancelled
+
+
 def _recorder(operations: list[str]) -> Callable[..., None]:
     def record(model: Any, **_: Any) -> None:
         operations.append(model.name)
