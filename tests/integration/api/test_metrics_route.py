@@ -10,6 +10,7 @@ import random
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +22,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from scheduler import metrics
 from scheduler.aws.emf import store_gauges
+from scheduler.db import models
+from scheduler.db.clients import client
 from scheduler.db.store import JobStore
+from scheduler.db.tables import ensure_tables
 from scheduler.github.signature import sign
 from scheduler.local.dynamodb_local import free_port, port_in_use
 from scheduler.local.stack import LocalStack, StackOptions
@@ -87,23 +91,29 @@ def gate(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def stack(
-    settings: Settings, tables: TableNames, tmp_path: Path, gate: Path
-) -> Iterator[LocalStack]:
+def stack(settings: Settings, tmp_path: Path, gate: Path) -> Iterator[LocalStack]:
+    """A stack on tables of its own: the session's tables are emptied between tests, but their
+    stream keeps every earlier test's records, which a new runner reads from the start (their
+    transitions would count in the process's counters)."""
     command = ["sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.05; done; sleep 0.05"]
     config = tmp_path / "scheduler.toml"
     config.write_text(
         f"[defaults]\ncommand = {json.dumps(command)}\nconcurrency = 1\ncheckout = false\n"
         'sandbox = "off"\n'
     )
+    own = replace(settings, tables=TableNames().with_prefix(f"m{uuid.uuid4().hex[:8]}-"))
+    ensure_tables(client("dynamodb", own), own)
     metrics.RECORDER.reset()
     options = StackOptions(port=free_port(), data_dir=tmp_path / "data")
     local = LocalStack(
-        replace(settings, webhook_secret=SECRET, api_token=TOKEN, config_path=config), options
+        replace(own, webhook_secret=SECRET, api_token=TOKEN, config_path=config), options
     )
-    with local:
-        yield local
-    gate.touch()
+    try:
+        with local:
+            yield local
+    finally:
+        gate.touch()
+        models.bind(settings)  # the stack bound the models to its own tables
 
 
 def test_a_scrape_during_a_burst_shows_the_queue_rising_and_draining(
