@@ -195,24 +195,18 @@ class Reaper:
         return "deferred"
 
     def _lost(self, job: JobModel, state: JobState) -> str:
-        self._store.transition(
-            state,
-            Trigger.FAIL,
-            actor=ACTOR,
-            outcome=Outcome(reason=RUNNER_LOST, detail="the run was lost with its runner"),
-        )
-        log.warning("run lost with its runner", extra={"job_id": job.job_id, "run_id": job.run_id})
-        return RUNNER_LOST
+        return self._fail(job, state, RUNNER_LOST, "the run was lost with its runner")
 
     def _never_started(self, job: JobModel, state: JobState) -> str:
+        return self._fail(job, state, START_FAILED, "the run's start never succeeded")
+
+    def _fail(self, job: JobModel, state: JobState, reason: str, detail: str) -> str:
+        """Fail the attempt for an infrastructure ``reason`` (retried apart from the policy)."""
         self._store.transition(
-            state,
-            Trigger.FAIL,
-            actor=ACTOR,
-            outcome=Outcome(reason=START_FAILED, detail="the run's start never succeeded"),
+            state, Trigger.FAIL, actor=ACTOR, outcome=Outcome(reason=reason, detail=detail)
         )
-        log.warning("run never started", extra={"job_id": job.job_id, "run_id": job.run_id})
-        return START_FAILED
+        log.warning(detail, extra={"job_id": job.job_id, "run_id": job.run_id})
+        return reason
 
     def _settle_or(self, job: JobModel, otherwise: Callable[[], str]) -> str:
         """Report how the run ended if the executor can tell (its own report was lost), else
