@@ -465,6 +465,7 @@ class JobStore:
             outcome=outcome,
             start_delay_ms=start_delay_ms,
             handed_to=hand_off.job.job_id if hand_off is not None else None,
+            claimed=claim is not None,
         )
         if claim is not None:
             job_actions += claim.actions()
@@ -482,6 +483,7 @@ class JobStore:
                 actor=actor,
                 attempt=hand_off.job.attempt,
                 outcome=Outcome(reason=next_step.reason),
+                claimed=True,
             )
             next_actions += hand_off.claim.actions()
             steps.append(next_step)
@@ -795,6 +797,7 @@ class JobStore:
         outcome: Outcome,
         start_delay_ms: int = 0,
         handed_to: str | None = None,
+        claimed: bool = False,
     ) -> list[Action]:
         entry = _entry(
             source=step.source,
@@ -821,8 +824,22 @@ class JobStore:
                 attempt=attempt,
                 outcome=outcome,
                 start_delay_ms=start_delay_ms,
+                claimed=claimed,
             )
         return actions
+
+    def _activation_deadline(self, job: JobState, now: int, *, claimed: bool) -> int:
+        """When the reaper next looks at a job it activates.
+
+        Claimed in the same write (the local runtime, a hand-off): its timeout, with a grace for
+        the start itself, since a full executor must not time out a run that has not begun.
+        Unclaimed (the AWS runtime claims in the activation's record): only the grace, by when
+        the record's claim (which resets the deadline to the timeout) is due; if that record is
+        lost, the reaper starts the run itself then (idempotent by ``job_id#attempt``), instead
+        of leaving the slot taken by nothing for the whole timeout.
+        """
+        waits = self._start_grace_ms + job.start_delay_ms
+        return now + waits + (job.timeout_seconds * 1000 if claimed else 0)
 
     def _effect_actions(
         self,
@@ -833,19 +850,16 @@ class JobStore:
         attempt: int,
         outcome: Outcome,
         start_delay_ms: int,
+        claimed: bool,
     ) -> list[Action]:
-        """The attribute updates of one :class:`Effect` of a transition of ``job``."""
+        """The attribute updates of one :class:`Effect` of a transition of ``job``;
+        ``claimed``: the same write claims the attempt's run."""
         match effect:
             case Effect.ENTER_ACTIVE:
                 return [
                     JobModel.activated_at.set(now),
                     JobModel.deadline_shard.set(ACTIVE_SHARD),
-                    # Until its run starts (``claim_run`` resets the deadline to the timeout),
-                    # a job also gets a grace for the start itself: a backlog on the stream or
-                    # a full executor must not time out a run that has not begun.
-                    JobModel.deadline_at.set(
-                        now + job.timeout_seconds * 1000 + self._start_grace_ms + job.start_delay_ms
-                    ),
+                    JobModel.deadline_at.set(self._activation_deadline(job, now, claimed=claimed)),
                     JobModel.queue_repo.remove(),
                     JobModel.queue_shard.remove(),
                     JobModel.queue_key.remove(),

@@ -81,6 +81,7 @@ class AwsStack:
         limits: Callable[[str], int],
         webhook_processes: int = 2,
         stop_delay: float = 0.4,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.settings, self.folder = settings, folder
         (folder / "logs").mkdir(parents=True, exist_ok=True)
@@ -108,6 +109,7 @@ class AwsStack:
             "AWS_ENDPOINT_URL_CODEBUILD": self.codebuild.endpoint,
             "AWS_ENDPOINT_URL_SECRETS_MANAGER": self.codebuild.endpoint,
             "SCHEDULER_TRACING": "off",  # no X-Ray daemon here
+            **(env or {}),  # the functions' own settings a test changes
         }
         self.cli_env = {
             **os.environ,

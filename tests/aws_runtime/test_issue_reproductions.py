@@ -225,3 +225,35 @@ def test_a_claim_whose_start_was_lost_fails_as_start_failed_and_is_retried(tmp_p
         assert "timed_out" not in history, history
         assert stack.codebuild.books.builds_of[(job, 1)] == 0, history
         assert stack.codebuild.books.builds_of[(job, 2)] == 1, history
+
+
+def test_a_lost_activation_record_is_started_within_the_start_grace(tmp_path: Path) -> None:
+    """The activation's record (the one that claims and starts the build on AWS) is given up by
+    the mapping. The job holds its repository's slot with no run: the reaper starts the run
+    itself once the start grace has passed, not after the job's whole timeout (10 min here),
+    and the attempt builds once and passes."""
+    grace = 5
+    with aws_stack(
+        tmp_path,
+        config(1, timeout_seconds=600),
+        plan=lambda repo, job, attempt: (0.5, "SUCCEEDED"),
+        limits=lambda repo: 1,
+        env={"SCHEDULER_START_GRACE_SECONDS": str(grace)},
+    ) as stack:
+        rule, dropped = drop_once("pending->active")
+        stack.mapping.drop_when(rule)
+        job = stack.deliver_until_accepted("start/activation-lost", "only", "d" * 40)
+        wait_for("the activation's record given up", lambda: dropped == [job], 30)
+        given_up = time.monotonic()
+        assert build_of(stack, job) is None and status(stack, job) == "active"
+        took = wait_for("the job's build", lambda: build_of(stack, job) is not None, grace + 30)
+        wait_for("the job to pass", lambda: status(stack, job) == "passed", 60)
+        ended = stack.jobs()[job]
+        assert ended.attempt == 1, stack.explain(job)
+        assert stack.codebuild.books.builds_of[(job, 1)] == 1, stack.explain(job)
+        assert stack.doctor()["healthy"]
+        print(
+            f"\nlost activation: build started {took:.1f}s after its record was given up"
+            f" (start grace {grace}s, timeout 600s); "
+            f"passed {time.monotonic() - given_up:.1f}s after"
+        )

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from scheduler.db.models import JobModel, RepoModel
-from scheduler.db.store import JobState, JobStore, NewJob, Outcome
+from scheduler.db.store import JobState, JobStore, NewJob, Outcome, RunClaimed
 from scheduler.errors import JobExists, RepositoryFull
 from state_machines import TIMED_OUT, InvalidTransition, JobStatus, TransitionConflict, Trigger
 
@@ -77,14 +77,25 @@ def test_create_writes_a_pending_queued_job_and_counts_it(store: JobStore) -> No
     assert counters()["n_pending"] == 1  # the duplicate changed nothing
 
 
+def test_an_activation_that_claims_its_run_gets_the_timeout_and_the_grace(
+    store: JobStore,
+) -> None:
+    store.activate(store.create(new_job("j1")), slot_limit=1, claim=RunClaimed("j1#1"))
+    item = raw_item("j1")
+    assert item["run_id"] == "j1#1"
+    # timeout 60 s + the start grace of 60 s: the claimed run may still wait for a runner
+    assert item["deadline_at"] == item["activated_at"] + 120_000
+
+
 def test_activation_takes_a_slot_sets_a_deadline_and_leaves_the_queue(store: JobStore) -> None:
     job = store.activate(store.create(new_job("j1")), slot_limit=1)
     assert isinstance(job, JobState) and job.status is JobStatus.ACTIVE and job.version == 1
     item = raw_item("j1")
     assert "queue_repo" not in item and item["deadline_shard"] == "active"
     assert "queue_shard" not in item
-    # timeout 60 s + the default start grace of 60 s until a run claims the job
-    assert item["deadline_at"] == item["activated_at"] + 120_000
+    # No claim in the activation's write: only the default start grace of 60 s, by when the
+    # claim (which sets the timeout's deadline) is due, or the reaper starts the run itself.
+    assert item["deadline_at"] == item["activated_at"] + 60_000
     assert counters() == {
         "running": 1,
         "n_pending": 0,
