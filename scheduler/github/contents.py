@@ -28,7 +28,7 @@ from scheduler import tracing
 from scheduler.errors import DomainError, PipelineFileError, PipelineUnavailable
 from scheduler.github.api import API_VERSION, USER_AGENT
 from scheduler.github.rate_limits import RateLimited, wait_asked
-from scheduler.pipelines import CommitRef, file_too_large
+from scheduler.pipelines import CommitRef, PipelineFileReader, file_too_large
 
 if TYPE_CHECKING:
     import httpx
@@ -156,3 +156,7 @@ def contents_reader_for(settings: Settings) -> ContentsPipelineReader:
     else:
         authorization_for = lambda _repo: None  # noqa: E731
     return ContentsPipelineReader(authorization_for, api_url=settings.github_api_url)
+
+
+def _is_a_reader(reader: ContentsPipelineReader) -> PipelineFileReader:
+    return reader  # mypy holds the class to the port the engine calls
