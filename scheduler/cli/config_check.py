@@ -5,9 +5,8 @@ deploy (or in a repository's own CI), one line each, ``FILE:LINE: key 'K': messa
 exits 2 (a configuration error) if there is any, else prints ``FILE: ok`` and exits 0.
 
 A ``.yml`` / ``.yaml`` FILE is a repository's pipeline file instead
-(:mod:`scheduler.cli.pipeline_check`): its first problem with its line and exit 1 (the
-repository's file is refused, the scheduler's configuration is not at fault), or
-``FILE: ok: N steps: ...`` and exit 0.
+(:mod:`scheduler.cli.pipeline_check`): its first problem with its line and exit 2, as for the
+configuration, or ``FILE: ok: N steps: ...`` and exit 0.
 """
 
 from __future__ import annotations
@@ -69,7 +68,7 @@ def check(
 ) -> None:
     """Check FILE against the configuration's schema: one line per problem and exit 2, or
     'FILE: ok' and exit 0. A .yml/.yaml FILE is checked as a pipeline file
-    (.scheduler/pipeline.yml): its problem and exit 1, or 'FILE: ok: N steps: ...'."""
+    (.scheduler/pipeline.yml): its problem and exit 2, or 'FILE: ok: N steps: ...'."""
     if is_pipeline_file(file):
         _check_pipeline(file, as_json)
         return
@@ -109,4 +108,4 @@ def _check_pipeline(file: Path, as_json: bool) -> None:
     else:
         typer.echo(f"{file}: ok: {summary(checked)}")
     if isinstance(checked, Exception):
-        raise typer.Exit(1)
+        raise typer.Exit(2)

@@ -84,12 +84,12 @@ def test_a_bad_file_is_one_line_with_its_line_number_and_exit_1(
     folder.mkdir()
     (folder / "pipeline.yml").write_text(text)
     done = check(".scheduler/pipeline.yml", cwd=tmp_path)
-    assert (done.returncode, done.stderr) == (1, "")
+    assert (done.returncode, done.stderr) == (2, "")
     (only,) = done.stdout.splitlines()
     assert only.startswith(f".scheduler/pipeline.yml:{line}: {message}")
     done = check("--json", ".scheduler/pipeline.yml", cwd=tmp_path)
     report = json.loads(done.stdout)
-    assert done.returncode == 1 and report["ok"] is False
+    assert done.returncode == 2 and report["ok"] is False
     (problem,) = report["problems"]
     assert problem["line"] == line and problem["message"].startswith(message)
 
@@ -97,7 +97,7 @@ def test_a_bad_file_is_one_line_with_its_line_number_and_exit_1(
 def test_a_file_over_64_kib_and_a_missing_file(tmp_path: Path) -> None:
     (tmp_path / "big.yml").write_text("#" * (64 * 1024 + 1))
     done = check("big.yml", cwd=tmp_path)
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert done.stdout == "big.yml: the file is 65537 bytes, more than the limit of 65536\n"
     done = check("missing.yml", cwd=tmp_path)
     assert done.returncode == 2 and done.stdout == ""
