@@ -24,6 +24,8 @@ runs and with which limits. Key names are fixed by DESIGN.md::
     sandbox = "on"                               # each run in a namespace sandbox (bubblewrap)
     network = true                               # a sandboxed run may use the network
     sandbox_paths = ["/srv/ci-cache"]            # host folders shared read-write with runs
+    pipeline = "repo"                            # the commit's .scheduler/pipeline.yml when it
+                                                 # has one; "config": always `command` alone
 
     [defaults.retry]
     attempts = 1
@@ -58,10 +60,12 @@ from scheduler.repo_name import canonical_repo
 __all__ = [
     "DEFAULT_CONFIG",
     "FORK_MODES",
+    "PIPELINE_MODES",
     "RETRY_REASONS",
     "SANDBOX_MODES",
     "SUPERSEDE_MODES",
     "ForkMode",
+    "PipelineMode",
     "Problem",
     "RepoPolicy",
     "RepositoryConfig",
@@ -80,6 +84,11 @@ SUPERSEDE_MODES: tuple[SupersedeMode, ...] = ("off", "queued", "all")
 ForkMode = Literal["approve", "run", "skip"]
 """What a pull request from a fork gets: held for an operator's approval, built, or ignored."""
 FORK_MODES: tuple[ForkMode, ...] = ("approve", "run", "skip")
+
+PipelineMode = Literal["repo", "config"]
+"""Where a job's pipeline comes from: the commit's ``.scheduler/pipeline.yml`` when it has one
+("repo"), or always the operator's ``command`` as one step ("config")."""
+PIPELINE_MODES: tuple[PipelineMode, ...] = ("repo", "config")
 
 SandboxMode = Literal["on", "off"]
 SANDBOX_MODES: tuple[SandboxMode, ...] = ("on", "off")
@@ -139,6 +148,8 @@ class RepoPolicy:
     network: bool = True
     # Host folders a sandboxed run may read and write (shared build caches), absolute paths.
     sandbox_paths: tuple[str, ...] = ()
+    # Whether the commit's pipeline file is honoured ("repo") or only ``command`` ("config").
+    pipeline: PipelineMode = "repo"
 
     def builds_branch(self, branch: str) -> bool:
         return any(fnmatchcase(branch, pattern) for pattern in self.branches)

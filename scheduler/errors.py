@@ -32,6 +32,7 @@ __all__ = [
     "MethodNotAllowed",
     "PayloadTooLarge",
     "PipelineFileError",
+    "PipelineUnavailable",
     "RepoNotFound",
     "RepositoryFull",
     "RequestTimeout",
@@ -305,3 +306,17 @@ class PipelineFileError(DomainError):
         self.reason = reason
         self.line = line
         self.source = source
+
+
+class PipelineUnavailable(DomainError):
+    """A commit's pipeline file could not be read now (GitHub or the remote unreachable, a 5xx,
+    a timeout, a rate limit): not the file's fault, so the pipeline does not fail for it; the
+    read is tried again later (after ``retry_after_seconds`` when GitHub said how long)."""
+
+    http_status = 503
+
+    def __init__(self, repo: str, sha: str, why: str, retry_after_seconds: float | None = None):
+        super().__init__(f"cannot read the pipeline file of {repo} at {sha[:12]} now: {why}")
+        self.repo = repo
+        self.sha = sha
+        self.retry_after_seconds = retry_after_seconds

@@ -7,10 +7,15 @@ key, ``iss`` the App id, at most ten minutes) for ``/app/...`` and the installat
 repository) for everything else, and each body's shape (check runs: GitHub's fields, enums and
 size limits). A request that fails a check is answered 400/401 and recorded in ``problems``:
 a test asserts that list stays empty. It can answer rate limits (:meth:`limit_next`).
+
+Repository files are served by the contents API (:meth:`put_file`, :meth:`put_folder`) with
+``Accept: application/vnd.github.raw+json`` only, at ``?ref=<sha>``; an operator's personal
+token (``Bearer <token>``, :attr:`personal_tokens`) is accepted on repository routes too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
@@ -26,6 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 MEDIA_TYPE = "application/vnd.github+json"
+RAW_MEDIA_TYPE = "application/vnd.github.raw+json"
 API_VERSION = "2022-11-28"
 STATUSES = {"queued", "in_progress", "completed", "waiting", "requested", "pending"}
 CONCLUSIONS = {
@@ -64,6 +70,14 @@ class Seen:
 
 
 @dataclass
+class Raw:
+    """An answer sent as it is (a file's bytes), not as JSON."""
+
+    data: bytes
+    content_type: str = "application/vnd.github.raw"
+
+
+@dataclass
 class CheckRun:
     id: int
     repo: str
@@ -84,6 +98,12 @@ class GitHubStandIn:
         self.seen: list[Seen] = []
         self.problems: list[str] = []
         self._limits: list[tuple[int, dict[str, str], str]] = []
+        self.files: dict[tuple[str, str, str], bytes] = {}  # (repo lower, sha, path) -> bytes
+        self.folders: set[tuple[str, str, str]] = set()
+        self.personal_tokens: set[str] = set()  # accepted as "Bearer <token>" on repo routes
+        self.delays: list[float] = []  # seconds the next answers wait before they are sent
+        # Raw answers without Content-Length (the body ends when the connection closes).
+        self.no_content_length = False
         self._spent: int | None = None  # the reset (epoch s) a success announces, once
         self._lock = threading.Lock()
         self._next_id = 1000
@@ -121,6 +141,12 @@ class GitHubStandIn:
     ) -> None:
         """Answer the next ``count`` requests with a rate limit (then serve as usual)."""
         self._limits.extend([(status, headers or {}, message)] * count)
+
+    def put_file(self, repo: str, sha: str, path: str, content: bytes) -> None:
+        self.files[(repo.lower(), sha, path)] = content
+
+    def put_folder(self, repo: str, sha: str, path: str) -> None:
+        self.folders.add((repo.lower(), sha, path))
 
     def spend_window(self, reset_in_seconds: int) -> None:
         """The next successful answer says it was the window's last request."""
@@ -166,6 +192,8 @@ class GitHubStandIn:
         return None
 
     def _token_ok(self, authorization: str, repo: str) -> str | None:
+        if authorization.removeprefix("Bearer ") in self.personal_tokens:
+            return None
         if not authorization.startswith("token "):
             return "a repository route needs Authorization: token <installation token>"
         found = self.tokens.get(authorization.removeprefix("token "))
@@ -200,6 +228,9 @@ class GitHubStandIn:
                 with stand_in._lock:
                     stand_in.seen.append(seen)
                     limit = stand_in._limits.pop(0) if stand_in._limits else None
+                    delay = stand_in.delays.pop(0) if stand_in.delays else 0.0
+                if delay:
+                    time.sleep(delay)
                 status, answer, extra = stand_in._answer(seen, limit)
                 if status < 400 and stand_in._spent is not None:
                     extra = {
@@ -208,14 +239,22 @@ class GitHubStandIn:
                         "x-ratelimit-reset": str(stand_in._spent),
                     }
                     stand_in._spent = None
-                data = json.dumps(answer).encode() if answer is not None else b""
+                raw = isinstance(answer, Raw)
+                if isinstance(answer, Raw):
+                    data, content_type = answer.data, answer.content_type
+                else:
+                    data = json.dumps(answer).encode() if answer is not None else b""
+                    content_type = "application/json; charset=utf-8"
                 self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
+                self.send_header("content-type", content_type)
+                if not (raw and stand_in.no_content_length):
+                    self.send_header("content-length", str(len(data)))
                 for name, value in extra.items():
                     self.send_header(name, value)
                 self.end_headers()
-                self.wfile.write(data)
+                # A client that gave up (its timeout, a body refused past a limit) is gone.
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    self.wfile.write(data)
 
             do_GET = do_POST = do_PATCH = _serve
 
@@ -224,8 +263,13 @@ class GitHubStandIn:
     def _answer(
         self, seen: Seen, limit: tuple[int, dict[str, str], str] | None
     ) -> tuple[int, Any, dict[str, str]]:
-        if seen.headers.get("accept") != MEDIA_TYPE:
-            return self._refuse(400, f"{seen.method} {seen.path}: Accept is not {MEDIA_TYPE}")
+        media_type = (
+            RAW_MEDIA_TYPE
+            if re.fullmatch(r"/repos/[^/]+/[^/]+/contents/.+", seen.path)
+            else MEDIA_TYPE
+        )
+        if seen.headers.get("accept") != media_type:
+            return self._refuse(400, f"{seen.method} {seen.path}: Accept is not {media_type}")
         if seen.headers.get("x-github-api-version") != API_VERSION:
             return self._refuse(400, f"{seen.method} {seen.path}: no X-GitHub-Api-Version")
         if limit is not None:
@@ -291,9 +335,22 @@ class GitHubStandIn:
         if match := re.fullmatch(r"/collaborators/([^/]+)/permission", rest):
             permission = self.permissions.get((repo.lower(), match.group(1)), "none")
             return 200, {"permission": permission, "user": {"login": match.group(1)}}, {}
+        if rest.startswith("/contents/") and seen.method == "GET":
+            return self._contents(seen, repo, rest.removeprefix("/contents/"))
         if re.fullmatch(r"/statuses/[0-9a-f]{40}", rest) and seen.method == "POST":
             return 201, {"state": (seen.body or {}).get("state")}, {}
         return self._refuse(404, f"no route {seen.method} /repos/{repo}{rest}")
+
+    def _contents(self, seen: Seen, repo: str, path: str) -> tuple[int, Any, dict[str, str]]:
+        refs = seen.query.get("ref", [])
+        if len(refs) != 1 or not _SHA.fullmatch(refs[0]) or set(seen.query) != {"ref"}:
+            return self._refuse(400, f"contents of {repo}: query {seen.query} is not ?ref=<sha>")
+        key = (repo.lower(), refs[0], path)
+        if key in self.folders:  # GitHub lists a folder as JSON whatever the media type
+            return 200, [{"type": "file", "name": "x", "path": f"{path}/x"}], {}
+        if key in self.files:
+            return 200, Raw(self.files[key]), {}
+        return 404, {"message": "Not Found"}, {}
 
     def _refuse(self, status: int, problem: str) -> tuple[int, Any, dict[str, str]]:
         self.problems.append(problem)

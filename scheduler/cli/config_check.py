@@ -3,6 +3,10 @@
 The server refuses a bad file at start-up with its first problem; this lists them all before a
 deploy (or in a repository's own CI), one line each, ``FILE:LINE: key 'K': message``, and
 exits 2 (a configuration error) if there is any, else prints ``FILE: ok`` and exits 0.
+
+A ``.yml`` / ``.yaml`` FILE is a repository's pipeline file instead
+(:mod:`scheduler.cli.pipeline_check`): its first problem with its line and exit 2, as for the
+configuration, or ``FILE: ok: N steps: ...`` and exit 0.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Annotated
 
 import typer
 
+from scheduler.cli.pipeline_check import check_pipeline, is_pipeline_file, summary
 from scheduler.config import check_document
 from scheduler.config_lines import key_lines, line_of
 from scheduler.errors import ConfigurationError
@@ -62,7 +67,11 @@ def check(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Check FILE against the configuration's schema: one line per problem and exit 2, or
-    'FILE: ok' and exit 0."""
+    'FILE: ok' and exit 0. A .yml/.yaml FILE is checked as a pipeline file
+    (.scheduler/pipeline.yml): its problem and exit 2, or 'FILE: ok: N steps: ...'."""
+    if is_pipeline_file(file):
+        _check_pipeline(file, as_json)
+        return
     try:
         text = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -77,4 +86,26 @@ def check(
     else:
         typer.echo(f"{file}: ok")
     if found:
+        raise typer.Exit(2)
+
+
+def _check_pipeline(file: Path, as_json: bool) -> None:
+    try:
+        content = file.read_bytes()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read pipeline file {file}: {exc}") from exc
+    checked = check_pipeline(content, str(file))
+    if as_json:
+        report: dict[str, object] = {"file": str(file), "ok": True, "problems": []}
+        if isinstance(checked, Exception):
+            problem = Finding(checked.line, None, checked.reason)
+            report.update(ok=False, problems=[asdict(problem)])
+        else:
+            report["steps"] = list(checked.keys)
+        typer.echo(json.dumps(report))
+    elif isinstance(checked, Exception):
+        typer.echo(str(checked))
+    else:
+        typer.echo(f"{file}: ok: {summary(checked)}")
+    if isinstance(checked, Exception):
         raise typer.Exit(2)

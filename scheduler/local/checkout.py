@@ -28,11 +28,19 @@ import re
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from scheduler.errors import DomainError
 
-__all__ = ["TOKEN_VARIABLE", "CheckoutFailed", "CommitNotFound", "SourceCheckout", "TokenSource"]
+__all__ = [
+    "TOKEN_VARIABLE",
+    "CheckoutFailed",
+    "CommitFile",
+    "CommitNotFound",
+    "SourceCheckout",
+    "TokenSource",
+]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +78,29 @@ class CommitNotFound(DomainError):
     """The remote answered but has no such commit: the job's failure (reason ``error``)."""
 
 
+# Git's modes of a regular file (a symbolic link is 120000, a folder 040000, a submodule 160000).
+REGULAR_MODES = frozenset({"100644", "100755"})
+
+
+@dataclass(frozen=True, slots=True)
+class CommitFile:
+    """What a commit has at a path: its git ``mode``, its ``size`` (None for a folder or a
+    submodule) and its ``content``, read only for a regular file within the size asked."""
+
+    mode: str
+    size: int | None
+    content: bytes | None
+
+    @property
+    def kind(self) -> str:
+        """What it is, as a person says it."""
+        if self.mode in REGULAR_MODES:
+            return "a file"
+        return {"120000": "a symbolic link", "040000": "a folder", "160000": "a submodule"}.get(
+            self.mode, f"an entry of mode {self.mode}"
+        )
+
+
 class SourceCheckout:
     def __init__(
         self,
@@ -89,6 +120,52 @@ class SourceCheckout:
 
     def prepare(self, repo: str, clone_url: str | None, sha: str, workdir: Path) -> None:
         """Make ``workdir`` a fresh work tree of ``repo`` at ``sha``, fetched from ``clone_url``."""
+        mirror, url = self._mirror(repo, clone_url, sha)
+        with self._locked(mirror):
+            self._fetch(mirror, url, sha, self._token_of(repo))
+            shutil.rmtree(workdir, ignore_errors=True)  # what a lost earlier start left
+            workdir.parent.mkdir(parents=True, exist_ok=True)
+            clone = ["clone", "--quiet", "--shared", "--no-checkout", str(mirror), str(workdir)]
+            self._git("clone", clone)
+        self._git("checkout", ["-C", str(workdir), "checkout", "--quiet", "--detach", sha])
+
+    def read_file(
+        self, repo: str, clone_url: str | None, sha: str, path: str, *, max_bytes: int
+    ) -> CommitFile | None:
+        """The entry at ``path`` in ``sha`` (None: the commit has none), its content read only
+        when it is a regular file of at most ``max_bytes``: a large file's size is known from
+        the tree before any of it is read. The commit is fetched into the mirror first, as for
+        a checkout (same lock, same errors), so the run's checkout then finds it there."""
+        mirror, url = self._mirror(repo, clone_url, sha)
+        with self._locked(mirror):
+            self._fetch(mirror, url, sha, self._token_of(repo))
+        # `ls-tree -l`: "<mode> <type> <object> <size>\t<path>" (size "-" for a folder), or
+        # nothing when the commit has no such path. -z: the path is never quoted.
+        listing = self._run(
+            ["-C", str(mirror), "ls-tree", "-l", "-z", sha, "--", path], LOCAL_TIMEOUT_SECONDS
+        )
+        if listing.returncode != 0:
+            raise CheckoutFailed(f"git ls-tree: {_last_line(listing.stderr)}")
+        entry = listing.stdout.split("\0", 1)[0]
+        if not entry:
+            return None
+        fields, _, _name = entry.partition("\t")
+        mode, kind, obj, size = fields.split()
+        found = CommitFile(mode, int(size) if size.isdigit() else None, None)
+        if kind != "blob" or mode not in REGULAR_MODES or found.size is None:
+            return found
+        if found.size > max_bytes:
+            return found
+        blob = self._run_bytes(["-C", str(mirror), "cat-file", "blob", obj], LOCAL_TIMEOUT_SECONDS)
+        if blob.returncode != 0:
+            raise CheckoutFailed(
+                f"git cat-file: {_last_line(blob.stderr.decode(errors='replace'))}"
+            )
+        return CommitFile(mode, found.size, blob.stdout)
+
+    def _mirror(self, repo: str, clone_url: str | None, sha: str) -> tuple[Path, str]:
+        """The mirror of ``repo`` and the URL to fetch into it from, once ``clone_url`` and
+        ``sha`` are known to be usable."""
         if not clone_url:
             # The webhook keeps a payload's clone URL only when it is the repository's own on
             # the GitHub host (scheduler.github.clone_urls): anything else lands here.
@@ -99,14 +176,7 @@ class SourceCheckout:
             )
         if _SHA.fullmatch(sha) is None:
             raise CommitNotFound(f"{sha!r} is not a commit sha")
-        mirror = self._mirrors / _mirror_name(repo)
-        with self._locked(mirror):
-            self._fetch(mirror, clone_url, sha, self._token_of(repo))
-            shutil.rmtree(workdir, ignore_errors=True)  # what a lost earlier start left
-            workdir.parent.mkdir(parents=True, exist_ok=True)
-            clone = ["clone", "--quiet", "--shared", "--no-checkout", str(mirror), str(workdir)]
-            self._git("clone", clone)
-        self._git("checkout", ["-C", str(workdir), "checkout", "--quiet", "--detach", sha])
+        return self._mirrors / _mirror_name(repo), clone_url
 
     def _token_of(self, repo: str) -> str | None:
         if self._token_for is None:
@@ -149,13 +219,19 @@ class SourceCheckout:
     def _run(
         self, args: Sequence[str], timeout: float, token: str | None = None
     ) -> subprocess.CompletedProcess[str]:
+        done = self._run_bytes(args, timeout, token)
+        stdout, stderr = (out.decode("utf-8", "replace") for out in (done.stdout, done.stderr))
+        return subprocess.CompletedProcess(done.args, done.returncode, stdout, stderr)
+
+    def _run_bytes(
+        self, args: Sequence[str], timeout: float, token: str | None = None
+    ) -> subprocess.CompletedProcess[bytes]:
         try:
             return subprocess.run(
                 ["git", *args],
                 env=self._environment(token),
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
-                text=True,
                 timeout=timeout,
                 check=False,
             )

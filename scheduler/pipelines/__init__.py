@@ -19,6 +19,13 @@ from scheduler.pipelines.record import (
     step_from_record,
     step_record,
 )
+from scheduler.pipelines.source import (
+    CommitRef,
+    PipelineFileReader,
+    config_pipeline,
+    file_too_large,
+    pipeline_for,
+)
 from scheduler.pipelines.spec import MAX_FILE_BYTES, MAX_STEPS, parse_pipeline
 
 __all__ = [
@@ -27,20 +34,25 @@ __all__ = [
     "MAX_FILE_BYTES",
     "MAX_STEPS",
     "PIPELINE_FILE",
+    "CommitRef",
     "Condition",
     "Decision",
     "EndStatus",
     "Pipeline",
+    "PipelineFileReader",
     "RunFacts",
     "Step",
     "StepRecord",
     "StepStatus",
     "Verdict",
+    "config_pipeline",
     "decide",
     "expand",
+    "file_too_large",
     "one_step_pipeline",
     "parse_condition",
     "parse_pipeline",
+    "pipeline_for",
     "pipeline_from_records",
     "step_from_record",
     "step_record",

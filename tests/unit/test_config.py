@@ -108,6 +108,8 @@ def test_a_file_is_read_from_its_path(tmp_path: Path) -> None:
         ('[repos."a/b"]\nconcurency = 1', 'repos."a/b".concurency', "unknown key"),
         ('[repos."a/b"]\nconcurrency = 0', 'repos."a/b".concurrency', "between 1 and"),
         ('[repos."a/b"]\n[repos."A/B"]', 'repos."A/B"', "listed twice"),
+        ("[defaults]\npipeline = 'file'", "defaults.pipeline", '"repo", "config", not \'file\''),
+        ('[repos."a/b"]\npipeline = true', 'repos."a/b".pipeline', "not a boolean"),
     ],
 )
 def test_a_bad_file_is_one_error_naming_the_key(text: str, key: str, message: str) -> None:
@@ -131,3 +133,27 @@ def test_retry_backoff_doubles_per_automatic_retry() -> None:
     assert RetryPolicy().delay_seconds(3) == 0.0
     with pytest.raises(ConfigurationError, match="backoff_seconds"):
         parse_config("[defaults.retry]\nbackoff_seconds = -1\n")
+
+
+def test_pipeline_is_the_repositorys_file_unless_a_repository_says_config() -> None:
+    config = parse_config(
+        """
+        [repos."octo-org/api"]
+        pipeline = "config"
+        [repos."octo-org/web"]
+        pipeline = "repo"
+        """
+    )
+    assert DEFAULT_CONFIG.defaults.pipeline == "repo"
+    assert config.policy("octo-org/api").pipeline == "config"
+    assert config.policy("octo-org/web").pipeline == "repo"
+    assert config.policy("octo-org/other").pipeline == "repo"
+
+
+def test_a_bad_pipeline_mode_names_the_repository_and_the_value() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        parse_config('[repos."octo-org/api"]\npipeline = "repos"\n', source="repos.toml")
+    assert str(caught.value) == (
+        'repos.toml: key \'repos."octo-org/api".pipeline\': must be one of "repo",'
+        " \"config\", not 'repos', did you mean 'repo'?"
+    )

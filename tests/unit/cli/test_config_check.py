@@ -21,6 +21,7 @@ from scheduler.cli import main
 from scheduler.cli.config_check import Finding, findings
 from scheduler.config import (
     FORK_MODES,
+    PIPELINE_MODES,
     RETRY_REASONS,
     SANDBOX_MODES,
     SUPERSEDE_MODES,
@@ -54,6 +55,7 @@ secrets = ["NPM_TOKEN"]
 sandbox = "on"
 network = false
 sandbox_paths = ["/srv/ci-cache"]
+pipeline = "config"
 
 [defaults.retry]
 attempts = 3
@@ -192,6 +194,7 @@ def test_the_schema_describes_what_the_server_builds() -> None:
     assert tuple(policy["supersede"]["enum"]) == SUPERSEDE_MODES
     assert tuple(policy["fork_pull_requests"]["enum"]) == FORK_MODES
     assert tuple(policy["sandbox"]["enum"]) == SANDBOX_MODES
+    assert tuple(policy["pipeline"]["enum"]) == PIPELINE_MODES
     assert tuple(retry["on"]["items"]["enum"]) == RETRY_REASONS
 
 
