@@ -25,7 +25,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, NotRequired, TypedDict
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 from urllib.parse import parse_qsl, unquote
 
 from scheduler import tracing
@@ -54,6 +54,9 @@ from scheduler.settings import (
     Settings,
 )
 from scheduler.store_outage import STORE
+
+if TYPE_CHECKING:
+    from scheduler.github.app_mode import AppRequests
 
 __all__ = [
     "Application",
@@ -422,6 +425,17 @@ def create_query_app(
     )
 
 
+def _app_requests(
+    settings: Settings, store: JobStore, config: RepositoryConfig
+) -> AppRequests | None:
+    """The handler of the App's deliveries in App mode; else None, with nothing imported."""
+    if not settings.github_app_id:
+        return None
+    from scheduler.github.app_mode import app_requests_for
+
+    return app_requests_for(settings, store, config)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -438,8 +452,8 @@ def create_app(
     settings' tables and endpoint.
     """
     # GitHub's side is imported here, not with the module: the read routes' Lambda function
-    # (create_query_app) receives no delivery and needs none of it (httpx among it).
-    from scheduler.github.app_mode import app_requests_for
+    # (create_query_app) receives no delivery and needs none of it; and App mode (httpx, the
+    # App's API client) only when it is configured.
     from scheduler.github.clone_urls import github_host
     from scheduler.github.delivery import WebhookService, webhook_secret
 
@@ -457,7 +471,7 @@ def create_app(
         clock=clock,
         guard_window_ms=settings.retention_days * DAY_MS,
         github_host=github_host(settings.github_api_url),
-        app=app_requests_for(settings, store, config),  # GitHub App mode, else None
+        app=_app_requests(settings, store, config),  # GitHub App mode, else None
     )
 
     def receive(request: Request) -> Response:

@@ -1,21 +1,3 @@
-"""GitHub's side: signatures and payloads (pure), a delivery made a job, commit statuses."""
-
-from scheduler.github.delivery import WebhookAnswer, WebhookService, webhook_secret
-from scheduler.github.payload import BuildRequest, Delivery, interpret, parse_delivery
-from scheduler.github.signature import sign, verify_signature
-from scheduler.github.statuses import GitHubNotifier, StatusUpdate, status_for
-
-__all__ = [
-    "BuildRequest",
-    "Delivery",
-    "GitHubNotifier",
-    "StatusUpdate",
-    "WebhookAnswer",
-    "WebhookService",
-    "interpret",
-    "parse_delivery",
-    "sign",
-    "status_for",
-    "verify_signature",
-    "webhook_secret",
-]
+"""GitHub's side: signatures and payloads (pure), a delivery made a job, commit statuses, the
+GitHub App. Import the module you need: nothing is imported here, so a function that verifies
+deliveries does not load the HTTP client that only statuses and check runs use."""

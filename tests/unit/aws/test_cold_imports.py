@@ -35,7 +35,8 @@ NOWHERE = {"prometheus_client", "opentelemetry", "aws_xray_sdk", "jwt", "cryptog
 # The functions that serve no HTTP and post nothing to GitHub (no token configured).
 NO_HTTP = {"jinja2", "markupsafe", "httpx", "httpcore", "scheduler.api", "scheduler.github"}
 MUST_NOT_LOAD = {
-    "WebhookFunction": NOWHERE | {"jinja2", "markupsafe"},  # serves no page
+    # Serves no page; posts nothing to GitHub when no token is configured.
+    "WebhookFunction": NOWHERE | {"jinja2", "markupsafe", "httpx", "httpcore"},
     "ApiFunction": NOWHERE | {"httpx", "httpcore", "scheduler.github"},  # receives no delivery
     "StreamFunction": NOWHERE | NO_HTTP,
     "CompletionFunction": NOWHERE | NO_HTTP,
