@@ -63,6 +63,7 @@ __all__ = [
     "app_requests_for",
     "attach",
     "github_app",
+    "tokens_bought",
 ]
 
 log = logging.getLogger(__name__)
@@ -218,6 +219,13 @@ def github_app(settings: Settings) -> GitHubApp | None:
         )
         _APPS[key] = made
         return made
+
+
+def tokens_bought() -> tuple[str, ...]:
+    """The installation tokens every App of this process bought (masked in run output)."""
+    with _APPS_LOCK:
+        apps = list(_APPS.values())
+    return tuple(token for app in apps for token in app.auth.bought())
 
 
 def attach(core: Core) -> None:
