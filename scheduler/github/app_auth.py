@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -157,6 +157,21 @@ class AppAuth:
 
     def authorization_for(self, repo: str) -> str:
         return f"token {self.token_for(repo)}"
+
+    def scoped_token(self, repo: str, permissions: Mapping[str, str]) -> str:
+        """A token of ``repo``'s installation that may act on ``repo`` alone, with
+        ``permissions`` only (``{"contents": "read"}`` for a build's fetch): bought afresh,
+        never cached, so what holds it can do no more than that, for its hour at most."""
+        installation_id = self.installation_for(repo)
+        path = f"/app/installations/{installation_id}/access_tokens"
+        body = {"repositories": [repo.split("/", 1)[1]], "permissions": dict(permissions)}
+        answer = self._api.request("POST", path, authorization=self.app_authorization(), json=body)
+        self.tokens_bought += 1
+        if not isinstance(answer, dict) or not isinstance(answer.get("token"), str):
+            raise GitHubApiError("POST", path, 201, "no token in the answer")
+        with self._lock:
+            self._bought.append(answer["token"])
+        return str(answer["token"])
 
     def bought(self) -> tuple[str, ...]:
         """Every installation token this process bought (newest :data:`BOUGHT_KEPT`): what no
