@@ -401,19 +401,40 @@ class AppRequests:
             return None
 
     def _rerun_suite(self, request: CheckSuiteRequest) -> WebhookAnswer:
+        """One new attempt per failed job of the suite's commit, however often it is asked.
+
+        Concurrent deliveries (five clicks, a redelivery racing the first) race for each job's
+        guarded retry: one wins. A delivery that comes after its re-run failed again (GitHub
+        redelivers it, or it was late) finds the job's failure newer than the click, by the
+        time GitHub made the delivery (the same on every redelivery): answered already. As
+        with ``check_run``'s newer check run, a later click (a delivery made later) re-runs.
+        """
         operations = Operations(self._store, self._queries, actor=ACTOR)
         failed = [
-            job.job_id
+            job
             for job in self._queries.iter_jobs(request.repo, JobFilter(status=JobStatus.FAILED))
             if job.sha == request.head_sha
         ]
         retried = []
-        for job_id in failed:
+        answered = []
+        for job in failed:
+            if (
+                request.asked_at_ms is not None
+                and job.finished_at is not None
+                and job.finished_at > request.asked_at_ms
+            ):
+                answered.append(job.job_id)  # failed again after this click re-ran it
+                continue
             try:
-                retried.append(operations.retry(job_id).job_id)
+                retried.append(operations.retry(job.job_id).job_id)
             except (TransitionConflict, InvalidTransition, JobNotFound):
                 continue  # re-run meanwhile
-        return WebhookAnswer(202 if retried else 200, {"retried": retried})
+        body: dict[str, Any] = {"retried": retried}
+        if not retried:
+            body["reason"] = (
+                "already re-run" if answered or failed else "no failed job of this commit"
+            )
+        return WebhookAnswer(202 if retried else 200, body)
 
 
 def app_requests_for(
