@@ -66,6 +66,9 @@ class Core:
     observers: tuple[TransitionObserver, ...] = field(default=())
     # Run output (the log route): read through the runtime's reader, masked per repository.
     logs: RunLogs | None = None
+    # What must be done before a Lambda invocation returns (its sandbox is frozen after):
+    # sending what the batch queued for GitHub (App mode's check runs, merged per job).
+    at_invocation_end: list[Callable[[], object]] = field(default_factory=list)
 
     @cached_property
     def sweeper(self) -> QueueSweeper:
@@ -140,6 +143,10 @@ class Core:
             extra_routes=self._read_routes(),
             auth=self.auth,
         )
+
+    def end_invocation(self) -> None:
+        for finish in self.at_invocation_end:
+            finish()
 
     def close(self) -> None:
         if self.notifier is not None:

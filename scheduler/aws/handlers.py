@@ -128,7 +128,11 @@ def stream(event: dict[str, Any], context: Any) -> PartialBatchResponse:
     a throttled or briefly unreachable table does not use up the mapping's retry attempts.
     """
     time_left = getattr(context, "get_remaining_time_in_millis", None)
-    return core().dispatcher.handle_event(event, time_left_ms=time_left or (lambda: 0))
+    the_core = core()
+    try:
+        return the_core.dispatcher.handle_event(event, time_left_ms=time_left or (lambda: 0))
+    finally:
+        the_core.end_invocation()  # the batch's check run updates, one request per job
 
 
 @per_invocation()  # one CloudWatch embedded-metric-format line

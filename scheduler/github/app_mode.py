@@ -22,6 +22,7 @@ time, so a redelivered or late one cannot undo a newer one.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -199,12 +200,14 @@ def github_app(settings: Settings) -> GitHubApp | None:
         api = GitHubApi(settings.github_api_url)
         auth = AppAuth(settings.github_app_id, settings.github_app_private_key, api)
         checks = CheckRuns(api, auth)
-        # On Lambda each update is sent before the invocation returns (a frozen sandbox's
-        # thread would lose it); elsewhere one worker sends, merging a second's changes.
+        # On Lambda the updates of one invocation are merged per job and sent before it
+        # returns (Core.end_invocation: a frozen sandbox's thread would lose them), so a
+        # batch that moves a job queued -> in progress -> completed makes one request;
+        # elsewhere one worker sends, merging a second's changes.
         queue: SendQueue[str, CheckState] = SendQueue(
             checks.send,
             merge,
-            window_seconds=0.0 if settings.on_lambda else 1.0,
+            window_seconds=math.inf if settings.on_lambda else 1.0,
             background=not settings.on_lambda,
             pause=api.pause_seconds,
         )
@@ -260,6 +263,8 @@ def attach(core: Core) -> None:
         added = (statuses, observer)
     core.dispatcher.observers = (*core.dispatcher.observers, *added)
     core.observers = (*core.observers, *added)
+    if core.settings.on_lambda:
+        core.at_invocation_end.append(app.queue.flush)
     closing = core.close
 
     def close() -> None:  # what is still queued for GitHub is sent before the core goes
