@@ -25,8 +25,10 @@ The buildspec fetches the commit itself (``NO_SOURCE``): git gets the token thro
 credential helper both runtimes use (:mod:`scheduler.git_credentials`: https to the GitHub host
 only), then the variable is unset before the repository's command runs. The parameter is
 deleted when the build's completion is reported (:func:`parameter_of`, from the build's own
-environment in the event); one left behind by a lost completion event holds a token that has
-expired within the hour.
+environment in the event), or when the reaper finds the build ended and its event lost; one
+left behind even so holds a token that expires within the hour. The token is not revoked
+early: that is a request to GitHub with the token itself, from a function that loads no
+GitHub client (the completion function's cold start).
 """
 
 from __future__ import annotations

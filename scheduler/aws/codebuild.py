@@ -59,7 +59,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
-from scheduler.aws.build_tokens import BuildTokens, fetch_command
+from scheduler.aws.build_tokens import BuildTokens, fetch_command, parameter_of
 from scheduler.runs.executor import (
     UNCLAIMED,
     ClaimResult,
@@ -354,7 +354,21 @@ class CodeBuildExecutor:
         except _CannotTell as exc:
             log.warning("CodeBuild cannot tell how a build ended: %s", exc)
             return None
-        return result_from_build(build) if build is not None else None
+        result = result_from_build(build) if build is not None else None
+        if result is not None and build is not None:
+            self._discard_token(build)  # its completion event (which would have) was lost
+        return result
+
+    def _discard_token(self, build: Mapping[str, Any]) -> None:
+        """Delete the git token parameter an ended build names (App mode); a failure is only
+        logged: the token expires within the hour anyway."""
+        if self.git_tokens is None:
+            return
+        variables = (build.get("environment") or {}).get("environmentVariables") or []
+        try:
+            self.git_tokens.discard(parameter_of(variables))
+        except (ClientError, BotoCoreError) as exc:
+            log.warning("build git token not deleted: %s", describe(exc))
 
     def _build(self, run_id: str) -> Mapping[str, Any] | None:
         """Build ``run_id`` as ``BatchGetBuilds`` describes it (None: CodeBuild does not know

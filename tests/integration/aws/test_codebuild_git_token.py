@@ -210,6 +210,33 @@ def test_the_completion_deletes_the_builds_token_parameter(runtime: Core) -> Non
         parameters.assert_no_pending_responses()
 
 
+def test_the_reaper_deletes_the_token_of_a_build_whose_completion_was_lost(runtime: Core) -> None:
+    executor = executor_of(runtime)
+    ssm = ssm_client(executor)
+    name = executor.start_build_kwargs(request())["environmentVariablesOverride"][-2]["value"]
+    build_id = f"{PROJECT}:b-lost"
+    ended = {
+        "id": build_id,
+        "buildStatus": "FAILED",
+        "environment": {
+            "type": "ARM_CONTAINER",
+            "image": "aws/codebuild/amazonlinux-aarch64-standard:3.0",
+            "computeType": "BUILD_GENERAL1_SMALL",
+            "environmentVariables": [
+                {"name": "SCHEDULER_JOB_ID", "value": "gh-token-job", "type": "PLAINTEXT"},
+                {"name": "SCHEDULER_ATTEMPT", "value": "1", "type": "PLAINTEXT"},
+                {"name": "SCHEDULER_GIT_TOKEN", "value": name, "type": "PARAMETER_STORE"},
+            ],
+        },
+    }
+    with Stubber(executor._client) as codebuild, Stubber(ssm) as parameters:
+        codebuild.add_response("batch_get_builds", {"builds": [ended]}, {"ids": [build_id]})
+        parameters.add_response("delete_parameter", {}, {"Name": name})
+        result = executor.result_of(build_id)  # what the reaper asks before a timeout
+        parameters.assert_no_pending_responses()
+    assert result is not None and (result.job_id, result.exit_code) == ("gh-token-job", 1)
+
+
 def test_the_buildspecs_fetch_checks_out_the_commit_and_drops_the_token(tmp_path: Path) -> None:
     origin = make_origin(tmp_path / "origin")
     work = tmp_path / "build"
