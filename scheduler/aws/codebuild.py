@@ -191,7 +191,9 @@ class CodeBuildExecutor:
             kwargs.update(source_override(request))
         if request.command:
             # The command is operator configuration; quoting keeps each argv item one word.
-            commands.append(shlex.join(request.command))
+            # After a fetch, on the fetch's line: the shell that unset the token runs it.
+            command = shlex.join(request.command)
+            commands = [f"{commands[0]} && {command}"] if commands else [command]
         if commands:
             kwargs["buildspecOverride"] = "version: 0.2\nphases:\n  build:\n    commands:\n" + (
                 "".join(f"      - {json_quote(command)}\n" for command in commands)

@@ -118,8 +118,10 @@ def test_a_build_fetches_with_a_scoped_token_the_request_only_names(
     assert variables["SCHEDULER_CLONE_URL"]["value"] == CLONE_URL
     assert params["sourceTypeOverride"] == "NO_SOURCE"
     assert "sourceLocationOverride" not in params
-    assert json.dumps(fetch_command(HOST)) in params["buildspecOverride"]  # the fetch, then
-    assert params["buildspecOverride"].rstrip().endswith('- "make test"')
+    # One line: the fetch, then the command in the shell that unset the token.
+    spec = params["buildspecOverride"]
+    assert spec.endswith(f"      - {json.dumps(fetch_command(HOST) + ' && make test')}\n")
+    assert spec.count("\n      - ") == 1
     before = len(github.requests("POST", "/app/installations/"))
     with Stubber(executor._client) as codebuild, Stubber(ssm) as parameters:
         parameters.add_response(
@@ -248,7 +250,7 @@ def test_the_buildspecs_fetch_checks_out_the_commit_and_drops_the_token(tmp_path
         "SCHEDULER_CLONE_URL": str(origin.path),
         "SCHEDULER_SHA": origin.pull,
     }
-    script = f"{fetch_command('github.com')}\nenv\ngit rev-parse HEAD"
+    script = f"{fetch_command('github.com')} && env && git rev-parse HEAD"  # as the buildspec
     done = subprocess.run(
         ["bash", "-c", script],
         cwd=work,
