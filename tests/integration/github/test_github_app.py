@@ -515,6 +515,16 @@ def test_a_check_run_acts_on_its_own_repositorys_jobs_only(
         ),
         ("installation", lambda b: b.pop("installation"), "missing field 'installation'"),
         (
+            "check_suite",
+            lambda b: b["check_suite"].update(head_branch=7),
+            "'check_suite.head_branch' must be",
+        ),
+        (
+            "check_suite",
+            lambda b: b["check_suite"].update(head_branch="x" * 300),
+            "'check_suite.head_branch' has a component over",
+        ),
+        (
             "installation_repositories",
             lambda b: b.update(repositories_added=[{"full_name": "no-slash"}]),
             "not OWNER/NAME",
@@ -524,7 +534,11 @@ def test_a_check_run_acts_on_its_own_repositorys_jobs_only(
 def test_malformed_app_deliveries_are_refused_with_a_message(
     server: LocalHTTPServer, event: str, change: Any, message: str
 ) -> None:
-    action = {"check_run": "rerequested", "installation": "created"}.get(event, "added")
+    action = {
+        "check_run": "rerequested",
+        "installation": "created",
+        "check_suite": "requested",
+    }.get(event, "added")
     body = sample(event, action)
     if event == "check_run":
         body["check_run"]["external_id"] = "gh-x"
