@@ -13,10 +13,11 @@ function loads only what it uses (the reaper serves no HTTP and posts nothing to
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property, wraps
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from scheduler import metrics, tracing
 from scheduler.config import RepositoryConfig, load_config
@@ -27,7 +28,7 @@ from scheduler.errors import ConfigurationError
 from scheduler.runs.claims import ClaimAtStart, RunClaims
 from scheduler.runs.executor import Executor, OnFinished, RunResult, Source
 from scheduler.runs.logs import LogReader, RunLogs
-from scheduler.runs.masking import Masker, masker_for
+from scheduler.runs.masking import Masker, masker_for, pem_secrets
 from scheduler.runs.operations import Operations
 from scheduler.runs.reaper import Reaper
 from scheduler.runs.reservations import Reservations
@@ -65,6 +66,9 @@ class Core:
     observers: tuple[TransitionObserver, ...] = field(default=())
     # Run output (the log route): read through the runtime's reader, masked per repository.
     logs: RunLogs | None = None
+    # What must be done before a Lambda invocation returns (its sandbox is frozen after):
+    # sending what the batch queued for GitHub (App mode's check runs, merged per job).
+    at_invocation_end: list[Callable[[], object]] = field(default_factory=list)
 
     @cached_property
     def sweeper(self) -> QueueSweeper:
@@ -139,6 +143,10 @@ class Core:
             extra_routes=self._read_routes(),
             auth=self.auth,
         )
+
+    def end_invocation(self) -> None:
+        for finish in self.at_invocation_end:
+            finish()
 
     def close(self) -> None:
         if self.notifier is not None:
@@ -270,8 +278,19 @@ def mask_for_settings(settings: Settings, config: RepositoryConfig) -> Callable[
             settings.github_token,
             settings.cursor_secret,
             settings.api_token,
+            *pem_secrets(settings.github_app_private_key),
         ),
+        bought=_app_tokens_bought,
     )
+
+
+def _app_tokens_bought() -> tuple[str, ...]:
+    """The GitHub App's installation tokens this process bought. A process that never loaded
+    App mode made no App, so bought none: it is not imported for the question (httpx)."""
+    app_mode = sys.modules.get("scheduler.github.app_mode")
+    if app_mode is None:
+        return ()
+    return cast("tuple[str, ...]", app_mode.tokens_bought())
 
 
 def _with_github_app(build: Callable[..., Core]) -> Callable[..., Core]:

@@ -282,6 +282,8 @@ class GitHubStandIn:
                 return self._refuse(401, problem)
             if seen.method != "POST":
                 return self._refuse(405, f"{seen.method} {path}")
+            if problem := self._scope_problem(int(match.group(1)), seen.body):
+                return self._refuse(422, problem)
             token = f"ghs_{self._new_id()}_{int(match.group(1))}"
             expires = self.clock() + self.token_seconds
             self.tokens[token] = (int(match.group(1)), expires)
@@ -301,6 +303,28 @@ class GitHubStandIn:
         if problem := self._token_ok(authorization, repo):
             return self._refuse(401, problem)
         return self._repo_route(seen, repo, rest)
+
+    def _scope_problem(self, installation: int, body: Any) -> str | None:
+        """What GitHub would refuse in a scoped token's request (repositories of the
+        installation, by name; permissions ``read`` or ``write``), or None."""
+        if body is None:
+            return None
+        if not isinstance(body, dict) or set(body) - {"repositories", "permissions"}:
+            return f"access token body {body!r}"
+        names = body.get("repositories", [])
+        owned = {
+            repo.split("/", 1)[1] for repo, i in self.installations.items() if i == installation
+        }
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            return "repositories must be a list of names"
+        if unknown := [n for n in names if n.lower() not in owned]:
+            return f"repositories {unknown} are not of installation {installation}"
+        permissions = body.get("permissions", {})
+        if not isinstance(permissions, dict) or not all(
+            v in ("read", "write") for v in permissions.values()
+        ):
+            return f"permissions {permissions!r}"
+        return None
 
     def _repo_route(self, seen: Seen, repo: str, rest: str) -> tuple[int, Any, dict[str, str]]:
         if rest == "/check-runs" and seen.method == "POST":

@@ -34,6 +34,9 @@ Faults, and why each is handled where it is:
   asks again each round. ``StopBuild`` refused for a build that already ended is the answer,
   not an outage (see :meth:`cancel`).
 
+GitHub App mode: a build's fetch uses an installation token scoped to its repository, kept
+in a parameter of its own that the request only names (:mod:`scheduler.aws.build_tokens`).
+
 Secrets: a build whose repository names ``secrets`` runs in a second project
 (:class:`SecretsProject`) whose role alone may read the run secrets in Secrets Manager; the
 ``StartBuild`` request names them (type ``SECRETS_MANAGER``), so their values are in neither
@@ -56,6 +59,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
+from scheduler.aws.build_tokens import BuildTokens, fetch_command, parameter_of
 from scheduler.runs.executor import (
     UNCLAIMED,
     ClaimResult,
@@ -152,11 +156,13 @@ class CodeBuildExecutor:
         project_name: str,
         *,
         secrets: SecretsProject | None = None,
+        git_tokens: BuildTokens | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
         self._project = project_name
         self._secrets = secrets
+        self.git_tokens = git_tokens  # App mode: each build's own scoped git token
         self._monotonic = monotonic
         self._seen: dict[str, tuple[float, Mapping[str, Any] | None]] = {}
 
@@ -174,15 +180,28 @@ class CodeBuildExecutor:
             ]
             + self._secret_variables(request),
         }
-        if request.checkout:
+        commands: list[str] = []
+        token = self._token_parameter(request)
+        if token is not None and self.git_tokens is not None:
+            # The build fetches its commit itself, with a token the request only names.
+            kwargs["sourceTypeOverride"] = "NO_SOURCE"
+            kwargs["environmentVariablesOverride"] += self.git_tokens.variables(request, token)
+            commands.append(fetch_command(self.git_tokens.github_host))
+        elif request.checkout:
             kwargs.update(source_override(request))
         if request.command:
             # The command is operator configuration; quoting keeps each argv item one word.
-            kwargs["buildspecOverride"] = (
-                "version: 0.2\nphases:\n  build:\n    commands:\n"
-                f"      - {json_quote(shlex.join(request.command))}\n"
+            # After a fetch, on the fetch's line: the shell that unset the token runs it.
+            command = shlex.join(request.command)
+            commands = [f"{commands[0]} && {command}"] if commands else [command]
+        if commands:
+            kwargs["buildspecOverride"] = "version: 0.2\nphases:\n  build:\n    commands:\n" + (
+                "".join(f"      - {json_quote(command)}\n" for command in commands)
             )
         return kwargs
+
+    def _token_parameter(self, request: RunRequest) -> str | None:
+        return self.git_tokens.parameter_for(request) if self.git_tokens is not None else None
 
     def _project_for(self, request: RunRequest) -> str:
         if not request.secrets:
@@ -219,8 +238,12 @@ class CodeBuildExecutor:
                 "an earlier StartBuild of this attempt got no answer: asking again with its token",
                 extra={"job_id": request.job_id, "attempt": request.attempt},
             )
+        kwargs = self.start_build_kwargs(request)
+        token = self._token_parameter(request)
+        if token is not None and self.git_tokens is not None:
+            self.git_tokens.put(request, token)  # before the build that reads it starts
         try:
-            response = self._client.start_build(**self.start_build_kwargs(request))
+            response = self._client.start_build(**kwargs)
         except (ClientError, BotoCoreError) as exc:
             if is_retryable(exc):
                 raise
@@ -333,7 +356,21 @@ class CodeBuildExecutor:
         except _CannotTell as exc:
             log.warning("CodeBuild cannot tell how a build ended: %s", exc)
             return None
-        return result_from_build(build) if build is not None else None
+        result = result_from_build(build) if build is not None else None
+        if result is not None and build is not None:
+            self._discard_token(build)  # its completion event (which would have) was lost
+        return result
+
+    def _discard_token(self, build: Mapping[str, Any]) -> None:
+        """Delete the git token parameter an ended build names (App mode); a failure is only
+        logged: the token expires within the hour anyway."""
+        if self.git_tokens is None:
+            return
+        variables = (build.get("environment") or {}).get("environmentVariables") or []
+        try:
+            self.git_tokens.discard(parameter_of(variables))
+        except (ClientError, BotoCoreError) as exc:
+            log.warning("build git token not deleted: %s", describe(exc))
 
     def _build(self, run_id: str) -> Mapping[str, Any] | None:
         """Build ``run_id`` as ``BatchGetBuilds`` describes it (None: CodeBuild does not know
@@ -427,6 +464,13 @@ def describe(exc: Exception) -> str:
     return str(exc)[:200]
 
 
+def build_variables(event: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The environment variables a "CodeBuild Build State Change" event says its build had."""
+    detail = event.get("detail") or {}
+    info = detail.get("additional-information") or {}
+    return list((info.get("environment") or {}).get("environment-variables") or [])
+
+
 def result_from_event(event: Mapping[str, Any]) -> RunResult | None:
     """The run result a "CodeBuild Build State Change" event carries, or None.
 
@@ -434,11 +478,8 @@ def result_from_event(event: Mapping[str, Any]) -> RunResult | None:
     ignored.
     """
     detail = event.get("detail") or {}
-    info = detail.get("additional-information") or {}
     return _result(
-        detail.get("build-status"),
-        (info.get("environment") or {}).get("environment-variables") or [],
-        str(detail.get("build-id", "")),
+        detail.get("build-status"), build_variables(event), str(detail.get("build-id", ""))
     )
 
 

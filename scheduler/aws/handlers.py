@@ -17,8 +17,19 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from scheduler.aws.build_logs import CloudWatchLogReader
+from scheduler.aws.build_tokens import (
+    BUILD_TOKEN_PERMISSIONS,
+    BuildTokens,
+    parameter_of,
+    parameter_prefix,
+)
 from scheduler.aws.clients import aws_client
-from scheduler.aws.codebuild import CodeBuildExecutor, SecretsProject, result_from_event
+from scheduler.aws.codebuild import (
+    CodeBuildExecutor,
+    SecretsProject,
+    build_variables,
+    result_from_event,
+)
 from scheduler.aws.emf import per_invocation, store_gauges
 from scheduler.aws.secrets import SECRET_ARNS, resolve_secrets
 from scheduler.runs.executor import OnFinished
@@ -48,13 +59,43 @@ def compose(
             else None
         )
 
+        git_tokens = build_tokens(settings, project)
+
         def executor(_finished: OnFinished) -> CodeBuildExecutor:
             # A build reports through EventBridge (build_completed), not a callback.
-            return CodeBuildExecutor(client, project, secrets=secrets)
+            return CodeBuildExecutor(client, project, secrets=secrets, git_tokens=git_tokens)
 
         log_reader = CloudWatchLogReader(logs_client or aws_client("logs", settings), client)
 
     return build_core(settings, executor=executor, log_reader=log_reader)
+
+
+def build_tokens(settings: Settings, project: str) -> BuildTokens:
+    """Each build's git token in App mode (bought where the App's key is: the stream
+    function); elsewhere only deleted once its build is reported (the completion function)."""
+    buy = None
+    name_key = b""
+    host = "github.com"
+    if settings.github_app_id and settings.github_app_private_key:
+        from scheduler.github.app_mode import github_app  # App mode only (httpx, PyJWT)
+        from scheduler.github.clone_urls import github_host
+
+        app = github_app(settings)
+        if app is not None:
+            auth = app.auth
+
+            def buy(repo: str) -> str:
+                return auth.scoped_token(repo, BUILD_TOKEN_PERMISSIONS)
+
+            name_key = settings.github_app_private_key.encode()
+            host = github_host(settings.github_api_url)
+    return BuildTokens(
+        lambda: aws_client("ssm", settings),
+        parameter_prefix(project),
+        buy=buy,
+        name_key=name_key,
+        github_host=host,
+    )
 
 
 @cache
@@ -87,7 +128,11 @@ def stream(event: dict[str, Any], context: Any) -> PartialBatchResponse:
     a throttled or briefly unreachable table does not use up the mapping's retry attempts.
     """
     time_left = getattr(context, "get_remaining_time_in_millis", None)
-    return core().dispatcher.handle_event(event, time_left_ms=time_left or (lambda: 0))
+    the_core = core()
+    try:
+        return the_core.dispatcher.handle_event(event, time_left_ms=time_left or (lambda: 0))
+    finally:
+        the_core.end_invocation()  # the batch's check run updates, one request per job
 
 
 @per_invocation()  # one CloudWatch embedded-metric-format line
@@ -98,6 +143,9 @@ def build_completed(event: dict[str, Any], context: Any) -> dict[str, Any]:
     if result is None or runs is None:
         return {"reported": False}
     done = runs.finished(result)
+    executor = runs.executor
+    if isinstance(executor, CodeBuildExecutor) and executor.git_tokens is not None:
+        executor.git_tokens.discard(parameter_of(build_variables(event)))  # its token is spent
     return {"reported": done is not None, "job_id": result.job_id}
 
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -35,6 +36,9 @@ __all__ = [
 JWT_SECONDS = 9 * 60  # GitHub refuses more than ten minutes; drift is covered by iat
 JWT_BACKDATE_SECONDS = 60
 REFRESH_MARGIN_SECONDS = 5 * 60  # a token is renewed this long before it expires
+# Tokens bought are remembered for masking run output (scheduler.runs.masking); the oldest
+# expired long ago when this many newer ones were bought.
+BOUGHT_KEPT = 512
 
 
 def load_private_key(pem: str) -> RSAPrivateKey:
@@ -88,6 +92,7 @@ class AppAuth:
         self._token_locks: dict[int, threading.Lock] = {}
         self._installations: dict[str, int] = {}
         self.tokens_bought = 0  # requests made for tokens (tests and figures)
+        self._bought: deque[str] = deque(maxlen=BOUGHT_KEPT)
 
     # -- the App itself ------------------------------------------------------------------------
 
@@ -153,12 +158,35 @@ class AppAuth:
     def authorization_for(self, repo: str) -> str:
         return f"token {self.token_for(repo)}"
 
+    def scoped_token(self, repo: str, permissions: Mapping[str, str]) -> str:
+        """A token of ``repo``'s installation that may act on ``repo`` alone, with
+        ``permissions`` only (``{"contents": "read"}`` for a build's fetch): bought afresh,
+        never cached, so what holds it can do no more than that, for its hour at most."""
+        installation_id = self.installation_for(repo)
+        path = f"/app/installations/{installation_id}/access_tokens"
+        body = {"repositories": [repo.split("/", 1)[1]], "permissions": dict(permissions)}
+        answer = self._api.request("POST", path, authorization=self.app_authorization(), json=body)
+        self.tokens_bought += 1
+        if not isinstance(answer, dict) or not isinstance(answer.get("token"), str):
+            raise GitHubApiError("POST", path, 201, "no token in the answer")
+        with self._lock:
+            self._bought.append(answer["token"])
+        return str(answer["token"])
+
+    def bought(self) -> tuple[str, ...]:
+        """Every installation token this process bought (newest :data:`BOUGHT_KEPT`): what no
+        run's output may show."""
+        with self._lock:
+            return tuple(self._bought)
+
     def _buy(self, installation_id: int) -> InstallationToken:
         path = f"/app/installations/{installation_id}/access_tokens"
         answer = self._api.request("POST", path, authorization=self.app_authorization())
         self.tokens_bought += 1
         if not isinstance(answer, dict) or not isinstance(answer.get("token"), str):
             raise GitHubApiError("POST", path, 201, "no token in the answer")
+        with self._lock:
+            self._bought.append(answer["token"])
         return InstallationToken(answer["token"], _epoch(answer.get("expires_at"), self._clock()))
 
 

@@ -17,12 +17,16 @@ from typing import Any
 
 from scheduler.errors import WebhookRejected
 from scheduler.github.checks import job_of
+from scheduler.github.clone_urls import DEFAULT_GITHUB_HOST
 from scheduler.github.payload import (
     APP_EVENT_NAMES,
+    BuildRequest,
     Delivery,
     Ignored,
+    _clone_url,
     _field,
     _optional,
+    _ref,
     _repo,
     _sender,
     _sha,
@@ -64,13 +68,19 @@ class CheckRunRequest:
 
 @dataclass(frozen=True, slots=True)
 class CheckSuiteRequest:
-    """``check_suite`` ``rerequested``: re-run the failed jobs of the suite's commit."""
+    """``check_suite`` ``rerequested``: re-run the failed jobs of the suite's commit.
+
+    ``asked_at_ms``: when GitHub made the delivery (epoch ms, from its time-based delivery
+    id; the same on a redelivery), or None when the id does not say. A job whose failure
+    came after it was re-run since: the click is answered already.
+    """
 
     delivery_id: str
     repo: str
     head_sha: str
     sender: str | None
     installation_id: int | None
+    asked_at_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,23 +99,55 @@ class InstallationChange:
 AppRequest = CheckRunRequest | CheckSuiteRequest | InstallationChange
 
 
-def interpret_app_event(delivery: Delivery) -> AppRequest | Ignored:
+def interpret_app_event(
+    delivery: Delivery, *, github_host: str = DEFAULT_GITHUB_HOST
+) -> AppRequest | BuildRequest | Ignored:
     payload = delivery.payload
     action = _field(payload, "action", str)
     if delivery.event == "check_run":
         return _check_run(delivery, action)
     if delivery.event == "check_suite":
-        if action != "rerequested":
-            return Ignored(f"check_suite action {action!r} makes no job (push and pull_request do)")
-        suite = _field(payload, "check_suite", dict)
+        return _check_suite(delivery, action, github_host)
+    return _installation_change(delivery, action)
+
+
+def _check_suite(
+    delivery: Delivery, action: str, github_host: str
+) -> CheckSuiteRequest | BuildRequest | Ignored:
+    """``requested`` asks to build a push (GitHub sends it beside the ``push`` delivery): the
+    same build the push asks for, so the same trigger guard (repository, ``push``, ref, sha)
+    gives both one job, whichever comes first. ``rerequested`` re-runs its failed jobs."""
+    payload = delivery.payload
+    if action not in ("requested", "rerequested"):
+        return Ignored(f"check_suite action {action!r} asks nothing of the scheduler")
+    suite = _field(payload, "check_suite", dict)
+    head_sha = _sha(_field(suite, "head_sha", str, "check_suite.head_sha"), "head_sha")
+    repo = _repo(payload)
+    if action == "rerequested":
+        asked_at = change_time(delivery.delivery_id, None)
         return CheckSuiteRequest(
             delivery_id=delivery.delivery_id,
-            repo=_repo(payload),
-            head_sha=_sha(_field(suite, "head_sha", str, "check_suite.head_sha"), "head_sha"),
+            repo=repo,
+            head_sha=head_sha,
             sender=_sender(payload),
             installation_id=_installation(payload),
+            asked_at_ms=asked_at // 1000 if asked_at is not None else None,
         )
-    return _installation_change(delivery, action)
+    branch = _optional(suite, "head_branch", str, "check_suite.head_branch")
+    if not branch:
+        return Ignored("check_suite of no branch: its push delivery builds it")
+    ref = _ref(f"refs/heads/{branch}", "check_suite.head_branch")
+    return BuildRequest(
+        delivery_id=delivery.delivery_id,
+        repo=repo,
+        event="push",
+        sha=head_sha,
+        ref=ref,
+        branch=branch,
+        trigger=ref,
+        sender=_sender(payload),
+        clone_url=_clone_url(payload, repo, github_host),
+    )
 
 
 def _check_run(delivery: Delivery, action: str) -> CheckRunRequest | Ignored:

@@ -22,6 +22,7 @@ time, so a redelivered or late one cannot undo a newer one.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -63,6 +64,7 @@ __all__ = [
     "app_requests_for",
     "attach",
     "github_app",
+    "tokens_bought",
 ]
 
 log = logging.getLogger(__name__)
@@ -198,12 +200,14 @@ def github_app(settings: Settings) -> GitHubApp | None:
         api = GitHubApi(settings.github_api_url)
         auth = AppAuth(settings.github_app_id, settings.github_app_private_key, api)
         checks = CheckRuns(api, auth)
-        # On Lambda each update is sent before the invocation returns (a frozen sandbox's
-        # thread would lose it); elsewhere one worker sends, merging a second's changes.
+        # On Lambda the updates of one invocation are merged per job and sent before it
+        # returns (Core.end_invocation: a frozen sandbox's thread would lose them), so a
+        # batch that moves a job queued -> in progress -> completed makes one request;
+        # elsewhere one worker sends, merging a second's changes.
         queue: SendQueue[str, CheckState] = SendQueue(
             checks.send,
             merge,
-            window_seconds=0.0 if settings.on_lambda else 1.0,
+            window_seconds=math.inf if settings.on_lambda else 1.0,
             background=not settings.on_lambda,
             pause=api.pause_seconds,
         )
@@ -218,6 +222,13 @@ def github_app(settings: Settings) -> GitHubApp | None:
         )
         _APPS[key] = made
         return made
+
+
+def tokens_bought() -> tuple[str, ...]:
+    """The installation tokens every App of this process bought (masked in run output)."""
+    with _APPS_LOCK:
+        apps = list(_APPS.values())
+    return tuple(token for app in apps for token in app.auth.bought())
 
 
 def attach(core: Core) -> None:
@@ -252,6 +263,8 @@ def attach(core: Core) -> None:
         added = (statuses, observer)
     core.dispatcher.observers = (*core.dispatcher.observers, *added)
     core.observers = (*core.observers, *added)
+    if core.settings.on_lambda:
+        core.at_invocation_end.append(app.queue.flush)
     closing = core.close
 
     def close() -> None:  # what is still queued for GitHub is sent before the core goes
@@ -393,19 +406,40 @@ class AppRequests:
             return None
 
     def _rerun_suite(self, request: CheckSuiteRequest) -> WebhookAnswer:
+        """One new attempt per failed job of the suite's commit, however often it is asked.
+
+        Concurrent deliveries (five clicks, a redelivery racing the first) race for each job's
+        guarded retry: one wins. A delivery that comes after its re-run failed again (GitHub
+        redelivers it, or it was late) finds the job's failure newer than the click, by the
+        time GitHub made the delivery (the same on every redelivery): answered already. As
+        with ``check_run``'s newer check run, a later click (a delivery made later) re-runs.
+        """
         operations = Operations(self._store, self._queries, actor=ACTOR)
         failed = [
-            job.job_id
+            job
             for job in self._queries.iter_jobs(request.repo, JobFilter(status=JobStatus.FAILED))
             if job.sha == request.head_sha
         ]
         retried = []
-        for job_id in failed:
+        answered = []
+        for job in failed:
+            if (
+                request.asked_at_ms is not None
+                and job.finished_at is not None
+                and job.finished_at > request.asked_at_ms
+            ):
+                answered.append(job.job_id)  # failed again after this click re-ran it
+                continue
             try:
-                retried.append(operations.retry(job_id).job_id)
+                retried.append(operations.retry(job.job_id).job_id)
             except (TransitionConflict, InvalidTransition, JobNotFound):
                 continue  # re-run meanwhile
-        return WebhookAnswer(202 if retried else 200, {"retried": retried})
+        body: dict[str, Any] = {"retried": retried}
+        if not retried:
+            body["reason"] = (
+                "already re-run" if answered or failed else "no failed job of this commit"
+            )
+        return WebhookAnswer(202 if retried else 200, body)
 
 
 def app_requests_for(

@@ -329,7 +329,7 @@ def interpret(
     if app_events and delivery.event in APP_EVENT_NAMES:
         from scheduler.github.app_events import interpret_app_event  # it builds on this module
 
-        return interpret_app_event(delivery)
+        return interpret_app_event(delivery, github_host=github_host)
     if delivery.event == "ping":
         zen = delivery.payload.get("zen")
         return Ping(zen if isinstance(zen, str) else None)

@@ -166,20 +166,26 @@ class SendQueue(Generic[K, U]):
 
     # -- the sending side ----------------------------------------------------------------------
 
-    def pump(self, *, force: bool = False) -> int:
+    def pump(self, *, force: bool = False, deadline: float | None = None) -> int:
         """Send every entry that is due (all of them with ``force``), in order; how many were
-        sent. Stops at a rate limit (the rest waits for it)."""
+        sent. Stops at a rate limit (the rest waits for it) and at ``deadline`` (monotonic).
+        Each entry is tried once a call: one that failed waits for its backoff or the next
+        call, and holds its key's later entries behind it (a GitHub that fails does not hold
+        the caller for every retry of every update)."""
         count = 0
-        while True:
-            picked = self._next(force=force)
+        tried: set[int] = set()
+        while deadline is None or time.monotonic() < deadline:
+            picked = self._next(force=force, skip=tried)
             if picked is None:
                 return count
             key, entry = picked
+            tried.add(id(entry))
             outcome = self._deliver(key, entry)
             if outcome == "limited":
                 return count
             if outcome == "sent":
                 count += 1
+        return count
 
     def pending(self) -> int:
         with self._changed:
@@ -190,7 +196,7 @@ class SendQueue(Generic[K, U]):
         with self._changed:
             return max(0.0, self._blocked_until - self._clock())
 
-    def _next(self, *, force: bool) -> tuple[K, _Entry[U]] | None:
+    def _next(self, *, force: bool, skip: set[int] | None = None) -> tuple[K, _Entry[U]] | None:
         with self._changed:
             now = self._clock()
             if now < self._blocked_until:
@@ -200,6 +206,8 @@ class SendQueue(Generic[K, U]):
                 if lane.in_flight or not lane.entries:
                     continue
                 entry = lane.entries[0]
+                if skip is not None and id(entry) in skip:
+                    continue  # tried in this call already
                 if force or entry.due <= now:
                     lane.in_flight = True
                     return key, entry
@@ -265,8 +273,8 @@ class SendQueue(Generic[K, U]):
     def flush(self, timeout: float = 5.0) -> bool:
         """Send what is waiting now (merge windows cut short); True if nothing is left.
         What a rate limit holds stays queued."""
-        if self._worker is None:
-            self.pump(force=True)
+        if self._worker is None:  # inline (Lambda): within the caller's time, once each
+            self.pump(force=True, deadline=time.monotonic() + timeout)
             return self.pending() == 0
         deadline = time.monotonic() + timeout
         with self._changed:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scheduler.errors import DomainError
+from scheduler.git_credentials import CREDENTIAL_HELPER, HOST_VARIABLE, TOKEN_VARIABLE
 
 __all__ = [
     "TOKEN_VARIABLE",
@@ -44,25 +45,13 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-TOKEN_VARIABLE = "SCHEDULER_GIT_TOKEN"
 FETCH_TIMEOUT_SECONDS = 600
 LOCAL_TIMEOUT_SECONDS = 120
 _SHA = re.compile(r"[0-9a-f]{40}")
 # Git's own answer when the remote is reachable but has no such commit.
 _NOT_THERE = re.compile(r"not our ref|couldn't find remote ref|no such remote ref", re.I)
-HOST_VARIABLE = "SCHEDULER_GIT_HOST"
-# Git describes what it wants a credential for on stdin (``protocol=https``, ``host=github.com``,
-# one ``key=value`` a line, a blank line or EOF to end). The helper answers only for https to
-# the GitHub host (any case; a port is part of ``host`` and must match too): a clone URL on any
-# other host, an operator's or one planted in a job, never gets the token, whoever asks for it.
-_HELPER = (
-    '!f() { test "$1" = get || exit 0; p= h=;'
-    ' while IFS== read -r k v; do test -n "$k" || break;'
-    ' case "$k" in protocol) p=$v;; host) h=$v;; esac; done;'
-    ' test "$p" = https || exit 0;'
-    ' test "$(printf %s "$h" | tr A-Z a-z)" = "$SCHEDULER_GIT_HOST" || exit 0;'
-    ' echo username=x-access-token; echo "password=$SCHEDULER_GIT_TOKEN"; }; f'
-)
+# The credential helper answers only for https to the GitHub host (scheduler.git_credentials).
+_HELPER = CREDENTIAL_HELPER
 
 
 TokenSource = Callable[[str], "str | None"]

@@ -123,6 +123,17 @@ def test_inline_policies_name_their_resources_and_actions(transformed: dict[str,
                     ":secret:${AWS::StackName}/run-secrets/*"
                 ), statement
                 continue
+            if any(action.startswith("ssm:") for action in actions):
+                # A build's git token has a name of its own (App mode): the stack's path only.
+                assert statement["Resource"]["Fn::Sub"].endswith(
+                    ":parameter/${BuildProject}/git-tokens/*"
+                ), statement
+                assert actions in (
+                    ["ssm:GetParameters"],
+                    ["ssm:PutParameter"],
+                    ["ssm:DeleteParameter"],
+                ), statement
+                continue
             # A log stream is named by its writer (Lambda, CodeBuild): the group's ARN (which
             # ends in ":*") is the narrowest resource, and names no other group.
             assert "*" not in json.dumps(statement["Resource"]), (name, statement)
@@ -267,9 +278,17 @@ def test_builds_run_in_the_stacks_own_project_with_a_role_that_only_writes_its_l
     assert [t["Principal"] for t in trust] == [{"Service": "codebuild.amazonaws.com"}]
     assert all("aws:SourceAccount" in t["Condition"]["StringEquals"] for t in trust)
     log_group = json.dumps({"Fn::GetAtt": ["BuildLogGroup", "Arn"]})
+    git_tokens = json.dumps(
+        {
+            "Fn::Sub": "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}"
+            ":parameter/${BuildProject}/git-tokens/*"
+        }
+    )
     assert grants(transformed, "BuildRole") == [
         ("logs:CreateLogStream", log_group),
         ("logs:PutLogEvents", log_group),
+        # App mode: its own git token, read by the name its StartBuild gives (no listing).
+        ("ssm:GetParameters", git_tokens),
     ]
     # Every function that starts, stops or reads builds names this project, and no other.
     for name in roles:

@@ -27,7 +27,7 @@ from github_api_stand_in import GitHubStandIn
 from scheduler.api.app import create_app
 from scheduler.aws import handlers
 from scheduler.db.models import JobModel
-from scheduler.db.store import JobState, JobStore
+from scheduler.db.store import JobState, JobStore, Outcome
 from scheduler.github.app_events import (
     CheckRunRequest,
     CheckSuiteRequest,
@@ -36,7 +36,7 @@ from scheduler.github.app_events import (
 )
 from scheduler.github.app_mode import github_app
 from scheduler.github.checks import CheckRunObserver
-from scheduler.github.payload import Delivery, Ignored, interpret
+from scheduler.github.payload import BuildRequest, Delivery, Ignored, interpret
 from scheduler.github.signature import sign
 from scheduler.github.statuses import CommitStatusObserver
 from scheduler.local.executor import LocalExecutor
@@ -45,7 +45,7 @@ from scheduler.local.stack import StackOptions
 from scheduler.local.stack import compose as compose_local
 from scheduler.settings import Settings
 from scheduler.stream.decide import Transition
-from state_machines import JobStatus
+from state_machines import JobStatus, Trigger
 
 EXAMPLES = (
     Path(__file__).resolve().parents[2]
@@ -56,6 +56,7 @@ REPO = "octo-org/api"  # make_job's repository
 SHA = "c0ffee" + "0" * 34  # make_job's commit
 STAND_IN_PORT = 18731
 HTTP_PORT = 18732
+CLONE_URL = f"https://127.0.0.1:{STAND_IN_PORT}/{REPO}.git"
 
 
 def samples() -> dict[str, list[dict[str, Any]]]:
@@ -184,13 +185,14 @@ def test_every_sample_of_the_apps_events_is_read(event: str) -> None:
         wanted = interpret(delivery, app_events=True)
         kinds.add(type(wanted).__name__)
         assert isinstance(
-            wanted, CheckRunRequest | CheckSuiteRequest | InstallationChange | Ignored
+            wanted,
+            CheckRunRequest | CheckSuiteRequest | InstallationChange | Ignored | BuildRequest,
         )
         # Without App mode they make nothing, as before.
         assert isinstance(interpret(delivery), Ignored)
     expected = {
         "check_run": {"Ignored"},  # the samples carry no external id: not the scheduler's
-        "check_suite": {"CheckSuiteRequest", "Ignored"},
+        "check_suite": {"BuildRequest", "CheckSuiteRequest", "Ignored"},  # requested: a push
         "installation": {"InstallationChange"},  # every action of the samples is one
         "installation_repositories": {"InstallationChange"},
     }
@@ -317,6 +319,91 @@ def test_a_check_suite_rerequest_reruns_the_failed_jobs_of_its_commit(
     assert store.state(passed).status is JobStatus.PASSED
 
 
+def suite_delivery(action: str, sha: str, sender: str = "suite-writer") -> bytes:
+    """GitHub's ``check_suite`` sample made to name our repository, commit and sender."""
+    body = sample("check_suite", action)
+    body["repository"]["full_name"] = REPO
+    body["repository"]["clone_url"] = CLONE_URL
+    body["check_suite"]["head_sha"] = sha
+    body["check_suite"]["head_branch"] = "main"
+    body["sender"]["login"] = sender
+    body["installation"]["id"] = 55
+    return json.dumps(body).encode()
+
+
+def push_delivery(sha: str) -> bytes:
+    push = json.loads((Path(__file__).parents[2] / "events/push.branch.json").read_text())
+    push["repository"]["full_name"] = REPO
+    push["repository"]["clone_url"] = CLONE_URL
+    push["ref"] = "refs/heads/main"
+    push["after"] = sha
+    return json.dumps(push).encode()
+
+
+@pytest.mark.parametrize("first", ["check_suite", "push"])
+def test_a_check_suite_requested_and_its_push_make_one_job(
+    server: LocalHTTPServer, store: JobStore, first: str
+) -> None:
+    """GitHub sends both for one push to an App's repository: whichever comes first makes
+    the job, the other (and any redelivery of either) is answered with it."""
+    sha = uuid.uuid4().hex + "0" * 8
+    deliveries = {
+        "check_suite": (str(uuid.uuid1()), suite_delivery("requested", sha)),
+        "push": (str(uuid.uuid1()), push_delivery(sha)),
+    }
+    second = "push" if first == "check_suite" else "check_suite"
+    status, answer = post(server, first, deliveries[first][1], deliveries[first][0])
+    assert status == 202, answer
+    job_id = answer["job_id"]
+    assert job_id == f"gh-{deliveries[first][0]}"
+    for event in (second, first, second):  # the other, then a redelivery of each
+        status, answer = post(server, event, deliveries[event][1], deliveries[event][0])
+        assert (status, answer["job_id"]) == (200, job_id), answer
+    job = store.get(job_id)
+    assert (job.event, job.ref, job.sha, job.branch) == ("push", "refs/heads/main", sha, "main")
+    assert job.clone_url == CLONE_URL  # on the GitHub host (the stand-in's)
+    # A check suite of no branch (a tag's) is left to its push delivery.
+    body = json.loads(suite_delivery("requested", sha))
+    body["check_suite"]["head_branch"] = None
+    status, answer = post(server, "check_suite", json.dumps(body).encode())
+    assert status == 202 and "job_id" not in answer and "no branch" in answer["reason"]
+
+
+def test_check_suite_reruns_make_one_new_attempt_under_redelivery_and_double_clicks(
+    server: LocalHTTPServer, github: GitHubStandIn, make_job: Any, store: JobStore
+) -> None:
+    job_id = f"gh-suite-race-{uuid.uuid4().hex[:8]}"
+    make_job(job_id, "failed")
+    github.grant(REPO, "suite-writer", "admin")
+    clicks = [str(uuid.uuid1()) for _ in range(5)]  # GitHub's ids: time-based (version 1)
+    barrier = threading.Barrier(5)
+    answers: list[tuple[int, dict[str, Any]]] = []
+
+    def click(delivery: str) -> None:
+        barrier.wait()
+        answers.append(post(server, "check_suite", suite_delivery("rerequested", SHA), delivery))
+
+    threads = [threading.Thread(target=click, args=(delivery,)) for delivery in clicks]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert (store.state(job_id).status, store.state(job_id).attempt) == (JobStatus.PENDING, 2)
+    won = [body for status, body in answers if job_id in body["retried"]]
+    assert len(won) == 1 and sorted(status for status, _ in answers) == [200] * 4 + [202]
+    # The re-run fails too; then GitHub redelivers one of the clicks: no third attempt.
+    rerun = store.activate(store.state(job_id), slot_limit=100)
+    assert isinstance(rerun, JobState)
+    store.report(job_id, 2, Trigger.FAIL, actor="test", outcome=Outcome("exit_code", None, 1))
+    status, answer = post(server, "check_suite", suite_delivery("rerequested", SHA), clicks[2])
+    assert (status, answer) == (200, {"retried": [], "reason": "already re-run"})
+    assert store.state(job_id).attempt == 2
+    # A new click (a delivery made after that failure) re-runs it once more.
+    status, answer = post(server, "check_suite", suite_delivery("rerequested", SHA))
+    assert status == 202 and job_id in answer["retried"]
+    assert store.state(job_id).attempt == 3
+
+
 # -- installations --------------------------------------------------------------------------------
 
 
@@ -428,6 +515,16 @@ def test_a_check_run_acts_on_its_own_repositorys_jobs_only(
         ),
         ("installation", lambda b: b.pop("installation"), "missing field 'installation'"),
         (
+            "check_suite",
+            lambda b: b["check_suite"].update(head_branch=7),
+            "'check_suite.head_branch' must be",
+        ),
+        (
+            "check_suite",
+            lambda b: b["check_suite"].update(head_branch="x" * 300),
+            "'check_suite.head_branch' has a component over",
+        ),
+        (
             "installation_repositories",
             lambda b: b.update(repositories_added=[{"full_name": "no-slash"}]),
             "not OWNER/NAME",
@@ -437,7 +534,11 @@ def test_a_check_run_acts_on_its_own_repositorys_jobs_only(
 def test_malformed_app_deliveries_are_refused_with_a_message(
     server: LocalHTTPServer, event: str, change: Any, message: str
 ) -> None:
-    action = {"check_run": "rerequested", "installation": "created"}.get(event, "added")
+    action = {
+        "check_run": "rerequested",
+        "installation": "created",
+        "check_suite": "requested",
+    }.get(event, "added")
     body = sample(event, action)
     if event == "check_run":
         body["check_run"]["external_id"] = "gh-x"

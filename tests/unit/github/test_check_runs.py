@@ -3,6 +3,7 @@ send queue, GitHub's rate limits, and every request checked by the GitHub API st
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -284,6 +285,46 @@ def test_submitting_never_waits_for_github() -> None:
     # Per key, the last update is always sent (merged or in order).
     for key in range(5):
         assert f"u{195 + key}" in sent
+
+
+def test_an_inline_flush_tries_each_update_once_in_order_and_within_its_time() -> None:
+    """Lambda's queue: an invocation's updates wait (merged per key) for the flush before it
+    returns; a GitHub that fails costs one try per update and flush, not every retry, and a
+    slow one no more than the flush's time: the rest goes with a later flush, in order."""
+    tries: list[str] = []
+    failing = {"job-a"}
+
+    def send(key: str, update: str) -> None:
+        tries.append(update)
+        if key in failing:
+            raise RuntimeError("GitHub answered 502")
+
+    queue: SendQueue[str, str] = SendQueue(
+        send, lambda old, new: None, window_seconds=math.inf, background=False
+    )
+    for update in ("a1", "b1", "a2", "b2"):
+        queue.submit(f"job-{update[0]}", update)
+    assert tries == []  # nothing is sent before the flush
+    assert queue.flush() is False
+    assert tries == ["a1", "b1", "b2"]  # a2 waits behind a1, which failed once
+    failing.clear()
+    assert queue.flush() is True
+    assert tries == ["a1", "b1", "b2", "a1", "a2"]
+
+    def slow(key: str, update: str) -> None:
+        time.sleep(0.2)
+        tries.append(update)
+
+    slow_queue: SendQueue[str, str] = SendQueue(
+        slow, lambda old, new: None, window_seconds=math.inf, background=False
+    )
+    for n in range(10):
+        slow_queue.submit(f"job-{n}", f"s{n}")
+    began = time.monotonic()
+    assert slow_queue.flush(timeout=0.5) is False
+    assert time.monotonic() - began < 1.5
+    assert 1 <= 10 - slow_queue.pending() <= 4
+    assert slow_queue.flush(timeout=5.0) is True and slow_queue.pending() == 0
 
 
 def test_a_process_that_did_not_create_the_check_run_finds_it(github: GitHubStandIn) -> None:
