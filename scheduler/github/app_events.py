@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from scheduler.errors import WebhookRejected
-from scheduler.github.checks import job_of
 from scheduler.github.clone_urls import DEFAULT_GITHUB_HOST
 from scheduler.github.payload import (
     APP_EVENT_NAMES,
@@ -40,7 +39,9 @@ __all__ = [
     "CheckSuiteRequest",
     "InstallationChange",
     "change_time",
+    "external_id",
     "interpret_app_event",
+    "job_of",
 ]
 
 APP_EVENTS = APP_EVENT_NAMES
@@ -48,6 +49,17 @@ _IDENTIFIER_MAX = 20  # GitHub's limit on an action's identifier
 _EXTERNAL_ID_MAX = 200
 # 100 ns ticks from the UUID epoch (1582-10-15) to the Unix epoch.
 _UUID_EPOCH_TICKS = 0x01B21DD213814000
+
+
+def external_id(job_id: str, step: str | None = None) -> str:
+    """A check run's ``external_id`` (GitHub sends it back with its events): the job's id,
+    or a pipeline step's (``job#step``)."""
+    return job_id if step is None else f"{job_id}#{step}"
+
+
+def job_of(external: str) -> str:
+    """The job id an ``external_id`` names."""
+    return external.split("#", 1)[0]
 
 
 @dataclass(frozen=True, slots=True)

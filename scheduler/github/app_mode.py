@@ -36,14 +36,18 @@ from scheduler.db.store import JobStore
 from scheduler.errors import DomainError, JobNotFound
 from scheduler.github.api import GitHubApi
 from scheduler.github.app_auth import AppAuth
-from scheduler.github.app_events import CheckRunRequest, CheckSuiteRequest, InstallationChange
+from scheduler.github.app_events import (
+    CheckRunRequest,
+    CheckSuiteRequest,
+    InstallationChange,
+    external_id,
+)
 from scheduler.github.checks import (
     APPROVE_ACTION,
     CANCEL_ACTION,
     CheckRunObserver,
     CheckRuns,
     CheckState,
-    external_id,
     merge,
 )
 from scheduler.github.delivery import WebhookAnswer

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from scheduler.github.api import GitHubApi, GitHubApiError
 from scheduler.github.app_auth import AppAuth
+from scheduler.github.app_events import external_id
 from scheduler.github.rate_limits import SendQueue
 from scheduler.github.statuses import masked_detail
 from state_machines import TIMED_OUT, JobStatus
@@ -40,7 +41,6 @@ __all__ = [
     "CheckRuns",
     "CheckState",
     "check_for",
-    "external_id",
     "merge",
     "text_within",
 ]
@@ -113,16 +113,6 @@ class CheckState:
         body["output"] = output
         body["actions"] = [action.body() for action in self.actions]
         return body
-
-
-def external_id(job_id: str, step: str | None = None) -> str:
-    """The check run's ``external_id``: the job's id, or a pipeline step's (``job#step``)."""
-    return job_id if step is None else f"{job_id}#{step}"
-
-
-def job_of(external: str) -> str:
-    """The job id an ``external_id`` names."""
-    return external.split("#", 1)[0]
 
 
 def check_for(
