@@ -19,11 +19,22 @@ from scheduler import tracing
 from scheduler.errors import DomainError
 from scheduler.github.rate_limits import RateLimited, wait_asked
 
-__all__ = ["API_VERSION", "MEDIA_TYPE", "GitHubApi", "GitHubApiError"]
+__all__ = ["API_VERSION", "MEDIA_TYPE", "GitHubApi", "GitHubApiError", "api_client"]
 
 MEDIA_TYPE = "application/vnd.github+json"
 API_VERSION = "2022-11-28"
 USER_AGENT = "dynamo-scheduler"
+
+
+def api_client(api_url: str, *, accept: str, timeout_seconds: float) -> httpx.Client:
+    """An HTTP client for GitHub's REST API at ``api_url`` (traced when tracing is on), with
+    the headers every request carries: ``accept``, the API version and our user agent."""
+    tracing.trace_httpx()
+    return httpx.Client(
+        base_url=api_url.rstrip("/"),
+        timeout=timeout_seconds,
+        headers={"Accept": accept, "X-GitHub-Api-Version": API_VERSION, "User-Agent": USER_AGENT},
+    )
 
 
 class GitHubApiError(DomainError):
@@ -46,15 +57,8 @@ class GitHubApi:
         client: httpx.Client | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        tracing.trace_httpx()
-        self._client = client or httpx.Client(
-            base_url=api_url.rstrip("/"),
-            timeout=timeout_seconds,
-            headers={
-                "Accept": MEDIA_TYPE,
-                "X-GitHub-Api-Version": API_VERSION,
-                "User-Agent": USER_AGENT,
-            },
+        self._client = client or api_client(
+            api_url, accept=MEDIA_TYPE, timeout_seconds=timeout_seconds
         )
         self._clock = clock
         # When a successful answer spent the window's last request: no request before this.

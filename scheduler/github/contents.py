@@ -24,9 +24,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from scheduler import tracing
 from scheduler.errors import DomainError, PipelineFileError, PipelineUnavailable
-from scheduler.github.api import API_VERSION, USER_AGENT
+from scheduler.github.api import api_client
 from scheduler.github.rate_limits import RateLimited, wait_asked
 from scheduler.pipelines import CommitRef, PipelineFileReader, file_too_large
 
@@ -57,18 +56,9 @@ class ContentsPipelineReader:
         client: httpx.Client | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        import httpx  # made where a reader is made, not at a function's cold start
-
-        tracing.trace_httpx()
         self._authorization_for = authorization_for
-        self._client = client or httpx.Client(
-            base_url=api_url.rstrip("/"),
-            timeout=timeout_seconds,
-            headers={
-                "Accept": RAW_MEDIA_TYPE,
-                "X-GitHub-Api-Version": API_VERSION,
-                "User-Agent": USER_AGENT,
-            },
+        self._client = client or api_client(
+            api_url, accept=RAW_MEDIA_TYPE, timeout_seconds=timeout_seconds
         )
         self._clock = clock
 
