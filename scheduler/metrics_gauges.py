@@ -27,7 +27,7 @@ from scheduler.errors import StoreUnavailable
 
 __all__ = ["STATUSES", "QueueGauges", "RepoGauge", "read_gauges"]
 
-STATUSES = ("waiting", "pending", "active", "passed", "failed", "cancelled")
+STATUSES = ("waiting", "blocked", "pending", "active", "passed", "failed", "cancelled", "skipped")
 _BATCH = 100  # BatchGetItem's most keys
 
 

@@ -231,8 +231,7 @@ class Settings:
             dashboard_url=env.get("SCHEDULER_DASHBOARD_URL") or None,
             codebuild_project=env.get("SCHEDULER_CODEBUILD_PROJECT") or None,
             codebuild_secrets_project=env.get("SCHEDULER_CODEBUILD_SECRETS_PROJECT") or None,
-            run_secrets_prefix=env.get("SCHEDULER_RUN_SECRETS_PREFIX")
-            or "scheduler/run-secrets/",
+            run_secrets_prefix=env.get("SCHEDULER_RUN_SECRETS_PREFIX") or "scheduler/run-secrets/",
             stream_dlq_url=env.get("SCHEDULER_STREAM_DLQ_URL") or None,
             tracing=env.get("SCHEDULER_TRACING")
             or ("xray" if env.get("AWS_LAMBDA_FUNCTION_NAME") else None),

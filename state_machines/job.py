@@ -137,10 +137,21 @@ LIFECYCLE: tuple[Row, ...] = (
             Reaction.RETRY_POLICY,
         ),
     ),
-    # A queued job (or one waiting for approval) holds no slot.
+    # A pipeline's step whose needs all ended and whose ``if`` holds: it joins the queue like
+    # any new job (exactly once: the write is guarded by its status and version).
+    Row(
+        Trigger.UNBLOCK,
+        (JobStatus.BLOCKED,),
+        JobStatus.PENDING,
+        effects=_QUEUED,
+        reactions=(Reaction.ACTIVATE,),
+    ),
+    # A step that will not run (a need failed, or its ``if`` said no): it ends as it is.
+    Row(Trigger.SKIP, (JobStatus.BLOCKED,), JobStatus.SKIPPED, effects=_FINISHED),
+    # A queued job (or one waiting for approval, or a blocked step) holds no slot.
     Row(
         Trigger.CANCEL,
-        (JobStatus.WAITING, JobStatus.PENDING),
+        (JobStatus.WAITING, JobStatus.BLOCKED, JobStatus.PENDING),
         JobStatus.CANCELLED,
         effects=_FINISHED,
         reactions=(Reaction.RELEASE_TRIGGER,),

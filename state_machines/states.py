@@ -8,20 +8,27 @@ from enum import StrEnum
 class JobStatus(StrEnum):
     # A fork's pull request awaiting an operator's approval: not queued, holds no slot.
     WAITING = "waiting"
+    # A pipeline's step whose needs have not all ended: not queued, holds no slot.
+    BLOCKED = "blocked"
     PENDING = "pending"
     ACTIVE = "active"
     PASSED = "passed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    # A pipeline's step that never ran: a need failed, or its ``if`` said no.
+    SKIPPED = "skipped"
 
     @property
     def is_terminal(self) -> bool:
         return self in TERMINAL_STATUSES
 
 
-TERMINAL_STATUSES = frozenset({JobStatus.PASSED, JobStatus.FAILED, JobStatus.CANCELLED})
-# What a job is created in: pending (queued to run), or waiting when it needs an approval.
-INITIAL_STATUSES = frozenset({JobStatus.PENDING, JobStatus.WAITING})
+TERMINAL_STATUSES = frozenset(
+    {JobStatus.PASSED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.SKIPPED}
+)
+# What a job is created in: pending (queued to run), waiting when it needs an approval, or
+# blocked (a pipeline's step) until its needs have ended.
+INITIAL_STATUSES = frozenset({JobStatus.PENDING, JobStatus.WAITING, JobStatus.BLOCKED})
 
 
 class Trigger(StrEnum):
@@ -32,3 +39,5 @@ class Trigger(StrEnum):
     TIME_OUT = "time_out"
     CANCEL = "cancel"
     RETRY = "retry"
+    UNBLOCK = "unblock"
+    SKIP = "skip"

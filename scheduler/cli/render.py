@@ -24,11 +24,13 @@ from state_machines import JobStatus
 
 STATUS_STYLES: dict[str, str] = {
     JobStatus.WAITING.value: "blue",
+    JobStatus.BLOCKED.value: "dim",
     JobStatus.PENDING.value: "yellow",
     JobStatus.ACTIVE.value: "cyan",
     JobStatus.PASSED.value: "green",
     JobStatus.FAILED.value: "bold red",
     JobStatus.CANCELLED.value: "magenta",
+    JobStatus.SKIPPED.value: "dim",
 }
 EMPTY = "-"
 

@@ -175,6 +175,14 @@ class JobModel(Model):
     trace_id = UnicodeAttribute(null=True)
     history = ListAttribute(of=HistoryEntry, default=list)
 
+    # A pipeline's step is a job of its own (its id ``<run>.s<n>``), which names its run and
+    # carries its definition (``scheduler.pipelines.record.StepRecord`` as JSON); the run (the
+    # delivery's job) knows how many steps it made.
+    run_of = UnicodeAttribute(null=True)
+    step_key = UnicodeAttribute(null=True)
+    step = UnicodeAttribute(null=True)
+    step_count = NumberAttribute(null=True)
+
     queue_repo = UnicodeAttribute(null=True)
     queue_shard = UnicodeAttribute(null=True)
     queue_key = UnicodeAttribute(null=True)
@@ -224,11 +232,13 @@ class RepoModel(Model):
     running = NumberAttribute(default=0)
     slot_limit = NumberAttribute(null=True)
     n_waiting = NumberAttribute(default=0)
+    n_blocked = NumberAttribute(default=0)
     n_pending = NumberAttribute(default=0)
     n_active = NumberAttribute(default=0)
     n_passed = NumberAttribute(default=0)
     n_failed = NumberAttribute(default=0)
     n_cancelled = NumberAttribute(default=0)
+    n_skipped = NumberAttribute(default=0)
     last_job_id = UnicodeAttribute(null=True)
     last_received_at = NumberAttribute(null=True)
     queue_shard = UnicodeAttribute(null=True)  # QUEUED_SHARD while it may have queued jobs

@@ -123,6 +123,11 @@ class NewJob:
     # A fork's pull request; ``status`` is waiting when it must be approved before it queues.
     fork: bool = False
     status: JobStatus = JobStatus.PENDING
+    # A pipeline's step (``status`` blocked until its needs end): its run's id, its key, and
+    # its definition as JSON.
+    run_of: str | None = None
+    step_key: str | None = None
+    step: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,7 +274,8 @@ class JobStore:
         now: int | None = None,
         guard: TriggerGuard | None = None,
     ) -> JobState:
-        """Write a new job (pending, or waiting for approval) and count it, all or nothing.
+        """Write a new job (pending, waiting for approval, or a blocked step) and count it,
+        all or nothing.
 
         Raises :class:`JobExists` if the job (its delivery) is already there. With ``guard``,
         the same transaction also claims the trigger (repository, event, ref or PR, sha): if
@@ -335,7 +341,8 @@ class JobStore:
     @staticmethod
     def _new_item(new: NewJob, now: int, actor: str) -> JobModel:
         # A pending job joins the queue's sparse indexes; a waiting one only the index of
-        # waiting jobs (it is not queued: nothing promotes it until it is approved).
+        # waiting jobs (it is not queued: nothing promotes it until it is approved); a blocked
+        # step neither (its run's fan-in unblocks it).
         queued = new.status is JobStatus.PENDING
         return JobModel(
             new.job_id,
@@ -363,7 +370,10 @@ class JobStore:
             queue_repo=new.repo if queued else None,
             queue_shard=QUEUED_SHARD if queued else None,
             queue_key=queue_key(new.priority, now, new.job_id) if queued else None,
-            waiting_repo=None if queued else new.repo,
+            waiting_repo=new.repo if new.status is JobStatus.WAITING else None,
+            run_of=new.run_of,
+            step_key=new.step_key,
+            step=new.step,
         )
 
     def _guard_owner(self, guard_item: str, job_id: str) -> str:
@@ -567,6 +577,19 @@ class JobStore:
             what=f"claim of run {run_id}",
         )
         log.info("run claimed", extra={"job_id": job.job_id, "run_id": run_id})
+
+    def record_step_count(self, run_id: str, count: int) -> None:
+        """Record how many steps a pipeline run has, before any is made (so a fan-out cut
+        short is finished by its replay, and the fan-in reads them all). The same count again
+        is a no-op; another is :class:`TransitionConflict` (a run has one pipeline)."""
+        self._update_job(
+            run_id,
+            actions=[JobModel.step_count.set(count)],
+            condition=JobModel.job_id.exists()
+            & (JobModel.step_count.does_not_exist() | (JobModel.step_count == count)),
+            refused=TransitionConflict(run_id, f"a pipeline of {count} steps"),
+            what=f"step count of run {run_id}",
+        )
 
     def record_run_id(self, job_id: str, attempt: int, claimed: str, run_id: str) -> None:
         """Replace the claimed run id by the executor's own (only for that claim's attempt).

@@ -150,6 +150,8 @@ def check_for(
             " approves it to run (the Approve and run button, or `scheduler approve`).",
             actions=(APPROVE,),
         )
+    if dest is JobStatus.BLOCKED:
+        return replace(base, title="Waiting for its needs", summary=timing)
     if dest is JobStatus.PENDING:
         title = "Queued" if attempt == 1 else f"Queued (attempt {attempt})"
         return replace(base, title=title, summary=f"Waiting for a free slot. {timing}".strip())
@@ -189,6 +191,8 @@ def _conclusion(
         if reason == TIMED_OUT:
             return "timed_out", "Timed out"
         return "failure", "Failed" if reason in (None, "exit_code") else f"Failed: {reason}"
+    if dest is JobStatus.SKIPPED:
+        return "skipped", "Skipped"
     if dest is JobStatus.CANCELLED:
         if reason == "superseded" and source is not JobStatus.ACTIVE:
             return "skipped", "Skipped: a newer commit superseded it"

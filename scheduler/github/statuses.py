@@ -98,6 +98,10 @@ def _status_for(
 ) -> tuple[State, str] | None:
     if dest is JobStatus.WAITING:
         return "pending", "waiting for approval"
+    if dest is JobStatus.BLOCKED:
+        return "pending", "Waiting for its needs"
+    if dest is JobStatus.SKIPPED:
+        return "success", "Skipped"
     if dest is JobStatus.PENDING:
         return "pending", "Queued" if attempt == 1 else f"Queued (attempt {attempt})"
     if dest is JobStatus.ACTIVE:

@@ -417,6 +417,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 _DIGITS = re.compile(r"[0-9]{1,18}")
+
+
 def _printable(text: str | None, limit: int = 300) -> str:
     """``text`` for a log line: control characters escaped (a request cannot forge or colour
     log lines), cut at ``limit``."""

@@ -116,8 +116,6 @@ def masker_for(
     extra = tuple(value for value in own_secrets if value)
 
     def for_repo(repo: str) -> Masker:
-        return Masker(
-            (*secret_values(mask_env_of(repo), env), *extra, *bought()), TOKEN_PATTERNS
-        )
+        return Masker((*secret_values(mask_env_of(repo), env), *extra, *bought()), TOKEN_PATTERNS)
 
     return for_repo

@@ -124,7 +124,10 @@ class Lane:
 
 
 def lane_of(image: JobModel) -> Lane | None:
-    """The lane of a job; None for what is never superseded (tags)."""
+    """The lane of a job; None for what is never superseded (tags, a pipeline's steps: their
+    run is the one a newer commit supersedes)."""
+    if image.run_of is not None:
+        return None
     if image.event == "pull_request" and image.pr_number is not None:
         return Lane(image.repo, image.event, pr_number=int(image.pr_number))
     if image.event == "push" and image.branch:

@@ -264,11 +264,13 @@ def test_stats_of_a_repository(transport: Transport, seeded: JobStore) -> None:
     assert answer.body == Queries().stats(REPO).to_dict()
     assert answer.body["counts"] == {
         "waiting": 0,
+        "blocked": 0,
         "pending": 1,
         "active": 1,
         "passed": 1,
         "failed": 2,
         "cancelled": 0,
+        "skipped": 0,
     }
     assert (answer.body["running"], answer.body["total"]) == (1, 5)
     assert answer.body["last_job"]["job_id"] == "queued"

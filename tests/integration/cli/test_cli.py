@@ -134,11 +134,13 @@ def test_stats_of_a_repository(seeded: JobStore) -> None:
     stats = run_json("stats", REPO)
     assert stats["counts"] == {
         "waiting": 0,
+        "blocked": 0,
         "pending": 1,
         "active": 1,
         "passed": 1,
         "failed": 2,
         "cancelled": 0,
+        "skipped": 0,
     }
     assert (stats["running"], stats["slot_limit"], stats["total"]) == (1, 100, 5)
     assert stats["last_job"]["job_id"] == "queued"

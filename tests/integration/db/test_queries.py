@@ -165,11 +165,13 @@ def test_stats_come_from_the_counters(
     stats = queries.stats(REPO).to_dict()
     assert stats["counts"] == {
         "waiting": 0,
+        "blocked": 0,
         "pending": 1,
         "active": 1,
         "passed": 1,
         "failed": 1,
         "cancelled": 0,
+        "skipped": 0,
     }
     assert (stats["total"], stats["running"], stats["slot_limit"]) == (4, 1, 100)
     assert stats["last_job"]["job_id"] == "d" and stats["last_job"]["status"] == "pending"

@@ -45,10 +45,14 @@ def raw_item(job_id: str) -> dict[str, Any]:
 
 def reach(store: JobStore, job_id: str, status: JobStatus) -> JobState:
     """A job driven to ``status`` through legal transitions."""
-    waits = status is JobStatus.WAITING
-    job = store.create(replace(new_job(job_id), status=status) if waits else new_job(job_id))
+    initial = status if status in (JobStatus.WAITING, JobStatus.BLOCKED) else None
+    if status is JobStatus.SKIPPED:
+        initial = JobStatus.BLOCKED
+    job = store.create(replace(new_job(job_id), status=initial) if initial else new_job(job_id))
     path = {
         JobStatus.WAITING: [],
+        JobStatus.BLOCKED: [],
+        JobStatus.SKIPPED: [Trigger.SKIP],
         JobStatus.PENDING: [],
         JobStatus.ACTIVE: [Trigger.ACTIVATE],
         JobStatus.PASSED: [Trigger.ACTIVATE, Trigger.PASS],
@@ -254,6 +258,9 @@ ILLEGAL = [
             (JobStatus.PENDING, Trigger.CANCEL),
             (JobStatus.FAILED, Trigger.RETRY),
             (JobStatus.CANCELLED, Trigger.RETRY),
+            (JobStatus.BLOCKED, Trigger.UNBLOCK),
+            (JobStatus.BLOCKED, Trigger.SKIP),
+            (JobStatus.BLOCKED, Trigger.CANCEL),
         }
         or (
             status is JobStatus.ACTIVE

@@ -35,6 +35,9 @@ LEGAL = {
     (JobStatus.ACTIVE, Trigger.CANCEL): JobStatus.CANCELLED,
     (JobStatus.FAILED, Trigger.RETRY): JobStatus.PENDING,
     (JobStatus.CANCELLED, Trigger.RETRY): JobStatus.PENDING,
+    (JobStatus.BLOCKED, Trigger.UNBLOCK): JobStatus.PENDING,
+    (JobStatus.BLOCKED, Trigger.SKIP): JobStatus.SKIPPED,
+    (JobStatus.BLOCKED, Trigger.CANCEL): JobStatus.CANCELLED,
 }
 
 
@@ -102,7 +105,20 @@ def test_a_waiting_job_is_approved_into_the_queue_or_cancelled_and_nothing_else(
     # Approval only comes from waiting: a second approval (a race lost) is refused.
     assert [status for status in JobStatus if may(status, Trigger.APPROVE)] == [JobStatus.WAITING]
     assert not JobStatus.WAITING.is_terminal
-    assert {JobStatus.PENDING, JobStatus.WAITING} == INITIAL_STATUSES
+    assert {JobStatus.PENDING, JobStatus.WAITING, JobStatus.BLOCKED} == INITIAL_STATUSES
+
+
+def test_a_blocked_step_is_unblocked_into_the_queue_skipped_or_cancelled_and_nothing_else() -> None:
+    assert triggers_from(JobStatus.BLOCKED) == [Trigger.UNBLOCK, Trigger.SKIP, Trigger.CANCEL]
+    unblock = plan(JobStatus.BLOCKED, Trigger.UNBLOCK)
+    assert unblock.effects == (Effect.ENTER_QUEUE,) and unblock.reactions == (Reaction.ACTIVATE,)
+    assert unblock.slot_delta == 0 and not unblock.next_attempt
+    skip = plan(JobStatus.BLOCKED, Trigger.SKIP)
+    assert skip.effects == (Effect.FINISH,) and skip.reactions == () and skip.slot_delta == 0
+    assert JobStatus.SKIPPED.is_terminal and not JobStatus.BLOCKED.is_terminal
+    # Only a blocked step is unblocked or skipped: a second fan-in's write is refused.
+    assert [s for s in JobStatus if may(s, Trigger.UNBLOCK)] == [JobStatus.BLOCKED]
+    assert [s for s in JobStatus if may(s, Trigger.SKIP)] == [JobStatus.BLOCKED]
 
 
 def test_strings_are_accepted_and_unknown_names_rejected() -> None:

@@ -1,0 +1,229 @@
+"""Fan-out and fan-in of a pipeline run's steps against DynamoDB Local: each step made once,
+unblocked or skipped exactly once however many fan-ins race, counters equal to the items."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Iterable
+
+import pytest
+
+from scheduler.db.models import JobModel, RepoModel
+from scheduler.db.store import JobState, JobStore, NewJob, Outcome
+from scheduler.pipelines import Pipeline, parse_pipeline
+from scheduler.runs.doctor import examine
+from scheduler.runs.pipeline_runs import PipelineRuns, step_id
+from state_machines import JobStatus, Trigger
+
+REPO = "octo-org/pipelines"
+
+
+def run_job(store: JobStore, job_id: str = "gh-run", branch: str = "main") -> JobModel:
+    store.create(
+        NewJob(
+            job_id=job_id,
+            repo=REPO,
+            event="push",
+            sha="b" * 40,
+            timeout_seconds=600,
+            ref=f"refs/heads/{branch}",
+            branch=branch,
+            delivery_id=job_id,
+        )
+    )
+    return store.get(job_id)
+
+
+def pipeline(text: str) -> Pipeline:
+    return parse_pipeline(text.encode())
+
+
+FAN = pipeline(
+    """
+steps:
+  - {key: build, command: [make]}
+  - key: test
+    command: [make, test]
+    needs: [build]
+    matrix: {python: ["3.11", "3.12", "3.13"]}
+  - {key: report, command: [make, report], needs: [test], if: always()}
+  - {key: deploy, command: [make, deploy], needs: [test], if: "branch == 'main'"}
+"""
+)
+
+
+def status_of(store: JobStore, job_id: str) -> str:
+    return str(store.get(job_id).status)
+
+
+def by_key(store: JobStore, run: JobModel) -> dict[str, JobModel]:
+    runs = PipelineRuns(store)
+    return {str(s.step_key): s for s in runs.steps(run.job_id, int(run.step_count or 0))}
+
+
+def end(store: JobStore, job_id: str, trigger: Trigger = Trigger.PASS) -> None:
+    """Run a step to its end as the engine would: activate (a slot), then pass or fail."""
+    job = store.transition(store.state(job_id), Trigger.ACTIVATE, actor="test", slot_limit=10)
+    outcome = Outcome(reason="exit_code", exit_code=1) if trigger is Trigger.FAIL else None
+    store.transition(job, trigger, actor="test", outcome=outcome)
+
+
+def settle_retry(store: JobStore, job_ids: Iterable[str]) -> None:
+    for job_id in job_ids:
+        store.settle_retry_verdict(store.state(job_id))
+
+
+def counters_match_items(store: JobStore) -> None:
+    counted = RepoModel.get(REPO, consistent_read=True)
+    items = Counter(str(j.status) for j in JobModel.scan(consistent_read=True) if j.repo == REPO)
+    for status in JobStatus:
+        assert int(getattr(counted, f"n_{status.value}") or 0) == items[status.value], status
+
+
+def test_fan_out_makes_each_step_once_roots_queued_the_rest_blocked(store: JobStore) -> None:
+    run = run_job(store)
+    runs = PipelineRuns(store)
+    made = runs.fan_out(run, FAN)
+    assert made == [step_id(run.job_id, n) for n in range(1, 7)]
+    assert runs.fan_out(store.get(run.job_id), FAN) == []  # a replay makes nothing
+    run = store.get(run.job_id)
+    assert int(run.step_count) == 6
+    steps = by_key(store, run)
+    assert {key: str(s.status) for key, s in steps.items()} == {
+        "build": "pending",
+        "test[python=3.11]": "blocked",
+        "test[python=3.12]": "blocked",
+        "test[python=3.13]": "blocked",
+        "report": "blocked",
+        "deploy": "blocked",
+    }
+    build = steps["build"]
+    assert build.queue_repo == REPO and build.run_of == run.job_id
+    blocked = steps["deploy"]
+    assert blocked.queue_repo is None and blocked.waiting_repo is None  # neither queued nor waiting
+    counters_match_items(store)
+
+
+def test_a_run_keeps_one_pipeline(store: JobStore) -> None:
+    run = run_job(store)
+    PipelineRuns(store).fan_out(run, FAN)
+    other = pipeline("steps:\n  - {key: only, command: [true]}\n")
+    with pytest.raises(Exception, match="lost a race"):
+        PipelineRuns(store).fan_out(store.get(run.job_id), other)
+
+
+def test_fan_in_unblocks_when_the_last_need_ends_and_skips_what_its_if_refuses(
+    store: JobStore,
+) -> None:
+    run = run_job(store, branch="feature")
+    runs = PipelineRuns(store)
+    runs.fan_out(run, FAN)
+    run = store.get(run.job_id)
+    assert runs.fan_in(run).unblocked == ()  # build has not ended
+    end(store, step_id(run.job_id, 1))
+    first = runs.fan_in(run)
+    assert len(first.unblocked) == 3 and first.verdict == "running"
+    tests = [step_id(run.job_id, n) for n in (2, 3, 4)]
+    end(store, tests[0])
+    end(store, tests[1])
+    assert runs.fan_in(run).unblocked == ()  # one variant of test still to end
+    end(store, tests[2])
+    last = runs.fan_in(run)
+    # report runs (always), deploy is skipped: its if says main, the branch is feature.
+    assert last.unblocked == (step_id(run.job_id, 5),)
+    assert last.skipped == (step_id(run.job_id, 6),)
+    end(store, step_id(run.job_id, 5))
+    assert runs.fan_in(run).verdict == "passed"  # a skipped step does not fail the run
+    counters_match_items(store)
+
+
+def test_a_failed_need_skips_its_dependents_unless_their_if_says_always(
+    store: JobStore,
+) -> None:
+    run = run_job(store)
+    runs = PipelineRuns(store)
+    runs.fan_out(run, FAN)
+    run = store.get(run.job_id)
+    end(store, step_id(run.job_id, 1))
+    runs.fan_in(run)
+    tests = [step_id(run.job_id, n) for n in (2, 3, 4)]
+    end(store, tests[0], Trigger.FAIL)
+    # A failure whose automatic retry may still be owed has not ended for its dependents.
+    for job_id in tests[1:]:
+        end(store, job_id)
+    assert runs.fan_in(run).unblocked == ()
+    settle_retry(store, tests[:1])
+    after = runs.fan_in(run)
+    assert after.unblocked == (step_id(run.job_id, 5),)  # report: always()
+    assert after.skipped == (step_id(run.job_id, 6),)  # deploy: its need failed
+    end(store, step_id(run.job_id, 5))
+    assert runs.fan_in(run).verdict == "failed"
+
+
+@pytest.mark.parametrize("racers", [8])
+def test_racing_fan_ins_unblock_each_step_exactly_once(store: JobStore, racers: int) -> None:
+    """Eight threads call the fan-in at once, three times each, after the last need of 48
+    parallel steps ended: each step leaves blocked once, by one writer, and the counters equal
+    the items."""
+    wide = pipeline(
+        "steps:\n  - {key: root, command: [true]}\n"
+        "  - key: fan\n    command: [true]\n    needs: [root]\n"
+        "    matrix: {a: [1, 2, 3, 4, 5, 6], b: [1, 2, 3, 4, 5, 6, 7, 8]}\n"
+        "  - {key: join, command: [true], needs: [fan]}\n"
+    )
+    run = run_job(store)
+    runs = PipelineRuns(store)
+    runs.fan_out(run, wide)
+    run = store.get(run.job_id)
+    end(store, step_id(run.job_id, 1))
+    barrier = threading.Barrier(racers)
+    moved: list[str] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def race() -> None:
+        try:
+            barrier.wait()
+            for _ in range(3):
+                done = PipelineRuns(store).fan_in(run)
+                with lock:
+                    moved.extend(done.unblocked)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=race) for _ in range(racers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert errors == []
+    fan = [step_id(run.job_id, n) for n in range(2, 50)]
+    assert sorted(moved) == sorted(fan)  # each once, whichever thread
+    for job_id in fan:
+        item = store.get(job_id)
+        assert str(item.status) == "pending"
+        unblocks = [h for h in item.history if (h.source, h.dest) == ("blocked", "pending")]
+        assert len(unblocks) == 1, job_id
+    assert status_of(store, step_id(run.job_id, 50)) == "blocked"
+    counters_match_items(store)
+    jobs = [j for j in JobModel.scan(consistent_read=True) if j.repo == REPO]
+    drift, _ = examine(RepoModel.get(REPO, consistent_read=True), jobs, 0, 300_000)
+    assert drift == []
+
+
+def test_a_cancelled_blocked_step_is_left_alone_by_the_fan_in(store: JobStore) -> None:
+    run = run_job(store)
+    runs = PipelineRuns(store)
+    runs.fan_out(run, FAN)
+    run = store.get(run.job_id)
+    deploy = step_id(run.job_id, 6)
+    store.transition(store.state(deploy), Trigger.CANCEL, actor="test")
+    end(store, step_id(run.job_id, 1))
+    runs.fan_in(run)
+    for job_id in [step_id(run.job_id, n) for n in (2, 3, 4)]:
+        end(store, job_id)
+    last = runs.fan_in(run)
+    assert deploy not in last.unblocked + last.skipped
+    assert status_of(store, deploy) == "cancelled"
+    assert isinstance(store.state(deploy), JobState)
