@@ -6,7 +6,7 @@ Named after the scenario they reproduce; each failed on the code before its fix.
 from __future__ import annotations
 
 from scheduler.db.reads import JobReads
-from scheduler.db.store import JobState, JobStore, NewJob
+from scheduler.db.store import JobState, JobStore, NewJob, RunClaimed
 from scheduler.runs.reaper import Reaper
 from state_machines import Trigger
 
@@ -37,8 +37,14 @@ def test_a_claim_landing_between_the_reapers_read_and_write_wins(store: JobStore
 def test_a_retry_backoff_longer_than_the_timeout_is_not_reaped_before_it_starts(
     settings: object, tables: object
 ) -> None:
-    """Defect 5: backoff 10 s, timeout 2 s: the activated attempt's deadline covers the wait."""
-    store = JobStore.from_settings(settings, start_grace_seconds=0)  # type: ignore[arg-type]
+    """Defect 5: backoff 10 s, timeout 2 s: the activated attempt's deadline covers the wait.
+
+    An activation whose write claims no run (the AWS runtime's) is due back after the backoff
+    and the start grace (1 s here), by when its claim is due; the claim then counts the
+    timeout from the run's start. One that claims in its write (the local runtime's) covers
+    the backoff, the grace and the timeout at once.
+    """
+    store = JobStore.from_settings(settings, start_grace_seconds=1)  # type: ignore[arg-type]
     first = _active(store, "backoff", timeout=2)
     failed = store.transition(first, Trigger.TIME_OUT, actor="reaper")
     store.release_slot(failed)  # its run known stopped: the timeout kept the slot until then
@@ -46,6 +52,23 @@ def test_a_retry_backoff_longer_than_the_timeout_is_not_reaped_before_it_starts(
     second = store.activate(retried, slot_limit=10)
     item = store.get("backoff")
     assert second.attempt == 2 and item.start_delay_ms == 10_000
-    assert item.deadline_at - item.activated_at >= 12_000
-    # Eleven seconds on (the run still waiting out its backoff), the reaper leaves it alone.
-    assert Reaper(store, clock=lambda: item.activated_at + 11_000).reap_once() == []
+    assert item.deadline_at - item.activated_at == 11_000  # the backoff and the grace
+    # Ten and a half seconds on (the run still due to be claimed), the reaper leaves it alone.
+    at = int(item.activated_at)
+    assert Reaper(store, clock=lambda: at + 10_500).reap_once() == []
+    # Claimed as its backoff ends: from then on the deadline is its timeout.
+    store.claim_run(JobState.from_model(store.get("backoff")), "backoff#2")
+    claimed = store.get("backoff")
+    assert claimed.deadline_at - claimed.started_at == 2_000
+    assert str(claimed.status) == "active"
+
+    local = JobStore.from_settings(settings, start_grace_seconds=1)  # type: ignore[arg-type]
+    first = _active(local, "backoff-local", timeout=2)
+    failed = local.transition(first, Trigger.TIME_OUT, actor="reaper")
+    local.release_slot(failed)
+    retried = local.transition(failed, Trigger.RETRY, actor="retry-policy", start_delay_ms=10_000)
+    local.activate(retried, slot_limit=10, claim=RunClaimed("backoff-local#2"))
+    item = local.get("backoff-local")
+    assert item.deadline_at - item.activated_at == 13_000  # backoff, grace and timeout
+    later = int(item.activated_at) + 12_000
+    assert "backoff-local" not in Reaper(local, clock=lambda: later).reap_once()
