@@ -85,14 +85,16 @@ test: setup chromium
 # (uv downloads it from GitHub, which some machines cannot reach); with none, the tier is
 # skipped with a line saying why.
 PY312_VENV := .venv-py312
-.PHONY: test-py312
-test-py312: $(BIN)/.installed
-	@py=""; \
+# Sets $$py to a Python 3.12 on PATH, under pyenv or in .python/ ("" if none).
+PY312_FIND = py=""; \
 	for candidate in python3.12 $(HOME)/.pyenv/versions/3.12*/bin/python3.12 $(CURDIR)/.python/*/bin/python3.12; do \
 		if "$$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' >/dev/null 2>&1; then \
 			py=$$candidate; break; \
 		fi; \
-	done; \
+	done
+.PHONY: test-py312
+test-py312: $(BIN)/.installed
+	@$(PY312_FIND); \
 	if [ -z "$$py" ]; then \
 		$(MAKE) --no-print-directory $(LOCK_VENV)/.installed && \
 		$(LOCK_VENV)/bin/python -m pip install --quiet --disable-pip-version-check uv==0.13.8 >/dev/null 2>&1 && \
@@ -162,6 +164,23 @@ $(SAM_VENV)/.installed:
 # Every function's artefact in .aws-sam/build/<LogicalId>/ (no Docker: pip fetches arm64 wheels).
 sam-build: setup sam
 	$(SAM) build --template infra/template.yaml --build-in-source --build-dir .aws-sam/build
+	@$(MAKE) --no-print-directory lambda-bytecode
+
+# Lambda's code folder is read-only, so an artefact without bytecode compiles every module it
+# imports at each cold start (the reaper's imports: 0.65 s, 0.29 s with bytecode; Python 3.12).
+# Compiled with Lambda's Python, hash-checked ("unchecked-hash": valid whatever the files'
+# times after zipping); without a Python 3.12 here, left out with a line saying so.
+.PHONY: lambda-bytecode
+lambda-bytecode:
+	@$(PY312_FIND); \
+	if [ -z "$$py" ]; then \
+		echo "lambda-bytecode: skipped: no Python 3.12 here (each cold start compiles instead)" >&2; \
+		exit 0; \
+	fi; \
+	"$$py" -m compileall -q -j0 --invalidation-mode unchecked-hash \
+		$(addprefix .aws-sam/build/,$(LAMBDA_FUNCTIONS)) >/dev/null \
+		|| { echo "error: could not compile the Lambda artefacts" >&2; exit 1; }; \
+	echo "lambda-bytecode: $(words $(LAMBDA_FUNCTIONS)) artefacts compiled with $$("$$py" --version)" >&2
 
 # AWS's Lambda runtime interface client, for booting the built functions locally (a test does).
 lambda-ric: .aws-sam/ric/.installed
