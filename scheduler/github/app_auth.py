@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from scheduler.errors import ConfigurationError
 from scheduler.github.api import GitHubApi, GitHubApiError
@@ -162,16 +162,8 @@ class AppAuth:
         """A token of ``repo``'s installation that may act on ``repo`` alone, with
         ``permissions`` only (``{"contents": "read"}`` for a build's fetch): bought afresh,
         never cached, so what holds it can do no more than that, for its hour at most."""
-        installation_id = self.installation_for(repo)
-        path = f"/app/installations/{installation_id}/access_tokens"
         body = {"repositories": [repo.split("/", 1)[1]], "permissions": dict(permissions)}
-        answer = self._api.request("POST", path, authorization=self.app_authorization(), json=body)
-        self.tokens_bought += 1
-        if not isinstance(answer, dict) or not isinstance(answer.get("token"), str):
-            raise GitHubApiError("POST", path, 201, "no token in the answer")
-        with self._lock:
-            self._bought.append(answer["token"])
-        return str(answer["token"])
+        return str(self._token_answer(self.installation_for(repo), body)["token"])
 
     def bought(self) -> tuple[str, ...]:
         """Every installation token this process bought (newest :data:`BOUGHT_KEPT`): what no
@@ -180,14 +172,22 @@ class AppAuth:
             return tuple(self._bought)
 
     def _buy(self, installation_id: int) -> InstallationToken:
+        answer = self._token_answer(installation_id)
+        return InstallationToken(answer["token"], _epoch(answer.get("expires_at"), self._clock()))
+
+    def _token_answer(
+        self, installation_id: int, body: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """GitHub's answer to buying a token of the installation (``body``: narrower than the
+        installation's own rights); the token is remembered for masking."""
         path = f"/app/installations/{installation_id}/access_tokens"
-        answer = self._api.request("POST", path, authorization=self.app_authorization())
+        answer = self._api.request("POST", path, authorization=self.app_authorization(), json=body)
         self.tokens_bought += 1
         if not isinstance(answer, dict) or not isinstance(answer.get("token"), str):
             raise GitHubApiError("POST", path, 201, "no token in the answer")
         with self._lock:
             self._bought.append(answer["token"])
-        return InstallationToken(answer["token"], _epoch(answer.get("expires_at"), self._clock()))
+        return answer
 
 
 def _epoch(value: object, now: float) -> float:

@@ -135,22 +135,16 @@ class GitHubNotifier:
     ) -> None:
         # httpx is imported once a notifier is made (a token is configured), not with this
         # module: a Lambda function that posts no status does not pay for it at cold start.
-        import httpx
+        from scheduler.github.api import MEDIA_TYPE, api_client
 
-        headers = {
-            "Accept": "application/vnd.github+json",
-            "X-GitHub-Api-Version": "2022-11-28",
-            "User-Agent": "dynamo-scheduler",
-        }
-        if authorization_for is None:
-            headers["Authorization"] = f"Bearer {token}"
         # GitHub App mode: each repository's installation token (asked per post, renewed
         # before it expires) instead of one token for all.
         self._authorization_for = authorization_for
-        tracing.trace_httpx()
-        self._client = client or httpx.Client(
-            base_url=api_url.rstrip("/"), timeout=timeout_seconds, headers=headers
-        )
+        if client is None:
+            client = api_client(api_url, accept=MEDIA_TYPE, timeout_seconds=timeout_seconds)
+            if authorization_for is None:
+                client.headers["Authorization"] = f"Bearer {token}"
+        self._client = client
         self._attempts = attempts
         self._backoff = backoff_seconds
         self._sleep = sleep

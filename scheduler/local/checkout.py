@@ -50,8 +50,6 @@ LOCAL_TIMEOUT_SECONDS = 120
 _SHA = re.compile(r"[0-9a-f]{40}")
 # Git's own answer when the remote is reachable but has no such commit.
 _NOT_THERE = re.compile(r"not our ref|couldn't find remote ref|no such remote ref", re.I)
-# The credential helper answers only for https to the GitHub host (scheduler.git_credentials).
-_HELPER = CREDENTIAL_HELPER
 
 
 TokenSource = Callable[[str], "str | None"]
@@ -242,7 +240,8 @@ class SourceCheckout:
             "advice.detachedHead": "false",
         }
         if token:
-            settings["credential.helper"] = _HELPER
+            # Answers only for https to the GitHub host (scheduler.git_credentials).
+            settings["credential.helper"] = CREDENTIAL_HELPER
             env[TOKEN_VARIABLE] = token
             env[HOST_VARIABLE] = self._github_host
         env.update(GIT_TERMINAL_PROMPT="0", GIT_ASKPASS="true", GIT_CONFIG_NOSYSTEM="1")

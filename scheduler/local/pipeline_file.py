@@ -13,7 +13,12 @@ fetches nothing more. Outcomes map onto :func:`~scheduler.pipelines.pipeline_for
 from __future__ import annotations
 
 from scheduler.errors import PipelineFileError, PipelineUnavailable
-from scheduler.local.checkout import CheckoutFailed, CommitNotFound, SourceCheckout
+from scheduler.local.checkout import (
+    REGULAR_MODES,
+    CheckoutFailed,
+    CommitNotFound,
+    SourceCheckout,
+)
 from scheduler.pipelines import CommitRef, PipelineFileReader, file_too_large
 
 __all__ = ["MirrorPipelineReader"]
@@ -36,7 +41,7 @@ class MirrorPipelineReader:
             return None
         if found is None:
             return None
-        if found.kind != "a file":
+        if found.mode not in REGULAR_MODES:
             raise PipelineFileError(f"not a file but {found.kind}", None, path)
         if found.content is None:
             raise file_too_large(found.size, max_bytes, path)
