@@ -25,11 +25,13 @@ from scheduler.db import models
 from scheduler.db.queries import Queries
 from scheduler.db.store import JobStore
 from scheduler.errors import ConfigurationError
+from scheduler.pipelines import PipelineFileReader
 from scheduler.runs.claims import ClaimAtStart, RunClaims
 from scheduler.runs.executor import Executor, OnFinished, RunResult, Source
 from scheduler.runs.logs import LogReader, RunLogs
 from scheduler.runs.masking import Masker, masker_for, pem_secrets
 from scheduler.runs.operations import Operations
+from scheduler.runs.pipeline_driver import PipelineDriver
 from scheduler.runs.reaper import Reaper
 from scheduler.runs.reservations import Reservations
 from scheduler.runs.starter import RunStarter
@@ -79,8 +81,8 @@ class Core:
     def reconciler(self) -> Reconciler:
         """The backstop beside the reaper on both runtimes (the reaper's function on AWS, the
         stack's reaper loop locally): frees held slots once their runs are known stopped
-        (asked of this runtime's executor), makes the retries lost failure records owed and
-        sweeps stalled queues."""
+        (asked of this runtime's executor), makes the retries lost failure records owed, moves
+        on the pipeline runs whose steps' records were lost and sweeps stalled queues."""
         executor = self.runs.executor if self.runs is not None else None
         return Reconciler(
             self.store,
@@ -88,6 +90,7 @@ class Core:
             self.sweeper,
             executor,
             redrive=self.dispatcher.redrive_failed,
+            settle_run=self.dispatcher.settle_run,
         )
 
     @cached_property
@@ -160,12 +163,15 @@ def build_core(
     config: RepositoryConfig | None = None,
     log_reader: LogReader | None = None,
     claims: RunClaims | None = None,
+    pipeline_reader: Callable[[], PipelineFileReader] | None = None,
 ) -> Core:
     """The core for ``settings``; ``executor`` None means this process starts no runs;
     ``log_reader`` is how this runtime reads run output (None: the log route answers 404).
 
     ``claims``: who claims the runtime's runs (:mod:`scheduler.runs.claims`; by default the
     start does, :class:`ClaimAtStart`), chosen by each runtime's composition.
+    ``pipeline_reader`` makes the runtime's reader of commits' pipeline files (by default
+    GitHub's contents API); a process that starts no runs reads none.
     """
     claims = claims if claims is not None else ClaimAtStart()
     config = config if config is not None else load_config(settings.config_path)
@@ -241,6 +247,11 @@ def build_core(
         observers=observers,
         full_repos=full_repos,
         reservations=reservations,
+        pipelines=PipelineDriver(
+            store, pipeline_reader or _contents_reader(settings), config.policy
+        )
+        if runs is not None
+        else None,
     )
     return Core(
         settings=settings,
@@ -266,6 +277,15 @@ def build_core(
             Queries.from_settings(settings), log_reader, mask_for_settings(settings, config)
         ),
     )
+
+
+def _contents_reader(settings: Settings) -> Callable[[], PipelineFileReader]:
+    def make() -> PipelineFileReader:
+        from scheduler.github.contents import contents_reader_for
+
+        return contents_reader_for(settings)
+
+    return make
 
 
 def mask_for_settings(settings: Settings, config: RepositoryConfig) -> Callable[[str], Masker]:

@@ -28,6 +28,9 @@ from state_machines.states import JobStatus, Trigger
 TIMED_OUT = "timed_out"
 RUNNER_LOST = "runner_lost"
 START_FAILED = "start_failed"
+PIPELINE_INVALID = "pipeline_invalid"
+PIPELINE_UNAVAILABLE = "pipeline_unavailable"
+STEPS_FAILED = "steps_failed"
 # Failures of the infrastructure, not of the job: retried automatically, apart from (and on top
 # of) the repository's own retry policy.
 INFRASTRUCTURE_REASONS = frozenset({RUNNER_LOST, START_FAILED})
@@ -55,6 +58,9 @@ class Effect(StrEnum):
     MARK_RETRY = "mark_retry"
     # The retry is made: the failure's mark comes off.
     CLEAR_RETRY_MARK = "clear_retry_mark"
+    # A pipeline run runs its steps: out of the queue, no slot and no deadline of its own,
+    # in the reconciliation's index of running pipelines (its fan-in may be owed).
+    RUN_STEPS = "run_steps"
 
 
 class Reaction(StrEnum):
@@ -67,6 +73,17 @@ class Reaction(StrEnum):
     PROMOTE_QUEUED = "promote_queued"  # offer the freed slot to the queue (unless handed on)
     RELEASE_TRIGGER = "release_trigger"  # a new delivery of its commit may build it again
     RETRY_POLICY = "retry_policy"  # the automatic retry, if the policy's verdict gives one
+    # A pipeline run's steps are moved on (its first fan-in), or cancelled with it.
+    SETTLE_RUN = "settle_run"
+
+
+class Scope(StrEnum):
+    """Which jobs a row moves: jobs (a delivery's job before its pipeline is known, or a
+    pipeline's step), pipeline runs (a job whose steps were made), or both."""
+
+    JOB = "job"
+    RUN = "run"
+    ANY = "any"
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +99,7 @@ class Row:
     holds_slot: bool = False
     next_attempt: bool = False
     reason: str | None = None
+    scope: Scope = Scope.JOB
 
 
 _QUEUED = (Effect.ENTER_QUEUE,)
@@ -188,10 +206,51 @@ LIFECYCLE: tuple[Row, ...] = (
         effects=_QUEUED,
         reactions=(Reaction.ACTIVATE,),
     ),
+    # A pipeline run: a delivery's job whose commit has a pipeline file. Its steps are jobs of
+    # their own (they queue, take slots and run); the run only says how they went.
+    Row(
+        Trigger.EXPAND,
+        (JobStatus.PENDING,),
+        JobStatus.ACTIVE,
+        effects=(Effect.RUN_STEPS,),
+        reactions=(Reaction.SETTLE_RUN,),
+        scope=Scope.ANY,
+    ),
+    # A bad pipeline file fails its run before any step is made.
+    Row(
+        Trigger.REFUSE,
+        (JobStatus.PENDING,),
+        JobStatus.FAILED,
+        reason=PIPELINE_INVALID,
+        effects=_FINISHED,
+        scope=Scope.ANY,
+    ),
+    # Every step ended: passed when each passed or was skipped (no slot, no retry of its own:
+    # a step's retries are the step's).
+    Row(Trigger.PASS, (JobStatus.ACTIVE,), JobStatus.PASSED, effects=_FINISHED, scope=Scope.RUN),
+    Row(
+        Trigger.FAIL,
+        (JobStatus.ACTIVE,),
+        JobStatus.FAILED,
+        reason=STEPS_FAILED,
+        effects=_FINISHED,
+        scope=Scope.RUN,
+    ),
+    # Cancelling a pipeline run cancels its steps (each stops its own run and frees its slot).
+    Row(
+        Trigger.CANCEL,
+        (JobStatus.PENDING, JobStatus.ACTIVE),
+        JobStatus.CANCELLED,
+        effects=_FINISHED,
+        reactions=(Reaction.SETTLE_RUN, Reaction.RELEASE_TRIGGER),
+        scope=Scope.RUN,
+    ),
 )
 
 TRANSITION_TABLE: list[dict[str, object]] = [
-    {"trigger": row.trigger, "source": list(row.sources), "dest": row.dest} for row in LIFECYCLE
+    {"trigger": row.trigger, "source": list(row.sources), "dest": row.dest}
+    for row in LIFECYCLE
+    if row.scope is not Scope.RUN  # a run's rows make changes the jobs' rows already name
 ]
 """The lifecycle as `transitions` reads it (trigger, source, dest), derived from the rows."""
 
@@ -225,18 +284,24 @@ class TransitionPlan:
     holds_slot: bool = False
     effects: tuple[Effect, ...] = ()
     reactions: tuple[Reaction, ...] = ()
+    pipeline_run: bool = False
 
 
-def _compile() -> dict[tuple[JobStatus, Trigger], TransitionPlan]:
-    plans: dict[tuple[JobStatus, Trigger], TransitionPlan] = {}
+_Key = tuple[JobStatus, Trigger, bool]  # (source, trigger, whether the job is a pipeline run)
+
+
+def _compile() -> dict[_Key, TransitionPlan]:
+    plans: dict[_Key, TransitionPlan] = {}
     for row in LIFECYCLE:
         event = MACHINE.events[str(row.trigger)]
-        for source in row.sources:
+        runs = {Scope.JOB: (False,), Scope.RUN: (True,), Scope.ANY: (False, True)}[row.scope]
+        for source, pipeline_run in ((s, r) for s in row.sources for r in runs):
             # The machine agrees (Enum states are named by member name), and no pair is
             # described twice.
             assert JobStatus[str(event.transitions[source.name][0].dest)] is row.dest
-            assert (source, row.trigger) not in plans, (source, row.trigger)
-            plans[(source, row.trigger)] = TransitionPlan(
+            key = (source, row.trigger, pipeline_run)
+            assert key not in plans, key
+            plans[key] = TransitionPlan(
                 trigger=row.trigger,
                 source=source,
                 dest=row.dest,
@@ -246,42 +311,58 @@ def _compile() -> dict[tuple[JobStatus, Trigger], TransitionPlan]:
                 holds_slot=row.holds_slot,
                 effects=row.effects,
                 reactions=row.reactions,
+                pipeline_run=pipeline_run,
             )
     return plans
 
 
 _PLANS = _compile()
-_BY_CHANGE: dict[tuple[JobStatus, JobStatus], list[TransitionPlan]] = {}
+_BY_CHANGE: dict[tuple[JobStatus, JobStatus, bool], list[TransitionPlan]] = {}
 for _plan in _PLANS.values():
-    _BY_CHANGE.setdefault((_plan.source, _plan.dest), []).append(_plan)
+    _BY_CHANGE.setdefault((_plan.source, _plan.dest, _plan.pipeline_run), []).append(_plan)
 
 
-def may(status: JobStatus | str, trigger: Trigger | str) -> bool:
+def may(status: JobStatus | str, trigger: Trigger | str, *, pipeline_run: bool = False) -> bool:
     """Whether ``trigger`` is legal from ``status`` (no side effects)."""
-    return (JobStatus(status), Trigger(trigger)) in _PLANS
+    return (JobStatus(status), Trigger(trigger), pipeline_run) in _PLANS
 
 
-def plan(status: JobStatus | str, trigger: Trigger | str, job_id: str = "?") -> TransitionPlan:
-    """The plan for ``trigger`` from ``status``; :class:`InvalidTransition` if illegal."""
-    found = _PLANS.get((JobStatus(status), Trigger(trigger)))
+def plan(
+    status: JobStatus | str,
+    trigger: Trigger | str,
+    job_id: str = "?",
+    *,
+    pipeline_run: bool = False,
+) -> TransitionPlan:
+    """The plan for ``trigger`` from ``status``; :class:`InvalidTransition` if illegal.
+
+    A pipeline run (a job whose steps were made) moves only by its own rows: it is never
+    activated, timed out or retried as a whole (its steps are).
+    """
+    found = _PLANS.get((JobStatus(status), Trigger(trigger), pipeline_run))
     if found is None:
         raise InvalidTransition(job_id, str(status), str(trigger))
     return found
 
 
-def triggers_from(status: JobStatus | str) -> list[Trigger]:
+def triggers_from(status: JobStatus | str, *, pipeline_run: bool = False) -> list[Trigger]:
     """The triggers that are legal from ``status``, in table order."""
     current = JobStatus(status)
-    return [trigger for (source, trigger) in _PLANS if source is current]
+    return [
+        trigger for (source, trigger, run) in _PLANS if source is current and run == pipeline_run
+    ]
 
 
-def plan_between(source: JobStatus, dest: JobStatus, *, slot_held: bool) -> TransitionPlan | None:
+def plan_between(
+    source: JobStatus, dest: JobStatus, *, slot_held: bool, pipeline_run: bool = False
+) -> TransitionPlan | None:
     """The plan a status change read from the stream was made by; None if no row makes it.
 
     Two rows may make the same change (``active -> failed``: a failure, or the reaper's
-    timeout); the one whose ``holds_slot`` matches the item's ``slot_held`` is it.
+    timeout); the one whose ``holds_slot`` matches the item's ``slot_held`` is it. A pipeline
+    run's changes are its own rows' (``pipeline_run``: the image has a step count).
     """
-    found = _BY_CHANGE.get((source, dest), [])
+    found = _BY_CHANGE.get((source, dest, pipeline_run), [])
     for candidate in found:
         if candidate.holds_slot == slot_held:
             return candidate

@@ -41,3 +41,7 @@ class Trigger(StrEnum):
     RETRY = "retry"
     UNBLOCK = "unblock"
     SKIP = "skip"
+    # A pipeline run whose commit has a pipeline file: its steps are made, it runs them.
+    EXPAND = "expand"
+    # A pipeline run whose file is bad (or could not be read in time): it fails at once.
+    REFUSE = "refuse"

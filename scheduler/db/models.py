@@ -36,6 +36,10 @@ HELD_SHARD = "held"
 # record decides it; if that record is lost, the reconciliation does) carries this in the same
 # `held_shard`: one sparse index of finished jobs that still owe something.
 RETRY_SHARD = "retry"
+# Every pipeline run that runs its steps carries this in its `deadline_shard` (a partition the
+# reaper never reads), ordered by when it began: the reconciliation makes the fan-in a lost
+# step record owed from there.
+RUN_SHARD = "run"
 
 
 class HistoryEntry(MapAttribute[str, Any]):
@@ -182,6 +186,10 @@ class JobModel(Model):
     step_key = UnicodeAttribute(null=True)
     step = UnicodeAttribute(null=True)
     step_count = NumberAttribute(null=True)
+    # A delivery's job whose pipeline is not known yet (its repository honours the commit's
+    # file): it is neither activated nor promoted until the file is read (the activation, an
+    # expansion or a refusal takes this off).
+    pipeline_owed = BooleanAttribute(null=True)
 
     queue_repo = UnicodeAttribute(null=True)
     queue_shard = UnicodeAttribute(null=True)

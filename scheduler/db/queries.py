@@ -387,6 +387,11 @@ class JobDetail(JobSummary):
     expires_at: int | None  # epoch seconds (the TTL), as DynamoDB wants it
     history: tuple[HistoryItem, ...]
     fork: bool = False  # a pull request from a fork (it waits for approval by default)
+    # A pipeline's step names its run and its key; a pipeline run counts its steps
+    # (``<job_id>.s1`` to ``.s<step_count>``).
+    run_of: str | None = None
+    step_key: str | None = None
+    step_count: int | None = None
 
     @classmethod
     def from_model(cls, job: JobModel) -> JobDetail:
@@ -395,6 +400,9 @@ class JobDetail(JobSummary):
             **cls._fields_from(job),
             delivery_id=job.delivery_id,
             fork=bool(job.fork),
+            run_of=job.run_of,
+            step_key=job.step_key,
+            step_count=_int(job.step_count),
             version=int(job.version),
             priority=int(job.priority or 0),
             timeout_seconds=int(job.timeout_seconds),

@@ -19,6 +19,7 @@ from scheduler.db.models import (
     HELD_SHARD,
     QUEUED_SHARD,
     RETRY_SHARD,
+    RUN_SHARD,
     JobModel,
     RepoModel,
 )
@@ -166,6 +167,20 @@ class JobReads:
                 limit=limit,
                 page_size=limit,
                 range_key_condition=JobModel.finished_at < before,
+            )
+        )
+
+    def running_pipelines(self, before: int, *, limit: int) -> list[JobModel]:
+        """Pipeline runs that began running their steps before ``before``, oldest first: the
+        ``active_by_deadline`` index's RUN_SHARD part holds exactly the runs not ended."""
+        return list(
+            self._query(
+                RUN_SHARD,
+                index="active_by_deadline",
+                what="running pipelines",
+                limit=limit,
+                page_size=limit,
+                range_key_condition=JobModel.deadline_at < before,
             )
         )
 

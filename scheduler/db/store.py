@@ -50,6 +50,7 @@ from scheduler.db.models import (
     HELD_SHARD,
     QUEUED_SHARD,
     RETRY_SHARD,
+    RUN_SHARD,
     HistoryEntry,
     JobModel,
     RepoModel,
@@ -128,6 +129,8 @@ class NewJob:
     run_of: str | None = None
     step_key: str | None = None
     step: str | None = None
+    # The commit's pipeline file is to be read before the job may be activated.
+    pipeline_owed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +150,8 @@ class JobState:
     received_at: int
     priority: int = 0
     start_delay_ms: int = 0
+    # A pipeline run (its steps were made): it moves by the lifecycle's rows for runs.
+    pipeline_run: bool = False
 
     @classmethod
     def from_model(cls, job: JobModel) -> JobState:
@@ -160,6 +165,7 @@ class JobState:
             received_at=int(job.received_at),
             priority=int(job.priority or 0),
             start_delay_ms=int(job.start_delay_ms or 0),
+            pipeline_run=job.step_count is not None,
         )
 
 
@@ -374,6 +380,7 @@ class JobStore:
             run_of=new.run_of,
             step_key=new.step_key,
             step=new.step,
+            pipeline_owed=True if new.pipeline_owed else None,
         )
 
     def _guard_owner(self, guard_item: str, job_id: str) -> str:
@@ -456,7 +463,7 @@ class JobStore:
         hand_off: HandOff | None = None,
         alone: bool = False,
     ) -> JobState:
-        step = plan(job.status, trigger, job.job_id)
+        step = plan(job.status, trigger, job.job_id, pipeline_run=job.pipeline_run)
         if step.slot_delta > 0 and slot_limit is None:
             raise ValueError("activation needs the repository's slot limit")
         if claim is not None and Effect.ENTER_ACTIVE not in step.effects:
@@ -581,11 +588,12 @@ class JobStore:
     def record_step_count(self, run_id: str, count: int) -> None:
         """Record how many steps a pipeline run has, before any is made (so a fan-out cut
         short is finished by its replay, and the fan-in reads them all). The same count again
-        is a no-op; another is :class:`TransitionConflict` (a run has one pipeline)."""
+        is a no-op; another is :class:`TransitionConflict` (a run has one pipeline), as is a run
+        no longer pending (cancelled, or expanded by another process: it makes no steps)."""
         self._update_job(
             run_id,
             actions=[JobModel.step_count.set(count)],
-            condition=JobModel.job_id.exists()
+            condition=(JobModel.status == JobStatus.PENDING.value)
             & (JobModel.step_count.does_not_exist() | (JobModel.step_count == count)),
             refused=TransitionConflict(run_id, f"a pipeline of {count} steps"),
             what=f"step count of run {run_id}",
@@ -739,6 +747,24 @@ class JobStore:
             what=f"retry verdict of job {job.job_id}",
         )
 
+    def settle_pipeline(self, job: JobState) -> None:
+        """Record that a queued job's commit has no pipeline file of its own (it runs as its
+        one step): promotions may activate it from now on. For a job whose own activation
+        was refused (its repository full); an activation takes the mark off itself.
+
+        Not a transition: the version stays. Raises :class:`TransitionConflict` if the job
+        moved or was settled already.
+        """
+        self._update_job(
+            job.job_id,
+            actions=[JobModel.pipeline_owed.remove()],
+            condition=(JobModel.status == JobStatus.PENDING.value)
+            & (JobModel.version == job.version)
+            & JobModel.pipeline_owed.exists(),
+            refused=TransitionConflict(job.job_id, "settle pipeline"),
+            what=f"pipeline of job {job.job_id}",
+        )
+
     def clear_queue_mark(self, repo: str) -> bool:
         """Take ``repo`` out of the repositories with queued work, if it has no pending job.
 
@@ -886,6 +912,18 @@ class JobStore:
                     JobModel.queue_repo.remove(),
                     JobModel.queue_shard.remove(),
                     JobModel.queue_key.remove(),
+                    JobModel.pipeline_owed.remove(),  # no file: the job is its own one step
+                ]
+            case Effect.RUN_STEPS:
+                return [
+                    JobModel.activated_at.set(now),
+                    JobModel.started_at.set(now),
+                    JobModel.deadline_shard.set(RUN_SHARD),
+                    JobModel.deadline_at.set(now),
+                    JobModel.queue_repo.remove(),
+                    JobModel.queue_shard.remove(),
+                    JobModel.queue_key.remove(),
+                    JobModel.pipeline_owed.remove(),
                 ]
             case Effect.ENTER_QUEUE:  # a retry (a new attempt) or an approval: queued
                 return [
@@ -917,6 +955,7 @@ class JobStore:
                 actions: list[Action] = [
                     JobModel.finished_at.set(now),
                     JobModel.expires_at.set(expires),
+                    JobModel.pipeline_owed.remove(),
                     JobModel.waiting_repo.remove(),
                     JobModel.deadline_shard.remove(),
                     JobModel.deadline_at.remove(),

@@ -238,6 +238,8 @@ class WebhookService:
             trace_id=tracing.current_trace_id(),
             fork=build.fork,
             status=JobStatus.WAITING if waits else JobStatus.PENDING,
+            # The commit's own pipeline file is read before the job runs (see PipelineDriver).
+            pipeline_owed=policy.pipeline == "repo" and policy.checkout,
         )
         fields = {"job_id": new.job_id, "repo": new.repo, "delivery_id": new.delivery_id}
         try:

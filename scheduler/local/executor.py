@@ -150,6 +150,11 @@ class LocalExecutor:
     def logs_dir(self) -> Path:
         return self._work_dir / LOGS_FOLDER
 
+    @property
+    def checkout(self) -> SourceCheckout:
+        """The mirrors and checkouts of the runs (a pipeline file is read from the mirror)."""
+        return self._checkout
+
     def start(self, request: RunRequest, claim: Claim = lambda: True) -> str | None:
         run_id = run_id_for(request)
         with self._lock:

@@ -36,6 +36,7 @@ from scheduler.local.executor import LocalExecutor
 from scheduler.local.http_server import LocalHTTPServer
 from scheduler.local.log_reader import LocalLogReader
 from scheduler.local.mapping import PollingConfig
+from scheduler.local.pipeline_file import MirrorPipelineReader
 from scheduler.local.run_log import RUNS_FOLDER, logs_dir_in
 from scheduler.local.sandbox import Bubblewrap, find_sandbox
 from scheduler.local.stream_runner import StreamRunner
@@ -347,18 +348,23 @@ def compose(
     config = config if config is not None else load_config(settings.config_path)
     sandbox = sandbox_for(config, options.data_dir)
 
+    made: list[LocalExecutor] = []
+
     def executor(finished: OnFinished) -> LocalExecutor:
-        return LocalExecutor(
-            runs_dir,
-            finished,
-            max_parallel=options.max_parallel_runs,
-            log_max_bytes=settings.log_max_bytes,
-            mask_for=mask_for_settings(settings, config),
-            sandbox=sandbox,
-            github_host=github_host(settings.github_api_url),
-            # GitHub App mode: git fetches with the repository's installation token.
-            git_token_for=app.auth.token_for if (app := github_app(settings)) else None,
+        made.append(
+            LocalExecutor(
+                runs_dir,
+                finished,
+                max_parallel=options.max_parallel_runs,
+                log_max_bytes=settings.log_max_bytes,
+                mask_for=mask_for_settings(settings, config),
+                sandbox=sandbox,
+                github_host=github_host(settings.github_api_url),
+                # GitHub App mode: git fetches with the repository's installation token.
+                git_token_for=app.auth.token_for if (app := github_app(settings)) else None,
+            )
         )
+        return made[-1]
 
     return build_core(
         settings,
@@ -368,6 +374,8 @@ def compose(
         # The activation claims the run for this runner (its folder); its record starts it.
         # The runner's logs say which attempts it ever took (see LocalExecutor.status).
         claims=ClaimOnActivation(),
+        # Pipeline files are read from the mirrors the runs' checkouts fetch into.
+        pipeline_reader=lambda: MirrorPipelineReader(made[-1].checkout),
     )
 
 

@@ -97,6 +97,8 @@ class Diagnosis:
 
 
 def _holds_slot(job: JobModel) -> bool:
+    if job.step_count is not None:
+        return False  # a pipeline run: its steps hold the slots
     return job.status == JobStatus.ACTIVE.value or (
         job.status in {s.value for s in JobStatus if s.is_terminal} and bool(job.slot_held)
     )
@@ -130,7 +132,11 @@ def examine(
             problem, since = QUEUED_WITH_FREE_SLOT, int(job.updated_at or job.received_at)
         elif job.status != JobStatus.ACTIVE.value and _holds_slot(job):
             problem, since = HOLDS_SLOT_AFTER_FINISH, int(job.finished_at or job.updated_at or 0)
-        elif job.status == JobStatus.ACTIVE.value and job.deadline_at is not None:
+        elif (
+            job.status == JobStatus.ACTIVE.value
+            and job.deadline_at is not None
+            and job.step_count is None  # a pipeline run has no deadline of its own
+        ):
             problem, since = PAST_DEADLINE, int(job.deadline_at)
         if problem is not None and since is not None and since < cutoff:
             stranded.append(Stranded(job.job_id, repo, str(job.status), problem, since))

@@ -7,6 +7,7 @@ comes from operator configuration, never from the payload.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum, StrEnum
@@ -54,6 +55,9 @@ class RunRequest:
     secrets: tuple[str, ...] = ()
     # A fork's pull request (the job's ``fork``): someone else's code, approved or not.
     fork: bool = False
+    # A pipeline step's own variables (its ``env``, then its matrix values), under the
+    # scheduler's own (which a step cannot override).
+    step_env: tuple[tuple[str, str], ...] = ()
 
     @property
     def idempotency_key(self) -> str:
@@ -71,6 +75,11 @@ class RunRequest:
         """The run of ``job``'s current attempt; ``source`` says whether and where from its
         commit is checked out (the configured URL wins over the payload's)."""
         source = source or Source(checkout=False)
+        step_env: tuple[tuple[str, str], ...] = ()
+        if job.step is not None:  # a pipeline's step runs its own command
+            record = json.loads(job.step)
+            command = record["command"]
+            step_env = tuple({**record["env"], **record["matrix"]}.items())
         return cls(
             job_id=job.job_id,
             repo=job.repo,
@@ -90,10 +99,12 @@ class RunRequest:
             fork=bool(job.fork),
             # A fork's pull request is someone else's code: it never gets the secrets.
             secrets=() if job.fork else source.secrets,
+            step_env=step_env,
         )
 
     def environment(self) -> dict[str, str]:
         env = {
+            **dict(self.step_env),
             "SCHEDULER_JOB_ID": self.job_id,
             "SCHEDULER_REPO": self.repo,
             "SCHEDULER_SHA": self.sha,

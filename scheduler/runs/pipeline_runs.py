@@ -4,10 +4,12 @@ Each step is a job item (``<run>.s<n>``, in pipeline order), so it has the lifec
 slots, claims, reaper and retries of any job: started at most once per attempt, counted against
 its repository's limit while it runs. What is new is how steps begin:
 
-- **Fan-out** (:meth:`PipelineRuns.fan_out`) records the run's step count, then puts each step
-  with a condition that it is not there yet: the steps without needs ``pending`` (queued like
-  any new job), the others ``blocked``. A replay, or a fan-out cut short and done again, makes
-  only what is missing; more than 100 steps are never one transaction.
+- **Fan-out** (:meth:`PipelineRuns.fan_out`) records the run's step count (only while the run is
+  pending: a cancelled run makes none), then puts each step ``blocked`` with a condition that it
+  is not there yet. A replay, or a fan-out cut short and done again, makes only what is
+  missing; more than 100 steps are never one transaction. Nothing runs yet: the steps without
+  needs are unblocked by the first fan-in, once the run itself is ``active``, so a run
+  cancelled meanwhile starts none of them.
 - **Fan-in** (:meth:`PipelineRuns.fan_in`), called whenever a step ends (and by whoever sees a
   run that may owe one), reads every step consistently, asks the pure
   :func:`~scheduler.pipelines.decide` which blocked steps can run or must be skipped, and moves
@@ -29,6 +31,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from scheduler.config import RetryPolicy
 from scheduler.db.models import JobModel
 from scheduler.db.store import JobState, JobStore, NewJob, StoreContended
 from scheduler.errors import JobExists
@@ -40,23 +43,30 @@ from scheduler.pipelines import (
     Verdict,
     decide,
     pipeline_from_records,
+    step_from_record,
     step_record,
     verdict,
 )
 from state_machines import GuardRefused, JobStatus, Trigger
 
-__all__ = ["FanIn", "PipelineRuns", "facts_of", "step_id", "step_status"]
+__all__ = ["FanIn", "PipelineRuns", "facts_of", "step_id", "step_retry", "step_status"]
 
 log = logging.getLogger(__name__)
 
 ACTOR = "pipeline"
 _TAG_PREFIX = "refs/tags/"
 _CONTENDED_TRIES = 5
+_FAILED = ("failed", "cancelled")
 
 
 def step_id(run_id: str, index: int) -> str:
     """The job id of a run's ``index``-th step (from 1, in pipeline order)."""
     return f"{run_id}.s{index}"
+
+
+def step_retry(job: JobModel) -> RetryPolicy | None:
+    """A pipeline step's own retry policy (None: not a step, or none of its own)."""
+    return step_from_record(_record(job)).retry if job.step is not None else None
 
 
 def facts_of(run: JobModel) -> RunFacts:
@@ -88,6 +98,7 @@ class FanIn:
     unblocked: tuple[str, ...]
     skipped: tuple[str, ...]
     verdict: Verdict
+    failed: tuple[str, ...] = ()  # the keys of the steps that failed or were cancelled
 
 
 class PipelineRuns:
@@ -116,7 +127,7 @@ class PipelineRuns:
                 trace_id=run.trace_id,
                 clone_url=run.clone_url,
                 fork=bool(run.fork),
-                status=JobStatus.BLOCKED if step.needs else JobStatus.PENDING,
+                status=JobStatus.BLOCKED,
                 run_of=run.job_id,
                 step_key=step.key,
                 step=json.dumps(step_record(step), separators=(",", ":")),
@@ -156,7 +167,8 @@ class PipelineRuns:
             statuses[key] = "pending"
         for key in decision.skipped:
             statuses[key] = "skipped"
-        return FanIn(unblocked, skipped, verdict(pipeline, statuses))
+        failed = tuple(key for key, status in statuses.items() if status in _FAILED)
+        return FanIn(unblocked, skipped, verdict(pipeline, statuses), failed)
 
     def _move(
         self, keys: Sequence[str], by_key: Mapping[str, JobModel], trigger: Trigger

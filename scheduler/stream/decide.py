@@ -37,6 +37,8 @@ __all__ = [
     "ReleaseSlot",
     "ReleaseTrigger",
     "RetryFailed",
+    "SettleRetryVerdict",
+    "SettleRun",
     "StartRun",
     "StopRun",
     "SupersedeOlder",
@@ -114,6 +116,23 @@ class ReleaseTrigger:
 
 
 @dataclass(frozen=True, slots=True)
+class SettleRun:
+    """Move a pipeline run on: its fan-in (unblock or skip the steps whose needs ended, end
+    the run once every step did), or, for a cancelled run, cancel its steps. Idempotent: each
+    move is a guarded write, made once however often it is asked for."""
+
+    run_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SettleRetryVerdict:
+    """A pipeline step's failure owes no automatic retry: say so now (its mark comes off), so
+    its dependents see it ended at once rather than after the reconciliation's grace."""
+
+    job: JobState
+
+
+@dataclass(frozen=True, slots=True)
 class Lane:
     """What a newer job supersedes: the pushes of one branch, or the heads of one pull request."""
 
@@ -158,6 +177,8 @@ Action = (
     | ReleaseSlot
     | ReleaseTrigger
     | SupersedeOlder
+    | SettleRun
+    | SettleRetryVerdict
 )
 
 
@@ -200,6 +221,8 @@ def decide(
     lane: Lane | None = None,
     handed_on: bool = False,
     slot_held: bool = False,
+    pipeline_run: bool = False,
+    run_of: str | None = None,
 ) -> list[Action]:
     """Every action the transition ``source -> dest`` of ``job`` calls for (pure, no I/O).
 
@@ -213,10 +236,13 @@ def decide(
     ``handed_on``: the finish passed its slot to the head of the queue itself (nothing to
     promote). ``slot_held``: the finish kept its slot while its run may still go (the
     reaper's timeout): the run is stopped first, then the slot freed, as for a cancel.
+    ``pipeline_run``: the job is a pipeline run (the image has a step count), whose changes
+    are its own rows'. ``run_of``: the job is a step of that run; once it ended for good (no
+    retry owed), its run's fan-in follows.
     """
     if source is None:  # a new job: not a transition of the table, its creation
         return _on_creation(dest, job, supersede, lane)
-    step = plan_between(source, dest, slot_held=slot_held)
+    step = plan_between(source, dest, slot_held=slot_held, pipeline_run=pipeline_run)
     if step is None:
         return []  # no row of the lifecycle makes this change
     # What follows a transition is its row's reactions (state_machines.LIFECYCLE), in order;
@@ -241,9 +267,28 @@ def decide(
                 actions += [ReleaseTrigger(job, trigger_key)] if trigger_key else []
             case Reaction.RETRY_POLICY:
                 actions += _retry_verdict(job, reason, retry, lost_attempts)
+            case Reaction.SETTLE_RUN:
+                actions.append(SettleRun(job.job_id))
             case _:
                 assert_never(reaction)
-    return actions
+    return actions + _step_ended(step.reactions, actions, job, run_of, dest)
+
+
+def _step_ended(
+    reactions: tuple[Reaction, ...],
+    actions: list[Action],
+    job: JobState,
+    run_of: str | None,
+    dest: JobStatus,
+) -> list[Action]:
+    """What a step's end owes its run: nothing while a retry is made; else the verdict that
+    none is owed (when one was being weighed), then the run's fan-in."""
+    if run_of is None or not dest.is_terminal:
+        return []
+    if any(isinstance(action, RetryFailed) for action in actions):
+        return []  # it runs again: not ended for its dependents
+    verdict: list[Action] = [SettleRetryVerdict(job)] if Reaction.RETRY_POLICY in reactions else []
+    return [*verdict, SettleRun(run_of)]
 
 
 def _on_creation(

@@ -29,6 +29,7 @@ so it and everything after it come again.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
@@ -46,6 +47,8 @@ from scheduler.errors import (
     MalformedStreamRecord,
     RepositoryFull,
 )
+from scheduler.runs.pipeline_driver import PipelineDriver
+from scheduler.runs.pipeline_runs import step_retry
 from scheduler.runs.reservations import Reservations
 from scheduler.stream.decide import (
     NO_AUTOMATIC_RETRY,
@@ -55,6 +58,8 @@ from scheduler.stream.decide import (
     ReleaseSlot,
     ReleaseTrigger,
     RetryFailed,
+    SettleRetryVerdict,
+    SettleRun,
     StartRun,
     StopRun,
     SupersedeOlder,
@@ -112,7 +117,7 @@ StopHook = Callable[[str], None]
 StoppedHook = Callable[[str], bool]
 """Whether a run is known stopped (``Executor.stopped``): a slot moves only then."""
 
-_AFTER_STOP = (ReleaseSlot, PromoteQueued, RetryFailed)
+_AFTER_STOP = (ReleaseSlot, PromoteQueued, RetryFailed, SettleRetryVerdict, SettleRun)
 """What a record's stop must be confirmed for: the slot, and what takes it next."""
 
 RetryPolicyFor = Callable[[str], RetryPolicy]
@@ -121,6 +126,9 @@ RetryPolicyFor = Callable[[str], RetryPolicy]
 SupersedeFor = Callable[[str], SupersedeMode]
 """The supersede mode of a repository (``off``, ``queued``, ``all``)."""
 
+
+OWED_GRACE_MS = 30_000
+"""How long a job's own record is left to read its pipeline file before promotions do."""
 
 _OUTAGE_MARGIN_MS = 10_000  # left for the last attempt and the response when time runs out
 
@@ -175,6 +183,7 @@ class Dispatcher:
         retry_policy_for: RetryPolicyFor = lambda _repo: NO_AUTOMATIC_RETRY,
         supersede_for: SupersedeFor = lambda _repo: "off",
         observers: Iterable[TransitionObserver] = (),
+        pipelines: PipelineDriver | None = None,
         full_repos: FullRepos | None = None,
         reservations: Reservations | None = None,
         promote_page: int = 5,
@@ -197,6 +206,7 @@ class Dispatcher:
         self._retry_policy_for = retry_policy_for
         self._supersede_for = supersede_for
         self._superseder = Superseder(store)
+        self._pipelines = pipelines
         self.observers = tuple(observers)
         self._promote_page = promote_page
         self._promote_max = promote_max
@@ -322,7 +332,7 @@ class Dispatcher:
             transition.dest,
             job,
             reason=transition.reason,
-            retry=self._retry_policy_for(job.repo),
+            retry=self._policy_of(transition.image),
             run_id=transition.image.run_id,
             trigger_key=transition.image.trigger_key,
             lost_attempts=lost_attempts_of(transition.image),
@@ -330,6 +340,8 @@ class Dispatcher:
             lane=lane_of(transition.image) if transition.source is None else None,
             handed_on=transition.handed_on,
             slot_held=bool(transition.image.slot_held),
+            pipeline_run=transition.image.step_count is not None,
+            run_of=transition.image.run_of,
         )
         if promotions is not None and any(isinstance(a, _TAKES_SLOTS) for a in actions):
             # A new job may take a slot: the queue's older jobs get theirs first, as if the
@@ -347,7 +359,11 @@ class Dispatcher:
                 promotions.owe(action.repo)
                 outcomes.append("promotion_owed")
                 continue
-            if isinstance(action, Activate) and self._known_full(transition.image):
+            if (
+                isinstance(action, Activate)
+                and not transition.image.pipeline_owed
+                and self._known_full(transition.image)
+            ):
                 outcomes.append("queued")  # as its refused activation would have said
                 continue
             with tracing.span(type(action).__name__, job_id=job.job_id):
@@ -390,7 +406,9 @@ class Dispatcher:
     def execute(self, action: Action, image: JobModel) -> str:
         match action:
             case Activate(job=job):
-                return self._activate(job, image)
+                # A job whose pipeline is owed reads it first (and may never be activated).
+                owed = image.pipeline_owed
+                return self._expand(job, image) if owed else self._activate(job, image)
             case PromoteQueued(repo=repo):
                 return f"promoted:{self.promote(repo)}"
             case StartRun(delay_ms=delay_ms):
@@ -404,18 +422,23 @@ class Dispatcher:
             case StopRun(job=job, run_id=run_id):
                 return self._stop(job, run_id)
             case ReleaseSlot(job=job):
-                try:
-                    self._store.release_slot(job)
-                except TransitionConflict:
-                    return "already_done"  # a redelivered record: released the first time
-                return "released"
+                return self._release_slot(job)
             case ReleaseTrigger(job=job, trigger_key=key):
                 self._store.release_trigger(job.job_id, key)
                 return "trigger_released"
             case SupersedeOlder(job=job, lane=lane, mode=mode):
                 return f"superseded:{self._superseder.run(job, lane, mode)}"
+            case SettleRetryVerdict() | SettleRun():
+                return self._settle_step(action)
             case _:
                 assert_never(action)
+
+    def _release_slot(self, job: JobState) -> str:
+        try:
+            self._store.release_slot(job)
+        except TransitionConflict:
+            return "already_done"  # a redelivered record: released the first time
+        return "released"
 
     def _stop(self, job: JobState, run_id: str | None) -> str:
         if run_id is None:
@@ -456,7 +479,7 @@ class Dispatcher:
                 JobStatus.FAILED,
                 job,
                 reason=image.reason,
-                retry=self._retry_policy_for(job.repo),
+                retry=self._policy_of(image),
                 lost_attempts=lost_attempts_of(image),
             )
             if isinstance(action, RetryFailed)
@@ -468,6 +491,47 @@ class Dispatcher:
         except TransitionConflict:
             return "already_done"
         return "settled"
+
+    def settle_run(self, run_id: str) -> str:
+        """A pipeline run's fan-in (or its cancel's), as its steps' records make it: for the
+        reconciliation, when one of those records was lost. ``left_to_engine`` in a process
+        that reads no pipelines."""
+        if self._pipelines is None:
+            return "left_to_engine"  # a CLI replay: the engine's reconciliation does it
+        return self._pipelines.settle(run_id)
+
+    def _settle_step(self, action: SettleRetryVerdict | SettleRun) -> str:
+        """A pipeline step ended for good: its verdict, then its run's fan-in."""
+        if isinstance(action, SettleRetryVerdict):
+            try:
+                self._store.settle_retry_verdict(action.job)
+            except TransitionConflict:
+                return "already_done"
+            return "settled"
+        return f"run:{self.settle_run(action.run_id)}"
+
+    def _policy_of(self, image: JobModel) -> RetryPolicy:
+        """The automatic retry policy of a job: a pipeline step's own, else its repository's."""
+        own = step_retry(image)
+        return own if own is not None else self._retry_policy_for(image.repo)
+
+    def _expand(self, job: JobState, image: JobModel) -> str:
+        """A job whose pipeline is owed: read it (see :class:`PipelineDriver`); with no file of
+        its own, the job is activated as its one step, as any other."""
+        if self._pipelines is None:
+            return "left_to_engine"  # a CLI replay reads no pipeline files
+        expanded = self._pipelines.expand(image)
+        if expanded != "config":
+            return f"pipeline:{expanded}"
+        outcome = self._activate(job, image)
+        if outcome == "queued":
+            # Refused a slot: it waits in its queue, where promotions may now take it.
+            with contextlib.suppress(TransitionConflict):
+                self._store.settle_pipeline(job)
+            # The promotions that refused it skipped it while it was owed.
+            if job.job_id in self._promote_ids_locked(job.repo):
+                return "activated"
+        return outcome
 
     def _retry(self, job: JobState, delay_ms: int) -> str:
         try:
@@ -527,8 +591,18 @@ class Dispatcher:
         the second run finds the slots taken. Candidates that moved since the index was read
         lose their conditional write and are skipped.
         """
+        stale: list[JobModel] = []
         with self._promotion_lock(repo):
-            return self._promote(repo)
+            promoted = len(self._promote_ids(repo, stale))
+        for image in stale:
+            # Owed a pipeline for long: its record was lost, or its file unavailable so far.
+            outcome = self._expand(JobState.from_model(image), image)
+            promoted += outcome == "activated"
+        return promoted
+
+    def _promote_ids_locked(self, repo: str) -> list[str]:
+        with self._promotion_lock(repo):
+            return self._promote_ids(repo)
 
     def _promotion_lock(self, repo: str) -> threading.Lock:
         """One promotion of a repository at a time in this process: lanes that promote it at
@@ -536,11 +610,10 @@ class Dispatcher:
         with self._locks_guard:
             return self._promotion_locks.setdefault(repo, threading.Lock())
 
-    def _promote(self, repo: str) -> int:
-        return len(self._promote_ids(repo))
-
-    def _promote_ids(self, repo: str) -> list[str]:
-        """:meth:`_promote`, naming the jobs it activated."""
+    def _promote_ids(self, repo: str, stale: list[JobModel] | None = None) -> list[str]:
+        """:meth:`_promote`, naming the jobs it activated. Jobs whose pipeline is owed are
+        passed over (their own record reads it); those owed for longer than a grace go to
+        ``stale``, for the caller to expand outside the promotion lock."""
         limit = self._slot_limit_for(repo)
         activated: list[str] = []
         promoted = 0
@@ -552,6 +625,10 @@ class Dispatcher:
             job = JobState.from_model(candidate)
             if job.status is not JobStatus.PENDING:
                 continue  # the index lags the table a little on AWS
+            if candidate.pipeline_owed:
+                if stale is not None and job.received_at < self._clock() - OWED_GRACE_MS:
+                    stale.append(candidate)
+                continue
             if free is None:
                 # The counters say how many activations can succeed; the rest would only be
                 # refused. A count that is stale either way is safe: each activation checks it

@@ -17,8 +17,12 @@ such a record owed:
    repository's retry policy, by the same pure ``decide``: the retry it owed is made (the
    same conditional ``failed -> pending`` its record makes), or, when none is owed, the
    failure leaves the index;
-3. the :class:`~scheduler.stream.sweeper.QueueSweeper` visits the repositories with queued
-   work and promotes their oldest jobs into free slots (a retried job among them).
+3. every pipeline run that has run its steps for longer than the grace (the deadline index's
+   RUN_SHARD part) gets the fan-in its steps' records make: a dropped record of a step's end
+   would otherwise leave its dependents blocked, and the run unended, for ever;
+4. the :class:`~scheduler.stream.sweeper.QueueSweeper` visits the repositories with queued
+   work and promotes their oldest jobs into free slots (a retried job among them, and the
+   jobs whose pipeline file is owed for long: their expansion is made again).
 
 Everything it does is a conditional write that the stream's own handling of the same record
 would make (a slot is freed once, a job activated once), so it may race the stream and itself.
@@ -49,6 +53,9 @@ class RunStops(Protocol):
     def cancel(self, run_id: str) -> None: ...
 
 
+SettleRun = Callable[[str], str]
+"""A pipeline run's fan-in by its id (``Dispatcher.settle_run``): what it found."""
+
 Redrive = Callable[[JobModel], str]
 """Makes what a failure's lost record owed (``Dispatcher.redrive_failed``): ``retried``,
 ``settled`` (none owed) or ``already_done``."""
@@ -68,6 +75,7 @@ class Reconciled:
     retried: list[str] = field(default_factory=list)
     settled: list[str] = field(default_factory=list)
     promoted: dict[str, int] = field(default_factory=dict)
+    runs_ended: list[str] = field(default_factory=list)  # pipeline runs ended by a fan-in
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -76,6 +84,7 @@ class Reconciled:
             "retried": self.retried,
             "settled": self.settled,
             "promoted": self.promoted,
+            "runs_ended": self.runs_ended,
         }
 
 
@@ -98,6 +107,7 @@ class Reconciler:
         stops: RunStops | None,
         *,
         redrive: Redrive | None = None,
+        settle_run: SettleRun | None = None,
         held_per_round: int = 100,
         retry_grace_ms: int = RETRY_GRACE_MS,
         clock: Clock = system_clock,
@@ -107,6 +117,7 @@ class Reconciler:
         self._sweeper = sweeper
         self.stops = stops
         self._redrive = redrive
+        self._settle_run = settle_run
         self._held_per_round = held_per_round
         self._retry_grace_ms = retry_grace_ms
         self._clock = clock
@@ -129,6 +140,8 @@ class Reconciler:
                 done.promoted[repo] = count
         if self._redrive is not None:
             self._judge_failures(done)
+        if self._settle_run is not None:
+            self._settle_runs(done)
         for repo, count in self._sweeper.sweep_once().items():
             done.promoted[repo] = done.promoted.get(repo, 0) + count
         if done.released or done.stopping or done.retried:
@@ -156,6 +169,20 @@ class Reconciler:
                 done.retried.append(job.job_id)
             elif verdict == "settled":
                 done.settled.append(job.job_id)
+
+    def _settle_runs(self, done: Reconciled) -> None:
+        """The fan-in of every pipeline run running for longer than the grace (idempotent:
+        with nothing lost it moves nothing, at one consistent read of its steps)."""
+        assert self._settle_run is not None
+        before = self._clock() - self._retry_grace_ms
+        for run in self._store.reads.running_pipelines(before, limit=self._held_per_round):
+            try:
+                found = self._settle_run(run.job_id)
+            except Exception:
+                log.exception("cannot settle a pipeline run", extra={"job_id": run.job_id})
+                continue  # the next round asks again
+            if found in ("passed", "failed"):
+                done.runs_ended.append(run.job_id)
 
     def _settle_held(self, job: JobModel) -> str:
         """Free ``job``'s slot if its run is known stopped, else ask for the stop again."""

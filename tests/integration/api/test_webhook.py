@@ -243,6 +243,7 @@ JOB_ATTRIBUTES = {
     "sender",
     "delivery_id",
     "fork",  # a pull request from a fork: waits for approval, never gets secrets
+    "pipeline_owed",  # its commit's pipeline file is read before it may run
     "trigger_key",  # a hash of (repo, event, ref or PR, sha): released if cancelled
     "status",
     "attempt",

@@ -128,6 +128,7 @@ def test_the_scheduled_reaper_times_out_and_stops_the_build(runtime: Any) -> Non
         assert handlers.reap({}, None) == {
             "timed_out": ["aws-3"],
             "promoted": {},
+            "runs_ended": [],
             "released": [],
             "stopping": ["aws-3"],
             "retried": [],
@@ -188,5 +189,6 @@ def test_the_scheduled_reaper_also_promotes_a_stalled_queue(runtime: Any) -> Non
         "stopping": [],
         "retried": [],
         "settled": [],
+        "runs_ended": [],
     }
     assert runtime.store.get("aws-stall-2").status == "active"

@@ -235,6 +235,7 @@ def test_a_lost_completion_event_is_recovered_by_the_reaper_and_the_job_passes(
         assert handlers.reap({}, None) == {
             "timed_out": [],
             "promoted": {},
+            "runs_ended": [],
             "released": [],
             "stopping": [],
             "retried": [],
@@ -273,6 +274,7 @@ def test_an_in_progress_build_past_its_deadline_is_timed_out_and_stopped(runtime
         assert handlers.reap({}, None) == {
             "timed_out": ["cb-slow"],
             "promoted": {},
+            "runs_ended": [],
             "released": [],
             "stopping": ["cb-slow"],
             "retried": [],
@@ -299,6 +301,7 @@ def test_a_throttled_build_lookup_leaves_the_job_for_the_next_round(runtime: Cor
         assert handlers.reap({}, None) == {
             "timed_out": [],
             "promoted": {},
+            "runs_ended": [],
             "released": [],
             "stopping": [],
             "retried": [],
@@ -313,6 +316,7 @@ def test_a_throttled_build_lookup_leaves_the_job_for_the_next_round(runtime: Cor
         assert handlers.reap({}, None) == {
             "timed_out": [],
             "promoted": {},
+            "runs_ended": [],
             "released": [],
             "stopping": [],
             "retried": [],

@@ -65,6 +65,7 @@ class RuntimeApi:
         self.first_poll: float | None = None
         self.codebuild: list[tuple[str, dict[str, Any]]] = []
         self.secrets_read: list[str] = []
+        self.github_reads: list[str] = []  # GitHub's contents API: no pipeline file here
         api = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -89,6 +90,10 @@ class RuntimeApi:
                 self.wfile.write(data)
 
             def do_GET(self) -> None:
+                if self.path.startswith("/repos/"):
+                    api.github_reads.append(self.path)
+                    self._send(404, {"message": "Not Found"})
+                    return
                 assert self.path == f"{API}/invocation/next", self.path
                 if api.first_poll is None:
                     api.first_poll = time.monotonic()
@@ -225,6 +230,10 @@ class Function:
             "AWS_ENDPOINT_URL_SECRETS_MANAGER": f"http://{self.api.address}",
             **function_environment(logical_id, settings),
         }
+        if logical_id == "StreamFunction":
+            # GitHub's contents API (the stream reads pipeline files): on the same stand-in.
+            # Only there: elsewhere the payloads' github.com clone URLs must stay GitHub's.
+            env["SCHEDULER_GITHUB_API_URL"] = f"http://{self.api.address}"
         self.log = logs / f"{logical_id}.log"
         self.started = time.monotonic()
         # -S: no site-packages; the artefact and the runtime client are all there is.
@@ -373,10 +382,14 @@ def test_every_function_boots_under_the_runtime_client_and_does_its_job(
     pending = JobModel.get(job_id, consistent_read=True).serialize()
     assert stream.invoke(stream_event(job_id, None, "100")) == {"batchItemFailures": []}
     assert str(JobModel.get(job_id, consistent_read=True).status) == "active"
+    # Its commit's pipeline file was asked of GitHub first (none: the job is its one step).
+    assert stream.api.github_reads == [
+        f"/repos/boot/app/contents/.scheduler/pipeline.yml?ref={sha}"
+    ]
     started = stream.invoke(stream_event(job_id, pending, "200"))
     assert started == {"batchItemFailures": []}, stream.output()
     starts = [call for action, call in stream.api.codebuild if action == "StartBuild"]
-    assert len(starts) == 1, stream.api.codebuild
+    assert len(starts) == 1, (stream.api.codebuild, stream.output())
     # The build is of the job's repository at its exact commit (on the ref that holds it).
     assert starts[0]["projectName"] == PROJECT
     assert starts[0]["sourceVersion"] == f"refs/heads/main^{{{sha}}}"
@@ -416,6 +429,7 @@ def test_every_function_boots_under_the_runtime_client_and_does_its_job(
     assert reaper.invoke(scheduled) == {
         "timed_out": [],
         "promoted": {},
+        "runs_ended": [],
         "released": [],
         "stopping": [],
         "retried": [],

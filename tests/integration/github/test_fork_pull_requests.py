@@ -26,8 +26,10 @@ from scheduler.db.store import JobState, JobStore
 from scheduler.errors import JobNotFound, RunAlreadyClaimed
 from scheduler.github.delivery import WebhookService
 from scheduler.github.statuses import status_for
+from scheduler.pipelines import MAX_FILE_BYTES, PIPELINE_FILE, CommitRef
 from scheduler.runs.executor import RunRequest, Source
 from scheduler.runs.operations import Operations
+from scheduler.runs.pipeline_driver import PipelineDriver
 from scheduler.stream.dispatcher import Dispatcher
 from state_machines import GuardRefused, InvalidTransition, JobStatus, TransitionConflict
 
@@ -71,6 +73,19 @@ def pull_request(
     return json.dumps(body).encode()
 
 
+class NoPipelineFile:
+    """GitHub's contents API as the engine's port sees it: these commits have no pipeline
+    file (the one-step pipeline); each read is recorded."""
+
+    def __init__(self) -> None:
+        self.reads: list[CommitRef] = []
+
+    def read(self, commit: CommitRef, path: str, max_bytes: int) -> bytes | None:
+        assert (path, max_bytes) == (PIPELINE_FILE, MAX_FILE_BYTES)
+        self.reads.append(commit)
+        return None
+
+
 class Stack:
     """The webhook, the dispatcher and the operator over one store, with a run counter."""
 
@@ -84,11 +99,13 @@ class Stack:
             clock=lambda: 1_700_000_000_000 + 1000 * next(ticks),
         )
         self.started: list[RunRequest] = []
+        self.files = NoPipelineFile()
         self.dispatcher = Dispatcher(
             store,
             slot_limit_for=lambda _repo: 2,
             start_run=self.start_run,
             supersede_for=lambda repo: repo_config.policy(repo).supersede,
+            pipelines=PipelineDriver(store, lambda: self.files, repo_config.policy),
         )
         self.operations = Operations(store, Queries())
         self._deliveries = itertools.count(1)
@@ -178,8 +195,11 @@ def test_a_fork_pull_request_waits_and_runs_nothing_until_approved(approve_stack
     assert approved.waiting_repo is None and approved.queue_repo == REPO
     assert approved.history[-1].actor == "operator"
     # Approval is the ordinary queueing: its record activates the job, whose record starts it.
+    # Its commit's pipeline file is read then, never before an operator let it in.
     pending = image(job_id)
+    assert stack.files.reads == []
     assert stack.dispatch(job_id, before) == ["activated"]
+    assert [commit.sha for commit in stack.files.reads] == [approved.sha]
     assert stack.dispatch(job_id, pending) == ["started"]
     assert [request.job_id for request in stack.started] == [job_id]
     # Approved or not, a fork's run never gets the repository's secrets.

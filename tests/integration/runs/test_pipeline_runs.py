@@ -63,8 +63,12 @@ def by_key(store: JobStore, run: JobModel) -> dict[str, JobModel]:
 
 
 def end(store: JobStore, job_id: str, trigger: Trigger = Trigger.PASS) -> None:
-    """Run a step to its end as the engine would: activate (a slot), then pass or fail."""
-    job = store.transition(store.state(job_id), Trigger.ACTIVATE, actor="test", slot_limit=10)
+    """Run a step to its end as the engine would: unblock (a root), activate (a slot), then
+    pass or fail."""
+    job = store.state(job_id)
+    if job.status is JobStatus.BLOCKED:
+        job = store.transition(job, Trigger.UNBLOCK, actor="test")
+    job = store.transition(job, Trigger.ACTIVATE, actor="test", slot_limit=10)
     outcome = Outcome(reason="exit_code", exit_code=1) if trigger is Trigger.FAIL else None
     store.transition(job, trigger, actor="test", outcome=outcome)
 
@@ -81,7 +85,7 @@ def counters_match_items(store: JobStore) -> None:
         assert int(getattr(counted, f"n_{status.value}") or 0) == items[status.value], status
 
 
-def test_fan_out_makes_each_step_once_roots_queued_the_rest_blocked(store: JobStore) -> None:
+def test_fan_out_makes_each_step_once_all_blocked(store: JobStore) -> None:
     run = run_job(store)
     runs = PipelineRuns(store)
     made = runs.fan_out(run, FAN)
@@ -91,7 +95,7 @@ def test_fan_out_makes_each_step_once_roots_queued_the_rest_blocked(store: JobSt
     assert int(run.step_count) == 6
     steps = by_key(store, run)
     assert {key: str(s.status) for key, s in steps.items()} == {
-        "build": "pending",
+        "build": "blocked",
         "test[python=3.11]": "blocked",
         "test[python=3.12]": "blocked",
         "test[python=3.13]": "blocked",
@@ -99,7 +103,7 @@ def test_fan_out_makes_each_step_once_roots_queued_the_rest_blocked(store: JobSt
         "deploy": "blocked",
     }
     build = steps["build"]
-    assert build.queue_repo == REPO and build.run_of == run.job_id
+    assert build.queue_repo is None and build.run_of == run.job_id
     blocked = steps["deploy"]
     assert blocked.queue_repo is None and blocked.waiting_repo is None  # neither queued nor waiting
     counters_match_items(store)
@@ -120,6 +124,8 @@ def test_fan_in_unblocks_when_the_last_need_ends_and_skips_what_its_if_refuses(
     runs = PipelineRuns(store)
     runs.fan_out(run, FAN)
     run = store.get(run.job_id)
+    # The first fan-in queues the root; the rest wait for it.
+    assert runs.fan_in(run).unblocked == (step_id(run.job_id, 1),)
     assert runs.fan_in(run).unblocked == ()  # build has not ended
     end(store, step_id(run.job_id, 1))
     first = runs.fan_in(run)

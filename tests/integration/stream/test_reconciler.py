@@ -365,12 +365,13 @@ def test_a_round_costs_requests_by_the_repositories_with_work_not_by_history(
             "retried": [],
             "settled": [],
             "promoted": {},
+            "runs_ended": [],
         }
-        # held_slots (slots, then failures) + with_queue, then a queue read and a counters
-        # read per busy repository; the first round also takes the idle ones out of the index
-        # (their queues emptied).
+        # held_slots (slots, then failures), running pipelines + with_queue, then a queue
+        # read and a counters read per busy repository; the first round also takes the idle
+        # ones out of the index (their queues emptied).
         cleared = 40 if round_ == 0 else 0
-        assert len(calls) == 3 + 2 * len(busy) + cleared, calls
+        assert len(calls) == 4 + 2 * len(busy) + cleared, calls
         assert calls.count("UpdateItem") == cleared
 
 

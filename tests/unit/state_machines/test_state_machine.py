@@ -17,6 +17,7 @@ from state_machines import (
     InvalidTransition,
     JobStatus,
     Reaction,
+    Scope,
     Trigger,
     may,
     plan,
@@ -38,7 +39,40 @@ LEGAL = {
     (JobStatus.BLOCKED, Trigger.UNBLOCK): JobStatus.PENDING,
     (JobStatus.BLOCKED, Trigger.SKIP): JobStatus.SKIPPED,
     (JobStatus.BLOCKED, Trigger.CANCEL): JobStatus.CANCELLED,
+    (JobStatus.PENDING, Trigger.EXPAND): JobStatus.ACTIVE,
+    (JobStatus.PENDING, Trigger.REFUSE): JobStatus.FAILED,
 }
+
+RUN_LEGAL = {
+    (JobStatus.PENDING, Trigger.EXPAND): JobStatus.ACTIVE,
+    (JobStatus.PENDING, Trigger.REFUSE): JobStatus.FAILED,
+    (JobStatus.PENDING, Trigger.CANCEL): JobStatus.CANCELLED,
+    (JobStatus.ACTIVE, Trigger.PASS): JobStatus.PASSED,
+    (JobStatus.ACTIVE, Trigger.FAIL): JobStatus.FAILED,
+    (JobStatus.ACTIVE, Trigger.CANCEL): JobStatus.CANCELLED,
+}
+
+
+def test_a_pipeline_run_moves_only_by_its_own_rows_never_holding_a_slot() -> None:
+    """A run (its steps made) is never activated, timed out or retried as a whole, never takes
+    or frees a slot, and its cancel cancels its steps; its failure is its steps'."""
+    for source, trigger in itertools.product(JobStatus, Trigger):
+        legal = (source, trigger) in RUN_LEGAL
+        assert may(source, trigger, pipeline_run=True) is legal, (source, trigger)
+        if not legal:
+            continue
+        step = plan(source, trigger, pipeline_run=True)
+        assert step.dest is RUN_LEGAL[(source, trigger)]
+        assert step.slot_delta == 0 and not step.holds_slot and not step.next_attempt
+        assert Reaction.RETRY_POLICY not in step.reactions
+    assert plan(JobStatus.ACTIVE, Trigger.FAIL, pipeline_run=True).reason == "steps_failed"
+    assert (
+        Reaction.SETTLE_RUN in plan(JobStatus.ACTIVE, Trigger.CANCEL, pipeline_run=True).reactions
+    )
+    assert Reaction.SETTLE_RUN in plan(JobStatus.PENDING, Trigger.EXPAND).reactions
+    # The stream tells a run's failure from a job's by the image's step count.
+    failed = plan_between(JobStatus.ACTIVE, JobStatus.FAILED, slot_held=False, pipeline_run=True)
+    assert failed is not None and failed.reactions == ()
 
 
 @pytest.mark.parametrize(("source", "trigger"), list(LEGAL))
@@ -151,6 +185,8 @@ def test_each_row_means_what_its_destination_and_slot_say() -> None:
     contradicts it, e.g. a finish that writes no outcome, fails here)."""
     for step in (plan(*pair) for pair in LEGAL):
         effects = set(step.effects)
+        if step.trigger in (Trigger.EXPAND, Trigger.REFUSE):
+            continue  # a pipeline run's: no slot, no run, no retry (see the run's own test)
         assert (Effect.ENTER_ACTIVE in effects) == (step.dest is JobStatus.ACTIVE)
         assert (Effect.ENTER_QUEUE in effects) == (step.dest is JobStatus.PENDING)
         assert (Effect.FINISH in effects) == step.dest.is_terminal
@@ -174,9 +210,10 @@ def test_each_row_means_what_its_destination_and_slot_say() -> None:
 
 
 def test_the_machine_table_is_derived_from_the_rows() -> None:
-    pairs = {(source, row.trigger) for row in LIFECYCLE for source in row.sources}
+    jobs = [row for row in LIFECYCLE if row.scope is not Scope.RUN]
+    pairs = {(source, row.trigger) for row in jobs for source in row.sources}
     assert pairs == set(LEGAL)
-    assert [row["trigger"] for row in TRANSITION_TABLE] == [row.trigger for row in LIFECYCLE]
+    assert [row["trigger"] for row in TRANSITION_TABLE] == [row.trigger for row in jobs]
 
 
 def test_a_status_change_is_read_back_to_the_row_that_made_it() -> None:
@@ -189,5 +226,9 @@ def test_a_status_change_is_read_back_to_the_row_that_made_it() -> None:
         assert found == plan(active, Trigger.CANCEL)
     assert plan_between(JobStatus.PASSED, JobStatus.PENDING, slot_held=False) is None
     for (source, trigger), dest in LEGAL.items():
-        found = plan_between(source, dest, slot_held=plan(source, trigger).holds_slot)
+        # An expansion's record shows the step count it wrote before it (a pipeline run).
+        run = trigger is Trigger.EXPAND
+        found = plan_between(
+            source, dest, slot_held=plan(source, trigger).holds_slot, pipeline_run=run
+        )
         assert found is not None and found.trigger is trigger

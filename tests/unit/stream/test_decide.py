@@ -13,11 +13,13 @@ from scheduler.stream.decide import (
     ReleaseSlot,
     ReleaseTrigger,
     RetryFailed,
+    SettleRetryVerdict,
+    SettleRun,
     StartRun,
     StopRun,
     decide,
 )
-from state_machines import LIFECYCLE, JobStatus, Reaction, Row
+from state_machines import LIFECYCLE, JobStatus, Reaction, Row, Scope
 
 KIND = {
     Reaction.ACTIVATE: Activate,
@@ -27,6 +29,7 @@ KIND = {
     Reaction.PROMOTE_QUEUED: PromoteQueued,
     Reaction.RELEASE_TRIGGER: ReleaseTrigger,
     Reaction.RETRY_POLICY: RetryFailed,
+    Reaction.SETTLE_RUN: SettleRun,
 }
 ROWS = [(row, source) for row in LIFECYCLE for source in row.sources]
 GENEROUS = RetryPolicy(attempts=5, on=("timed_out", "exit_code"), backoff_seconds=2)
@@ -51,6 +54,7 @@ def test_every_reaction_of_a_row_becomes_its_action_in_order(row: Row, source: J
         run_id="j#1",
         trigger_key="k",
         slot_held=row.holds_slot,
+        pipeline_run=row.scope is not Scope.JOB,
     )
     assert kinds(actions) == [KIND[reaction] for reaction in row.reactions]
 
@@ -58,7 +62,15 @@ def test_every_reaction_of_a_row_becomes_its_action_in_order(row: Row, source: J
 @pytest.mark.parametrize(("row", "source"), ROWS, ids=lambda v: str(getattr(v, "trigger", v)))
 def test_reactions_not_owed_by_the_record_are_left_out(row: Row, source: JobStatus) -> None:
     # No trigger guard to release, the slot already handed on, no retry policy.
-    actions = decide(source, row.dest, job(row.dest), reason="exit_code", slot_held=row.holds_slot)
+    run = row.scope is not Scope.JOB  # a run's image has its step count
+    actions = decide(
+        source,
+        row.dest,
+        job(row.dest),
+        reason="exit_code",
+        slot_held=row.holds_slot,
+        pipeline_run=run,
+    )
     left_out = {Reaction.RELEASE_TRIGGER, Reaction.PROMOTE_QUEUED, Reaction.RETRY_POLICY}
     expected = [KIND[r] for r in row.reactions if r not in left_out]
     handed = decide(
@@ -68,6 +80,7 @@ def test_reactions_not_owed_by_the_record_are_left_out(row: Row, source: JobStat
         reason="exit_code",
         slot_held=row.holds_slot,
         handed_on=True,
+        pipeline_run=run,
     )
     assert kinds(handed) == expected
     promote = [PromoteQueued] if Reaction.PROMOTE_QUEUED in row.reactions else []
@@ -87,3 +100,28 @@ def test_a_retry_verdict_carries_the_policys_backoff() -> None:
     second = JobState("j", "o/r", JobStatus.FAILED, 3, 2, 600, 1, 0)
     retried = decide(JobStatus.ACTIVE, JobStatus.FAILED, second, reason="exit_code", retry=GENEROUS)
     assert retried[-1] == RetryFailed(second, delay_ms=4000)  # doubled
+
+
+def test_a_steps_end_moves_its_run_on_once_no_retry_is_owed() -> None:
+    failed = job(JobStatus.FAILED)
+    no_retry = decide(
+        JobStatus.ACTIVE, JobStatus.FAILED, failed, reason="exit_code", run_of="run-1"
+    )
+    assert no_retry == [PromoteQueued("o/r"), SettleRetryVerdict(failed), SettleRun("run-1")]
+    retried = decide(
+        JobStatus.ACTIVE,
+        JobStatus.FAILED,
+        failed,
+        reason="exit_code",
+        retry=GENEROUS,
+        run_of="run-1",
+    )
+    assert kinds(retried) == [PromoteQueued, RetryFailed]  # it runs again: not ended
+    passed = decide(JobStatus.ACTIVE, JobStatus.PASSED, job(JobStatus.PASSED), run_of="run-1")
+    assert passed == [PromoteQueued("o/r"), SettleRun("run-1")]
+    skipped = decide(JobStatus.BLOCKED, JobStatus.SKIPPED, job(JobStatus.SKIPPED), run_of="run-1")
+    assert skipped == [SettleRun("run-1")]
+    # A step that starts owes its run nothing.
+    assert decide(JobStatus.BLOCKED, JobStatus.PENDING, job(JobStatus.PENDING), run_of="r") == [
+        Activate(job(JobStatus.PENDING))
+    ]
