@@ -200,7 +200,8 @@ class JobReads:
         ``lane`` is a filter (event, branch or pull request). Pending jobs come from the sparse
         ``queued`` index keyed by the repository, so only that repository's queue is read;
         active jobs from the sparse ``active_by_deadline`` index, which holds only active jobs
-        (at most the sum of the repositories' concurrency limits); waiting jobs (forks' pull
+        (at most the sum of the repositories' concurrency limits) and, in a partition of its
+        own, the pipeline runs running their steps; waiting jobs (forks' pull
         requests awaiting approval) from the sparse ``waiting`` index keyed by the repository.
         Eventually consistent on AWS: a caller's conditional write is what decides.
         """
@@ -212,6 +213,13 @@ class JobReads:
                 ACTIVE_SHARD,
                 "active_by_deadline",
                 f"active jobs of {repo}",
+                (JobModel.repo == repo) & lane,
+            ),
+            (  # pipeline runs running their steps: the same index's own partition
+                with_active,
+                RUN_SHARD,
+                "active_by_deadline",
+                f"running pipelines of {repo}",
                 (JobModel.repo == repo) & lane,
             ),
         )

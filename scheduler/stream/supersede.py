@@ -53,8 +53,9 @@ def order(job: JobState | JobModel) -> tuple[int, str]:
 
 
 def lane_condition(lane: Lane) -> Condition:
-    """The filter that selects a lane's jobs within its repository's partition."""
-    condition: Condition = JobModel.event == lane.event
+    """The filter that selects a lane's jobs within its repository's partition: deliveries'
+    jobs, never a pipeline's steps (superseding their run cancels them)."""
+    condition: Condition = (JobModel.event == lane.event) & JobModel.run_of.does_not_exist()
     if lane.pr_number is not None:
         condition &= JobModel.pr_number == lane.pr_number
     else:
