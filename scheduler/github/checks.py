@@ -360,8 +360,9 @@ class CheckRunObserver:
         image = transition.image
         detail = masked_detail(transition, self._mask_for)
         details_url = f"{self._details_url}/ui/jobs/{image.job_id}" if self._details_url else None
-        state = check_for(
-            transition, name=self._name_for(image.repo), details_url=details_url, detail=detail
-        )
+        name = self._name_for(image.repo)
+        if image.step_key is not None:
+            name = f"{name}/{image.step_key}"  # one check run per step, the run's its own
+        state = check_for(transition, name=name, details_url=details_url, detail=detail)
         if state is not None:
             self.queue.submit(external_id(image.job_id), state)

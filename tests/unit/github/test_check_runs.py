@@ -359,3 +359,23 @@ def test_a_spent_window_holds_the_next_request_until_its_reset(github: GitHubSta
     clock.now += 2
     asked = len(github.seen)
     assert queue.pump() == 0 and len(github.seen) == asked  # nothing asked of GitHub
+
+
+def test_each_pipeline_step_has_a_check_run_of_its_own(github: GitHubStandIn) -> None:
+    """A pipeline's steps are checks named ``<context>/<step key>`` beside the run's own
+    (``<context>``), each keyed by its job id (GitHub's ``external_id``)."""
+    clock = Clock()
+    _, queue, observe = sender(github, clock)
+    observe(transition(P, A, started_at=T0 + 10))  # the run expands
+    for n, key in ((1, "lint"), (2, "test[python=3.12]")):
+        step = image(OK, started_at=T0 + 20, finished_at=T0 + 900, run_of="gh-1", step_key=key)
+        step.job_id = f"gh-1.s{n}"
+        observe(Transition(A, OK, JobState.from_model(step), str(n), step))
+    clock.now += 1.0
+    assert queue.pump() == 3
+    runs = {run.fields["name"]: run.fields for run in github.runs_of(REPO)}
+    assert sorted(runs) == ["ci/scheduler", "ci/scheduler/lint", "ci/scheduler/test[python=3.12]"]
+    assert runs["ci/scheduler/lint"]["external_id"].endswith("gh-1.s1")
+    assert runs["ci/scheduler/lint"]["details_url"] == f"{DASHBOARD}/ui/jobs/gh-1.s1"
+    assert runs["ci/scheduler/lint"]["conclusion"] == "success"
+    assert runs["ci/scheduler"]["status"] == "in_progress"
