@@ -176,7 +176,8 @@ def observe_transition(
     recorder.count(TRANSITIONS, status=dest)
     updated = image.updated_at if image.updated_at is not None else image.received_at
     recorder.observe(STREAM_LAG, now() - int(updated) / 1000)
-    if dest == "active" and transition.source is not None:
+    # A pipeline run's expansion is not a start (its steps' activations are).
+    if dest == "active" and transition.source is not None and image.step_count is None:
         history = [(entry.dest, int(entry.at)) for entry in image.history or []]
         started = image.activated_at if image.activated_at is not None else updated
         since = queued_since(history[:-1], int(image.received_at))
