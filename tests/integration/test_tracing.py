@@ -61,8 +61,20 @@ class Daemon:
 
 
 class GitHub(BaseHTTPRequestHandler):
+    """GitHub's API: commit statuses are taken; the commits have no pipeline file."""
+
+    reads: list[str] = []  # the contents reads, across requests
+
     def log_message(self, *args: Any) -> None:
         pass
+
+    def do_GET(self) -> None:
+        GitHub.reads.append(self.path)
+        body = b'{"message": "Not Found"}'
+        self.send_response(404)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers["Content-Length"]))
@@ -177,6 +189,8 @@ def test_one_job_is_one_trace_from_the_webhook_to_the_run_start(
         }
         assert core.runs is not None
         assert core.runs.executor.started == [f"{job_id}#1"]  # type: ignore[attr-defined]
+        # Its pipeline file was asked of GitHub before it ran (none: its one step).
+        assert f"/repos/trace/app/contents/.scheduler/pipeline.yml?ref={'f' * 40}" in GitHub.reads
     finally:
         core.close()  # waits for the commit statuses
         github.shutdown()

@@ -261,6 +261,8 @@ ILLEGAL = [
             (JobStatus.BLOCKED, Trigger.UNBLOCK),
             (JobStatus.BLOCKED, Trigger.SKIP),
             (JobStatus.BLOCKED, Trigger.CANCEL),
+            (JobStatus.PENDING, Trigger.EXPAND),
+            (JobStatus.PENDING, Trigger.REFUSE),
         }
         or (
             status is JobStatus.ACTIVE
