@@ -148,3 +148,71 @@ def test_a_repositorys_pipeline_runs_its_steps_each_attempt_once(tmp_path: Path)
     finally:
         stack.stop()
     print(json.dumps({"starts": len(starts)}))
+
+
+SLOW = """\
+steps:
+  - key: root
+    env: {{STEP: root}}
+    command: '{record}; sleep 0.5'
+  - key: fan
+    needs: [root]
+    matrix: {{n: ["1", "2", "3"]}}
+    env: {{STEP: fan}}
+    command: '{record}; sleep 1'
+  - key: join
+    needs: [fan]
+    env: {{STEP: join}}
+    command: '{record}'
+"""
+
+
+def test_a_stack_killed_mid_pipeline_ends_every_run_each_step_attempt_started_once(
+    tmp_path: Path,
+) -> None:
+    """Three pipeline runs (fan-out 3, fan-in 1) on one repository of concurrency 2; the stack
+    is SIGKILLed (its DynamoDB Local with it) once steps run, and started again: every run
+    passes (a step whose run was lost is retried as a new attempt), no step attempt ever
+    started twice, and the counters equal the items."""
+    origin = make_origin(tmp_path / "origin")
+    stack = LocalStackProcess(tmp_path, config="")
+    sha = commit_pipeline(origin.path, SLOW.format(record=RECORD.format(effects=stack.effects)))
+    stack.config = (
+        f'[defaults]\ncommand = ["false"]\ntimeout_seconds = 120\nconcurrency = 2\n{UNSANDBOXED}'
+        f'[repos."octo/app"]\nclone_url = "{origin.path}"\n'
+    )
+    stack.start()
+    branches = ("one", "two", "three")
+    starts = stack.effects / "starts.txt"
+
+    def started() -> list[list[str]]:
+        return [line.split() for line in starts.read_text().splitlines()] if starts.exists() else []
+
+    try:
+        with httpx.Client(timeout=30) as client:
+
+            def deliver_all() -> list[str]:
+                return [
+                    stack.deliver(client, "octo/app", f"kill-{b}", sha, branch=b).json()["job_id"]
+                    for b in branches
+                ]
+
+            runs = deliver_all()
+            wait_for("steps to run", lambda: len(started()) >= 4, 60, 0.1)
+            stack.kill()
+            stack.start()
+            # DynamoDB Local may lose writes it acknowledged before the kill: GitHub would
+            # deliver again (a delivery is idempotent by its id).
+            assert deliver_all() == runs
+            for run in runs:
+                job = ended(stack, client, run)
+                assert job["status"] == "passed", (run, job["reason"], job["detail"])
+                steps = steps_of(stack, client, run, 5)
+                assert set(s["status"] for s in steps.values()) == {"passed"}, steps
+        assert_doctor_reports_nothing(stack)
+    finally:
+        stack.stop()
+    attempts = Counter((job_id, attempt) for job_id, _, attempt in started())
+    assert attempts and max(attempts.values()) == 1, attempts
+    # Every step of every run started, and the fan-in waited: a join after its fan.
+    assert {job_id for job_id, _ in attempts} == {f"{r}.s{n}" for r in runs for n in range(1, 6)}
