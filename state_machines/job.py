@@ -61,6 +61,9 @@ class Effect(StrEnum):
     # A pipeline run runs its steps: out of the queue, no slot and no deadline of its own,
     # in the reconciliation's index of running pipelines (its fan-in may be owed).
     RUN_STEPS = "run_steps"
+    # A pipeline run's cancel: it stays in that index until its steps are cancelled too (the
+    # cancel's record does it; if the record is lost, the reconciliation finds it there).
+    KEEP_IN_RUNS = "keep_in_runs"
 
 
 class Reaction(StrEnum):
@@ -241,7 +244,7 @@ LIFECYCLE: tuple[Row, ...] = (
         Trigger.CANCEL,
         (JobStatus.PENDING, JobStatus.ACTIVE),
         JobStatus.CANCELLED,
-        effects=_FINISHED,
+        effects=(Effect.FINISH, Effect.KEEP_IN_RUNS),
         reactions=(Reaction.SETTLE_RUN, Reaction.RELEASE_TRIGGER),
         scope=Scope.RUN,
     ),

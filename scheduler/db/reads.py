@@ -172,7 +172,8 @@ class JobReads:
 
     def running_pipelines(self, before: int, *, limit: int) -> list[JobModel]:
         """Pipeline runs that began running their steps before ``before``, oldest first: the
-        ``active_by_deadline`` index's RUN_SHARD part holds exactly the runs not ended."""
+        ``active_by_deadline`` index's RUN_SHARD part holds exactly the runs not ended, and the
+        cancelled ones whose steps may not all be cancelled yet."""
         return list(
             self._query(
                 RUN_SHARD,

@@ -765,6 +765,19 @@ class JobStore:
             what=f"pipeline of job {job.job_id}",
         )
 
+    def leave_runs(self, run_id: str) -> None:
+        """Take a cancelled pipeline run out of the running pipelines' index once its steps
+        all ended (nothing is owed any more). Not a transition; refused (as
+        :class:`TransitionConflict`) when it is not there."""
+        self._update_job(
+            run_id,
+            actions=[JobModel.deadline_shard.remove(), JobModel.deadline_at.remove()],
+            condition=(JobModel.status == JobStatus.CANCELLED.value)
+            & (JobModel.deadline_shard == RUN_SHARD),
+            refused=TransitionConflict(run_id, "leave the running pipelines"),
+            what=f"index entry of run {run_id}",
+        )
+
     def clear_queue_mark(self, repo: str) -> bool:
         """Take ``repo`` out of the repositories with queued work, if it has no pending job.
 
@@ -874,6 +887,7 @@ class JobStore:
                 outcome=outcome,
                 start_delay_ms=start_delay_ms,
                 claimed=claimed,
+                in_runs=Effect.KEEP_IN_RUNS in step.effects,
             )
         return actions
 
@@ -900,9 +914,11 @@ class JobStore:
         outcome: Outcome,
         start_delay_ms: int,
         claimed: bool,
+        in_runs: bool = False,
     ) -> list[Action]:
         """The attribute updates of one :class:`Effect` of a transition of ``job``;
-        ``claimed``: the same write claims the attempt's run."""
+        ``claimed``: the same write claims the attempt's run; ``in_runs``: the job stays in
+        the running pipelines' index (a finish leaves its deadline keys to that effect)."""
         match effect:
             case Effect.ENTER_ACTIVE:
                 return [
@@ -957,8 +973,8 @@ class JobStore:
                     JobModel.expires_at.set(expires),
                     JobModel.pipeline_owed.remove(),
                     JobModel.waiting_repo.remove(),
-                    JobModel.deadline_shard.remove(),
-                    JobModel.deadline_at.remove(),
+                    *(() if in_runs else (JobModel.deadline_shard.remove(),)),
+                    *(() if in_runs else (JobModel.deadline_at.remove(),)),
                     JobModel.queue_repo.remove(),
                     JobModel.queue_shard.remove(),
                     JobModel.queue_key.remove(),
@@ -970,6 +986,8 @@ class JobStore:
                 if outcome.exit_code is not None:
                     actions.append(JobModel.exit_code.set(outcome.exit_code))
                 return actions
+            case Effect.KEEP_IN_RUNS:
+                return [JobModel.deadline_shard.set(RUN_SHARD), JobModel.deadline_at.set(now)]
             case Effect.HOLD_SLOT:
                 # Until its run is known stopped; the sparse `held_slots` index lets the
                 # reconciliation find it if the record that frees the slot is lost.

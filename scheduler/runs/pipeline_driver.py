@@ -23,6 +23,7 @@ at any point between its expansion's writes never starts one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from functools import cached_property
@@ -118,7 +119,9 @@ class PipelineDriver:
         if run.step_count is None:
             return "ended"  # not a pipeline run (refused, or its one step was the job)
         if status is JobStatus.CANCELLED:
-            self._cancel_steps(run)
+            if self._cancel_steps(run) and run.deadline_shard is not None:
+                with contextlib.suppress(TransitionConflict):
+                    self._store.leave_runs(run_id)  # nothing owed any more
             return "cancelled"
         if status is not JobStatus.ACTIVE:
             return "ended"
@@ -143,8 +146,10 @@ class PipelineDriver:
         log.info("pipeline ended", extra={"job_id": run_id, "verdict": fan_in.verdict})
         return fan_in.verdict
 
-    def _cancel_steps(self, run: JobModel) -> None:
+    def _cancel_steps(self, run: JobModel) -> bool:
+        """Cancel the run's steps that have not ended; whether every step has ended now."""
         reason = run.reason or "cancelled"
+        ended = True
         for step in self._runs.steps(run.job_id, int(run.step_count or 0)):
             if JobStatus(step.status).is_terminal:
                 continue
@@ -156,7 +161,8 @@ class PipelineDriver:
                     outcome=Outcome(reason=reason, detail=f"its pipeline run was {reason}"),
                 )
             except TransitionConflict:
-                continue  # it moved since it was read: the next settle sees it again
+                ended = False  # it moved since it was read: the next settle sees it again
+        return ended
 
     def _refuse(self, job: JobState, outcome: Outcome) -> str:
         try:

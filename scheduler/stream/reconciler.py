@@ -19,7 +19,8 @@ such a record owed:
    failure leaves the index;
 3. every pipeline run that has run its steps for longer than the grace (the deadline index's
    RUN_SHARD part) gets the fan-in its steps' records make: a dropped record of a step's end
-   would otherwise leave its dependents blocked, and the run unended, for ever;
+   would otherwise leave its dependents blocked, and the run unended, for ever; a cancelled
+   run stays there until its steps are cancelled, which a lost record of its cancel owed;
 4. the :class:`~scheduler.stream.sweeper.QueueSweeper` visits the repositories with queued
    work and promotes their oldest jobs into free slots (a retried job among them, and the
    jobs whose pipeline file is owed for long: their expansion is made again).

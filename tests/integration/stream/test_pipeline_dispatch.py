@@ -222,3 +222,27 @@ def test_a_bad_file_fails_the_run_with_its_line_and_makes_no_step(
     assert str(job.detail).startswith(".scheduler/pipeline.yml:2:"), job.detail
     assert JobModel.count(step_id("run-5", 1)) == 0
     counters_match_items()
+
+
+def test_a_cancelled_runs_lost_record_still_cancels_its_steps(store: JobStore) -> None:
+    """A run is cancelled and its cancel's record is lost while its steps are queued or run:
+    the reconciliation cancels them (the run stays in its index until its steps ended)."""
+    files = Files({"a" * 40: FILE})
+    dispatcher = engine(store, files)
+    deliver(store, "run-6", "a" * 40)
+    dispatcher.handle_record(record("run-6"))
+    build = store.state(step_id("run-6", 1))
+    store.transition(build, Trigger.ACTIVATE, actor="test", slot_limit=2)
+    store.transition(store.state("run-6"), Trigger.CANCEL, actor="operator")  # record lost
+    reconciler = Reconciler(
+        store,
+        dispatcher.promote,
+        QueueSweeper(store, dispatcher.promote),
+        None,
+        settle_run=dispatcher.settle_run,
+        retry_grace_ms=0,
+    )
+    reconciler.run_once()
+    assert set(statuses(store, "run-6").values()) == {"cancelled"}
+    assert store.get("run-6").deadline_shard is None  # its steps ended: out of the index
+    counters_match_items()
