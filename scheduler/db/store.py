@@ -211,6 +211,10 @@ class HandOff:
 TRIGGER_PREFIX = "trigger#"
 """Key prefix of trigger guards in the repos table (which has no stream)."""
 
+CREATE_BATCH = 99
+"""Jobs one transaction of :meth:`JobStore.create_all` writes: DynamoDB's transactions hold at
+most 100 items, and one is their repository's counters."""
+
 
 @dataclass(frozen=True, slots=True)
 class TriggerGuard:
@@ -343,6 +347,64 @@ class JobStore:
             received_at=now,
             priority=new.priority,
         )
+
+    def create_all(self, news: Sequence[NewJob], *, actor: str) -> list[str]:
+        """Write the jobs of ``news`` that are not there yet, counted with them; the ids made.
+
+        For many jobs of one repository and status at once (a pipeline run's steps): up to
+        :data:`CREATE_BATCH` jobs go in one transaction with their repository's counters (a
+        run of 50 steps costs one write, not 50). Each job is written only if it is not there
+        yet: when some are (a replayed fan-out, or one cut short), the transaction writes
+        nothing and names them, and it is sent again without them.
+        """
+        kinds = {(new.repo, new.status) for new in news}
+        if len(kinds) > 1:
+            raise ValueError(f"jobs created together share a repository and status: {kinds}")
+        made: list[str] = []
+        for first in range(0, len(news), CREATE_BATCH):
+            batch = list(news[first : first + CREATE_BATCH])
+            while batch:  # each refusal takes at least one job out
+                there = self._create_batch(batch, actor)
+                if not there:
+                    made.extend(new.job_id for new in batch)
+                    break
+                batch = [new for new in batch if new.job_id not in there]
+        return made
+
+    def _create_batch(self, batch: Sequence[NewJob], actor: str) -> set[str]:
+        """One transaction writing every job of ``batch`` and counting them. Returns the ids
+        of those that are there already (then nothing was written), else the empty set."""
+        status = batch[0].status
+        if status not in INITIAL_STATUSES:
+            raise ValueError(f"a job cannot be created {status}")
+        now = self._clock()
+        queued = status is JobStatus.PENDING
+
+        def build(tx: TransactWrite) -> None:
+            for new in batch:
+                tx.save(self._new_item(new, now, actor), condition=JobModel.job_id.does_not_exist())
+            # The counters move with the jobs, by as many as the transaction makes.
+            tx.update(
+                RepoModel(batch[0].repo),
+                actions=[
+                    getattr(RepoModel, count_attribute(status)).add(len(batch)),
+                    RepoModel.last_job_id.set(batch[-1].job_id),
+                    RepoModel.last_received_at.set(now),
+                    *([RepoModel.queue_shard.set(QUEUED_SHARD)] if queued else []),
+                ],
+            )
+
+        what = f"create of {len(batch)} jobs"
+        reasons = self._commit(build, job_id=batch[0].job_id, what=what)
+        if reasons is None:
+            log.info("jobs created", extra={"job_id": batch[0].job_id, "count": len(batch)})
+            return set()
+        # PynamoDB sends the puts first, in the order added: reason i is job i's.
+        codes = zip(batch, reasons[: len(batch)], strict=True)
+        there = {new.job_id for new, code in codes if code == _CONDITION_FAILED}
+        if not there:
+            raise StoreUnavailable(f"{what} from {batch[0].job_id} cancelled: {reasons}")
+        return there
 
     @staticmethod
     def _new_item(new: NewJob, now: int, actor: str) -> JobModel:

@@ -6,10 +6,10 @@ its repository's limit while it runs. What is new is how steps begin:
 
 - **Fan-out** (:meth:`PipelineRuns.fan_out`) records the run's step count (only while the run is
   pending: a cancelled run makes none), then puts each step ``blocked`` with a condition that it
-  is not there yet. A replay, or a fan-out cut short and done again, makes only what is
-  missing; more than 100 steps are never one transaction. Nothing runs yet: the steps without
-  needs are unblocked by the first fan-in, once the run itself is ``active``, so a run
-  cancelled meanwhile starts none of them.
+  is not there yet, up to 99 steps a transaction with their repository's counters (a run
+  of 50 steps is one write). A replay, or a fan-out cut short and done again, makes only what
+  is missing. Nothing runs yet: the steps without needs are unblocked by the first fan-in,
+  once the run itself is ``active``, so a run cancelled meanwhile starts none of them.
 - **Fan-in** (:meth:`PipelineRuns.fan_in`), called whenever a step ends (and by whoever sees a
   run that may owe one), reads every step consistently, asks the pure
   :func:`~scheduler.pipelines.decide` which blocked steps can run or must be skipped, and moves
@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from scheduler.config import RetryPolicy
 from scheduler.db.models import JobModel
 from scheduler.db.store import JobState, JobStore, NewJob, StoreContended
-from scheduler.errors import JobExists
 from scheduler.pipelines import (
     Pipeline,
     RunFacts,
@@ -111,9 +110,8 @@ class PipelineRuns:
     def fan_out(self, run: JobModel, pipeline: Pipeline) -> list[str]:
         """Make the run's steps; return the ids made by this call (none on a replay)."""
         self._store.record_step_count(run.job_id, len(pipeline))
-        made = []
-        for index, step in enumerate(pipeline.steps, 1):
-            new = NewJob(
+        news = [
+            NewJob(
                 job_id=step_id(run.job_id, index),
                 repo=run.repo,
                 event=run.event,
@@ -132,12 +130,10 @@ class PipelineRuns:
                 step_key=step.key,
                 step=json.dumps(step_record(step), separators=(",", ":")),
             )
-            try:
-                self._store.create(new, actor=self._actor)
-            except JobExists:
-                continue  # made by an earlier fan-out of this run
-            made.append(new.job_id)
-        return made
+            for index, step in enumerate(pipeline.steps, 1)
+        ]
+        # Up to 99 steps a write; those an earlier fan-out of this run made are left.
+        return self._store.create_all(news, actor=self._actor)
 
     def steps(self, run_id: str, count: int) -> list[JobModel]:
         """The run's step items, read consistently, in pipeline order (missing ones left out:

@@ -109,6 +109,62 @@ def test_fan_out_makes_each_step_once_all_blocked(store: JobStore) -> None:
     counters_match_items(store)
 
 
+def wide_pipeline(width: int) -> Pipeline:
+    values = ", ".join(str(n) for n in range(width))
+    return pipeline(
+        "steps:\n  - {key: root, command: [true]}\n"
+        f"  - key: fan\n    command: [true]\n    needs: [root]\n    matrix: {{n: [{values}]}}\n"
+    )
+
+
+def test_fan_out_writes_up_to_99_steps_a_transaction(store: JobStore) -> None:
+    """150 steps cost two writes (99 + 51, each with the counters), not 150."""
+    run = run_job(store)
+    writes: list[str] = []
+    store.connection.client.meta.events.register(
+        "before-call.dynamodb",
+        lambda model, **_: writes.append(model.name) if "Write" in model.name else None,
+    )
+    made = PipelineRuns(store).fan_out(run, wide_pipeline(149))
+    assert made == [step_id(run.job_id, n) for n in range(1, 151)]
+    assert writes == ["TransactWriteItems", "TransactWriteItems"]
+    assert int(store.get(run.job_id).step_count) == 150
+    steps = PipelineRuns(store).steps(run.job_id, 150)
+    assert [str(s.status) for s in steps] == ["blocked"] * 150
+    assert [str(s.step_key) for s in steps[:2]] == ["root", "fan[n=0]"]
+    counters_match_items(store)
+
+
+def test_a_fan_out_cut_short_is_finished_by_its_replay(store: JobStore) -> None:
+    """Some steps made already (a fan-out cut short, or another process's under way): the
+    replay makes the rest, each once, and leaves those there as they were."""
+    run = run_job(store)
+    wide = wide_pipeline(120)
+    runs = PipelineRuns(store)
+    runs.fan_out(run, wide)
+    there = {step_id(run.job_id, n) for n in (3, 50)}  # both in the first 99
+    for step in runs.steps(run.job_id, 121):
+        if step.job_id not in there:
+            step.delete()
+    RepoModel(REPO).update(actions=[RepoModel.n_blocked.set(len(there))])
+    before = {job_id: int(store.get(job_id).version) for job_id in there}
+    writes: list[str] = []
+    store.connection.client.meta.events.register(
+        "before-call.dynamodb",
+        lambda model, **_: writes.append(model.name) if "Write" in model.name else None,
+    )
+    made = runs.fan_out(store.get(run.job_id), wide)
+    assert made == [
+        step_id(run.job_id, n) for n in range(1, 122) if step_id(run.job_id, n) not in there
+    ]
+    # The first 99: refused (naming the two there), then the 97 missing; then the other 22.
+    assert len(writes) == 3
+    assert {job_id: int(store.get(job_id).version) for job_id in there} == before
+    assert len(runs.steps(run.job_id, 121)) == 121
+    assert runs.fan_out(store.get(run.job_id), wide) == []
+    counters_match_items(store)
+
+
 def test_a_run_keeps_one_pipeline(store: JobStore) -> None:
     run = run_job(store)
     PipelineRuns(store).fan_out(run, FAN)
