@@ -13,9 +13,10 @@ its repository's limit while it runs. What is new is how steps begin:
 - **Fan-in** (:meth:`PipelineRuns.fan_in`), called whenever a step ends (and by whoever sees a
   run that may owe one), reads every step consistently, asks the pure
   :func:`~scheduler.pipelines.decide` which blocked steps can run or must be skipped, and moves
-  each with the lifecycle's guarded write (``blocked -> pending`` or ``blocked -> skipped``,
-  conditional on the status and version read). However many processes do it at once, however
-  often a record is replayed or in whatever order steps end, each step is unblocked or skipped
+  them with the lifecycle's guarded writes (``blocked -> pending`` or ``blocked -> skipped``,
+  each conditional on the status and version read), up to 99 steps a transaction: a matrix's
+  48 variants are queued by one write. However many processes do it at once, however often a
+  record is replayed or in whatever order steps end, each step is unblocked or skipped
   exactly once: the second writer's condition fails and it writes nothing. The last need to
   end is always seen ended by the fan-in its own end calls for, because reads are consistent
   and come after that end was written.
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 
 from scheduler.config import RetryPolicy
 from scheduler.db.models import JobModel
-from scheduler.db.store import JobState, JobStore, NewJob, StoreContended
+from scheduler.db.store import WRITE_BATCH, JobState, JobStore, NewJob, StoreContended
 from scheduler.pipelines import (
     Pipeline,
     RunFacts,
@@ -46,7 +47,7 @@ from scheduler.pipelines import (
     step_record,
     verdict,
 )
-from state_machines import GuardRefused, JobStatus, Trigger
+from state_machines import JobStatus, Trigger
 
 __all__ = ["FanIn", "PipelineRuns", "facts_of", "step_id", "step_retry", "step_status"]
 
@@ -169,25 +170,26 @@ class PipelineRuns:
     def _move(
         self, keys: Sequence[str], by_key: Mapping[str, JobModel], trigger: Trigger
     ) -> tuple[str, ...]:
-        """Each step's guarded move; the ids this call moved (another writer's are left)."""
-        moved = []
-        for key in keys:
-            item = by_key[key]
+        """The steps' guarded moves, up to 99 a write; the ids this call moved (those another
+        writer moved or cancelled since they were read are left)."""
+        moved: list[str] = []
+        for first in range(0, len(keys), WRITE_BATCH):
+            batch = [JobState.from_model(by_key[key]) for key in keys[first : first + WRITE_BATCH]]
             for attempt in range(_CONTENDED_TRIES):
                 try:
-                    self._store.transition(JobState.from_model(item), trigger, actor=self._actor)
-                except GuardRefused:
-                    break  # moved by another fan-in (or cancelled) since it was read
+                    done = self._store.transition_all(batch, trigger, actor=self._actor)
                 except StoreContended:
                     if attempt == _CONTENDED_TRIES - 1:
                         raise
                     continue  # nothing happened: the same guarded write again
-                moved.append(item.job_id)
-                log.info(
-                    "step moved",
-                    extra={"job_id": item.job_id, "step": key, "trigger": str(trigger)},
-                )
+                moved.extend(done)
                 break
+        keys_of = {str(by_key[key].job_id): key for key in keys}
+        for job_id in moved:
+            log.info(
+                "step moved",
+                extra={"job_id": job_id, "step": keys_of[job_id], "trigger": str(trigger)},
+            )
         return tuple(moved)
 
 

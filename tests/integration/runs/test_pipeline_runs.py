@@ -85,6 +85,16 @@ def counters_match_items(store: JobStore) -> None:
         assert int(getattr(counted, f"n_{status.value}") or 0) == items[status.value], status
 
 
+def count_writes(store: JobStore) -> list[str]:
+    """The names of the write requests the store sends from now on."""
+    writes: list[str] = []
+    store.connection.client.meta.events.register(
+        "before-call.dynamodb",
+        lambda model, **_: writes.append(model.name) if "Write" in model.name else None,
+    )
+    return writes
+
+
 def test_fan_out_makes_each_step_once_all_blocked(store: JobStore) -> None:
     run = run_job(store)
     runs = PipelineRuns(store)
@@ -120,11 +130,7 @@ def wide_pipeline(width: int) -> Pipeline:
 def test_fan_out_writes_up_to_99_steps_a_transaction(store: JobStore) -> None:
     """150 steps cost two writes (99 + 51, each with the counters), not 150."""
     run = run_job(store)
-    writes: list[str] = []
-    store.connection.client.meta.events.register(
-        "before-call.dynamodb",
-        lambda model, **_: writes.append(model.name) if "Write" in model.name else None,
-    )
+    writes = count_writes(store)
     made = PipelineRuns(store).fan_out(run, wide_pipeline(149))
     assert made == [step_id(run.job_id, n) for n in range(1, 151)]
     assert writes == ["TransactWriteItems", "TransactWriteItems"]
@@ -148,11 +154,7 @@ def test_a_fan_out_cut_short_is_finished_by_its_replay(store: JobStore) -> None:
             step.delete()
     RepoModel(REPO).update(actions=[RepoModel.n_blocked.set(len(there))])
     before = {job_id: int(store.get(job_id).version) for job_id in there}
-    writes: list[str] = []
-    store.connection.client.meta.events.register(
-        "before-call.dynamodb",
-        lambda model, **_: writes.append(model.name) if "Write" in model.name else None,
-    )
+    writes = count_writes(store)
     made = runs.fan_out(store.get(run.job_id), wide)
     assert made == [
         step_id(run.job_id, n) for n in range(1, 122) if step_id(run.job_id, n) not in there
@@ -289,3 +291,40 @@ def test_a_cancelled_blocked_step_is_left_alone_by_the_fan_in(store: JobStore) -
     assert deploy not in last.unblocked + last.skipped
     assert status_of(store, deploy) == "cancelled"
     assert isinstance(store.state(deploy), JobState)
+
+
+def test_a_fan_in_queues_a_matrix_in_one_write(store: JobStore) -> None:
+    """The root ended: its 48 dependents are unblocked by one transaction, each once, with
+    its history entry, and the counters move with them."""
+    run = run_job(store)
+    runs = PipelineRuns(store)
+    runs.fan_out(run, wide_pipeline(48))
+    run = store.get(run.job_id)
+    end(store, step_id(run.job_id, 1))
+    writes = count_writes(store)
+    done = runs.fan_in(run)
+    assert writes == ["TransactWriteItems"]
+    assert done.unblocked == tuple(step_id(run.job_id, n) for n in range(2, 50))
+    for step in runs.steps(run.job_id, 49)[1:]:
+        assert str(step.status) == "pending" and step.queue_repo == REPO
+        assert [(h.source, h.dest) for h in step.history][-1] == ("blocked", "pending")
+    counters_match_items(store)
+
+
+def test_moving_steps_together_leaves_out_one_that_moved_since_it_was_read(
+    store: JobStore,
+) -> None:
+    """Three steps read blocked, one cancelled since: the other two are unblocked (the
+    transaction is refused once, naming it, then sent without it), the cancelled one is left."""
+    run = run_job(store)
+    runs = PipelineRuns(store)
+    runs.fan_out(run, wide_pipeline(3))
+    read = [store.state(step_id(run.job_id, n)) for n in (2, 3, 4)]
+    store.transition(read[1], Trigger.CANCEL, actor="test")
+    writes = count_writes(store)
+    moved = store.transition_all(read, Trigger.UNBLOCK, actor="test")
+    assert moved == [read[0].job_id, read[2].job_id]
+    assert len(writes) == 2
+    assert [status_of(store, job.job_id) for job in read] == ["pending", "cancelled", "pending"]
+    assert store.transition_all(read[:1], Trigger.UNBLOCK, actor="test") == []  # moved since
+    counters_match_items(store)
