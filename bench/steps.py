@@ -40,7 +40,11 @@ hand-offs, and anything the reaper or the reconciliation wrote meanwhile (shown 
 **Per step** is the window's writes, the stream runner's checkpoints (table ``runner-state``)
 excluded, divided by 50 (the run job's own writes included, so they are shared by its steps);
 per independent job likewise. The checkpoints are printed beside them. Reads are counted the
-same way (the fan-in reads every step of its run at each step's end), to see where time goes.
+same way (the fan-in reads every step of its run at each step's end), to see where time goes;
+each round also prints the requests sent between the last matrix step's finish and a little
+after the join's unblock, with when each was sent and how long its answer took (waits for the
+GIL included): the stream's delay, the fan-in's reads (a consistent ``BatchGetItem`` of every
+step) and its write.
 
 Targets (issue 25): fan-in p50 < 100 ms, <= 4 write requests per step, the pipeline within 1.5
 times the time of the 50 independent jobs.
@@ -111,6 +115,7 @@ class Request:
     tables: tuple[str, ...]
     thread: str
     outcome: str = "?"  # "ok", an error code, or "?" (no answer: a connection failure)
+    took: float = 0.0  # seconds until the answer came
     keys: int = 0  # items asked for by a BatchGetItem
 
     @property
@@ -167,6 +172,7 @@ class RequestLog:
         if request is not None:
             ok = http_response.status_code < 300
             request.outcome = "ok" if ok else str(parsed.get("Error", {}).get("Code", "error"))
+            request.took = time.time() - request.at
 
     def mark(self) -> int:
         return len(self.requests)
@@ -349,6 +355,7 @@ class Phase:
     fan_in_matrix: list[float] = field(default_factory=list)
     start_after_need_matrix: list[float] = field(default_factory=list)
     fan_in_join: float = 0.0
+    join_timeline: list[str] = field(default_factory=list)  # the requests of the join's fan-in
     start_after_need_join: float = 0.0
     to_root_unblocked_ms: float = 0.0
     to_root_started_ms: float = 0.0
@@ -387,6 +394,7 @@ def run_pipeline(
         phase.start_after_need_matrix.append(step["started_at"] - root["finished_at"])
     last_need = max(step["finished_at"] for step in matrix)
     phase.fan_in_join = _unblocked(join) - last_need
+    phase.join_timeline = timeline(phase.requests, last_need, _unblocked(join) + 30)
     phase.start_after_need_join = join["started_at"] - last_need
     phase.to_root_unblocked_ms = _unblocked(root) - t0
     phase.to_root_started_ms = root["started_at"] - t0
@@ -394,6 +402,21 @@ def run_pipeline(
     phase.to_last_finished_s = (max(s["finished_at"] for s in steps) - t0) / 1000
     phase.run_ended_after_join_ms = run["finished_at"] - join["finished_at"]
     return phase
+
+
+def timeline(requests: Sequence[Request], since_ms: float, until_ms: float) -> list[str]:
+    """The requests sent from ``since_ms`` (a little before) to ``until_ms`` (epoch ms), as
+    ``+offset op thread took``: where a fan-in's time goes."""
+    shown = []
+    for r in requests:
+        at = r.at * 1000
+        if since_ms - 5 <= at <= until_ms + 5:
+            outcome = "" if r.outcome == "ok" else f" {r.outcome}"
+            shown.append(
+                f"+{at - since_ms:.0f} {r.operation}{outcome} ({thread_group(r.thread)},"
+                f" {r.took * 1000:.0f} ms)"
+            )
+    return shown
 
 
 def _unblocked(step: dict[str, Any]) -> float:
@@ -515,6 +538,10 @@ def print_round(number: int, result: Round, checkpoints: str) -> None:
     print(
         f"   ratio pipeline / independent: finished {result.ratio_finished:.2f},"
         f" started {result.ratio_started:.2f}"
+    )
+    print(
+        "   the join's fan-in: requests from the last need's finish to its unblock + 30 ms"
+        " (+sent ms, operation, thread, answer ms):\n      " + "\n      ".join(pipe.join_timeline)
     )
     for phase in (pipe, alone):
         print_requests(phase, checkpoints)
