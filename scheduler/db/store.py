@@ -211,6 +211,11 @@ class HandOff:
 TRIGGER_PREFIX = "trigger#"
 """Key prefix of trigger guards in the repos table (which has no stream)."""
 
+WRITE_BATCH = 99
+"""Jobs one transaction of :meth:`JobStore.create_all` or :meth:`JobStore.transition_all`
+writes: DynamoDB's transactions hold at most 100 items, and one is their repository's
+counters."""
+
 
 @dataclass(frozen=True, slots=True)
 class TriggerGuard:
@@ -343,6 +348,64 @@ class JobStore:
             received_at=now,
             priority=new.priority,
         )
+
+    def create_all(self, news: Sequence[NewJob], *, actor: str) -> list[str]:
+        """Write the jobs of ``news`` that are not there yet, counted with them; the ids made.
+
+        For many jobs of one repository and status at once (a pipeline run's steps): up to
+        :data:`WRITE_BATCH` jobs go in one transaction with their repository's counters (a
+        run of 50 steps costs one write, not 50). Each job is written only if it is not there
+        yet: when some are (a replayed fan-out, or one cut short), the transaction writes
+        nothing and names them, and it is sent again without them.
+        """
+        kinds = {(new.repo, new.status) for new in news}
+        if len(kinds) > 1:
+            raise ValueError(f"jobs created together share a repository and status: {kinds}")
+        made: list[str] = []
+        for first in range(0, len(news), WRITE_BATCH):
+            batch = list(news[first : first + WRITE_BATCH])
+            while batch:  # each refusal takes at least one job out
+                there = self._create_batch(batch, actor)
+                if not there:
+                    made.extend(new.job_id for new in batch)
+                    break
+                batch = [new for new in batch if new.job_id not in there]
+        return made
+
+    def _create_batch(self, batch: Sequence[NewJob], actor: str) -> set[str]:
+        """One transaction writing every job of ``batch`` and counting them. Returns the ids
+        of those that are there already (then nothing was written), else the empty set."""
+        status = batch[0].status
+        if status not in INITIAL_STATUSES:
+            raise ValueError(f"a job cannot be created {status}")
+        now = self._clock()
+        queued = status is JobStatus.PENDING
+
+        def build(tx: TransactWrite) -> None:
+            for new in batch:
+                tx.save(self._new_item(new, now, actor), condition=JobModel.job_id.does_not_exist())
+            # The counters move with the jobs, by as many as the transaction makes.
+            tx.update(
+                RepoModel(batch[0].repo),
+                actions=[
+                    getattr(RepoModel, count_attribute(status)).add(len(batch)),
+                    RepoModel.last_job_id.set(batch[-1].job_id),
+                    RepoModel.last_received_at.set(now),
+                    *([RepoModel.queue_shard.set(QUEUED_SHARD)] if queued else []),
+                ],
+            )
+
+        what = f"create of {len(batch)} jobs"
+        reasons = self._commit(build, job_id=batch[0].job_id, what=what)
+        if reasons is None:
+            log.info("jobs created", extra={"job_id": batch[0].job_id, "count": len(batch)})
+            return set()
+        # PynamoDB sends the puts first, in the order added: reason i is job i's.
+        codes = zip(batch, reasons[: len(batch)], strict=True)
+        there = {new.job_id for new, code in codes if code == _CONDITION_FAILED}
+        if not there:
+            raise StoreUnavailable(f"{what} from {batch[0].job_id} cancelled: {reasons}")
+        return there
 
     @staticmethod
     def _new_item(new: NewJob, now: int, actor: str) -> JobModel:
@@ -555,6 +618,82 @@ class JobStore:
         if step.dest is JobStatus.PENDING:
             job = replace(job, start_delay_ms=start_delay_ms)
         return replace(job, status=step.dest, version=job.version + 1, attempt=attempt)
+
+    def transition_all(
+        self, jobs: Sequence[JobState], trigger: Trigger, *, actor: str
+    ) -> list[str]:
+        """Carry out ``trigger`` on each of ``jobs`` (one repository's, at most
+        :data:`WRITE_BATCH`, each as read) in one transaction with their repository's
+        counters; the ids moved.
+
+        For a fan-in's unblocks and skips: 48 steps unblocked at once are one write, not 48
+        one after the other. Each job moves only if it is still what was read, as with
+        :meth:`transition`: one that moved since (another fan-in, a cancel) makes the whole
+        transaction write nothing and is named by it, and the transaction is sent again
+        without it. Only for triggers that neither take nor free a slot nor start an attempt.
+        """
+        if len(jobs) > WRITE_BATCH:
+            raise ValueError(f"at most {WRITE_BATCH} jobs a transaction, not {len(jobs)}")
+        if len({job.repo for job in jobs}) > 1:
+            raise ValueError("jobs moved together share a repository")
+        batch = list(jobs)
+        while batch:  # each refusal takes at least one job out
+            refused = self._transition_batch(batch, trigger, actor)
+            if not refused:
+                return [job.job_id for job in batch]
+            batch = [job for job in batch if job.job_id not in refused]
+        return []
+
+    def _transition_batch(
+        self, batch: Sequence[JobState], trigger: Trigger, actor: str
+    ) -> set[str]:
+        """One transaction moving every job of ``batch``. Returns the ids of those that moved
+        since they were read (then nothing was written), else the empty set."""
+        plans = [
+            plan(job.status, trigger, job.job_id, pipeline_run=job.pipeline_run) for job in batch
+        ]
+        if any(step.slot_delta or step.next_attempt for step in plans):
+            raise ValueError(f"{trigger} takes or frees a slot, or starts an attempt")
+        now = self._clock()
+        repo_actions, _ = self._repo_changes(plans, None)
+
+        def build(tx: TransactWrite) -> None:
+            for job, step in zip(batch, plans, strict=True):
+                actions = self._job_actions(
+                    job=job,
+                    step=step,
+                    now=now,
+                    actor=actor,
+                    attempt=job.attempt,
+                    outcome=Outcome(reason=step.reason),
+                )
+                # Each job only if it is still exactly what the caller read.
+                condition = (JobModel.status == job.status.value) & (
+                    JobModel.version == job.version
+                )
+                tx.update(JobModel(job.job_id), actions=actions, condition=condition)
+            # The counters move with the jobs, all of them at once.
+            tx.update(RepoModel(batch[0].repo), actions=repo_actions)
+
+        what = f"{trigger} of {len(batch)} jobs"
+        reasons = self._commit(build, job_id=batch[0].job_id, what=what)
+        if reasons is None:
+            for job, step in zip(batch, plans, strict=True):
+                log.info(
+                    "job transition",
+                    extra={
+                        "job_id": job.job_id,
+                        "repo": job.repo,
+                        "transition": f"{step.source}->{step.dest}",
+                        "actor": actor,
+                    },
+                )
+            return set()
+        codes = zip(batch, reasons[: len(batch)], strict=True)
+        refused = {job.job_id for job, code in codes if code == _CONDITION_FAILED}
+        if not refused:
+            raise StoreUnavailable(f"{what} from {batch[0].job_id} cancelled: {reasons}")
+        return refused
 
     def claim_run(self, job: JobState, run_id: str, log_location: str | None = None) -> None:
         """Record that ``run_id`` runs ``job``'s current attempt, or :class:`RunAlreadyClaimed`.

@@ -6,16 +6,17 @@ its repository's limit while it runs. What is new is how steps begin:
 
 - **Fan-out** (:meth:`PipelineRuns.fan_out`) records the run's step count (only while the run is
   pending: a cancelled run makes none), then puts each step ``blocked`` with a condition that it
-  is not there yet. A replay, or a fan-out cut short and done again, makes only what is
-  missing; more than 100 steps are never one transaction. Nothing runs yet: the steps without
-  needs are unblocked by the first fan-in, once the run itself is ``active``, so a run
-  cancelled meanwhile starts none of them.
+  is not there yet, up to 99 steps a transaction with their repository's counters (a run
+  of 50 steps is one write). A replay, or a fan-out cut short and done again, makes only what
+  is missing. Nothing runs yet: the steps without needs are unblocked by the first fan-in,
+  once the run itself is ``active``, so a run cancelled meanwhile starts none of them.
 - **Fan-in** (:meth:`PipelineRuns.fan_in`), called whenever a step ends (and by whoever sees a
   run that may owe one), reads every step consistently, asks the pure
   :func:`~scheduler.pipelines.decide` which blocked steps can run or must be skipped, and moves
-  each with the lifecycle's guarded write (``blocked -> pending`` or ``blocked -> skipped``,
-  conditional on the status and version read). However many processes do it at once, however
-  often a record is replayed or in whatever order steps end, each step is unblocked or skipped
+  them with the lifecycle's guarded writes (``blocked -> pending`` or ``blocked -> skipped``,
+  each conditional on the status and version read), up to 99 steps a transaction: a matrix's
+  48 variants are queued by one write. However many processes do it at once, however often a
+  record is replayed or in whatever order steps end, each step is unblocked or skipped
   exactly once: the second writer's condition fails and it writes nothing. The last need to
   end is always seen ended by the fan-in its own end calls for, because reads are consistent
   and come after that end was written.
@@ -33,8 +34,7 @@ from dataclasses import dataclass
 
 from scheduler.config import RetryPolicy
 from scheduler.db.models import JobModel
-from scheduler.db.store import JobState, JobStore, NewJob, StoreContended
-from scheduler.errors import JobExists
+from scheduler.db.store import WRITE_BATCH, JobState, JobStore, NewJob, StoreContended
 from scheduler.pipelines import (
     Pipeline,
     RunFacts,
@@ -47,7 +47,7 @@ from scheduler.pipelines import (
     step_record,
     verdict,
 )
-from state_machines import GuardRefused, JobStatus, Trigger
+from state_machines import JobStatus, Trigger
 
 __all__ = ["FanIn", "PipelineRuns", "facts_of", "step_id", "step_retry", "step_status"]
 
@@ -111,9 +111,8 @@ class PipelineRuns:
     def fan_out(self, run: JobModel, pipeline: Pipeline) -> list[str]:
         """Make the run's steps; return the ids made by this call (none on a replay)."""
         self._store.record_step_count(run.job_id, len(pipeline))
-        made = []
-        for index, step in enumerate(pipeline.steps, 1):
-            new = NewJob(
+        news = [
+            NewJob(
                 job_id=step_id(run.job_id, index),
                 repo=run.repo,
                 event=run.event,
@@ -132,12 +131,10 @@ class PipelineRuns:
                 step_key=step.key,
                 step=json.dumps(step_record(step), separators=(",", ":")),
             )
-            try:
-                self._store.create(new, actor=self._actor)
-            except JobExists:
-                continue  # made by an earlier fan-out of this run
-            made.append(new.job_id)
-        return made
+            for index, step in enumerate(pipeline.steps, 1)
+        ]
+        # Up to 99 steps a write; those an earlier fan-out of this run made are left.
+        return self._store.create_all(news, actor=self._actor)
 
     def steps(self, run_id: str, count: int) -> list[JobModel]:
         """The run's step items, read consistently, in pipeline order (missing ones left out:
@@ -173,25 +170,26 @@ class PipelineRuns:
     def _move(
         self, keys: Sequence[str], by_key: Mapping[str, JobModel], trigger: Trigger
     ) -> tuple[str, ...]:
-        """Each step's guarded move; the ids this call moved (another writer's are left)."""
-        moved = []
-        for key in keys:
-            item = by_key[key]
+        """The steps' guarded moves, up to 99 a write; the ids this call moved (those another
+        writer moved or cancelled since they were read are left)."""
+        moved: list[str] = []
+        for first in range(0, len(keys), WRITE_BATCH):
+            batch = [JobState.from_model(by_key[key]) for key in keys[first : first + WRITE_BATCH]]
             for attempt in range(_CONTENDED_TRIES):
                 try:
-                    self._store.transition(JobState.from_model(item), trigger, actor=self._actor)
-                except GuardRefused:
-                    break  # moved by another fan-in (or cancelled) since it was read
+                    done = self._store.transition_all(batch, trigger, actor=self._actor)
                 except StoreContended:
                     if attempt == _CONTENDED_TRIES - 1:
                         raise
                     continue  # nothing happened: the same guarded write again
-                moved.append(item.job_id)
-                log.info(
-                    "step moved",
-                    extra={"job_id": item.job_id, "step": key, "trigger": str(trigger)},
-                )
+                moved.extend(done)
                 break
+        keys_of = {str(by_key[key].job_id): key for key in keys}
+        for job_id in moved:
+            log.info(
+                "step moved",
+                extra={"job_id": job_id, "step": keys_of[job_id], "trigger": str(trigger)},
+            )
         return tuple(moved)
 
 

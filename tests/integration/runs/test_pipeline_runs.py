@@ -85,6 +85,16 @@ def counters_match_items(store: JobStore) -> None:
         assert int(getattr(counted, f"n_{status.value}") or 0) == items[status.value], status
 
 
+def count_writes(store: JobStore) -> list[str]:
+    """The names of the write requests the store sends from now on."""
+    writes: list[str] = []
+    store.connection.client.meta.events.register(
+        "before-call.dynamodb",
+        lambda model, **_: writes.append(model.name) if "Write" in model.name else None,
+    )
+    return writes
+
+
 def test_fan_out_makes_each_step_once_all_blocked(store: JobStore) -> None:
     run = run_job(store)
     runs = PipelineRuns(store)
@@ -106,6 +116,54 @@ def test_fan_out_makes_each_step_once_all_blocked(store: JobStore) -> None:
     assert build.queue_repo is None and build.run_of == run.job_id
     blocked = steps["deploy"]
     assert blocked.queue_repo is None and blocked.waiting_repo is None  # neither queued nor waiting
+    counters_match_items(store)
+
+
+def wide_pipeline(width: int) -> Pipeline:
+    values = ", ".join(str(n) for n in range(width))
+    return pipeline(
+        "steps:\n  - {key: root, command: [true]}\n"
+        f"  - key: fan\n    command: [true]\n    needs: [root]\n    matrix: {{n: [{values}]}}\n"
+    )
+
+
+def test_fan_out_writes_up_to_99_steps_a_transaction(store: JobStore) -> None:
+    """150 steps cost two writes (99 + 51, each with the counters), not 150."""
+    run = run_job(store)
+    writes = count_writes(store)
+    made = PipelineRuns(store).fan_out(run, wide_pipeline(149))
+    assert made == [step_id(run.job_id, n) for n in range(1, 151)]
+    assert writes == ["TransactWriteItems", "TransactWriteItems"]
+    assert int(store.get(run.job_id).step_count) == 150
+    steps = PipelineRuns(store).steps(run.job_id, 150)
+    assert [str(s.status) for s in steps] == ["blocked"] * 150
+    assert [str(s.step_key) for s in steps[:2]] == ["root", "fan[n=0]"]
+    counters_match_items(store)
+
+
+def test_a_fan_out_cut_short_is_finished_by_its_replay(store: JobStore) -> None:
+    """Some steps made already (a fan-out cut short, or another process's under way): the
+    replay makes the rest, each once, and leaves those there as they were."""
+    run = run_job(store)
+    wide = wide_pipeline(120)
+    runs = PipelineRuns(store)
+    runs.fan_out(run, wide)
+    there = {step_id(run.job_id, n) for n in (3, 50)}  # both in the first 99
+    for step in runs.steps(run.job_id, 121):
+        if step.job_id not in there:
+            step.delete()
+    RepoModel(REPO).update(actions=[RepoModel.n_blocked.set(len(there))])
+    before = {job_id: int(store.get(job_id).version) for job_id in there}
+    writes = count_writes(store)
+    made = runs.fan_out(store.get(run.job_id), wide)
+    assert made == [
+        step_id(run.job_id, n) for n in range(1, 122) if step_id(run.job_id, n) not in there
+    ]
+    # The first 99: refused (naming the two there), then the 97 missing; then the other 22.
+    assert len(writes) == 3
+    assert {job_id: int(store.get(job_id).version) for job_id in there} == before
+    assert len(runs.steps(run.job_id, 121)) == 121
+    assert runs.fan_out(store.get(run.job_id), wide) == []
     counters_match_items(store)
 
 
@@ -233,3 +291,40 @@ def test_a_cancelled_blocked_step_is_left_alone_by_the_fan_in(store: JobStore) -
     assert deploy not in last.unblocked + last.skipped
     assert status_of(store, deploy) == "cancelled"
     assert isinstance(store.state(deploy), JobState)
+
+
+def test_a_fan_in_queues_a_matrix_in_one_write(store: JobStore) -> None:
+    """The root ended: its 48 dependents are unblocked by one transaction, each once, with
+    its history entry, and the counters move with them."""
+    run = run_job(store)
+    runs = PipelineRuns(store)
+    runs.fan_out(run, wide_pipeline(48))
+    run = store.get(run.job_id)
+    end(store, step_id(run.job_id, 1))
+    writes = count_writes(store)
+    done = runs.fan_in(run)
+    assert writes == ["TransactWriteItems"]
+    assert done.unblocked == tuple(step_id(run.job_id, n) for n in range(2, 50))
+    for step in runs.steps(run.job_id, 49)[1:]:
+        assert str(step.status) == "pending" and step.queue_repo == REPO
+        assert [(h.source, h.dest) for h in step.history][-1] == ("blocked", "pending")
+    counters_match_items(store)
+
+
+def test_moving_steps_together_leaves_out_one_that_moved_since_it_was_read(
+    store: JobStore,
+) -> None:
+    """Three steps read blocked, one cancelled since: the other two are unblocked (the
+    transaction is refused once, naming it, then sent without it), the cancelled one is left."""
+    run = run_job(store)
+    runs = PipelineRuns(store)
+    runs.fan_out(run, wide_pipeline(3))
+    read = [store.state(step_id(run.job_id, n)) for n in (2, 3, 4)]
+    store.transition(read[1], Trigger.CANCEL, actor="test")
+    writes = count_writes(store)
+    moved = store.transition_all(read, Trigger.UNBLOCK, actor="test")
+    assert moved == [read[0].job_id, read[2].job_id]
+    assert len(writes) == 2
+    assert [status_of(store, job.job_id) for job in read] == ["pending", "cancelled", "pending"]
+    assert store.transition_all(read[:1], Trigger.UNBLOCK, actor="test") == []  # moved since
+    counters_match_items(store)
