@@ -41,6 +41,7 @@ from scheduler.db.tables import ensure_tables
 from scheduler.errors import ConfigurationError, DomainError, InvalidArgument, StoreUnavailable
 from scheduler.runs.doctor import Doctor
 from scheduler.runs.operations import BulkItem, Operations
+from scheduler.runs.pipeline_runs import Rerun
 from scheduler.settings import Settings
 from scheduler.stream.dead_letters import DeadLetterQueue, Replayed, dead_letter_job_ids
 
@@ -367,7 +368,7 @@ def progress_bar(enabled: bool) -> Iterator[ProgressCallbacks]:
 
 
 @app.command("retry")
-def retry(
+def retry(  # noqa: PLR0917 - typer maps options to parameters
     job_id: Annotated[str | None, typer.Argument(metavar="JOB_ID", show_default=False)] = None,
     repo: Annotated[
         str | None, typer.Option("--repo", metavar="OWNER/REPO", help="With --all-failed.")
@@ -379,23 +380,40 @@ def retry(
         str | None,
         typer.Option("--since", help="With --all-failed: failed since (30m, 2h, 1d, ISO time)."),
     ] = None,
+    failed: Annotated[
+        bool,
+        typer.Option(
+            "--failed",
+            help="JOB_ID is a pipeline run: re-run its failed (and cancelled) steps and"
+            " everything downstream of them.",
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Retry a failed job (a new attempt), or all failed jobs of a repository.
 
+    A pipeline's step (RUN_ID.sN) is re-run with every step downstream of it; a pipeline
+    run's failed steps with --failed. Steps that passed otherwise keep their result.
+
     With --all-failed: prints retried, skipped and refused counts; safe to run twice.
 
-    Exits 1 if any job was refused (it changed while being retried).
+    Exits 1 if any job was refused (it changed while being retried, or it is not failed).
     """
     if job_id is not None and (repo or all_failed or since):
         raise InvalidArgument("give either JOB_ID or --repo OWNER/REPO --all-failed, not both")
+    if failed and job_id is None:
+        raise InvalidArgument("--failed needs a pipeline run's RUN_ID")
     if job_id is None:
         if not (repo and all_failed):
             raise InvalidArgument("give JOB_ID, or --repo OWNER/REPO with --all-failed")
         retry_all(repo, since, as_json)
         return
-    changed = context().operations().retry(job_id)
-    emit(changed.to_dict(), as_json, render.changed_line(changed, "retried"))
+    operations = context().operations()
+    done = operations.retry_failed_steps(job_id) if failed else operations.retry(job_id)
+    if isinstance(done, Rerun):
+        emit(done.to_dict(), as_json, render.rerun_line(done))
+        return
+    emit(done.to_dict(), as_json, render.changed_line(done, "retried"))
 
 
 def retry_all(repo: str, since: str | None, as_json: bool) -> None:

@@ -20,6 +20,7 @@ from scheduler.db.queries import JobDetail, JobPage, JobSummary, RepoStats
 from scheduler.errors import InvalidArgument
 from scheduler.runs.doctor import Diagnosis
 from scheduler.runs.operations import BulkOutcome, Changed, RetrySummary
+from scheduler.runs.pipeline_runs import Rerun
 from state_machines import JobStatus
 
 STATUS_STYLES: dict[str, str] = {
@@ -246,6 +247,17 @@ def changed_line(changed: Changed, verb: str) -> str:
     return (
         f"{verb} job {changed.job_id} ({changed.repo}): "
         f"{changed.previous_status} -> {changed.status}, attempt {changed.attempt}"
+    )
+
+
+def rerun_line(rerun: Rerun) -> str:
+    """``re-ran 2 steps of run R (o/r): failed -> active, attempt 2: test, deploy``."""
+    count = len(rerun.steps)
+    asked = f"step {rerun.job_id} of " if rerun.job_id != rerun.run_id else ""
+    return (
+        f"re-ran {count} step{'s' if count != 1 else ''} ({asked}run {rerun.run_id},"
+        f" {rerun.repo}): run {rerun.previous_status} -> {rerun.status},"
+        f" attempt {rerun.attempt}: {', '.join(rerun.steps)}"
     )
 
 

@@ -22,34 +22,54 @@ its repository's limit while it runs. What is new is how steps begin:
 
 A step that failed and whose automatic retry is still owed (its retry mark), or whose run is
 not known stopped yet (it keeps its slot), has not ended for its dependents.
+
+- **Re-run** (:meth:`PipelineRuns.rerun`, an operator's): steps and everything downstream of
+  them go back to ``blocked`` (``reblock``: a new attempt for a step that ran), dependents
+  first, each with its guarded write; then one guarded write of the run itself, after them:
+  an ended run is re-run (``rerun``: active again, its fan-in decides the reset steps), a
+  running one has its version moved. A fan-in ends its run conditioned on the version it read
+  *before* reading the steps, so no fan-in that saw the reset steps still ended can end the
+  run afterwards. Racing re-runs reset each step once (the loser's write is refused); one cut
+  short (steps blocked, the run still failed) is finished by the next, which counts blocked
+  steps of an ended run among those to run again.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from scheduler.config import RetryPolicy
 from scheduler.db.models import JobModel
 from scheduler.db.store import JobState, JobStore, NewJob, StoreContended
-from scheduler.errors import JobExists
+from scheduler.errors import JobExists, RerunRefused
 from scheduler.pipelines import (
+    ENDED_STATUSES,
     Pipeline,
     RunFacts,
     StepRecord,
     StepStatus,
     Verdict,
     decide,
+    downstream,
     pipeline_from_records,
     step_from_record,
     step_record,
     verdict,
 )
-from state_machines import GuardRefused, JobStatus, Trigger
+from state_machines import GuardRefused, JobStatus, TransitionConflict, Trigger
 
-__all__ = ["FanIn", "PipelineRuns", "facts_of", "step_id", "step_retry", "step_status"]
+__all__ = [
+    "FanIn",
+    "PipelineRuns",
+    "Rerun",
+    "facts_of",
+    "step_id",
+    "step_retry",
+    "step_status",
+]
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +119,33 @@ class FanIn:
     skipped: tuple[str, ...]
     verdict: Verdict
     failed: tuple[str, ...] = ()  # the keys of the steps that failed or were cancelled
+
+
+@dataclass(frozen=True, slots=True)
+class Rerun:
+    """What a re-run did: the run before and after it, the steps that run again (in pipeline
+    order) and those this call moved back to blocked (a racing re-run may have moved others)."""
+
+    job_id: str  # what was asked for: the run, or one of its steps
+    run_id: str
+    repo: str
+    previous_status: str  # the run's
+    status: str
+    attempt: int  # the run's, after
+    steps: tuple[str, ...]  # keys
+    reset: tuple[str, ...]  # step ids
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "job_id": self.job_id,
+            "run_id": self.run_id,
+            "repo": self.repo,
+            "previous_status": self.previous_status,
+            "status": self.status,
+            "attempt": self.attempt,
+            "steps": list(self.steps),
+            "reset": list(self.reset),
+        }
 
 
 class PipelineRuns:
@@ -169,6 +216,61 @@ class PipelineRuns:
             statuses[key] = "skipped"
         failed = tuple(key for key, status in statuses.items() if status in _FAILED)
         return FanIn(unblocked, skipped, verdict(pipeline, statuses), failed)
+
+    def rerun(self, run: JobModel, roots: Collection[str], *, asked: str | None = None) -> Rerun:
+        """Run the steps ``roots`` (keys) and every step downstream of them again.
+
+        Refused (:class:`RerunRefused`, nothing written) while one of those steps has not
+        ended (it is queued or runs, or its stop or retry verdict is still owed). A step
+        already blocked (a re-run cut short, or one waiting for a need) is left as it is.
+        """
+        count = int(run.step_count or 0)
+        items = self.steps(run.job_id, count)
+        if count == 0 or len(items) < count:
+            raise RerunRefused(run.job_id, "its steps are still being made: try again")
+        pipeline = pipeline_from_records(_record(item) for item in items)
+        by_key = {str(item.step_key): item for item in items}
+        keys = downstream(pipeline, roots)
+        for key in keys:
+            status = step_status(by_key[key])
+            if status not in ENDED_STATUSES and status != "blocked":
+                raise RerunRefused(
+                    run.job_id, f"step {key} ({by_key[key].job_id}) is {status}: wait for it to end"
+                )
+        # Dependents first: nothing reset is queued by a fan-in before what follows it waits.
+        ended = [key for key in reversed(keys) if by_key[key].status != JobStatus.BLOCKED.value]
+        reset = self._move(ended, by_key, Trigger.REBLOCK)
+        after = self._hold_open(JobState.from_model(run))
+        log.info(
+            "pipeline re-run",
+            extra={"job_id": run.job_id, "steps": len(keys), "reset": len(reset)},
+        )
+        return Rerun(
+            job_id=asked or run.job_id,
+            run_id=run.job_id,
+            repo=run.repo,
+            previous_status=str(run.status),
+            status=after.status.value,
+            attempt=after.attempt,
+            steps=keys,
+            reset=tuple(reversed(reset)),
+        )
+
+    def _hold_open(self, run: JobState) -> JobState:
+        """The run's one guarded write after its steps were reset: re-run if it ended, its
+        version moved if it runs; read again and redone if it moved meanwhile (a fan-in
+        ended it on what it read before the reset). A run cancelled meanwhile stays so: its
+        cancel's settle cancels the reset steps."""
+        for _ in range(_CONTENDED_TRIES):
+            try:
+                if run.status is JobStatus.ACTIVE:
+                    return self._store.touch_run(run, actor=self._actor)
+                return self._store.transition(run, Trigger.RERUN, actor=self._actor)
+            except TransitionConflict:
+                run = self._store.state(run.job_id)
+                if run.status is JobStatus.CANCELLED:
+                    return run
+        raise StoreContended(f"re-run of run {run.job_id}: it kept changing; run it again")
 
     def _move(
         self, keys: Sequence[str], by_key: Mapping[str, JobModel], trigger: Trigger
