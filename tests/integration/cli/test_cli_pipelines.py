@@ -1,0 +1,139 @@
+"""The CLI on pipeline runs, through its real console script against DynamoDB Local: re-run
+a run's failed steps or one step (``retry RUN_ID --failed``, ``retry STEP_ID``), with one
+error line and exit 1 for what cannot be re-run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+from scheduler.db.store import JobStore, NewJob, Outcome
+from scheduler.pipelines import parse_pipeline
+from scheduler.runs.pipeline_driver import PipelineDriver
+from scheduler.runs.pipeline_runs import PipelineRuns, step_id
+from state_machines import Trigger
+
+SCRIPT = Path(sys.executable).with_name("scheduler")
+REPO = "octo-org/steps"
+RED = """
+steps:
+  - {key: lint, command: [lint]}
+  - {key: unit, command: [unit]}
+  - {key: e2e, command: [e2e], needs: [unit]}
+"""
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(SCRIPT), *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=os.environ.copy(),
+    )
+
+
+def run_json(*args: str) -> Any:
+    result = run(*args, "--json")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    return json.loads(result.stdout)
+
+
+def refused(result: subprocess.CompletedProcess[str], code: int, *words: str) -> None:
+    """An error: the exit code, nothing on stdout, one line on stderr naming the cause."""
+    assert result.returncode == code, (result.stdout, result.stderr)
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def _no_file() -> NoReturn:
+    raise AssertionError("no pipeline file is read here")
+
+
+def settle(store: JobStore, run_id: str) -> str:
+    return PipelineDriver(store, _no_file, lambda repo: _no_file()).settle(run_id)
+
+
+def end(store: JobStore, job_id: str, trigger: Trigger = Trigger.PASS) -> None:
+    job = store.transition(store.state(job_id), Trigger.ACTIVATE, actor="test", slot_limit=10)
+    outcome = Outcome(reason="exit_code", exit_code=2) if trigger is Trigger.FAIL else None
+    done = store.transition(job, trigger, actor="test", outcome=outcome)
+    if trigger is Trigger.FAIL:
+        store.settle_retry_verdict(done)
+    settle(store, job_id.rsplit(".", 1)[0])
+
+
+def red_run(store: JobStore, job_id: str = "gh-red") -> str:
+    """lint passes, unit fails, e2e (after unit) is skipped: the run failed."""
+    store.create(
+        NewJob(
+            job_id=job_id,
+            repo=REPO,
+            event="push",
+            sha="e" * 40,
+            timeout_seconds=600,
+            ref="refs/heads/main",
+            branch="main",
+            delivery_id=job_id,
+        )
+    )
+    PipelineRuns(store).fan_out(store.get(job_id), parse_pipeline(RED.encode()))
+    store.transition(store.state(job_id), Trigger.EXPAND, actor="test")
+    settle(store, job_id)
+    end(store, step_id(job_id, 1))
+    end(store, step_id(job_id, 2), Trigger.FAIL)
+    assert str(store.get(job_id).status) == "failed"
+    return job_id
+
+
+def test_retry_failed_reruns_the_failed_steps_once(store: JobStore) -> None:
+    run_id = red_run(store)
+    done = run_json("retry", run_id, "--failed")
+    assert done == {
+        "job_id": run_id,
+        "run_id": run_id,
+        "repo": REPO,
+        "previous_status": "failed",
+        "status": "active",
+        "attempt": 2,
+        "steps": ["unit", "e2e"],
+        "reset": [step_id(run_id, 2), step_id(run_id, 3)],
+    }
+    assert str(store.get(step_id(run_id, 1)).status) == "passed"  # lint keeps its result
+    assert (
+        str(store.get(step_id(run_id, 2)).status),
+        int(store.get(step_id(run_id, 2)).attempt),
+    ) == (
+        "blocked",
+        2,
+    )
+    # Twice: refused, one line, nothing written.
+    refused(run("retry", run_id, "--failed"), 1, run_id, "active, not failed")
+    refused(run("retry", "no-such-run", "--failed"), 1, "not found")
+    refused(run("retry", run_id), 1, "pipeline run", "--failed")
+    refused(run("retry", step_id(run_id, 1), "--failed"), 1, "a pipeline's step")
+    refused(run("retry", "--failed"), 2, "--failed needs")
+
+
+def test_retry_one_step_and_a_plain_job(store: JobStore, make_job: Any) -> None:
+    run_id = red_run(store, "gh-red-2")
+    human = run("retry", step_id(run_id, 1))
+    assert human.returncode == 0, human.stderr
+    assert human.stdout.strip() == (
+        f"re-ran 1 step (step {step_id(run_id, 1)} of run {run_id}, {REPO}):"
+        " run failed -> active, attempt 2: lint"
+    )
+    refused(run("retry", step_id(run_id, 1)), 1, "the step is blocked")
+    make_job("plain-failed", "failed")
+    refused(run("retry", "plain-failed", "--failed"), 1, "not a pipeline run")
+    retried = run_json("retry", "plain-failed")
+    assert (retried["status"], retried["attempt"]) == ("pending", 2)
