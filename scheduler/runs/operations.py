@@ -220,7 +220,9 @@ class Operations:
         on_listed: Callable[[int], None] | None = None,
         on_item: Callable[[BulkItem], None] | None = None,
     ) -> RetrySummary:
-        """Retry every failed job of ``repo``; safe to run twice, or twice at once.
+        """Retry every failed job of ``repo``; safe to run twice, or twice at once. A failed
+        pipeline run has its failed steps re-run; its failed steps are skipped (the run's
+        re-run covers them).
 
         The list comes from the (eventually consistent) index; each job is then read
         consistently and retried with its own conditional write. A job that is no longer
@@ -248,17 +250,23 @@ class Operations:
 
     def _retry_one(self, job_id: str) -> BulkItem:
         try:
-            job = self._store.state(job_id)
+            job = self._store.get(job_id)
         except JobNotFound:
             return BulkItem(job_id, BulkOutcome.SKIPPED, "no longer exists")
-        if job.status is not JobStatus.FAILED:
-            return BulkItem(job_id, BulkOutcome.SKIPPED, f"is {job.status.value} now")
+        if job.status != JobStatus.FAILED.value:
+            return BulkItem(job_id, BulkOutcome.SKIPPED, f"is {job.status} now")
+        if job.run_of is not None:
+            # A pipeline's failed step is re-run by its run's re-run (with what follows it).
+            return BulkItem(job_id, BulkOutcome.SKIPPED, f"a step of pipeline run {job.run_of}")
         try:
-            changed = self._move(job, Trigger.RETRY)
-        except (TransitionConflict, InvalidTransition, StoreContended) as exc:
+            if job.step_count is not None:  # a pipeline run: its failed steps
+                attempt = self.retry_failed_steps(job_id).attempt
+            else:
+                attempt = self._move(JobState.from_model(job), Trigger.RETRY).attempt
+        except (TransitionConflict, InvalidTransition, StoreContended, RerunRefused) as exc:
             # Per-job refusals; an unreachable store (StoreUnavailable) aborts the whole run.
             return BulkItem(job_id, BulkOutcome.REFUSED, str(exc))
-        return BulkItem(job_id, BulkOutcome.RETRIED, attempt=changed.attempt)
+        return BulkItem(job_id, BulkOutcome.RETRIED, attempt=attempt)
 
 
 __all__ = ["BulkItem", "BulkOutcome", "Changed", "Operations", "RetrySummary"]

@@ -326,3 +326,17 @@ def test_a_cancelled_run_reruns_its_cancelled_steps(store: JobStore) -> None:
     assert steps_of(store, run_id) == {"a": ("blocked", 2), "b": ("passed", 1), "c": ("blocked", 2)}
     assert driver(store).settle(run_id) == "running"
     counters_match_items(store)
+
+
+def test_retry_all_failed_reruns_a_runs_failed_steps_and_leaves_its_steps_to_it(
+    store: JobStore,
+) -> None:
+    run_id = failed_fan(store)
+    summary = operations(store).retry_all_failed(REPO)
+    by_job = {item.job_id: item for item in summary.items}
+    assert (by_job[run_id].outcome.value, by_job[run_id].attempt) == ("retried", 2)
+    step = by_job[step_id(run_id, 2)]
+    assert step.outcome.value == "skipped" and step.reason == f"a step of pipeline run {run_id}"
+    assert summary.retried == 1 and summary.refused == 0
+    assert steps_of(store, run_id)["test[python=3.11]"] == ("blocked", 2)
+    assert str(store.get(run_id).status) == "active"
