@@ -9,22 +9,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-from scheduler.db.store import JobStore, NewJob, Outcome
-from scheduler.pipelines import parse_pipeline
-from scheduler.runs.pipeline_driver import PipelineDriver
-from scheduler.runs.pipeline_runs import PipelineRuns, step_id
-from state_machines import Trigger
+from scheduler.db.store import JobStore
+from scheduler.runs.pipeline_runs import step_id
+from tests import failed_pipeline
 
 SCRIPT = Path(sys.executable).with_name("scheduler")
 REPO = "octo-org/steps"
-RED = """
-steps:
-  - {key: lint, command: [lint]}
-  - {key: unit, command: [unit]}
-  - {key: e2e, command: [e2e], needs: [unit]}
-"""
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -55,44 +47,8 @@ def refused(result: subprocess.CompletedProcess[str], code: int, *words: str) ->
         assert word in lines[0], lines[0]
 
 
-def _no_file() -> NoReturn:
-    raise AssertionError("no pipeline file is read here")
-
-
-def settle(store: JobStore, run_id: str) -> str:
-    return PipelineDriver(store, _no_file, lambda repo: _no_file()).settle(run_id)
-
-
-def end(store: JobStore, job_id: str, trigger: Trigger = Trigger.PASS) -> None:
-    job = store.transition(store.state(job_id), Trigger.ACTIVATE, actor="test", slot_limit=10)
-    outcome = Outcome(reason="exit_code", exit_code=2) if trigger is Trigger.FAIL else None
-    done = store.transition(job, trigger, actor="test", outcome=outcome)
-    if trigger is Trigger.FAIL:
-        store.settle_retry_verdict(done)
-    settle(store, job_id.rsplit(".", 1)[0])
-
-
 def red_run(store: JobStore, job_id: str = "gh-red") -> str:
-    """lint passes, unit fails, e2e (after unit) is skipped: the run failed."""
-    store.create(
-        NewJob(
-            job_id=job_id,
-            repo=REPO,
-            event="push",
-            sha="e" * 40,
-            timeout_seconds=600,
-            ref="refs/heads/main",
-            branch="main",
-            delivery_id=job_id,
-        )
-    )
-    PipelineRuns(store).fan_out(store.get(job_id), parse_pipeline(RED.encode()))
-    store.transition(store.state(job_id), Trigger.EXPAND, actor="test")
-    settle(store, job_id)
-    end(store, step_id(job_id, 1))
-    end(store, step_id(job_id, 2), Trigger.FAIL)
-    assert str(store.get(job_id).status) == "failed"
-    return job_id
+    return failed_pipeline.red_run(store, REPO, job_id)
 
 
 def test_retry_failed_reruns_the_failed_steps_once(store: JobStore) -> None:
