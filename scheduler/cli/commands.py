@@ -222,20 +222,46 @@ def status(  # noqa: PLR0917 - typer maps options to parameters
     page = ctx.queries.jobs(
         repo, status=status, branch=branch, event=event, limit=limit, cursor=cursor
     )
+    progress = ctx.queries.progress(page.jobs)  # a pipeline run's: its steps ended
     now = now_ms()
-    show(page.to_dict(), as_json, lambda: render.jobs_view(page, now))
+    data = page.to_dict()
+    for job in data["jobs"]:
+        if job["job_id"] in progress:
+            job["progress"] = progress[job["job_id"]].to_dict()
+    show(data, as_json, lambda: render.jobs_view(page, now, progress))
 
 
 @app.command("show")
 def show_job(job_id: JobArgument, as_json: JsonOption = False) -> None:
-    """One job with its transition history (and the last lines of its log if it failed)."""
+    """One job with its transition history (and the last lines of its log if it failed); a
+    pipeline run with its steps (key, status, attempt, duration)."""
     ctx = context()
     job = ctx.queries.job(job_id)
-    tail = run_log_tail(ctx, job) if job.status == "failed" else []
+    steps = ctx.queries.steps(job) if job.step_count is not None else None
+    # A pipeline run ran no command of its own: its steps' logs are theirs.
+    tail = run_log_tail(ctx, job) if job.status == "failed" and steps is None else []
     now = now_ms()
     data = {**job.to_dict(), **({"log_tail": tail} if tail else {})}
+    if steps is not None:
+        data["steps"] = [step_dict(step, now) for step in steps]
     shown = [cli_logs.for_terminal(line) for line in tail]  # a run's output: never obeyed
-    show(data, as_json, lambda: render.job_view(job, now, log_tail=shown))
+    show(data, as_json, lambda: render.job_view(job, now, log_tail=shown, steps=steps))
+
+
+def step_dict(step: JobDetail, now: int) -> dict[str, Any]:
+    """A pipeline run's step as ``show --json`` lists it."""
+    start, end = step.activated_at, step.finished_at
+    duration = (end if end is not None else now) - start if start is not None else None
+    return {
+        "job_id": step.job_id,
+        "step_key": step.step_key,
+        "status": step.status,
+        "attempt": step.attempt,
+        "activated_at": start,
+        "finished_at": end,
+        "duration_ms": duration,
+        "reason": step.reason,
+    }
 
 
 def run_log_tail(ctx: Context, job: JobDetail) -> list[str]:

@@ -42,7 +42,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from scheduler.config import RetryPolicy
-from scheduler.db.models import JobModel
+from scheduler.db.models import JobModel, step_id
 from scheduler.db.store import JobState, JobStore, NewJob, StoreContended
 from scheduler.errors import JobExists, RerunRefused
 from scheduler.pipelines import (
@@ -77,11 +77,6 @@ ACTOR = "pipeline"
 _TAG_PREFIX = "refs/tags/"
 _CONTENDED_TRIES = 5
 _FAILED = ("failed", "cancelled")
-
-
-def step_id(run_id: str, index: int) -> str:
-    """The job id of a run's ``index``-th step (from 1, in pipeline order)."""
-    return f"{run_id}.s{index}"
 
 
 def step_retry(job: JobModel) -> RetryPolicy | None:

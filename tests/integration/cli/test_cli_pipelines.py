@@ -93,3 +93,53 @@ def test_retry_one_step_and_a_plain_job(store: JobStore, make_job: Any) -> None:
     refused(run("retry", "plain-failed", "--failed"), 1, "not a pipeline run")
     retried = run_json("retry", "plain-failed")
     assert (retried["status"], retried["attempt"]) == ("pending", 2)
+
+
+def test_show_lists_a_runs_steps_and_a_step_names_its_run(store: JobStore) -> None:
+    run_id = red_run(store, "gh-show")
+    data = run_json("show", run_id)
+    assert [(s["step_key"], s["status"], s["attempt"]) for s in data["steps"]] == [
+        ("lint", "passed", 1),
+        ("unit", "failed", 1),
+        ("e2e", "skipped", 1),
+    ]
+    lint = data["steps"][0]
+    assert lint["job_id"] == step_id(run_id, 1) and lint["reason"] is None
+    assert lint["duration_ms"] == lint["finished_at"] - lint["activated_at"] >= 0
+    assert data["steps"][2]["duration_ms"] is None  # never ran
+    assert "log_tail" not in data  # a run runs no command of its own
+    human = run("show", run_id)
+    assert human.returncode == 0, human.stderr
+    lines = human.stdout.splitlines()
+    assert any(line.split() == ["steps", "3/3", "steps,", "1", "failed"] for line in lines)
+    header = next(
+        i for i, line in enumerate(lines) if line.split()[:3] == ["STEP", "KEY", "STATUS"]
+    )
+    rows = [line.split() for line in lines[header + 2 : header + 5]]
+    assert [row[:4] for row in rows] == [
+        [step_id(run_id, 1), "lint", "passed", "1"],
+        [step_id(run_id, 2), "unit", "failed", "1"],
+        [step_id(run_id, 3), "e2e", "skipped", "1"],
+    ]
+    assert rows[1][-1] == "exit_code" and rows[2][4] == "-"
+    step = run("show", step_id(run_id, 2))
+    assert step.returncode == 0, step.stderr
+    assert any(line.split() == ["pipeline", "run", run_id] for line in step.stdout.splitlines())
+    assert any(line.split() == ["step", "unit"] for line in step.stdout.splitlines())
+
+
+def test_status_shows_a_runs_progress(store: JobStore) -> None:
+    run_id = red_run(store, "gh-status")
+    run("retry", step_id(run_id, 1))  # lint runs again: 2 of 3 steps ended
+    data = run_json("status", REPO)
+    by_id = {job["job_id"]: job for job in data["jobs"]}
+    assert by_id[run_id]["progress"] == {"total": 3, "ended": 2, "failed": 1}
+    assert by_id[run_id]["step_count"] == 3
+    assert by_id[step_id(run_id, 2)]["step_key"] == "unit"
+    assert "progress" not in by_id[step_id(run_id, 2)]
+    human = run("status", REPO)
+    assert human.returncode == 0, human.stderr
+    lines = {line.split()[0]: line for line in human.stdout.splitlines() if line.strip()}
+    assert "PIPELINE" in lines["JOB"]
+    assert "2/3 steps, 1 failed" in lines[run_id]
+    assert "step unit" in lines[step_id(run_id, 2)]
