@@ -25,7 +25,7 @@ from scheduler.db.queries import JobFilter, Queries, validate_job_id, validate_r
 from scheduler.db.store import JobState, JobStore, Outcome, StoreContended
 from scheduler.errors import JobNotFound, RerunRefused
 from scheduler.pipelines import ENDED_STATUSES
-from scheduler.runs.pipeline_runs import PipelineRuns, Rerun, step_status
+from scheduler.runs.pipeline_runs import PipelineRuns, Rerun, status_label, step_status
 from state_machines import InvalidTransition, JobStatus, TransitionConflict, Trigger
 
 log = logging.getLogger(__name__)
@@ -187,9 +187,10 @@ class Operations:
 
     def _retry_step(self, step: JobModel) -> Rerun:
         """Re-run one ended step of a pipeline run and everything downstream of it."""
-        status = step_status(step)
-        if status not in ENDED_STATUSES:
-            raise RerunRefused(step.job_id, f"the step is {status}: only an ended step is re-run")
+        if step_status(step) not in ENDED_STATUSES:
+            raise RerunRefused(
+                step.job_id, f"the step is {status_label(step)}: only an ended step is re-run"
+            )
         run = self._store.get(str(step.run_of))
         runs = PipelineRuns(self._store, actor=self._actor)
         return runs.rerun(run, [str(step.step_key)], asked=step.job_id)

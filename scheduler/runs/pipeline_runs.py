@@ -66,6 +66,7 @@ __all__ = [
     "PipelineRuns",
     "Rerun",
     "facts_of",
+    "status_label",
     "step_id",
     "step_retry",
     "step_status",
@@ -76,6 +77,7 @@ log = logging.getLogger(__name__)
 ACTOR = "pipeline"
 _TAG_PREFIX = "refs/tags/"
 _CONTENDED_TRIES = 5
+_HOLD_TRIES = 32
 _FAILED = ("failed", "cancelled")
 
 
@@ -104,6 +106,14 @@ def step_status(step: JobModel) -> StepStatus:
     if status is JobStatus.WAITING:
         return "blocked"
     return status.value  # type: ignore[return-value]  # the other statuses are steps' own
+
+
+def status_label(step: JobModel) -> str:
+    """A step's status as an operator is told it: an end whose stop or automatic retry is
+    still owed says so (its dependents see it running)."""
+    if JobStatus(step.status).is_terminal and step.held_shard is not None:
+        return f"{step.status} (its stop or automatic retry still owed)"
+    return str(step.status)
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,15 +237,17 @@ class PipelineRuns:
         by_key = {str(item.step_key): item for item in items}
         keys = downstream(pipeline, roots)
         for key in keys:
-            status = step_status(by_key[key])
+            item = by_key[key]
+            status = step_status(item)
             if status not in ENDED_STATUSES and status != "blocked":
                 raise RerunRefused(
-                    run.job_id, f"step {key} ({by_key[key].job_id}) is {status}: wait for it to end"
+                    run.job_id,
+                    f"step {key} ({item.job_id}) is {status_label(item)}: wait for it to end",
                 )
         # Dependents first: nothing reset is queued by a fan-in before what follows it waits.
-        ended = [key for key in reversed(keys) if by_key[key].status != JobStatus.BLOCKED.value]
+        ended = [key for key in reversed(keys) if JobStatus(by_key[key].status).is_terminal]
         reset = self._move(ended, by_key, Trigger.REBLOCK)
-        after = self._hold_open(JobState.from_model(run))
+        after = self._hold_open(JobState.from_model(run), wrote=bool(reset))
         log.info(
             "pipeline re-run",
             extra={"job_id": run.job_id, "steps": len(keys), "reset": len(reset)},
@@ -251,12 +263,18 @@ class PipelineRuns:
             reset=tuple(reversed(reset)),
         )
 
-    def _hold_open(self, run: JobState) -> JobState:
+    def _hold_open(self, run: JobState, *, wrote: bool) -> JobState:
         """The run's one guarded write after its steps were reset: re-run if it ended, its
         version moved if it runs; read again and redone if it moved meanwhile (a fan-in
-        ended it on what it read before the reset). A run cancelled meanwhile stays so: its
-        cancel's settle cancels the reset steps."""
-        for _ in range(_CONTENDED_TRIES):
+        ended it on what it read before the reset, or a racing re-run wrote it). A run
+        cancelled meanwhile stays so: its cancel's settle cancels the reset steps. A call
+        that reset no step (a racing re-run reset them) has nothing to protect once the run
+        runs: it writes nothing more."""
+        # Each racing re-run that reset a step writes the run once: a loser tries again at
+        # most once per other writer.
+        for _ in range(_HOLD_TRIES):
+            if run.status is JobStatus.ACTIVE and not wrote:
+                return run
             try:
                 if run.status is JobStatus.ACTIVE:
                     return self._store.touch_run(run, actor=self._actor)

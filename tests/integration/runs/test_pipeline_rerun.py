@@ -187,7 +187,7 @@ def test_refusals_are_one_typed_error_and_write_nothing(store: JobStore) -> None
     counters_match_items(store)
 
 
-@pytest.mark.parametrize("racers", [8])
+@pytest.mark.parametrize("racers", [8, 16])
 def test_racing_reruns_reset_each_step_once_and_rerun_the_run_once(
     store: JobStore, racers: int
 ) -> None:
@@ -305,6 +305,15 @@ def test_a_step_is_not_rerun_while_a_step_after_it_runs(store: JobStore) -> None
     assert store.get(step_id(run_id, 1)).version == before
 
 
+def test_a_step_whose_automatic_retry_is_still_owed_is_not_rerun(store: JobStore) -> None:
+    run_id = expanded_run(store, SPLIT)
+    a = store.transition(store.state(step_id(run_id, 1)), Trigger.ACTIVATE, actor="t", slot_limit=9)
+    store.transition(a, Trigger.FAIL, actor="t", outcome=Outcome(reason="exit_code"))
+    with pytest.raises(RerunRefused, match=r"failed \(its stop or automatic retry still owed\)"):
+        operations(store).retry(step_id(run_id, 1))
+    assert steps_of(store, run_id)["a"] == ("failed", 1)
+
+
 def test_a_rerun_cut_short_is_finished_by_the_next(store: JobStore) -> None:
     run_id = failed_fan(store)
     # The first re-run reset the failed step, then died: the run is still failed.
@@ -340,3 +349,45 @@ def test_retry_all_failed_reruns_a_runs_failed_steps_and_leaves_its_steps_to_it(
     assert summary.retried == 1 and summary.refused == 0
     assert steps_of(store, run_id)["test[python=3.11]"] == ("blocked", 2)
     assert str(store.get(run_id).status) == "active"
+
+
+def test_reruns_racing_fan_ins_leave_each_step_decided_once(store: JobStore) -> None:
+    """Four operators re-run while four fan-ins (the stream, the reconciliation) settle the
+    run over and over: each step is reset once, then queued once, and the run runs."""
+    run_id = failed_fan(store)
+    barrier = threading.Barrier(8)
+    errors: list[BaseException] = []
+
+    def operator() -> None:
+        barrier.wait()
+        try:
+            operations(store).retry_failed_steps(run_id)
+        except (RerunRefused, TransitionConflict):
+            pass  # another operator's re-run came first
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    def fan_in() -> None:
+        barrier.wait()
+        try:
+            for _ in range(5):
+                driver(store).settle(run_id)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=operator) for _ in range(4)]
+    threads += [threading.Thread(target=fan_in) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert errors == []
+    driver(store).settle(run_id)  # the fan-in the run's re-run record makes
+    assert moves(store, run_id, "failed", "active") == 1
+    assert str(store.get(run_id).status) == "active"
+    failed = step_id(run_id, 2)
+    assert moves(store, failed, "failed", "blocked") == 1
+    assert moves(store, failed, "blocked", "pending") == 2  # attempt 1's, then attempt 2's
+    assert steps_of(store, run_id)["test[python=3.11]"] == ("pending", 2)
+    assert steps_of(store, run_id)["report"] == ("blocked", 2)
+    counters_match_items(store)
