@@ -261,7 +261,12 @@ ILLEGAL = [
             (JobStatus.BLOCKED, Trigger.UNBLOCK),
             (JobStatus.BLOCKED, Trigger.SKIP),
             (JobStatus.BLOCKED, Trigger.CANCEL),
+            # A delivery's job whose pipeline is owed: it expands, or its file is refused.
+            (JobStatus.PENDING, Trigger.EXPAND),
+            (JobStatus.PENDING, Trigger.REFUSE),
         }
+        # A re-run step: legal from an end, refused by the store for a job of no run (below).
+        or (status.is_terminal and trigger is Trigger.REBLOCK)
         or (
             status is JobStatus.ACTIVE
             and trigger is not Trigger.ACTIVATE
@@ -279,6 +284,20 @@ def test_illegal_transitions_are_refused_and_write_nothing(
     before_item, before_counts = raw_item("j1"), counters()
     with pytest.raises(InvalidTransition):
         store.transition(job, trigger, actor="test", slot_limit=10)
+    assert raw_item("j1") == before_item
+    assert counters() == before_counts
+
+
+@pytest.mark.parametrize(
+    "status", [JobStatus.PASSED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.SKIPPED]
+)
+def test_only_a_pipelines_step_goes_back_to_blocked(store: JobStore, status: JobStatus) -> None:
+    """``reblock`` is a step's: a job of no pipeline run would never be unblocked again, so
+    the store's condition refuses it and nothing is written."""
+    job = reach(store, "j1", status)
+    before_item, before_counts = raw_item("j1"), counters()
+    with pytest.raises(TransitionConflict):
+        store.transition(job, Trigger.REBLOCK, actor="test")
     assert raw_item("j1") == before_item
     assert counters() == before_counts
 
