@@ -50,6 +50,7 @@ def red_run(store: JobStore, repo: str, job_id: str = "gh-red") -> str:
             ref="refs/heads/main",
             branch="main",
             delivery_id=job_id,
+            pipeline_owed=True,
         )
     )
     PipelineRuns(store).fan_out(store.get(job_id), parse_pipeline(RED.encode()))

@@ -1080,6 +1080,10 @@ def _guarded(step: TransitionPlan, job_condition: Condition) -> Condition:
     if step.dest is JobStatus.BLOCKED:
         # Only a pipeline's step waits for needs: a job of no run would never be unblocked.
         job_condition &= JobModel.run_of.exists()
+    if step.trigger in (Trigger.EXPAND, Trigger.REFUSE):
+        # Only a job whose pipeline file is owed becomes a pipeline run (or fails for its
+        # file): a job of the operator's command expanded would run nothing, with no slot.
+        job_condition &= JobModel.pipeline_owed.exists()
     return job_condition
 
 

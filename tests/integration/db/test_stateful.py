@@ -58,6 +58,19 @@ REF_TABLE: dict[tuple[str, str], str] = {
     ("failed", "retry"): "pending",
     ("cancelled", "retry"): "pending",
 }
+# A pipeline's own triggers are legal by the table, but the store's condition refuses them
+# for a job that is none of a pipeline's (every job here): a step's re-run (``reblock``), and
+# a delivery's job whose pipeline file is owed becoming a run (``expand``) or failing for its
+# file (``refuse``). Nothing is written.
+PIPELINES_ONLY = frozenset(
+    {
+        ("passed", "reblock"),
+        ("failed", "reblock"),
+        ("cancelled", "reblock"),
+        ("pending", "expand"),
+        ("pending", "refuse"),
+    }
+)
 STATUSES = ("pending", "active", "passed", "failed", "cancelled")
 TERMINAL = frozenset({"passed", "failed", "cancelled"})
 
@@ -126,6 +139,8 @@ class Reference:
 
     def predict(self, held: JobState, trigger: str, slot_limit: int | None) -> Expected:
         """The outcome of ``trigger`` by an actor holding ``held``, without applying it."""
+        if (held.status.value, trigger) in PIPELINES_ONLY:
+            return TransitionConflict
         dest = REF_TABLE.get((held.status.value, trigger))
         if dest is None:
             return InvalidTransition
@@ -409,7 +424,9 @@ class JobStoreMachine(RuleBasedStateMachine):
         """A trigger that is illegal from the job's status: InvalidTransition, nothing written."""
         job_id = data.draw(st.sampled_from(sorted(self.ref.jobs)), label="job")
         status = self.ref.jobs[job_id].status
-        illegal = [t for t in Trigger if (status, t.value) not in REF_TABLE]
+        illegal = [
+            t for t in Trigger if (status, t.value) not in REF_TABLE | dict.fromkeys(PIPELINES_ONLY)
+        ]
         trigger = data.draw(st.sampled_from(illegal), label="trigger")
         held = self._held(job_id, data.draw(st.booleans(), label="fresh"))
         expected = self._attempt(held, trigger, actor, slot_limit=2)

@@ -66,6 +66,7 @@ def expanded_run(store: JobStore, text: str, job_id: str = "gh-run") -> str:
             ref="refs/heads/main",
             branch="main",
             delivery_id=job_id,
+            pipeline_owed=True,
         )
     )
     pipeline: Pipeline = parse_pipeline(text.encode())
