@@ -36,6 +36,7 @@ __all__ = [
     "RepoNotFound",
     "RepositoryFull",
     "RequestTimeout",
+    "RerunRefused",
     "RouteNotFound",
     "RunAlreadyClaimed",
     "RunNotStoppable",
@@ -81,6 +82,17 @@ class JobNotFound(DomainError):
 
     def __init__(self, job_id: str) -> None:
         super().__init__(f"job {job_id} not found")
+        self.job_id = job_id
+
+
+class RerunRefused(DomainError):
+    """A re-run of a pipeline's steps that cannot be made as asked (not a pipeline run, not
+    failed, a step still running); nothing was written."""
+
+    http_status = 409
+
+    def __init__(self, job_id: str, why: str) -> None:
+        super().__init__(f"job {job_id}: {why}")
         self.job_id = job_id
 
 

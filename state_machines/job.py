@@ -64,6 +64,12 @@ class Effect(StrEnum):
     # A pipeline run's cancel: it stays in that index until its steps are cancelled too (the
     # cancel's record does it; if the record is lost, the reconciliation finds it there).
     KEEP_IN_RUNS = "keep_in_runs"
+    # Re-run: a finished job (a pipeline run, or its step) runs again: its finish, expiry
+    # and outcome cleared, its attempt set.
+    REOPEN = "reopen"
+    # A re-run step waits for its needs again: the last attempt's run and times cleared
+    # (the fan-in queues it, as any blocked step).
+    FORGET_RUN = "forget_run"
 
 
 class Reaction(StrEnum):
@@ -76,7 +82,8 @@ class Reaction(StrEnum):
     PROMOTE_QUEUED = "promote_queued"  # offer the freed slot to the queue (unless handed on)
     RELEASE_TRIGGER = "release_trigger"  # a new delivery of its commit may build it again
     RETRY_POLICY = "retry_policy"  # the automatic retry, if the policy's verdict gives one
-    # A pipeline run's steps are moved on (its first fan-in), or cancelled with it.
+    # A pipeline run's steps are moved on (its first fan-in), or cancelled with it; for a
+    # step, the run it is a step of.
     SETTLE_RUN = "settle_run"
 
 
@@ -239,6 +246,38 @@ LIFECYCLE: tuple[Row, ...] = (
         effects=_FINISHED,
         scope=Scope.RUN,
     ),
+    # An operator re-runs steps of an ended pipeline run (its failed ones and what follows
+    # them, or one step and what follows it): each such step goes back to blocked first
+    # (``reblock``), then the run runs again, a new attempt of it, and its fan-in decides
+    # those steps anew. Passed steps that are not re-run keep their result.
+    Row(
+        Trigger.RERUN,
+        (JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.PASSED),
+        JobStatus.ACTIVE,
+        next_attempt=True,
+        effects=(Effect.REOPEN, Effect.RUN_STEPS),
+        reactions=(Reaction.SETTLE_RUN,),
+        scope=Scope.RUN,
+    ),
+    # A step re-run (or downstream of one): it waits for its needs again, a new attempt
+    # when it ran (a skipped step never did: its attempt is still unused), and its run's
+    # fan-in is asked for (a step re-run in a running run may be runnable at once). Only a
+    # pipeline's step is ever blocked (the store's condition: it has a run).
+    Row(
+        Trigger.REBLOCK,
+        (JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.PASSED),
+        JobStatus.BLOCKED,
+        next_attempt=True,
+        effects=(Effect.REOPEN, Effect.FORGET_RUN, Effect.CLEAR_RETRY_MARK),
+        reactions=(Reaction.SETTLE_RUN,),
+    ),
+    Row(
+        Trigger.REBLOCK,
+        (JobStatus.SKIPPED,),
+        JobStatus.BLOCKED,
+        effects=(Effect.REOPEN, Effect.FORGET_RUN),
+        reactions=(Reaction.SETTLE_RUN,),
+    ),
     # Cancelling a pipeline run cancels its steps (each stops its own run and frees its slot).
     Row(
         Trigger.CANCEL,
@@ -250,11 +289,22 @@ LIFECYCLE: tuple[Row, ...] = (
     ),
 )
 
-TRANSITION_TABLE: list[dict[str, object]] = [
-    {"trigger": row.trigger, "source": list(row.sources), "dest": row.dest}
-    for row in LIFECYCLE
-    if row.scope is not Scope.RUN  # a run's rows make changes the jobs' rows already name
-]
+
+def _machine_table() -> list[dict[str, object]]:
+    """Each (trigger, source) pair once: a run's rows that make a change the jobs' rows
+    already name (pass, fail, cancel) add nothing; its own triggers (``rerun``) are named."""
+    named: set[tuple[Trigger, JobStatus]] = set()
+    table: list[dict[str, object]] = []
+    for row in LIFECYCLE:
+        sources = [s for s in row.sources if (row.trigger, s) not in named]
+        if not sources:
+            continue
+        named.update((row.trigger, s) for s in sources)
+        table.append({"trigger": row.trigger, "source": sources, "dest": row.dest})
+    return table
+
+
+TRANSITION_TABLE: list[dict[str, object]] = _machine_table()
 """The lifecycle as `transitions` reads it (trigger, source, dest), derived from the rows."""
 
 MACHINE = Machine(
@@ -340,7 +390,8 @@ def plan(
     """The plan for ``trigger`` from ``status``; :class:`InvalidTransition` if illegal.
 
     A pipeline run (a job whose steps were made) moves only by its own rows: it is never
-    activated, timed out or retried as a whole (its steps are).
+    activated, timed out or retried as a whole (its steps are; it is re-run once the steps
+    that run again were reset).
     """
     found = _PLANS.get((JobStatus(status), Trigger(trigger), pipeline_run))
     if found is None:

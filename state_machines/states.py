@@ -45,3 +45,9 @@ class Trigger(StrEnum):
     EXPAND = "expand"
     # A pipeline run whose file is bad (or could not be read in time): it fails at once.
     REFUSE = "refuse"
+    # An ended pipeline run some of whose steps run again (an operator's re-run): it runs
+    # its steps again, its fan-in decides them.
+    RERUN = "rerun"
+    # An ended pipeline step that runs again (it, or a need of it, is re-run): it waits for
+    # its needs again, and its run's fan-in decides it anew.
+    REBLOCK = "reblock"

@@ -44,7 +44,13 @@ from scheduler.api.auth import Access, ApiAuth
 from scheduler.api.views import etag_of, render, static_file
 from scheduler.db.queries import JobDetail, Queries, RepoStats
 from scheduler.db.store import Clock, StoreContended, system_clock
-from scheduler.errors import DomainError, InvalidArgument, JobNotFound, RouteNotFound
+from scheduler.errors import (
+    DomainError,
+    InvalidArgument,
+    JobNotFound,
+    RerunRefused,
+    RouteNotFound,
+)
 from scheduler.runs.logs import RunLogs, lost_output
 from scheduler.runs.operations import Operations
 from state_machines import InvalidTransition, JobStatus, TransitionConflict, Trigger, may
@@ -453,7 +459,9 @@ class Dashboard:
         if self._operations is None:
             raise InvalidArgument("this server cannot change jobs")
         operation = {
-            "retried": self._operations.retry,
+            # A pipeline run's button re-runs its failed steps, a step's that step and what
+            # follows it (see Operations.rerun).
+            "retried": self._operations.rerun,
             "cancelled": self._operations.cancel,
             "approved": self._operations.approve,
         }[done]
@@ -462,7 +470,7 @@ class Dashboard:
             log.info("dashboard: %s", done, extra={"job_id": job_id, "attempt": changed.attempt})
         except TransitionConflict:
             done = "conflict"  # a racing writer (the stream, another operator) won
-        except InvalidTransition:
+        except (InvalidTransition, RerunRefused):
             done = "refused"
         except StoreContended:
             done = "busy"

@@ -41,6 +41,7 @@ from scheduler.db.tables import ensure_tables
 from scheduler.errors import ConfigurationError, DomainError, InvalidArgument, StoreUnavailable
 from scheduler.runs.doctor import Doctor
 from scheduler.runs.operations import BulkItem, Operations
+from scheduler.runs.pipeline_runs import Rerun
 from scheduler.settings import Settings
 from scheduler.stream.dead_letters import DeadLetterQueue, Replayed, dead_letter_job_ids
 
@@ -221,20 +222,46 @@ def status(  # noqa: PLR0917 - typer maps options to parameters
     page = ctx.queries.jobs(
         repo, status=status, branch=branch, event=event, limit=limit, cursor=cursor
     )
+    progress = ctx.queries.progress(page.jobs)  # a pipeline run's: its steps ended
     now = now_ms()
-    show(page.to_dict(), as_json, lambda: render.jobs_view(page, now))
+    data = page.to_dict()
+    for job in data["jobs"]:
+        if job["job_id"] in progress:
+            job["progress"] = progress[job["job_id"]].to_dict()
+    show(data, as_json, lambda: render.jobs_view(page, now, progress))
 
 
 @app.command("show")
 def show_job(job_id: JobArgument, as_json: JsonOption = False) -> None:
-    """One job with its transition history (and the last lines of its log if it failed)."""
+    """One job with its transition history (and the last lines of its log if it failed); a
+    pipeline run with its steps (key, status, attempt, duration)."""
     ctx = context()
     job = ctx.queries.job(job_id)
-    tail = run_log_tail(ctx, job) if job.status == "failed" else []
+    steps = ctx.queries.steps(job) if job.step_count is not None else None
+    # A pipeline run ran no command of its own: its steps' logs are theirs.
+    tail = run_log_tail(ctx, job) if job.status == "failed" and steps is None else []
     now = now_ms()
     data = {**job.to_dict(), **({"log_tail": tail} if tail else {})}
+    if steps is not None:
+        data["steps"] = [step_dict(step, now) for step in steps]
     shown = [cli_logs.for_terminal(line) for line in tail]  # a run's output: never obeyed
-    show(data, as_json, lambda: render.job_view(job, now, log_tail=shown))
+    show(data, as_json, lambda: render.job_view(job, now, log_tail=shown, steps=steps))
+
+
+def step_dict(step: JobDetail, now: int) -> dict[str, Any]:
+    """A pipeline run's step as ``show --json`` lists it."""
+    start, end = step.activated_at, step.finished_at
+    duration = (end if end is not None else now) - start if start is not None else None
+    return {
+        "job_id": step.job_id,
+        "step_key": step.step_key,
+        "status": step.status,
+        "attempt": step.attempt,
+        "activated_at": start,
+        "finished_at": end,
+        "duration_ms": duration,
+        "reason": step.reason,
+    }
 
 
 def run_log_tail(ctx: Context, job: JobDetail) -> list[str]:
@@ -367,7 +394,7 @@ def progress_bar(enabled: bool) -> Iterator[ProgressCallbacks]:
 
 
 @app.command("retry")
-def retry(
+def retry(  # noqa: PLR0917 - typer maps options to parameters
     job_id: Annotated[str | None, typer.Argument(metavar="JOB_ID", show_default=False)] = None,
     repo: Annotated[
         str | None, typer.Option("--repo", metavar="OWNER/REPO", help="With --all-failed.")
@@ -379,23 +406,40 @@ def retry(
         str | None,
         typer.Option("--since", help="With --all-failed: failed since (30m, 2h, 1d, ISO time)."),
     ] = None,
+    failed: Annotated[
+        bool,
+        typer.Option(
+            "--failed",
+            help="JOB_ID is a pipeline run: re-run its failed (and cancelled) steps and"
+            " everything downstream of them.",
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Retry a failed job (a new attempt), or all failed jobs of a repository.
 
+    A pipeline's step (RUN_ID.sN) is re-run with every step downstream of it; a pipeline
+    run's failed steps with --failed. Steps that passed otherwise keep their result.
+
     With --all-failed: prints retried, skipped and refused counts; safe to run twice.
 
-    Exits 1 if any job was refused (it changed while being retried).
+    Exits 1 if any job was refused (it changed while being retried, or it is not failed).
     """
     if job_id is not None and (repo or all_failed or since):
         raise InvalidArgument("give either JOB_ID or --repo OWNER/REPO --all-failed, not both")
+    if failed and job_id is None:
+        raise InvalidArgument("--failed needs a pipeline run's RUN_ID")
     if job_id is None:
         if not (repo and all_failed):
             raise InvalidArgument("give JOB_ID, or --repo OWNER/REPO with --all-failed")
         retry_all(repo, since, as_json)
         return
-    changed = context().operations().retry(job_id)
-    emit(changed.to_dict(), as_json, render.changed_line(changed, "retried"))
+    operations = context().operations()
+    done = operations.retry_failed_steps(job_id) if failed else operations.retry(job_id)
+    if isinstance(done, Rerun):
+        emit(done.to_dict(), as_json, render.rerun_line(done))
+        return
+    emit(done.to_dict(), as_json, render.changed_line(done, "retried"))
 
 
 def retry_all(repo: str, since: str | None, as_json: bool) -> None:

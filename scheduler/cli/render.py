@@ -8,7 +8,7 @@ console's decision (only on a terminal, and never with ``NO_COLOR``).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 from rich import box
@@ -16,10 +16,11 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from scheduler.db.queries import JobDetail, JobPage, JobSummary, RepoStats
+from scheduler.db.queries import JobDetail, JobPage, JobSummary, RepoStats, StepProgress
 from scheduler.errors import InvalidArgument
 from scheduler.runs.doctor import Diagnosis
 from scheduler.runs.operations import BulkOutcome, Changed, RetrySummary
+from scheduler.runs.pipeline_runs import Rerun
 from state_machines import JobStatus
 
 STATUS_STYLES: dict[str, str] = {
@@ -134,10 +135,32 @@ def _what(job: JobSummary) -> str:
     return job.branch or job.ref or EMPTY
 
 
-def jobs_table(page: JobPage, now: int) -> Table:
+def progress_text(progress: StepProgress | None) -> str:
+    """``3/5 steps``, ``5/5 steps, 1 failed``: how many of a run's steps ended."""
+    if progress is None:
+        return EMPTY
+    failed = f", {progress.failed} failed" if progress.failed else ""
+    return f"{progress.ended}/{progress.total} steps{failed}"
+
+
+def _pipeline(job: JobSummary, progress: Mapping[str, StepProgress]) -> str:
+    if job.step_count is not None:
+        return progress_text(progress.get(job.job_id))
+    return f"step {job.step_key}" if job.step_key is not None else ""
+
+
+def jobs_table(
+    page: JobPage, now: int, progress: Mapping[str, StepProgress] | None = None
+) -> Table:
+    """The page's jobs; with a PIPELINE column when it holds pipeline runs or steps (a run's
+    progress, a step's key)."""
+    progress = progress or {}
+    pipelines = any(j.step_count is not None or j.step_key is not None for j in page.jobs)
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     for name in ("JOB", "STATUS", "EVENT", "BRANCH/PR", "SHA", "TRY", "RECEIVED", "DURATION"):
         table.add_column(name, no_wrap=True)
+    if pipelines:
+        table.add_column("PIPELINE", no_wrap=True)
     table.add_column("REASON")
     for job in page.jobs:
         table.add_row(
@@ -149,17 +172,20 @@ def jobs_table(page: JobPage, now: int) -> Table:
             str(job.attempt),
             relative(job.received_at, now),
             job_duration(job, now),
+            *([_pipeline(job, progress)] if pipelines else []),
             job.reason or "",
         )
     return table
 
 
-def jobs_view(page: JobPage, now: int) -> RenderableType:
+def jobs_view(
+    page: JobPage, now: int, progress: Mapping[str, StepProgress] | None = None
+) -> RenderableType:
     if not page.jobs:
         note = f"no jobs for {page.repo}" + (" on this page" if page.next_cursor else "")
         parts: list[RenderableType] = [Text(note)]
     else:
-        parts = [jobs_table(page, now)]
+        parts = [jobs_table(page, now, progress)]
     if page.next_cursor:
         parts.append(Text(f"more: --cursor {page.next_cursor}"))
     return Group(*parts)
@@ -174,8 +200,32 @@ def _fields(rows: list[tuple[str, str | Text]]) -> Table:
     return table
 
 
-def job_view(job: JobDetail, now: int, log_tail: Sequence[str] = ()) -> RenderableType:
-    """The job's fields, the last lines of its log (a failed run's), and its history."""
+def steps_table(steps: Sequence[JobDetail], now: int) -> Table:
+    """A pipeline run's steps in pipeline order: id, key, status, attempt, duration, reason."""
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for name in ("STEP", "KEY", "STATUS", "TRY", "DURATION"):
+        table.add_column(name, no_wrap=True)
+    table.add_column("REASON")
+    for step in steps:
+        table.add_row(
+            step.job_id,
+            step.step_key or EMPTY,
+            status_text(step.status),
+            str(step.attempt),
+            job_duration(step, now),
+            step.reason or "",
+        )
+    return table
+
+
+def job_view(
+    job: JobDetail,
+    now: int,
+    log_tail: Sequence[str] = (),
+    steps: Sequence[JobDetail] | None = None,
+) -> RenderableType:
+    """The job's fields, the last lines of its log (a failed run's), a pipeline run's steps
+    and its history."""
     received = f"{relative(job.received_at, now)} ({timestamp(job.received_at)})"
     rows: list[tuple[str, str | Text]] = [
         ("job", job.job_id),
@@ -197,6 +247,12 @@ def job_view(job: JobDetail, now: int, log_tail: Sequence[str] = ()) -> Renderab
         rows.append(("reason", f"{job.reason or EMPTY}{exit_code}"))
     if job.detail:
         rows.append(("detail", job.detail))
+    if job.run_of is not None:
+        rows.append(("pipeline run", job.run_of))
+        rows.append(("step", job.step_key or EMPTY))
+    if steps is not None and job.step_count is not None:
+        progress = StepProgress.count(job.step_count, (step.status for step in steps))
+        rows.append(("steps", progress_text(progress)))
     if job.run_id:
         rows.append(("run", job.run_id))
     if job.log_location:
@@ -219,6 +275,8 @@ def job_view(job: JobDetail, now: int, log_tail: Sequence[str] = ()) -> Renderab
     parts: list[RenderableType] = [_fields(rows), Text("")]
     if log_tail:
         parts += [Text("last lines of the log", style="bold"), *map(Text, log_tail), Text("")]
+    if steps:
+        parts += [Text("steps", style="bold"), steps_table(steps, now), Text("")]
     return Group(*parts, Text("history", style="bold"), history)
 
 
@@ -246,6 +304,17 @@ def changed_line(changed: Changed, verb: str) -> str:
     return (
         f"{verb} job {changed.job_id} ({changed.repo}): "
         f"{changed.previous_status} -> {changed.status}, attempt {changed.attempt}"
+    )
+
+
+def rerun_line(rerun: Rerun) -> str:
+    """``re-ran 2 steps of run R (o/r): failed -> active, attempt 2: test, deploy``."""
+    count = len(rerun.steps)
+    asked = f"step {rerun.job_id} of " if rerun.job_id != rerun.run_id else ""
+    return (
+        f"re-ran {count} step{'s' if count != 1 else ''} ({asked}run {rerun.run_id},"
+        f" {rerun.repo}): run {rerun.previous_status} -> {rerun.status},"
+        f" attempt {rerun.attempt}: {', '.join(rerun.steps)}"
     )
 
 

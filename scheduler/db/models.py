@@ -257,6 +257,11 @@ class RepoModel(Model):
 MODELS: tuple[type[Model], ...] = (JobModel, RepoModel)
 
 
+def step_id(run_id: str, index: int) -> str:
+    """The job id of a pipeline run's ``index``-th step (from 1, in pipeline order)."""
+    return f"{run_id}.s{index}"
+
+
 def count_attribute(status: str) -> str:
     """The repos-table attribute that counts jobs in ``status``."""
     return f"n_{status}"

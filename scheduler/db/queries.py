@@ -30,7 +30,7 @@ import itertools
 import json
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,7 +40,7 @@ from pynamodb.exceptions import DoesNotExist, PynamoDBException
 from pynamodb.expressions.condition import Condition
 
 from scheduler.db.installations import INSTALLED_PREFIX
-from scheduler.db.models import HistoryEntry, JobModel, RepoModel, count_attribute
+from scheduler.db.models import HistoryEntry, JobModel, RepoModel, count_attribute, step_id
 from scheduler.db.store import TRIGGER_PREFIX
 from scheduler.errors import (
     ConfigurationError,
@@ -341,6 +341,11 @@ class JobSummary:
     finished_at: int | None
     updated_at: int | None
     reason: str | None
+    # A pipeline's step names its run and its key; a pipeline run counts its steps
+    # (``<job_id>.s1`` to ``.s<step_count>``).
+    run_of: str | None = field(default=None, kw_only=True)
+    step_key: str | None = field(default=None, kw_only=True)
+    step_count: int | None = field(default=None, kw_only=True)
 
     @classmethod
     def _fields_from(cls, job: JobModel) -> dict[str, Any]:
@@ -361,6 +366,9 @@ class JobSummary:
             "finished_at": _int(job.finished_at),
             "updated_at": _int(job.updated_at),
             "reason": job.reason,
+            "run_of": job.run_of,
+            "step_key": job.step_key,
+            "step_count": _int(job.step_count),
         }
 
     @classmethod
@@ -387,11 +395,6 @@ class JobDetail(JobSummary):
     expires_at: int | None  # epoch seconds (the TTL), as DynamoDB wants it
     history: tuple[HistoryItem, ...]
     fork: bool = False  # a pull request from a fork (it waits for approval by default)
-    # A pipeline's step names its run and its key; a pipeline run counts its steps
-    # (``<job_id>.s1`` to ``.s<step_count>``).
-    run_of: str | None = None
-    step_key: str | None = None
-    step_count: int | None = None
 
     @classmethod
     def from_model(cls, job: JobModel) -> JobDetail:
@@ -400,9 +403,6 @@ class JobDetail(JobSummary):
             **cls._fields_from(job),
             delivery_id=job.delivery_id,
             fork=bool(job.fork),
-            run_of=job.run_of,
-            step_key=job.step_key,
-            step_count=_int(job.step_count),
             version=int(job.version),
             priority=int(job.priority or 0),
             timeout_seconds=int(job.timeout_seconds),
@@ -419,6 +419,27 @@ class JobDetail(JobSummary):
         data = JobSummary.to_dict(self)
         data["history"] = [item.to_dict() for item in self.history]
         return data
+
+
+@dataclass(frozen=True, slots=True)
+class StepProgress:
+    """How far a pipeline run's steps are: how many ended, and how many of those failed (or
+    were cancelled)."""
+
+    total: int
+    ended: int
+    failed: int
+
+    @classmethod
+    def count(cls, total: int, statuses: Iterable[str]) -> StepProgress:
+        ended = [status for status in statuses if JobStatus(status).is_terminal]
+        return cls(total, len(ended), sum(1 for s in ended if s in _FAILED_STEP))
+
+    def to_dict(self) -> dict[str, int]:
+        return {"total": self.total, "ended": self.ended, "failed": self.failed}
+
+
+_FAILED_STEP = frozenset({JobStatus.FAILED.value, JobStatus.CANCELLED.value})
 
 
 @dataclass(frozen=True)
@@ -590,6 +611,27 @@ class Queries:
             except DoesNotExist:
                 raise JobNotFound(job_id) from None
 
+    def steps(self, run: JobSummary) -> tuple[JobDetail, ...]:
+        """A pipeline run's steps in pipeline order, read consistently in batches (none for a
+        job that is no pipeline run; one not made yet is left out)."""
+        ids = [step_id(run.job_id, n) for n in range(1, (run.step_count or 0) + 1)]
+        with _reading(f"steps of {run.job_id}"):
+            found = {job.job_id: job for job in JobModel.batch_get(ids, consistent_read=True)}
+        return tuple(JobDetail.from_model(found[job_id]) for job_id in ids if job_id in found)
+
+    def progress(self, runs: Iterable[JobSummary]) -> dict[str, StepProgress]:
+        """How far each pipeline run among ``runs`` is (the others are left out): one batch
+        read of its steps' statuses (never a scan, never a query per step)."""
+        counted = {run.job_id: run.step_count for run in runs if run.step_count}
+        ids = [step_id(run_id, n) for run_id, count in counted.items() for n in range(1, count + 1)]
+        statuses: dict[str, list[str]] = {run_id: [] for run_id in counted}
+        with _reading("steps of pipeline runs"):
+            for job in JobModel.batch_get(ids, attributes_to_get=["job_id", "status"]):
+                statuses[job.job_id.rsplit(".s", 1)[0]].append(str(job.status))
+        return {
+            run_id: StepProgress.count(count, statuses[run_id]) for run_id, count in counted.items()
+        }
+
     def repositories(self, limit: int = MAX_REPOSITORIES) -> list[RepoStats]:
         """Every repository's counters, by name, and one batch read of the last jobs' statuses.
 
@@ -693,6 +735,7 @@ __all__ = [
     "Position",
     "Queries",
     "RepoStats",
+    "StepProgress",
     "parse_limit",
     "parse_status",
     "validate_job_id",

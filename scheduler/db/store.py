@@ -572,10 +572,7 @@ class JobStore:
         if alone and repo_condition is not None:
             # Only the repository's one pending job (this one) may take the slot directly.
             repo_condition &= RepoModel.n_pending.does_not_exist() | (RepoModel.n_pending <= 1)
-        if step.next_attempt:
-            # Rebuilding a cancelled or timed-out job waits until its old run is stopped and
-            # its slot freed.
-            job_condition &= JobModel.slot_held.does_not_exist()
+        job_condition = _guarded(step, job_condition)
 
         def build(tx: TransactWrite) -> None:
             tx.update(JobModel(job.job_id), actions=job_actions, condition=job_condition)
@@ -737,6 +734,25 @@ class JobStore:
             refused=TransitionConflict(run_id, f"a pipeline of {count} steps"),
             what=f"step count of run {run_id}",
         )
+
+    def touch_run(self, run: JobState, *, actor: str) -> JobState:
+        """Move a running pipeline run's version, nothing else: after steps of it were re-run.
+
+        A fan-in reads its run, then its steps, and ends the run conditioned on the version
+        it read: one that read the steps before they were reset (and so saw them ended) must
+        not end the run after. Conditioned on the run being active at the version read;
+        :class:`TransitionConflict` if it moved (it ended: the caller re-runs it instead).
+        """
+        now = self._clock()
+        self._update_job(
+            run.job_id,
+            actions=[JobModel.version.add(1), JobModel.updated_at.set(now)],
+            condition=(JobModel.status == JobStatus.ACTIVE.value)
+            & (JobModel.version == run.version),
+            refused=TransitionConflict(run.job_id, "rerun", f"by {actor}"),
+            what=f"re-run of run {run.job_id}",
+        )
+        return replace(run, version=run.version + 1)
 
     def record_run_id(self, job_id: str, attempt: int, claimed: str, run_id: str) -> None:
         """Replace the claimed run id by the executor's own (only for that claim's attempt).
@@ -1105,26 +1121,10 @@ class JobStore:
                         )
                     ),
                 ]
+            case Effect.REOPEN | Effect.FORGET_RUN:
+                return _rerun_actions(effect, attempt)
             case Effect.FINISH:  # passed, failed or cancelled
-                expires = datetime.fromtimestamp((now + self._retention_ms) / 1000, tz=UTC)
-                actions: list[Action] = [
-                    JobModel.finished_at.set(now),
-                    JobModel.expires_at.set(expires),
-                    JobModel.pipeline_owed.remove(),
-                    JobModel.waiting_repo.remove(),
-                    *(() if in_runs else (JobModel.deadline_shard.remove(),)),
-                    *(() if in_runs else (JobModel.deadline_at.remove(),)),
-                    JobModel.queue_repo.remove(),
-                    JobModel.queue_shard.remove(),
-                    JobModel.queue_key.remove(),
-                ]
-                if outcome.reason is not None:
-                    actions.append(JobModel.reason.set(outcome.reason))
-                if outcome.detail is not None:
-                    actions.append(JobModel.detail.set(outcome.detail[:1000]))
-                if outcome.exit_code is not None:
-                    actions.append(JobModel.exit_code.set(outcome.exit_code))
-                return actions
+                return self._finish_actions(now, outcome, in_runs=in_runs)
             case Effect.KEEP_IN_RUNS:
                 return [JobModel.deadline_shard.set(RUN_SHARD), JobModel.deadline_at.set(now)]
             case Effect.HOLD_SLOT:
@@ -1141,6 +1141,30 @@ class JobStore:
                 return [JobModel.held_shard.remove()]
             case _:
                 assert_never(effect)
+
+    def _finish_actions(self, now: int, outcome: Outcome, *, in_runs: bool) -> list[Action]:
+        """A finish: its time and expiry, out of the queue, deadline and approval indexes (a
+        cancelled pipeline run stays in the running pipelines' until its steps ended), the
+        outcome."""
+        expires = datetime.fromtimestamp((now + self._retention_ms) / 1000, tz=UTC)
+        actions: list[Action] = [
+            JobModel.finished_at.set(now),
+            JobModel.expires_at.set(expires),
+            JobModel.pipeline_owed.remove(),
+            JobModel.waiting_repo.remove(),
+            *(() if in_runs else (JobModel.deadline_shard.remove(),)),
+            *(() if in_runs else (JobModel.deadline_at.remove(),)),
+            JobModel.queue_repo.remove(),
+            JobModel.queue_shard.remove(),
+            JobModel.queue_key.remove(),
+        ]
+        if outcome.reason is not None:
+            actions.append(JobModel.reason.set(outcome.reason))
+        if outcome.detail is not None:
+            actions.append(JobModel.detail.set(outcome.detail[:1000]))
+        if outcome.exit_code is not None:
+            actions.append(JobModel.exit_code.set(outcome.exit_code))
+        return actions
 
     @staticmethod
     def _repo_changes(
@@ -1208,6 +1232,38 @@ class JobStore:
             except PynamoDBException as exc:
                 raise StoreUnavailable(f"{what} of job {job_id} failed: {cause(exc)}") from exc
         raise StoreContended(f"{what} of job {job_id}: items stayed contended, retry later")
+
+
+def _guarded(step: TransitionPlan, job_condition: Condition) -> Condition:
+    """What a transition asks of the job besides what the caller read."""
+    if step.next_attempt:
+        # Rebuilding a cancelled or timed-out job waits until its old run is stopped and
+        # its slot freed.
+        job_condition &= JobModel.slot_held.does_not_exist()
+    if step.dest is JobStatus.BLOCKED:
+        # Only a pipeline's step waits for needs: a job of no run would never be unblocked.
+        job_condition &= JobModel.run_of.exists()
+    if step.trigger in (Trigger.EXPAND, Trigger.REFUSE):
+        # Only a job whose pipeline file is owed becomes a pipeline run (or fails for its
+        # file): a job of the operator's command expanded would run nothing, with no slot.
+        job_condition &= JobModel.pipeline_owed.exists()
+    return job_condition
+
+
+def _rerun_actions(effect: Effect, attempt: int) -> list[Action]:
+    """A re-run's effects: the job is not finished any more (REOPEN), and a re-run step has
+    no run, nor times of one, while it waits again (FORGET_RUN)."""
+    if effect is Effect.REOPEN:
+        cleared = (
+            JobModel.expires_at,
+            JobModel.finished_at,
+            JobModel.reason,
+            JobModel.detail,
+            JobModel.exit_code,
+        )
+        return [JobModel.attempt.set(attempt), *(attr.remove() for attr in cleared)]
+    forgotten = (JobModel.activated_at, JobModel.started_at, JobModel.run_id, JobModel.log_location)
+    return [attr.remove() for attr in forgotten]
 
 
 def _refusal(

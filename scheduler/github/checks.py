@@ -27,8 +27,8 @@ from scheduler.github.api import GitHubApi, GitHubApiError
 from scheduler.github.app_auth import AppAuth
 from scheduler.github.app_events import external_id
 from scheduler.github.rate_limits import SendQueue
-from scheduler.github.statuses import masked_detail
-from state_machines import TIMED_OUT, JobStatus
+from scheduler.github.statuses import context_of, masked_detail
+from state_machines import STEPS_FAILED, TIMED_OUT, JobStatus
 
 if TYPE_CHECKING:
     from scheduler.stream.decide import Transition
@@ -53,7 +53,7 @@ OUTPUT_MAX_CHARS = 65535
 APPROVE_ACTION = "approve"
 CANCEL_ACTION = "cancel"
 _STARTS_OVER = frozenset(
-    {JobStatus.WAITING, JobStatus.PASSED, JobStatus.FAILED, JobStatus.CANCELLED}
+    {JobStatus.WAITING, JobStatus.PASSED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.SKIPPED}
 )
 
 
@@ -190,7 +190,8 @@ def _conclusion(
     if dest is JobStatus.FAILED:
         if reason == TIMED_OUT:
             return "timed_out", "Timed out"
-        return "failure", "Failed" if reason in (None, "exit_code") else f"Failed: {reason}"
+        own = reason in (None, "exit_code", STEPS_FAILED)  # its own failure (or its steps')
+        return "failure", "Failed" if own else f"Failed: {reason}"
     if dest is JobStatus.SKIPPED:
         return "skipped", "Skipped"
     if dest is JobStatus.CANCELLED:
@@ -360,9 +361,8 @@ class CheckRunObserver:
         image = transition.image
         detail = masked_detail(transition, self._mask_for)
         details_url = f"{self._details_url}/ui/jobs/{image.job_id}" if self._details_url else None
-        name = self._name_for(image.repo)
-        if image.step_key is not None:
-            name = f"{name}/{image.step_key}"  # one check run per step, the run's its own
+        # A pipeline's step has a check run of its own, named as its commit status.
+        name = context_of(self._name_for(image.repo), image.step_key)
         state = check_for(transition, name=name, details_url=details_url, detail=detail)
         if state is not None:
             self.queue.submit(external_id(image.job_id), state)

@@ -4,6 +4,10 @@
 (a fork's pull request), when it is queued and when it starts, ``success`` / ``failure`` /
 ``error`` when it finishes. Notifying is best effort: it runs on a small thread pool, retries
 with backoff, and never blocks or fails a job.
+
+A pipeline run posts under the repository's ``status_context``; each of its steps under
+``<status_context>/<step key>`` (its own line on the commit, ``test[python=3.12]`` for a
+matrix variant), so a step's status never overwrites the run's or another step's.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import TYPE_CHECKING, Literal
 
 from scheduler import tracing
 from scheduler.errors import DomainError
-from state_machines import TIMED_OUT, JobStatus
+from state_machines import STEPS_FAILED, TIMED_OUT, JobStatus
 
 if TYPE_CHECKING:
     import httpx
@@ -62,6 +66,11 @@ class StatusUpdate:
         if self.target_url:
             body["target_url"] = self.target_url
         return body
+
+
+def context_of(base: str, step_key: str | None) -> str:
+    """The status context of a job: the repository's, a pipeline step's under it."""
+    return f"{base}/{step_key}" if step_key else base
 
 
 def status_for(
@@ -111,7 +120,7 @@ def _status_for(
     if dest is JobStatus.FAILED:
         if reason == TIMED_OUT:
             return "error", "Timed out"
-        if reason in (None, "exit_code"):
+        if reason in (None, "exit_code", STEPS_FAILED):  # its own failure (or its steps')
             return "failure", "Failed"
         return "error", f"Failed: {reason}"
     if dest is JobStatus.CANCELLED:
@@ -242,7 +251,7 @@ class CommitStatusObserver:
                 sha=image.sha,
                 state=state,
                 description=description,
-                context=self._context_for(image.repo),
+                context=context_of(self._context_for(image.repo), image.step_key),
                 target_url=target,
                 trace_id=image.trace_id,
             )

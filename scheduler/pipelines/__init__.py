@@ -1,7 +1,14 @@
 """Pipelines from the repository: the file parsed and checked, its steps, fan-in (pure, no I/O)."""
 
 from scheduler.pipelines.conditions import Condition, parse_condition
-from scheduler.pipelines.decide import Decision, RunFacts, Verdict, decide, verdict
+from scheduler.pipelines.decide import (
+    Decision,
+    RunFacts,
+    Verdict,
+    decide,
+    downstream,
+    verdict,
+)
 from scheduler.pipelines.matrix import expand, variant_count, variant_key
 from scheduler.pipelines.model import (
     DEFAULT_STEP_KEY,
@@ -47,6 +54,7 @@ __all__ = [
     "Verdict",
     "config_pipeline",
     "decide",
+    "downstream",
     "expand",
     "file_too_large",
     "one_step_pipeline",

@@ -9,14 +9,14 @@ its own dependents, so one call settles everything that can be settled.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 from scheduler.pipelines.conditions import ConditionInputs
 from scheduler.pipelines.model import ENDED_STATUSES, Pipeline, Step, StepStatus
 
-__all__ = ["Decision", "RunFacts", "Verdict", "decide", "verdict"]
+__all__ = ["Decision", "RunFacts", "Verdict", "decide", "downstream", "verdict"]
 
 Verdict = Literal["running", "passed", "failed"]
 
@@ -95,3 +95,14 @@ def verdict(pipeline: Pipeline, statuses: Mapping[str, StepStatus]) -> Verdict:
     if not all(status in ENDED_STATUSES for status in ended):
         return "running"
     return "passed" if all(s in ("passed", "skipped") for s in ended) else "failed"
+
+
+def downstream(pipeline: Pipeline, roots: Iterable[str]) -> tuple[str, ...]:
+    """``roots`` and every step that waits for one of them, directly or through its needs,
+    in pipeline order: what a re-run of ``roots`` runs again."""
+    wanted = frozenset(roots)
+    return tuple(
+        step.key
+        for step in pipeline.steps
+        if step.key in wanted or pipeline.ancestors(step.key) & wanted
+    )

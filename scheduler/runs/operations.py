@@ -1,5 +1,6 @@
 """Operator use cases: retry a failed job, retry all failed jobs of a repository, cancel a job,
-approve a fork's pull request waiting for approval.
+approve a fork's pull request waiting for approval, re-run a pipeline run's failed steps or one
+step (and what follows them: see :meth:`PipelineRuns.rerun`).
 
 Each one reads the job consistently and carries out one conditional transition through
 :class:`JobStore`, so racing operators (or an operator racing the stream processor) cannot
@@ -19,14 +20,20 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from scheduler.db.models import JobModel
 from scheduler.db.queries import JobFilter, Queries, validate_job_id, validate_repo
 from scheduler.db.store import JobState, JobStore, Outcome, StoreContended
-from scheduler.errors import JobNotFound
+from scheduler.errors import JobNotFound, RerunRefused
+from scheduler.pipelines import ENDED_STATUSES
+from scheduler.runs.pipeline_runs import PipelineRuns, Rerun, status_label, step_status
 from state_machines import InvalidTransition, JobStatus, TransitionConflict, Trigger
 
 log = logging.getLogger(__name__)
 
 OPERATOR = "operator"
+# A failed run's steps that run again, with everything downstream of them (blocked: left by
+# a re-run cut short).
+_RERUN_ROOTS = ("failed", "cancelled", "blocked")
 CANCEL_REASON = "cancelled_by_operator"
 
 
@@ -121,11 +128,72 @@ class Operations:
             attempt=moved.attempt,
         )
 
-    def retry(self, job_id: str) -> Changed:
+    def retry(self, job_id: str) -> Changed | Rerun:
         """``failed | cancelled -> pending`` with attempt + 1; refused (exit 1) otherwise, or
-        while a cancelled run is still being stopped (its slot not yet freed)."""
-        job = self._store.state(validate_job_id(job_id))
-        return self._move(job, Trigger.RETRY)
+        while a cancelled run is still being stopped (its slot not yet freed).
+
+        A pipeline's step is re-run with what follows it (:meth:`retry_step`); a pipeline
+        run is refused (:class:`RerunRefused`): its failed steps are re-run by
+        :meth:`retry_failed_steps`.
+        """
+        job = self._store.get(validate_job_id(job_id))
+        if job.run_of is not None:
+            return self._retry_step(job)
+        if job.step_count is not None:
+            raise RerunRefused(
+                job.job_id,
+                f"a pipeline run: `scheduler retry {job.job_id} --failed` re-runs its failed"
+                " steps, `scheduler retry STEP_ID` one step (and what follows them)",
+            )
+        return self._move(JobState.from_model(job), Trigger.RETRY)
+
+    def rerun(self, job_id: str) -> Changed | Rerun:
+        """What a retry button does: a pipeline run's failed steps, else :meth:`retry`."""
+        job = self._store.get(validate_job_id(job_id))
+        if job.step_count is not None:
+            return self.retry_failed_steps(job_id)
+        return self.retry(job_id)
+
+    def retry_failed_steps(self, run_id: str) -> Rerun:
+        """Re-run the failed and cancelled steps of a failed (or cancelled) pipeline run and
+        everything downstream of them (new attempts); the steps that passed apart from them
+        keep their result, and the run runs again (a new attempt of it). Safe to repeat and
+        to race: each step is reset once, the run re-run once; a second call finds the run
+        running and is refused (exit 1). Refused too for a job that is no pipeline run."""
+        run = self._store.get(validate_job_id(run_id))
+        if run.step_count is None:
+            what = "a pipeline's step" if run.run_of is not None else "not a pipeline run"
+            raise RerunRefused(
+                run.job_id, f"{what}: `scheduler retry {run.job_id}` (without --failed) retries it"
+            )
+        if run.status not in (JobStatus.FAILED.value, JobStatus.CANCELLED.value):
+            raise RerunRefused(
+                run.job_id, f"the pipeline run is {run.status}, not failed: nothing to re-run"
+            )
+        runs = PipelineRuns(self._store, actor=self._actor)
+        steps = runs.steps(run.job_id, int(run.step_count))
+        statuses = {str(step.step_key): step_status(step) for step in steps}
+        # A cancelled run's steps are cancelled by its settle: re-run once they all ended.
+        running = [key for key, status in statuses.items() if status in ("pending", "active")]
+        if running:
+            raise RerunRefused(
+                run.job_id, f"step {running[0]} is still {statuses[running[0]]}: try again soon"
+            )
+        # Blocked steps of an ended run belong to a re-run cut short: they run again too.
+        roots = [key for key, status in statuses.items() if status in _RERUN_ROOTS]
+        if not roots:
+            raise RerunRefused(run.job_id, "no step of it failed or was cancelled")
+        return runs.rerun(run, roots)
+
+    def _retry_step(self, step: JobModel) -> Rerun:
+        """Re-run one ended step of a pipeline run and everything downstream of it."""
+        if step_status(step) not in ENDED_STATUSES:
+            raise RerunRefused(
+                step.job_id, f"the step is {status_label(step)}: only an ended step is re-run"
+            )
+        run = self._store.get(str(step.run_of))
+        runs = PipelineRuns(self._store, actor=self._actor)
+        return runs.rerun(run, [str(step.step_key)], asked=step.job_id)
 
     def approve(self, job_id: str) -> Changed:
         """``waiting -> pending``: a fork's pull request joins the queue (its run then starts
@@ -153,7 +221,9 @@ class Operations:
         on_listed: Callable[[int], None] | None = None,
         on_item: Callable[[BulkItem], None] | None = None,
     ) -> RetrySummary:
-        """Retry every failed job of ``repo``; safe to run twice, or twice at once.
+        """Retry every failed job of ``repo``; safe to run twice, or twice at once. A failed
+        pipeline run has its failed steps re-run; its failed steps are skipped (the run's
+        re-run covers them).
 
         The list comes from the (eventually consistent) index; each job is then read
         consistently and retried with its own conditional write. A job that is no longer
@@ -181,17 +251,23 @@ class Operations:
 
     def _retry_one(self, job_id: str) -> BulkItem:
         try:
-            job = self._store.state(job_id)
+            job = self._store.get(job_id)
         except JobNotFound:
             return BulkItem(job_id, BulkOutcome.SKIPPED, "no longer exists")
-        if job.status is not JobStatus.FAILED:
-            return BulkItem(job_id, BulkOutcome.SKIPPED, f"is {job.status.value} now")
+        if job.status != JobStatus.FAILED.value:
+            return BulkItem(job_id, BulkOutcome.SKIPPED, f"is {job.status} now")
+        if job.run_of is not None:
+            # A pipeline's failed step is re-run by its run's re-run (with what follows it).
+            return BulkItem(job_id, BulkOutcome.SKIPPED, f"a step of pipeline run {job.run_of}")
         try:
-            changed = self._move(job, Trigger.RETRY)
-        except (TransitionConflict, InvalidTransition, StoreContended) as exc:
+            if job.step_count is not None:  # a pipeline run: its failed steps
+                attempt = self.retry_failed_steps(job_id).attempt
+            else:
+                attempt = self._move(JobState.from_model(job), Trigger.RETRY).attempt
+        except (TransitionConflict, InvalidTransition, StoreContended, RerunRefused) as exc:
             # Per-job refusals; an unreachable store (StoreUnavailable) aborts the whole run.
             return BulkItem(job_id, BulkOutcome.REFUSED, str(exc))
-        return BulkItem(job_id, BulkOutcome.RETRIED, attempt=changed.attempt)
+        return BulkItem(job_id, BulkOutcome.RETRIED, attempt=attempt)
 
 
 __all__ = ["BulkItem", "BulkOutcome", "Changed", "Operations", "RetrySummary"]

@@ -23,45 +23,66 @@ its repository's limit while it runs. What is new is how steps begin:
 
 A step that failed and whose automatic retry is still owed (its retry mark), or whose run is
 not known stopped yet (it keeps its slot), has not ended for its dependents.
+
+- **Re-run** (:meth:`PipelineRuns.rerun`, an operator's): steps and everything downstream of
+  them go back to ``blocked`` (``reblock``: a new attempt for a step that ran), dependents
+  first, each with its guarded write; then one guarded write of the run itself, after them:
+  an ended run is re-run (``rerun``: active again, its fan-in decides the reset steps), a
+  running one has its version moved. A fan-in ends its run conditioned on the version it read
+  *before* reading the steps, so no fan-in that saw the reset steps still ended can end the
+  run afterwards. Racing re-runs reset each step once (the loser's write is refused); one cut
+  short (steps blocked, the run still failed) is finished by the next, which counts blocked
+  steps of an ended run among those to run again.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from scheduler.config import RetryPolicy
-from scheduler.db.models import JobModel
+from scheduler.db.models import JobModel, step_id
 from scheduler.db.store import WRITE_BATCH, JobState, JobStore, NewJob, StoreContended
+from scheduler.errors import RerunRefused
 from scheduler.pipelines import (
+    ENDED_STATUSES,
     Pipeline,
     RunFacts,
     StepRecord,
     StepStatus,
     Verdict,
     decide,
+    downstream,
     pipeline_from_records,
     step_from_record,
     step_record,
     verdict,
 )
-from state_machines import JobStatus, Trigger
+from state_machines import GuardRefused, JobStatus, TransitionConflict, Trigger
 
-__all__ = ["FanIn", "PipelineRuns", "facts_of", "step_id", "step_retry", "step_status"]
+__all__ = [
+    "FanIn",
+    "PipelineRuns",
+    "Rerun",
+    "facts_of",
+    "status_label",
+    "step_id",
+    "step_retry",
+    "step_status",
+]
 
 log = logging.getLogger(__name__)
 
 ACTOR = "pipeline"
 _TAG_PREFIX = "refs/tags/"
 _CONTENDED_TRIES = 5
+_HOLD_TRIES = 32
 _FAILED = ("failed", "cancelled")
-
-
-def step_id(run_id: str, index: int) -> str:
-    """The job id of a run's ``index``-th step (from 1, in pipeline order)."""
-    return f"{run_id}.s{index}"
+_BATCHED = (Trigger.UNBLOCK, Trigger.SKIP)  # a fan-in's: neither a slot nor an attempt
 
 
 def step_retry(job: JobModel) -> RetryPolicy | None:
@@ -91,6 +112,14 @@ def step_status(step: JobModel) -> StepStatus:
     return status.value  # type: ignore[return-value]  # the other statuses are steps' own
 
 
+def status_label(step: JobModel) -> str:
+    """A step's status as an operator is told it: an end whose stop or automatic retry is
+    still owed says so (its dependents see it running)."""
+    if JobStatus(step.status).is_terminal and step.held_shard is not None:
+        return f"{step.status} (its stop or automatic retry still owed)"
+    return str(step.status)
+
+
 @dataclass(frozen=True, slots=True)
 class FanIn:
     """What one fan-in did: the steps it moved, and the run's verdict after it."""
@@ -99,6 +128,33 @@ class FanIn:
     skipped: tuple[str, ...]
     verdict: Verdict
     failed: tuple[str, ...] = ()  # the keys of the steps that failed or were cancelled
+
+
+@dataclass(frozen=True, slots=True)
+class Rerun:
+    """What a re-run did: the run before and after it, the steps that run again (in pipeline
+    order) and those this call moved back to blocked (a racing re-run may have moved others)."""
+
+    job_id: str  # what was asked for: the run, or one of its steps
+    run_id: str
+    repo: str
+    previous_status: str  # the run's
+    status: str
+    attempt: int  # the run's, after
+    steps: tuple[str, ...]  # keys
+    reset: tuple[str, ...]  # step ids
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "job_id": self.job_id,
+            "run_id": self.run_id,
+            "repo": self.repo,
+            "previous_status": self.previous_status,
+            "status": self.status,
+            "attempt": self.attempt,
+            "steps": list(self.steps),
+            "reset": list(self.reset),
+        }
 
 
 class PipelineRuns:
@@ -167,23 +223,83 @@ class PipelineRuns:
         failed = tuple(key for key, status in statuses.items() if status in _FAILED)
         return FanIn(unblocked, skipped, verdict(pipeline, statuses), failed)
 
+    def rerun(self, run: JobModel, roots: Collection[str], *, asked: str | None = None) -> Rerun:
+        """Run the steps ``roots`` (keys) and every step downstream of them again.
+
+        Refused (:class:`RerunRefused`, nothing written) while one of those steps has not
+        ended (it is queued or runs, or its stop or retry verdict is still owed). A step
+        already blocked (a re-run cut short, or one waiting for a need) is left as it is.
+        """
+        count = int(run.step_count or 0)
+        items = self.steps(run.job_id, count)
+        if count == 0 or len(items) < count:
+            raise RerunRefused(run.job_id, "its steps are still being made: try again")
+        pipeline = pipeline_from_records(_record(item) for item in items)
+        by_key = {str(item.step_key): item for item in items}
+        keys = downstream(pipeline, roots)
+        for key in keys:
+            item = by_key[key]
+            status = step_status(item)
+            if status not in ENDED_STATUSES and status != "blocked":
+                raise RerunRefused(
+                    run.job_id,
+                    f"step {key} ({item.job_id}) is {status_label(item)}: wait for it to end",
+                )
+        # Dependents first: nothing reset is queued by a fan-in before what follows it waits.
+        ended = [key for key in reversed(keys) if JobStatus(by_key[key].status).is_terminal]
+        reset = self._move(ended, by_key, Trigger.REBLOCK)
+        after = self._hold_open(JobState.from_model(run), wrote=bool(reset))
+        log.info(
+            "pipeline re-run",
+            extra={"job_id": run.job_id, "steps": len(keys), "reset": len(reset)},
+        )
+        return Rerun(
+            job_id=asked or run.job_id,
+            run_id=run.job_id,
+            repo=run.repo,
+            previous_status=str(run.status),
+            status=after.status.value,
+            attempt=after.attempt,
+            steps=keys,
+            reset=tuple(reversed(reset)),
+        )
+
+    def _hold_open(self, run: JobState, *, wrote: bool) -> JobState:
+        """The run's one guarded write after its steps were reset: re-run if it ended, its
+        version moved if it runs; read again and redone if it moved meanwhile (a fan-in
+        ended it on what it read before the reset, or a racing re-run wrote it). A run
+        cancelled meanwhile stays so: its cancel's settle cancels the reset steps. A call
+        that reset no step (a racing re-run reset them) has nothing to protect once the run
+        runs: it writes nothing more."""
+        # Each racing re-run that reset a step writes the run once: a loser tries again at
+        # most once per other writer.
+        for _ in range(_HOLD_TRIES):
+            if run.status is JobStatus.ACTIVE and not wrote:
+                return run
+            try:
+                if run.status is JobStatus.ACTIVE:
+                    return self._store.touch_run(run, actor=self._actor)
+                return self._store.transition(run, Trigger.RERUN, actor=self._actor)
+            except TransitionConflict:
+                run = self._store.state(run.job_id)
+                if run.status is JobStatus.CANCELLED:
+                    return run
+        raise StoreContended(f"re-run of run {run.job_id}: it kept changing; run it again")
+
     def _move(
         self, keys: Sequence[str], by_key: Mapping[str, JobModel], trigger: Trigger
     ) -> tuple[str, ...]:
-        """The steps' guarded moves, up to 99 a write; the ids this call moved (those another
-        writer moved or cancelled since they were read are left)."""
-        moved: list[str] = []
-        for first in range(0, len(keys), WRITE_BATCH):
-            batch = [JobState.from_model(by_key[key]) for key in keys[first : first + WRITE_BATCH]]
-            for attempt in range(_CONTENDED_TRIES):
-                try:
-                    done = self._store.transition_all(batch, trigger, actor=self._actor)
-                except StoreContended:
-                    if attempt == _CONTENDED_TRIES - 1:
-                        raise
-                    continue  # nothing happened: the same guarded write again
-                moved.extend(done)
-                break
+        """The steps' guarded moves; the ids this call moved (those another writer moved or
+        cancelled since they were read are left). A fan-in's moves (no slot, no attempt) go
+        up to 99 a write; a re-run's one by one (each its own conditions and attempt)."""
+        if trigger in _BATCHED:
+            moved = self._move_batched([JobState.from_model(by_key[k]) for k in keys], trigger)
+        else:
+            moved = [
+                item.job_id
+                for item in (by_key[key] for key in keys)
+                if self._move_one(JobState.from_model(item), trigger)
+            ]
         keys_of = {str(by_key[key].job_id): key for key in keys}
         for job_id in moved:
             log.info(
@@ -191,6 +307,38 @@ class PipelineRuns:
                 extra={"job_id": job_id, "step": keys_of[job_id], "trigger": str(trigger)},
             )
         return tuple(moved)
+
+    def _move_batched(self, jobs: Sequence[JobState], trigger: Trigger) -> list[str]:
+        moved: list[str] = []
+        for first in range(0, len(jobs), WRITE_BATCH):
+            batch = jobs[first : first + WRITE_BATCH]
+            moved += _contended(
+                lambda b=batch: self._store.transition_all(b, trigger, actor=self._actor)
+            )
+        return moved
+
+    def _moved_together(self, batch: Sequence[JobState], trigger: Trigger) -> list[str]:
+        return self._store.transition_all(batch, trigger, actor=self._actor)
+
+    def _move_one(self, job: JobState, trigger: Trigger) -> bool:
+        try:
+            _contended(lambda: self._store.transition(job, trigger, actor=self._actor))
+        except GuardRefused:
+            return False  # moved by another writer (or cancelled) since it was read
+        return True
+
+
+_T = TypeVar("_T")
+
+
+def _contended(write: Callable[[], _T]) -> _T:
+    """``write`` again while the store reports contention (nothing was written then)."""
+    for _ in range(_CONTENDED_TRIES - 1):
+        try:
+            return write()
+        except StoreContended:
+            continue
+    return write()
 
 
 def _record(item: JobModel) -> StepRecord:

@@ -267,8 +267,8 @@ def decide(
                 actions += [ReleaseTrigger(job, trigger_key)] if trigger_key else []
             case Reaction.RETRY_POLICY:
                 actions += _retry_verdict(job, reason, retry, lost_attempts)
-            case Reaction.SETTLE_RUN:
-                actions.append(SettleRun(job.job_id))
+            case Reaction.SETTLE_RUN:  # the run itself, or the run a re-run step is of
+                actions.append(SettleRun(run_of if run_of is not None else job.job_id))
             case _:
                 assert_never(reaction)
     return actions + _step_ended(step.reactions, actions, job, run_of, dest)

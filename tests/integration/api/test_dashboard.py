@@ -29,6 +29,7 @@ from scheduler.runs.operations import Operations
 from scheduler.settings import Settings
 from scheduler.wiring import Core, build_core
 from tests.conftest import MakeJob
+from tests.failed_pipeline import red_run
 
 SECRET = "webhook-secret-for-the-dashboard-tests"
 REPO = "octo-org/api"
@@ -351,6 +352,29 @@ def test_a_lost_race_is_a_message_not_an_error_page(site: Site) -> None:
     shown = site.get(late.headers["location"])
     assert shown.status_code == 200 and "nothing was done" in shown.text
     assert site.core.queries.job("race").attempt == 2  # one retry, not two
+
+
+def test_retry_on_a_pipeline_run_reruns_its_failed_steps_and_on_a_step_that_step(
+    site: Site,
+) -> None:
+    run_id = red_run(site.core.store, "octo-org/steps")
+    page = site.get(f"/ui/jobs/{run_id}")
+    done = site.client.post(f"/ui/jobs/{run_id}/retry", data={"csrf": csrf_of(page.text)})
+    assert done.headers["location"] == f"/ui/jobs/{run_id}?done=retried"
+    run = site.core.queries.job(run_id)
+    assert (run.status, run.attempt) == ("active", 2)
+    unit, e2e = site.core.queries.job(f"{run_id}.s2"), site.core.queries.job(f"{run_id}.s3")
+    assert (unit.status, unit.attempt, e2e.status) == ("blocked", 2, "blocked")
+    # The same page again: the run runs, nothing to re-run: refused, nothing done.
+    late = site.client.post(f"/ui/jobs/{run_id}/retry", data={"csrf": csrf_of(page.text)})
+    assert late.headers["location"] == f"/ui/jobs/{run_id}?done=refused"
+    lint = f"{run_id}.s1"
+    step = site.client.post(f"/ui/jobs/{lint}/retry", data={"csrf": csrf_of(page.text)})
+    assert step.headers["location"] == f"/ui/jobs/{lint}?done=retried"
+    assert (site.core.queries.job(lint).status, site.core.queries.job(lint).attempt) == (
+        "blocked",
+        2,
+    )
 
 
 def raw_exchange(site: Site, request: bytes) -> tuple[int, list[tuple[str, str]]]:

@@ -261,9 +261,13 @@ ILLEGAL = [
             (JobStatus.BLOCKED, Trigger.UNBLOCK),
             (JobStatus.BLOCKED, Trigger.SKIP),
             (JobStatus.BLOCKED, Trigger.CANCEL),
+            # A delivery's job whose pipeline is owed: it expands, or its file is refused
+            # (for any other job the store's condition refuses them, below).
             (JobStatus.PENDING, Trigger.EXPAND),
             (JobStatus.PENDING, Trigger.REFUSE),
         }
+        # A re-run step: legal from an end, refused by the store for a job of no run (below).
+        or (status.is_terminal and trigger is Trigger.REBLOCK)
         or (
             status is JobStatus.ACTIVE
             and trigger is not Trigger.ACTIVATE
@@ -281,6 +285,30 @@ def test_illegal_transitions_are_refused_and_write_nothing(
     before_item, before_counts = raw_item("j1"), counters()
     with pytest.raises(InvalidTransition):
         store.transition(job, trigger, actor="test", slot_limit=10)
+    assert raw_item("j1") == before_item
+    assert counters() == before_counts
+
+
+@pytest.mark.parametrize(
+    ("status", "trigger"),
+    [
+        *((s, Trigger.REBLOCK) for s in (JobStatus.PASSED, JobStatus.FAILED, JobStatus.SKIPPED)),
+        (JobStatus.CANCELLED, Trigger.REBLOCK),
+        (JobStatus.PENDING, Trigger.EXPAND),
+        (JobStatus.PENDING, Trigger.REFUSE),
+    ],
+)
+def test_a_pipelines_own_triggers_are_refused_for_other_jobs(
+    store: JobStore, status: JobStatus, trigger: Trigger
+) -> None:
+    """``reblock`` is a step's (a job of no pipeline run would never be unblocked again),
+    ``expand`` and ``refuse`` a job's whose pipeline file is owed (expanded, a job of the
+    operator's command would run nothing): the store's condition refuses them, nothing is
+    written."""
+    job = reach(store, "j1", status)
+    before_item, before_counts = raw_item("j1"), counters()
+    with pytest.raises(TransitionConflict):
+        store.transition(job, trigger, actor="test")
     assert raw_item("j1") == before_item
     assert counters() == before_counts
 

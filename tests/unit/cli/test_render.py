@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from scheduler.cli.render import duration, parse_since, relative
+from scheduler.cli.render import duration, parse_since, progress_text, relative
+from scheduler.db.queries import StepProgress
 from scheduler.errors import InvalidArgument
 
 NOW = 1_700_000_000_000
@@ -45,3 +46,12 @@ def test_since() -> None:
     for bad in ("soon", "5 parsecs", "-3h", ""):
         with pytest.raises(InvalidArgument, match="--since"):
             parse_since(bad, NOW)
+
+
+def test_a_runs_progress_counts_ended_steps_and_failures() -> None:
+    progress = StepProgress.count(5, ["passed", "failed", "skipped", "active", "blocked"])
+    assert progress == StepProgress(total=5, ended=3, failed=1)
+    assert progress_text(progress) == "3/5 steps, 1 failed"
+    assert progress_text(StepProgress.count(2, ["passed", "pending"])) == "1/2 steps"
+    assert progress_text(StepProgress.count(1, ["cancelled"])) == "1/1 steps, 1 failed"
+    assert progress_text(None) == "-"

@@ -36,6 +36,7 @@ DASHBOARD = "https://ci.example.com"
 
 W, P, A = JobStatus.WAITING, JobStatus.PENDING, JobStatus.ACTIVE
 OK, KO, X = JobStatus.PASSED, JobStatus.FAILED, JobStatus.CANCELLED
+B = JobStatus.BLOCKED
 
 
 def image(status: JobStatus, *, attempt: int = 1, **fields: Any) -> JobModel:
@@ -87,6 +88,11 @@ def state(source: JobStatus | None, dest: JobStatus, **fields: Any) -> CheckStat
         (None, W, {}, ("completed", "action_required", True)),
         (W, P, {}, ("queued", None, True)),  # approved: a new check run after the waiting one
         (KO, P, {"attempt": 2}, ("queued", None, True)),  # retried: a new check run
+        # Re-run pipeline steps wait again, and a re-run run runs again: new check runs.
+        (KO, B, {"attempt": 2}, ("queued", None, True)),
+        (JobStatus.SKIPPED, B, {}, ("queued", None, True)),
+        (KO, A, {"attempt": 2, "step_count": 3}, ("in_progress", None, True)),
+        (A, KO, {"reason": "steps_failed", "step_count": 3}, ("completed", "failure", False)),
     ],
 )
 def test_each_transition_gives_its_check_run_state(
@@ -198,6 +204,19 @@ def test_a_runs_changes_within_a_second_become_one_request(github: GitHubStandIn
     assert run.fields["output"]["text"] == "```text\nbuilding\nok: 12 tests passed\n```"
     (posted,) = github.requests("POST", f"/repos/{REPO}/check-runs")
     assert posted.headers["authorization"].startswith("token ghs_")
+
+
+def test_a_pipeline_step_has_a_check_run_of_its_own_named_as_its_status(
+    github: GitHubStandIn,
+) -> None:
+    clock = Clock()
+    _, queue, observe = sender(github, clock)
+    observe(transition(None, B, run_of="gh-0", step_key="test[python=3.12]"))
+    clock.now += 1.0
+    assert queue.pump() == 1
+    (run,) = github.runs_of(REPO)
+    assert run.fields["name"] == "ci/scheduler/test[python=3.12]"
+    assert run.fields["status"] == "queued"
 
 
 def test_updates_apart_in_time_are_patches_of_one_check_run_in_order(

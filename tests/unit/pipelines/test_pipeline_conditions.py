@@ -16,6 +16,7 @@ from scheduler.pipelines import (
     Step,
     StepStatus,
     decide,
+    downstream,
     parse_condition,
     parse_pipeline,
     verdict,
@@ -223,6 +224,18 @@ def test_a_failed_need_skips_its_dependents_transitively_unless_their_if_says_ot
         "report": "passed",
     }
     assert verdict(pipeline, statuses) == "failed"
+
+
+def test_a_rerun_resets_its_roots_and_everything_downstream_in_pipeline_order() -> None:
+    pipeline = pipeline_of(CHAIN)
+    assert downstream(pipeline, ["build"]) == pipeline.keys  # everything follows build
+    assert downstream(pipeline, ["test"]) == ("test", "package", "cleanup", "report", "deploy")
+    assert downstream(pipeline, ["report", "package"]) == ("package", "cleanup", "report", "deploy")
+    assert downstream(pipeline, ["report"]) == ("report",)
+    assert downstream(pipeline, []) == ()
+    # Reset, the re-run steps are decided anew: build fails no more, so test runs.
+    statuses: dict[str, StepStatus] = {"build": "passed"}
+    assert decide(pipeline, statuses, MAIN).runnable == ("test",)
 
 
 def test_a_skip_by_condition_is_not_a_failure() -> None:

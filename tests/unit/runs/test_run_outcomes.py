@@ -72,6 +72,16 @@ def test_job_data_reaches_a_run_only_as_environment_variables() -> None:
         (JobStatus.ACTIVE, JobStatus.FAILED, "exit_code", ("failure", "Failed")),
         (JobStatus.ACTIVE, JobStatus.FAILED, TIMED_OUT, ("error", "Timed out")),
         (JobStatus.ACTIVE, JobStatus.CANCELLED, None, ("error", "Cancelled")),
+        # A pipeline run whose steps failed failed itself (not an error of the scheduler).
+        (JobStatus.ACTIVE, JobStatus.FAILED, "steps_failed", ("failure", "Failed")),
+        (
+            JobStatus.ACTIVE,
+            JobStatus.FAILED,
+            "pipeline_invalid",
+            ("error", "Failed: pipeline_invalid"),
+        ),
+        (JobStatus.FAILED, JobStatus.ACTIVE, None, ("pending", "Running (attempt 1)")),
+        (JobStatus.SKIPPED, JobStatus.BLOCKED, None, ("pending", "Waiting for its needs")),
     ],
 )
 def test_commit_status_per_transition(

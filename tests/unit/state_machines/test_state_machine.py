@@ -41,6 +41,10 @@ LEGAL = {
     (JobStatus.BLOCKED, Trigger.CANCEL): JobStatus.CANCELLED,
     (JobStatus.PENDING, Trigger.EXPAND): JobStatus.ACTIVE,
     (JobStatus.PENDING, Trigger.REFUSE): JobStatus.FAILED,
+    (JobStatus.FAILED, Trigger.REBLOCK): JobStatus.BLOCKED,
+    (JobStatus.CANCELLED, Trigger.REBLOCK): JobStatus.BLOCKED,
+    (JobStatus.PASSED, Trigger.REBLOCK): JobStatus.BLOCKED,
+    (JobStatus.SKIPPED, Trigger.REBLOCK): JobStatus.BLOCKED,
 }
 
 RUN_LEGAL = {
@@ -50,12 +54,16 @@ RUN_LEGAL = {
     (JobStatus.ACTIVE, Trigger.PASS): JobStatus.PASSED,
     (JobStatus.ACTIVE, Trigger.FAIL): JobStatus.FAILED,
     (JobStatus.ACTIVE, Trigger.CANCEL): JobStatus.CANCELLED,
+    (JobStatus.FAILED, Trigger.RERUN): JobStatus.ACTIVE,
+    (JobStatus.CANCELLED, Trigger.RERUN): JobStatus.ACTIVE,
+    (JobStatus.PASSED, Trigger.RERUN): JobStatus.ACTIVE,
 }
 
 
 def test_a_pipeline_run_moves_only_by_its_own_rows_never_holding_a_slot() -> None:
     """A run (its steps made) is never activated, timed out or retried as a whole, never takes
-    or frees a slot, and its cancel cancels its steps; its failure is its steps'."""
+    or frees a slot, and its cancel cancels its steps; its failure is its steps'. It is
+    re-run (a new attempt of it) once steps of it were reset."""
     for source, trigger in itertools.product(JobStatus, Trigger):
         legal = (source, trigger) in RUN_LEGAL
         assert may(source, trigger, pipeline_run=True) is legal, (source, trigger)
@@ -63,7 +71,8 @@ def test_a_pipeline_run_moves_only_by_its_own_rows_never_holding_a_slot() -> Non
             continue
         step = plan(source, trigger, pipeline_run=True)
         assert step.dest is RUN_LEGAL[(source, trigger)]
-        assert step.slot_delta == 0 and not step.holds_slot and not step.next_attempt
+        assert step.slot_delta == 0 and not step.holds_slot
+        assert step.next_attempt is (trigger is Trigger.RERUN)
         assert Reaction.RETRY_POLICY not in step.reactions
     assert plan(JobStatus.ACTIVE, Trigger.FAIL, pipeline_run=True).reason == "steps_failed"
     assert (
@@ -73,6 +82,32 @@ def test_a_pipeline_run_moves_only_by_its_own_rows_never_holding_a_slot() -> Non
     # The stream tells a run's failure from a job's by the image's step count.
     failed = plan_between(JobStatus.ACTIVE, JobStatus.FAILED, slot_held=False, pipeline_run=True)
     assert failed is not None and failed.reactions == ()
+
+
+def test_a_rerun_reopens_the_run_and_sends_its_steps_back_to_their_fan_in() -> None:
+    """A re-run run is active again with no finish and a new attempt, and its fan-in follows;
+    a re-run step waits (blocked) again, a new attempt only if it ran, its run settled."""
+    for source in (JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.PASSED):
+        run = plan(source, Trigger.RERUN, pipeline_run=True)
+        assert run.effects == (Effect.REOPEN, Effect.RUN_STEPS)
+        assert run.reactions == (Reaction.SETTLE_RUN,) and run.slot_delta == 0
+        step = plan(source, Trigger.REBLOCK)
+        assert step.dest is JobStatus.BLOCKED and step.next_attempt and step.slot_delta == 0
+        assert Effect.REOPEN in step.effects and Effect.FORGET_RUN in step.effects
+        assert step.reactions == (Reaction.SETTLE_RUN,)
+        # An ordinary job is never re-run as a run, nor a run's step retried as a run.
+        assert not may(source, Trigger.RERUN)
+    skipped = plan(JobStatus.SKIPPED, Trigger.REBLOCK)
+    assert not skipped.next_attempt  # it never ran: its attempt is still unused
+    assert not may(JobStatus.SKIPPED, Trigger.REBLOCK, pipeline_run=True)
+    # Nothing running, queued or waiting is re-run.
+    for source in (JobStatus.ACTIVE, JobStatus.PENDING, JobStatus.BLOCKED, JobStatus.WAITING):
+        assert not may(source, Trigger.REBLOCK)
+        assert not may(source, Trigger.RERUN, pipeline_run=True)
+    # The stream reads a re-run back to its row by the image's step count.
+    back = plan_between(JobStatus.FAILED, JobStatus.ACTIVE, slot_held=False, pipeline_run=True)
+    assert back is not None and back.trigger is Trigger.RERUN
+    assert plan_between(JobStatus.FAILED, JobStatus.ACTIVE, slot_held=False) is None
 
 
 @pytest.mark.parametrize(("source", "trigger"), list(LEGAL))
@@ -115,19 +150,24 @@ def test_slots_are_taken_on_activation_and_freed_when_leaving_active() -> None:
     )
 
 
-def test_only_retry_starts_a_new_attempt_and_time_out_names_its_reason() -> None:
+def test_only_retry_and_a_rerun_start_a_new_attempt_and_time_out_names_its_reason() -> None:
     assert [pair for pair in LEGAL if plan(*pair).next_attempt] == [
         (JobStatus.FAILED, Trigger.RETRY),
         (JobStatus.CANCELLED, Trigger.RETRY),
+        (JobStatus.FAILED, Trigger.REBLOCK),
+        (JobStatus.CANCELLED, Trigger.REBLOCK),
+        (JobStatus.PASSED, Trigger.REBLOCK),
     ]
     assert plan(JobStatus.ACTIVE, Trigger.TIME_OUT).reason == TIMED_OUT
     assert plan(JobStatus.ACTIVE, Trigger.FAIL).reason is None
 
 
-def test_terminal_statuses_only_allow_retry_of_failed_and_cancelled() -> None:
-    assert triggers_from(JobStatus.PASSED) == []
-    assert triggers_from(JobStatus.CANCELLED) == [Trigger.RETRY]
-    assert triggers_from(JobStatus.FAILED) == [Trigger.RETRY]
+def test_terminal_statuses_only_allow_retry_of_failed_and_cancelled_and_a_rerun() -> None:
+    assert triggers_from(JobStatus.PASSED) == [Trigger.REBLOCK]
+    assert triggers_from(JobStatus.CANCELLED) == [Trigger.RETRY, Trigger.REBLOCK]
+    assert triggers_from(JobStatus.FAILED) == [Trigger.RETRY, Trigger.REBLOCK]
+    assert triggers_from(JobStatus.SKIPPED) == [Trigger.REBLOCK]
+    assert triggers_from(JobStatus.FAILED, pipeline_run=True) == [Trigger.RERUN]
     assert JobStatus.PASSED.is_terminal and not JobStatus.ACTIVE.is_terminal
 
 
@@ -187,6 +227,8 @@ def test_each_row_means_what_its_destination_and_slot_say() -> None:
         effects = set(step.effects)
         if step.trigger in (Trigger.EXPAND, Trigger.REFUSE):
             continue  # a pipeline run's: no slot, no run, no retry (see the run's own test)
+        if step.trigger is Trigger.REBLOCK:
+            continue  # a re-run step: see its own test
         assert (Effect.ENTER_ACTIVE in effects) == (step.dest is JobStatus.ACTIVE)
         assert (Effect.ENTER_QUEUE in effects) == (step.dest is JobStatus.PENDING)
         assert (Effect.FINISH in effects) == step.dest.is_terminal
@@ -213,7 +255,13 @@ def test_the_machine_table_is_derived_from_the_rows() -> None:
     jobs = [row for row in LIFECYCLE if row.scope is not Scope.RUN]
     pairs = {(source, row.trigger) for row in jobs for source in row.sources}
     assert pairs == set(LEGAL)
-    assert [row["trigger"] for row in TRANSITION_TABLE] == [row.trigger for row in jobs]
+    # A run's rows add only the pairs no job's row names (its re-run), each pair once.
+    named = [(source, row["trigger"]) for row in TRANSITION_TABLE for source in row["source"]]
+    assert len(named) == len(set(named))
+    assert set(named) == set(LEGAL) | set(RUN_LEGAL)
+    triggers = [row["trigger"] for row in TRANSITION_TABLE]
+    assert [t for t in triggers if t is not Trigger.RERUN] == [row.trigger for row in jobs]
+    assert triggers.count(Trigger.RERUN) == 1
 
 
 def test_a_status_change_is_read_back_to_the_row_that_made_it() -> None:

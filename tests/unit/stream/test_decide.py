@@ -125,3 +125,17 @@ def test_a_steps_end_moves_its_run_on_once_no_retry_is_owed() -> None:
     assert decide(JobStatus.BLOCKED, JobStatus.PENDING, job(JobStatus.PENDING), run_of="r") == [
         Activate(job(JobStatus.PENDING))
     ]
+
+
+def test_a_rerun_settles_the_run_itself_and_a_reset_step_its_run() -> None:
+    """A re-run run's record owes its own fan-in; a step sent back to blocked owes its run's
+    (a step re-run in a running run may be runnable at once), never a settle of itself."""
+    reopened = job(JobStatus.ACTIVE)
+    assert decide(JobStatus.FAILED, JobStatus.ACTIVE, reopened, pipeline_run=True) == [
+        SettleRun("j")
+    ]
+    for source in (JobStatus.FAILED, JobStatus.SKIPPED, JobStatus.PASSED, JobStatus.CANCELLED):
+        reset = decide(source, JobStatus.BLOCKED, job(JobStatus.BLOCKED), run_of="run-1")
+        assert reset == [SettleRun("run-1")], source
+    # An ordinary job's failed -> active is no row: nothing follows.
+    assert decide(JobStatus.FAILED, JobStatus.ACTIVE, reopened) == []
