@@ -312,9 +312,7 @@ class PipelineRuns:
         moved: list[str] = []
         for first in range(0, len(jobs), WRITE_BATCH):
             batch = jobs[first : first + WRITE_BATCH]
-            moved += _contended(
-                lambda b=batch: self._store.transition_all(b, trigger, actor=self._actor)
-            )
+            moved += _contended(functools.partial(self._moved_together, batch, trigger))
         return moved
 
     def _moved_together(self, batch: Sequence[JobState], trigger: Trigger) -> list[str]:
