@@ -30,7 +30,7 @@ import itertools
 import json
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -422,6 +422,24 @@ class JobDetail(JobSummary):
 
 
 @dataclass(frozen=True)
+class StepSummary(JobSummary):
+    """One step of a pipeline run as the run's view draws it: its key and the keys it needs."""
+
+    step_key: str
+    needs: tuple[str, ...]
+
+    @classmethod
+    def from_model(cls, job: JobModel) -> StepSummary:
+        # ``step`` is the step's record (``scheduler.pipelines.record.StepRecord``, as JSON).
+        record = json.loads(job.step or "{}")
+        return cls(
+            **cls._fields_from(job),
+            step_key=job.step_key or job.job_id,
+            needs=tuple(str(need) for need in record.get("needs", ())),
+        )
+
+
+@dataclass(frozen=True)
 class JobPage:
     repo: str
     jobs: tuple[JobSummary, ...]
@@ -590,6 +608,16 @@ class Queries:
             except DoesNotExist:
                 raise JobNotFound(job_id) from None
 
+    def steps(self, step_ids: Sequence[str]) -> tuple[StepSummary, ...]:
+        """A pipeline run's steps by their ids, read consistently (one ``BatchGetItem`` per
+        100), in the order asked; ids not found are left out (a fan-out still under way)."""
+        with _reading("steps"):
+            found = {
+                item.job_id: item
+                for item in JobModel.batch_get(list(step_ids), consistent_read=True)
+            }
+        return tuple(StepSummary.from_model(found[i]) for i in step_ids if i in found)
+
     def repositories(self, limit: int = MAX_REPOSITORIES) -> list[RepoStats]:
         """Every repository's counters, by name, and one batch read of the last jobs' statuses.
 
@@ -693,6 +721,7 @@ __all__ = [
     "Position",
     "Queries",
     "RepoStats",
+    "StepSummary",
     "parse_limit",
     "parse_status",
     "validate_job_id",
