@@ -49,7 +49,7 @@ from scheduler.api.views import etag_of, render, static_file
 from scheduler.db.queries import JobDetail, Queries, RepoStats
 from scheduler.db.store import Clock, StoreContended, system_clock
 from scheduler.errors import DomainError, InvalidArgument, JobNotFound, RouteNotFound
-from scheduler.runs.logs import RunLogs, lost_output
+from scheduler.runs.logs import LogPage, RunLogs, lost_output
 from scheduler.runs.operations import Operations
 from scheduler.runs.pipeline_runs import step_id
 from state_machines import InvalidTransition, JobStatus, TransitionConflict, Trigger, may
@@ -62,6 +62,7 @@ POLL_MS = 700  # a visible tab's poll period: a new job shows within a second
 FRESH_MS = 200  # how long one read of a repository's counters or of a job answers every poll
 REPOS_CACHE_MS = 2000
 FRESH_ENTRIES = 1024  # repositories and jobs remembered at most (LRU), per kind
+STEPS_ENTRIES = 64  # pipeline runs' steps remembered at most (a read is stale once moved)
 MAX_FORM_BYTES = 16 * 1024
 PAGE_SIZE = 25
 # Outcomes of a button, by the code the redirect carries (never text from the request).
@@ -203,7 +204,7 @@ class Dashboard:
         self._versions: Recent[str] = Recent(clock, FRESH_MS)  # counters item, by repository
         self._jobs: Recent[JobDetail] = Recent(clock, FRESH_MS)  # job item, by id
         # A run's steps laid out, by (run, step count, counters item they were read after).
-        self._steps: Recent[PipelineView] = Recent(clock, FRESH_MS)
+        self._steps: Recent[PipelineView] = Recent(clock, FRESH_MS, STEPS_ENTRIES)
 
     # -- registration -------------------------------------------------------------------------
 
@@ -475,7 +476,12 @@ class Dashboard:
             and int(wanted) > job.attempt
         ):
             job = self._fresh_job(request)  # an attempt newer than the one read for the polls
-        page = self._logs.page(job, wanted or None, request.query.get("cursor"))
+        if job.step_count:
+            # A pipeline run (a page opened before it read its file): no output of its own,
+            # so the tail stops; the steps' logs are on their pages.
+            page = LogPage(job.attempt, "", "0:", True, False)
+        else:
+            page = self._logs.page(job, wanted or None, request.query.get("cursor"))
         body: Mapping[str, Any] = {
             "attempt": page.attempt,
             "text": page.text,

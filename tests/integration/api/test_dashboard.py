@@ -575,6 +575,9 @@ def test_a_pipeline_runs_page_draws_its_steps_by_depth_with_their_needs(site: Si
     assert '· <tspan data-since="' in page.text  # test[n=1] running, aged by the script
     assert "<dt>Steps</dt><dd>5</dd>" in page.text
     assert 'id="log"' not in page.text  # a run has no output of its own
+    # A page opened before the run read its file tails a log: it stops at once.
+    tail = site.get("/ui/part/jobs/gh-run/log", params={"attempt": "1"}).json()
+    assert (tail["text"], tail["final"]) == ("", True)
 
     step = site.get("/ui/jobs/gh-run.s2")
     assert step.status_code == 200
