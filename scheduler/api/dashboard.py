@@ -414,16 +414,18 @@ class Dashboard:
         self, request: Request, job: JobDetail, pipeline: PipelineView | None
     ) -> dict[str, Any]:
         status = JobStatus(job.status)
+        run = job.step_count is not None
         return {
             "job": job,
             "pipeline": pipeline,
             "job_path": job_path,
             "repo_url": repo_path(job.repo),
             "job_url": job_path(job.job_id),
-            # The buttons the state machine allows from the job's status (one description).
-            "can_retry": may(status, Trigger.RETRY),
-            "can_cancel": may(status, Trigger.CANCEL),
-            "can_approve": may(status, Trigger.APPROVE),
+            # The buttons the state machine allows from the job's status (one description);
+            # a pipeline run has rows of its own (never retried as a whole: its steps are).
+            "can_retry": may(status, Trigger.RETRY, pipeline_run=run),
+            "can_cancel": may(status, Trigger.CANCEL, pipeline_run=run),
+            "can_approve": may(status, Trigger.APPROVE, pipeline_run=run),
             "buttons": self._operations is not None,
         }
 

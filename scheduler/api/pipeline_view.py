@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from scheduler.db.queries import StepSummary
+from state_machines import JobStatus
 
 __all__ = ["Edge", "Node", "PipelineView", "layout"]
 
@@ -26,6 +27,7 @@ PAD = 6
 # Characters of a key that fit a box (13 px monospace); a longer one ends in "…" (the whole
 # key is the box's tooltip and on the step's page).
 LABEL_CHARS = 24
+_ORDER = tuple(status.value for status in JobStatus)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +59,7 @@ class PipelineView:
     width: int
     height: int
     columns: int
-    counts: tuple[tuple[str, int], ...]  # steps by status, most first
+    counts: tuple[tuple[str, int], ...]  # steps by status, in the lifecycle's order
 
     @property
     def node_width(self) -> int:
@@ -127,9 +129,22 @@ def layout(steps: Sequence[StepSummary]) -> PipelineView:
                 continue
             x1, y1 = start.x + NODE_WIDTH, start.y + NODE_HEIGHT // 2
             x2, y2 = to.x - 2, to.y + NODE_HEIGHT // 2  # the arrowhead ends at the box
-            bend = (x1 + x2) // 2
-            path = f"M{x1} {y1} C{bend} {y1} {bend} {y2} {x2} {y2}"
+            if to.column - start.column == 1:
+                bend = (x1 + x2) // 2
+                path = f"M{x1} {y1} C{bend} {y1} {bend} {y2} {x2} {y2}"
+            else:
+                # Across columns between: along the gap under the need's row, which passes
+                # between those columns' boxes rather than behind one (it would look like a
+                # need of that box).
+                lane = start.y + NODE_HEIGHT + ROW_GAP // 2
+                a, b = x1 + COLUMN_GAP, to.x - COLUMN_GAP
+                half = COLUMN_GAP // 2
+                path = (
+                    f"M{x1} {y1} C{x1 + half} {y1} {x1 + half} {lane} {a} {lane} L{b} {lane}"
+                    f" C{b + half} {lane} {b + half} {y2} {x2} {y2}"
+                )
             edges.append(Edge(need, step.step_key, start.step.status, path))
+    counted = Counter(step.status for step in steps)
     most_rows = max((len(column) for column in placed), default=0)
     return PipelineView(
         nodes=tuple(nodes[step.step_key] for step in steps),
@@ -137,5 +152,5 @@ def layout(steps: Sequence[StepSummary]) -> PipelineView:
         width=2 * PAD + columns * NODE_WIDTH + max(columns - 1, 0) * COLUMN_GAP,
         height=2 * PAD + most_rows * NODE_HEIGHT + max(most_rows - 1, 0) * ROW_GAP,
         columns=columns,
-        counts=tuple(Counter(step.status for step in steps).most_common()),
+        counts=tuple((status, n) for status in _ORDER if (n := counted[status])),
     )

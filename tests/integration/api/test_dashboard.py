@@ -574,6 +574,7 @@ def test_a_pipeline_runs_page_draws_its_steps_by_depth_with_their_needs(site: Si
     assert re.search(r"passed · \d+(\.\d)? s</text>", page.text)  # build's duration
     assert '· <tspan data-since="' in page.text  # test[n=1] running, aged by the script
     assert "<dt>Steps</dt><dd>5</dd>" in page.text
+    assert ">Cancel</button>" in page.text  # a run is cancelled with its steps
     assert 'id="log"' not in page.text  # a run has no output of its own
     # A page opened before the run read its file tails a log: it stops at once.
     tail = site.get("/ui/part/jobs/gh-run/log", params={"attempt": "1"}).json()
@@ -610,12 +611,26 @@ def test_a_runs_fragment_moves_when_a_step_does_and_only_then(site: Site) -> Non
     assert again.status_code == 304
 
 
+def test_an_ended_run_offers_no_retry_of_the_whole(site: Site) -> None:
+    store = site.make_job.store
+    pipeline_run(site)
+    end_step(store, step_id("gh-run", 2), Trigger.FAIL)
+    Operations(store, site.core.queries).cancel("gh-run")  # the run, with its steps
+    page = site.get("/ui/jobs/gh-run")
+    assert "status-cancelled" in page.text
+    # The lifecycle has no retry of a run as a whole (its steps are retried): no button.
+    assert ">Retry</button>" not in page.text and ">Cancel</button>" not in page.text
+    assert ">Retry</button>" in site.get("/ui/jobs/gh-run.s2").text
+
+
 def test_a_plain_job_has_no_pipeline_and_the_repositories_count_blocked_and_skipped(
     site: Site,
 ) -> None:
     site.make_job("plain", "passed")
     assert "data-pipeline" not in site.get("/ui/jobs/plain").text
     pipeline_run(site)
+    listing = site.get(f"/ui/repos/{REPO}").text
+    assert 'title="gh-run.s5">gh-run.s5</a>' in listing  # a step's id keeps its suffix
     rows = re.findall(r"<tr>.*?</tr>", site.get("/").text, re.S)
     api = next(row for row in rows if ">octo-org/api</a>" in row)
     counts = dict(re.findall(r'<td data-label="(\w+)" class="num[^"]*">(\d+)</td>', api))

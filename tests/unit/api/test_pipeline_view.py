@@ -15,7 +15,7 @@ from scheduler.api.pipeline_view import (
     ROW_GAP,
     layout,
 )
-from scheduler.api.views import render
+from scheduler.api.views import render, short_id
 from scheduler.db.queries import StepSummary
 
 
@@ -69,7 +69,15 @@ def test_a_steps_column_is_one_more_than_its_deepest_need() -> None:
     assert view.height == 2 * PAD + 3 * NODE_HEIGHT + 2 * ROW_GAP  # column 1 has three
     node = {n.key: n for n in view.nodes}
     assert (node["report"].x, node["report"].y) == (PAD + 2 * (NODE_WIDTH + COLUMN_GAP), PAD)
-    assert dict(view.counts)["blocked"] == 1 and sum(dict(view.counts).values()) == 6
+    assert [status for status, _ in view.counts] == [  # the lifecycle's order
+        "blocked",
+        "pending",
+        "active",
+        "passed",
+        "failed",
+        "skipped",
+    ]
+    assert sum(n for _, n in view.counts) == 6
 
 
 def test_rows_follow_the_rows_of_the_needs() -> None:
@@ -131,3 +139,29 @@ def test_a_hostile_key_stays_text() -> None:
         "_pipeline.html", pipeline=layout([step('<script>"x"</script>', n=1)]), job_path=job_path
     )
     assert "<script>" not in html and "&lt;script&gt;&#34;x&#34;&lt;/script&gt;" in html
+
+
+def test_an_arrow_across_a_column_runs_between_its_boxes() -> None:
+    view = layout(diamond())
+    node = {n.key: n for n in view.nodes}
+    edge = next(e for e in view.edges if (e.need, e.step) == ("lint", "report"))
+    numbers = [int(x) for x in re.findall(r"-?\d+", edge.path)]
+    lint, report = node["lint"], node["report"]
+    assert numbers[:2] == [lint.x + NODE_WIDTH, lint.y + NODE_HEIGHT // 2]
+    assert numbers[-2:] == [report.x - 2, report.y + NODE_HEIGHT // 2]
+    # Across column 1 it keeps to the gap under lint's row, between that column's boxes.
+    lane = lint.y + NODE_HEIGHT + ROW_GAP // 2
+    straight = re.search(r"L(\d+) (\d+)", edge.path)
+    assert straight and int(straight.group(2)) == lane
+    between = [n for n in view.nodes if n.column == 1]
+    assert all(not n.y <= lane <= n.y + NODE_HEIGHT for n in between)
+    assert int(numbers[6]) == lint.x + NODE_WIDTH + COLUMN_GAP  # column 1's left edge
+
+
+def test_a_listing_keeps_a_steps_suffix_when_it_shortens_an_id() -> None:
+    guid = "gh-72d3162e-cc78-11e3-81ab-4c9367dc0958"
+    assert short_id("gh-run") == "gh-run"
+    assert short_id("gh-pipeline-view-1.s9") == "gh-pipeline-view-1.s9"  # 18 + the suffix
+    assert short_id(guid) == "gh-72d3162e-cc78-…"
+    assert short_id(f"{guid}.s12") == "gh-72d3162e-cc78-….s12"
+    assert short_id(f"{guid}.shard") == f"{guid}.shard"[:17] + "…"  # not a step's suffix
