@@ -210,3 +210,8 @@ def test_a_runs_page_draws_its_steps_by_depth_and_follows_them_live(
     # The run failed; its steps: 5 passed, 1 failed, 3 skipped.
     assert counts == {"blocked": "0", "skipped": "3", "passed": "5", "failed": "2"}
     shoot(tab, shots, "repositories")
+    tab.set_viewport_size({"width": 390, "height": 844})
+    # A phone lists a repository's statuses that have jobs, not eight rows of mostly zeros.
+    playwright_api.expect(row.locator('td[data-label="blocked"]')).to_be_hidden()
+    playwright_api.expect(row.locator('td[data-label="skipped"]')).to_be_visible()
+    shoot(tab, shots, "repositories-phone")
