@@ -63,6 +63,9 @@ FRESH_MS = 200  # how long one read of a repository's counters or of a job answe
 REPOS_CACHE_MS = 2000
 FRESH_ENTRIES = 1024  # repositories and jobs remembered at most (LRU), per kind
 STEPS_ENTRIES = 64  # pipeline runs' steps remembered at most (a read is stale once moved)
+# A run's steps read after a given counters item stand for it as long as it is current (the key
+# holds it), so they are kept longer than a poll's reads: a new tab costs no batch read.
+STEPS_KEPT_MS = 60_000
 MAX_FORM_BYTES = 16 * 1024
 PAGE_SIZE = 25
 # Outcomes of a button, by the code the redirect carries (never text from the request).
@@ -204,7 +207,7 @@ class Dashboard:
         self._versions: Recent[str] = Recent(clock, FRESH_MS)  # counters item, by repository
         self._jobs: Recent[JobDetail] = Recent(clock, FRESH_MS)  # job item, by id
         # A run's steps laid out, by (run, step count, counters item they were read after).
-        self._steps: Recent[PipelineView] = Recent(clock, FRESH_MS, STEPS_ENTRIES)
+        self._steps: Recent[PipelineView] = Recent(clock, STEPS_KEPT_MS, STEPS_ENTRIES)
 
     # -- registration -------------------------------------------------------------------------
 
@@ -395,7 +398,8 @@ class Dashboard:
         self, job: JobDetail, version: str, *, fresh: bool = False
     ) -> PipelineView | None:
         """A pipeline run's steps laid out (None: not a run), read by their ids in one
-        consistent batch; polls share a read for :data:`FRESH_MS`, a page reads afresh."""
+        consistent batch after the counters item ``version`` was read; polls share that read
+        while the item stays the same (up to :data:`STEPS_KEPT_MS`), a page reads afresh."""
         if not job.step_count:
             return None
         run_id, count = job.job_id, job.step_count

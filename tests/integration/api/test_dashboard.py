@@ -225,6 +225,10 @@ class CountingQueries:
         self.reads.append(f"job {job_id}")
         return self.queries.job(job_id)
 
+    def steps(self, step_ids: list[str]) -> object:
+        self.reads.append(f"steps {len(step_ids)}")
+        return self.queries.steps(step_ids)
+
     def __getattr__(self, name: str) -> object:
         return getattr(self.queries, name)
 
@@ -646,3 +650,31 @@ def test_a_plain_job_has_no_pipeline_and_the_repositories_count_blocked_and_skip
         "cancelled": "0",
         "skipped": "1",
     }
+
+
+def test_polls_of_a_run_read_its_steps_only_when_the_repository_moved(site: Site) -> None:
+    pipeline_run(site)
+    counting = CountingQueries(site.core.queries)
+    now = [1_000_000]
+    dashboard = Dashboard(
+        counting,  # type: ignore[arg-type]
+        RunLogs(site.core.queries, LocalLogReader(site.logs_dir)),
+        None,
+        ApiAuth(None),
+        clock=lambda: now[0],
+    )
+    part = Request("GET", "/ui/part/jobs/gh-run", params={"job_id": "gh-run"})
+    first = dashboard.job_part(part)
+    etag = first.headers["etag"]
+    for _ in range(10):  # tabs within one period, and after it while nothing moved
+        assert dashboard.job_part(part).status == 200
+        now[0] += FRESH_MS
+        assert dashboard.job_part(replace(part, headers={"if-none-match": etag})).status == 304
+    # The steps were read once: every later poll read the job and the counters only.
+    assert counting.reads.count("steps 5") == 1
+    assert counting.reads[:3] == ["job gh-run", f"repo {REPO}", "steps 5"]
+    end_step(site.make_job.store, step_id("gh-run", 2), Trigger.PASS)
+    now[0] += FRESH_MS
+    moved = dashboard.job_part(replace(part, headers={"if-none-match": etag}))
+    assert moved.status == 200 and counting.reads.count("steps 5") == 2
+    assert 'data-step="test[n=1]" data-column="2" data-status="passed"' in moved.encode().decode()
