@@ -10,6 +10,9 @@ rendered on the server (:mod:`scheduler.api.views`); a small vendored script
   item, which every job creation and status change moves in its transaction; the page's query
   runs only when something changed;
 - a job's fragment (and the log tail) reads the job item (its ETag is the job's version);
+  a pipeline run's fragment draws its steps (:mod:`scheduler.api.pipeline_view`), read by
+  their ids in one consistent ``BatchGetItem`` only when the repository's counters item moved
+  (every step's creation and change of status moves it, as any job's);
 - the log tail returns only new whole lines from a cursor, until the attempt is over.
 
 Those reads are shared for :data:`FRESH_MS` by every request of the process (:class:`Recent`):
@@ -41,6 +44,7 @@ from urllib.parse import parse_qsl, quote, urlencode
 
 from scheduler.api.app import Request, Response, Router
 from scheduler.api.auth import Access, ApiAuth
+from scheduler.api.pipeline_view import PipelineView, layout
 from scheduler.api.views import etag_of, render, static_file
 from scheduler.db.queries import JobDetail, Queries, RepoStats
 from scheduler.db.store import Clock, StoreContended, system_clock
@@ -51,8 +55,9 @@ from scheduler.errors import (
     RerunRefused,
     RouteNotFound,
 )
-from scheduler.runs.logs import RunLogs, lost_output
+from scheduler.runs.logs import LogPage, RunLogs, lost_output
 from scheduler.runs.operations import Operations
+from scheduler.runs.pipeline_runs import step_id
 from state_machines import InvalidTransition, JobStatus, TransitionConflict, Trigger, may
 
 __all__ = ["POLL_MS", "Dashboard"]
@@ -63,6 +68,10 @@ POLL_MS = 700  # a visible tab's poll period: a new job shows within a second
 FRESH_MS = 200  # how long one read of a repository's counters or of a job answers every poll
 REPOS_CACHE_MS = 2000
 FRESH_ENTRIES = 1024  # repositories and jobs remembered at most (LRU), per kind
+STEPS_ENTRIES = 64  # pipeline runs' steps remembered at most (a read is stale once moved)
+# A run's steps read after a given counters item stand for it as long as it is current (the key
+# holds it), so they are kept longer than a poll's reads: a new tab costs no batch read.
+STEPS_KEPT_MS = 60_000
 MAX_FORM_BYTES = 16 * 1024
 PAGE_SIZE = 25
 # Outcomes of a button, by the code the redirect carries (never text from the request).
@@ -203,6 +212,8 @@ class Dashboard:
         self._repos: Recent[tuple[list[RepoStats], str, str]] = Recent(clock, REPOS_CACHE_MS, 1)
         self._versions: Recent[str] = Recent(clock, FRESH_MS)  # counters item, by repository
         self._jobs: Recent[JobDetail] = Recent(clock, FRESH_MS)  # job item, by id
+        # A run's steps laid out, by (run, step count, counters item they were read after).
+        self._steps: Recent[PipelineView] = Recent(clock, STEPS_KEPT_MS, STEPS_ENTRIES)
 
     # -- registration -------------------------------------------------------------------------
 
@@ -305,7 +316,12 @@ class Dashboard:
         return self._fragment(request, etag, lambda: html)
 
     def _repos_context(self, repos: list[RepoStats]) -> dict[str, Any]:
-        return {"repos": repos, "repo_path": repo_path, "job_path": job_path}
+        return {
+            "repos": repos,
+            "statuses": [status.value for status in JobStatus],  # a column each, in this order
+            "repo_path": repo_path,
+            "job_path": job_path,
+        }
 
     # -- a repository's jobs ------------------------------------------------------------------
 
@@ -370,20 +386,59 @@ class Dashboard:
         job_id = request.param("job_id")
         return self._jobs.fresh(job_id, lambda: self._queries.job(job_id))
 
-    @staticmethod
-    def _job_etag(job: JobDetail) -> str:
-        return etag_of(job.job_id, str(job.version), str(job.updated_at), job.status)
+    def _steps_version(self, job: JobDetail, *, fresh: bool = False) -> str:
+        """For a pipeline run, its repository's counters item ("" for any other job): every
+        step's creation and change of status moves it, as any job's, so while it stays the
+        same so do the steps' statuses. Read before the steps it stands for (a change in
+        between makes the next poll draw them again)."""
+        if not job.step_count:
+            return ""
+        repo = job.repo
 
-    def _job_context(self, request: Request, job: JobDetail) -> dict[str, Any]:
+        def read() -> str:
+            return self._queries.repository_version(repo)
+
+        return self._versions.fresh(repo, read) if fresh else self._versions.get(repo, read)
+
+    def _pipeline(
+        self, job: JobDetail, version: str, *, fresh: bool = False
+    ) -> PipelineView | None:
+        """A pipeline run's steps laid out (None: not a run), read by their ids in one
+        consistent batch after the counters item ``version`` was read; polls share that read
+        while the item stays the same (up to :data:`STEPS_KEPT_MS`), a page reads afresh."""
+        if not job.step_count:
+            return None
+        run_id, count = job.job_id, job.step_count
+
+        def read() -> PipelineView:
+            return layout(
+                self._queries.step_summaries([step_id(run_id, n) for n in range(1, count + 1)])
+            )
+
+        key = (run_id, count, version)
+        return self._steps.fresh(key, read) if fresh else self._steps.get(key, read)
+
+    @staticmethod
+    def _job_etag(job: JobDetail, steps_version: str = "") -> str:
+        return etag_of(job.job_id, str(job.version), str(job.updated_at), job.status, steps_version)
+
+    def _job_context(
+        self, request: Request, job: JobDetail, pipeline: PipelineView | None
+    ) -> dict[str, Any]:
         status = JobStatus(job.status)
+        run = job.step_count is not None
         return {
             "job": job,
+            "pipeline": pipeline,
+            "job_path": job_path,
             "repo_url": repo_path(job.repo),
             "job_url": job_path(job.job_id),
-            # The buttons the state machine allows from the job's status (one description).
+            # The buttons the state machine allows from the job's status (one description);
+            # a pipeline run has rows of its own. Retry is offered for what failed or was
+            # cancelled: a run's button re-runs its failed steps (see the retry route).
             "can_retry": may(status, Trigger.RETRY),
-            "can_cancel": may(status, Trigger.CANCEL),
-            "can_approve": may(status, Trigger.APPROVE),
+            "can_cancel": may(status, Trigger.CANCEL, pipeline_run=run),
+            "can_approve": may(status, Trigger.APPROVE, pipeline_run=run),
             "buttons": self._operations is not None,
         }
 
@@ -391,17 +446,20 @@ class Dashboard:
         if set(request.query) - {"attempt", "done"}:
             raise InvalidArgument("unknown query parameter (accepted: attempt, done)")
         job = self._fresh_job(request)
+        steps_version = self._steps_version(job, fresh=True)
+        pipeline = self._pipeline(job, steps_version, fresh=True)
         pinned = request.query.get("attempt")
-        log_page = self._logs.page(job, pinned, None)
+        # A pipeline run runs no command of its own: its steps' logs are on their pages.
+        log_page = None if job.step_count else self._logs.page(job, pinned, None)
         message = MESSAGES.get(request.query.get("done", ""))
         return self._html(
             200,
             "job.html",
             request,
-            **self._job_context(request, job),
-            etag=self._job_etag(job),
+            **self._job_context(request, job, pipeline),
+            etag=self._job_etag(job, steps_version),
             log=log_page,
-            lost_output=lost_output(log_page.text),
+            lost_output=log_page is not None and lost_output(log_page.text),
             # Without ?attempt= the log follows the job's current attempt (a retry's too).
             follow=not pinned,
             attempts=list(range(job.attempt, 0, -1)),
@@ -410,13 +468,14 @@ class Dashboard:
 
     def job_part(self, request: Request) -> Response:
         job = self._job(request)
+        steps_version = self._steps_version(job)
         return self._fragment(
             request,
-            self._job_etag(job),
+            self._job_etag(job, steps_version),
             lambda: render(
                 "_job.html",
                 csrf=self._auth.csrf_token(request.headers),
-                **self._job_context(request, job),
+                **self._job_context(request, job, self._pipeline(job, steps_version)),
             ),
         )
 
@@ -432,7 +491,12 @@ class Dashboard:
             and int(wanted) > job.attempt
         ):
             job = self._fresh_job(request)  # an attempt newer than the one read for the polls
-        page = self._logs.page(job, wanted or None, request.query.get("cursor"))
+        if job.step_count:
+            # A pipeline run (a page opened before it read its file): no output of its own,
+            # so the tail stops; the steps' logs are on their pages.
+            page = LogPage(job.attempt, "", "0:", True, False)
+        else:
+            page = self._logs.page(job, wanted or None, request.query.get("cursor"))
         body: Mapping[str, Any] = {
             "attempt": page.attempt,
             "text": page.text,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 from collections.abc import Mapping
 from functools import cache
 from importlib import resources
@@ -53,6 +54,18 @@ def job_duration(job: Any) -> str:
     return duration(job.finished_at - start)
 
 
+_STEP_SUFFIX = re.compile(r"\.s[0-9]{1,3}$")  # a pipeline step's id: <run>.s<n>
+SHORT_ID = 18
+
+
+def short_id(job_id: str) -> str:
+    """A job id as a listing shows it: the first :data:`SHORT_ID` characters, and a step's
+    ``.s<n>`` kept (else every step of a run would read as the run)."""
+    step = _STEP_SUFFIX.search(job_id)
+    head, tail = (job_id[: step.start()], step.group()) if step else (job_id, "")
+    return (head if len(head) <= SHORT_ID else head[: SHORT_ID - 1] + "…") + tail
+
+
 @cache
 def _environment() -> Environment:
     # Imported on the first page rendered: the webhook function serves none (a cold start
@@ -69,6 +82,7 @@ def _environment() -> Environment:
     env.filters["iso"] = iso
     env.filters["duration"] = duration
     env.filters["job_duration"] = job_duration
+    env.filters["short_id"] = short_id
     return env
 
 

@@ -30,7 +30,7 @@ import itertools
 import json
 import logging
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -443,6 +443,27 @@ _FAILED_STEP = frozenset({JobStatus.FAILED.value, JobStatus.CANCELLED.value})
 
 
 @dataclass(frozen=True)
+class StepSummary(JobSummary):
+    """One step of a pipeline run as the run's view draws it: its key and the keys it needs."""
+
+    needs: tuple[str, ...] = field(default=(), kw_only=True)
+
+    @property
+    def key(self) -> str:
+        """The step's key (its job id for an item that has none)."""
+        return self.step_key or self.job_id
+
+    @classmethod
+    def from_model(cls, job: JobModel) -> StepSummary:
+        # ``step`` is the step's record (``scheduler.pipelines.record.StepRecord``, as JSON).
+        record = json.loads(job.step or "{}")
+        return cls(
+            **cls._fields_from(job),
+            needs=tuple(str(need) for need in record.get("needs", ())),
+        )
+
+
+@dataclass(frozen=True)
 class JobPage:
     repo: str
     jobs: tuple[JobSummary, ...]
@@ -632,6 +653,16 @@ class Queries:
             run_id: StepProgress.count(count, statuses[run_id]) for run_id, count in counted.items()
         }
 
+    def step_summaries(self, step_ids: Sequence[str]) -> tuple[StepSummary, ...]:
+        """A pipeline run's steps by their ids, read consistently (one ``BatchGetItem`` per
+        100), in the order asked; ids not found are left out (a fan-out still under way)."""
+        with _reading("steps"):
+            found = {
+                item.job_id: item
+                for item in JobModel.batch_get(list(step_ids), consistent_read=True)
+            }
+        return tuple(StepSummary.from_model(found[i]) for i in step_ids if i in found)
+
     def repositories(self, limit: int = MAX_REPOSITORIES) -> list[RepoStats]:
         """Every repository's counters, by name, and one batch read of the last jobs' statuses.
 
@@ -736,6 +767,7 @@ __all__ = [
     "Queries",
     "RepoStats",
     "StepProgress",
+    "StepSummary",
     "parse_limit",
     "parse_status",
     "validate_job_id",

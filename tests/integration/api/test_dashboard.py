@@ -20,14 +20,17 @@ from scheduler.api.app import Request
 from scheduler.api.auth import ApiAuth
 from scheduler.api.dashboard import FRESH_MS, Dashboard
 from scheduler.db.queries import JobDetail, Queries
-from scheduler.db.store import JobStore
+from scheduler.db.store import JobStore, NewJob, Outcome
 from scheduler.local.http_server import LocalHTTPServer
 from scheduler.local.log_reader import LocalLogReader
 from scheduler.local.run_log import log_file
+from scheduler.pipelines import parse_pipeline
 from scheduler.runs.logs import RunLogs
 from scheduler.runs.operations import Operations
+from scheduler.runs.pipeline_runs import PipelineRuns, step_id
 from scheduler.settings import Settings
 from scheduler.wiring import Core, build_core
+from state_machines import Trigger
 from tests.conftest import MakeJob
 from tests.failed_pipeline import red_run
 
@@ -100,11 +103,24 @@ def test_repositories_page_shows_counts_slots_and_the_last_job(site: Site) -> No
     counts = re.findall(r'<td data-label="(\w+)" class="num[^"]*">(\d+)</td>', api)
     assert counts == [
         ("waiting", "0"),
+        ("blocked", "0"),
         ("pending", "0"),
         ("active", "1"),
         ("passed", "1"),
         ("failed", "1"),
         ("cancelled", "0"),
+        ("skipped", "0"),
+    ]
+    headers = re.findall(r'<th scope="col">(\w+)</th>', page.text)
+    assert headers[1:9] == [
+        "Waiting",
+        "Blocked",
+        "Pending",
+        "Active",
+        "Passed",
+        "Failed",
+        "Cancelled",
+        "Skipped",
     ]
     assert "1 / 100" in api  # slots in use / limit (MakeJob activates with a limit of 100)
     assert "/ui/jobs/a3" in api and "status-active" in api  # the last job, with its status
@@ -209,6 +225,10 @@ class CountingQueries:
     def job(self, job_id: str) -> JobDetail:
         self.reads.append(f"job {job_id}")
         return self.queries.job(job_id)
+
+    def step_summaries(self, step_ids: list[str]) -> object:
+        self.reads.append(f"steps {len(step_ids)}")
+        return self.queries.step_summaries(step_ids)
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.queries, name)
@@ -495,3 +515,190 @@ def test_the_static_route_remembers_nothing_of_the_names_it_is_asked_for(site: S
     # What the first batch leaves may be bounded (buffers, free lists); a second batch of as
     # many new names must leave nothing more. A cache of 500 names would hold about 170 KB.
     assert held[1] - held[0] < 50_000, f"{held[1] - held[0]} bytes more after 500 more names"
+
+
+# -- a pipeline run's page ----------------------------------------------------------------------
+
+PIPELINE = """
+steps:
+  - {key: build, command: [make]}
+  - key: test
+    command: [make, test]
+    needs: [build]
+    matrix: {n: ["1", "2"]}
+  - {key: docs, command: [make, docs], needs: [build], if: "branch == 'main'"}
+  - {key: report, command: [make, report], needs: [test, docs]}
+"""
+
+
+def pipeline_run(site: Site, run_id: str = "gh-run") -> PipelineRuns:
+    """A run on a feature branch: build passed, both tests unblocked, docs skipped (its
+    ``if`` wants main), report blocked."""
+    store = site.make_job.store
+    store.create(
+        NewJob(
+            job_id=run_id,
+            repo=REPO,
+            event="push",
+            sha="b" * 40,
+            timeout_seconds=600,
+            ref="refs/heads/feature",
+            branch="feature",
+            delivery_id=run_id,
+        )
+    )
+    runs = PipelineRuns(store)
+    runs.fan_out(store.get(run_id), parse_pipeline(PIPELINE.encode()))
+    run = store.get(run_id)
+    runs.fan_in(run)  # build unblocked
+    end_step(store, step_id(run_id, 1), Trigger.PASS)
+    runs.fan_in(run)  # test[n=1], test[n=2] unblocked; docs skipped
+    return runs
+
+
+def end_step(store: JobStore, job_id: str, trigger: Trigger | None) -> None:
+    """Activate a pending step and, with a trigger, end it so."""
+    job = store.transition(store.state(job_id), Trigger.ACTIVATE, actor="test", slot_limit=10)
+    if trigger is not None:
+        outcome = Outcome(reason="exit_code", exit_code=1) if trigger is Trigger.FAIL else None
+        store.transition(job, trigger, actor="test", outcome=outcome)
+
+
+def steps_drawn(html: str) -> dict[str, tuple[str, str, str]]:
+    """Each step box: key -> (link, column, status)."""
+    found = re.findall(
+        r'<a href="([^"]+)" class="step step-\w+" data-step="([^"]+)" data-column="(\d+)"'
+        r' data-status="(\w+)">',
+        html,
+    )
+    return {key: (link, column, status) for link, key, column, status in found}
+
+
+def test_a_pipeline_runs_page_draws_its_steps_by_depth_with_their_needs(site: Site) -> None:
+    pipeline_run(site)
+    end_step(site.make_job.store, step_id("gh-run", 2), None)  # test[n=1] runs
+    page = site.get("/ui/jobs/gh-run")
+    assert page.status_code == 200
+    assert steps_drawn(page.text) == {
+        "build": ("/ui/jobs/gh-run.s1", "1", "passed"),
+        "test[n=1]": ("/ui/jobs/gh-run.s2", "2", "active"),
+        "test[n=2]": ("/ui/jobs/gh-run.s3", "2", "pending"),
+        "docs": ("/ui/jobs/gh-run.s4", "2", "skipped"),
+        "report": ("/ui/jobs/gh-run.s5", "3", "blocked"),
+    }
+    arrows = re.findall(
+        r'class="edge edge-(\w+)" d="[^"]+" [^>]*data-need="([^"]+)" data-step="([^"]+)"', page.text
+    )
+    assert sorted(arrows) == [
+        ("active", "test[n=1]", "report"),
+        ("passed", "build", "docs"),
+        ("passed", "build", "test[n=1]"),
+        ("passed", "build", "test[n=2]"),
+        ("pending", "test[n=2]", "report"),
+        ("skipped", "docs", "report"),
+    ]
+    counts = dict(re.findall(r'<span data-count="(\w+)">(\d+) ', page.text))
+    assert counts == {"passed": "1", "active": "1", "pending": "1", "skipped": "1", "blocked": "1"}
+    assert re.search(r"passed · \d+(\.\d)? s</text>", page.text)  # build's duration
+    assert '· <tspan data-since="' in page.text  # test[n=1] running, aged by the script
+    assert "<dt>Steps</dt><dd>5</dd>" in page.text
+    assert ">Cancel</button>" in page.text  # a run is cancelled with its steps
+    assert 'id="log"' not in page.text  # a run has no output of its own
+    # A page opened before the run read its file tails a log: it stops at once.
+    tail = site.get("/ui/part/jobs/gh-run/log", params={"attempt": "1"}).json()
+    assert (tail["text"], tail["final"]) == ("", True)
+
+    step = site.get("/ui/jobs/gh-run.s2")
+    assert step.status_code == 200
+    assert re.search(
+        r'<dt>Pipeline run</dt><dd><a href="/ui/jobs/gh-run"[^>]*>gh-run</a> · step'
+        r" <span[^>]*>test\[n=1\]</span>",
+        step.text,
+    )
+    assert 'id="log"' in step.text and "data-pipeline" not in step.text
+    # Its crumbs lead to the run too.
+    crumbs = re.search(r'<nav aria-label="Breadcrumb">(.*?)</nav>', step.text, re.S)
+    assert crumbs and '<a href="/ui/jobs/gh-run"' in crumbs.group(1)
+
+
+def test_a_runs_fragment_moves_when_a_step_does_and_only_then(site: Site) -> None:
+    pipeline_run(site)
+    page = site.get("/ui/jobs/gh-run")
+    found = re.search(r'data-poll="([^"]+)" data-etag="([^"]+)"', page.text)
+    assert found and found.group(1) == "/ui/part/jobs/gh-run"
+    etag = found.group(2).replace("&#34;", '"')
+    assert site.get(found.group(1), headers={"If-None-Match": etag}).status_code == 304
+    # A step fails: the run's item does not change, its fragment does.
+    end_step(site.make_job.store, step_id("gh-run", 3), Trigger.FAIL)
+    past_fresh()
+    moved = site.get(found.group(1), headers={"If-None-Match": etag})
+    assert moved.status_code == 200 and moved.headers["etag"] != etag
+    assert steps_drawn(moved.text)["test[n=2]"][2] == "failed"
+    assert 'class="edge edge-failed"' in moved.text
+    again = site.get(found.group(1), headers={"If-None-Match": moved.headers["etag"]})
+    assert again.status_code == 304
+
+
+def test_an_ended_run_offers_the_retry_of_its_failed_steps_and_no_cancel(site: Site) -> None:
+    store = site.make_job.store
+    pipeline_run(site)
+    end_step(store, step_id("gh-run", 2), Trigger.FAIL)
+    Operations(store, site.core.queries).cancel("gh-run")  # the run, with its steps
+    page = site.get("/ui/jobs/gh-run")
+    assert "status-cancelled" in page.text
+    # Its Retry re-runs its failed steps (never the run as a whole); nothing to cancel.
+    assert ">Retry</button>" in page.text and ">Cancel</button>" not in page.text
+    assert ">Retry</button>" in site.get("/ui/jobs/gh-run.s2").text
+
+
+def test_a_plain_job_has_no_pipeline_and_the_repositories_count_blocked_and_skipped(
+    site: Site,
+) -> None:
+    site.make_job("plain", "passed")
+    assert "data-pipeline" not in site.get("/ui/jobs/plain").text
+    pipeline_run(site)
+    listing = site.get(f"/ui/repos/{REPO}").text
+    assert 'title="gh-run.s5">gh-run.s5</a>' in listing  # a step's id keeps its suffix
+    rows = re.findall(r"<tr>.*?</tr>", site.get("/").text, re.S)
+    api = next(row for row in rows if ">octo-org/api</a>" in row)
+    counts = dict(re.findall(r'<td data-label="(\w+)" class="num[^"]*">(\d+)</td>', api))
+    # The run (pending: nothing expands it here), build passed, two tests pending, docs
+    # skipped, report blocked; and the plain job passed.
+    assert counts == {
+        "waiting": "0",
+        "blocked": "1",
+        "pending": "3",
+        "active": "0",
+        "passed": "2",
+        "failed": "0",
+        "cancelled": "0",
+        "skipped": "1",
+    }
+
+
+def test_polls_of_a_run_read_its_steps_only_when_the_repository_moved(site: Site) -> None:
+    pipeline_run(site)
+    counting = CountingQueries(site.core.queries)
+    now = [1_000_000]
+    dashboard = Dashboard(
+        counting,  # type: ignore[arg-type]
+        RunLogs(site.core.queries, LocalLogReader(site.logs_dir)),
+        None,
+        ApiAuth(None),
+        clock=lambda: now[0],
+    )
+    part = Request("GET", "/ui/part/jobs/gh-run", params={"job_id": "gh-run"})
+    first = dashboard.job_part(part)
+    etag = first.headers["etag"]
+    for _ in range(10):  # tabs within one period, and after it while nothing moved
+        assert dashboard.job_part(part).status == 200
+        now[0] += FRESH_MS
+        assert dashboard.job_part(replace(part, headers={"if-none-match": etag})).status == 304
+    # The steps were read once: every later poll read the job and the counters only.
+    assert counting.reads.count("steps 5") == 1
+    assert counting.reads[:3] == ["job gh-run", f"repo {REPO}", "steps 5"]
+    end_step(site.make_job.store, step_id("gh-run", 2), Trigger.PASS)
+    now[0] += FRESH_MS
+    moved = dashboard.job_part(replace(part, headers={"if-none-match": etag}))
+    assert moved.status == 200 and counting.reads.count("steps 5") == 2
+    assert 'data-step="test[n=1]" data-column="2" data-status="passed"' in moved.encode().decode()
