@@ -184,7 +184,8 @@ def test_a_runs_page_draws_its_steps_by_depth_and_follows_them_live(
     )
     playwright_api.expect(tab.locator(".job-fields .status").first).to_have_text("failed")
     assert "steps_failed" in tab.locator(".job-head").inner_text()
-    assert tab.locator(".job-head button").count() == 0  # a run is not retried as a whole
+    # Its one button re-runs its failed steps (never the run as a whole).
+    assert tab.locator(".job-head button").all_inner_texts() == ["Retry"]
     assert tab.evaluate("window.__notReloaded === true")
     shoot(tab, shots, "run-ended")
     tab.set_viewport_size({"width": 390, "height": 844})

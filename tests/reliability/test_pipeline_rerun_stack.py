@@ -10,10 +10,9 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
-from git_origin import git, make_origin
-from harness import UNSANDBOXED, LocalStackProcess, assert_doctor_reports_nothing, wait_for
-
-RECORD = 'echo "$SCHEDULER_JOB_ID $STEP $SCHEDULER_ATTEMPT" >> {effects}/starts.txt'
+from git_origin import make_origin
+from harness import UNSANDBOXED, LocalStackProcess, assert_doctor_reports_nothing
+from pipeline_stack import RECORD, commit_pipeline, ended
 
 # a fails its first attempt (exit 1: no automatic retry), passes the next; b waits for it and
 # is skipped, c (always) runs after it anyway; d is on its own.
@@ -35,23 +34,6 @@ steps:
     env: {{STEP: d}}
     command: '{record}'
 """
-
-
-def commit_pipeline(origin: Path, text: str) -> str:
-    folder = origin / ".scheduler"
-    folder.mkdir(exist_ok=True)
-    (folder / "pipeline.yml").write_text(text)
-    git(origin, "add", ".scheduler/pipeline.yml")
-    git(origin, "commit", "--quiet", "-m", "pipeline")
-    return git(origin, "rev-parse", "HEAD")
-
-
-def ended(stack: LocalStackProcess, client: httpx.Client, job_id: str) -> dict[str, object]:
-    def terminal() -> dict[str, object] | None:
-        job = stack.job(client, job_id)
-        return job if job["status"] in ("passed", "failed", "cancelled") else None
-
-    return dict(wait_for(f"job {job_id} to end", terminal, 180, 0.3))
 
 
 def steps_of(stack: LocalStackProcess, client: httpx.Client, run_id: str) -> dict[str, tuple]:
