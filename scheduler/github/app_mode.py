@@ -33,7 +33,7 @@ from scheduler.config import RepositoryConfig
 from scheduler.db.installations import Installations, RepoInstallation
 from scheduler.db.queries import JobFilter, Queries
 from scheduler.db.store import JobStore
-from scheduler.errors import DomainError, JobNotFound
+from scheduler.errors import DomainError, JobNotFound, RerunRefused
 from scheduler.github.api import GitHubApi
 from scheduler.github.app_auth import AppAuth
 from scheduler.github.app_events import (
@@ -374,7 +374,8 @@ class AppRequests:
                 if current is not None and current != request.check_run_id:
                     # An older check run of the job: it was re-run already.
                     return WebhookAnswer(200, {"job_id": job_id, "reason": "already re-run"})
-                changed = operations.retry(job_id)
+                # A step's Re-run: it and what follows it; a pipeline run's: its failed steps.
+                changed = operations.rerun(job_id)
             elif request.identifier == APPROVE_ACTION:
                 changed = operations.approve(job_id)
             elif request.identifier == CANCEL_ACTION:
@@ -383,7 +384,7 @@ class AppRequests:
                 return WebhookAnswer(202, {"reason": f"unknown action {request.identifier!r}"})
         except JobNotFound:
             return WebhookAnswer(202, {"reason": f"job {job_id} does not exist"})
-        except (TransitionConflict, InvalidTransition) as lost:
+        except (TransitionConflict, InvalidTransition, RerunRefused) as lost:
             # A double click, a redelivery or a concurrent delivery did it first (or the job
             # is not in a state the button applies to): nothing more is done.
             return WebhookAnswer(200, {"job_id": job_id, "reason": str(lost)})
@@ -419,10 +420,11 @@ class AppRequests:
         with ``check_run``'s newer check run, a later click (a delivery made later) re-runs.
         """
         operations = Operations(self._store, self._queries, actor=ACTOR)
+        # A failed pipeline run stands for its failed steps (its re-run re-runs them).
         failed = [
             job
             for job in self._queries.iter_jobs(request.repo, JobFilter(status=JobStatus.FAILED))
-            if job.sha == request.head_sha
+            if job.sha == request.head_sha and job.run_of is None
         ]
         retried = []
         answered = []
@@ -435,8 +437,8 @@ class AppRequests:
                 answered.append(job.job_id)  # failed again after this click re-ran it
                 continue
             try:
-                retried.append(operations.retry(job.job_id).job_id)
-            except (TransitionConflict, InvalidTransition, JobNotFound):
+                retried.append(operations.rerun(job.job_id).job_id)
+            except (TransitionConflict, InvalidTransition, RerunRefused, JobNotFound):
                 continue  # re-run meanwhile
         body: dict[str, Any] = {"retried": retried}
         if not retried:

@@ -22,6 +22,7 @@ from typing import Any
 import boto3
 import jsonschema
 import pytest
+from failed_pipeline import end, red_run, settle
 from github_api_stand_in import GitHubStandIn
 
 from scheduler.api.app import create_app
@@ -43,6 +44,7 @@ from scheduler.local.executor import LocalExecutor
 from scheduler.local.http_server import LocalHTTPServer
 from scheduler.local.stack import StackOptions
 from scheduler.local.stack import compose as compose_local
+from scheduler.runs.pipeline_runs import step_id
 from scheduler.settings import Settings
 from scheduler.stream.decide import Transition
 from state_machines import JobStatus, Trigger
@@ -568,3 +570,32 @@ def test_a_rerun_of_an_older_check_run_of_the_job_changes_nothing(
     assert status == 202 and answer["attempt"] == 2
     listed = github.requests("GET", f"/repos/{REPO}/commits/{SHA}/check-runs")
     assert listed and listed[-1].query == {"check_name": ["ci/scheduler"], "filter": ["all"]}
+
+
+def test_re_runs_of_a_pipeline_rerun_its_failed_steps_or_one_step(
+    server: LocalHTTPServer, github: GitHubStandIn, store: JobStore
+) -> None:
+    """GitHub's Re-run of a commit's suite re-runs a failed pipeline run's failed steps (and
+    what follows them), never each failed step on its own; a step's Re-run re-runs it."""
+    run = red_run(store, REPO, job_id=f"gh-red-{uuid.uuid4().hex[:8]}")
+    github.grant(REPO, "suite-writer", "admin")
+    status, answer = post(server, "check_suite", suite_delivery("rerequested", "e" * 40))
+    assert (status, answer["retried"]) == (202, [run]), answer
+    assert store.state(run).status is JobStatus.ACTIVE  # running again
+    settle(store, run)  # the fan-in its record makes
+    unit, e2e = store.get(step_id(run, 2)), store.get(step_id(run, 3))
+    assert (str(unit.status), int(unit.attempt)) == ("pending", 2)
+    assert str(e2e.status) == "blocked"  # waits for unit again
+    assert str(store.get(step_id(run, 1)).status) == "passed"  # lint keeps its result
+    # The unit step fails again; its own check run's Re-run re-runs it (and e2e after it).
+    end(store, step_id(run, 2), Trigger.FAIL)
+    assert store.state(run).status is JobStatus.FAILED
+    check_run = check_run_on_github(github, step_id(run, 2))
+    body = for_job(sample("check_run", "rerequested"), step_id(run, 2), "suite-writer", check_run)
+    status, answer = post(server, "check_run", body)
+    assert status == 202 and answer["attempt"] == 3, answer  # the run's third attempt
+    settle(store, run)
+    assert (str(store.get(step_id(run, 2)).status), int(store.get(step_id(run, 2)).attempt)) == (
+        "pending",
+        3,
+    )
