@@ -64,6 +64,9 @@ class Effect(StrEnum):
     # A pipeline run's cancel: it stays in that index until its steps are cancelled too (the
     # cancel's record does it; if the record is lost, the reconciliation finds it there).
     KEEP_IN_RUNS = "keep_in_runs"
+    # A refused pipeline keeps its file owed: an operator's retry reads the file again (a
+    # fixed file, or GitHub back) rather than run the repository's command instead.
+    KEEP_OWED = "keep_owed"
     # Re-run: a finished job (a pipeline run, or its step) runs again: its finish, expiry
     # and outcome cleared, its attempt set.
     REOPEN = "reopen"
@@ -232,7 +235,7 @@ LIFECYCLE: tuple[Row, ...] = (
         (JobStatus.PENDING,),
         JobStatus.FAILED,
         reason=PIPELINE_INVALID,
-        effects=_FINISHED,
+        effects=(Effect.FINISH, Effect.KEEP_OWED),
         scope=Scope.ANY,
     ),
     # Every step ended: passed when each passed or was skipped (no slot, no retry of its own:

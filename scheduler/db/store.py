@@ -1043,6 +1043,7 @@ class JobStore:
                 start_delay_ms=start_delay_ms,
                 claimed=claimed,
                 in_runs=Effect.KEEP_IN_RUNS in step.effects,
+                keeps_owed=Effect.KEEP_OWED in step.effects,
             )
         return actions
 
@@ -1070,6 +1071,7 @@ class JobStore:
         start_delay_ms: int,
         claimed: bool,
         in_runs: bool = False,
+        keeps_owed: bool = False,
     ) -> list[Action]:
         """The attribute updates of one :class:`Effect` of a transition of ``job``;
         ``claimed``: the same write claims the attempt's run; ``in_runs``: the job stays in
@@ -1124,9 +1126,11 @@ class JobStore:
             case Effect.REOPEN | Effect.FORGET_RUN:
                 return _rerun_actions(effect, attempt)
             case Effect.FINISH:  # passed, failed or cancelled
-                return self._finish_actions(now, outcome, in_runs=in_runs)
+                return self._finish_actions(now, outcome, in_runs=in_runs, keeps_owed=keeps_owed)
             case Effect.KEEP_IN_RUNS:
                 return [JobModel.deadline_shard.set(RUN_SHARD), JobModel.deadline_at.set(now)]
+            case Effect.KEEP_OWED:
+                return []  # the finish leaves ``pipeline_owed`` as it is
             case Effect.HOLD_SLOT:
                 # Until its run is known stopped; the sparse `held_slots` index lets the
                 # reconciliation find it if the record that frees the slot is lost.
@@ -1142,7 +1146,9 @@ class JobStore:
             case _:
                 assert_never(effect)
 
-    def _finish_actions(self, now: int, outcome: Outcome, *, in_runs: bool) -> list[Action]:
+    def _finish_actions(
+        self, now: int, outcome: Outcome, *, in_runs: bool, keeps_owed: bool
+    ) -> list[Action]:
         """A finish: its time and expiry, out of the queue, deadline and approval indexes (a
         cancelled pipeline run stays in the running pipelines' until its steps ended), the
         outcome."""
@@ -1150,7 +1156,7 @@ class JobStore:
         actions: list[Action] = [
             JobModel.finished_at.set(now),
             JobModel.expires_at.set(expires),
-            JobModel.pipeline_owed.remove(),
+            *(() if keeps_owed else (JobModel.pipeline_owed.remove(),)),
             JobModel.waiting_repo.remove(),
             *(() if in_runs else (JobModel.deadline_shard.remove(),)),
             *(() if in_runs else (JobModel.deadline_at.remove(),)),

@@ -523,7 +523,8 @@ class Dispatcher:
         expanded = self._pipelines.expand(image)
         if expanded != "config":
             return f"pipeline:{expanded}"
-        outcome = self._activate(job, image)
+        # Its repository known full: its activation could only be refused (a write saved).
+        outcome = "queued" if self._known_full(image) else self._activate(job, image)
         if outcome == "queued":
             # Refused a slot: it waits in its queue, where promotions may now take it.
             with contextlib.suppress(TransitionConflict):

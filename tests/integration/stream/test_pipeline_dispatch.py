@@ -246,3 +246,44 @@ def test_a_cancelled_runs_lost_record_still_cancels_its_steps(store: JobStore) -
     assert set(statuses(store, "run-6").values()) == {"cancelled"}
     assert store.get("run-6").deadline_shard is None  # its steps ended: out of the index
     counters_match_items()
+
+
+def test_a_refused_file_is_read_again_by_an_operators_retry(store: JobStore) -> None:
+    """A bad file fails the run; once it is fixed (here: the commit's file now reads well), an
+    operator's retry reads it again and runs its steps, never the repository's command."""
+    files = Files({"f" * 40: b"steps:\n  - {key: a, command: [true], needs: [b]}\n"})
+    dispatcher = engine(store, files)
+    deliver(store, "run-7", "f" * 40)
+    dispatcher.handle_record(record("run-7"))
+    failed = store.get("run-7")
+    assert (str(failed.reason), failed.pipeline_owed) == ("pipeline_invalid", True)
+    files.by_sha["f" * 40] = FILE
+    before = image("run-7")
+    store.transition(store.state("run-7"), Trigger.RETRY, actor="operator")
+    assert dispatcher.handle_record(record("run-7", before)) == ["pipeline:expanded"]
+    run = store.get("run-7")
+    assert (str(run.status), int(run.step_count), int(run.attempt)) == ("active", 4, 2)
+    counters_match_items()
+
+
+def test_an_owed_job_of_a_full_repository_tries_no_activation(store: JobStore) -> None:
+    """No file and the repository known full: the job only stops being owed (one write) and
+    waits in its queue; its activation, which could only be refused, is not sent."""
+    files = Files({})
+    dispatcher = engine(store, files)
+    for job_id in ("busy-1", "busy-2", "waits"):
+        deliver(store, job_id, "9" * 40 if job_id == "waits" else "8" * 40)
+    assert dispatcher.handle_record(record("busy-1")) == ["activated"]
+    assert dispatcher.handle_record(record("busy-2")) == ["activated"]  # the limit is 2
+    store.create(  # a third job finds the repository full (and the dispatcher learns it)
+        NewJob(job_id="plain", repo=REPO, event="push", sha="7" * 40, timeout_seconds=600)
+    )
+    assert dispatcher.handle_record(record("plain")) == ["queued"]
+    writes: list[str] = []
+    store.connection.client.meta.events.register(
+        "before-call.dynamodb",
+        lambda model, **_: writes.append(model.name) if "Write" in model.name else None,
+    )
+    assert dispatcher.handle_record(record("waits")) == ["queued"]
+    assert writes == [] and store.get("waits").pipeline_owed is None
+    counters_match_items()
