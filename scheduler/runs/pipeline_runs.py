@@ -82,7 +82,26 @@ _TAG_PREFIX = "refs/tags/"
 _CONTENDED_TRIES = 5
 _HOLD_TRIES = 32
 _FAILED = ("failed", "cancelled")
-_BATCHED = (Trigger.UNBLOCK, Trigger.SKIP)  # a fan-in's: neither a slot nor an attempt
+_BATCHED = (Trigger.UNBLOCK, Trigger.SKIP)
+
+FAN_IN_ATTRIBUTES = (
+    # What a fan-in reads of each step: its definition, its status as its dependents see it,
+    # and what its guarded move needs (JobState). Not its history, the bulk of an item, which
+    # grows with every transition: the 50 steps of a run are read at every step's end.
+    "job_id",
+    "repo",
+    "status",
+    "version",
+    "attempt",
+    "timeout_seconds",
+    "received_at",
+    "priority",
+    "start_delay_ms",
+    "step_count",
+    "held_shard",
+    "step_key",
+    "step",
+)  # a fan-in's: neither a slot nor an attempt
 
 
 def step_retry(job: JobModel) -> RetryPolicy | None:
@@ -192,11 +211,15 @@ class PipelineRuns:
         # Up to 99 steps a write; those an earlier fan-out of this run made are left.
         return self._store.create_all(news, actor=self._actor)
 
-    def steps(self, run_id: str, count: int) -> list[JobModel]:
+    def steps(
+        self, run_id: str, count: int, attributes: Sequence[str] | None = None
+    ) -> list[JobModel]:
         """The run's step items, read consistently, in pipeline order (missing ones left out:
-        a fan-out still under way)."""
+        a fan-out still under way); with ``attributes``, only those of each item."""
         ids = [step_id(run_id, index) for index in range(1, count + 1)]
-        found = {item.job_id: item for item in JobModel.batch_get(ids, consistent_read=True)}
+        wanted = list(attributes) if attributes is not None else None
+        read = JobModel.batch_get(ids, consistent_read=True, attributes_to_get=wanted)
+        found = {item.job_id: item for item in read}
         return [found[job_id] for job_id in ids if job_id in found]
 
     def fan_in(self, run: JobModel) -> FanIn:
@@ -207,7 +230,7 @@ class PipelineRuns:
         the fan-in again.
         """
         count = int(run.step_count or 0)
-        items = self.steps(run.job_id, count)
+        items = self.steps(run.job_id, count, FAN_IN_ATTRIBUTES)
         if count == 0 or len(items) < count:
             return FanIn((), (), "running")
         pipeline = pipeline_from_records(_record(item) for item in items)

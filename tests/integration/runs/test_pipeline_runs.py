@@ -328,3 +328,29 @@ def test_moving_steps_together_leaves_out_one_that_moved_since_it_was_read(
     assert [status_of(store, job.job_id) for job in read] == ["pending", "cancelled", "pending"]
     assert store.transition_all(read[:1], Trigger.UNBLOCK, actor="test") == []  # moved since
     counters_match_items(store)
+
+
+def test_a_fan_in_reads_its_steps_without_their_history(store: JobStore) -> None:
+    """Every step's end reads all its run's steps: only what the fan-in needs is read, never
+    the history that grows with each transition."""
+    run = run_job(store)
+    runs = PipelineRuns(store)
+    runs.fan_out(run, FAN)
+    run = store.get(run.job_id)
+    asked: list[dict[str, object]] = []
+
+    def seen(params: dict[str, object], **_: object) -> None:
+        asked.append(params)
+
+    events = JobModel._get_connection().connection.client.meta.events
+    event = "provide-client-params.dynamodb.BatchGetItem"
+    events.register(event, seen)
+    try:
+        assert runs.fan_in(run).unblocked == (step_id(run.job_id, 1),)
+    finally:
+        events.unregister(event, seen)
+    (request,) = asked
+    (table,) = request["RequestItems"].values()  # type: ignore[attr-defined]
+    projection = str(table["ProjectionExpression"])
+    names = {table["ExpressionAttributeNames"][n] for n in projection.replace(" ", "").split(",")}
+    assert "history" not in names and {"status", "version", "step", "held_shard"} <= names
