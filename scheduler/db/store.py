@@ -35,7 +35,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, assert_never
+from typing import Any, Protocol, TypeVar, assert_never
 
 from botocore.exceptions import BotoCoreError, ClientError
 from pynamodb.connection import Connection
@@ -363,13 +363,8 @@ class JobStore:
             raise ValueError(f"jobs created together share a repository and status: {kinds}")
         made: list[str] = []
         for first in range(0, len(news), WRITE_BATCH):
-            batch = list(news[first : first + WRITE_BATCH])
-            while batch:  # each refusal takes at least one job out
-                there = self._create_batch(batch, actor)
-                if not there:
-                    made.extend(new.job_id for new in batch)
-                    break
-                batch = [new for new in batch if new.job_id not in there]
+            batch = news[first : first + WRITE_BATCH]
+            made += _without_refused(batch, lambda part: self._create_batch(part, actor))
         return made
 
     def _create_batch(self, batch: Sequence[NewJob], actor: str) -> set[str]:
@@ -401,11 +396,7 @@ class JobStore:
             log.info("jobs created", extra={"job_id": batch[0].job_id, "count": len(batch)})
             return set()
         # PynamoDB sends the puts first, in the order added: reason i is job i's.
-        codes = zip(batch, reasons[: len(batch)], strict=True)
-        there = {new.job_id for new, code in codes if code == _CONDITION_FAILED}
-        if not there:
-            raise StoreUnavailable(f"{what} from {batch[0].job_id} cancelled: {reasons}")
-        return there
+        return _named_refusals([new.job_id for new in batch], reasons, what)
 
     @staticmethod
     def _new_item(new: NewJob, now: int, actor: str) -> JobModel:
@@ -633,13 +624,7 @@ class JobStore:
             raise ValueError(f"at most {WRITE_BATCH} jobs a transaction, not {len(jobs)}")
         if len({job.repo for job in jobs}) > 1:
             raise ValueError("jobs moved together share a repository")
-        batch = list(jobs)
-        while batch:  # each refusal takes at least one job out
-            refused = self._transition_batch(batch, trigger, actor)
-            if not refused:
-                return [job.job_id for job in batch]
-            batch = [job for job in batch if job.job_id not in refused]
-        return []
+        return _without_refused(jobs, lambda part: self._transition_batch(part, trigger, actor))
 
     def _transition_batch(
         self, batch: Sequence[JobState], trigger: Trigger, actor: str
@@ -664,9 +649,10 @@ class JobStore:
                     attempt=job.attempt,
                     outcome=Outcome(reason=step.reason),
                 )
-                # Each job only if it is still exactly what the caller read.
-                condition = (JobModel.status == job.status.value) & (
-                    JobModel.version == job.version
+                # Each job only if it is still exactly what the caller read (and what its
+                # row asks besides, as for one transition).
+                condition = _guarded(
+                    step, (JobModel.status == job.status.value) & (JobModel.version == job.version)
                 )
                 tx.update(JobModel(job.job_id), actions=actions, condition=condition)
             # The counters move with the jobs, all of them at once.
@@ -686,11 +672,7 @@ class JobStore:
                     },
                 )
             return set()
-        codes = zip(batch, reasons[: len(batch)], strict=True)
-        refused = {job.job_id for job, code in codes if code == _CONDITION_FAILED}
-        if not refused:
-            raise StoreUnavailable(f"{what} from {batch[0].job_id} cancelled: {reasons}")
-        return refused
+        return _named_refusals([job.job_id for job in batch], reasons, what)
 
     def claim_run(self, job: JobState, run_id: str, log_location: str | None = None) -> None:
         """Record that ``run_id`` runs ``job``'s current attempt, or :class:`RunAlreadyClaimed`.
@@ -1238,6 +1220,37 @@ class JobStore:
             except PynamoDBException as exc:
                 raise StoreUnavailable(f"{what} of job {job_id} failed: {cause(exc)}") from exc
         raise StoreContended(f"{what} of job {job_id}: items stayed contended, retry later")
+
+
+class _Keyed(Protocol):
+    @property
+    def job_id(self) -> str: ...
+
+
+_K = TypeVar("_K", bound=_Keyed)
+
+
+def _without_refused(batch: Sequence[_K], send: Callable[[list[_K]], set[str]]) -> list[str]:
+    """Send ``batch`` as one write; while a refusal names jobs (there already, or moved since
+    they were read), send it again without them. The ids written (each refusal takes at
+    least one job out, so this ends)."""
+    left = list(batch)
+    while left:
+        refused = send(left)
+        if not refused:
+            return [job.job_id for job in left]
+        left = [job for job in left if job.job_id not in refused]
+    return []
+
+
+def _named_refusals(job_ids: Sequence[str], reasons: list[str], what: str) -> set[str]:
+    """The jobs a cancelled batch transaction names (its job items first, in order: reason
+    ``i`` is job ``i``'s); none named means the store's own refusal."""
+    codes = zip(job_ids, reasons[: len(job_ids)], strict=True)
+    refused = {job_id for job_id, code in codes if code == _CONDITION_FAILED}
+    if not refused:
+        raise StoreUnavailable(f"{what} from {job_ids[0]} cancelled: {reasons}")
+    return refused
 
 
 def _guarded(step: TransitionPlan, job_condition: Condition) -> Condition:
