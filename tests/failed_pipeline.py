@@ -38,14 +38,15 @@ def end(store: JobStore, job_id: str, trigger: Trigger = Trigger.PASS) -> None:
     settle(store, job_id.rsplit(".", 1)[0])
 
 
-def red_run(store: JobStore, repo: str, job_id: str = "gh-red") -> str:
-    """RED on main: lint passes, unit fails, e2e (after unit) is skipped; the run failed."""
+def expanded_run(store: JobStore, text: str, *, repo: str, job_id: str, sha: str = "e" * 40) -> str:
+    """A delivery's job (on main) made a pipeline run of ``text`` as the engine makes it: its
+    steps out, the run active, its first fan-in done."""
     store.create(
         NewJob(
             job_id=job_id,
             repo=repo,
             event="push",
-            sha="e" * 40,
+            sha=sha,
             timeout_seconds=600,
             ref="refs/heads/main",
             branch="main",
@@ -53,9 +54,15 @@ def red_run(store: JobStore, repo: str, job_id: str = "gh-red") -> str:
             pipeline_owed=True,
         )
     )
-    PipelineRuns(store).fan_out(store.get(job_id), parse_pipeline(RED.encode()))
+    PipelineRuns(store).fan_out(store.get(job_id), parse_pipeline(text.encode()))
     store.transition(store.state(job_id), Trigger.EXPAND, actor="test")
     settle(store, job_id)
+    return job_id
+
+
+def red_run(store: JobStore, repo: str, job_id: str = "gh-red") -> str:
+    """RED on main: lint passes, unit fails, e2e (after unit) is skipped; the run failed."""
+    expanded_run(store, RED, repo=repo, job_id=job_id)
     end(store, step_id(job_id, 1))
     end(store, step_id(job_id, 2), Trigger.FAIL)
     assert str(store.get(job_id).status) == "failed"

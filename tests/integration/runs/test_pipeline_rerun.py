@@ -7,17 +7,16 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from typing import NoReturn
 
 import pytest
+from failed_pipeline import end, settle
+from failed_pipeline import expanded_run as shared_expanded_run
 
 from scheduler.db.models import RUN_SHARD, JobModel, RepoModel
 from scheduler.db.queries import Queries
 from scheduler.db.store import JobState, JobStore, NewJob, Outcome
 from scheduler.errors import JobNotFound, RerunRefused
-from scheduler.pipelines import Pipeline, parse_pipeline
 from scheduler.runs.operations import Changed, Operations
-from scheduler.runs.pipeline_driver import PipelineDriver
 from scheduler.runs.pipeline_runs import PipelineRuns, Rerun, step_id
 from state_machines import JobStatus, TransitionConflict, Trigger
 
@@ -41,49 +40,12 @@ steps:
 """
 
 
-def _no_file() -> NoReturn:
-    raise AssertionError("a re-run reads no pipeline file")
-
-
-def driver(store: JobStore) -> PipelineDriver:
-    return PipelineDriver(store, _no_file, lambda repo: _no_file())
-
-
 def operations(store: JobStore) -> Operations:
     return Operations(store, Queries())
 
 
 def expanded_run(store: JobStore, text: str, job_id: str = "gh-run") -> str:
-    """A delivery's job made a pipeline run as the engine makes it: steps out, run active,
-    its first fan-in done."""
-    store.create(
-        NewJob(
-            job_id=job_id,
-            repo=REPO,
-            event="push",
-            sha="c" * 40,
-            timeout_seconds=600,
-            ref="refs/heads/main",
-            branch="main",
-            delivery_id=job_id,
-            pipeline_owed=True,
-        )
-    )
-    pipeline: Pipeline = parse_pipeline(text.encode())
-    PipelineRuns(store).fan_out(store.get(job_id), pipeline)
-    store.transition(store.state(job_id), Trigger.EXPAND, actor="test")
-    driver(store).settle(job_id)
-    return job_id
-
-
-def end(store: JobStore, job_id: str, trigger: Trigger = Trigger.PASS) -> None:
-    """A queued step runs to its end as the engine runs it (a failure's verdict: no retry)."""
-    job = store.transition(store.state(job_id), Trigger.ACTIVATE, actor="test", slot_limit=10)
-    outcome = Outcome(reason="exit_code", exit_code=1) if trigger is Trigger.FAIL else None
-    done = store.transition(job, trigger, actor="test", outcome=outcome)
-    if trigger is Trigger.FAIL:
-        store.settle_retry_verdict(done)
-    driver(store).settle(job_id.rsplit(".", 1)[0])
+    return shared_expanded_run(store, text, repo=REPO, job_id=job_id, sha="c" * 40)
 
 
 def failed_fan(store: JobStore, job_id: str = "gh-run") -> str:
@@ -145,7 +107,7 @@ def test_retry_failed_reruns_the_failed_steps_and_what_follows_them(store: JobSt
     counters_match_items(store)
     # The fan-in decides them anew: the failed variant runs; passing, what follows it runs
     # (deploy too: its need failed no more), and the run passes.
-    assert driver(store).settle(run_id) == "running"
+    assert settle(store, run_id) == "running"
     assert steps_of(store, run_id)["test[python=3.11]"] == ("pending", 2)
     end(store, step_id(run_id, 2))
     assert steps_of(store, run_id)["report"] == ("pending", 2)
@@ -244,7 +206,7 @@ def test_a_fan_in_that_read_the_steps_before_a_step_rerun_cannot_end_the_run(
     assert done.steps == ("a", "c") and (done.status, done.attempt) == ("active", 1)
     with pytest.raises(TransitionConflict):
         store.transition(stale, Trigger.FAIL, actor="stale fan-in")
-    assert driver(store).settle(run_id) == "running"
+    assert settle(store, run_id) == "running"
     assert steps_of(store, run_id) == {"a": ("pending", 2), "b": ("passed", 1), "c": ("blocked", 1)}
     counters_match_items(store)
 
@@ -277,7 +239,7 @@ def test_a_run_ended_meanwhile_by_a_stale_fan_in_is_rerun(store: JobStore) -> No
         ("active", "failed"),
         ("failed", "active"),
     ]
-    assert driver(racing).settle(run_id) == "running"
+    assert settle(racing, run_id) == "running"
     assert steps_of(racing, run_id)["a"] == ("pending", 2)
 
 
@@ -290,7 +252,7 @@ def test_a_step_of_a_passed_run_reruns_with_what_follows_it(store: JobStore) -> 
     done = operations(store).retry(step_id(run_id, 1))
     assert isinstance(done, Rerun) and (done.previous_status, done.status) == ("passed", "active")
     assert steps_of(store, run_id) == {"a": ("blocked", 2), "b": ("passed", 1), "c": ("blocked", 2)}
-    driver(store).settle(run_id)
+    settle(store, run_id)
     end(store, step_id(run_id, 1))
     end(store, step_id(run_id, 3))
     assert (str(store.get(run_id).status), int(store.get(run_id).attempt)) == ("passed", 2)
@@ -330,11 +292,11 @@ def test_a_cancelled_run_reruns_its_cancelled_steps(store: JobStore) -> None:
     run_id = expanded_run(store, SPLIT)
     end(store, step_id(run_id, 2))
     store.transition(store.state(run_id), Trigger.CANCEL, actor="operator")
-    assert driver(store).settle(run_id) == "cancelled"
+    assert settle(store, run_id) == "cancelled"
     done = operations(store).retry_failed_steps(run_id)
     assert done.steps == ("a", "c") and done.previous_status == "cancelled"
     assert steps_of(store, run_id) == {"a": ("blocked", 2), "b": ("passed", 1), "c": ("blocked", 2)}
-    assert driver(store).settle(run_id) == "running"
+    assert settle(store, run_id) == "running"
     counters_match_items(store)
 
 
@@ -372,7 +334,7 @@ def test_reruns_racing_fan_ins_leave_each_step_decided_once(store: JobStore) -> 
         barrier.wait()
         try:
             for _ in range(5):
-                driver(store).settle(run_id)
+                settle(store, run_id)
         except BaseException as exc:  # reported below
             errors.append(exc)
 
@@ -383,7 +345,7 @@ def test_reruns_racing_fan_ins_leave_each_step_decided_once(store: JobStore) -> 
     for thread in threads:
         thread.join(120)
     assert errors == []
-    driver(store).settle(run_id)  # the fan-in the run's re-run record makes
+    settle(store, run_id)  # the fan-in the run's re-run record makes
     assert moves(store, run_id, "failed", "active") == 1
     assert str(store.get(run_id).status) == "active"
     failed = step_id(run_id, 2)
