@@ -19,6 +19,7 @@ __all__ = [
     "ConfigurationError",
     "CsrfRejected",
     "DomainError",
+    "GroupBusy",
     "GuardRefused",
     "HeadersTooLarge",
     "InvalidArgument",
@@ -135,6 +136,16 @@ class RepositoryFull(GuardRefused):
         super().__init__(f"repository {repo} has no free slot (limit {limit})")
         self.repo = repo
         self.limit = limit
+
+
+class GroupBusy(GuardRefused):
+    """Activation found the job's concurrency group held (another of its jobs holds a slot):
+    the job stays pending (queued) until that job's end promotes the queue again."""
+
+    def __init__(self, repo: str, group: str) -> None:
+        super().__init__(f"concurrency group {group!r} of repository {repo} is busy")
+        self.repo = repo
+        self.group = group
 
 
 class HandOffRefused(GuardRefused):

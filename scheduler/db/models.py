@@ -190,6 +190,9 @@ class JobModel(Model):
     # file): it is neither activated nor promoted until the file is read (the activation, an
     # expansion or a refusal takes this off).
     pipeline_owed = BooleanAttribute(null=True)
+    # A step of a ``concurrency_group``: it runs only while no other job of its repository's
+    # group holds a slot (the group's item in the repos table names the last job to take it).
+    concurrency_group = UnicodeAttribute(null=True)
 
     queue_repo = UnicodeAttribute(null=True)
     queue_shard = UnicodeAttribute(null=True)
@@ -250,6 +253,9 @@ class RepoModel(Model):
     last_job_id = UnicodeAttribute(null=True)
     last_received_at = NumberAttribute(null=True)
     queue_shard = UnicodeAttribute(null=True)  # QUEUED_SHARD while it may have queued jobs
+    # A concurrency group's item (``group#<repo>#<name>``): the job that took it last. The
+    # group is free once that job holds no slot any more (see ``JobStore.activate``).
+    holder = UnicodeAttribute(null=True)
 
     with_queue = WithQueueIndex()
 

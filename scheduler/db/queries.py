@@ -41,7 +41,7 @@ from pynamodb.expressions.condition import Condition
 
 from scheduler.db.installations import INSTALLED_PREFIX
 from scheduler.db.models import HistoryEntry, JobModel, RepoModel, count_attribute, step_id
-from scheduler.db.store import TRIGGER_PREFIX
+from scheduler.db.store import GROUP_PREFIX, TRIGGER_PREFIX
 from scheduler.errors import (
     ConfigurationError,
     InvalidArgument,
@@ -56,10 +56,13 @@ from state_machines import JobStatus
 
 log = logging.getLogger(__name__)
 
-# The repos table's items that are not a repository's counters: the webhook's trigger guards
-# and the App's installed repositories (scheduler.db.installations). Scans leave them out.
-_COUNTERS_ONLY = ~RepoModel.repo.startswith(TRIGGER_PREFIX) & ~RepoModel.repo.startswith(
-    INSTALLED_PREFIX
+# The repos table's items that are not a repository's counters: the webhook's trigger guards,
+# the concurrency groups' items and the App's installed repositories
+# (scheduler.db.installations). Scans leave them out.
+_COUNTERS_ONLY = (
+    ~RepoModel.repo.startswith(TRIGGER_PREFIX)
+    & ~RepoModel.repo.startswith(GROUP_PREFIX)
+    & ~RepoModel.repo.startswith(INSTALLED_PREFIX)
 )
 
 DEFAULT_LIMIT = 20

@@ -17,6 +17,7 @@ the caller needs on the error; nothing is written then. The family:
 - :class:`TransitionConflict` — the job moved since it was read (a lost race, a duplicate or
   stale stream record, a late run report);
 - :class:`RepositoryFull` — activation found no free slot (the job stays queued);
+- :class:`GroupBusy` — activation found the job's concurrency group held (it stays queued);
 - :class:`JobExists` — the delivery's job is already there;
 - :class:`TriggerSeen` — another job holds the trigger (``job_id`` names it);
 - :class:`RunAlreadyClaimed` — another starter claimed the attempt's run;
@@ -58,6 +59,7 @@ from scheduler.db.models import (
 )
 from scheduler.db.reads import JobReads, cause, job_table
 from scheduler.errors import (
+    GroupBusy,
     HandOffRefused,
     JobExists,
     RepositoryFull,
@@ -131,6 +133,8 @@ class NewJob:
     step: str | None = None
     # The commit's pipeline file is to be read before the job may be activated.
     pipeline_owed: bool = False
+    # A step's ``concurrency_group``: one job of the repository's group holds a slot at a time.
+    concurrency_group: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +156,8 @@ class JobState:
     start_delay_ms: int = 0
     # A pipeline run (its steps were made): it moves by the lifecycle's rows for runs.
     pipeline_run: bool = False
+    # A step of a concurrency group: its activation takes the group too.
+    concurrency_group: str | None = None
 
     @classmethod
     def from_model(cls, job: JobModel) -> JobState:
@@ -166,6 +172,7 @@ class JobState:
             priority=int(job.priority or 0),
             start_delay_ms=int(job.start_delay_ms or 0),
             pipeline_run=job.step_count is not None,
+            concurrency_group=job.concurrency_group,
         )
 
 
@@ -210,6 +217,16 @@ class HandOff:
 
 TRIGGER_PREFIX = "trigger#"
 """Key prefix of trigger guards in the repos table (which has no stream)."""
+
+GROUP_PREFIX = "group#"
+"""Key prefix of concurrency groups' items in the repos table (see :func:`group_key`)."""
+
+
+def group_key(repo: str, group: str) -> str:
+    """The repos-table key of ``repo``'s concurrency group ``group`` (groups are per
+    repository: one deploy at a time across all its branches)."""
+    return f"{GROUP_PREFIX}{repo}#{group}"
+
 
 WRITE_BATCH = 99
 """Jobs one transaction of :meth:`JobStore.create_all` or :meth:`JobStore.transition_all`
@@ -435,6 +452,7 @@ class JobStore:
             step_key=new.step_key,
             step=new.step,
             pipeline_owed=True if new.pipeline_owed else None,
+            concurrency_group=new.concurrency_group,
         )
 
     def _guard_owner(self, guard_item: str, job_id: str) -> str:
@@ -454,7 +472,9 @@ class JobStore:
         claim: RunClaimed | None = None,
         alone: bool = False,
     ) -> JobState:
-        """``pending -> active`` if the repository has a free slot, else :class:`RepositoryFull`.
+        """``pending -> active`` if the repository has a free slot, else :class:`RepositoryFull`;
+        for a job of a concurrency group, also only if no other job of its group holds a slot
+        (else :class:`GroupBusy`), taking the group in the same write.
 
         With ``claim`` the activation is also the claim of the attempt's run (what
         :meth:`claim_run` writes, in the same write), naming the runner that starts it when
@@ -543,20 +563,9 @@ class JobStore:
         if started_at is not None:
             job_actions.append(JobModel.started_at.set(started_at))
         steps = [step]
+        group = self._group_take(job) if step.slot_delta > 0 else None
         if hand_off is not None:
-            if step.slot_delta >= 0:
-                raise ValueError("only a transition that frees a slot can hand it on")
-            next_step = plan(hand_off.job.status, Trigger.ACTIVATE, hand_off.job.job_id)
-            next_actions = self._job_actions(
-                job=hand_off.job,
-                step=next_step,
-                now=now,
-                actor=actor,
-                attempt=hand_off.job.attempt,
-                outcome=Outcome(reason=next_step.reason),
-                claimed=True,
-            )
-            next_actions += hand_off.claim.actions()
+            next_step, next_actions = self._hand_off_plan(hand_off, step, now=now, actor=actor)
             steps.append(next_step)
             slot_limit = hand_off.slot_limit
         repo_actions, repo_condition = self._repo_changes(steps, slot_limit)
@@ -583,12 +592,16 @@ class JobStore:
                     & (JobModel.version == hand_off.job.version)
                     & (JobModel.repo == job.repo),
                 )
+            if group is not None:
+                group.add_to(tx)
 
         items: list[dict[str, Any] | None] = []
         reasons = self._commit(build, job_id=job.job_id, what=str(step.trigger), items=items)
         if reasons is not None:
             counters = items if alone else None
-            raise _refusal(reasons, job, step, slot_limit, hand_off, counters=counters)
+            raise _refusal(
+                reasons, job, step, slot_limit, hand_off=hand_off, group=group, counters=counters
+            )
         if hand_off is not None:
             log.info(
                 "slot handed on",
@@ -606,6 +619,35 @@ class JobStore:
         if step.dest is JobStatus.PENDING:
             job = replace(job, start_delay_ms=start_delay_ms)
         return replace(job, status=step.dest, version=job.version + 1, attempt=attempt)
+
+    def _hand_off_plan(
+        self, hand_off: HandOff, step: TransitionPlan, *, now: int, actor: str
+    ) -> tuple[TransitionPlan, list[Action]]:
+        """The activation of the job a finish hands its slot to, as a plan and its actions."""
+        if step.slot_delta >= 0:
+            raise ValueError("only a transition that frees a slot can hand it on")
+        if hand_off.job.concurrency_group is not None:
+            raise ValueError("a job of a concurrency group is never handed a slot")
+        next_step = plan(hand_off.job.status, Trigger.ACTIVATE, hand_off.job.job_id)
+        next_actions = self._job_actions(
+            job=hand_off.job,
+            step=next_step,
+            now=now,
+            actor=actor,
+            attempt=hand_off.job.attempt,
+            outcome=Outcome(reason=next_step.reason),
+            claimed=True,
+        )
+        return next_step, next_actions + hand_off.claim.actions()
+
+    def _group_take(self, job: JobState) -> _GroupTake | None:
+        """What an activation of ``job`` writes to take its concurrency group (None: it has
+        none): the holder is read first, consistently, as the take is conditioned on it."""
+        if job.concurrency_group is None:
+            return None
+        key = group_key(job.repo, job.concurrency_group)
+        holder = self.reads.repos_attribute(key, "holder", what=f"concurrency group {key}")
+        return _GroupTake(key, job.job_id, holder.get("S"))
 
     def transition_all(
         self, jobs: Sequence[JobState], trigger: Trigger, *, actor: str
@@ -1222,6 +1264,45 @@ class JobStore:
         raise StoreContended(f"{what} of job {job_id}: items stayed contended, retry later")
 
 
+@dataclass(frozen=True, slots=True)
+class _GroupTake:
+    """An activation's take of its concurrency group, as items of its transaction.
+
+    The group's item names the last job that took it (``holder``); the group is free once that
+    job holds no slot (it is not active, nor a finished job whose run may still go). So the
+    take is: the item names this job, only if it still names the holder read, and only if
+    that holder holds no slot now. Nothing ever has to give the group back: a job that ends
+    frees it in its finishing write, and no lost record can leave it taken. Two activations
+    racing for it are serialized on the item: one is refused.
+    """
+
+    key: str
+    job_id: str
+    holder: str | None
+
+    @property
+    def checks(self) -> int:
+        """Condition checks among the items (DynamoDB's transactions put them first)."""
+        # The job itself (a retry takes the group again): its own condition, pending and as
+        # read, already says it holds no slot.
+        return 0 if self.holder in (None, self.job_id) else 1
+
+    def add_to(self, tx: TransactWrite) -> None:
+        if self.checks:
+            holds_none = (JobModel.status != JobStatus.ACTIVE.value) & (
+                JobModel.slot_held.does_not_exist()
+            )
+            tx.condition_check(
+                JobModel, self.holder, condition=JobModel.job_id.does_not_exist() | holds_none
+            )
+        named = (
+            RepoModel.holder.does_not_exist()
+            if self.holder is None
+            else RepoModel.holder == self.holder
+        )
+        tx.update(RepoModel(self.key), actions=[RepoModel.holder.set(self.job_id)], condition=named)
+
+
 class _Keyed(Protocol):
     @property
     def job_id(self) -> str: ...
@@ -1290,13 +1371,20 @@ def _refusal(
     job: JobState,
     step: TransitionPlan,
     slot_limit: int | None,
-    hand_off: HandOff | None,
     *,
+    hand_off: HandOff | None,
+    group: _GroupTake | None = None,
     counters: Sequence[dict[str, Any] | None] | None = None,
 ) -> Exception:
     """Why a transition's transaction was cancelled (the reasons follow its items: the job,
-    its repository, the job it hands its slot to). ``counters``: what the refused items of an
-    activation that must not overtake the queue returned (a free slot then means a queue)."""
+    its repository, the job it hands its slot to or its concurrency group's items).
+    ``counters``: what the refused items of an activation that must not overtake the queue
+    returned (a free slot then means a queue)."""
+    if group is not None and group.checks:
+        # Condition checks go first in a transaction: read the other items by position.
+        reasons = reasons[group.checks :] + reasons[: group.checks]
+        if counters is not None:
+            counters = [*counters[group.checks :], *counters[: group.checks]]
     if reasons[0] == _CONDITION_FAILED:
         return TransitionConflict(job.job_id, str(step.trigger))
     if hand_off is not None and _CONDITION_FAILED in reasons[1:]:
@@ -1306,6 +1394,9 @@ def _refusal(
         if counters is not None and _slot_was_free(counters, slot_limit):
             return QueueAhead(job.repo, slot_limit)
         return RepositoryFull(job.repo, slot_limit)
+    if group is not None and _CONDITION_FAILED in reasons[2:]:
+        assert job.concurrency_group is not None
+        return GroupBusy(job.repo, job.concurrency_group)
     return StoreUnavailable(f"{step.trigger} of job {job.job_id} cancelled: {reasons}")
 
 

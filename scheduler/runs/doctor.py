@@ -1,10 +1,12 @@
 """``scheduler doctor``: compares every repository's counters with its jobs, and finds strandings.
 
 The counters move in the same transactions as the jobs they count, so any difference is a
-defect (or an item edited by hand). Strandings are what the stream and the reconciliation
-should have settled by now, each older than ``stranded_after_ms``:
+defect (or an item edited by hand); so is a concurrency group with two jobs holding slots.
+Strandings are what the stream and the reconciliation should have settled by now, each older
+than ``stranded_after_ms``:
 
-- a queued job while its repository has a free slot (a lost promotion the sweep missed);
+- a queued job while its repository has a free slot (a lost promotion the sweep missed), unless
+  another job of its concurrency group holds a slot;
 - a finished job still holding a slot (a cancelled run whose stop is not confirmed);
 - an active job past its deadline (the reaper did not judge it).
 
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 QUEUED_WITH_FREE_SLOT = "queued_with_free_slot"
 HOLDS_SLOT_AFTER_FINISH = "holds_slot_after_finish"
 PAST_DEADLINE = "past_deadline"
+GROUP_COUNTER = "group:"  # a drift's counter for a concurrency group: "group:<name>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +124,12 @@ def examine(
     recorded_running = int(counters.running or 0)
     if recorded_running != held:
         drift.append(Drift(repo, "running", recorded_running, held))
+    # A concurrency group lets one of its jobs hold a slot at a time: more is a defect.
+    holding = Counter(job.concurrency_group for job in jobs if _holds_slot(job))
+    busy_groups = {group for group in holding if group is not None}
+    for group in sorted(busy_groups):
+        if holding[group] > 1:
+            drift.append(Drift(repo, f"{GROUP_COUNTER}{group}", 1, holding[group]))
 
     limit = int(counters.slot_limit) if counters.slot_limit is not None else None
     slot_free = limit is None or held < limit
@@ -128,7 +137,8 @@ def examine(
     stranded = []
     for job in sorted(jobs, key=lambda j: int(j.received_at)):
         problem, since = None, None
-        if job.status == JobStatus.PENDING.value and slot_free:
+        waits_for_group = job.concurrency_group in busy_groups
+        if job.status == JobStatus.PENDING.value and slot_free and not waits_for_group:
             problem, since = QUEUED_WITH_FREE_SLOT, int(job.updated_at or job.received_at)
         elif job.status != JobStatus.ACTIVE.value and _holds_slot(job):
             problem, since = HOLDS_SLOT_AFTER_FINISH, int(job.finished_at or job.updated_at or 0)

@@ -204,6 +204,7 @@ class PipelineRuns:
                 status=JobStatus.BLOCKED,
                 run_of=run.job_id,
                 step_key=step.key,
+                concurrency_group=step.concurrency_group,
                 step=json.dumps(step_record(step), separators=(",", ":")),
             )
             for index, step in enumerate(pipeline.steps, 1)

@@ -8,6 +8,10 @@ a promise: every hand-off is conditioned on the job being as read, so a job that
 its record promotes the queue), and the repository's heads are read again. A short lifetime
 bounds how long a newer job of higher priority waits behind the jobs read before it.
 
+A job of a concurrency group at the head of the queue is never handed a slot: whether its group
+is free cannot be known in the finish's write (see ``JobStore.activate``), so the finish is made
+on its own and its record promotes the queue, in its order.
+
 A job given out stays pending until its hand-off commits, which under load takes a good part
 of a second: it is reserved (:mod:`scheduler.runs.reservations`, shared with the dispatcher's
 promotions) until the hand-off is settled, and a read skips the jobs reserved, or two writers
@@ -72,6 +76,10 @@ class QueueHeads:
             if not read.jobs or now - read.at > self._max_age_ms:
                 self._read(repo, read, now)
             while read.jobs:
+                if read.jobs[0].concurrency_group is not None:
+                    # Its group may be held: a hand-off could not take it in the finish's
+                    # write. The finish goes alone and its record promotes the queue in order.
+                    return None
                 job = read.jobs.popleft()
                 if self._reservations.reserve(job.job_id):
                     return QueueHead(job, read.at)

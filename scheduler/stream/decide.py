@@ -261,8 +261,10 @@ def decide(
             case Reaction.RELEASE_SLOT:
                 actions.append(ReleaseSlot(job))
             case Reaction.PROMOTE_QUEUED:
-                # Not when the finishing transaction handed its slot on itself.
-                actions += [] if handed_on else [PromoteQueued(job.repo)]
+                # Not when the finishing transaction handed its slot on itself, unless the
+                # job freed its concurrency group too: the group's queued jobs are owed it.
+                owed = not handed_on or job.concurrency_group is not None
+                actions += [PromoteQueued(job.repo)] if owed else []
             case Reaction.RELEASE_TRIGGER:
                 actions += [ReleaseTrigger(job, trigger_key)] if trigger_key else []
             case Reaction.RETRY_POLICY:

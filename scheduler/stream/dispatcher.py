@@ -44,6 +44,7 @@ from scheduler.db.outage import is_outage
 from scheduler.db.store import Clock, JobState, JobStore, QueueAhead, RunClaimed, system_clock
 from scheduler.errors import (
     BatchInterrupted,
+    GroupBusy,
     MalformedStreamRecord,
     RepositoryFull,
 )
@@ -129,6 +130,9 @@ SupersedeFor = Callable[[str], SupersedeMode]
 
 OWED_GRACE_MS = 30_000
 """How long a job's own record is left to read its pipeline file before promotions do."""
+GROUP_LOOKAHEAD = 256
+"""Queued jobs of concurrency groups found held that a promotion reads past, at most (a
+pipeline's steps at most): the jobs queued behind them are not stranded while slots are free."""
 
 _OUTAGE_MARGIN_MS = 10_000  # left for the last attempt and the response when time runs out
 
@@ -566,6 +570,13 @@ class Dispatcher:
             self._full.found_full(job.repo)
             log.info("job queued", extra={"job_id": job.job_id, "repo": job.repo})
             return "queued"
+        except GroupBusy as busy:
+            # Stays queued: the end of its group's holder promotes the queue.
+            log.info(
+                "job waits for its concurrency group",
+                extra={"job_id": job.job_id, "group": busy.group},
+            )
+            return "queued"
         return "activated"
 
     def _activate_claiming(
@@ -614,38 +625,54 @@ class Dispatcher:
     def _promote_ids(self, repo: str, stale: list[JobModel] | None = None) -> list[str]:
         """:meth:`_promote`, naming the jobs it activated. Jobs whose pipeline is owed are
         passed over (their own record reads it); those owed for longer than a grace go to
-        ``stale``, for the caller to expand outside the promotion lock."""
+        ``stale``, for the caller to expand outside the promotion lock. Jobs of a concurrency
+        group found held are passed over too, and do not count against the jobs read: the
+        jobs behind them (up to :data:`GROUP_LOOKAHEAD` of them) still get the free slots."""
         limit = self._slot_limit_for(repo)
         activated: list[str] = []
-        promoted = 0
         free: int | None = None  # read once the queue has a candidate
+        busy: set[str] = set()  # concurrency groups found held: their jobs wait, others go on
+        considered = 0
         queued = self._store.reads.queued(
-            repo, limit=self._promote_max, page_size=self._promote_page
+            repo, limit=self._promote_max + GROUP_LOOKAHEAD, page_size=self._promote_page
         )
         for candidate in queued:
             job = JobState.from_model(candidate)
-            if job.status is not JobStatus.PENDING:
-                continue  # the index lags the table a little on AWS
-            if candidate.pipeline_owed:
-                if stale is not None and job.received_at < self._clock() - OWED_GRACE_MS:
-                    stale.append(candidate)
+            if job.concurrency_group in busy:
+                continue
+            considered += 1
+            if considered > self._promote_max:
+                break
+            if not self._promotable(job, candidate, stale):
                 continue
             if free is None:
                 # The counters say how many activations can succeed; the rest would only be
                 # refused. A count that is stale either way is safe: each activation checks it
                 # in its own write, and whoever frees a slot later promotes after it.
                 free = limit - self._store.reads.slots_in_use(repo)
-            if promoted >= free:
+            if len(activated) >= free:
                 break
             try:
                 self._activate_claiming(job, candidate, limit)
             except TransitionConflict:
                 continue
+            except GroupBusy as held:
+                busy.add(held.group)
+                continue
             except RepositoryFull:
                 self._full.found_full(repo)
                 break
-            promoted += 1
             activated.append(job.job_id)
-        if promoted:
-            log.info("queue promoted", extra={"repo": repo, "promoted": promoted})
+        if activated:
+            log.info("queue promoted", extra={"repo": repo, "promoted": len(activated)})
         return activated
+
+    def _promotable(self, job: JobState, candidate: JobModel, stale: list[JobModel] | None) -> bool:
+        """Whether a queued job read from the index may be activated now."""
+        if job.status is not JobStatus.PENDING:
+            return False  # the index lags the table a little on AWS
+        if candidate.pipeline_owed:
+            if stale is not None and job.received_at < self._clock() - OWED_GRACE_MS:
+                stale.append(candidate)
+            return False
+        return True
