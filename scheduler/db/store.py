@@ -364,6 +364,7 @@ class JobStore:
             timeout_seconds=new.timeout_seconds,
             received_at=now,
             priority=new.priority,
+            concurrency_group=new.concurrency_group,
         )
 
     def create_all(self, news: Sequence[NewJob], *, actor: str) -> list[str]:
