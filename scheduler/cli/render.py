@@ -250,6 +250,8 @@ def job_view(
     if job.run_of is not None:
         rows.append(("pipeline run", job.run_of))
         rows.append(("step", job.step_key or EMPTY))
+    if job.concurrency_group is not None:
+        rows.append(("concurrency group", f"{job.concurrency_group} (one of its jobs at a time)"))
     if steps is not None and job.step_count is not None:
         progress = StepProgress.count(job.step_count, (step.status for step in steps))
         rows.append(("steps", progress_text(progress)))

@@ -349,6 +349,8 @@ class JobSummary:
     run_of: str | None = field(default=None, kw_only=True)
     step_key: str | None = field(default=None, kw_only=True)
     step_count: int | None = field(default=None, kw_only=True)
+    # A step of a concurrency group: one job of the repository's group runs at a time.
+    concurrency_group: str | None = field(default=None, kw_only=True)
 
     @classmethod
     def _fields_from(cls, job: JobModel) -> dict[str, Any]:
@@ -372,6 +374,7 @@ class JobSummary:
             "run_of": job.run_of,
             "step_key": job.step_key,
             "step_count": _int(job.step_count),
+            "concurrency_group": job.concurrency_group,
         }
 
     @classmethod

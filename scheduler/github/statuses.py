@@ -80,13 +80,17 @@ def status_for(
     attempt: int,
     reason: str | None,
     detail: str | None = None,
+    group: str | None = None,
 ) -> tuple[State, str] | None:
     """The commit status a transition reports, as (state, description); None for none.
 
     A failure's description carries its ``detail`` (the run's summary: how it ended and its
-    last line), cut to GitHub's 140 characters.
+    last line), cut to GitHub's 140 characters. A queued step of a concurrency ``group`` says
+    so: it may wait for another of its group's jobs, not for a slot.
     """
     found = _status_for(source, dest, attempt=attempt, reason=reason)
+    if found is not None and dest is JobStatus.PENDING and group is not None:
+        return found[0], _shorten(f"{found[1]} in concurrency group {group}")
     if found is None or dest is not JobStatus.FAILED or not detail:
         return found
     state, description = found
@@ -240,6 +244,7 @@ class CommitStatusObserver:
             attempt=transition.job.attempt,
             reason=image.reason,
             detail=detail,
+            group=image.concurrency_group,
         )
         if found is None:
             return

@@ -527,7 +527,7 @@ steps:
     needs: [build]
     matrix: {n: ["1", "2"]}
   - {key: docs, command: [make, docs], needs: [build], if: "branch == 'main'"}
-  - {key: report, command: [make, report], needs: [test, docs]}
+  - {key: report, command: [make, report], needs: [test, docs], concurrency_group: reports}
 """
 
 
@@ -616,6 +616,9 @@ def test_a_pipeline_runs_page_draws_its_steps_by_depth_with_their_needs(site: Si
         step.text,
     )
     assert 'id="log"' in step.text and "data-pipeline" not in step.text
+    assert "Concurrency group" not in step.text
+    report = site.get("/ui/jobs/gh-run.s5")
+    assert re.search(r"<dt>Concurrency group</dt><dd><span[^>]*>reports</span>", report.text)
     # Its crumbs lead to the run too.
     crumbs = re.search(r'<nav aria-label="Breadcrumb">(.*?)</nav>', step.text, re.S)
     assert crumbs and '<a href="/ui/jobs/gh-run"' in crumbs.group(1)

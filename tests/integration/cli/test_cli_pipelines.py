@@ -143,3 +143,21 @@ def test_status_shows_a_runs_progress(store: JobStore) -> None:
     assert "PIPELINE" in lines["JOB"]
     assert "2/3 steps, 1 failed" in lines[run_id]
     assert "step unit" in lines[step_id(run_id, 2)]
+
+
+def test_show_names_a_steps_concurrency_group(store: JobStore) -> None:
+    text = (
+        "steps:\n"
+        "  - {key: build, command: make}\n"
+        "  - {key: deploy, command: ./deploy, needs: [build], concurrency_group: prod}\n"
+    )
+    run_id = failed_pipeline.expanded_run(store, text, repo=REPO, job_id="gh-group")
+    deploy = run_json("show", step_id(run_id, 2))
+    assert deploy["concurrency_group"] == "prod"
+    assert run_json("show", step_id(run_id, 1))["concurrency_group"] is None
+    human = run("show", step_id(run_id, 2))
+    assert human.returncode == 0, human.stderr
+    assert any(
+        line.split()[:4] == ["concurrency", "group", "prod", "(one"]
+        for line in human.stdout.splitlines()
+    ), human.stdout

@@ -90,6 +90,13 @@ def test_commit_status_per_transition(
     assert status_for(source, dest, attempt=1, reason=reason) == expected
 
 
+def test_a_queued_step_of_a_concurrency_group_says_so() -> None:
+    queued = status_for(JobStatus.BLOCKED, JobStatus.PENDING, attempt=1, reason=None, group="prod")
+    assert queued == ("pending", "Queued in concurrency group prod")
+    running = status_for(JobStatus.PENDING, JobStatus.ACTIVE, attempt=1, reason=None, group="prod")
+    assert running == ("pending", "Running (attempt 1)")
+
+
 def test_status_description_is_capped_at_140_characters() -> None:
     update = StatusUpdate("o/r", "abc", "failure", "x" * 500, "ci/scheduler")
     assert len(update.body()["description"]) == 140
