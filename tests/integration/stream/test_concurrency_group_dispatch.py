@@ -1,0 +1,272 @@
+"""The dispatcher's side of concurrency groups against DynamoDB Local, record by record: a
+promotion passes over the queued jobs of a held group (one refused write per group and pass)
+and gives the free slots to the jobs behind them; a holder's end (a finish, also one that
+handed its slot on, or a cancel once its run is stopped) promotes its group's next job; a
+grouped head of the queue is never handed a slot; a grouped job's own record that finds its
+group held leaves it queued without marking its repository full."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from stream_records import image, record
+
+from scheduler.db.models import RepoModel
+from scheduler.db.store import HandOff, JobState, JobStore, NewJob, RunClaimed, group_key
+from scheduler.db.store import system_clock as now_ms
+from scheduler.local.executor import LocalExecutor
+from scheduler.runs.executor import RunResult
+from scheduler.runs.queue_heads import QueueHeads
+from scheduler.runs.starter import RunStarter
+from scheduler.stream.dispatcher import Dispatcher
+from scheduler.stream.events import StreamRecord
+from scheduler.stream.full_repos import FullRepos
+from scheduler.stream.reconciler import Reconciler
+from scheduler.stream.sweeper import QueueSweeper
+from state_machines import JobStatus, Trigger
+from tests.conftest import counting_activations
+
+REPO = "octo-org/deploys"
+
+
+def new_job(store: JobStore, job_id: str, group: str | None = None) -> JobState:
+    """A pending job of REPO (ids sort in the order the jobs are made: the queue's order)."""
+    return store.create(
+        NewJob(job_id, REPO, "push", "d" * 40, 60, ref="refs/heads/main", concurrency_group=group)
+    )
+
+
+def running(store: JobStore, job_id: str, group: str | None, limit: int) -> JobState:
+    """A job of REPO made and activated, its run claimed (its id names the run)."""
+    new_job(store, job_id, group)
+    return store.activate(store.state(job_id), slot_limit=limit, claim=RunClaimed(f"{job_id}#1"))
+
+
+def status(store: JobStore, job_id: str) -> str:
+    return str(store.get(job_id).status)
+
+
+def holder(group: str) -> str | None:
+    """The job the group's item names (the last to take it)."""
+    return RepoModel.get(group_key(REPO, group), consistent_read=True).holder
+
+
+def slots_in_use() -> int:
+    return int(RepoModel.get(REPO, consistent_read=True).running or 0)
+
+
+def finish(store: JobStore, job_id: str, hand_off: HandOff | None = None) -> StreamRecord:
+    """The job's run passes (as a runner reports it); the finish's stream record."""
+    old = image(job_id)
+    store.finish_run(job_id, REPO, 1, Trigger.PASS, actor="runner", hand_off=hand_off)
+    return record(job_id, old)
+
+
+def test_a_promotion_passes_over_held_groups_trying_each_once(store: JobStore) -> None:
+    """Five slots, two held by the holders of ``deploy`` and ``docs``. The queue's head is
+    theirs: each held group is refused once (its refusal memoized for the pass), and the
+    three free slots go to the ungrouped jobs and the free group's job behind them."""
+    running(store, "held-deploy", "deploy", 5)
+    running(store, "held-docs", "docs", 5)
+    queue = [
+        ("q0", "deploy"),
+        ("q1", "docs"),
+        ("q2", "deploy"),
+        ("q3", None),
+        ("q4", "docs"),
+        ("q5", "lint"),  # a group nobody holds
+        ("q6", None),
+        ("q7", None),
+    ]
+    for job_id, group in queue:
+        new_job(store, job_id, group)
+    attempts = counting_activations(store)
+    dispatcher = Dispatcher(store, slot_limit_for=lambda _repo: 5)
+
+    assert dispatcher.promote(REPO) == 3
+    assert attempts == ["GroupBusy", "GroupBusy", "ok", "ok", "ok"]
+    active = [job_id for job_id, _group in queue if status(store, job_id) == "active"]
+    assert active == ["q3", "q5", "q6"]
+    assert holder("lint") == "q5" and holder("deploy") == "held-deploy"
+    assert slots_in_use() == 5
+
+    # An ungrouped job ends: the next pass refuses each held group once again, then q7.
+    attempts.clear()
+    dispatcher.handle_record(finish(store, "q3"))
+    assert attempts == ["GroupBusy", "GroupBusy", "ok"]
+    assert status(store, "q7") == "active"
+    assert [status(store, j) for j in ("q0", "q1", "q2", "q4")] == ["pending"] * 4
+
+
+def test_more_than_a_promotions_reach_of_a_held_group_does_not_strand_the_job_behind(
+    store: JobStore,
+) -> None:
+    """30 queued jobs of a held group (a promotion reads 25 jobs) ahead of an ungrouped one,
+    a slot free: the ungrouped job is promoted, after one refused write for the group."""
+    running(store, "held", "deploy", 2)
+    for n in range(30):
+        new_job(store, f"q{n:02d}", "deploy")
+    new_job(store, "q30")
+    attempts = counting_activations(store)
+
+    promoted = Dispatcher(store, slot_limit_for=lambda _repo: 2, promote_max=25).promote(REPO)
+    assert (promoted, attempts) == (1, ["GroupBusy", "ok"])
+    assert status(store, "q30") == "active"
+    assert {status(store, f"q{n:02d}") for n in range(30)} == {"pending"}
+
+
+def test_the_holders_finish_record_promotes_its_groups_next_job(store: JobStore) -> None:
+    """Its record, handled by the dispatcher, activates the job that waited for the group."""
+    dispatcher = Dispatcher(store, slot_limit_for=lambda _repo: 3)
+    running(store, "g0", "deploy", 3)
+    new_job(store, "g1", "deploy")
+    assert dispatcher.handle_record(record("g1")) == ["queued"]  # its group is held
+
+    outcomes = dispatcher.handle_record(finish(store, "g0"))
+    assert outcomes == ["promoted:1"]
+    assert status(store, "g1") == "active" and holder("deploy") == "g1"
+
+
+def test_a_grouped_finish_that_handed_its_slot_on_still_promotes_its_group(
+    store: JobStore,
+) -> None:
+    """Two slots: g0 (deploy) and u0 run; u1 then v1 (deploy) are queued. u0 ends, its record
+    still in another lane; g0's finish hands its slot to u1, the head of the queue. The slot
+    u0 freed is v1's now that g0 freed the group: g0's record promotes it (an ungrouped
+    finish that handed its slot on owes no promotion)."""
+    dispatcher = Dispatcher(store, slot_limit_for=lambda _repo: 2)
+    running(store, "g0", "deploy", 2)
+    running(store, "u0", None, 2)
+    new_job(store, "u1")
+    new_job(store, "v1", "deploy")
+    finish(store, "u0")  # its record is not handled here
+    hand_off = HandOff(store.state("u1"), RunClaimed("u1#1"), slot_limit=2)
+
+    outcomes = dispatcher.handle_record(finish(store, "g0", hand_off))
+    assert store.get("g0").history[-1].handed_to == "u1"
+    assert outcomes == ["promoted:1"]
+    assert (status(store, "u1"), status(store, "v1")) == ("active", "active")
+    assert holder("deploy") == "v1" and slots_in_use() == 2
+
+
+class LateStops:
+    """The executor's stop as CodeBuild's StopBuild gives it: asked, the run stops later."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+        self.done: set[str] = set()
+
+    def cancel(self, run_id: str) -> None:
+        self.asked.append(run_id)
+
+    def stopped(self, run_id: str) -> bool:
+        return run_id in self.done
+
+
+def test_a_cancelled_holder_keeps_its_group_until_its_slot_is_released(store: JobStore) -> None:
+    """g0 (deploy) is cancelled while its run goes: its slot, and so its group, stay held
+    until the run is known stopped. A promotion meanwhile passes g1 (deploy) over for u1;
+    the reconciliation that frees g0's slot promotes g1."""
+    stops = LateStops()
+    dispatcher = Dispatcher(
+        store, slot_limit_for=lambda _repo: 3, stop_run=stops.cancel, run_stopped=stops.stopped
+    )
+    running(store, "g0", "deploy", 3)
+    new_job(store, "g1", "deploy")
+    new_job(store, "u1")
+    old = image("g0")
+    store.transition(store.state("g0"), Trigger.CANCEL, actor="operator")
+    assert store.get("g0").slot_held
+
+    outcomes = dispatcher.handle_record(record("g0", old))
+    assert outcomes[0] == "stopping" and stops.asked == ["g0#1"]
+    assert dispatcher.promote(REPO) == 1  # a sweep, say: the free slot goes past g1
+    assert (status(store, "g1"), status(store, "u1")) == ("pending", "active")
+    reconciler = Reconciler(
+        store, dispatcher.promote, QueueSweeper(store, dispatcher.promote), stops
+    )
+    assert reconciler.run_once().released == []  # still stopping: nothing moves
+    assert status(store, "g1") == "pending" and holder("deploy") == "g0"
+
+    stops.done.add("g0#1")
+    done = reconciler.run_once()
+    assert done.released == ["g0"] and done.promoted == {REPO: 1}
+    assert status(store, "g1") == "active" and holder("deploy") == "g1"
+    assert slots_in_use() == 2
+
+
+@pytest.fixture
+def executor(tmp_path: Path) -> Iterator[LocalExecutor]:
+    made = LocalExecutor(tmp_path / "runs", lambda _result: None, max_parallel=2)
+    yield made
+    made.close()
+
+
+def test_a_grouped_head_of_the_queue_is_never_handed_a_slot(
+    store: JobStore, executor: LocalExecutor
+) -> None:
+    """One slot: g0 (deploy) runs; g1 (deploy) then u1 are queued. The queue's head is
+    grouped: QueueHeads gives no job (not u1 either, which would overtake it), g0's finish is
+    made alone and its record promotes g1. Then the head is u1: g1's finish hands it on."""
+    running(store, "g0", "deploy", 1)
+    new_job(store, "g1", "deploy")
+    new_job(store, "u1")
+    assert QueueHeads(store.reads).take(REPO) is None
+    clock = [now_ms()]
+    starter = RunStarter(
+        store,
+        executor,
+        lambda _repo: ("true",),
+        hand_off_for=lambda _repo: 1,
+        clock=lambda: clock[0],
+    )
+    dispatcher = Dispatcher(
+        store, slot_limit_for=lambda _repo: 1, start_run=starter.start, claiming_starter=starter
+    )
+
+    old = image("g0")
+    result = RunResult("g0", 1, exit_code=0, repo=REPO, started_at=clock[0])
+    assert starter.finished(result) is JobStatus.PASSED
+    assert store.get("g0").history[-1].handed_to is None  # made alone
+    assert (status(store, "g1"), status(store, "u1")) == ("pending", "pending")
+    assert dispatcher.handle_record(record("g0", old)) == ["promoted:1"]
+    assert (status(store, "g1"), status(store, "u1")) == ("active", "pending")
+
+    # The queue read that found g1 at its head is kept for 2 s (g1 stays its head there):
+    # once it is read again, u1 heads it.
+    clock[0] += 2_001
+    old = image("g1")
+    assert starter.finished(RunResult("g1", 1, exit_code=0, repo=REPO)) is JobStatus.PASSED
+    assert store.get("g1").history[-1].handed_to == "u1"
+    assert status(store, "u1") == "active"
+    # Grouped, it promotes all the same (nothing is left to promote: u1 has the one slot).
+    assert dispatcher.handle_record(record("g1", old)) == ["promoted:0"]
+
+
+def test_a_jobs_own_record_that_finds_its_group_held_leaves_it_queued_not_full(
+    store: JobStore,
+) -> None:
+    """g1's own record finds its group held with slots free: "queued", and the repository is
+    not marked full (a job queued before that moment is still tried when its record comes).
+    Found full, for want of a slot, it is (the same path marks it)."""
+    limit = [3]
+    later = [now_ms() + 5_000]  # the records are read well after the jobs queued
+    full = FullRepos(margin_ms=0, clock=lambda: later[0])
+    dispatcher = Dispatcher(
+        store, slot_limit_for=lambda _repo: limit[0], full_repos=full, clock=lambda: later[0]
+    )
+    running(store, "g0", "deploy", 3)
+    new_job(store, "g1", "deploy")
+
+    assert dispatcher.handle_record(record("g1")) == ["queued"]
+    assert not full.joined_before_full(REPO, 0)  # never found full
+    new_job(store, "u1")  # queued before `later`: a full mark would skip its record
+    assert dispatcher.handle_record(record("u1")) == ["activated"]
+    assert (status(store, "g1"), status(store, "u1")) == ("pending", "active")
+
+    limit[0] = 2  # both slots taken now: g2's refusal is the repository's
+    new_job(store, "g2", "deploy")
+    assert dispatcher.handle_record(record("g2")) == ["queued"]
+    assert full.joined_before_full(REPO, now_ms())
