@@ -7,19 +7,29 @@ group held leaves it queued without marking its repository full."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from stream_records import image, record
 
+from scheduler.db.clients import client
+from scheduler.db.dead_letters import DeadLetterStore
 from scheduler.db.models import RepoModel
 from scheduler.db.store import HandOff, JobState, JobStore, NewJob, RunClaimed, group_key
 from scheduler.db.store import system_clock as now_ms
+from scheduler.local.checkpoints import CheckpointStore
 from scheduler.local.executor import LocalExecutor
+from scheduler.local.mapping import MappingConfig, PollingConfig
+from scheduler.local.stream_runner import StreamRunner
 from scheduler.runs.executor import RunResult
 from scheduler.runs.queue_heads import QueueHeads
 from scheduler.runs.starter import RunStarter
+from scheduler.settings import Settings
 from scheduler.stream.dispatcher import Dispatcher
 from scheduler.stream.events import StreamRecord
 from scheduler.stream.full_repos import FullRepos
@@ -270,3 +280,118 @@ def test_a_jobs_own_record_that_finds_its_group_held_leaves_it_queued_not_full(
     new_job(store, "g2", "deploy")
     assert dispatcher.handle_record(record("g2")) == ["queued"]
     assert full.joined_before_full(REPO, now_ms())
+
+
+def test_a_groups_runs_never_overlap_under_hand_offs_and_redelivered_records(
+    store: JobStore, tmp_path: Path, settings: Settings, ddb: Any
+) -> None:
+    """Eighteen jobs, three slots, seven of them ``deploy`` steps. As the local stack runs
+    them: the records come from the table's real stream in two lanes, each batch again later
+    (a duplicate), finishes hand their slots on (never to a deploy) and race the promotions
+    the records owe. No sweeper runs, so a job stranded (a group never free again, a
+    promotion not owed) fails the deadline: every job runs once, never more than three at a
+    time, and no two deploys at once."""
+    effects = tmp_path / "effects.log"
+    script = (
+        'echo "$SCHEDULER_JOB_ID start $(date +%s%N)" >> "$1"; sleep 0.05; '
+        'echo "$SCHEDULER_JOB_ID end $(date +%s%N)" >> "$1"'
+    )
+    starter: list[RunStarter] = []
+
+    def report(result: RunResult) -> None:
+        starter[0].finished(result)
+
+    executor = LocalExecutor(tmp_path / "runs", report, max_parallel=4)
+    starter.append(
+        RunStarter(
+            store,
+            executor,
+            lambda _repo: ("sh", "-c", script, "sh", str(effects)),
+            hand_off_for=lambda _repo: 3,
+        )
+    )
+    dispatcher = Dispatcher(
+        store,
+        slot_limit_for=lambda _repo: 3,
+        start_run=starter[0].start,
+        claiming_starter=starter[0],
+        stop_run=executor.cancel,
+        full_repos=FullRepos(margin_ms=0),
+    )
+    ids = [f"j{n:02d}" for n in range(18)]
+    deploys = ids[4:7] + ids[10:14]  # queued side by side: three slots would run them so
+    late: list[dict[str, Any]] = []
+    guard = threading.Lock()
+
+    def stream_function(event: dict[str, Any], _context: Any) -> Any:
+        answer = dispatcher.handle_event(event)
+        with guard:
+            late.append(event)  # delivered again later, by the other lane below
+        return answer
+
+    stream = StreamRunner(
+        dynamodb=ddb,
+        streams=client("dynamodbstreams", settings),
+        table_name=settings.tables.jobs,
+        checkpoints=CheckpointStore(ddb, settings.tables.runner_state, "group-race"),
+        dead_letters=DeadLetterStore(ddb, settings.tables.dead_letters),
+        handler=stream_function,
+        mapping=MappingConfig(
+            batch_size=5, report_batch_item_failures=True, parallelization_factor=2
+        ),
+        polling=PollingConfig(idle_min_seconds=0.002, idle_max_seconds=0.02),
+    )
+    stream.skip_to_end()
+    stop = threading.Event()
+
+    def redeliver() -> None:
+        while not stop.is_set():
+            with guard:
+                batch = late.pop(0) if late else None
+            if batch is None:
+                time.sleep(0.01)
+                continue
+            time.sleep(0.02)
+            dispatcher.handle_event(batch)
+
+    try:
+        for job_id in ids:
+            new_job(store, job_id, "deploy" if job_id in deploys else None)
+        with ThreadPoolExecutor(2) as lanes:
+            racing = [lanes.submit(stream.run, stop), lanes.submit(redeliver)]
+            deadline = time.monotonic() + 60
+            while not all(status(store, j) == "passed" for j in ids):
+                assert time.monotonic() < deadline, [(j, status(store, j)) for j in ids]
+                for lane in racing:
+                    assert not lane.done(), lane.result()
+                time.sleep(0.1)
+            stop.set()
+            for lane in racing:
+                lane.result()
+    finally:
+        stop.set()
+        executor.close()
+
+    marks: dict[str, list[tuple[str, int]]] = {}
+    for line in effects.read_text().splitlines():
+        job_id, what, at = line.split()
+        marks.setdefault(job_id, []).append((what, int(at)))
+    assert sorted(marks) == ids
+    assert all([what for what, _at in m] == ["start", "end"] for m in marks.values())
+
+    def most_at_once(jobs: list[str]) -> int:
+        events = sorted((at, 1 if what == "start" else -1) for j in jobs for what, at in marks[j])
+        now = peak = 0
+        for _at, step in events:
+            now += step
+            peak = max(peak, now)
+        return peak
+
+    assert most_at_once(ids) <= 3
+    assert most_at_once(deploys) == 1
+    handed = {store.get(j).history[-1].handed_to for j in ids} - {None}
+    assert not handed & set(deploys)  # a slot is never passed on to a deploy
+    for job_id in ids:
+        assert [h.dest for h in store.get(job_id).history] == ["pending", "active", "passed"]
+    repo = RepoModel.get(REPO, consistent_read=True)
+    assert (repo.running, repo.n_active, repo.n_pending, repo.n_passed) == (0, 0, 0, 18)
