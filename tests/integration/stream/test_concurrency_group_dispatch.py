@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from stream_records import image, record
@@ -31,7 +31,7 @@ from scheduler.runs.queue_heads import QueueHeads
 from scheduler.runs.starter import RunStarter
 from scheduler.settings import Settings
 from scheduler.stream.dispatcher import Dispatcher
-from scheduler.stream.events import StreamRecord
+from scheduler.stream.events import StreamEvent, StreamRecord
 from scheduler.stream.full_repos import FullRepos
 from scheduler.stream.reconciler import Reconciler
 from scheduler.stream.sweeper import QueueSweeper
@@ -159,6 +159,25 @@ def test_a_grouped_finish_that_handed_its_slot_on_still_promotes_its_group(
     assert outcomes == ["promoted:1"]
     assert (status(store, "u1"), status(store, "v1")) == ("active", "active")
     assert holder("deploy") == "v1" and slots_in_use() == 2
+
+
+def test_a_new_job_does_not_overtake_the_group_job_its_holders_end_frees(store: JobStore) -> None:
+    """Two slots: g0 (deploy) and u0 run, g1 (deploy) waits for its group. In one batch, g0's
+    finish and then a new job's record: the promotion g0's finish owes runs first, so the
+    slot goes to g1, whose group is free now, and the new job stays queued behind it."""
+    dispatcher = Dispatcher(store, slot_limit_for=lambda _repo: 2)
+    running(store, "g0", "deploy", 2)
+    running(store, "u0", None, 2)
+    new_job(store, "g1", "deploy")
+    assert dispatcher.handle_record(record("g1")) == ["queued"]
+    finished = finish(store, "g0")
+    new_job(store, "newer")
+    attempts = counting_activations(store)
+
+    event = cast(StreamEvent, {"Records": [finished, record("newer")]})
+    assert dispatcher.handle_event(event) == {"batchItemFailures": []}
+    assert (status(store, "g1"), status(store, "newer")) == ("active", "pending")
+    assert attempts == ["ok", "RepositoryFull"]  # g1 promoted; then no slot is left
 
 
 class LateStops:
