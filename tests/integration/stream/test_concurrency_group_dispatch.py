@@ -17,6 +17,7 @@ from typing import Any, cast
 import pytest
 from stream_records import image, record
 
+from scheduler.config import RepoPolicy
 from scheduler.db.clients import client
 from scheduler.db.dead_letters import DeadLetterStore
 from scheduler.db.models import RepoModel
@@ -26,7 +27,10 @@ from scheduler.local.checkpoints import CheckpointStore
 from scheduler.local.executor import LocalExecutor
 from scheduler.local.mapping import MappingConfig, PollingConfig
 from scheduler.local.stream_runner import StreamRunner
+from scheduler.pipelines import CommitRef
 from scheduler.runs.executor import RunResult
+from scheduler.runs.pipeline_driver import PipelineDriver
+from scheduler.runs.pipeline_runs import step_id
 from scheduler.runs.queue_heads import QueueHeads
 from scheduler.runs.starter import RunStarter
 from scheduler.settings import Settings
@@ -414,3 +418,59 @@ def test_a_groups_runs_never_overlap_under_hand_offs_and_redelivered_records(
         assert [h.dest for h in store.get(job_id).history] == ["pending", "active", "passed"]
     repo = RepoModel.get(REPO, consistent_read=True)
     assert (repo.running, repo.n_active, repo.n_pending, repo.n_passed) == (0, 0, 0, 18)
+
+
+PIPELINE = b"""
+steps:
+  - {key: build, command: [make]}
+  - {key: deploy, command: [make, deploy], needs: [build], concurrency_group: production}
+"""
+
+
+class Files:
+    """The commits' pipeline files, as the engine's port reads them."""
+
+    def read(self, commit: CommitRef, path: str, max_bytes: int) -> bytes | None:
+        assert path == ".scheduler/pipeline.yml" and commit.repo == REPO
+        return PIPELINE
+
+
+def test_two_runs_deploy_steps_take_their_group_in_turn(store: JobStore) -> None:
+    """Two branches' runs, each a build then a ``production`` deploy (the step's group is
+    copied to its job at fan-out), three slots: both builds run at once; once they passed,
+    one deploy runs and the other waits for the group with slots free, until the first
+    one's end record promotes it; both runs pass."""
+    policy = RepoPolicy()
+    dispatcher = Dispatcher(
+        store,
+        slot_limit_for=lambda _repo: 3,
+        pipelines=PipelineDriver(store, Files, lambda _repo: policy),
+    )
+    for run, sha in (("run-a", "a" * 40), ("run-b", "b" * 40)):
+        store.create(
+            NewJob(run, REPO, "push", sha, 600, ref=f"refs/heads/{run}", pipeline_owed=True)
+        )
+        assert dispatcher.handle_record(record(run)) == ["pipeline:expanded"]
+    builds = [step_id(run, 1) for run in ("run-a", "run-b")]
+    deploys = [step_id(run, 2) for run in ("run-a", "run-b")]
+    assert {store.get(j).concurrency_group for j in deploys} == {"production"}  # copied
+    assert store.get(builds[0]).concurrency_group is None
+    assert dispatcher.promote(REPO) == 2  # the builds, side by side
+
+    blocked = image(deploys[1])
+    ends = [dispatcher.handle_record(finish(store, job_id)) for job_id in builds]
+    # build-a's fan-in unblocked deploy-a; build-b's end promoted it, then unblocked deploy-b,
+    # whose own record finds the group held: it waits, with two slots free.
+    assert ends == [["promoted:0", "run:running"], ["promoted:1", "run:running"]]
+    assert [status(store, j) for j in deploys] == ["active", "pending"]
+    assert dispatcher.handle_record(record(deploys[1], blocked)) == ["queued"]
+    assert dispatcher.promote(REPO) == 0  # a sweep: still waiting
+    assert holder("production") == deploys[0] and slots_in_use() == 1
+
+    outcomes = dispatcher.handle_record(finish(store, deploys[0]))
+    assert outcomes[0] == "promoted:1", outcomes
+    assert status(store, deploys[1]) == "active" and holder("production") == deploys[1]
+    dispatcher.handle_record(finish(store, deploys[1]))
+    assert [status(store, run) for run in ("run-a", "run-b")] == ["passed", "passed"]
+    first, second = (store.get(j) for j in deploys)
+    assert int(second.activated_at) >= int(first.finished_at)  # one after the other
