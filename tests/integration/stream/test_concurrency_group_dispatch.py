@@ -3,7 +3,9 @@ promotion passes over the queued jobs of a held group (one refused write per gro
 and gives the free slots to the jobs behind them; a holder's end (a finish, also one that
 handed its slot on, or a cancel once its run is stopped) promotes its group's next job; a
 grouped head of the queue is never handed a slot; a grouped job's own record that finds its
-group held leaves it queued without marking its repository full."""
+group held leaves it queued without marking its repository full. Then the same on the real
+stream with hand-offs and redelivered batches (a group's runs never overlap), and two
+branches' pipeline runs whose deploy steps share a group."""
 
 from __future__ import annotations
 
