@@ -76,6 +76,25 @@ def counting_queue_reads(store: JobStore) -> list[str]:
     return calls
 
 
+def counting_activations(store: JobStore) -> list[str]:
+    """Activations ``store`` is asked for (by the dispatcher, say), by outcome: "ok" or the
+    error's name: one per write."""
+    outcomes: list[str] = []
+    activate = store.activate
+
+    def wrapper(job: Any, **kwargs: Any) -> Any:
+        try:
+            done = activate(job, **kwargs)
+        except Exception as exc:
+            outcomes.append(type(exc).__name__)
+            raise
+        outcomes.append("ok")
+        return done
+
+    store.activate = wrapper  # type: ignore[method-assign]
+    return outcomes
+
+
 @pytest.fixture
 def tables(settings: Settings, ddb: object) -> TableNames:
     """The session's tables, emptied for this test."""

@@ -15,7 +15,7 @@ from typing import Any
 
 from scheduler.db.models import RepoModel
 from scheduler.db.queries import Queries
-from scheduler.db.store import JobState, JobStore, NewJob
+from scheduler.db.store import JobState, JobStore, NewJob, group_key
 from scheduler.runs.doctor import Doctor
 from state_machines import Trigger
 
@@ -137,3 +137,24 @@ def test_a_system_moving_while_it_is_read_shows_no_drift(store: JobStore) -> Non
         assert diagnosis.stranded == []
     settled = Doctor(Queries(), clock=lambda: time.time_ns() // 1_000_000).diagnose()
     assert settled.healthy and settled.busy == [] and settled.repositories == len(repos)
+
+
+def test_a_concurrency_groups_overlap_is_drift_and_its_waiting_job_is_not_stranded(
+    store: JobStore,
+) -> None:
+    """The group's item is no repository; a job waiting for its held group is not stranded
+    (a slot free or not); two jobs of a group holding slots (its item edited by hand) is a
+    drift of the group, and then exit 1."""
+
+    for job_id in ("deploy-1", "deploy-2"):
+        store.create(NewJob(job_id, REPO, "push", "f" * 40, 600, concurrency_group="deploy"))
+    store.activate(store.state("deploy-1"), slot_limit=5)  # deploy-2 waits, four slots free
+    found = json.loads(doctor("--json", "--stranded-after", "0s").stdout)
+    assert (found["healthy"], found["repositories"], found["jobs"]) == (True, 1, 2)
+
+    RepoModel(group_key(REPO, "deploy")).delete()  # by hand: the group's holder forgotten
+    store.activate(store.state("deploy-2"), slot_limit=5)
+    result = doctor("--json")
+    assert result.returncode == 1
+    found = json.loads(result.stdout)
+    assert found["drift"] == [{"repo": REPO, "counter": "group:deploy", "recorded": 1, "actual": 2}]

@@ -3,7 +3,7 @@ without letting a new job overtake the queue and without losing a promotion to a
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import cast
 
 import pytest
 from stream_records import image, record
@@ -14,7 +14,7 @@ from scheduler.errors import BatchInterrupted, StoreUnavailable
 from scheduler.stream.dispatcher import Dispatcher
 from scheduler.stream.events import StreamEvent, StreamRecord
 from state_machines import Trigger
-from tests.conftest import counting_queue_reads
+from tests.conftest import counting_activations, counting_queue_reads
 
 REPO = "org/batched"
 
@@ -90,24 +90,6 @@ def test_a_failed_promotion_fails_the_first_record_that_owed_it(
         "batchItemFailures": []
     }
     assert [status(j) for j in ids[2:]] == ["active", "active"]
-
-
-def counting_activations(store: JobStore) -> list[str]:
-    """Activations the dispatcher attempts, by outcome: "ok" or the error's name."""
-    outcomes: list[str] = []
-    activate = store.activate
-
-    def wrapper(job: Any, **kwargs: Any) -> Any:
-        try:
-            done = activate(job, **kwargs)
-        except Exception as exc:
-            outcomes.append(type(exc).__name__)
-            raise
-        outcomes.append("ok")
-        return done
-
-    store.activate = wrapper  # type: ignore[method-assign]
-    return outcomes
 
 
 def test_a_full_repository_is_tried_once_for_the_jobs_queued_before_it_was_found_full(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from scheduler.config import RetryPolicy
@@ -139,3 +141,20 @@ def test_a_rerun_settles_the_run_itself_and_a_reset_step_its_run() -> None:
         assert reset == [SettleRun("run-1")], source
     # An ordinary job's failed -> active is no row: nothing follows.
     assert decide(JobStatus.FAILED, JobStatus.ACTIVE, reopened) == []
+
+
+def test_a_grouped_finish_promotes_even_when_it_handed_its_slot_on() -> None:
+    """A step of a concurrency group frees its group when it ends: the group's queued jobs are
+    owed a promotion although the finish handed its slot to the (ungrouped) head itself."""
+    grouped = replace(job(JobStatus.PASSED), concurrency_group="deploy")
+    for dest in (JobStatus.PASSED, JobStatus.FAILED):
+        ended = replace(grouped, status=dest)
+        assert PromoteQueued("o/r") in decide(
+            JobStatus.ACTIVE, dest, ended, reason="exit_code", handed_on=True
+        ), dest
+        ungrouped = replace(ended, concurrency_group=None)
+        handed = decide(JobStatus.ACTIVE, dest, ungrouped, reason="exit_code", handed_on=True)
+        assert PromoteQueued not in kinds(handed), dest  # the hand-off was its promotion
+    # A grouped job's finish that handed nothing on promotes once, as any other.
+    alone = decide(JobStatus.ACTIVE, JobStatus.PASSED, grouped)
+    assert alone.count(PromoteQueued("o/r")) == 1
