@@ -268,6 +268,23 @@ def step_id(run_id: str, index: int) -> str:
     return f"{run_id}.s{index}"
 
 
+GROUP_PREFIX = "group#"
+"""Key prefix of concurrency groups' items in the repos table (see :func:`group_key`)."""
+
+
+def group_key(repo: str, group: str) -> str:
+    """The repos-table key of ``repo``'s concurrency group ``group`` (groups are per
+    repository: one deploy at a time across all its branches)."""
+    return f"{GROUP_PREFIX}{repo}#{group}"
+
+
+def holds_slot(job: JobModel) -> bool:
+    """Whether ``job`` holds one of its repository's slots: it is active, or it ended while
+    its run may still go (a cancel, a timeout, until the run is known stopped). What frees a
+    concurrency group its job took (``JobStore.activate`` checks the same in its write)."""
+    return job.status == "active" or bool(job.slot_held)
+
+
 def count_attribute(status: str) -> str:
     """The repos-table attribute that counts jobs in ``status``."""
     return f"n_{status}"

@@ -40,8 +40,15 @@ from pynamodb.exceptions import DoesNotExist, PynamoDBException
 from pynamodb.expressions.condition import Condition
 
 from scheduler.db.installations import INSTALLED_PREFIX
-from scheduler.db.models import HistoryEntry, JobModel, RepoModel, count_attribute, step_id
-from scheduler.db.store import GROUP_PREFIX, TRIGGER_PREFIX
+from scheduler.db.models import (
+    GROUP_PREFIX,
+    HistoryEntry,
+    JobModel,
+    RepoModel,
+    count_attribute,
+    step_id,
+)
+from scheduler.db.store import TRIGGER_PREFIX
 from scheduler.errors import (
     ConfigurationError,
     InvalidArgument,

@@ -22,10 +22,14 @@ from scheduler.db.models import (
     RUN_SHARD,
     JobModel,
     RepoModel,
+    group_key,
+    holds_slot,
 )
 from scheduler.errors import JobNotFound, StoreUnavailable
 
 __all__ = ["JobReads", "cause", "job_table"]
+
+_MAX_GROWN_PAGE = 100
 
 
 def job_table(connection: Connection) -> str:
@@ -54,14 +58,23 @@ class JobReads:
             raise JobNotFound(job_id)
         return JobModel.from_raw_data(item)
 
-    def queued(self, repo: str, *, limit: int, page_size: int) -> Iterator[JobModel]:
+    def queued(
+        self, repo: str, *, limit: int, page_size: int, growing: bool = False
+    ) -> Iterator[JobModel]:
         """The oldest (then lowest priority number) queued jobs of ``repo``, lazily by page.
 
         The sparse ``queued`` index holds only pending jobs; on AWS it lags the table a little,
-        so a caller checks each job's status before acting on it.
+        so a caller checks each job's status before acting on it. ``growing``: each page is
+        twice the last (up to 100 jobs), for a caller that usually needs a few jobs but may
+        have to read past many (a promotion passing over a held concurrency group's jobs).
         """
         yield from self._query(
-            repo, index="queued", what=f"queue of {repo}", limit=limit, page_size=page_size
+            repo,
+            index="queued",
+            what=f"queue of {repo}",
+            limit=limit,
+            page_size=page_size,
+            growing=growing,
         )
 
     def overdue(self, now: int, *, limit: int) -> list[JobModel]:
@@ -96,6 +109,18 @@ class JobReads:
         """
         running = self.repos_attribute(repo, "running", what=f"the slots of {repo}")
         return int(running.get("N", "0"))
+
+    def group_holder(self, repo: str, group: str) -> str | None:
+        """The job of ``repo``'s concurrency group ``group`` that holds a slot now, or None
+        when the group is free (two consistent reads: the group's item, then its holder)."""
+        key = group_key(repo, group)
+        holder = self.repos_attribute(key, "holder", what=f"concurrency group {key}").get("S")
+        if holder is None:
+            return None
+        try:
+            return holder if holds_slot(self.get(holder)) else None
+        except JobNotFound:
+            return None
 
     def repos_attribute(self, key: str, name: str, *, what: str) -> dict[str, Any]:
         """One attribute (DynamoDB JSON, ``{}`` if absent) of a repos-table item, consistently.
@@ -281,10 +306,12 @@ class JobReads:
         page_size: int,
         range_key_condition: Any = None,
         filter_condition: Condition | None = None,
+        growing: bool = False,
     ) -> Iterator[dict[str, Any]]:
         """Raw items of an index query, page by page, at most ``limit``.
 
-        With ``filter_condition`` a page reads ``page_size`` items and returns those matching.
+        With ``filter_condition`` a page reads ``page_size`` items and returns those matching;
+        ``growing`` doubles the page size after each page, up to :data:`_MAX_GROWN_PAGE`.
         """
         start: dict[str, Any] | None = None
         returned = 0
@@ -307,6 +334,8 @@ class JobReads:
             start = page.get("LastEvaluatedKey")
             if not start:
                 return
+            if growing:
+                page_size = max(page_size, min(2 * page_size, _MAX_GROWN_PAGE))
 
 
 def cause(exc: PynamoDBException) -> str:

@@ -56,6 +56,7 @@ from scheduler.db.models import (
     JobModel,
     RepoModel,
     count_attribute,
+    group_key,
 )
 from scheduler.db.reads import JobReads, cause, job_table
 from scheduler.errors import (
@@ -217,15 +218,6 @@ class HandOff:
 
 TRIGGER_PREFIX = "trigger#"
 """Key prefix of trigger guards in the repos table (which has no stream)."""
-
-GROUP_PREFIX = "group#"
-"""Key prefix of concurrency groups' items in the repos table (see :func:`group_key`)."""
-
-
-def group_key(repo: str, group: str) -> str:
-    """The repos-table key of ``repo``'s concurrency group ``group`` (groups are per
-    repository: one deploy at a time across all its branches)."""
-    return f"{GROUP_PREFIX}{repo}#{group}"
 
 
 WRITE_BATCH = 99

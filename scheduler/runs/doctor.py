@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from scheduler.db.models import JobModel, RepoModel, count_attribute
+from scheduler.db.models import JobModel, RepoModel, count_attribute, holds_slot
 from scheduler.db.queries import Queries
 from state_machines import JobStatus
 
@@ -102,9 +102,7 @@ class Diagnosis:
 def _holds_slot(job: JobModel) -> bool:
     if job.step_count is not None:
         return False  # a pipeline run: its steps hold the slots
-    return job.status == JobStatus.ACTIVE.value or (
-        job.status in {s.value for s in JobStatus if s.is_terminal} and bool(job.slot_held)
-    )
+    return holds_slot(job)
 
 
 def examine(

@@ -8,9 +8,10 @@ a promise: every hand-off is conditioned on the job being as read, so a job that
 its record promotes the queue), and the repository's heads are read again. A short lifetime
 bounds how long a newer job of higher priority waits behind the jobs read before it.
 
-A job of a concurrency group at the head of the queue is never handed a slot: whether its group
-is free cannot be known in the finish's write (see ``JobStore.activate``), so the finish is made
-on its own and its record promotes the queue, in its order.
+A job of a concurrency group is never handed a slot: a hand-off cannot take its group in the
+finish's write (see ``JobStore.activate``). At the head of the queue with its group free, it
+stops the hand-off (the finish is made on its own and its record promotes the queue, in its
+order); with its group held, it is passed over, and the jobs behind it may have the slot.
 
 A job given out stays pending until its hand-off commits, which under load takes a good part
 of a second: it is reserved (:mod:`scheduler.runs.reservations`, shared with the dispatcher's
@@ -46,6 +47,8 @@ class _Read:
     at: int
     jobs: deque[JobModel]
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Concurrency group -> (when read, the job holding it or None): see QueueHeads._holder.
+    holders: dict[str, tuple[int, str | None]] = field(default_factory=dict)
 
 
 class QueueHeads:
@@ -66,9 +69,13 @@ class QueueHeads:
         self._by_repo: dict[str, _Read] = {}
         self._guard = threading.Lock()
 
-    def take(self, repo: str) -> QueueHead | None:
+    def take(self, repo: str, finishing: str | None = None) -> QueueHead | None:
         """The next queued job of ``repo`` that no other finish or promotion holds, reserved
-        for the caller until :meth:`settled`; None if it has none."""
+        for the caller until :meth:`settled`; None if it has none, or if the next one is a job
+        of a concurrency group that is free (or freed by ``finishing``, the job whose finish
+        asks): a hand-off cannot take a group in the finish's write, so that finish goes alone
+        and its record promotes the queue, in its order. A job whose group is held is passed
+        over: the jobs behind it may have the slot."""
         with self._guard:
             read = self._by_repo.setdefault(repo, _Read(0, deque()))
         with read.lock:  # one query at a time per repository: the others wait and share it
@@ -76,14 +83,27 @@ class QueueHeads:
             if not read.jobs or now - read.at > self._max_age_ms:
                 self._read(repo, read, now)
             while read.jobs:
-                if read.jobs[0].concurrency_group is not None:
-                    # Its group may be held: a hand-off could not take it in the finish's
-                    # write. The finish goes alone and its record promotes the queue in order.
-                    return None
+                group = read.jobs[0].concurrency_group
+                if group is not None:
+                    holder = self._holder(repo, group, read, now)
+                    if holder is None or holder == finishing:
+                        return None
+                    read.jobs.popleft()  # it waits for its group: its holder's end promotes it
+                    continue
                 job = read.jobs.popleft()
                 if self._reservations.reserve(job.job_id):
                     return QueueHead(job, read.at)
             return None
+
+    def _holder(self, repo: str, group: str, read: _Read, now: int) -> str | None:
+        """The job holding ``group``, as read at most the queue's lifetime ago (a hint, as the
+        queue is: a group freed since only lets a hand-off pass its job over for that long,
+        and the holder's own finish promotes it)."""
+        known = read.holders.get(group)
+        if known is None or now - known[0] > self._max_age_ms:
+            known = (now, self._reads.group_holder(repo, group))
+            read.holders[group] = known
+        return known[1]
 
     def _read(self, repo: str, read: _Read, now: int) -> None:
         held = self._reservations.held()

@@ -306,7 +306,7 @@ class RunStarter:
         if self._hand_off is None:
             return finish()
         heads, slot_limit_for = self._hand_off
-        head = heads.take(repo)
+        head = heads.take(repo, finishing=result.job_id)
         if head is None:
             return finish()
         queued = head.job

@@ -634,7 +634,10 @@ class Dispatcher:
         busy: set[str] = set()  # concurrency groups found held: their jobs wait, others go on
         considered = 0
         queued = self._store.reads.queued(
-            repo, limit=self._promote_max + GROUP_LOOKAHEAD, page_size=self._promote_page
+            repo,
+            limit=self._promote_max + GROUP_LOOKAHEAD,
+            page_size=self._promote_page,
+            growing=True,
         )
         for candidate in queued:
             job = JobState.from_model(candidate)

@@ -18,7 +18,7 @@ from git_origin import make_origin
 from harness import UNSANDBOXED, LocalStackProcess, assert_doctor_reports_nothing, wait_for
 from pipeline_stack import Interval, commit_pipeline, ended, intervals, timed
 
-from scheduler.db.store import group_key
+from scheduler.db.models import group_key
 from scheduler.settings import Settings
 
 REPO = "octo/app"

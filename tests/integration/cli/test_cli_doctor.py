@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from scheduler.db.models import RepoModel
+from scheduler.db.models import RepoModel, group_key
 from scheduler.db.queries import Queries
-from scheduler.db.store import JobState, JobStore, NewJob, group_key
+from scheduler.db.store import JobState, JobStore, NewJob
 from scheduler.runs.doctor import Doctor
 from state_machines import Trigger
 

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from scheduler.db import models
-from scheduler.db.models import JobModel, RepoModel
-from scheduler.db.store import HandOff, JobState, JobStore, NewJob, RunClaimed, group_key
+from scheduler.db.models import JobModel, RepoModel, group_key
+from scheduler.db.store import HandOff, JobState, JobStore, NewJob, RunClaimed
 from scheduler.errors import GroupBusy, RepositoryFull
 from scheduler.settings import Settings
 from state_machines import JobStatus, TransitionConflict, Trigger

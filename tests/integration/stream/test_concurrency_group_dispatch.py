@@ -22,8 +22,8 @@ from stream_records import image, record
 from scheduler.config import RepoPolicy
 from scheduler.db.clients import client
 from scheduler.db.dead_letters import DeadLetterStore
-from scheduler.db.models import RepoModel
-from scheduler.db.store import HandOff, JobState, JobStore, NewJob, RunClaimed, group_key
+from scheduler.db.models import RepoModel, group_key
+from scheduler.db.store import HandOff, JobState, JobStore, NewJob, RunClaimed
 from scheduler.db.store import system_clock as now_ms
 from scheduler.local.checkpoints import CheckpointStore
 from scheduler.local.executor import LocalExecutor
@@ -126,9 +126,14 @@ def test_more_than_a_promotions_reach_of_a_held_group_does_not_strand_the_job_be
         new_job(store, f"q{n:02d}", "deploy")
     new_job(store, "q30")
     attempts = counting_activations(store)
+    queries: list[int] = []
+    store.connection.client.meta.events.register(
+        "after-call.dynamodb.Query", lambda **_: queries.append(1)
+    )
 
     promoted = Dispatcher(store, slot_limit_for=lambda _repo: 2, promote_max=25).promote(REPO)
     assert (promoted, attempts) == (1, ["GroupBusy", "ok"])
+    assert len(queries) == 3  # pages of 5, 10 and 20 jobs: each twice the last
     assert status(store, "q30") == "active"
     assert {status(store, f"q{n:02d}") for n in range(30)} == {"pending"}
 
@@ -243,12 +248,13 @@ def test_a_grouped_head_of_the_queue_is_never_handed_a_slot(
     store: JobStore, executor: LocalExecutor
 ) -> None:
     """One slot: g0 (deploy) runs; g1 (deploy) then u1 are queued. The queue's head is
-    grouped: QueueHeads gives no job (not u1 either, which would overtake it), g0's finish is
-    made alone and its record promotes g1. Then the head is u1: g1's finish hands it on."""
+    grouped and g0's finish frees its group: QueueHeads gives no job (not u1 either, which
+    would overtake it), g0's finish is made alone and its record promotes g1. Then the head
+    is u1: g1's finish hands it on."""
     running(store, "g0", "deploy", 1)
     new_job(store, "g1", "deploy")
     new_job(store, "u1")
-    assert QueueHeads(store.reads).take(REPO) is None
+    assert QueueHeads(store.reads).take(REPO, finishing="g0") is None
     clock = [now_ms()]
     starter = RunStarter(
         store,
@@ -278,6 +284,43 @@ def test_a_grouped_head_of_the_queue_is_never_handed_a_slot(
     assert status(store, "u1") == "active"
     # Grouped, it promotes all the same (nothing is left to promote: u1 has the one slot).
     assert dispatcher.handle_record(record("g1", old)) == ["promoted:0"]
+
+
+def test_a_hand_off_passes_over_a_job_whose_group_is_held_and_stops_at_a_free_one(
+    store: JobStore,
+) -> None:
+    """g0 (deploy) runs and stays; another job's finish asks for a head: g1 (deploy) waits for
+    its group, so u1 behind it is handed the slot. A grouped head whose group is free (docs)
+    stops the hand-off: its finish's record promotes the queue in order."""
+    running(store, "g0", "deploy", 3)
+    running(store, "u0", None, 3)
+    new_job(store, "g1", "deploy")
+    new_job(store, "u1")
+    reads = count_group_reads(store)
+    heads = QueueHeads(store.reads)
+
+    head = heads.take(REPO, finishing="u0")
+    assert head is not None and head.job.job_id == "u1"
+    heads.settled("u1")
+    store.activate(store.state("u1"), slot_limit=3)  # as the hand-off would have
+    assert reads == ["deploy"]
+    new_job(store, "d1", "docs")
+    heads.forget(REPO)
+    assert heads.take(REPO, finishing="u0") is None  # d1: its group is free
+    assert reads == ["deploy", "docs"]  # deploy's holder still known from the last read
+
+
+def count_group_reads(store: JobStore) -> list[str]:
+    """The concurrency groups whose holder ``store``'s reads look up, in order."""
+    calls: list[str] = []
+    group_holder = store.reads.group_holder
+
+    def counted(repo: str, group: str) -> str | None:
+        calls.append(group)
+        return group_holder(repo, group)
+
+    store.reads.group_holder = counted  # type: ignore[method-assign]
+    return calls
 
 
 def test_a_jobs_own_record_that_finds_its_group_held_leaves_it_queued_not_full(
