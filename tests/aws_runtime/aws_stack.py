@@ -283,10 +283,12 @@ class AwsStack:
         time.sleep(down_for)
         self.database.restart()
 
-    def deliver_until_accepted(self, repo: str, delivery: str, sha: str) -> str:
+    def deliver_until_accepted(
+        self, repo: str, delivery: str, sha: str, branch: str = "main"
+    ) -> str:
         for _ in range(60):
             try:
-                code, job_id = self.deliver(repo, delivery, sha)
+                code, job_id = self.deliver(repo, delivery, sha, branch)
             except InvocationFailed:
                 time.sleep(0.5)
                 continue  # GitHub redelivers a delivery that got no answer
