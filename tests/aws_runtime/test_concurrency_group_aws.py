@@ -19,6 +19,9 @@ queue's sweep then owes). Then:
 - the runs settle after the lost records through the reconciliation (the sweep, the reaper's
   start of a run whose activation record was lost, the fan-in of a run whose step end was
   lost), within a bound.
+
+And a cancelled deploy keeps the group until its build is known stopped (StopBuild only asks),
+even when the record of its cancel is lost: the waiting deploy never builds beside it.
 """
 
 from __future__ import annotations
@@ -367,3 +370,103 @@ def test_one_deploy_at_a_time_across_branches_under_lost_records_and_duplicates(
                 f" last drop; reaper rounds {stack.books.reaper_rounds}; doctor healthy"
             )
             assert settled <= SETTLE_BOUND, settled
+
+
+@pytest.mark.timeout(240)
+def test_a_cancelled_deploy_keeps_the_group_until_its_build_is_stopped(tmp_path: Path) -> None:
+    """A run is cancelled while its deploy builds, and the record of its deploy's cancel is
+    given up (the record that asks StopBuild). StopBuild only asks: the build reports STOPPED
+    a few seconds later. The other branch's deploy, waiting for the group, starts only once
+    that build is known stopped (the reconciliation asks CodeBuild, asks it to stop, and frees
+    the slot in a later round), never beside it."""
+    shas = [f"{n + 0xC00:040x}" for n in range(2)]
+    run_ids = [f"gh-cancel-{n}" for n in range(2)]
+    deploys = [f"{r}.{DEPLOY}" for r in run_ids]
+    deploy_starts: list[str] = []
+
+    def slow_first_deploy(repo: str, job_id: str, attempt: int) -> tuple[float, str]:
+        if step_of(job_id) != DEPLOY:
+            return plan(repo, job_id, attempt)
+        deploy_starts.append(job_id)
+        return (120.0 if len(deploy_starts) == 1 else 1.0), "SUCCEEDED"
+
+    offered: set[str] = set()
+    dropped: list[str] = []
+
+    def rule(record: dict[str, Any]) -> bool:
+        if record["eventID"] in offered:
+            return False
+        offered.add(record["eventID"])
+        chosen = step_of(job_of(record)) == DEPLOY and kind_of(record) == "active->cancelled"
+        if chosen:
+            dropped.append(job_of(record))
+        return chosen
+
+    with GitHubStandIn(port=free_port()) as github:
+        github.personal_tokens.add(TOKEN)
+        for sha in shas:
+            github.put_file(REPO, sha, PIPELINE, FILE)
+        with aws_stack(
+            tmp_path,
+            config(),
+            plan=slow_first_deploy,
+            limits=lambda _repo: LIMIT,
+            stop_delay=4.0,
+            env={"SCHEDULER_GITHUB_API_URL": github.url, "SCHEDULER_GITHUB_TOKEN": TOKEN},
+        ) as stack:
+            stack.mapping.duplicate_every = 3
+            stack.duplicate_events_every = 4
+            stack.mapping.drop_when(rule)
+            with HeldSampler(stack, deploys) as sampler:
+                for n in range(2):
+                    stack.deliver_until_accepted(
+                        REPO, f"cancel-{n}", shas[n], branch=f"release-{n}"
+                    )
+
+                def one_deploying_one_waiting() -> bool:
+                    jobs = stack.jobs()
+                    states = sorted(str(jobs[d].status) if d in jobs else "" for d in deploys)
+                    building = stack.codebuild.in_progress()
+                    deploying = [b for b in building if b.attempt_key[0] in deploys]
+                    return states == ["active", "pending"] and len(deploying) == 1
+
+                wait_until(
+                    "a deploy building, the other waiting", one_deploying_one_waiting, 90, stack
+                )
+                holder = deploy_starts[0]
+                waiting = next(d for d in deploys if d != holder)
+                cancelled_run = holder.rpartition(".")[0]
+                cancelled_at = time.monotonic()
+                stack.cancel(cancelled_run)
+                wait_until("every step ended", lambda: all_terminal(stack), 120, stack)
+            jobs = stack.jobs()
+            builds = {b.attempt_key[0]: b for b in stack.codebuild.builds.values()}
+            stopped, after = builds[holder], builds[waiting]
+
+            assert dropped == [holder], dropped
+            assert str(jobs[cancelled_run].status) == "cancelled", stack.explain(cancelled_run)
+            assert str(jobs[holder].status) == "cancelled", stack.explain(holder)
+            other_run = waiting.rpartition(".")[0]
+            assert str(jobs[other_run].status) == "passed", stack.explain(other_run)
+            # The cancelled deploy's build was stopped (StopBuild asked by the reconciliation,
+            # its record lost), and the waiting deploy's build began only after it stopped.
+            assert stopped.status == "STOPPED" and stopped.ended is not None, stopped
+            assert stack.codebuild.books.stop_calls[stopped.id] >= 1
+            assert after.started >= stopped.ended, (after.started, stopped.ended)
+            assert sampler.overlaps == [] and sampler.most_held == 1, vars(sampler)
+            assert all(n == 1 for n in stack.codebuild.books.builds_of.values())
+            assert stack.codebuild.books.builds_of[(holder, 1)] == 1
+            assert stack.codebuild.books.builds_of[(waiting, 1)] == 1
+            repo = stack.repos()[REPO]
+            assert int(repo.running or 0) == 0, repo.running
+            found = stack.doctor()
+            assert found["healthy"] and found["drift"] == [] and found["stranded"] == [], found
+            assert github.problems == []
+            print(
+                f"\naws concurrency_group, cancelled holder: its deploy's cancel record given"
+                f" up; build STOPPED {stopped.ended - cancelled_at:.1f}s after the cancel was"
+                f" asked (StopBuild calls {stack.codebuild.books.stop_calls[stopped.id]},"
+                f" stop delay 4.0s); the waiting deploy built"
+                f" {after.started - stopped.ended:.1f}s after that; snapshots"
+                f" {sampler.samples}, most deploys holding a slot {sampler.most_held}"
+            )
