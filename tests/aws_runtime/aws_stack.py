@@ -28,7 +28,7 @@ from typing import Any
 import boto3
 from codebuild_server import PROJECT, CodeBuildServer
 from conftest import own_dynamodb
-from lambda_functions import TEMPLATE, FunctionPool, InvocationFailed
+from lambda_functions import ROOT, TEMPLATE, FunctionPool, InvocationFailed
 from stream_mapping import EventSourceMapping, kind_of
 
 from scheduler.db.models import JobModel, RepoModel
@@ -109,6 +109,9 @@ class AwsStack:
             "AWS_ENDPOINT_URL_CODEBUILD": self.codebuild.endpoint,
             "AWS_ENDPOINT_URL_SECRETS_MANAGER": self.codebuild.endpoint,
             "SCHEDULER_TRACING": "off",  # no X-Ray daemon here
+            # The deployment package is this checkout's code: without it a function process
+            # imports the package the virtualenv was installed from (another worktree's).
+            "PYTHONPATH": str(ROOT),
             **(env or {}),  # the functions' own settings a test changes
         }
         self.cli_env = {
@@ -283,10 +286,12 @@ class AwsStack:
         time.sleep(down_for)
         self.database.restart()
 
-    def deliver_until_accepted(self, repo: str, delivery: str, sha: str) -> str:
+    def deliver_until_accepted(
+        self, repo: str, delivery: str, sha: str, branch: str = "main"
+    ) -> str:
         for _ in range(60):
             try:
-                code, job_id = self.deliver(repo, delivery, sha)
+                code, job_id = self.deliver(repo, delivery, sha, branch)
             except InvocationFailed:
                 time.sleep(0.5)
                 continue  # GitHub redelivers a delivery that got no answer
