@@ -45,8 +45,7 @@ from codebuild_server import Build
 from github_api_stand_in import GitHubStandIn
 from stream_mapping import job_of, kind_of
 
-from scheduler.db.models import JobModel, count_attribute
-from scheduler.db.store import group_key
+from scheduler.db.models import JobModel, count_attribute, group_key
 from state_machines import JobStatus
 
 PIPELINE = ".scheduler/pipeline.yml"
