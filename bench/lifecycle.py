@@ -38,7 +38,11 @@ item, made before the batch (``BatchWriteItem``, not timed), already names an ea
 that has ended: a passed job's item, copied from a real one. So no two threads ever share a
 group, and every timed activation pays the holder read, the check and the update. The counting
 pass also counts the items of each transaction by kind and splits the consumed capacity into
-read units (``GetItem``, asked for by the bench too) and write units.
+read units (``GetItem``, asked for by the bench too) and write units. The rate table then adds
+DynamoDB Local's CPU time per lifecycle (it serves requests about one at a time, so at 8
+threads its cost per lifecycle bounds the rate), and the transactions the store retried for a
+``TransactionConflict`` (its ``refused_writes`` counter), so that a slower grouped mode shows
+whether it paid in work or in contention.
 
 With ``--grouped`` a last part measures a group's **hand-over** on one thread: a holder's
 finish (``JobStore.transition(..., PASS)``), then ``Dispatcher.promote(repo)``, which
@@ -85,6 +89,7 @@ from common import (
 from stats import median, ms, summary
 from transitions import Machine
 
+from scheduler import metrics
 from scheduler.db.models import JobModel, RepoModel
 from scheduler.db.store import (
     DAY_MS,
@@ -298,12 +303,28 @@ def job_keys(prefix: str, count: int) -> list[tuple[str, str]]:
     return [(f"{prefix}-{i:05d}", f"bench/repo-{i % REPOS:02d}") for i in range(count)]
 
 
-def lifecycle_batch(mode: Mode, prefix: str, count: int, threads: int) -> Batch:
-    """``count`` lifecycles over ``threads`` threads; CPU time of this (the client) process.
+def lifecycle_batch(
+    mode: Mode, prefix: str, count: int, threads: int, *, server: psutil.Process | None = None
+) -> Batch:
+    """``count`` lifecycles over ``threads`` threads; CPU time of this (the client) process,
+    and of DynamoDB Local's if ``server`` is given.
 
     The batch's preparation (``mode.prepare``) is done first, outside the timed batch."""
     jobs = mode.jobs(prefix, count)
-    return run_batch(lambda n: mode.run(*jobs[n]), count, threads, {"client": psutil.Process()})
+    processes = {"client": psutil.Process()}
+    if server is not None:
+        processes["server"] = server
+    return run_batch(lambda n: mode.run(*jobs[n]), count, threads, processes)
+
+
+Conflicts = dict[tuple[str, int], int]
+"""Transactions the store retried for a ``TransactionConflict``, by (mode, threads)."""
+
+
+def retried_conflicts() -> float:
+    """The store's count so far of transactions cancelled by a conflict (and retried)."""
+    key = (metrics.REFUSED, (("kind", "transaction_conflict"),))
+    return metrics.RECORDER.snapshot().counters.get(key, 0.0)
 
 
 def measure(
@@ -312,29 +333,39 @@ def measure(
     thread_counts: Sequence[int],
     per_batch: int,
     rounds: int,
+    *,
+    conflicts: Conflicts | None = None,
+    server: psutil.Process | None = None,
 ) -> Results:
-    return alternating_rounds(
-        modes,
-        thread_counts,
-        rounds,
-        lambda mode, threads, prefix: lifecycle_batch(lifecycles[mode], prefix, per_batch, threads),
-    )
+    """The timed rounds; into ``conflicts``, the transactions the store retried."""
+    seen: Conflicts = conflicts if conflicts is not None else {}
+
+    def batch(mode: str, threads: int, prefix: str) -> Batch:
+        before = retried_conflicts()
+        made = lifecycle_batch(lifecycles[mode], prefix, per_batch, threads, server=server)
+        seen[(mode, threads)] = seen.get((mode, threads), 0) + int(retried_conflicts() - before)
+        return made
+
+    return alternating_rounds(modes, thread_counts, rounds, batch)
 
 
 def print_rates(
     results: Results, thread_counts: Sequence[int], modes: Sequence[str] = MODES
 ) -> None:
+    rows = figures(results)
+    with_server = all("server" in row.cpu_ms for row in rows.values())
     print(
         f"{'mode':<8} {'threads':>7} {'lifecycles/s':>12} {'p50 ms':>8} {'p99 ms':>8}"
-        f" {'client CPU ms':>13}  lifecycles/s by round"
+        f" {'client CPU ms':>13}{' server CPU ms' if with_server else ''}  lifecycles/s by round"
     )
-    rows = figures(results)
     for threads in thread_counts:
         for mode in modes:
             row = rows[(mode, threads)]
+            server = f" {row.cpu_ms['server']:>13.2f}" if with_server else ""
             print(
                 f"{mode:<8} {threads:>7} {row.rate:>12.1f} {row.latency.p50:>8.1f}"
-                f" {row.latency.p99:>8.1f} {row.cpu_ms['client']:>13.2f}  {row.rates_by_round()}"
+                f" {row.latency.p99:>8.1f} {row.cpu_ms['client']:>13.2f}{server}"
+                f"  {row.rates_by_round()}"
             )
     if tuple(modes) == GROUPED_MODES:
         for threads in thread_counts:
@@ -346,6 +377,12 @@ def print_rates(
                 f" p99 {grouped.latency.p99 / plain.latency.p99:.2f}, client CPU"
                 f" {grouped.cpu_ms['client'] / plain.cpu_ms['client']:.2f}"
                 f" ({grouped.cpu_ms['client'] - plain.cpu_ms['client']:+.2f} ms per lifecycle)"
+                + (
+                    f", server CPU {grouped.cpu_ms['server'] / plain.cpu_ms['server']:.2f}"
+                    f" ({grouped.cpu_ms['server'] - plain.cpu_ms['server']:+.2f} ms)"
+                    if with_server
+                    else ""
+                )
             )
         return
     for threads in thread_counts:
@@ -898,6 +935,7 @@ class Measured:
     count: int  # lifecycles of the counting pass, per mode
     lifecycles: dict[str, Mode]
     modes: tuple[str, ...] = MODES
+    conflicts: Conflicts = field(default_factory=dict)  # retried in the timed rounds
 
     def writes_per_job(self, mode: str) -> float:
         return self.tallies[mode].writes() / self.count
@@ -917,12 +955,14 @@ def measure_all(
     full: bool = False,
     naive: bool = False,
     grouped: bool = False,
+    server_pid: int | None = None,
 ) -> Measured:
     """Warm-up, the timed rounds and the counting pass, on ``settings``' server.
 
     ``full``: the lifecycle a job of the stack goes through; ``naive``: with the claim a
     write of its own (see :func:`product_lifecycle`). ``grouped``: the modes are grouped
-    and plain lifecycles (:data:`GROUPED_MODES`), not product and raw.
+    and plain lifecycles (:data:`GROUPED_MODES`), not product and raw. ``server_pid``:
+    DynamoDB Local's process, whose CPU time per lifecycle is then measured too.
     """
     store = JobStore.from_settings(settings)
     ddb = raw_client(settings)
@@ -963,14 +1003,19 @@ def measure_all(
         f" thread count; rate = median of rounds, latency over all rounds",
         flush=True,
     )
-    results = measure(lifecycles, modes, thread_counts, per_batch, rounds)
+    conflicts: Conflicts = {}
+    server = psutil.Process(server_pid) if server_pid is not None else None
+    results = measure(
+        lifecycles, modes, thread_counts, per_batch, rounds, conflicts=conflicts, server=server
+    )
     tallies = count_requests(lifecycles, clients, count, modes)
-    return Measured(results, tallies, count, lifecycles, modes)
+    return Measured(results, tallies, count, lifecycles, modes, conflicts)
 
 
-def benchmark(args: argparse.Namespace, settings: Settings) -> None:
+def benchmark(args: argparse.Namespace, settings: Settings, server_pid: int | None = None) -> None:
     measured = measure_all(
         settings,
+        server_pid=server_pid,
         thread_counts=args.thread_counts,
         per_batch=args.lifecycles,
         rounds=args.rounds,
@@ -981,6 +1026,17 @@ def benchmark(args: argparse.Namespace, settings: Settings) -> None:
         grouped=args.grouped,
     )
     print_rates(measured.results, args.thread_counts, measured.modes)
+    per_batch = args.lifecycles * args.rounds
+    print(
+        "transactions the store retried for a TransactionConflict, per 100 lifecycles: "
+        + ", ".join(
+            f"{mode} {measured.conflicts.get((mode, threads), 0) * 100 / per_batch:.1f}"
+            f" at {threads} thread(s)"
+            for threads in args.thread_counts
+            for mode in measured.modes
+            if mode != "raw"
+        )
+    )
 
     print(f"\n== requests and capacity per lifecycle ({args.count} lifecycles per mode)")
     print_requests(measured.tallies, args.count, raw_client(settings), settings)
@@ -1007,7 +1063,8 @@ def benchmark(args: argparse.Namespace, settings: Settings) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     with dynamodb_local(heap_mb=512) as server:
-        benchmark(args, bench_settings(server.endpoint, f"bench{uuid.uuid4().hex[:6]}-"))
+        settings = bench_settings(server.endpoint, f"bench{uuid.uuid4().hex[:6]}-")
+        benchmark(args, settings, server.pid)
 
 
 if __name__ == "__main__":
