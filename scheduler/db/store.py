@@ -389,13 +389,12 @@ class JobStore:
         def build(tx: TransactWrite) -> None:
             for new in batch:
                 tx.save(self._new_item(new, now, actor), condition=JobModel.job_id.does_not_exist())
-            # The counters move with the jobs, by as many as the transaction makes.
+            # The counters move with the jobs, by as many as the transaction makes. The
+            # repository's last job stays the delivery's (a run, not its last step).
             tx.update(
                 RepoModel(batch[0].repo),
                 actions=[
                     getattr(RepoModel, count_attribute(status)).add(len(batch)),
-                    RepoModel.last_job_id.set(batch[-1].job_id),
-                    RepoModel.last_received_at.set(now),
                     *([RepoModel.queue_shard.set(QUEUED_SHARD)] if queued else []),
                 ],
             )

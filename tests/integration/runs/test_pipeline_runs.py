@@ -48,7 +48,11 @@ steps:
     needs: [build]
     matrix: {python: ["3.11", "3.12", "3.13"]}
   - {key: report, command: [make, report], needs: [test], if: always()}
-  - {key: deploy, command: [make, deploy], needs: [test], if: "branch == 'main'"}
+  - key: deploy
+    command: [make, deploy]
+    needs: [test]
+    if: "branch == 'main'"
+    concurrency_group: deploy
 """
 )
 
@@ -116,7 +120,10 @@ def test_fan_out_makes_each_step_once_all_blocked(store: JobStore) -> None:
     assert build.queue_repo is None and build.run_of == run.job_id
     blocked = steps["deploy"]
     assert blocked.queue_repo is None and blocked.waiting_repo is None  # neither queued nor waiting
+    assert blocked.concurrency_group == "deploy" and build.concurrency_group is None
     counters_match_items(store)
+    # The repository's last job is still the delivery's: the run, not its last step.
+    assert RepoModel.get(run.repo, consistent_read=True).last_job_id == run.job_id
 
 
 def wide_pipeline(width: int) -> Pipeline:
