@@ -18,6 +18,7 @@ from pynamodb.attributes import (
     TTLAttribute,
     UnicodeAttribute,
 )
+from pynamodb.expressions.condition import Condition
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, IncludeProjection
 from pynamodb.models import Model
 
@@ -280,9 +281,17 @@ def group_key(repo: str, group: str) -> str:
 
 def holds_slot(job: JobModel) -> bool:
     """Whether ``job`` holds one of its repository's slots: it is active, or it ended while
-    its run may still go (a cancel, a timeout, until the run is known stopped). What frees a
-    concurrency group its job took (``JobStore.activate`` checks the same in its write)."""
+    its run may still go (a cancel, a timeout, until the run is known stopped). A concurrency
+    group is free once the job that took it holds none (see :func:`holds_no_slot`)."""
     return job.status == "active" or bool(job.slot_held)
+
+
+def holds_no_slot() -> Condition:
+    """:func:`holds_slot` negated, as a condition of a write (``JobStore.activate`` takes a
+    concurrency group only while its last holder's item says so)."""
+    condition: Condition = JobModel.status != "active"
+    condition &= JobModel.slot_held.does_not_exist()
+    return condition
 
 
 def count_attribute(status: str) -> str:

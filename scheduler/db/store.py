@@ -57,6 +57,7 @@ from scheduler.db.models import (
     RepoModel,
     count_attribute,
     group_key,
+    holds_no_slot,
 )
 from scheduler.db.reads import JobReads, cause, job_table
 from scheduler.errors import (
@@ -218,7 +219,6 @@ class HandOff:
 
 TRIGGER_PREFIX = "trigger#"
 """Key prefix of trigger guards in the repos table (which has no stream)."""
-
 
 WRITE_BATCH = 99
 """Jobs one transaction of :meth:`JobStore.create_all` or :meth:`JobStore.transition_all`
@@ -1281,11 +1281,10 @@ class _GroupTake:
 
     def add_to(self, tx: TransactWrite) -> None:
         if self.checks:
-            holds_none = (JobModel.status != JobStatus.ACTIVE.value) & (
-                JobModel.slot_held.does_not_exist()
-            )
             tx.condition_check(
-                JobModel, self.holder, condition=JobModel.job_id.does_not_exist() | holds_none
+                JobModel,
+                self.holder,
+                condition=JobModel.job_id.does_not_exist() | holds_no_slot(),
             )
         named = (
             RepoModel.holder.does_not_exist()
