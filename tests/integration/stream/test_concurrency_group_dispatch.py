@@ -9,26 +9,19 @@ branches' pipeline runs whose deploy steps share a group."""
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from redelivering_stream import most_at_once, run_until, runs_of
 from stream_records import image, record
 
 from scheduler.config import RepoPolicy
-from scheduler.db.clients import client
-from scheduler.db.dead_letters import DeadLetterStore
 from scheduler.db.models import RepoModel, group_key
 from scheduler.db.store import HandOff, JobState, JobStore, NewJob, RunClaimed
 from scheduler.db.store import system_clock as now_ms
-from scheduler.local.checkpoints import CheckpointStore
 from scheduler.local.executor import LocalExecutor
-from scheduler.local.mapping import MappingConfig, PollingConfig
-from scheduler.local.stream_runner import StreamRunner
 from scheduler.pipelines import CommitRef
 from scheduler.runs.executor import RunResult
 from scheduler.runs.pipeline_driver import PipelineDriver
@@ -388,75 +381,29 @@ def test_a_groups_runs_never_overlap_under_hand_offs_and_redelivered_records(
     )
     ids = [f"j{n:02d}" for n in range(18)]
     deploys = ids[4:7] + ids[10:14]  # queued side by side: three slots would run them so
-    late: list[dict[str, Any]] = []
-    guard = threading.Lock()
 
-    def stream_function(event: dict[str, Any], _context: Any) -> Any:
-        answer = dispatcher.handle_event(event)
-        with guard:
-            late.append(event)  # delivered again later, by the other lane below
-        return answer
-
-    stream = StreamRunner(
-        dynamodb=ddb,
-        streams=client("dynamodbstreams", settings),
-        table_name=settings.tables.jobs,
-        checkpoints=CheckpointStore(ddb, settings.tables.runner_state, "group-race"),
-        dead_letters=DeadLetterStore(ddb, settings.tables.dead_letters),
-        handler=stream_function,
-        mapping=MappingConfig(
-            batch_size=5, report_batch_item_failures=True, parallelization_factor=2
-        ),
-        polling=PollingConfig(idle_min_seconds=0.002, idle_max_seconds=0.02),
-    )
-    stream.skip_to_end()
-    stop = threading.Event()
-
-    def redeliver() -> None:
-        while not stop.is_set():
-            with guard:
-                batch = late.pop(0) if late else None
-            if batch is None:
-                time.sleep(0.01)
-                continue
-            time.sleep(0.02)
-            dispatcher.handle_event(batch)
-
-    try:
+    def make_jobs() -> None:
         for job_id in ids:
             new_job(store, job_id, "deploy" if job_id in deploys else None)
-        with ThreadPoolExecutor(2) as lanes:
-            racing = [lanes.submit(stream.run, stop), lanes.submit(redeliver)]
-            deadline = time.monotonic() + 60
-            while not all(status(store, j) == "passed" for j in ids):
-                assert time.monotonic() < deadline, [(j, status(store, j)) for j in ids]
-                for lane in racing:
-                    assert not lane.done(), lane.result()
-                time.sleep(0.1)
-            stop.set()
-            for lane in racing:
-                lane.result()
+
+    try:
+        run_until(
+            lambda: all(status(store, j) == "passed" for j in ids),
+            dispatcher.handle_event,
+            ddb=ddb,
+            settings=settings,
+            checkpoint="group-race",
+            begin=make_jobs,
+            stranded=lambda: [(j, status(store, j)) for j in ids],
+        )
     finally:
-        stop.set()
         executor.close()
 
-    marks: dict[str, list[tuple[str, int]]] = {}
-    for line in effects.read_text().splitlines():
-        job_id, what, at = line.split()
-        marks.setdefault(job_id, []).append((what, int(at)))
+    marks = runs_of(effects)
     assert sorted(marks) == ids
     assert all([what for what, _at in m] == ["start", "end"] for m in marks.values())
-
-    def most_at_once(jobs: list[str]) -> int:
-        events = sorted((at, 1 if what == "start" else -1) for j in jobs for what, at in marks[j])
-        now = peak = 0
-        for _at, step in events:
-            now += step
-            peak = max(peak, now)
-        return peak
-
-    assert most_at_once(ids) <= 3
-    assert most_at_once(deploys) == 1
+    assert most_at_once(effects) <= 3
+    assert most_at_once(effects, deploys) == 1
     handed = {store.get(j).history[-1].handed_to for j in ids} - {None}
     assert not handed & set(deploys)  # a slot is never passed on to a deploy
     for job_id in ids:

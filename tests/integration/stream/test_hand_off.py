@@ -8,7 +8,6 @@ survives DynamoDB Local losing it.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,17 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redelivering_stream import most_at_once, run_until, runs_of
 from stream_records import record
 
-from scheduler.db.clients import client
-from scheduler.db.dead_letters import DeadLetterStore
 from scheduler.db.models import RepoModel
 from scheduler.db.store import HandOff, JobState, JobStore, NewJob, RunClaimed
 from scheduler.errors import HandOffRefused
-from scheduler.local.checkpoints import CheckpointStore
 from scheduler.local.executor import LocalExecutor
-from scheduler.local.mapping import MappingConfig, PollingConfig
-from scheduler.local.stream_runner import StreamRunner
 from scheduler.runs.executor import RunResult
 from scheduler.runs.queue_heads import QueueHeads
 from scheduler.runs.reservations import Reservations
@@ -137,27 +132,6 @@ def runner(store: JobStore, tmp_path: Path, effects: Path) -> Iterator[Runner]:
     made.executor.close()
 
 
-def runs_of(effects: Path) -> dict[str, list[tuple[str, int]]]:
-    found: dict[str, list[tuple[str, int]]] = {}
-    for line in effects.read_text().splitlines() if effects.exists() else []:
-        job_id, what, at = line.split()
-        found.setdefault(job_id, []).append((what, int(at)))
-    return found
-
-
-def most_at_once(effects: Path) -> int:
-    events = sorted(
-        (at, 1 if what == "start" else -1)
-        for marks in runs_of(effects).values()
-        for what, at in marks
-    )
-    running = peak = 0
-    for _at, step in events:
-        running += step
-        peak = max(peak, running)
-    return peak
-
-
 def test_hand_offs_racing_promotions_run_every_job_once_within_the_limit(
     store: JobStore, runner: Runner, effects: Path, settings: Settings, ddb: Any
 ) -> None:
@@ -168,54 +142,20 @@ def test_hand_offs_racing_promotions_run_every_job_once_within_the_limit(
     owe. No sweeper runs, so a job stranded with free slots fails the deadline: every job
     runs once, never more than three at a time, and the counters end where the jobs are."""
     ids = [f"j{n:02d}" for n in range(20)]
-    late: list[dict[str, Any]] = []
-    guard = threading.Lock()
 
-    def stream_function(event: dict[str, Any], _context: Any) -> Any:
-        answer = runner.dispatcher.handle_event(event)
-        with guard:
-            late.append(event)  # delivered again later, by the other lane below
-        return answer
+    def make_jobs() -> None:
+        for job_id in ids:
+            new_job(store, job_id)
 
-    stream = StreamRunner(
-        dynamodb=ddb,
-        streams=client("dynamodbstreams", settings),
-        table_name=settings.tables.jobs,
-        checkpoints=CheckpointStore(ddb, settings.tables.runner_state, "hand-off-race"),
-        dead_letters=DeadLetterStore(ddb, settings.tables.dead_letters),
-        handler=stream_function,
-        mapping=MappingConfig(
-            batch_size=5, report_batch_item_failures=True, parallelization_factor=2
-        ),
-        polling=PollingConfig(idle_min_seconds=0.002, idle_max_seconds=0.02),
+    run_until(
+        lambda: all(store.get(j).status == JobStatus.PASSED.value for j in ids),
+        runner.dispatcher.handle_event,
+        ddb=ddb,
+        settings=settings,
+        checkpoint="hand-off-race",
+        begin=make_jobs,
+        stranded=lambda: [(j, store.get(j).status) for j in ids],
     )
-    stream.skip_to_end()
-    stop = threading.Event()
-
-    def redeliver() -> None:
-        while not stop.is_set():
-            with guard:
-                batch = late.pop(0) if late else None
-            if batch is None:
-                time.sleep(0.01)
-                continue
-            time.sleep(0.02)
-            runner.dispatcher.handle_event(batch)
-
-    for job_id in ids:
-        new_job(store, job_id)
-    with ThreadPoolExecutor(2) as lanes:
-        racing = [lanes.submit(stream.run, stop), lanes.submit(redeliver)]
-        deadline = time.monotonic() + 60
-        while not all(store.get(j).status == JobStatus.PASSED.value for j in ids):
-            stranded = [(j, store.get(j).status) for j in ids]
-            assert time.monotonic() < deadline, stranded
-            for lane in racing:
-                assert not lane.done(), lane.result()
-            time.sleep(0.1)
-        stop.set()
-        for lane in racing:
-            lane.result()
 
     runs = runs_of(effects)
     assert sorted(runs) == ids
