@@ -48,16 +48,17 @@ ROUND_SECONDS = 0.5  # one reaper minute
 PORTS = range(18300, 18400)
 
 
-def free_port_in_range() -> int:
-    """A free loopback port of this suite's range (18300-18399)."""
-    for port in PORTS:
+def free_port_in_range(ports: range = PORTS) -> int:
+    """A free loopback port of ``ports`` (by default this suite's, 18300-18399: each test
+    file that needs ports of its own names its range)."""
+    for port in ports:
         with socket.socket() as probe:
             try:
                 probe.bind(("127.0.0.1", port))
             except OSError:
                 continue
             return port
-    raise RuntimeError("no free port in 18300-18399")
+    raise RuntimeError(f"no free port in {ports.start}-{ports.stop - 1}")
 
 
 @dataclass

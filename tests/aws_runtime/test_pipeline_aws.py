@@ -17,7 +17,6 @@ reaper on its compressed schedule.
 from __future__ import annotations
 
 import random
-import socket
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aws_stack import AwsStack, aws_stack
+from aws_stack import AwsStack, aws_stack, free_port_in_range
 from github_api_stand_in import GitHubStandIn
 from stream_mapping import job_of, kind_of
 
@@ -79,14 +78,7 @@ steps:
 
 def free_port() -> int:
     """A free loopback port of this file's range (18100-18199)."""
-    for port in range(18100, 18200):
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 18100-18199")
+    return free_port_in_range(range(18100, 18200))
 
 
 def config(repos: dict[str, int]) -> str:
