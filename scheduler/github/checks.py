@@ -154,7 +154,10 @@ def check_for(
         return replace(base, title="Waiting for its needs", summary=timing)
     if dest is JobStatus.PENDING:
         title = "Queued" if attempt == 1 else f"Queued (attempt {attempt})"
-        return replace(base, title=title, summary=f"Waiting for a free slot. {timing}".strip())
+        group = image.concurrency_group
+        waits = f"concurrency group {group} (one of its jobs at a time)" if group else None
+        summary = f"Waiting for a free slot{' and its ' + waits if waits else ''}. {timing}"
+        return replace(base, title=title, summary=summary.strip())
     if dest is JobStatus.ACTIVE:
         return replace(
             base,

@@ -117,6 +117,14 @@ def test_waiting_offers_approve_and_running_offers_cancel() -> None:
     assert state(A, OK, started_at=T0, finished_at=T0).body()["actions"] == []
 
 
+def test_a_queued_step_of_a_concurrency_group_says_what_it_waits_for() -> None:
+    grouped = state(B, P, concurrency_group="prod")
+    assert grouped.summary.startswith(
+        "Waiting for a free slot and its concurrency group prod (one of its jobs at a time)."
+    )
+    assert state(B, P).summary.startswith("Waiting for a free slot.")
+
+
 def test_the_summary_carries_the_timing_and_the_failures_detail() -> None:
     done = state(
         A,
