@@ -18,6 +18,7 @@ import os
 import tempfile
 import threading
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future
@@ -35,6 +36,7 @@ from scheduler.db import models
 from scheduler.db.clients import client as settings_client
 from scheduler.db.store import JobStore
 from scheduler.db.tables import ensure_tables
+from scheduler.github.signature import sign
 from scheduler.local.dynamodb_local import DynamoDBLocal
 from scheduler.settings import Settings, TableNames
 
@@ -314,3 +316,24 @@ def open_loop(pool: Executor, count: int, rate: float, task: Callable[[], T]) ->
             time.sleep(delay)
         futures.append(pool.submit(task))
     return futures
+
+
+def signed_push(secret: str, repo: str, branch: str, sha: str) -> tuple[bytes, dict[str, str]]:
+    """A push webhook of ``sha`` to ``branch`` of ``repo``: its body and headers, signed with
+    ``secret`` as GitHub signs them (a fresh delivery id each)."""
+    body = json.dumps(
+        {
+            "ref": f"refs/heads/{branch}",
+            "after": sha,
+            "deleted": False,
+            "repository": {"full_name": repo},
+            "sender": {"login": "bench"},
+        }
+    ).encode()
+    headers = {
+        "Content-Type": "application/json",
+        "X-GitHub-Event": "push",
+        "X-GitHub-Delivery": str(uuid.uuid4()),
+        "X-Hub-Signature-256": sign(secret.encode(), body),
+    }
+    return body, headers

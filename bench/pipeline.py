@@ -49,10 +49,9 @@ from typing import IO, Any
 
 import httpx
 import psutil  # type: ignore[import-untyped]  # no stubs pinned; a dev dependency
-from common import cpu_seconds, open_loop
+from common import cpu_seconds, open_loop, signed_push
 from stats import ms, summary
 
-from scheduler.github.signature import sign
 from scheduler.local.dynamodb_local import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,21 +193,7 @@ def kill_stack(stack: Stack) -> None:
 
 def deliver(client: httpx.Client, url: str, repo: str = REPO) -> tuple[str, float, float]:
     """POST one new signed push to ``repo``; (job id, accepted epoch seconds, request seconds)."""
-    body = json.dumps(
-        {
-            "ref": "refs/heads/main",
-            "after": uuid.uuid4().hex + uuid.uuid4().hex[:8],
-            "deleted": False,
-            "repository": {"full_name": repo},
-            "sender": {"login": "bench"},
-        }
-    ).encode()
-    headers = {
-        "Content-Type": "application/json",
-        "X-GitHub-Event": "push",
-        "X-GitHub-Delivery": str(uuid.uuid4()),
-        "X-Hub-Signature-256": sign(SECRET.encode(), body),
-    }
+    body, headers = signed_push(SECRET, repo, "main", uuid.uuid4().hex + uuid.uuid4().hex[:8])
     sent = time.perf_counter()
     response = client.post(f"{url}/webhook", content=body, headers=headers)
     accepted = time.time()

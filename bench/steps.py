@@ -57,7 +57,6 @@ Run from the project root (about a minute a round)::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import re
@@ -76,9 +75,9 @@ from typing import Any
 
 import botocore.session
 import httpx
+from common import signed_push
 from stats import median, summary
 
-from scheduler.github.signature import sign
 from scheduler.local.dynamodb_local import port_in_use
 from scheduler.local.logs import configure_logging
 from scheduler.local.stack import LocalStack, StackOptions
@@ -292,21 +291,7 @@ def deliver(client: httpx.Client, url: str, sha: str, branch: str) -> tuple[str,
     Each push names a branch of its own: a second push of a commit to the same branch while
     the first is queued is one job, not two (the trigger guard).
     """
-    body = json.dumps(
-        {
-            "ref": f"refs/heads/{branch}",
-            "after": sha,
-            "deleted": False,
-            "repository": {"full_name": REPO},
-            "sender": {"login": "bench"},
-        }
-    ).encode()
-    headers = {
-        "Content-Type": "application/json",
-        "X-GitHub-Event": "push",
-        "X-GitHub-Delivery": str(uuid.uuid4()),
-        "X-Hub-Signature-256": sign(SECRET.encode(), body),
-    }
+    body, headers = signed_push(SECRET, REPO, branch, sha)
     response = client.post(f"{url}/webhook", content=body, headers=headers)
     accepted = time.time()
     if response.status_code != 202:

@@ -1098,9 +1098,7 @@ class JobStore:
                     JobModel.activated_at.set(now),
                     JobModel.deadline_shard.set(ACTIVE_SHARD),
                     JobModel.deadline_at.set(self._activation_deadline(job, now, claimed=claimed)),
-                    JobModel.queue_repo.remove(),
-                    JobModel.queue_shard.remove(),
-                    JobModel.queue_key.remove(),
+                    *_left_queue(),
                     JobModel.pipeline_owed.remove(),  # no file: the job is its own one step
                 ]
             case Effect.RUN_STEPS:
@@ -1109,9 +1107,7 @@ class JobStore:
                     JobModel.started_at.set(now),
                     JobModel.deadline_shard.set(RUN_SHARD),
                     JobModel.deadline_at.set(now),
-                    JobModel.queue_repo.remove(),
-                    JobModel.queue_shard.remove(),
-                    JobModel.queue_key.remove(),
+                    *_left_queue(),
                     JobModel.pipeline_owed.remove(),
                 ]
             case Effect.ENTER_QUEUE:  # a retry (a new attempt) or an approval: queued
@@ -1176,9 +1172,7 @@ class JobStore:
             JobModel.waiting_repo.remove(),
             *(() if in_runs else (JobModel.deadline_shard.remove(),)),
             *(() if in_runs else (JobModel.deadline_at.remove(),)),
-            JobModel.queue_repo.remove(),
-            JobModel.queue_shard.remove(),
-            JobModel.queue_key.remove(),
+            *_left_queue(),
         ]
         if outcome.reason is not None:
             actions.append(JobModel.reason.set(outcome.reason))
@@ -1339,6 +1333,15 @@ def _guarded(step: TransitionPlan, job_condition: Condition) -> Condition:
         # file): a job of the operator's command expanded would run nothing, with no slot.
         job_condition &= JobModel.pipeline_owed.exists()
     return job_condition
+
+
+def _left_queue() -> list[Action]:
+    """A job that leaves the queue leaves its sparse indexes (``queued``, ``queued_by_age``)."""
+    return [
+        JobModel.queue_repo.remove(),
+        JobModel.queue_shard.remove(),
+        JobModel.queue_key.remove(),
+    ]
 
 
 def _rerun_actions(effect: Effect, attempt: int) -> list[Action]:
