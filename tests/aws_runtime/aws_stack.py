@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,12 +32,13 @@ from conftest import own_dynamodb
 from lambda_functions import ROOT, TEMPLATE, FunctionPool, InvocationFailed
 from stream_mapping import EventSourceMapping, kind_of
 
-from scheduler.db.models import JobModel, RepoModel
+from scheduler.db.models import JobModel, RepoModel, count_attribute
 from scheduler.db.template import load_template
 from scheduler.github.signature import sign
 from scheduler.local.dynamodb_local import DynamoDBLocal
 from scheduler.local.mapping import MappingConfig
 from scheduler.settings import Settings
+from state_machines import JobStatus
 
 __all__ = ["AwsStack", "aws_stack", "free_port_in_range"]
 
@@ -321,6 +323,21 @@ class AwsStack:
         return dict(json.loads(done.stdout))
 
     # -- what the test reads --------------------------------------------------------------
+
+    def assert_counters_equal_items(self, names: list[str]) -> None:
+        """Every repository of ``names`` has counters (per status, and slots held: none, all
+        ended) equal to its items, by the test's own count and by ``scheduler doctor``."""
+        jobs = self.jobs().values()
+        counters = self.repos()
+        for name in names:
+            repo = counters[name]
+            counted = Counter(str(job.status) for job in jobs if job.repo == name)
+            for status in JobStatus:
+                recorded = int(getattr(repo, count_attribute(status.value)) or 0)
+                assert recorded == counted[status.value], (name, status, recorded, counted)
+            assert int(repo.running or 0) == 0, (name, repo.running)
+        found = self.doctor()
+        assert found["healthy"] and found["drift"] == [] and found["stranded"] == [], found
 
     def jobs(self) -> dict[str, JobModel]:
         return {job.job_id: job for job in JobModel.scan(consistent_read=True)}

@@ -45,7 +45,7 @@ from codebuild_server import Build
 from github_api_stand_in import GitHubStandIn
 from stream_mapping import job_of, kind_of
 
-from scheduler.db.models import JobModel, count_attribute, group_key
+from scheduler.db.models import JobModel, group_key
 from state_machines import JobStatus
 
 PIPELINE = ".scheduler/pipeline.yml"
@@ -338,14 +338,7 @@ def test_one_deploy_at_a_time_across_branches_under_lost_records_and_duplicates(
         unblocked_active = entry_at(jobs[unblocked], "pending", "active") / 1000 - wall
 
         # Counters equal the items; doctor: healthy, no group overlap, nothing stranded.
-        repo = stack.repos()[REPO]
-        counted = Counter(str(job.status) for job in jobs.values())
-        for status in JobStatus:
-            recorded = int(getattr(repo, count_attribute(status.value)) or 0)
-            assert recorded == counted[status.value], (status, recorded, counted)
-        assert int(repo.running or 0) == 0, repo.running
-        found = stack.doctor()
-        assert found["healthy"] and found["drift"] == [] and found["stranded"] == [], found
+        stack.assert_counters_equal_items([REPO])
         assert github.problems == []
 
         settled = ended_at - last_drop
@@ -439,10 +432,7 @@ def test_a_cancelled_deploy_keeps_the_group_until_its_build_is_stopped(tmp_path:
         assert all(n == 1 for n in stack.codebuild.books.builds_of.values())
         assert stack.codebuild.books.builds_of[(holder, 1)] == 1
         assert stack.codebuild.books.builds_of[(waiting, 1)] == 1
-        repo = stack.repos()[REPO]
-        assert int(repo.running or 0) == 0, repo.running
-        found = stack.doctor()
-        assert found["healthy"] and found["drift"] == [] and found["stranded"] == [], found
+        stack.assert_counters_equal_items([REPO])
         assert github.problems == []
         print(
             f"\naws concurrency_group, cancelled holder: its deploy's cancel record given"

@@ -29,9 +29,6 @@ from aws_stack import AwsStack, aws_stack, free_port_in_range
 from github_api_stand_in import GitHubStandIn
 from stream_mapping import job_of, kind_of
 
-from scheduler.db.models import count_attribute
-from state_machines import JobStatus
-
 PIPELINE = ".scheduler/pipeline.yml"
 TOKEN = "ghp_pipeline_aws_runtime_token_0123456789"
 TERMINAL = ("passed", "failed", "cancelled", "skipped")
@@ -131,23 +128,6 @@ def all_terminal(stack: AwsStack) -> bool:
     return all(str(job.status) in TERMINAL for job in stack.jobs().values()) and not (
         stack.codebuild.in_progress()
     )
-
-
-def assert_counters_equal_items(stack: AwsStack, names: list[str]) -> None:
-    """Every repository's counters (per status, and slots held) equal its items, by the
-    test's own count and by ``scheduler doctor``."""
-    jobs = stack.jobs().values()
-    counters = stack.repos()
-    for name in names:
-        repo = counters[name]
-        mine = [job for job in jobs if job.repo == name]
-        counted = Counter(str(job.status) for job in mine)
-        for status in JobStatus:
-            recorded = int(getattr(repo, count_attribute(status.value)) or 0)
-            assert recorded == counted[status.value], (name, status, recorded, counted)
-        assert int(repo.running or 0) == 0, (name, repo.running)
-    found = stack.doctor()
-    assert found["healthy"] and found["drift"] == [] and found["stranded"] == [], found
 
 
 @pytest.mark.timeout(300)
@@ -256,7 +236,7 @@ def test_a_pipeline_under_lost_records_and_duplicates_runs_each_step_attempt_onc
             reads = github.requests("GET", f"/repos/{repo}/contents/")
             assert {s.query["ref"][0] for s in reads} == set(shas)
             assert github.problems == []
-            assert_counters_equal_items(stack, [repo])
+            stack.assert_counters_equal_items([repo])
             print(
                 f"\naws pipeline chaos: {runs} runs x 5 steps ({len(books.builds_of)} builds,"
                 f" StartBuild calls {sum(books.start_calls.values())}); dropped {len(dropped)}"
@@ -346,7 +326,7 @@ def test_a_bad_file_fails_its_run_and_a_cancelled_run_stops_its_steps(tmp_path: 
             assert [b.status for b in slow_builds] == ["STOPPED", "STOPPED"], slow_builds
             assert stack.codebuild.books.over_limit == []
             assert github.problems == []
-            assert_counters_equal_items(stack, list(limits))
+            stack.assert_counters_equal_items(list(limits))
             print(
                 f"\naws pipeline: bad file -> {run.reason} ({run.detail});"
                 f" cancelled run's steps all ended {ended_in:.1f}s after the cancel was asked,"

@@ -234,10 +234,9 @@ class CountingQueries:
         return getattr(self.queries, name)
 
 
-def test_polls_of_many_tabs_share_one_read_per_period(site: Site) -> None:
-    site.make_job("s1", "active")
+def counted_dashboard(site: Site, now: list[int]) -> tuple[CountingQueries, Dashboard]:
+    """A dashboard on ``site``'s queries, counting their reads, its clock at ``now[0]``."""
     counting = CountingQueries(site.core.queries)
-    now = [1_000_000]
     dashboard = Dashboard(
         counting,  # type: ignore[arg-type]
         RunLogs(site.core.queries, LocalLogReader(site.logs_dir)),
@@ -245,6 +244,13 @@ def test_polls_of_many_tabs_share_one_read_per_period(site: Site) -> None:
         ApiAuth(None),
         clock=lambda: now[0],
     )
+    return counting, dashboard
+
+
+def test_polls_of_many_tabs_share_one_read_per_period(site: Site) -> None:
+    site.make_job("s1", "active")
+    now = [1_000_000]
+    counting, dashboard = counted_dashboard(site, now)
     owner, name = REPO.split("/")
     jobs = Request("GET", f"/ui/part/repos/{REPO}/jobs", params={"owner": owner, "repo": name})
     job = Request("GET", "/ui/part/jobs/s1", params={"job_id": "s1"})
@@ -681,15 +687,8 @@ def test_a_plain_job_has_no_pipeline_and_the_repositories_count_blocked_and_skip
 
 def test_polls_of_a_run_read_its_steps_only_when_the_repository_moved(site: Site) -> None:
     pipeline_run(site)
-    counting = CountingQueries(site.core.queries)
     now = [1_000_000]
-    dashboard = Dashboard(
-        counting,  # type: ignore[arg-type]
-        RunLogs(site.core.queries, LocalLogReader(site.logs_dir)),
-        None,
-        ApiAuth(None),
-        clock=lambda: now[0],
-    )
+    counting, dashboard = counted_dashboard(site, now)
     part = Request("GET", "/ui/part/jobs/gh-run", params={"job_id": "gh-run"})
     first = dashboard.job_part(part)
     etag = first.headers["etag"]

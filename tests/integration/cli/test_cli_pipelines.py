@@ -4,47 +4,14 @@ error line and exit 1 for what cannot be re-run."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 from scheduler.db.store import JobStore
 from scheduler.runs.pipeline_runs import step_id
 from tests import failed_pipeline
+from tests.integration.cli.test_cli import refused, run, run_json
 
-SCRIPT = Path(sys.executable).with_name("scheduler")
 REPO = "octo-org/steps"
-
-
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(SCRIPT), *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=os.environ.copy(),
-    )
-
-
-def run_json(*args: str) -> Any:
-    result = run(*args, "--json")
-    assert result.returncode == 0, result.stderr
-    assert result.stderr == ""
-    return json.loads(result.stdout)
-
-
-def refused(result: subprocess.CompletedProcess[str], code: int, *words: str) -> None:
-    """An error: the exit code, nothing on stdout, one line on stderr naming the cause."""
-    assert result.returncode == code, (result.stdout, result.stderr)
-    assert result.stdout == ""
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
 
 
 def red_run(store: JobStore, job_id: str = "gh-red") -> str:

@@ -4,7 +4,6 @@ the repository's ``status_context``, each step under ``<status_context>/<step ke
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,12 +26,8 @@ SHA = "e" * 40
 
 @pytest.fixture
 def fake_github() -> Iterator[FakeGitHub]:
-    server = FakeGitHub()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with FakeGitHub.serving() as server:
+        yield server
 
 
 def posted(github: FakeGitHub) -> list[tuple[str, str, str, str]]:

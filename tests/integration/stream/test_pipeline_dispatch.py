@@ -108,6 +108,18 @@ def counters_match_items() -> None:
     assert int(counted.running or 0) == active_steps + slots  # a run holds no slot
 
 
+def settling_reconciler(store: JobStore, dispatcher: Dispatcher) -> Reconciler:
+    """The engine's reconciliation with no grace: it settles every running pipeline now."""
+    return Reconciler(
+        store,
+        dispatcher.promote,
+        QueueSweeper(store, dispatcher.promote),
+        None,
+        settle_run=dispatcher.settle_run,
+        retry_grace_ms=0,
+    )
+
+
 def test_an_expansion_replayed_makes_each_step_once_and_queues_the_root(store: JobStore) -> None:
     files = Files({"a" * 40: FILE})
     dispatcher = engine(store, files)
@@ -159,14 +171,7 @@ def test_a_lost_step_end_record_is_made_good_by_the_reconciliation(store: JobSto
     dispatcher = engine(store, files)
     deliver(store, "run-2", "a" * 40)
     dispatcher.handle_record(record("run-2"))
-    reconciler = Reconciler(
-        store,
-        dispatcher.promote,
-        QueueSweeper(store, dispatcher.promote),
-        None,
-        settle_run=dispatcher.settle_run,
-        retry_grace_ms=0,
-    )
+    reconciler = settling_reconciler(store, dispatcher)
     # Each step's end is written, and none of their records is delivered (all lost): each
     # round makes the fan-in they owed.
     for wave in ((1,), (2, 3), (4,)):
@@ -234,14 +239,7 @@ def test_a_cancelled_runs_lost_record_still_cancels_its_steps(store: JobStore) -
     build = store.state(step_id("run-6", 1))
     store.transition(build, Trigger.ACTIVATE, actor="test", slot_limit=2)
     store.transition(store.state("run-6"), Trigger.CANCEL, actor="operator")  # record lost
-    reconciler = Reconciler(
-        store,
-        dispatcher.promote,
-        QueueSweeper(store, dispatcher.promote),
-        None,
-        settle_run=dispatcher.settle_run,
-        retry_grace_ms=0,
-    )
+    reconciler = settling_reconciler(store, dispatcher)
     reconciler.run_once()
     assert set(statuses(store, "run-6").values()) == {"cancelled"}
     assert store.get("run-6").deadline_shard is None  # its steps ended: out of the index
