@@ -109,6 +109,17 @@ def step_retry(job: JobModel) -> RetryPolicy | None:
     return step_from_record(_record(job)).retry if job.step is not None else None
 
 
+FORK_GROUP_PREFIX = "fork#"
+"""A fork's pull request's steps take their concurrency groups under this prefix: a group
+name can hold no ``#``, so no file of a fork can take (and hold for its timeout) a group the
+repository's own runs use, such as its deploy."""
+
+
+def group_of(name: str | None, *, fork: bool) -> str | None:
+    """The concurrency group a step of ``name`` takes (a fork's pull request: its own)."""
+    return FORK_GROUP_PREFIX + name if name is not None and fork else name
+
+
 def facts_of(run: JobModel) -> RunFacts:
     """What a step's ``if`` may read of its run's delivery."""
     ref = run.ref or ""
@@ -204,7 +215,7 @@ class PipelineRuns:
                 status=JobStatus.BLOCKED,
                 run_of=run.job_id,
                 step_key=step.key,
-                concurrency_group=step.concurrency_group,
+                concurrency_group=group_of(step.concurrency_group, fork=bool(run.fork)),
                 step=json.dumps(step_record(step), separators=(",", ":")),
             )
             for index, step in enumerate(pipeline.steps, 1)

@@ -19,17 +19,21 @@ from state_machines import JobStatus, Trigger
 REPO = "octo-org/pipelines"
 
 
-def run_job(store: JobStore, job_id: str = "gh-run", branch: str = "main") -> JobModel:
+def run_job(
+    store: JobStore, job_id: str = "gh-run", branch: str = "main", *, fork: bool = False
+) -> JobModel:
     store.create(
         NewJob(
             job_id=job_id,
             repo=REPO,
-            event="push",
+            event="pull_request" if fork else "push",
             sha="b" * 40,
             timeout_seconds=600,
             ref=f"refs/heads/{branch}",
             branch=branch,
+            pr_number=7 if fork else None,
             delivery_id=job_id,
+            fork=fork,
         )
     )
     return store.get(job_id)
@@ -124,6 +128,24 @@ def test_fan_out_makes_each_step_once_all_blocked(store: JobStore) -> None:
     counters_match_items(store)
     # The repository's last job is still the delivery's: the run, not its last step.
     assert RepoModel.get(run.repo, consistent_read=True).last_job_id == run.job_id
+
+
+GROUPED = pipeline("steps:\n  - {key: deploy, command: [./deploy], concurrency_group: deploy}\n")
+
+
+def test_a_forks_steps_never_take_the_repositorys_own_groups(store: JobStore) -> None:
+    """A fork's pull request names the repository's deploy group in its file: its step takes
+    a group of forks (``fork#deploy``), so it cannot hold the repository's own deploys back."""
+    runs = PipelineRuns(store)
+    fork = runs.fan_out(run_job(store, "gh-fork", fork=True), GROUPED)[0]
+    own = runs.fan_out(run_job(store, "gh-own"), GROUPED)[0]
+    assert store.get(fork).concurrency_group == "fork#deploy"
+    assert store.get(own).concurrency_group == "deploy"
+    for step in (fork, own):
+        store.transition(store.state(step), Trigger.UNBLOCK, actor="test")
+    store.activate(store.state(fork), slot_limit=5)
+    store.activate(store.state(own), slot_limit=5)  # not held back by the fork's deploy
+    assert {str(store.get(step).status) for step in (fork, own)} == {"active"}
 
 
 def wide_pipeline(width: int) -> Pipeline:
